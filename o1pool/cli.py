@@ -1,0 +1,43 @@
+"""The ``o1pool`` command: one entry point, a subcommand per component.
+
+Each subcommand's module owns its own argument parser (``main(argv)``), imported only when used so
+that ``o1pool emulator`` does not pay for kopf and the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("o1pool.demo", "Run emulator, Redis, two sidecars and a mixed-priority burst; print a summary."),
+    "emulator": ("o1emulator.cli", "Serve an OpenAI-compatible upstream that enforces rate limits."),
+    "sidecar": ("o1sidecar.cli", "Serve the OpenAI-compatible proxy on loopback, with shared limits."),
+    "operator": ("o1operator.cli", "Run the kopf operator that reconciles O1Pool resources."),
+    "bench": ("o1pool.bench", "Benchmark quota utilisation and added latency, side by side."),
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: o1pool <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
+    lines += ["", "Run 'o1pool <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(usage())
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in SUBCOMMANDS:
+        print(f"o1pool: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

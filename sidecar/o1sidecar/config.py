@@ -1,0 +1,267 @@
+"""The sidecar's configuration: the versioned contract between the operator (which renders it from an
+O1Pool) and the sidecar (which serves from it).
+
+Everything here is data and validation only. API keys are never part of the config: each key is a
+reference to a file (a mounted Secret) or an environment variable, read into process memory at start.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from o1sidecar.tiers import tier_limits
+
+CONFIG_VERSION = "o1pool.io/sidecar/v1alpha1"
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeyRef(_Strict):
+    """Where one API key lives. Exactly one of ``file`` (a mounted Secret) or ``env``."""
+
+    name: Name = Field(description="Key name used in metrics and logs; never the key itself.")
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.file is None) == (self.env is None):
+            raise ValueError(f"key {self.name!r}: set exactly one of 'file' or 'env'")
+        return self
+
+    def read(self) -> str:
+        """The key's value, read now. Errors name the source, never the value."""
+        if self.env is not None:
+            value = os.environ.get(self.env, "")
+            if not value:
+                raise ConfigError(f"key {self.name!r}: environment variable {self.env} is unset or empty")
+            return value.strip()
+        assert self.file is not None
+        try:
+            value = self.file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"key {self.name!r}: cannot read {self.file}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"key {self.name!r}: {self.file} is empty")
+        return value
+
+
+class ModelLimits(_Strict):
+    """Per-model overrides of an account's tier preset. Unset fields come from the tier."""
+
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, gt=0)
+    monthly_requests: int | None = Field(default=None, gt=0)
+    daily_requests: int | None = Field(default=None, gt=0)
+
+
+class ResolvedLimits(_Strict):
+    """The limits that apply to one account and model after tier presets and overrides."""
+
+    rpm: int
+    tpm: int
+    concurrency: int | None = None
+    monthly_requests: int | None = None
+    daily_requests: int | None = None
+
+
+class Account(_Strict):
+    """One provider account (organisation/project). Its keys share the account's limits."""
+
+    name: Name
+    kind: Literal["openai", "azure", "relay"] = "openai"
+    base_url: str = Field(default="https://api.openai.com/v1", pattern=r"^https?://")
+    weight: float = Field(default=1.0, gt=0)
+    tier: int | None = Field(default=None, ge=1, le=5)
+    api_version: str | None = Field(default=None, description="Azure OpenAI api-version query value.")
+    deployments: dict[str, str] = Field(default_factory=dict, description="Azure: model -> deployment.")
+    models: dict[str, ModelLimits] = Field(default_factory=dict)
+    keys: list[KeyRef] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.kind == "azure" and not self.api_version:
+            raise ValueError(f"account {self.name!r}: kind azure needs 'api_version'")
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"account {self.name!r}: key names must be unique")
+        for model in self.models:
+            if self.limits_for(model) is None:
+                raise ValueError(
+                    f"account {self.name!r}, model {model!r}: no rpm/tpm from tier {self.tier}; "
+                    "set both 'rpm' and 'tpm' or a tier that includes this model"
+                )
+        return self
+
+    def limits_for(self, model: str) -> ResolvedLimits | None:
+        """Tier preset overlaid with this account's overrides; ``None`` if the account cannot serve it."""
+        preset = tier_limits(self.tier, model) if self.tier else None
+        override = self.models.get(model)
+        if preset is None and override is None:
+            return None
+        merged: dict[str, int | None] = {} if preset is None else dict(vars(preset))
+        if override is not None:
+            merged.update({k: v for k, v in override.model_dump().items() if v is not None})
+        if merged.get("rpm") is None or merged.get("tpm") is None:
+            return None
+        return ResolvedLimits(**merged)
+
+    def serves(self) -> list[str]:
+        """Models this account can serve, in a stable order."""
+        from o1sidecar.tiers import TIER_PRESETS
+
+        names = set(self.models) | set(TIER_PRESETS.get(self.tier or 0, {}))
+        return sorted(m for m in names if self.limits_for(m) is not None)
+
+
+class RedisConfig(_Strict):
+    url: str | None = Field(
+        default=None,
+        pattern=r"^(redis|rediss|unix)://",
+        description="Shared limiter. Unset: this sidecar limits alone, on a local limiter.",
+    )
+    password_file: Path | None = None
+    password_env: str | None = None
+    key_prefix: Name = "o1pool"
+    connect_timeout_ms: int = Field(default=250, gt=0)
+    op_timeout_ms: int = Field(default=250, gt=0)
+    heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    breaker_failures: int = Field(default=3, ge=1, description="Consecutive failures that open the breaker.")
+    breaker_reset_s: float = Field(default=2.0, gt=0, description="How long the breaker stays open.")
+
+
+class TokenPolicy(_Strict):
+    """How the upstream charges TPM at admission; the sidecar mirrors it exactly."""
+
+    charge: Literal["max", "sum"] = Field(
+        default="max",
+        description="max: larger of max_tokens and the prompt estimate; sum: prompt + max_tokens.",
+    )
+    default_max_tokens: int = Field(default=4096, gt=0, description="Assumed when a request sets none.")
+
+
+class QueuePolicy(_Strict):
+    default_priority: int = Field(default=5, ge=0, le=9)
+    max_length: int = Field(default=10_000, gt=0, description="Waiting requests per sidecar.")
+    default_deadline_ms: int = Field(default=120_000, gt=0)
+    max_deadline_ms: int = Field(default=600_000, gt=0)
+    aging_s_per_level: float = Field(default=30.0, gt=0, description="Wait that raises priority by one.")
+    peak_min_priority: int = Field(default=7, ge=0, le=9, description="Protected priority under peaks.")
+
+
+class CachePolicy(_Strict):
+    enabled: bool = True
+    l1_entries: int = Field(default=1000, ge=0)
+    l2_ttl_s: int = Field(default=86_400, ge=0)
+    only_deterministic: bool = Field(
+        default=False, description="Cache only requests with temperature 0 or a seed."
+    )
+
+
+class FallbackPolicy(_Strict):
+    chains: dict[str, list[str]] = Field(
+        default_factory=dict, description="model -> models to try next, in order."
+    )
+    cache_only_last: bool = Field(default=True, description="After the chain, answer from cache if any.")
+
+
+class Timeouts(_Strict):
+    connect_s: float = Field(default=10.0, gt=0)
+    read_s: float = Field(default=60.0, gt=0)
+    total_s: float = Field(default=120.0, gt=0)
+
+
+class RetryPolicy(_Strict):
+    max_attempts: int = Field(default=3, ge=1)
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    max_retry_after_s: float = Field(default=300.0, gt=0)
+
+
+class Endpoint(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class PoolRef(_Strict):
+    name: Name = "default"
+    namespace: Name = "default"
+
+
+class SidecarConfig(_Strict):
+    """Version 1 of the sidecar configuration."""
+
+    version: Literal["o1pool.io/sidecar/v1alpha1"] = CONFIG_VERSION
+    pool: PoolRef = PoolRef()
+    listen: Endpoint = Endpoint()
+    metrics: Endpoint = Endpoint(host="0.0.0.0", port=9090)
+    redis: RedisConfig = RedisConfig()
+    accounts: list[Account] = Field(min_length=1)
+    tokens: TokenPolicy = TokenPolicy()
+    queue: QueuePolicy = QueuePolicy()
+    cache: CachePolicy = CachePolicy()
+    fallback: FallbackPolicy = FallbackPolicy()
+    timeouts: Timeouts = Timeouts()
+    retry: RetryPolicy = RetryPolicy()
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        names = [a.name for a in self.accounts]
+        if len(set(names)) != len(names):
+            raise ValueError("account names must be unique")
+        if self.queue.default_deadline_ms > self.queue.max_deadline_ms:
+            raise ValueError("queue.default_deadline_ms must not exceed queue.max_deadline_ms")
+        for model, chain in self.fallback.chains.items():
+            if model in chain:
+                raise ValueError(f"fallback.chains[{model!r}] must not contain {model!r} itself")
+        return self
+
+    def accounts_for(self, model: str) -> list[Account]:
+        return [a for a in self.accounts if a.limits_for(model) is not None]
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "<config>") -> SidecarConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source)) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> SidecarConfig:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        return cls.from_dict(data, str(path))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem: ``source: field.path: message``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; check the spelling against docs/sidecar-config.md"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)

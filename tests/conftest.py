@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kube.fixtures import kube, kube_namespace  # noqa: F401
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 

@@ -1,0 +1,1 @@
+"""The real Kubernetes test ground: control-plane runner, pytest fixtures and smoke tests."""

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
+from o1pool.procs import RedisServer, free_port
 from tests.kube.fixtures import kube, kube_namespace  # noqa: F401
+
+__all__ = ["IN_CI", "RedisServer", "free_port", "require_binary"]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -34,63 +31,13 @@ def require_binary(name: str, how: str) -> str:
     pytest.skip(message)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class RedisServer:
-    """A redis-server process on 127.0.0.1 that a test may stop and start again."""
-
-    binary: str
-    port: int
-    workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def flush(self) -> None:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-            s.sendall(b"FLUSHALL\r\nSCRIPT FLUSH\r\n")
-            s.recv(64)
-
-
 @pytest.fixture(scope="session")
 def redis_server_session() -> Iterator[RedisServer]:
     binary = require_binary("redis-server", "install it with: apt-get install -y redis-server")
-    with tempfile.TemporaryDirectory(prefix="o1pool-redis-") as workdir:
-        server = RedisServer(binary=binary, port=free_port(), workdir=Path(workdir))
-        server.start()
-        yield server
-        server.stop()
+    server = RedisServer(binary=binary)
+    server.start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

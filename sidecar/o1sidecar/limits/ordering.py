@@ -1,0 +1,55 @@
+"""Queue order: priority first, then age, with aging so that low priority is never starved.
+
+A waiting request's effective priority is ``priority + waited / aging_s``: it rises by one level per
+``aging_s`` seconds. Comparing two waiters by effective priority at any moment is the same as
+comparing their *rank* ``enqueued_at - priority * aging_s`` (smaller is better), which never changes
+while they wait. That is what lets Redis keep the cluster-wide queue as a ZSET scored by rank.
+"""
+
+from __future__ import annotations
+
+import math
+
+PRIORITY_MIN = 0
+PRIORITY_MAX = 9
+
+
+def rank(priority: int, enqueued_at: float, aging_s: float) -> float:
+    """A waiter's fixed position in the queue: smaller is served first."""
+    return enqueued_at - priority * aging_s
+
+
+def effective_priority(priority: int, enqueued_at: float, now: float, aging_s: float) -> float:
+    """Priority raised by one level per ``aging_s`` seconds waited."""
+    return priority + max(0.0, now - enqueued_at) / aging_s
+
+
+def served_before(a: tuple[int, float], b: tuple[int, float], aging_s: float) -> bool:
+    """Whether waiter ``a`` = (priority, enqueued_at) goes before ``b``; ties go to the older."""
+    ra, rb = rank(a[0], a[1], aging_s), rank(b[0], b[1], aging_s)
+    if ra != rb:
+        return ra < rb
+    return a[1] <= b[1]
+
+
+def max_wait_behind(priority: int, other_priority: int, aging_s: float) -> float:
+    """Longest a waiter can be overtaken by later arrivals of ``other_priority`` (the starvation bound)."""
+    return max(0.0, (other_priority - priority) * aging_s) if math.isfinite(aging_s) else math.inf
+
+
+def blocked_by_queue(
+    ahead_tokens: list[int],
+    tokens: int,
+    free_requests: float,
+    free_tokens: float,
+    free_slots: float,
+) -> bool:
+    """Whether better-ranked waiters (costing ``ahead_tokens``) must go first.
+
+    A request may pass the waiters ahead of it only when the free capacity of all the model's
+    accounts covers them *and* it. Otherwise it would take what they are waiting for.
+    """
+    if not ahead_tokens:
+        return False
+    requests = len(ahead_tokens) + 1
+    return free_requests < requests or free_slots < requests or free_tokens < sum(ahead_tokens) + tokens

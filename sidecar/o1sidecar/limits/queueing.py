@@ -1,0 +1,351 @@
+"""The wait queue: the ``Limiter`` the proxy talks to, on top of an admission store (backend.py).
+
+Every request first tries to get in at once (one store call). If it cannot, it waits in this
+sidecar's queue for its model, ordered by rank (ordering.py). One dispatcher per model retries the
+best waiter when capacity is expected (the store says when), when a grant of that model is released
+here, or when woken from outside (Redis pub/sub); the others wait behind it. The store's tickets make
+the order hold across sidecars. A waiter whose deadline passes gets ``QueueTimeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from o1sidecar.config import SidecarConfig
+from o1sidecar.limits.api import (
+    Demand,
+    Grant,
+    LimiterState,
+    NoCapacity,
+    QueueFull,
+    QueueTimeout,
+    UpstreamReport,
+)
+from o1sidecar.limits.backend import (
+    AccountLimits,
+    Admitted,
+    Attempt,
+    Backend,
+    Denied,
+    Settlement,
+    Waiting,
+    account_limits,
+)
+from o1sidecar.limits.balancing import Health, health_at, update_health
+from o1sidecar.limits.reconcile import cooldown_after_429, extra_usage, trusted_remaining
+
+log = logging.getLogger("o1sidecar.limits")
+
+MAX_SLEEP_S = 1.0  # a waiter re-checks at least this often, whatever the store predicted
+MIN_SLEEP_S = 0.002
+ERROR_SLEEP_S = 0.1
+
+
+@dataclass(eq=False)
+class _Waiter:
+    demand: Demand
+    accounts: tuple[AccountLimits, ...]
+    ticket: str
+    rank: float
+    seq: int
+    started: float
+    future: asyncio.Future[Grant]
+    last: Denied | None = None
+
+
+@dataclass
+class _ModelQueue:
+    heap: list[tuple[float, int, _Waiter]] = field(default_factory=list)
+    deadlines: list[tuple[float, int, _Waiter]] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(frozen=True)
+class _Active:
+    limits: AccountLimits
+    model: str
+    tokens: int
+    admitted: float
+
+
+class QueueingLimiter:
+    """A ``Limiter``: priority wait queue, balancing and reconciliation over one admission store."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        backend: Backend,
+        *,
+        clock: Callable[[], float] = time.time,
+        live_sidecars: Callable[[], int] = lambda: 1,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self._clock = clock
+        self._live = live_sidecars
+        self._aging_s = config.queue.aging_s_per_level
+        self._queues: dict[str, _ModelQueue] = {}
+        self._waiting: Counter[int] = Counter()
+        self._active: dict[str, _Active] = {}
+        self._health: dict[str, Health] = {}
+        self._consecutive_429: Counter[tuple[str, str]] = Counter()
+        self._limits_cache: dict[tuple[str, tuple[str, ...]], tuple[AccountLimits, ...]] = {}
+        self._seq = itertools.count()
+        self._closed = False
+
+    async def start(self) -> None:
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+        for q in self._queues.values():
+            if q.task is not None:
+                q.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await q.task
+            for _, _, w in q.heap:
+                if not w.future.done():
+                    w.future.set_exception(
+                        QueueTimeout("the sidecar is shutting down", 1.0, self._clock() - w.started)
+                    )
+        self._queues.clear()
+        self._waiting.clear()
+
+    # -- acquire -------------------------------------------------------------------------------
+
+    def _limits(self, model: str, names: Sequence[str]) -> tuple[AccountLimits, ...]:
+        key = (model, tuple(names))
+        cached = self._limits_cache.get(key)
+        if cached is None:
+            cached = self._limits_cache[key] = tuple(account_limits(self.config, model, key[1]))
+        now = self._clock()
+        return tuple(
+            replace(a, health=health_at(self._health[a.name], now)) if a.name in self._health else a
+            for a in cached
+        )
+
+    async def acquire(self, demand: Demand, accounts: Sequence[str]) -> Grant:
+        limits = self._limits(demand.model, accounts)
+        if not limits:
+            raise NoCapacity(
+                f"none of the accounts {list(accounts)} serves model {demand.model!r}; "
+                "add the model to an account (or a tier that includes it) in the sidecar config"
+            )
+        largest = max(a.tpm for a in limits)
+        if demand.tokens > largest:
+            raise NoCapacity(
+                f"the request needs {demand.tokens} tokens but the largest TPM limit of the accounts "
+                f"serving {demand.model!r} is {largest:g}; lower max_tokens or shorten the prompt"
+            )
+        started = self._clock()
+        if demand.deadline <= started:
+            raise QueueTimeout("the request's deadline had already passed when it arrived", 1.0, 0.0)
+        if sum(self._waiting.values()) >= self.config.queue.max_length:
+            raise QueueFull(
+                f"{self.config.queue.max_length} requests are already waiting in this sidecar "
+                "(queue.max_length); retry later"
+            )
+
+        ticket = uuid.uuid4().hex
+        first = await self._try(Attempt(demand, limits, ticket, ticket, None, self._aging_s))
+        if isinstance(first, Admitted):
+            return self._granted(first, demand, limits, started)
+
+        waiter = _Waiter(
+            demand=demand,
+            accounts=limits,
+            ticket=ticket,
+            rank=first.rank,
+            seq=next(self._seq),
+            started=started,
+            future=asyncio.get_running_loop().create_future(),
+            last=first,
+        )
+        self._enqueue(waiter)
+        try:
+            return await asyncio.shield(waiter.future)
+        except asyncio.CancelledError:
+            self._abandon(waiter)
+            raise
+
+    def _granted(
+        self, admitted: Admitted, demand: Demand, limits: tuple[AccountLimits, ...], started: float
+    ) -> Grant:
+        now = self._clock()
+        account = next(a for a in limits if a.name == admitted.account)
+        self._active[admitted.lease_id] = _Active(account, demand.model, demand.tokens, now)
+        waited = max(0.0, now - started)
+        return Grant(admitted.account, demand.model, demand.tokens, admitted.lease_id, waited)
+
+    async def _try(self, attempt: Attempt) -> Admitted | Denied:
+        return await self.backend.attempt(attempt)
+
+    def _enqueue(self, w: _Waiter) -> None:
+        q = self._queues.get(w.demand.model)
+        if q is None:
+            q = self._queues[w.demand.model] = _ModelQueue()
+        heapq.heappush(q.heap, (w.rank, w.seq, w))
+        heapq.heappush(q.deadlines, (w.demand.deadline, w.seq, w))
+        self._waiting[w.demand.priority] += 1
+        q.wake.set()
+        if q.task is None or q.task.done():
+            q.task = asyncio.get_running_loop().create_task(self._dispatch(w.demand.model, q))
+
+    def _leave(self, w: _Waiter) -> None:
+        """Count ``w`` out of the queue (its heap entries are dropped lazily)."""
+        self._waiting[w.demand.priority] -= 1
+        if self._waiting[w.demand.priority] <= 0:
+            del self._waiting[w.demand.priority]
+
+    def _abandon(self, w: _Waiter) -> None:
+        """The client went away while waiting: leave the queue, or give back a grant it just got."""
+        if w.future.done() and not w.future.cancelled() and w.future.exception() is None:
+            grant = w.future.result()
+            asyncio.get_running_loop().create_task(self.release(grant, None))
+            return
+        if not w.future.done():
+            w.future.cancel()
+            self._leave(w)
+            asyncio.get_running_loop().create_task(self._forget(w.demand.model, [w.ticket]))
+
+    async def _forget(self, model: str, tickets: list[str]) -> None:
+        try:
+            await self.backend.forget(model, tickets)
+        except Exception:
+            log.debug("could not drop %d queue tickets of %s", len(tickets), model, exc_info=True)
+
+    # -- the dispatcher ------------------------------------------------------------------------
+
+    def _expire(self, q: _ModelQueue, now: float) -> list[str]:
+        expired = []
+        while q.deadlines and (q.deadlines[0][0] <= now or q.deadlines[0][2].future.done()):
+            _, _, w = heapq.heappop(q.deadlines)
+            if w.future.done():
+                continue
+            waited = now - w.started
+            retry = 1.0 if w.last is None or not math.isfinite(w.last.wait_s) else max(1.0, w.last.wait_s)
+            why = "" if w.last is None else f" (last check: {w.last.reason})"
+            w.future.set_exception(
+                QueueTimeout(
+                    f"queued {waited:.1f}s for {w.demand.model!r} at priority {w.demand.priority}; no "
+                    f"account had capacity for it before its deadline{why}",
+                    retry_after_s=math.ceil(retry),
+                    waited_s=waited,
+                )
+            )
+            self._leave(w)
+            expired.append(w.ticket)
+        return expired
+
+    def _head(self, q: _ModelQueue) -> _Waiter | None:
+        while q.heap and q.heap[0][2].future.done():
+            heapq.heappop(q.heap)
+        return q.heap[0][2] if q.heap else None
+
+    async def _dispatch(self, model: str, q: _ModelQueue) -> None:
+        while not self._closed:
+            q.wake.clear()
+            now = self._clock()
+            expired = self._expire(q, now)
+            if expired:
+                await self._forget(model, expired)
+            head = self._head(q)
+            if head is None:
+                q.deadlines.clear()
+                return
+            attempt = Attempt(
+                head.demand, self._limits(model, [a.name for a in head.accounts]),
+                head.ticket, head.ticket, head.rank, self._aging_s,
+            )
+            try:
+                result = await self._try(attempt)
+            except Exception:
+                log.exception("admission check for %s failed; retrying", model)
+                result = Denied("capacity", ERROR_SLEEP_S, head.rank)
+            if isinstance(result, Admitted):
+                grant = self._granted(result, head.demand, attempt.accounts, head.started)
+                if head.future.done():
+                    await self.release(grant, None)
+                else:
+                    head.future.set_result(grant)
+                    self._leave(head)
+                continue
+            head.last = result
+            head.rank = result.rank
+            sleep = min(result.wait_s, MAX_SLEEP_S)
+            if q.deadlines:
+                sleep = min(sleep, q.deadlines[0][0] - self._clock())
+            sleep = max(MIN_SLEEP_S, sleep)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(q.wake.wait(), sleep)
+
+    def wake(self, model: str | None = None) -> None:
+        """Make the dispatcher of ``model`` (or of every model) re-check now."""
+        for name, q in self._queues.items():
+            if model is None or name == model:
+                q.wake.set()
+
+    def waiting(self) -> list[Waiting]:
+        """Every request waiting here, for a store taking over."""
+        return [
+            Waiting(model, w.ticket, w.rank, w.demand.tokens)
+            for model, q in self._queues.items()
+            for _, _, w in q.heap
+            if not w.future.done()
+        ]
+
+    # -- release -------------------------------------------------------------------------------
+
+    async def release(self, grant: Grant, report: UpstreamReport | None) -> None:
+        active = self._active.pop(grant.lease_id, None)
+        if active is None:
+            return
+        now = self._clock()
+        settlement = Settlement(active.limits, active.model, grant.lease_id, elapsed_s=now - active.admitted)
+        if report is not None:
+            settlement = self._reconcile(settlement, active, report, now)
+        try:
+            await self.backend.settle(settlement)
+        except Exception:
+            log.debug("could not settle lease of %s/%s", active.limits.name, active.model, exc_info=True)
+        self.wake(active.model)
+
+    def _reconcile(self, s: Settlement, active: _Active, report: UpstreamReport, now: float) -> Settlement:
+        name = active.limits.name
+        self._health[name] = update_health(self._health.get(name, Health(1.0, now)), report, now)
+        key = (name, active.model)
+        cooldown = None
+        if report.status == 429:
+            self._consecutive_429[key] += 1
+            cooldown = cooldown_after_429(report.retry_after_s, report.limit_type, self._consecutive_429[key])
+        elif report.status < 400:
+            self._consecutive_429.pop(key, None)
+        return replace(
+            s,
+            extra_tokens=extra_usage(active.tokens, report.usage_tokens),
+            remaining_requests=trusted_remaining(report.remaining_requests, report.reset_requests_s),
+            remaining_tokens=trusted_remaining(report.remaining_tokens, report.reset_tokens_s),
+            cooldown_s=cooldown,
+        )
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state(self) -> LimiterState:
+        usage = getattr(self.backend, "usage_ratio", None)
+        return LimiterState(
+            mode=self.backend.mode,
+            live_sidecars=max(1, self._live()),
+            queue_length=dict(self._waiting),
+            usage_ratio=usage() if callable(usage) else {},
+        )

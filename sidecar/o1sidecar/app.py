@@ -1,0 +1,207 @@
+"""The sidecar's aiohttp application and an embeddable in-process server.
+
+``create_app(config)`` builds the proxy app (OpenAI API surface + health); ``start_sidecar(config)``
+serves it and the metrics app on their configured (or ephemeral) ports and returns a handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from o1sidecar.cache import ResponseCache
+from o1sidecar.config import SidecarConfig
+from o1sidecar.controls import parse_controls
+from o1sidecar.errors import ProxyError
+from o1sidecar.inbound import CHAT, EMBEDDINGS, RESPONSES, Endpoint, parse_body, read_body
+from o1sidecar.limits.api import Limiter
+from o1sidecar.metrics import NO_KEY, SidecarMetrics, create_metrics_app
+from o1sidecar.proxy import Proxy
+from o1sidecar.tokens import TokenCounter
+from o1sidecar.upstream import load_routes
+
+log = logging.getLogger("o1sidecar")
+
+PROXY_KEY = web.AppKey("o1sidecar.proxy", Proxy)
+
+
+def _default_limiter(config: SidecarConfig) -> Limiter:
+    from o1sidecar.limits import build_limiter  # type: ignore[attr-defined]
+
+    return build_limiter(config)
+
+
+def create_app(
+    config: SidecarConfig,
+    *,
+    limiter: Limiter | None = None,
+    counter: TokenCounter | None = None,
+) -> web.Application:
+    """The proxy app. Keys are read now (errors name the key's source). The app starts and closes the
+    limiter (``build_limiter(config)`` unless one is given), loads token encodings at startup and owns
+    one pooled HTTP session to the upstreams. ``app[PROXY_KEY].metrics`` holds its metrics."""
+    routes = load_routes(config)
+    limiter = limiter if limiter is not None else _default_limiter(config)
+    metrics = SidecarMetrics(limiter.state)
+    proxy = Proxy(
+        config,
+        limiter,
+        routes,
+        counter or TokenCounter(),
+        ResponseCache(config.cache, config.redis),
+        metrics,
+    )
+    app = web.Application(client_max_size=config.max_body_bytes + 1)
+    app[PROXY_KEY] = proxy
+    ready = asyncio.Event()
+
+    async def on_startup(_app: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, proxy.counter.load)
+        await proxy.start()
+        await limiter.start()
+        ready.set()
+        log.info(
+            "sidecar ready: pool %s/%s, %d account(s), models %s, limiter %s",
+            config.pool.namespace,
+            config.pool.name,
+            len(config.accounts),
+            ", ".join(proxy.models),
+            limiter.state().mode,
+        )
+
+    async def on_cleanup(_app: web.Application) -> None:
+        ready.clear()
+        await limiter.close()
+        await proxy.close()
+        await proxy.cache.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+
+    def endpoint_handler(endpoint: Endpoint) -> Callable[[web.Request], object]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                controls = parse_controls(request.headers, config.queue)
+                raw = await read_body(request, config.max_body_bytes)
+                body = parse_body(raw, endpoint)
+            except ProxyError as exc:
+                metrics.requests.labels(str(exc.status), NO_KEY, NO_KEY).inc()
+                return exc.response()
+            return await proxy.handle(request, endpoint, raw, body, controls)
+
+        return handler
+
+    async def models(_request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "o1pool"} for m in proxy.models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def model(request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        if name not in proxy.models:
+            return ProxyError(
+                404,
+                f"The model `{name}` is not served by this pool; see GET /v1/models.",
+                code="model_not_found",
+            ).response()
+        return web.json_response({"id": name, "object": "model", "created": 0, "owned_by": "o1pool"})
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_request: web.Request) -> web.Response:
+        if not ready.is_set():
+            return web.json_response({"status": "starting"}, status=503)
+        return web.json_response({"status": "ready", "limiter": limiter.state().mode})
+
+    async def not_found(request: web.Request) -> web.Response:
+        return ProxyError(
+            404,
+            f"{request.method} {request.path} is not served by the o1pool sidecar; it serves POST "
+            "/v1/chat/completions, /v1/responses, /v1/embeddings and GET /v1/models.",
+            code="unknown_url",
+        ).response()
+
+    app.router.add_post("/v1/chat/completions", endpoint_handler(CHAT))
+    app.router.add_post("/v1/responses", endpoint_handler(RESPONSES))
+    app.router.add_post("/v1/embeddings", endpoint_handler(EMBEDDINGS))
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model}", model)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_route("*", "/v1/{tail:.*}", not_found)
+    return app
+
+
+@dataclass
+class SidecarHandle:
+    """A running sidecar: where it listens, its app, and how to stop it."""
+
+    app: web.Application
+    url: str  # base URL for OpenAI clients, ending in /v1
+    metrics_url: str  # full URL of the Prometheus endpoint
+    port: int
+    metrics_port: int
+    _runners: tuple[web.AppRunner, ...]
+
+    @property
+    def proxy(self) -> Proxy:
+        return self.app[PROXY_KEY]
+
+    async def close(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+
+
+async def start_sidecar(
+    config: SidecarConfig,
+    *,
+    limiter: Limiter | None = None,
+    serve_metrics: bool = True,
+) -> SidecarHandle:
+    """Serve the proxy on ``config.listen`` and metrics on ``config.metrics`` (port 0 picks a free
+    port) and return once both are listening."""
+    app = create_app(config, limiter=limiter)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    runners: list[web.AppRunner] = [runner]
+    try:
+        site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
+        await site.start()
+        port = _bound_port(runner)
+        metrics_port = 0
+        metrics_host = config.metrics.host
+        if serve_metrics:
+            metrics_runner = web.AppRunner(
+                create_metrics_app(app[PROXY_KEY].metrics), access_log=None, handle_signals=False
+            )
+            await metrics_runner.setup()
+            runners.append(metrics_runner)
+            await web.TCPSite(metrics_runner, metrics_host, config.metrics.port, reuse_address=True).start()
+            metrics_port = _bound_port(metrics_runner)
+    except BaseException:
+        for r in reversed(runners):
+            await r.cleanup()
+        raise
+    host = _client_host(config.listen.host)
+    return SidecarHandle(
+        app=app,
+        url=f"http://{host}:{port}/v1",
+        metrics_url=f"http://{_client_host(metrics_host)}:{metrics_port}/metrics" if serve_metrics else "",
+        port=port,
+        metrics_port=metrics_port,
+        _runners=tuple(runners),
+    )
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    return int(runner.addresses[0][1])
+
+
+def _client_host(host: str) -> str:
+    if host in {"0.0.0.0", "", "::"}:
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

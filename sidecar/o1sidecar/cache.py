@@ -1,0 +1,127 @@
+"""Response cache: L1 in process memory (LRU), L2 in Redis shared by the pool's sidecars.
+
+The key covers the endpoint, the model and every request field that can change the answer; fields
+that only change delivery or bookkeeping (``stream``, ``stream_options``, ``user``, ``metadata``,
+``store``) are left out. L2 is best effort: a slow or failed Redis is a miss, never an error, and a
+short breaker stops asking a Redis that keeps failing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from cachetools import LRUCache
+
+from o1sidecar.config import CachePolicy, RedisConfig
+
+log = logging.getLogger(__name__)
+
+NOT_IN_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store"})
+
+
+def cache_key(path: str, body: dict[str, Any]) -> str:
+    """Hex sha256 of the endpoint and the answer-changing request fields, in canonical JSON."""
+    material = {k: v for k, v in body.items() if k not in NOT_IN_KEY}
+    text = json.dumps([path, material], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_cacheable(body: dict[str, Any], policy: CachePolicy) -> bool:
+    """Whether a request's answer may be stored and reused under this policy."""
+    if not policy.enabled:
+        return False
+    if policy.only_deterministic:
+        return body.get("temperature") == 0 or body.get("seed") is not None
+    return True
+
+
+class ResponseCache:
+    """Two layers of ``key -> response body bytes``. ``get`` says which layer answered."""
+
+    def __init__(
+        self,
+        policy: CachePolicy,
+        redis_config: RedisConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self._l1: LRUCache[str, bytes] | None = (
+            LRUCache(maxsize=policy.l1_entries) if policy.l1_entries > 0 else None
+        )
+        self._prefix = f"{redis_config.key_prefix}:cache:"
+        self._clock = clock
+        self._reset_s = redis_config.breaker_reset_s
+        self._broken_until = 0.0
+        self._redis: aioredis.Redis | None = None
+        if redis_config.url and policy.l2_ttl_s > 0:
+            self._redis = aioredis.from_url(
+                redis_config.url,
+                socket_connect_timeout=redis_config.connect_timeout_ms / 1000,
+                socket_timeout=redis_config.op_timeout_ms / 1000,
+                password=_redis_password(redis_config),
+            )
+
+    @property
+    def has_l2(self) -> bool:
+        return self._redis is not None
+
+    async def get(self, key: str) -> tuple[bytes, str] | None:
+        """``(body, "l1"|"l2")`` or ``None`` on a miss."""
+        if self._l1 is not None:
+            body = self._l1.get(key)
+            if body is not None:
+                return body, "l1"
+        if not self._l2_usable():
+            return None
+        try:
+            body = await self._redis.get(self._prefix + key)  # type: ignore[union-attr]
+        except (aioredis.RedisError, OSError) as exc:
+            self._trip(exc)
+            return None
+        if body is None:
+            return None
+        if self._l1 is not None:
+            self._l1[key] = body
+        return body, "l2"
+
+    async def put(self, key: str, body: bytes) -> None:
+        if self._l1 is not None:
+            self._l1[key] = body
+        if not self._l2_usable():
+            return
+        try:
+            await self._redis.set(self._prefix + key, body, ex=self.policy.l2_ttl_s)  # type: ignore[union-attr]
+        except (aioredis.RedisError, OSError) as exc:
+            self._trip(exc)
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def _l2_usable(self) -> bool:
+        return self._redis is not None and self._clock() >= self._broken_until
+
+    def _trip(self, exc: BaseException) -> None:
+        if self._clock() >= self._broken_until:
+            log.warning(
+                "cache L2 (Redis) unavailable, serving from L1 only for %.1fs: %s",
+                self._reset_s,
+                type(exc).__name__,
+            )
+        self._broken_until = self._clock() + self._reset_s
+
+
+def _redis_password(config: RedisConfig) -> str | None:
+    if config.password_file is not None:
+        return config.password_file.read_text().strip() or None
+    if config.password_env is not None:
+        return os.environ.get(config.password_env) or None
+    return None

@@ -1,0 +1,69 @@
+"""``o1pool sidecar --config FILE``: serve the proxy and its metrics until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from o1sidecar.config import ConfigError, SidecarConfig
+
+log = logging.getLogger("o1sidecar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="o1pool sidecar",
+        description="Serve an OpenAI-compatible endpoint that shares the pool's accounts and limits. "
+        "Point the app's OPENAI_BASE_URL at http://<listen>/v1; any API key works, the sidecar supplies "
+        "the real one.",
+    )
+    parser.add_argument("--config", required=True, help="sidecar config YAML (see docs/sidecar-config.md)")
+    parser.add_argument(
+        "--check", action="store_true", help="validate the config and read the keys, then exit"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+async def _serve(config: SidecarConfig) -> None:
+    from o1sidecar.app import start_sidecar
+
+    handle = await start_sidecar(config)
+    print(f"o1pool sidecar: serving {handle.url} (metrics {handle.metrics_url})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await handle.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = SidecarConfig.load(args.config)
+        if args.check:
+            from o1sidecar.upstream import load_routes
+
+            routes = load_routes(config)
+            keys = sum(len(r.keys) for r in routes.values())
+            print(f"{args.config}: valid; {len(routes)} account(s), {keys} key(s) readable")
+            return 0
+        asyncio.run(_serve(config))
+    except ConfigError as exc:
+        print(f"o1pool sidecar: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"o1pool sidecar: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Prometheus metrics of one sidecar, in a registry of its own (several sidecars may share a process).
+
+Label ``key`` is always an ``account/key`` *name*; key values never reach a label. Queue length,
+usage ratios and the limiter mode are read from the limiter at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from o1sidecar.limits.api import LimiterState
+
+NO_KEY = "-"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+REPORTED_PRIORITIES = (2, 5, 8)  # low/normal/high always present, so dashboards see zeros
+
+
+class _LimiterStateCollector(Collector):
+    def __init__(self, state: Callable[[], LimiterState]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self._state()
+        queue = GaugeMetricFamily(
+            "o1_api_queue_length", "Requests waiting in this sidecar", labels=["priority"]
+        )
+        waiting = {p: 0 for p in REPORTED_PRIORITIES} | dict(state.queue_length)
+        for priority, count in sorted(waiting.items()):
+            queue.add_metric([str(priority)], count)
+        yield queue
+        ratio = GaugeMetricFamily(
+            "o1_api_token_usage_ratio",
+            "Share of an account's per-minute limit used (highest over its models)",
+            labels=["key", "type"],
+        )
+        per_account: dict[tuple[str, str], float] = {}
+        for (account, _model), usage in state.usage_ratio.items():
+            for kind, value in usage.items():
+                per_account[(account, kind)] = max(value, per_account.get((account, kind), 0.0))
+        for (account, kind), value in sorted(per_account.items()):
+            ratio.add_metric([account, kind], value)
+        yield ratio
+        mode = GaugeMetricFamily(
+            "o1_api_limiter_mode",
+            "1 for the limiter mode in force (shared on Redis or local)",
+            labels=["mode"],
+        )
+        for name in ("shared", "local"):
+            mode.add_metric([name], 1.0 if state.mode == name else 0.0)
+        yield mode
+        yield GaugeMetricFamily(
+            "o1_api_live_sidecars", "Sidecars of the pool seen alive by this one", value=state.live_sidecars
+        )
+
+
+class SidecarMetrics:
+    """The sidecar's instruments, each label child created once and reused on the hot path."""
+
+    def __init__(self, limiter_state: Callable[[], LimiterState] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "o1_api_requests",
+            "Requests answered, by status, model served and key",
+            ["status", "model", "key"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "o1_api_response_duration_seconds",
+            "Time from request to answer (stream: to the end)",
+            ["model", "cached"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "o1_api_queue_wait_seconds",
+            "Time a request waited for admission",
+            ["priority"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.upstream_429 = Counter(
+            "o1_api_upstream_429", "429 answers from the upstream", ["key", "model", "type"], registry=r
+        )
+        self.admissions = Counter(
+            "o1_api_admissions",
+            "Requests admitted by the limiter and sent upstream",
+            ["key", "model"],
+            registry=r,
+        )
+        self.upstream_failures = Counter(
+            "o1_api_upstream_failures",
+            "Upstream 5xx, connection errors, timeouts and cut streams",
+            ["key", "model", "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "o1_api_fallbacks",
+            "Requests moved to the next model of the fallback chain",
+            ["from_model", "to_model"],
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "o1_api_cache_lookups", "Cache lookups by result (l1, l2, miss)", ["result"], registry=r
+        )
+        self.queue_rejections = Counter(
+            "o1_api_queue_rejections",
+            "Requests answered 429 by the queue (timeout or full)",
+            ["reason"],
+            registry=r,
+        )
+        if limiter_state is not None:
+            r.register(_LimiterStateCollector(limiter_state))
+
+    def scrape(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def create_metrics_app(metrics: SidecarMetrics) -> web.Application:
+    """A tiny app serving ``GET /metrics`` for Prometheus."""
+
+    async def handle(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics.scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    return app

@@ -1,0 +1,475 @@
+"""The forwarding loop of one request: cache, admission, upstream call, then what ``plan.next_step``
+decides (retry, fall back, truncate, cache-only, fail). Decisions live in pure modules; this one does
+the I/O and keeps each limiter grant released exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from o1sidecar.cache import ResponseCache, cache_key, is_cacheable
+from o1sidecar.config import SidecarConfig
+from o1sidecar.controls import RequestControls
+from o1sidecar.errors import ProxyError
+from o1sidecar.inbound import CHAT, RESPONSES, Endpoint
+from o1sidecar.limits.api import Demand, Grant, Limiter, NoCapacity, QueueFull, QueueTimeout, UpstreamReport
+from o1sidecar.metrics import NO_KEY, SidecarMetrics
+from o1sidecar.plan import Action, Outcome, PlanState, classify, next_step
+from o1sidecar.reports import build_report, failure_report
+from o1sidecar.streaming import ChatStreamRelay, ResponsesStreamRelay, replay_chat_completion, sse_events
+from o1sidecar.tokens import TokenCounter, count_messages
+from o1sidecar.truncation import parse_context_error, target_tokens, truncate_messages
+from o1sidecar.upstream import AccountRoute, UpstreamKey
+
+log = logging.getLogger("o1sidecar.proxy")
+
+PASSED_RESPONSE_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version", "openai-model")
+
+
+@dataclass
+class Attempt:
+    """One upstream answer that was read (non-stream) or is about to be streamed."""
+
+    outcome: Outcome
+    status: int = 0
+    body: bytes = b""
+    error: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    reason: str = ""
+
+
+@dataclass
+class Served:
+    """What the response headers report."""
+
+    account: str = ""
+    model: str = ""
+    key: str = NO_KEY
+    waited_s: float = 0.0
+    degraded: bool = False
+    cache: str = "miss"
+
+    def headers(self) -> dict[str, str]:
+        out = {
+            "x-o1pool-queue-wait-ms": str(round(self.waited_s * 1000)),
+            "x-o1pool-degraded": "true" if self.degraded else "false",
+            "x-o1pool-cache": self.cache,
+        }
+        if self.account:
+            out["x-o1pool-account"] = self.account
+        if self.model:
+            out["x-o1pool-model"] = self.model
+        return out
+
+
+class Proxy:
+    """Shared state of one sidecar's proxy: config, limiter, routes, HTTP session, cache, metrics."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        limiter: Limiter,
+        routes: dict[str, AccountRoute],
+        counter: TokenCounter,
+        cache: ResponseCache,
+        metrics: SidecarMetrics,
+    ) -> None:
+        self.config = config
+        self.limiter = limiter
+        self.routes = routes
+        self.counter = counter
+        self.cache = cache
+        self.metrics = metrics
+        self.session: aiohttp.ClientSession | None = None
+        self._random = random.Random()
+        self._served_models = sorted({m for a in config.accounts for m in a.serves()})
+        self._accounts_for = {m: [a.name for a in config.accounts_for(m)] for m in self._served_models}
+
+    @property
+    def models(self) -> list[str]:
+        return self._served_models
+
+    async def start(self) -> None:
+        t = self.config.timeouts
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=t.total_s, connect=t.connect_s, sock_read=t.read_s),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    # -- one request ---------------------------------------------------------------------------
+
+    async def handle(
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        raw: bytes,
+        body: dict[str, Any],
+        controls: RequestControls,
+    ) -> web.StreamResponse:
+        """Answer one parsed request; ``raw`` is forwarded as is when nothing in it has to change."""
+        started = time.monotonic()
+        requested = body["model"]
+        stream = bool(body.get("stream"))
+        served = Served(model=requested)
+        models = [
+            m for m in [requested, *self.config.fallback.chains.get(requested, [])] if m in self._accounts_for
+        ]
+        if not models:
+            return self._finish(self._unknown_model(requested), served, started)
+        if models[0] != requested:
+            served.degraded = True
+        key = cache_key(endpoint.path, body) if self.config.cache.enabled else None
+        cacheable = key is not None and is_cacheable(body, self.config.cache)
+        if cacheable and (not stream or endpoint is CHAT):
+            hit = await self._cache_get(key)
+            if hit is not None:
+                served.cache = hit[1]
+                return await self._answer_from_cache(request, hit[0], body, served, started)
+        deadline = time.time() + controls.deadline_ms / 1000
+        state = PlanState()
+        truncated_prompt: list[Any] | None = None
+        attempt: Attempt | None = None
+        while True:
+            model = models[state.model_index]
+            served.model = model
+            upstream_body, strip_usage = self._upstream_body(endpoint, body, model, truncated_prompt)
+            demand = Demand(
+                model=model,
+                tokens=self.counter.charge(endpoint.path, model, upstream_body, self.config.tokens),
+                priority=controls.priority,
+                deadline=deadline,
+            )
+            try:
+                grant = await self.limiter.acquire(demand, self._accounts_for[model])
+            except QueueTimeout as exc:
+                served.waited_s += exc.waited_s
+                return self._finish(self._queue_timeout(exc, model, controls), served, started)
+            except QueueFull as exc:
+                self.metrics.queue_rejections.labels("full").inc()
+                return self._finish(self._queue_full(exc), served, started)
+            except NoCapacity as exc:
+                if state.model_index + 1 < len(models):
+                    self._note_fallback(model, models[state.model_index + 1])
+                    state, served.degraded = PlanState(state.model_index + 1, truncated=state.truncated), True
+                    continue
+                return self._finish(self._no_capacity(exc, model, demand), served, started)
+            served.waited_s += grant.waited_s
+            self.metrics.queue_wait.labels(str(controls.priority)).observe(grant.waited_s)
+            route = self.routes[grant.account]
+            upstream_key = route.next_key()
+            served.account, served.key = grant.account, upstream_key.label
+            self.metrics.admissions.labels(upstream_key.label, model).inc()
+            payload = raw if upstream_body is body else json.dumps(upstream_body).encode()
+            attempt, response = await self._call(
+                request, endpoint, route, upstream_key, model, payload, grant, served, stream, strip_usage
+            )
+            if response is not None:
+                self._observe(response.status, served, started)
+                if attempt.outcome is Outcome.OK and cacheable and not stream and not served.degraded:
+                    await self.cache.put(key, attempt.body)  # type: ignore[arg-type]
+                return response
+            step = next_step(
+                attempt.outcome,
+                state,
+                models,
+                self.config.retry,
+                cache_only=self.config.fallback.cache_only_last and self.config.cache.enabled,
+                time_left_s=deadline - time.time(),
+                jitter=self._random.random() * 0.25,
+            )
+            if step.action is Action.RETURN:
+                return self._finish(self._passthrough(attempt, served), served, started)
+            if step.action is Action.TRUNCATE:
+                truncated_prompt = self._truncate(endpoint, upstream_body, model, attempt)
+                if truncated_prompt is None:
+                    return self._finish(self._passthrough(attempt, served), served, started)
+                log.info(
+                    "context length exceeded on %s; retrying once with %d of %d messages",
+                    model,
+                    len(truncated_prompt),
+                    len(upstream_body[endpoint.prompt_field]),
+                )
+                state = step.state
+                continue
+            if step.action is Action.RETRY:
+                if step.delay_s > 0:
+                    await asyncio.sleep(step.delay_s)
+                state = step.state
+                continue
+            if step.action is Action.FALLBACK:
+                self._note_fallback(model, models[step.state.model_index])
+                state, served.degraded = step.state, True
+                continue
+            if step.action is Action.CACHE_ONLY and key is not None:
+                hit = await self._cache_get(key)
+                if hit is not None:
+                    served.cache, served.degraded, served.account, served.key = hit[1], True, "", NO_KEY
+                    served.model = requested
+                    return await self._answer_from_cache(request, hit[0], body, served, started)
+            return self._finish(self._exhausted(attempt, models), served, started)
+
+    # -- upstream ------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        route: AccountRoute,
+        key: UpstreamKey,
+        model: str,
+        payload: bytes,
+        grant: Grant,
+        served: Served,
+        stream: bool,
+        strip_usage: bool,
+    ) -> tuple[Attempt, web.StreamResponse | None]:
+        """One upstream call under ``grant``; releases it. Returns the response when the client has
+        been (or is being) answered, or ``None`` with the attempt for the plan to decide."""
+        assert self.session is not None
+        headers = {"Content-Type": "application/json", **route.auth_headers(key)}
+        report: UpstreamReport | None = failure_report()
+        try:
+            try:
+                async with self.session.post(
+                    route.url(endpoint.path, model), data=payload, headers=headers
+                ) as up:
+                    if up.status == 200 and stream:
+                        response, report = await self._relay_stream(
+                            request, endpoint, up, served, strip_usage
+                        )
+                        return Attempt(Outcome.OK, 200), response
+                    data = await up.read()
+                    error, usage = _error_and_usage(data, up.status)
+                    report = build_report(up.status, up.headers, usage=usage, error=error)
+                    attempt = Attempt(
+                        classify(up.status, (error or {}).get("code")),
+                        status=up.status,
+                        body=data,
+                        error=error,
+                        headers={h: up.headers[h] for h in PASSED_RESPONSE_HEADERS if h in up.headers},
+                        reason=f"HTTP {up.status}",
+                    )
+            except TimeoutError:
+                self._note_failure(key, model, "timeout")
+                return Attempt(Outcome.TIMEOUT, reason="timed out"), None
+            except aiohttp.ClientError as exc:
+                self._note_failure(key, model, "connection")
+                return Attempt(Outcome.NETWORK_ERROR, reason=f"connection error ({type(exc).__name__})"), None
+        finally:
+            await self.limiter.release(grant, report)
+        if attempt.outcome is Outcome.RATE_LIMITED:
+            self.metrics.upstream_429.labels(key.label, model, report.limit_type or "other").inc()
+            log.warning(
+                "upstream 429 on %s for %s (%s); waiting through the limiter",
+                key.label,
+                model,
+                report.limit_type or "unknown limit",
+            )
+        elif attempt.outcome is Outcome.SERVER_ERROR:
+            self._note_failure(key, model, f"http_{attempt.status}")
+        if attempt.outcome is Outcome.OK:
+            return attempt, self._upstream_response(attempt, served)
+        return attempt, None
+
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        up: aiohttp.ClientResponse,
+        served: Served,
+        strip_usage: bool,
+    ) -> tuple[web.StreamResponse, UpstreamReport]:
+        relay: ChatStreamRelay | ResponsesStreamRelay
+        relay = ResponsesStreamRelay() if endpoint is RESPONSES else ChatStreamRelay(strip_usage)
+        response = web.StreamResponse(status=200, headers=served.headers())
+        response.content_type = "text/event-stream"
+        response.headers["Cache-Control"] = "no-cache"
+        for h in PASSED_RESPONSE_HEADERS:
+            if h in up.headers:
+                response.headers[h] = up.headers[h]
+        await response.prepare(request)
+        try:
+            async for event in sse_events(up.content):
+                out = relay.feed(event)
+                if out is not None:
+                    await response.write(out)
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            log.warning("stream from %s for %s cut: %s", served.key, served.model, type(exc).__name__)
+            self.metrics.upstream_failures.labels(served.key, served.model, "stream_cut").inc()
+            return response, failure_report(200)
+        if not relay.finished:
+            log.warning("stream from %s for %s ended before its last event", served.key, served.model)
+            self.metrics.upstream_failures.labels(served.key, served.model, "stream_cut").inc()
+            return response, failure_report(200)
+        await response.write_eof()
+        return response, build_report(200, up.headers, usage=relay.usage)
+
+    def _upstream_body(
+        self, endpoint: Endpoint, body: dict[str, Any], model: str, prompt: list[Any] | None
+    ) -> tuple[dict[str, Any], bool]:
+        """The body to send (the client's own object when unchanged) and whether the sidecar switched
+        on stream usage the client did not ask for. Changes: served model, truncated prompt, usage."""
+        changes: dict[str, Any] = {}
+        if model != body["model"]:
+            changes["model"] = model
+        if prompt is not None:
+            changes[endpoint.prompt_field] = prompt
+        if endpoint is CHAT and body.get("stream"):
+            options = body.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                base = options if isinstance(options, dict) else {}
+                changes["stream_options"] = {**base, "include_usage": True}
+        strip_usage = "stream_options" in changes
+        return ({**body, **changes} if changes else body), strip_usage
+
+    def _truncate(
+        self, endpoint: Endpoint, upstream_body: dict[str, Any], model: str, attempt: Attempt
+    ) -> list[Any] | None:
+        items = upstream_body.get(endpoint.prompt_field)
+        if not isinstance(items, list):
+            return None
+        count = self.counter.counter_for(model)
+        estimate = count_messages(items, count)
+        target = target_tokens(estimate, parse_context_error(str((attempt.error or {}).get("message", ""))))
+        return truncate_messages(items, lambda msgs: count_messages(msgs, count), target)
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def _upstream_response(self, attempt: Attempt, served: Served) -> web.Response:
+        return web.Response(
+            status=attempt.status,
+            body=attempt.body,
+            content_type="application/json",
+            headers={**attempt.headers, **served.headers()},
+        )
+
+    def _passthrough(self, attempt: Attempt, served: Served) -> web.Response:
+        return self._upstream_response(attempt, served)
+
+    async def _answer_from_cache(
+        self, request: web.Request, data: bytes, body: dict[str, Any], served: Served, started: float
+    ) -> web.StreamResponse:
+        if not body.get("stream"):
+            response = web.Response(body=data, content_type="application/json", headers=served.headers())
+            self._observe(200, served, started, cached=True)
+            return response
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        response = web.StreamResponse(status=200, headers=served.headers())
+        response.content_type = "text/event-stream"
+        await response.prepare(request)
+        for event in replay_chat_completion(json.loads(data), include_usage):
+            await response.write(event)
+        await response.write_eof()
+        self._observe(200, served, started, cached=True)
+        return response
+
+    async def _cache_get(self, key: str) -> tuple[bytes, str] | None:
+        hit = await self.cache.get(key)
+        self.metrics.cache_lookups.labels(hit[1] if hit else "miss").inc()
+        return hit
+
+    def _finish(self, response: web.Response | ProxyError, served: Served, started: float) -> web.Response:
+        if isinstance(response, ProxyError):
+            response = response.response(served.headers())
+        self._observe(response.status, served, started)
+        return response
+
+    def _observe(self, status: int, served: Served, started: float, cached: bool = False) -> None:
+        self.metrics.requests.labels(str(status), served.model or NO_KEY, served.key).inc()
+        self.metrics.duration.labels(served.model or NO_KEY, "true" if cached else "false").observe(
+            time.monotonic() - started
+        )
+
+    def _note_failure(self, key: UpstreamKey, model: str, reason: str) -> None:
+        self.metrics.upstream_failures.labels(key.label, model, reason).inc()
+        log.warning("upstream %s failed for %s: %s", key.label, model, reason)
+
+    def _note_fallback(self, from_model: str, to_model: str) -> None:
+        self.metrics.fallbacks.labels(from_model, to_model).inc()
+        log.warning("falling back from %s to %s", from_model, to_model)
+
+    def _unknown_model(self, model: str) -> ProxyError:
+        return ProxyError(
+            404,
+            f"The model `{model}` is not served by this pool ({self.config.pool.namespace}/"
+            f"{self.config.pool.name}); models served: {', '.join(self.models) or 'none'}. Ask for one "
+            "of those, or add the model to an account of the O1Pool.",
+            code="model_not_found",
+            param="model",
+        )
+
+    def _queue_timeout(self, exc: QueueTimeout, model: str, controls: RequestControls) -> ProxyError:
+        self.metrics.queue_rejections.labels("timeout").inc()
+        retry_after = max(1, round(exc.retry_after_s))
+        return ProxyError(
+            429,
+            f"Queued for {round(exc.waited_s * 1000)} ms waiting for {model} capacity at priority "
+            f"{controls.priority}, and the request's deadline ({controls.deadline_ms} ms) passed: "
+            f"{exc.reason}. Retry after {retry_after} s, raise x-o1pool-priority, or allow a longer "
+            "x-o1pool-deadline-ms.",
+            type="rate_limit_exceeded",
+            code="queue_timeout",
+            headers={"retry-after": str(retry_after), "retry-after-ms": str(round(exc.retry_after_s * 1000))},
+        )
+
+    def _queue_full(self, exc: QueueFull) -> ProxyError:
+        return ProxyError(
+            429,
+            f"This sidecar's queue is full ({self.config.queue.max_length} requests waiting, "
+            f"queue.max_length): {exc}. Retry shortly, or send fewer requests at once.",
+            type="rate_limit_exceeded",
+            code="queue_full",
+            headers={"retry-after": "1"},
+        )
+
+    def _no_capacity(self, exc: NoCapacity, model: str, demand: Demand) -> ProxyError:
+        return ProxyError(
+            400,
+            f"No account of this pool can ever admit this request for {model}: it needs {demand.tokens} "
+            f"tokens per minute at admission ({exc}). Lower max_tokens / max_completion_tokens or send a "
+            "shorter prompt.",
+            code="request_too_large",
+        )
+
+    def _exhausted(self, attempt: Attempt | None, models: list[str]) -> ProxyError:
+        reason = attempt.reason if attempt else "no attempt"
+        timed_out = attempt is not None and attempt.outcome is Outcome.TIMEOUT
+        return ProxyError(
+            504 if timed_out else 502,
+            f"The upstream failed for every model tried ({', '.join(models)}), after "
+            f"{self.config.retry.max_attempts} attempt(s) each; last error: {reason}. No cached answer "
+            "was available. The sidecar already retried; try again later.",
+            type="server_error",
+            code="upstream_unavailable",
+            headers={"x-should-retry": "false"},
+        )
+
+
+def _error_and_usage(data: bytes, status: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``error`` object of a failed answer, ``usage`` of a successful one; ``None`` when absent."""
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    if status >= 400:
+        error = parsed.get("error")
+        return (error if isinstance(error, dict) else None), None
+    usage = parsed.get("usage")
+    return None, (usage if isinstance(usage, dict) else None)

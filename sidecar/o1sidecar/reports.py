@@ -1,0 +1,115 @@
+"""What an upstream answer tells the limiter: rate-limit headers, retry-after, usage. Pure parsing.
+
+Upstreams omit or garble these headers (Azure sometimes sends -1 or 0); anything that does not parse
+becomes ``None`` so the limiter keeps its own view.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from o1sidecar.limits.api import UpstreamReport
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in OpenAI's reset format (``1s``, ``6m0s``, ``120ms``, ``1h2m3.5s``); a bare number is
+    seconds. ``None`` when absent or unparseable."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        return value if value >= 0 else None
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _UNIT_S[match.group(2)]
+        pos = match.end()
+    return total if pos == len(text) and pos > 0 else None
+
+
+def _non_negative_int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(float(text.strip()))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """From ``retry-after-ms`` (preferred, finer) or ``retry-after`` (seconds)."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000.0
+            if value >= 0:
+                return value
+        except ValueError:
+            pass
+    return parse_duration(headers.get("retry-after"))
+
+
+def limit_type_of_429(error: Mapping[str, Any] | None) -> Literal["requests", "tokens"] | None:
+    """Which limit a 429 body says was hit (OpenAI puts it in ``error.type``, sometimes the message)."""
+    if not error:
+        return None
+    kind = str(error.get("type") or "")
+    if kind in {"requests", "tokens"}:
+        return kind  # type: ignore[return-value]
+    message = str(error.get("message") or "").lower()
+    if "tokens per min" in message or "(tpm)" in message:
+        return "tokens"
+    if "requests per min" in message or "(rpm)" in message:
+        return "requests"
+    return None
+
+
+def usage_tokens(usage: Mapping[str, Any] | None) -> int | None:
+    """Total tokens from a ``usage`` object of chat, responses or embeddings (reasoning included)."""
+    if not isinstance(usage, Mapping):
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")]
+    numbers = [p for p in parts if isinstance(p, int)]
+    return sum(numbers) if numbers else None
+
+
+def build_report(
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    usage: Mapping[str, Any] | None = None,
+    error: Mapping[str, Any] | None = None,
+    failed: bool = False,
+) -> UpstreamReport:
+    return UpstreamReport(
+        status=status,
+        usage_tokens=usage_tokens(usage),
+        remaining_requests=_non_negative_int(headers.get("x-ratelimit-remaining-requests")),
+        remaining_tokens=_non_negative_int(headers.get("x-ratelimit-remaining-tokens")),
+        reset_requests_s=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        reset_tokens_s=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+        retry_after_s=retry_after_s(headers) if status == 429 else None,
+        limit_type=limit_type_of_429(error) if status == 429 else None,
+        failed=failed or status >= 500,
+    )
+
+
+def failure_report(status: int = 0) -> UpstreamReport:
+    """A call that produced no usable answer: network error, timeout, cut stream."""
+    return UpstreamReport(status=status, failed=True)

@@ -1,0 +1,109 @@
+"""Server-sent-event relay: pass the upstream's events to the client one by one, read the usage on
+the way, and drop what the sidecar itself asked for (the extra usage chunk of a chat stream)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?\s*')
+_HAS_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+
+
+async def sse_events(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """Whole events (lines up to and including the blank line) from an upstream's line stream."""
+    pending: list[bytes] = []
+    async for line in lines:
+        pending.append(line)
+        if line in (b"\n", b"\r\n"):
+            yield b"".join(pending)
+            pending = []
+    if pending and any(p.strip() for p in pending):
+        yield b"".join(pending)
+
+
+def _data_of(event: bytes) -> bytes:
+    return b"".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+
+
+class ChatStreamRelay:
+    """Chat-completions chunks. With ``strip_usage`` (the client did not ask for usage, the sidecar did)
+    the usage-only chunk is dropped and ``"usage": null`` removed from the others."""
+
+    def __init__(self, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
+        self.usage: dict[str, Any] | None = None
+        self.finished = False
+
+    def feed(self, event: bytes) -> bytes | None:
+        """Bytes to forward for ``event``, or ``None`` to drop it."""
+        if b"[DONE]" in event and _data_of(event) == b"[DONE]":
+            self.finished = True
+            return event
+        if _HAS_USAGE.search(event):
+            try:
+                chunk = json.loads(_data_of(event))
+            except ValueError:
+                return event
+            usage = chunk.get("usage") if isinstance(chunk, dict) else None
+            if isinstance(usage, dict):
+                self.usage = usage
+                if self.strip_usage:
+                    if not chunk.get("choices"):
+                        return None
+                    del chunk["usage"]
+                    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            return event
+        if self.strip_usage and b'"usage"' in event:
+            return _USAGE_NULL.sub(b"", event)
+        return event
+
+
+class ResponsesStreamRelay:
+    """Responses-API typed events: forwarded untouched; usage read from ``response.completed``."""
+
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] | None = None
+        self.finished = False
+
+    def feed(self, event: bytes) -> bytes | None:
+        if b"response.completed" in event or b"response.incomplete" in event:
+            try:
+                data = json.loads(_data_of(event))
+            except ValueError:
+                return event
+            response = data.get("response") if isinstance(data, dict) else None
+            if isinstance(response, dict):
+                self.finished = True
+                if isinstance(response.get("usage"), dict):
+                    self.usage = response["usage"]
+        elif b"response.failed" in event:
+            self.finished = True
+        return event
+
+
+def replay_chat_completion(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
+    """A cached (non-stream) chat completion as the SSE events a stream would have carried."""
+    base = {
+        "id": completion.get("id", "chatcmpl-cached"),
+        "object": "chat.completion.chunk",
+        "created": completion.get("created", 0),
+        "model": completion.get("model", ""),
+        "system_fingerprint": completion.get("system_fingerprint"),
+    }
+    events: list[dict[str, Any]] = []
+    for choice in completion.get("choices", []):
+        message = choice.get("message") or {}
+        delta = {k: v for k, v in message.items() if v is not None and k != "refusal"}
+        index = choice.get("index", 0)
+        events.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+        events.append(
+            {**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}]}
+        )
+    if include_usage:
+        for event in events:
+            event["usage"] = None
+        events.append({**base, "choices": [], "usage": completion.get("usage")})
+    return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]

@@ -1,0 +1,233 @@
+"""Prompt token estimates before the call, and the TPM charge the upstream will make at admission.
+
+Counting follows OpenAI's cookbook for chat messages (a fixed overhead per message and per name,
+plus the reply primer). Models map to their encoding by name prefix; only unknown models fall back
+to a bytes/4 estimate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from o1sidecar.config import TokenPolicy
+from o1sidecar.encodings import get_encoding
+
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMER = 3
+IMAGE_TOKENS = 85  # a low-detail image; high detail costs more, which the usage report corrects
+
+_O200K_PREFIXES = ("o1", "o3", "o4", "gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-4o", "omni")
+_CL100K_PREFIXES = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada-002")
+
+Counter = Callable[[str], int]
+
+
+def encoding_name_for(model: str) -> str | None:
+    """``o200k_base``/``cl100k_base`` for known model families, ``None`` for an unknown model."""
+    name = model.lower().rsplit("/", 1)[-1]
+    if name.startswith("ft:"):
+        name = name[3:]
+    if name.startswith(_O200K_PREFIXES):
+        return "o200k_base"
+    if name.startswith(_CL100K_PREFIXES):
+        return "cl100k_base"
+    return None
+
+
+def bytes_estimate(text: str) -> int:
+    """Last resort for models whose encoding is unknown: one token per four UTF-8 bytes, rounded up."""
+    return -(-len(text.encode()) // 4)
+
+
+class TokenCounter:
+    """Counts tokens per model. Call :meth:`load` at start so no request pays for loading encodings."""
+
+    def __init__(self) -> None:
+        self._counters: dict[str, Counter] = {}
+
+    def load(self, names: Iterable[str] = ("o200k_base", "cl100k_base")) -> None:
+        for name in names:
+            self._counters[name] = _counter(name)
+
+    def counter_for(self, model: str) -> Counter:
+        name = encoding_name_for(model)
+        if name is None:
+            return bytes_estimate
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._counters[name] = _counter(name)
+        return counter
+
+    def chat_prompt(self, model: str, body: dict[str, Any]) -> int:
+        return count_chat_prompt(body, self.counter_for(model))
+
+    def responses_prompt(self, model: str, body: dict[str, Any]) -> int:
+        return count_responses_prompt(body, self.counter_for(model))
+
+    def embeddings_input(self, model: str, body: dict[str, Any]) -> int:
+        return count_embeddings_input(body, self.counter_for(model))
+
+    def prompt(self, endpoint: str, model: str, body: dict[str, Any]) -> int:
+        """Our prompt estimate for ``endpoint`` (``chat/completions``, ``responses``, ``embeddings``)."""
+        if endpoint == "chat/completions":
+            return self.chat_prompt(model, body)
+        if endpoint == "responses":
+            return self.responses_prompt(model, body)
+        return self.embeddings_input(model, body)
+
+    def charge(self, endpoint: str, model: str, body: dict[str, Any], policy: TokenPolicy) -> int:
+        """The TPM charge to reserve: never below what the upstream charges (its chars/4 estimate),
+        so a shared limiter cannot under-count."""
+        prompt = max(self.prompt(endpoint, model, body), upstream_prompt_estimate(body))
+        return admission_charge(prompt, requested_max_tokens(body), choices_of(body), policy)
+
+
+def _counter(name: str) -> Counter:
+    encode = get_encoding(name).encode_ordinary
+    return lambda text: len(encode(text))
+
+
+def _content_tokens(content: Any, count: Counter) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return count(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                if isinstance(text, str):
+                    total += count(text)
+                elif part.get("type") in {"image_url", "input_image"}:
+                    total += IMAGE_TOKENS
+                else:
+                    total += count(json.dumps(part))
+            elif isinstance(part, str):
+                total += count(part)
+        return total
+    return count(json.dumps(content))
+
+
+def count_messages(messages: list[Any], count: Counter) -> int:
+    """Prompt tokens of chat ``messages`` per OpenAI's cookbook, reply primer included."""
+    total = REPLY_PRIMER
+    for message in messages:
+        if not isinstance(message, dict):
+            total += TOKENS_PER_MESSAGE + count(json.dumps(message))
+            continue
+        total += TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if key == "content":
+                total += _content_tokens(value, count)
+            elif key == "name":
+                total += TOKENS_PER_NAME + (count(value) if isinstance(value, str) else 0)
+            elif isinstance(value, str):
+                total += count(value)
+            elif value is not None:
+                total += count(json.dumps(value))
+    return total
+
+
+def count_chat_prompt(body: dict[str, Any], count: Counter) -> int:
+    messages = body.get("messages")
+    total = count_messages(messages if isinstance(messages, list) else [], count)
+    for field in ("tools", "functions", "response_format"):
+        if body.get(field):
+            total += count(json.dumps(body[field]))
+    return total
+
+
+def count_responses_prompt(body: dict[str, Any], count: Counter) -> int:
+    total = 0
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        total += count(instructions)
+    items = body.get("input")
+    if isinstance(items, str):
+        total += count(items) + TOKENS_PER_MESSAGE
+    elif isinstance(items, list):
+        total += count_messages(items, count)
+    if body.get("tools"):
+        total += count(json.dumps(body["tools"]))
+    return total
+
+
+def count_embeddings_input(body: dict[str, Any], count: Counter) -> int:
+    items = body.get("input")
+    if isinstance(items, str):
+        return count(items)
+    if isinstance(items, list):
+        if all(isinstance(t, int) for t in items):
+            return len(items)
+        total = 0
+        for item in items:
+            if isinstance(item, str):
+                total += count(item)
+            elif isinstance(item, list):
+                total += len(item)
+        return total
+    return 0
+
+
+CHARS_PER_TOKEN = 4
+
+
+def _text_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        total = 0
+        for part in value:
+            if isinstance(part, str):
+                total += len(part)
+            elif isinstance(part, dict):
+                total += _text_chars(part.get("text")) + _text_chars(part.get("content"))
+        return total
+    return 0
+
+
+def upstream_prompt_estimate(body: dict[str, Any]) -> int:
+    """The upstream's own pre-call estimate: characters of every text sent / 4, rounded up (OpenAI's
+    rule, mirrored exactly from ``o1emulator.charge.prompt_estimate``; a test keeps them equal)."""
+    total = 0
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict):
+                total += _text_chars(message.get("content"))
+    total += _text_chars(body.get("instructions"))
+    items = body.get("input")
+    if isinstance(items, list) and items and all(isinstance(t, int) for t in items):
+        total += CHARS_PER_TOKEN * len(items)
+    elif isinstance(items, list) and items and all(isinstance(t, list) for t in items):
+        total += CHARS_PER_TOKEN * sum(len(t) for t in items)
+    else:
+        total += _text_chars(items)
+    return -(-total // CHARS_PER_TOKEN)
+
+
+def requested_max_tokens(body: dict[str, Any]) -> int | None:
+    """The completion budget the request sets, under any of the API's names for it."""
+    for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def choices_of(body: dict[str, Any]) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
+
+def admission_charge(prompt_tokens: int, max_tokens: int | None, choices: int, policy: TokenPolicy) -> int:
+    """TPM the upstream charges at admission: ``max`` = larger of the completion budget (times ``n``)
+    and the prompt, ``sum`` = both. A request without a budget is charged the policy's default."""
+    completion = (max_tokens if max_tokens is not None else policy.default_max_tokens) * max(choices, 1)
+    if policy.charge == "sum":
+        return prompt_tokens + completion
+    return max(prompt_tokens, completion)

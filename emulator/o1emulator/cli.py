@@ -1,0 +1,106 @@
+"""``o1pool emulator``: serve the OpenAI upstream emulator from a YAML config or the embedded default."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Any
+
+from o1emulator.config import EmulatorConfig, EmulatorConfigError, default_config
+from o1emulator.embedded import start_emulator
+
+DESCRIPTION = """\
+Serve an OpenAI-compatible upstream that enforces per-account, per-model RPM, TPM, concurrency and
+request caps like OpenAI does, with OpenAI's headers and error bodies, deterministic answers, a latency
+model and fault injection.
+
+Without --config it serves an embedded default: accounts acct-a (keys sk-emu-acct-a-key-1,
+sk-emu-acct-a-key-2) and acct-b (key sk-emu-acct-b-key-1) with limits for o1, o1-mini, gpt-4o and
+text-embedding-3-small. The first line on stdout is the URL it listens on.
+
+Admin (no key needed): GET /admin/stats, POST /admin/reset, GET|POST|DELETE /admin/faults.
+See docs/emulator.md for the config file and the stats JSON."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="o1pool emulator", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", "-c", metavar="FILE", help="YAML config (default: the embedded one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    parser.add_argument(
+        "--port", "-p", type=int, default=8000, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, help="make ids and timestamps deterministic too (overrides config)"
+    )
+    parser.add_argument(
+        "--burst", type=float, help="bucket capacity as a multiple of the minute limit (>= 1)"
+    )
+    parser.add_argument(
+        "--charge", choices=["max", "sum"], help="TPM charge rule at admission (overrides config)"
+    )
+    parser.add_argument(
+        "--latency-scale",
+        type=float,
+        metavar="X",
+        help="multiply each model's latency (0 = none, 1 = realistic)",
+    )
+    parser.add_argument(
+        "--penalty", action="store_true", help="consecutive 429s lengthen the wait (max 300 s)"
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the effective config as YAML and exit"
+    )
+    return parser
+
+
+def effective_config(args: argparse.Namespace) -> EmulatorConfig:
+    config = EmulatorConfig.load(args.config) if args.config else default_config()
+    data: dict[str, Any] = config.model_dump(mode="json", exclude_unset=True)
+    if args.seed is not None:
+        data["seed"] = args.seed
+    if args.burst is not None:
+        data["burst"] = args.burst
+    if args.charge is not None:
+        data["tokens"] = {**data.get("tokens", {}), "charge": args.charge}
+    if args.latency_scale is not None:
+        data["latency_scale"] = args.latency_scale
+    if args.penalty:
+        data["penalty"] = {**data.get("penalty", {}), "enabled": True}
+    return EmulatorConfig.from_dict(data, "command line")
+
+
+async def serve(config: EmulatorConfig, host: str, port: int) -> None:
+    handle = await start_emulator(config, host=host, port=port)
+    print(f"o1pool emulator listening on {handle.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await handle.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = effective_config(args)
+    except EmulatorConfigError as exc:
+        print(f"o1pool emulator: bad config:\n{exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+        return 0
+    try:
+        asyncio.run(serve(config, args.host, args.port))
+    except OSError as exc:
+        print(f"o1pool emulator: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,388 @@
+"""Render an O1Pool into what its sidecars consume: the validated sidecar config and the pool's key Secret.
+
+Pure functions of their inputs (the pool object and the data of the Secrets it references); no I/O.
+Key values only ever travel from the referenced Secrets' ``data`` into the pool's key Secret ``data``,
+still base64-encoded; the config names each key by a file path under the sidecar's key mount.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from o1sidecar.config import ConfigError, SidecarConfig
+
+GROUP = "o1pool.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "O1Pool"
+PLURAL = "o1pools"
+
+KEY_MOUNT = PurePosixPath("/etc/o1pool/keys")
+CONFIG_MOUNT = PurePosixPath("/etc/o1pool/config")
+CONFIG_FILE = "config.yaml"
+REDIS_PASSWORD_FILE = "redis-password"
+
+HASH_ANNOTATION = f"{GROUP}/config-hash"
+POOL_LABEL = f"{GROUP}/pool"
+MANAGED_BY = "o1pool-operator"
+
+# Secret name -> that Secret's ``data`` exactly as the API returns it (values base64-encoded).
+# A Secret that does not exist is simply absent.
+SecretsData = Mapping[str, Mapping[str, str]]
+
+
+class RenderError(Exception):
+    """The pool cannot be rendered now. ``reason`` is CamelCase; ``message`` names the cause, no value."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """One key the spec references and whether the referenced Secret provides it."""
+
+    account: str
+    name: str
+    secret: str
+    secret_key: str
+    problem: str | None = None
+    """``None`` if usable; otherwise a CamelCase reason: SecretNotFound, SecretKeyNotFound, KeyEmpty."""
+
+    @property
+    def ready(self) -> bool:
+        return self.problem is None
+
+    @property
+    def file_name(self) -> str:
+        """Data key in the pool's Secret and file name under the key mount. Names are DNS labels, so the
+        dot cannot be ambiguous."""
+        return f"{self.account}.{self.name}"
+
+    def describe_problem(self) -> str:
+        where = f"account {self.account}, key {self.name}"
+        if self.problem == "SecretNotFound":
+            return f"Secret {self.secret!r} not found ({where})"
+        if self.problem == "SecretKeyNotFound":
+            return f"Secret {self.secret!r} has no key {self.secret_key!r} ({where})"
+        return f"Secret {self.secret!r} key {self.secret_key!r} is empty ({where})"
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """Everything rendered from one pool. If it cannot serve, ``error`` is set and ``config_yaml`` is None."""
+
+    name: str
+    namespace: str
+    keys: tuple[KeyState, ...]
+    accounts_total: int
+    accounts_ready: int
+    config_yaml: str | None = None
+    key_data: dict[str, str] = field(default_factory=dict)
+    config_hash: str | None = None
+    error: RenderError | None = None
+
+    @property
+    def keys_ready(self) -> int:
+        return sum(k.ready for k in self.keys)
+
+    @property
+    def config_map_name(self) -> str:
+        return config_map_name(self.name)
+
+    @property
+    def secret_name(self) -> str:
+        return key_secret_name(self.name)
+
+
+def config_map_name(pool: str) -> str:
+    return f"{pool}-o1pool-config"
+
+
+def key_secret_name(pool: str) -> str:
+    return f"{pool}-o1pool-keys"
+
+
+def referenced_secrets(spec: Mapping[str, Any]) -> set[str]:
+    """Names of every Secret the spec references (keys and Redis)."""
+    names = {k["secretKeyRef"]["name"] for a in spec.get("accounts", []) for k in a.get("keys", [])}
+    redis = spec.get("redis") or {}
+    names |= {redis[ref]["name"] for ref in ("urlSecretRef", "passwordSecretRef") if ref in redis}
+    return names
+
+
+def _decode(value: str) -> str | None:
+    try:
+        return base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _encode(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def get_key_states(spec: Mapping[str, Any], secrets: SecretsData) -> tuple[KeyState, ...]:
+    states = []
+    for account in spec.get("accounts", []):
+        for key in account.get("keys", []):
+            ref = key["secretKeyRef"]
+            state = KeyState(account["name"], key["name"], ref["name"], ref["key"])
+            data = secrets.get(ref["name"])
+            if data is None:
+                problem: str | None = "SecretNotFound"
+            elif ref["key"] not in data:
+                problem = "SecretKeyNotFound"
+            elif not (_decode(data[ref["key"]]) or "").strip():
+                problem = "KeyEmpty"
+            else:
+                problem = None
+            states.append(KeyState(**{**vars(state), "problem": problem}))
+    return tuple(states)
+
+
+def _secret_value(ref: Mapping[str, str], secrets: SecretsData, field_path: str) -> str:
+    data = secrets.get(ref["name"])
+    if data is None:
+        raise RenderError("RedisSecretNotFound", f"Secret {ref['name']!r} ({field_path}) not found")
+    if ref["key"] not in data:
+        raise RenderError(
+            "RedisSecretNotFound", f"Secret {ref['name']!r} ({field_path}) has no key {ref['key']!r}"
+        )
+    value = (_decode(data[ref["key"]]) or "").strip()
+    if not value:
+        raise RenderError("RedisSecretInvalid", f"Secret {ref['name']!r} key {ref['key']!r} is empty")
+    return value
+
+
+def _split_password(url: str) -> tuple[str, str | None]:
+    """``url`` without its password (userinfo or ``password`` query value), and that password."""
+    parts = urlsplit(url)
+    password = parts.password
+    netloc = parts.netloc
+    if password is not None:
+        host = netloc.rpartition("@")[2]
+        netloc = f"{parts.username}@{host}" if parts.username else host
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    for k, v in query:
+        if k == "password":
+            password = v
+    query = [(k, v) for k, v in query if k != "password"]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment)), password
+
+
+def get_redis_config(redis: Mapping[str, Any], secrets: SecretsData) -> tuple[dict[str, Any], dict[str, str]]:
+    """The sidecar's ``redis`` section and the key-Secret entries it needs (the password, if any)."""
+    if not redis or not (redis.get("url") or redis.get("urlSecretRef")):
+        return {}, {}
+    extra: dict[str, str] = {}
+    password: str | None = None
+    if "urlSecretRef" in redis:
+        ref = redis["urlSecretRef"]
+        raw = _secret_value(ref, secrets, "spec.redis.urlSecretRef")
+        if urlsplit(raw).scheme not in {"redis", "rediss", "unix"}:
+            raise RenderError(
+                "RedisSecretInvalid",
+                f"Secret {ref['name']!r} key {ref['key']!r} is not a redis://, rediss:// or unix:// URL",
+            )
+        url, password = _split_password(raw)
+    else:
+        url = redis["url"]
+    if "passwordSecretRef" in redis:
+        password = _secret_value(redis["passwordSecretRef"], secrets, "spec.redis.passwordSecretRef")
+    if redis.get("tls") and url.startswith("redis://"):
+        url = "rediss://" + url.removeprefix("redis://")
+    config: dict[str, Any] = {"url": url}
+    if redis.get("keyPrefix"):
+        config["key_prefix"] = redis["keyPrefix"]
+    if password:
+        extra[REDIS_PASSWORD_FILE] = _encode(password)
+        config["password_file"] = str(KEY_MOUNT / REDIS_PASSWORD_FILE)
+    return config, extra
+
+
+_MODEL_LIMITS = {
+    "rpm": "rpm",
+    "tpm": "tpm",
+    "concurrency": "concurrency",
+    "monthlyRequests": "monthly_requests",
+    "dailyRequests": "daily_requests",
+}
+_ACCOUNT_FIELDS = {
+    "kind": "kind",
+    "baseURL": "base_url",
+    "weight": "weight",
+    "tier": "tier",
+    "apiVersion": "api_version",
+    "deployments": "deployments",
+}
+_QUEUE_FIELDS = {
+    "defaultPriority": ("default_priority", 1),
+    "maxLength": ("max_length", 1),
+    "defaultDeadlineSeconds": ("default_deadline_ms", 1000),
+    "maxDeadlineSeconds": ("max_deadline_ms", 1000),
+    "agingSecondsPerLevel": ("aging_s_per_level", 1),
+    "peakMinPriority": ("peak_min_priority", 1),
+}
+_CACHE_FIELDS = {
+    "enabled": "enabled",
+    "l1Entries": "l1_entries",
+    "l2TTLSeconds": "l2_ttl_s",
+    "onlyDeterministic": "only_deterministic",
+}
+_TOKEN_FIELDS = {"charge": "charge", "defaultMaxTokens": "default_max_tokens"}
+
+
+def _pick(source: Mapping[str, Any] | None, names: Mapping[str, str]) -> dict[str, Any]:
+    source = source or {}
+    return {snake: source[camel] for camel, snake in names.items() if camel in source}
+
+
+def get_account_config(account: Mapping[str, Any], keys: list[KeyState]) -> dict[str, Any]:
+    config: dict[str, Any] = {"name": account["name"], **_pick(account, _ACCOUNT_FIELDS)}
+    models = account.get("models") or {}
+    if models:
+        config["models"] = {model: _pick(limits, _MODEL_LIMITS) for model, limits in models.items()}
+    config["keys"] = [{"name": k.name, "file": str(KEY_MOUNT / k.file_name)} for k in keys]
+    return config
+
+
+def get_sidecar_config(
+    pool: Mapping[str, Any], keys: tuple[KeyState, ...], redis: dict[str, Any]
+) -> dict[str, Any]:
+    """The sidecar config (unvalidated dict) serving the accounts that have at least one usable key."""
+    meta, spec = pool["metadata"], pool["spec"]
+    injection = spec.get("injection") or {}
+    accounts = []
+    for account in spec["accounts"]:
+        usable = [k for k in keys if k.account == account["name"] and k.ready]
+        if usable:
+            accounts.append(get_account_config(account, usable))
+    queue = spec.get("queue") or {}
+    config: dict[str, Any] = {
+        "pool": {"name": meta["name"], "namespace": meta.get("namespace", "default")},
+        "listen": {"host": "127.0.0.1", "port": injection.get("port", 8080)},
+        "metrics": {"host": "0.0.0.0", "port": injection.get("metricsPort", 9090)},
+        "accounts": accounts,
+        "tokens": _pick(spec.get("tokens"), _TOKEN_FIELDS),
+        "queue": {
+            snake: queue[camel] * scale for camel, (snake, scale) in _QUEUE_FIELDS.items() if camel in queue
+        },
+        "cache": _pick(spec.get("cache"), _CACHE_FIELDS),
+        "fallback": _pick(spec.get("fallback"), {"chains": "chains", "cacheOnlyLast": "cache_only_last"}),
+    }
+    if redis:
+        config["redis"] = redis
+    return config
+
+
+def get_config_hash(config_yaml: str, key_data: Mapping[str, str]) -> str:
+    """sha256 of the config and the key Secret's data: changes on any config change or key rotation."""
+    digest = hashlib.sha256(config_yaml.encode())
+    for name in sorted(key_data):
+        digest.update(b"\0" + name.encode() + b"\0" + key_data[name].encode())
+    return digest.hexdigest()
+
+
+def render(pool: Mapping[str, Any], secrets: SecretsData) -> Rendering:
+    """Render ``pool`` given the data of the Secrets that exist. Never raises for a bad pool: the
+    problem is returned in ``Rendering.error``."""
+    meta, spec = pool["metadata"], pool["spec"]
+    keys = get_key_states(spec, secrets)
+    accounts = spec.get("accounts", [])
+    ready_accounts = {k.account for k in keys if k.ready}
+    base = Rendering(
+        name=meta["name"],
+        namespace=meta.get("namespace", "default"),
+        keys=keys,
+        accounts_total=len(accounts),
+        accounts_ready=len(ready_accounts),
+    )
+
+    def failed(reason: str, message: str) -> Rendering:
+        return Rendering(**{**vars(base), "error": RenderError(reason, message)})
+
+    if not ready_accounts:
+        problems = "; ".join(k.describe_problem() for k in keys if not k.ready)
+        return failed("NoUsableKeys", f"no account has a usable key: {problems}")
+    try:
+        redis, extra = get_redis_config(spec.get("redis") or {}, secrets)
+    except RenderError as exc:
+        return failed(exc.reason, exc.message)
+    raw = get_sidecar_config(pool, keys, redis)
+    try:
+        config = SidecarConfig.from_dict(raw, source=f"O1Pool {base.namespace}/{base.name}")
+    except ConfigError as exc:
+        return failed("InvalidConfig", str(exc))
+    config_yaml = config.to_yaml()
+    key_data = {k.file_name: secrets[k.secret][k.secret_key] for k in keys if k.ready} | extra
+    return Rendering(
+        **{
+            **vars(base),
+            "config_yaml": config_yaml,
+            "key_data": key_data,
+            "config_hash": get_config_hash(config_yaml, key_data),
+        }
+    )
+
+
+def owner_reference(pool: Mapping[str, Any]) -> dict[str, Any]:
+    meta = pool["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+    }
+
+
+def _metadata(pool: Mapping[str, Any], name: str, component: str, config_hash: str) -> dict[str, Any]:
+    meta = pool["metadata"]
+    return {
+        "name": name,
+        "namespace": meta.get("namespace", "default"),
+        "labels": {
+            "app.kubernetes.io/name": "o1pool",
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            POOL_LABEL: meta["name"],
+        },
+        "annotations": {HASH_ANNOTATION: config_hash},
+        "ownerReferences": [owner_reference(pool)],
+    }
+
+
+def get_config_map(pool: Mapping[str, Any], rendering: Rendering) -> dict[str, Any]:
+    assert rendering.config_yaml is not None and rendering.config_hash is not None
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(pool, rendering.config_map_name, "sidecar-config", rendering.config_hash),
+        "data": {CONFIG_FILE: rendering.config_yaml},
+    }
+
+
+def get_key_secret(pool: Mapping[str, Any], rendering: Rendering) -> dict[str, Any]:
+    assert rendering.config_hash is not None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(pool, rendering.secret_name, "sidecar-keys", rendering.config_hash),
+        "type": "Opaque",
+        "data": dict(sorted(rendering.key_data.items())),
+    }
+
+
+def redact_secret(secret: Mapping[str, Any]) -> dict[str, Any]:
+    """The Secret manifest with every value replaced, for golden files and diagnostics."""
+    return {**secret, "data": dict.fromkeys(secret.get("data", {}), "<redacted>")}

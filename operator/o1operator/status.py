@@ -1,0 +1,145 @@
+"""The O1Pool status the operator writes: conditions in the standard metav1.Condition form and counters.
+
+Pure: computed from the pool (its generation and previous conditions), a Rendering, and the time.
+
+Ready rule: Ready is True when the current spec is rendered into the ConfigMap and Secret and at least
+one key is usable; missing keys then only make KeysReady False (the pool serves with the keys that
+exist). Ready is False when nothing could be rendered for the current spec (sidecars keep the last
+config that rendered).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from o1operator.render import Rendering
+
+READY = "Ready"
+KEYS_READY = "KeysReady"
+CONFIG_RENDERED = "ConfigRendered"
+FORECASTING = "Forecasting"
+CONDITION_TYPES = (READY, KEYS_READY, CONFIG_RENDERED, FORECASTING)
+
+MAX_MESSAGE = 2048
+
+
+def timestamp(now: datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(type_: str, status: bool | None, reason: str, message: str, generation: int) -> dict[str, Any]:
+    """A condition without lastTransitionTime (set by :func:`merge_conditions`)."""
+    text = {True: "True", False: "False", None: "Unknown"}[status]
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 3] + "..."
+    return {
+        "type": type_,
+        "status": text,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    """``new`` conditions, each keeping its previous lastTransitionTime if its status did not change.
+    Previous conditions of other types (written by other components) are kept."""
+    old = {c["type"]: c for c in previous}
+    merged = []
+    for cond in new:
+        before = old.pop(cond["type"], None)
+        unchanged = before is not None and before.get("status") == cond["status"]
+        since = (
+            before["lastTransitionTime"] if unchanged and before.get("lastTransitionTime") else timestamp(now)
+        )
+        merged.append({**cond, "lastTransitionTime": since})
+    return merged + [dict(c) for c in old.values()]
+
+
+def get_conditions(
+    rendering: Rendering, generation: int, previous: Sequence[Mapping[str, Any]]
+) -> list[dict]:
+    total, ready = len(rendering.keys), rendering.keys_ready
+    missing = [k.describe_problem() for k in rendering.keys if not k.ready]
+    if missing:
+        reasons = sorted({k.problem for k in rendering.keys if k.problem})
+        keys = condition(
+            KEYS_READY,
+            False,
+            reasons[0] if len(reasons) == 1 else "KeysMissing",
+            f"{total - ready} of {total} keys unusable: " + "; ".join(missing),
+            generation,
+        )
+    else:
+        keys = condition(KEYS_READY, True, "AllKeysPresent", f"{ready}/{total} keys present", generation)
+
+    if rendering.error is not None:
+        rendered = condition(
+            CONFIG_RENDERED, False, rendering.error.reason, rendering.error.message, generation
+        )
+        ready_cond = condition(
+            READY,
+            False,
+            rendering.error.reason,
+            "the current spec is not served: " + rendering.error.message,
+            generation,
+        )
+    else:
+        rendered = condition(
+            CONFIG_RENDERED,
+            True,
+            "Rendered",
+            f"ConfigMap {rendering.config_map_name} and Secret {rendering.secret_name} "
+            f"(config hash {(rendering.config_hash or '')[:12]})",
+            generation,
+        )
+        if missing:
+            ready_cond = condition(
+                READY,
+                True,
+                "DegradedKeys",
+                f"serving with {ready} of {total} keys ({rendering.accounts_ready} of "
+                f"{rendering.accounts_total} accounts); see KeysReady",
+                generation,
+            )
+        else:
+            ready_cond = condition(
+                READY,
+                True,
+                "Serving",
+                f"serving with all {total} keys of {rendering.accounts_total} accounts",
+                generation,
+            )
+
+    conditions = [ready_cond, keys, rendered]
+    if not any(c.get("type") == FORECASTING for c in previous):
+        conditions.append(
+            condition(FORECASTING, None, "NoPrediction", "no load prediction published yet", generation)
+        )
+    return conditions
+
+
+def get_status(pool: Mapping[str, Any], rendering: Rendering, now: datetime) -> dict[str, Any]:
+    """The status patch for ``pool`` after ``rendering`` was applied (or failed to render)."""
+    generation = int(pool["metadata"].get("generation", 0))
+    previous = (pool.get("status") or {}).get("conditions") or []
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(previous, get_conditions(rendering, generation, previous), now),
+        "keysReady": rendering.keys_ready,
+        "keysTotal": len(rendering.keys),
+        "keys": f"{rendering.keys_ready}/{len(rendering.keys)}",
+        "accountsReady": rendering.accounts_ready,
+        "accountsTotal": rendering.accounts_total,
+    }
+    if rendering.error is None:
+        status |= {
+            "configMap": rendering.config_map_name,
+            "keySecret": rendering.secret_name,
+            "configHash": rendering.config_hash,
+        }
+    return status

@@ -1,0 +1,45 @@
+"""Golden files of everything rendered from each examples/o1pool-*.yaml (regenerate: make golden)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from o1operator.render import get_config_map, get_key_secret, redact_secret, render
+
+from tests.operator.conftest import EXAMPLES, assert_golden, fake_secrets, load_example
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the embedded config.yaml) as literal blocks, so golden diffs stay readable."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def dump(obj: object) -> str:
+    return yaml.dump(obj, Dumper=_BlockDumper, sort_keys=False)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_golden_rendering(example: Path) -> None:
+    pool = load_example(example)
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    assert rendering.error is None, rendering.error
+    assert rendering.config_yaml is not None
+    assert_golden(f"{example.stem}.config.yaml", rendering.config_yaml)
+    assert_golden(f"{example.stem}.configmap.yaml", dump(get_config_map(pool, rendering)))
+    assert_golden(f"{example.stem}.secret.yaml", dump(redact_secret(get_key_secret(pool, rendering))))
+
+
+def test_golden_files_have_no_strays() -> None:
+    expected = {f"{p.stem}.{kind}.yaml" for p in EXAMPLES for kind in ("config", "configmap", "secret")}
+    expected |= {p.name for p in Path(__file__).parent.joinpath("golden").glob("injected-*.yaml")}
+    present = {p.name for p in Path(__file__).parent.joinpath("golden").glob("*.yaml")}
+    assert present == expected, "remove golden files of deleted examples"

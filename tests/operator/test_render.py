@@ -1,0 +1,186 @@
+"""Rendering an O1Pool into sidecar config, key Secret and manifests (pure; no cluster)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+
+import yaml
+from o1operator.render import (
+    HASH_ANNOTATION,
+    KEY_MOUNT,
+    get_config_map,
+    get_key_secret,
+    referenced_secrets,
+    render,
+)
+from o1sidecar.config import SidecarConfig
+
+from tests.operator.conftest import EXAMPLES, REPO, b64, fake_secrets, load_example, secret_values
+
+BASIC = REPO / "examples" / "o1pool-basic.yaml"
+MULTI = REPO / "examples" / "o1pool-multi-account.yaml"
+
+
+def pool_with(spec_patch: dict, base=BASIC) -> dict:
+    pool = load_example(base)
+    pool["spec"] |= spec_patch
+    return pool
+
+
+def test_examples_render_to_valid_config_without_key_values() -> None:
+    for path in EXAMPLES:
+        pool = load_example(path)
+        secrets = fake_secrets(pool["spec"])
+        rendering = render(pool, secrets)
+        assert rendering.error is None, (path, rendering.error)
+        config = SidecarConfig.from_dict(yaml.safe_load(rendering.config_yaml))
+        assert config.pool.name == pool["metadata"]["name"]
+        config_map = yaml.safe_dump(get_config_map(pool, rendering))
+        for value in secret_values(secrets):
+            assert value not in config_map, f"{path.name}: a secret value leaked into the ConfigMap"
+
+
+def test_key_files_live_under_the_key_mount_and_match_secret_data() -> None:
+    pool = load_example(MULTI)
+    secrets = fake_secrets(pool["spec"])
+    rendering = render(pool, secrets)
+    config = SidecarConfig.from_dict(yaml.safe_load(rendering.config_yaml))
+    files = {str(k.file) for a in config.accounts for k in a.keys}
+    files.add(config.redis.password_file and str(config.redis.password_file))
+    assert all(f.startswith(str(KEY_MOUNT) + "/") for f in files)
+    assert {str(KEY_MOUNT / name) for name in rendering.key_data} == files
+    assert (
+        base64.b64decode(rendering.key_data["org-main.primary"]).decode()
+        == "sk-fake-openai-keys-primary-5ecret"
+    )
+
+
+def test_missing_secret_drops_its_keys_and_keeps_the_rest() -> None:
+    pool = load_example(MULTI)
+    secrets = fake_secrets(pool["spec"])
+    del secrets["openai-team-b"]
+    rendering = render(pool, secrets)
+    assert rendering.error is None
+    assert (rendering.keys_ready, len(rendering.keys)) == (3, 4)
+    assert (rendering.accounts_ready, rendering.accounts_total) == (2, 3)
+    config = yaml.safe_load(rendering.config_yaml)
+    assert [a["name"] for a in config["accounts"]] == ["org-main", "azure-east"]
+    assert "team-b.main" not in rendering.key_data
+    [missing] = [k for k in rendering.keys if not k.ready]
+    assert missing.problem == "SecretNotFound"
+    assert "openai-team-b" in missing.describe_problem()
+
+
+def test_missing_data_key_and_empty_key_are_told_apart() -> None:
+    pool = load_example(MULTI)
+    secrets = fake_secrets(pool["spec"])
+    secrets["openai-keys"] = {"primary": b64("  \n")}
+    rendering = render(pool, secrets)
+    problems = {k.name: k.problem for k in rendering.keys if not k.ready}
+    assert problems == {"primary": "KeyEmpty", "secondary": "SecretKeyNotFound"}
+
+
+def test_no_usable_key_fails_naming_the_secret() -> None:
+    pool = load_example(BASIC)
+    rendering = render(pool, {})
+    assert rendering.config_yaml is None and rendering.key_data == {}
+    assert rendering.error is not None and rendering.error.reason == "NoUsableKeys"
+    assert "'openai-keys'" in rendering.error.message
+
+
+def test_rotation_changes_hash_and_same_input_keeps_it() -> None:
+    pool = load_example(BASIC)
+    secrets = fake_secrets(pool["spec"])
+    first = render(pool, secrets)
+    assert render(copy.deepcopy(pool), copy.deepcopy(secrets)).config_hash == first.config_hash
+    secrets["openai-keys"]["primary"] = b64("sk-rotated")
+    rotated = render(pool, secrets)
+    assert rotated.config_hash != first.config_hash
+    assert rotated.config_yaml == first.config_yaml
+    spec_change = render(pool_with({"queue": {"defaultPriority": 3}}), fake_secrets(pool["spec"]))
+    assert spec_change.config_hash != first.config_hash
+
+
+def test_manifests_are_owned_by_the_pool_and_carry_the_hash() -> None:
+    pool = load_example(BASIC)
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    for manifest in (get_config_map(pool, rendering), get_key_secret(pool, rendering)):
+        meta = manifest["metadata"]
+        assert meta["annotations"][HASH_ANNOTATION] == rendering.config_hash
+        [owner] = meta["ownerReferences"]
+        assert owner == {
+            "apiVersion": "o1pool.io/v1alpha1",
+            "kind": "O1Pool",
+            "name": "basic",
+            "uid": pool["metadata"]["uid"],
+            "controller": True,
+        }
+        assert meta["namespace"] == "default"
+
+
+def test_redis_url_secret_password_moves_to_a_file() -> None:
+    pool = load_example(MULTI)
+    secrets = fake_secrets(pool["spec"])
+    secrets["o1pool-redis"]["url"] = b64("redis://app:p%40ss@redis:6379/2?password=q&db=2")
+    rendering = render(pool, secrets)
+    redis = yaml.safe_load(rendering.config_yaml)["redis"]
+    assert redis["url"] == "redis://app@redis:6379/2?db=2"
+    assert redis["password_file"] == str(KEY_MOUNT / "redis-password")
+    assert base64.b64decode(rendering.key_data["redis-password"]).decode() == "q"
+
+
+def test_redis_tls_and_password_secret() -> None:
+    redis = {"url": "redis://redis:6379/0", "tls": True, "passwordSecretRef": {"name": "rp", "key": "pw"}}
+    pool = pool_with({"redis": redis})
+    keys_only = {"openai-keys": fake_secrets(pool["spec"])["openai-keys"]}
+    secrets = keys_only | {"rp": {"pw": b64("hunter2")}}
+    rendering = render(pool, secrets)
+    config = yaml.safe_load(rendering.config_yaml)
+    assert config["redis"]["url"] == "rediss://redis:6379/0"
+    assert "hunter2" not in rendering.config_yaml
+    missing = render(pool, keys_only)
+    assert missing.error is not None and missing.error.reason == "RedisSecretNotFound"
+    assert "'rp'" in missing.error.message
+
+
+def test_redis_url_secret_that_is_not_a_url_is_rejected_without_echoing_it() -> None:
+    pool = load_example(MULTI)
+    secrets = fake_secrets(pool["spec"])
+    secrets["o1pool-redis"]["url"] = b64("redis//:leaky@host")
+    rendering = render(pool, secrets)
+    assert rendering.error is not None and rendering.error.reason == "RedisSecretInvalid"
+    assert "leaky" not in rendering.error.message
+
+
+def test_model_outside_the_tier_without_limits_is_invalid_config() -> None:
+    pool = load_example(BASIC)
+    pool["spec"]["accounts"][0]["models"] = {"gpt-4o": {"rpm": 10}}
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    assert rendering.error is not None and rendering.error.reason == "InvalidConfig"
+    assert "gpt-4o" in rendering.error.message
+
+
+def test_spec_fields_map_onto_sidecar_config() -> None:
+    pool = load_example(MULTI)
+    config = SidecarConfig.from_dict(yaml.safe_load(render(pool, fake_secrets(pool["spec"])).config_yaml))
+    assert config.queue.default_deadline_ms == 60_000 and config.queue.max_deadline_ms == 300_000
+    assert config.cache.l1_entries == 2000 and config.cache.l2_ttl_s == 3600
+    assert config.tokens.default_max_tokens == 8192
+    assert config.fallback.chains == {"o1-preview": ["o1-mini", "gpt-4o"], "o1": ["o1-mini"]}
+    team_b = next(a for a in config.accounts if a.name == "team-b")
+    assert team_b.limits_for("o1").rpm == 40
+    assert team_b.limits_for("gpt-4o").concurrency == 50
+    azure = next(a for a in config.accounts if a.name == "azure-east")
+    assert azure.api_version == "2024-10-21" and azure.deployments["o1"] == "o1-east"
+    assert config.listen.host == "127.0.0.1"
+
+
+def test_referenced_secrets() -> None:
+    pool = load_example(MULTI)
+    assert referenced_secrets(pool["spec"]) == {
+        "openai-keys",
+        "openai-team-b",
+        "azure-openai",
+        "o1pool-redis",
+    }

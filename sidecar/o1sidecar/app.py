@@ -30,7 +30,7 @@ PROXY_KEY = web.AppKey("o1sidecar.proxy", Proxy)
 
 
 def _default_limiter(config: SidecarConfig) -> Limiter:
-    from o1sidecar.limits import build_limiter  # type: ignore[attr-defined]
+    from o1sidecar.limits import build_limiter
 
     return build_limiter(config)
 

@@ -66,7 +66,7 @@ def parse_body(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
             f"Request body is empty; send a JSON object with 'model' and '{endpoint.prompt_field}'."
         )
     try:
-        body = json.loads(raw)
+        body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise bad_request("Request body is not UTF-8 encoded JSON; send UTF-8 JSON.") from None
     except json.JSONDecodeError as exc:

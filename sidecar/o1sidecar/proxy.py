@@ -5,6 +5,7 @@ the I/O and keeps each limiter grant released exactly once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -18,7 +19,7 @@ from aiohttp import web
 from o1sidecar.cache import ResponseCache, cache_key, is_cacheable
 from o1sidecar.config import SidecarConfig
 from o1sidecar.controls import RequestControls
-from o1sidecar.errors import ProxyError
+from o1sidecar.errors import ProxyError, error_body
 from o1sidecar.inbound import CHAT, RESPONSES, Endpoint
 from o1sidecar.limits.api import Demand, Grant, Limiter, NoCapacity, QueueFull, QueueTimeout, UpstreamReport
 from o1sidecar.metrics import NO_KEY, SidecarMetrics
@@ -133,8 +134,9 @@ class Proxy:
         if models[0] != requested:
             served.degraded = True
         key = cache_key(endpoint.path, body) if self.config.cache.enabled else None
-        cacheable = key is not None and is_cacheable(body, self.config.cache)
-        if cacheable and (not stream or endpoint is CHAT):
+        # Every good answer is stored; only cacheable requests are answered from it up front. Any stored
+        # answer may serve as the last resort (cache-only) once every model has failed.
+        if key is not None and is_cacheable(body, self.config.cache) and (not stream or endpoint is CHAT):
             hit = await self._cache_get(key)
             if hit is not None:
                 served.cache = hit[1]
@@ -179,7 +181,7 @@ class Proxy:
             )
             if response is not None:
                 self._observe(response.status, served, started)
-                if attempt.outcome is Outcome.OK and cacheable and not stream and not served.degraded:
+                if attempt.outcome is Outcome.OK and key is not None and not stream and not served.degraded:
                     await self.cache.put(key, attempt.body)  # type: ignore[arg-type]
                 return response
             step = next_step(
@@ -307,16 +309,30 @@ class Proxy:
                 out = relay.feed(event)
                 if out is not None:
                     await response.write(out)
-        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            log.warning("stream from %s for %s cut: %s", served.key, served.model, type(exc).__name__)
-            self.metrics.upstream_failures.labels(served.key, served.model, "stream_cut").inc()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return response, await self._stream_cut(response, served, type(exc).__name__)
+        except ConnectionError:
+            log.info("client of %s went away during the stream", served.model)
             return response, failure_report(200)
         if not relay.finished:
-            log.warning("stream from %s for %s ended before its last event", served.key, served.model)
-            self.metrics.upstream_failures.labels(served.key, served.model, "stream_cut").inc()
-            return response, failure_report(200)
+            return response, await self._stream_cut(response, served, "ended before its last event")
         await response.write_eof()
         return response, build_report(200, up.headers, usage=relay.usage)
+
+    async def _stream_cut(self, response: web.StreamResponse, served: Served, why: str) -> UpstreamReport:
+        """Tell the client in-band (the SDKs raise on an ``error`` event), since the status is sent."""
+        log.warning("stream from %s for %s cut: %s", served.key, served.model, why)
+        self.metrics.upstream_failures.labels(served.key, served.model, "stream_cut").inc()
+        error = error_body(
+            f"The upstream stream for {served.model} was cut part way ({why}); the answer is incomplete. "
+            "Retry the request.",
+            type="server_error",
+            code="stream_cut",
+        )
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+            await response.write_eof()
+        return failure_report(200)
 
     def _upstream_body(
         self, endpoint: Endpoint, body: dict[str, Any], model: str, prompt: list[Any] | None

@@ -1,0 +1,149 @@
+"""End to end: the real ``openai`` SDK (async and sync) -> sidecar -> the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+from o1emulator.embedded import EmulatorHandle
+from o1sidecar.app import SidecarHandle
+
+USER = [{"role": "user", "content": "Explain token buckets in one line."}]
+
+
+def emulator_admitted(emulator: EmulatorHandle, model: str) -> int:
+    return sum(a["models"][model]["admitted"] for a in emulator.stats()["accounts"].values())
+
+
+async def test_chat_completion_async(sidecar: SidecarHandle, emulator: EmulatorHandle) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything")
+    raw = await client.chat.completions.with_raw_response.create(model="o1", messages=USER)
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens_details.reasoning_tokens > 0
+    assert raw.headers["x-o1pool-account"] == "acct-a"
+    assert raw.headers["x-o1pool-model"] == "o1"
+    assert raw.headers["x-o1pool-degraded"] == "false"
+    assert raw.headers["x-o1pool-cache"] == "miss"
+    assert int(raw.headers["x-o1pool-queue-wait-ms"]) >= 0
+    assert emulator_admitted(emulator, "o1") == 1
+
+
+async def test_keys_round_robin(sidecar: SidecarHandle, emulator: EmulatorHandle) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything")
+    for i in range(4):
+        await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": f"q{i}"}])
+    keys = emulator.stats()["accounts"]["acct-a"]["keys"]
+    assert keys["a1"]["admitted"] == 2 and keys["a2"]["admitted"] == 2
+
+
+async def test_chat_completion_sync_client(sidecar: SidecarHandle) -> None:
+    def call() -> str:
+        with openai.OpenAI(base_url=sidecar.url, api_key="sk-dummy") as client:
+            completion = client.chat.completions.create(model="o1", messages=USER)
+            chunks = list(client.chat.completions.create(model="o1", messages=USER, stream=True, seed=1))
+            assert any(c.choices and c.choices[0].delta.content for c in chunks)
+            return completion.choices[0].message.content or ""
+
+    assert await asyncio.to_thread(call)
+
+
+async def test_stream_strips_usage_the_client_did_not_ask_for(
+    sidecar: SidecarHandle, emulator: EmulatorHandle
+) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything")
+    stream = await client.chat.completions.create(model="o1", messages=USER, stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert chunks, "no chunks"
+    assert all(chunk.choices for chunk in chunks), "the usage-only chunk reached the client"
+    assert all(chunk.usage is None for chunk in chunks)
+    assert all("usage" not in chunk.model_dump(exclude_unset=True) for chunk in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text
+    assert emulator_admitted(emulator, "o1") == 1
+
+
+async def test_stream_keeps_usage_when_asked(sidecar: SidecarHandle) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything")
+    stream = await client.chat.completions.create(
+        model="o1", messages=USER, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+async def test_stream_reports_usage_to_the_limiter(make_sidecar) -> None:  # type: ignore[no-untyped-def]
+    handle = await make_sidecar(cache={"enabled": False})
+    released = []
+    limiter = handle.proxy.limiter
+    original = limiter.release
+
+    async def spy(grant, report):  # type: ignore[no-untyped-def]
+        released.append(report)
+        await original(grant, report)
+
+    limiter.release = spy  # type: ignore[method-assign]
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="anything")
+    stream = await client.chat.completions.create(model="o1", messages=USER, stream=True)
+    async for _ in stream:
+        pass
+    assert len(released) == 1
+    assert released[0].status == 200 and released[0].usage_tokens and not released[0].failed
+
+
+async def test_responses_api(sidecar: SidecarHandle) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything")
+    response = await client.responses.create(model="o1", input="Say hello.")
+    assert response.output_text
+    assert response.usage is not None and response.usage.total_tokens > 0
+    stream = await client.responses.create(model="o1", input="Say hello again.", stream=True)
+    types = [event.type async for event in stream]
+    assert types[0] == "response.created"
+    assert types[-1] == "response.completed"
+    assert "response.output_text.delta" in types
+
+
+async def test_embeddings(sidecar: SidecarHandle) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything")
+    result = await client.embeddings.create(model="text-embedding-3-small", input=["one", "two"])
+    assert [len(d.embedding) for d in result.data] == [64, 64]
+
+
+async def test_models_lists_the_pool(sidecar: SidecarHandle) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything")
+    ids = [model.id async for model in client.models.list()]
+    assert ids == sorted(["o1", "o1-mini", "gpt-4o", "text-embedding-3-small"])
+    assert (await client.models.retrieve("o1")).id == "o1"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("davinci")
+
+
+async def test_unknown_model_is_404_naming_the_pool_models(sidecar: SidecarHandle) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as err:
+        await client.chat.completions.create(model="gpt-2", messages=USER)
+    assert "gpt-4o" in err.value.message and "not served by this pool" in err.value.message
+
+
+async def test_cache_hit_on_repeat_and_stream_replay(
+    sidecar: SidecarHandle, emulator: EmulatorHandle
+) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything")
+    first = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=USER, seed=3)
+    second = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=USER, seed=3)
+    assert first.headers["x-o1pool-cache"] == "miss"
+    assert second.headers["x-o1pool-cache"] == "l1"
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    stream = await client.chat.completions.create(
+        model="gpt-4o", messages=USER, seed=3, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == first.parse().choices[0].message.content
+    assert chunks[-1].usage is not None
+    other = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=USER, seed=4)
+    assert other.headers["x-o1pool-cache"] == "miss"
+    assert emulator_admitted(emulator, "gpt-4o") == 2

@@ -1,0 +1,180 @@
+"""Upstream faults injected in the emulator: retries, fallback, cache-only, timeouts, cut streams,
+context-length truncation and upstream 429s handled through the limiter."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from o1emulator.embedded import EmulatorHandle
+
+USER = [{"role": "user", "content": "What is a leaky bucket?"}]
+CHAIN = {"fallback": {"chains": {"o1": ["o1-mini"]}}}
+
+
+def admitted(emulator: EmulatorHandle, model: str) -> int:
+    return sum(a["models"][model]["admitted"] for a in emulator.stats()["accounts"].values())
+
+
+def faults(emulator: EmulatorHandle, model: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for account in emulator.stats()["accounts"].values():
+        for kind, n in account["models"][model]["faults"].items():
+            out[kind] = out.get(kind, 0) + n
+    return out
+
+
+async def test_5xx_is_retried_on_the_same_model(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+    handle = await make_sidecar(**CHAIN)
+    emulator.set_faults([{"kind": "error_5xx", "status": 503, "count": 2, "model": "o1"}])
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(model="o1", messages=USER)
+    assert raw.headers["x-o1pool-model"] == "o1"
+    assert raw.headers["x-o1pool-degraded"] == "false"
+    assert faults(emulator, "o1").get("error_5xx") == 2
+    assert admitted(emulator, "o1-mini") == 0
+
+
+async def test_persistent_5xx_falls_back_along_the_chain(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+    handle = await make_sidecar(**CHAIN)
+    emulator.set_faults([{"kind": "error_5xx", "model": "o1"}])
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(model="o1", messages=USER)
+    completion = raw.parse()
+    assert raw.headers["x-o1pool-model"] == "o1-mini"
+    assert raw.headers["x-o1pool-degraded"] == "true"
+    assert completion.model.startswith("o1-mini")
+    assert faults(emulator, "o1").get("error_5xx") == 3  # retry.max_attempts
+    assert admitted(emulator, "o1-mini") == 1
+    metrics = await _scrape(handle.metrics_url)
+    assert 'o1_api_fallbacks_total{from_model="o1",to_model="o1-mini"} 1.0' in metrics
+
+
+async def test_every_model_failing_without_cache_is_502(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+    handle = await make_sidecar(**CHAIN)
+    emulator.set_faults([{"kind": "error_5xx"}])
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as err:
+        await client.chat.completions.create(model="o1", messages=USER)
+    assert err.value.status_code == 502
+    assert "o1, o1-mini" in err.value.message and "HTTP 500" in err.value.message
+    assert err.value.response.headers["x-should-retry"] == "false"
+
+
+async def test_cache_only_answers_when_every_model_fails(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+    handle = await make_sidecar(cache={"only_deterministic": True}, **CHAIN)
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    first = await client.chat.completions.create(model="o1", messages=USER, temperature=1)
+    again = await client.chat.completions.with_raw_response.create(model="o1", messages=USER, temperature=1)
+    assert again.headers["x-o1pool-cache"] == "miss", "temperature 1 is not answered from cache normally"
+    emulator.set_faults([{"kind": "error_5xx"}])
+    raw = await client.chat.completions.with_raw_response.create(model="o1", messages=USER, temperature=1)
+    assert raw.headers["x-o1pool-degraded"] == "true"
+    assert raw.headers["x-o1pool-cache"] == "l1"
+    assert raw.parse().choices[0].message.content in {
+        first.choices[0].message.content,
+        again.parse().choices[0].message.content,
+    }
+
+
+async def test_timeouts_retry_then_fall_back(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+    handle = await make_sidecar(timeouts={"read_s": 0.3, "total_s": 5}, **CHAIN)
+    emulator.set_faults([{"kind": "hang", "hang_s": 5, "model": "o1"}])
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(model="o1", messages=USER)
+    assert raw.headers["x-o1pool-model"] == "o1-mini"
+    assert faults(emulator, "o1").get("hang") == 3
+
+
+async def test_connection_resets_are_retried(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+    handle = await make_sidecar()
+    emulator.set_faults([{"kind": "reset", "count": 1, "model": "o1"}])
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(model="o1", messages=USER)
+    assert raw.headers["x-o1pool-model"] == "o1"
+    assert faults(emulator, "o1").get("reset") == 1
+
+
+async def test_cut_stream_reaches_the_client_as_an_error(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+    handle = await make_sidecar()
+    emulator.set_faults([{"kind": "cut_stream", "after_tokens": 2, "model": "o1"}])
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    stream = await client.chat.completions.create(model="o1", messages=USER, stream=True)
+    with pytest.raises(openai.APIError, match="cut part way"):
+        async for _ in stream:
+            pass
+    metrics = await _scrape(handle.metrics_url)
+    assert 'reason="stream_cut"' in metrics
+
+
+async def test_context_length_truncates_old_messages_and_retries_once(
+    make_sidecar, emulator: EmulatorHandle
+) -> None:  # type: ignore[no-untyped-def]
+    handle = await make_sidecar()
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    history = [{"role": "system", "content": "You are terse."}]
+    for i in range(12):
+        history.append(
+            {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 200}
+        )
+    history.append({"role": "user", "content": "And now, the question?"})
+    raw = await client.chat.completions.with_raw_response.create(
+        model="o1-mini", messages=history, max_completion_tokens=200
+    )
+    assert raw.parse().choices[0].message.content
+    stats = emulator.stats()
+    assert stats["totals"]["400"] == 1
+    assert admitted(emulator, "o1-mini") == 1
+
+
+async def test_context_length_that_truncation_cannot_fix_is_passed_through(
+    make_sidecar, emulator: EmulatorHandle
+) -> None:  # type: ignore[no-untyped-def]
+    handle = await make_sidecar()
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.chat.completions.create(
+            model="o1-mini", messages=[{"role": "user", "content": "word " * 3000}]
+        )
+    assert err.value.code == "context_length_exceeded"
+    assert emulator.stats()["totals"]["400"] == 1
+
+
+async def test_upstream_429_is_waited_out_through_the_limiter(make_sidecar, make_emulator) -> None:  # type: ignore[no-untyped-def]
+    upstream = await make_emulator(
+        latency_scale=1.0,
+        concurrency_retry_after_s=0.2,
+        models={"o1": {"latency": {"ttft_ms": 400}}},
+        accounts=[
+            {
+                "name": "acct-a",
+                "keys": [
+                    {"name": "a1", "key": "sk-emu-acct-a-key-1"},
+                    {"name": "a2", "key": "sk-emu-acct-a-key-2"},
+                ],
+                "models": {"o1": {"rpm": 10_000, "tpm": 50_000_000, "concurrency": 1}},
+            },
+        ],
+    )
+    handle = await make_sidecar(upstream=upstream)  # the sidecar believes concurrency is 10
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    import asyncio
+
+    results = await asyncio.gather(
+        *(
+            client.chat.completions.create(model="o1", messages=[{"role": "user", "content": f"q{i}"}])
+            for i in range(2)
+        )
+    )
+    assert all(r.choices for r in results)
+    model_stats = upstream.stats()["accounts"]["acct-a"]["models"]["o1"]
+    assert model_stats["admitted"] == 2
+    assert model_stats["rejected"]["concurrency"] >= 1
+    metrics = await _scrape(handle.metrics_url)
+    assert "o1_api_upstream_429_total{" in metrics
+
+
+async def _scrape(url: str) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()

@@ -47,7 +47,7 @@ def small_config(**overrides: Any) -> dict[str, Any]:
                 "organization": "org-a",
                 "keys": [{"name": "a1", "key": KEY_A}, {"name": "a2", "key": KEY_A2}],
                 "models": {
-                    "o1": {"rpm": 6, "tpm": 10_000, "concurrency": 2},
+                    "o1": {"rpm": 6, "tpm": 100_000, "concurrency": 2},
                     "gpt-4o": {"rpm": 60, "tpm": 600},
                     "text-embedding-3-small": {"rpm": 100, "tpm": 100_000},
                 },

@@ -1,0 +1,64 @@
+"""kopf handlers: thin glue from watch events to :func:`o1operator.reconcile.reconcile_pool`.
+
+Pools are (re)rendered when created, changed, or when the operator starts; a Secret event re-renders
+every pool that references that Secret (found through the ``pools_by_secret`` index).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from o1operator.reconcile import reconcile_pool
+from o1operator.render import GROUP, PLURAL, VERSION, referenced_secrets
+from o1operator.settings import configure
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    configure(settings)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_via_client(**kwargs)
+
+
+def post_event(pool: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(dict(pool), type=type_, reason=reason, message=message)
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def pools_by_secret(
+    namespace: str, name: str, spec: Mapping[str, Any], **_: Any
+) -> dict[tuple[str, str], str]:
+    return {(namespace, secret): name for secret in referenced_secrets(spec)}
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def pool_changed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    reconcile_pool(memo.kube, body, post_event, logger)
+
+
+@kopf.on.event("", "v1", "secrets")
+def secret_changed(
+    type: str | None,
+    namespace: str,
+    name: str,
+    pools_by_secret: kopf.Index,
+    memo: kopf.Memo,
+    logger: logging.Logger,
+    **_: Any,
+) -> None:
+    if type is None:  # the initial listing; every pool is rendered by its resume handler anyway
+        return
+    for pool_name in sorted(set(pools_by_secret.get((namespace, name), []))):
+        pool = memo.kube.get_pool(namespace, pool_name)
+        if pool is not None:
+            logger.info("Secret %s %s: re-rendering O1Pool %s", name, type.lower(), pool_name)
+            reconcile_pool(memo.kube, pool, post_event, logger)

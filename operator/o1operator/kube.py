@@ -1,0 +1,81 @@
+"""The operator's Kubernetes I/O: read referenced Secrets, server-side apply owned objects, patch status.
+
+Every verb used here is listed in the chart's RBAC (helm/o1pool/templates/rbac.yaml); nothing else is
+called. Secret data is returned to the caller and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from o1operator.render import GROUP, PLURAL, VERSION
+
+FIELD_MANAGER = "o1pool-operator"
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+
+
+def api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """A client from ``kubeconfig``, else $KUBECONFIG / ~/.kube/config, else the in-cluster account."""
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return config.new_client_from_config(config_file=path)
+    configuration = client.Configuration()
+    config.load_incluster_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """Thin typed wrapper over the calls the reconciler makes."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def read_secrets(self, namespace: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
+        """``data`` (base64 values) of each named Secret that exists; missing ones are left out."""
+        found: dict[str, dict[str, str]] = {}
+        for name in sorted(names):
+            try:
+                secret = self.core.read_namespaced_secret(name, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            found[name] = dict(secret.data or {})
+        return found
+
+    def apply(self, manifest: Mapping[str, Any]) -> None:
+        """Server-side apply as the operator's field manager (fields it no longer sets are removed)."""
+        meta = manifest["metadata"]
+        patch = {
+            "ConfigMap": self.core.patch_namespaced_config_map,
+            "Secret": self.core.patch_namespaced_secret,
+        }[manifest["kind"]]
+        patch(
+            meta["name"],
+            meta["namespace"],
+            manifest,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
+
+    def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            pool = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(pool)
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE
+        )

@@ -1,0 +1,71 @@
+"""One reconciliation of one O1Pool: read its Secrets, render, apply, write status, post events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from o1operator.kube import Kube
+from o1operator.render import get_config_map, get_key_secret, referenced_secrets, render
+from o1operator.status import KEYS_READY, get_status
+
+# (pool, type, reason, message) -> None; kopf.event in the operator, a list in tests.
+PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
+
+
+def _condition(status: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), {})
+
+
+def get_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Events worth posting for a status change: (type, reason, message). Pure."""
+    events = []
+    if after.get("configHash") and after.get("configHash") != before.get("configHash"):
+        events.append(
+            (
+                "Normal",
+                "Rendered",
+                f"config hash {after['configHash'][:12]} ({after['keysReady']}/{after['keysTotal']} keys)",
+            )
+        )
+    keys_before, keys_after = _condition(before, KEYS_READY), _condition(after, KEYS_READY)
+    if keys_after.get("status") == "False" and keys_after.get("message") != keys_before.get("message"):
+        events.append(("Warning", keys_after["reason"], keys_after["message"]))
+    ready = _condition(after, "Ready")
+    if ready.get("status") == "False" and ready.get("message") != _condition(before, "Ready").get("message"):
+        events.append(("Warning", ready["reason"], ready["message"]))
+    return events
+
+
+def reconcile_pool(
+    kube: Kube,
+    pool: Mapping[str, Any],
+    post_event: PostEvent,
+    logger: logging.Logger,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> dict[str, Any]:
+    """Bring the pool's ConfigMap, Secret and status in line with its spec and Secrets; returns the status."""
+    meta = pool["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    secrets = kube.read_secrets(namespace, referenced_secrets(pool["spec"]))
+    rendering = render(pool, secrets)
+    if rendering.error is None:
+        kube.apply(get_config_map(pool, rendering))
+        kube.apply(get_key_secret(pool, rendering))
+    status = get_status(pool, rendering, now())
+    kube.patch_status(namespace, name, status)
+    for type_, reason, message in get_events(pool.get("status") or {}, status):
+        post_event(pool, type_, reason, message)
+    logger.info(
+        "reconciled: keys %d/%d, accounts %d/%d, %s",
+        rendering.keys_ready,
+        len(rendering.keys),
+        rendering.accounts_ready,
+        rendering.accounts_total,
+        f"config hash {rendering.config_hash[:12]}"
+        if rendering.config_hash
+        else f"not rendered ({rendering.error.reason if rendering.error else ''})",
+    )
+    return status

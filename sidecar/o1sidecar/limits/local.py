@@ -151,6 +151,11 @@ class LocalBackend:
                 best_wait, reason = wait, why
         return Denied(reason, best_wait, my_rank)  # type: ignore[arg-type]
 
+    def hold(self, limits: AccountLimits, model: str, lease_id: str) -> None:
+        """Count a request admitted elsewhere (before a failover) against this store's concurrency."""
+        st, _ = self._slot(limits, model, self._clock())
+        st.leases.add(lease_id)
+
     async def settle(self, settlement: Settlement) -> None:
         self.settle_now(settlement)
 
@@ -182,6 +187,9 @@ class LocalBackend:
             known.pop(t, None)
 
     async def adopt(self, waiting: list[Waiting]) -> None:
+        self.adopt_now(waiting)
+
+    def adopt_now(self, waiting: list[Waiting]) -> None:
         for w in waiting:
             self._tickets.setdefault(w.model, {}).setdefault(w.ticket, _Ticket(w.rank, w.tokens))
 

@@ -1,0 +1,66 @@
+"""Names of the Redis keys of one pool. All carry the pool's hash tag ``{<prefix>:<namespace>/<pool>}``.
+
+One tag per pool puts every key of the pool in one Redis Cluster slot, so a single Lua script can
+check the pool's queue for a model and every candidate account atomically. (Per-account tags would
+split one admission into several scripts and lose that atomicity.) The cost: one pool lives on one
+cluster node; pools spread across nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PoolKeys:
+    prefix: str
+    namespace: str
+    pool: str
+
+    @property
+    def tag(self) -> str:
+        return f"{{{self.prefix}:{self.namespace}/{self.pool}}}"
+
+    def account(self, account: str, model: str) -> str:
+        """HASH of one account+model's buckets: r, t (levels), ts (as of), cd (cooldown until)."""
+        return f"{self.tag}:acct:{account}:{model}"
+
+    def leases(self, account: str, model: str) -> str:
+        """ZSET of one account+model's concurrency leases, scored by expiry."""
+        return f"{self.tag}:lease:{account}:{model}"
+
+    def queue(self, model: str) -> str:
+        """ZSET of waiting tickets for one model, scored by rank (ordering.rank)."""
+        return f"{self.tag}:queue:{model}"
+
+    def ticket_expiry(self, model: str) -> str:
+        """ZSET of the same tickets, scored by when they expire unless refreshed."""
+        return f"{self.tag}:qexp:{model}"
+
+    def ticket_cost(self, model: str) -> str:
+        """HASH ticket -> tokens the waiting request will cost."""
+        return f"{self.tag}:qtok:{model}"
+
+    def sidecars(self) -> str:
+        """ZSET sidecar id -> last heartbeat (server time)."""
+        return f"{self.tag}:sidecars"
+
+    def wake_channel(self) -> str:
+        """Pub/sub channel: a model's queue may move (a lease freed, a waiter admitted)."""
+        return f"{self.tag}:wake"
+
+
+def hash_slot(key: str) -> int:
+    """The Redis Cluster slot of ``key``: CRC16 (XMODEM) of its hash tag, modulo 16384."""
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    crc = 0
+    for byte in key.encode():
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc % 16384

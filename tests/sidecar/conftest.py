@@ -61,8 +61,13 @@ async def emulator(make_emulator: EmulatorFactory) -> EmulatorHandle:
     return await make_emulator()
 
 
-def sidecar_config_dict(emulator: EmulatorHandle, accounts: tuple[str, ...] = ("acct-a",)) -> dict[str, Any]:
-    """A sidecar config for the emulator's accounts; keys come from env vars O1T_<ACCOUNT>_<N>."""
+def sidecar_config_dict(
+    emulator: EmulatorHandle,
+    accounts: tuple[str, ...] = ("acct-a",),
+    limits: dict[str, dict[str, int]] | None = None,
+) -> dict[str, Any]:
+    """A sidecar config for the emulator's accounts; keys come from env vars O1T_<ACCOUNT>_<N>.
+    ``limits`` (model -> rpm/tpm/concurrency) replaces what the sidecar believes each account has."""
     return {
         "pool": {"name": "test", "namespace": "tests"},
         "listen": {"host": "127.0.0.1", "port": 0},
@@ -75,7 +80,7 @@ def sidecar_config_dict(emulator: EmulatorHandle, accounts: tuple[str, ...] = ("
                     {"name": f"{name[-1]}{i + 1}", "env": f"O1T_{name[-1].upper()}_{i + 1}"}
                     for i in range(len(KEYS[name]))
                 ],
-                "models": {m: BIG for m in ("o1", "o1-mini", "gpt-4o", "text-embedding-3-small")},
+                "models": limits or {m: BIG for m in ("o1", "o1-mini", "gpt-4o", "text-embedding-3-small")},
             }
             for name in accounts
         ],
@@ -108,9 +113,12 @@ async def make_sidecar(emulator: EmulatorHandle, key_env: None) -> AsyncIterator
     started: list[SidecarHandle] = []
 
     async def factory(
-        accounts: tuple[str, ...] = ("acct-a",), upstream: EmulatorHandle | None = None, **overrides: Any
+        accounts: tuple[str, ...] = ("acct-a",),
+        upstream: EmulatorHandle | None = None,
+        limits: dict[str, dict[str, int]] | None = None,
+        **overrides: Any,
     ) -> SidecarHandle:
-        base = sidecar_config_dict(upstream or emulator, accounts)
+        base = sidecar_config_dict(upstream or emulator, accounts, limits)
         config = SidecarConfig.from_dict(merge(base, overrides))
         handle = await start_sidecar(config)
         started.append(handle)

@@ -8,6 +8,8 @@ import pytest
 from o1emulator.embedded import EmulatorHandle
 from o1sidecar.app import SidecarHandle
 
+from tests.sidecar.conftest import SidecarFactory
+
 USER = [{"role": "user", "content": "hi"}]
 
 
@@ -80,7 +82,9 @@ async def test_good_priority_values_are_served(sidecar: SidecarHandle, value: st
     assert completion.choices
 
 
-async def test_body_over_limit_is_413_by_content_length(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+async def test_body_over_limit_is_413_by_content_length(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle
+) -> None:
     handle = await make_sidecar(max_body_bytes=2000)
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
     with pytest.raises(openai.APIStatusError) as err:
@@ -90,7 +94,7 @@ async def test_body_over_limit_is_413_by_content_length(make_sidecar, emulator: 
     assert emulator.stats()["totals"].get("admitted", 0) == 0
 
 
-async def test_body_over_limit_is_413_while_reading_chunked(make_sidecar) -> None:  # type: ignore[no-untyped-def]
+async def test_body_over_limit_is_413_while_reading_chunked(make_sidecar: SidecarFactory) -> None:
     handle = await make_sidecar(max_body_bytes=2000)
 
     async def chunks():  # type: ignore[no-untyped-def]

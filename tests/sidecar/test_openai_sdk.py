@@ -9,6 +9,8 @@ import pytest
 from o1emulator.embedded import EmulatorHandle
 from o1sidecar.app import SidecarHandle
 
+from tests.sidecar.conftest import SidecarFactory
+
 USER = [{"role": "user", "content": "Explain token buckets in one line."}]
 
 
@@ -75,7 +77,7 @@ async def test_stream_keeps_usage_when_asked(sidecar: SidecarHandle) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
 
 
-async def test_stream_reports_usage_to_the_limiter(make_sidecar) -> None:  # type: ignore[no-untyped-def]
+async def test_stream_reports_usage_to_the_limiter(make_sidecar: SidecarFactory) -> None:
     handle = await make_sidecar(cache={"enabled": False})
     released = []
     limiter = handle.proxy.limiter

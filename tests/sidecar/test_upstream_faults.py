@@ -7,6 +7,8 @@ import openai
 import pytest
 from o1emulator.embedded import EmulatorHandle
 
+from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
+
 USER = [{"role": "user", "content": "What is a leaky bucket?"}]
 CHAIN = {"fallback": {"chains": {"o1": ["o1-mini"]}}}
 
@@ -23,7 +25,9 @@ def faults(emulator: EmulatorHandle, model: str) -> dict[str, int]:
     return out
 
 
-async def test_5xx_is_retried_on_the_same_model(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+async def test_5xx_is_retried_on_the_same_model(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle
+) -> None:
     handle = await make_sidecar(**CHAIN)
     emulator.set_faults([{"kind": "error_5xx", "status": 503, "count": 2, "model": "o1"}])
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
@@ -34,7 +38,9 @@ async def test_5xx_is_retried_on_the_same_model(make_sidecar, emulator: Emulator
     assert admitted(emulator, "o1-mini") == 0
 
 
-async def test_persistent_5xx_falls_back_along_the_chain(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+async def test_persistent_5xx_falls_back_along_the_chain(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle
+) -> None:
     handle = await make_sidecar(**CHAIN)
     emulator.set_faults([{"kind": "error_5xx", "model": "o1"}])
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
@@ -49,7 +55,9 @@ async def test_persistent_5xx_falls_back_along_the_chain(make_sidecar, emulator:
     assert 'o1_api_fallbacks_total{from_model="o1",to_model="o1-mini"} 1.0' in metrics
 
 
-async def test_every_model_failing_without_cache_is_502(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+async def test_every_model_failing_without_cache_is_502(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle
+) -> None:
     handle = await make_sidecar(**CHAIN)
     emulator.set_faults([{"kind": "error_5xx"}])
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
@@ -60,7 +68,9 @@ async def test_every_model_failing_without_cache_is_502(make_sidecar, emulator: 
     assert err.value.response.headers["x-should-retry"] == "false"
 
 
-async def test_cache_only_answers_when_every_model_fails(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+async def test_cache_only_answers_when_every_model_fails(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle
+) -> None:
     handle = await make_sidecar(cache={"only_deterministic": True}, **CHAIN)
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
     first = await client.chat.completions.create(model="o1", messages=USER, temperature=1)
@@ -76,7 +86,7 @@ async def test_cache_only_answers_when_every_model_fails(make_sidecar, emulator:
     }
 
 
-async def test_timeouts_retry_then_fall_back(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+async def test_timeouts_retry_then_fall_back(make_sidecar: SidecarFactory, emulator: EmulatorHandle) -> None:
     handle = await make_sidecar(timeouts={"read_s": 0.3, "total_s": 5}, **CHAIN)
     emulator.set_faults([{"kind": "hang", "hang_s": 5, "model": "o1"}])
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
@@ -85,7 +95,7 @@ async def test_timeouts_retry_then_fall_back(make_sidecar, emulator: EmulatorHan
     assert faults(emulator, "o1").get("hang") == 3
 
 
-async def test_connection_resets_are_retried(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+async def test_connection_resets_are_retried(make_sidecar: SidecarFactory, emulator: EmulatorHandle) -> None:
     handle = await make_sidecar()
     emulator.set_faults([{"kind": "reset", "count": 1, "model": "o1"}])
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
@@ -94,7 +104,9 @@ async def test_connection_resets_are_retried(make_sidecar, emulator: EmulatorHan
     assert faults(emulator, "o1").get("reset") == 1
 
 
-async def test_cut_stream_reaches_the_client_as_an_error(make_sidecar, emulator: EmulatorHandle) -> None:  # type: ignore[no-untyped-def]
+async def test_cut_stream_reaches_the_client_as_an_error(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle
+) -> None:
     handle = await make_sidecar()
     emulator.set_faults([{"kind": "cut_stream", "after_tokens": 2, "model": "o1"}])
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
@@ -139,7 +151,9 @@ async def test_context_length_that_truncation_cannot_fix_is_passed_through(
     assert emulator.stats()["totals"]["400"] == 1
 
 
-async def test_upstream_429_is_waited_out_through_the_limiter(make_sidecar, make_emulator) -> None:  # type: ignore[no-untyped-def]
+async def test_upstream_429_is_waited_out_through_the_limiter(
+    make_sidecar: SidecarFactory, make_emulator: EmulatorFactory
+) -> None:
     upstream = await make_emulator(
         latency_scale=1.0,
         concurrency_retry_after_s=0.2,

@@ -1,0 +1,95 @@
+"""Priority and deadline headers reach admission; a queued request past its deadline gets 429."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import openai
+import pytest
+
+from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
+
+USER = [{"role": "user", "content": "hello"}]
+NO_CACHE = {"enabled": False}
+
+
+async def test_priority_and_deadline_headers_shape_the_demand(make_sidecar: SidecarFactory) -> None:
+    handle = await make_sidecar()
+    seen = []
+    limiter = handle.proxy.limiter
+    original = limiter.acquire
+
+    async def spy(demand, accounts):  # type: ignore[no-untyped-def]
+        seen.append((demand, list(accounts)))
+        return await original(demand, accounts)
+
+    limiter.acquire = spy  # type: ignore[method-assign]
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    before = time.time()
+    await client.chat.completions.create(
+        model="o1",
+        messages=USER,
+        max_completion_tokens=300,
+        extra_headers={"x-o1pool-priority": "high", "x-o1pool-deadline-ms": "1500"},
+    )
+    await client.chat.completions.create(model="o1", messages=[{"role": "user", "content": "other"}])
+    (high, accounts), (default, _) = seen
+    assert accounts == ["acct-a"]
+    assert high.priority == 8 and default.priority == 5
+    assert before + 1.4 < high.deadline < time.time() + 1.5
+    assert default.deadline > time.time() + 100  # queue.default_deadline_ms = 120 s
+    assert high.tokens == 300  # charge "max": the budget 300 is above the prompt estimate
+    assert default.tokens == 4096  # tokens.default_max_tokens when the request sets no budget
+
+
+async def test_deadline_passing_in_the_queue_is_429_with_retry_after(make_sidecar: SidecarFactory) -> None:
+    handle = await make_sidecar(limits={"o1": {"rpm": 1, "tpm": 1_000_000}}, cache=NO_CACHE)
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    await client.chat.completions.create(model="o1", messages=USER)
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as err:
+        await client.chat.completions.create(
+            model="o1", messages=USER, extra_headers={"x-o1pool-deadline-ms": "300"}
+        )
+    assert 0.25 < time.monotonic() - started < 5
+    assert err.value.code == "queue_timeout"
+    assert "Queued for" in err.value.message and "deadline (300 ms)" in err.value.message
+    assert int(err.value.response.headers["retry-after"]) >= 1
+    metrics = await _scrape(handle.metrics_url)
+    assert 'o1_api_queue_rejections_total{reason="timeout"} 1.0' in metrics
+    assert 'o1_api_requests_total{key="-",model="o1",status="429"} 1.0' in metrics
+
+
+async def test_high_priority_overtakes_queued_low_priority(
+    make_sidecar: SidecarFactory, make_emulator: EmulatorFactory
+) -> None:
+    upstream = await make_emulator(latency_scale=1.0, models={"o1": {"latency": {"ttft_ms": 150}}})
+    handle = await make_sidecar(
+        upstream=upstream, limits={"o1": {"rpm": 10_000, "tpm": 50_000_000, "concurrency": 1}}, cache=NO_CACHE
+    )
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    done: list[str] = []
+
+    async def call(name: str, priority: str) -> None:
+        await client.chat.completions.create(
+            model="o1",
+            messages=[{"role": "user", "content": name}],
+            extra_headers={"x-o1pool-priority": priority},
+        )
+        done.append(name)
+
+    first = asyncio.create_task(call("first", "low"))
+    await asyncio.sleep(0.05)
+    lows = [asyncio.create_task(call(f"low{i}", "low")) for i in range(3)]
+    await asyncio.sleep(0.05)
+    high = asyncio.create_task(call("high", "high"))
+    await asyncio.gather(first, *lows, high)
+    assert done[:2] == ["first", "high"], done
+
+
+async def _scrape(url: str) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()

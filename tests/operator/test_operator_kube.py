@@ -1,0 +1,383 @@
+"""The chart and the operator on a real kube-apiserver + etcd + kube-controller-manager.
+
+The chart is installed with helm; the operator runs locally as the chart's ServiceAccount (a token
+kubeconfig), so every call it makes goes through the chart's RBAC.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from o1sidecar.config import SidecarConfig
+
+from tests.kube.fixtures import Kube
+from tests.operator.conftest import REPO, b64, fake_secrets, secret_values
+
+pytestmark = pytest.mark.kube
+
+CHART = REPO / "helm" / "o1pool"
+RELEASE = "o1pool"
+SERVICE_ACCOUNT = "o1pool"  # the chart's fullname for release "o1pool"
+BASIC = REPO / "examples" / "o1pool-basic.yaml"
+MULTI = REPO / "examples" / "o1pool-multi-account.yaml"
+WAIT = 30.0
+
+
+@dataclass
+class Chart:
+    namespace: str
+    sa_kubeconfig: Path
+
+
+@pytest.fixture(scope="module")
+def chart(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chart]:
+    """The chart installed by helm into its own namespace (cluster-wide RBAC, the default)."""
+    namespace = f"o1pool-system-{secrets.token_hex(3)}"
+    kube.helm("install", RELEASE, str(CHART), "--namespace", namespace, "--create-namespace", "--wait=false")
+    kubeconfig = kube.service_account_kubeconfig(
+        namespace, SERVICE_ACCOUNT, path=tmp_path_factory.mktemp("sa") / "operator.kubeconfig"
+    )
+    yield Chart(namespace=namespace, sa_kubeconfig=kubeconfig)
+    kube.helm("uninstall", RELEASE, "--namespace", namespace, check=False)
+    kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@dataclass
+class Operator:
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def operator(kube: Kube, chart: Chart, kube_namespace: str, tmp_path: Path) -> Iterator[Operator]:
+    """``o1pool operator --namespace NS`` as the chart's ServiceAccount, with debug logging."""
+    log = tmp_path / "operator.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "o1pool.cli",
+                "operator",
+                "--namespace",
+                kube_namespace,
+                "--kubeconfig",
+                str(chart.sa_kubeconfig),
+                "--verbose",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=kube.env(chart.sa_kubeconfig),
+            cwd=REPO,
+        )
+    running = Operator(proc=proc, log=log)
+    yield running
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    forbidden = [line for line in running.output().splitlines() if "forbidden" in line.lower()]
+    assert not forbidden, "operator hit RBAC denials:\n" + "\n".join(forbidden[:5])
+
+
+@pytest.fixture
+def api(kube: Kube) -> Iterator[client.ApiClient]:
+    with kube.api_client() as api_client:
+        yield api_client
+
+
+def wait_for(
+    what: str, probe: Callable[[], Any], operator: Operator | None = None, timeout: float = WAIT
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if operator is not None and operator.proc.poll() is not None:
+            pytest.fail(
+                f"operator exited ({operator.proc.returncode}) waiting for {what}:\n"
+                + operator.output()[-3000:]
+            )
+        if time.monotonic() > deadline:
+            tail = operator.output()[-3000:] if operator else ""
+            pytest.fail(f"timed out after {timeout}s waiting for {what}\n{tail}")
+        time.sleep(0.2)
+
+
+def get_pool(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "o1pool.io", "v1alpha1", namespace, "o1pools", name
+    )
+
+
+def condition(pool: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in pool.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def create_secrets(api: client.ApiClient, namespace: str, data: dict[str, dict[str, str]]) -> None:
+    core = client.CoreV1Api(api)
+    for name, values in data.items():
+        core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "data": values})
+
+
+def read_optional(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def test_chart_lints_and_its_manifests_pass_server_side_dry_run(kube: Kube, kube_namespace: str) -> None:
+    lint = kube.helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in lint.stdout
+    server = json.loads(kube.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
+    for values, rbac in (([], "clusterrole"), (["--set", f"watchNamespaces[0]={kube_namespace}"], "role")):
+        rendered = kube.helm(
+            "template", "dry", str(CHART), "--namespace", kube_namespace, "--kube-version", server, *values
+        ).stdout
+        result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
+        kinds = {line.split("/")[0] for line in result.stdout.splitlines()}
+        assert {"serviceaccount", "deployment.apps", f"{rbac}.rbac.authorization.k8s.io"} <= kinds, (
+            result.stdout
+        )
+
+
+def test_chart_rbac_is_least_privilege(kube: Kube, chart: Chart, kube_namespace: str) -> None:
+    def can(verb: str, resource: str) -> bool:
+        result = kube.kubectl(
+            "auth", "can-i", verb, resource, "-n", kube_namespace, kubeconfig=chart.sa_kubeconfig, check=False
+        )
+        return result.stdout.strip() == "yes"
+
+    allowed = [
+        ("patch", "o1pools.o1pool.io"),
+        ("patch", "o1pools.o1pool.io/status"),
+        ("watch", "secrets"),
+        ("create", "configmaps"),
+        ("patch", "configmaps"),
+        ("create", "events"),
+    ]
+    denied = [
+        ("delete", "secrets"),
+        ("update", "o1pools.o1pool.io"),
+        ("delete", "o1pools.o1pool.io"),
+        ("get", "configmaps"),
+        ("list", "pods"),
+        ("list", "customresourcedefinitions"),
+        ("list", "namespaces"),
+    ]
+    assert [a for a in allowed if not can(*a)] == []
+    assert [d for d in denied if can(*d)] == []
+
+
+def test_crd_explains_fields_and_cel_rejects_invalid_pools(
+    kube: Kube, chart: Chart, kube_namespace: str
+) -> None:
+    explain = kube.kubectl("explain", "o1pools.spec.accounts.keys.secretKeyRef").stdout
+    assert "The Secret (in the pool's namespace) and data key holding the API key" in explain
+
+    base = yaml.safe_load(BASIC.read_text())
+
+    def rejected(mutate: Callable[[dict[str, Any]], None]) -> str:
+        pool = json.loads(json.dumps(base))
+        mutate(pool["spec"])
+        result = kube.kubectl(
+            "apply", "-n", kube_namespace, "-f", "-", input=yaml.safe_dump(pool), check=False
+        )
+        assert result.returncode != 0, f"accepted: {pool['spec']}"
+        return result.stderr
+
+    account = base["spec"]["accounts"][0]
+    cases: list[tuple[Callable[[dict[str, Any]], None], str]] = [
+        (lambda s: s["accounts"][0].update(kind="azure"), "azure accounts need apiVersion"),
+        (lambda s: s["accounts"].append(account), "account names must be unique"),
+        (
+            lambda s: s.update(fallback={"chains": {"o1": ["o1-mini", "o1"]}}),
+            "must not contain its own model",
+        ),
+        (lambda s: s.update(queue={"defaultDeadlineSeconds": 900}), "maxDeadlineSeconds must be at least"),
+        (lambda s: s.update(redis={"url": "redis://:hunter2@redis:6379"}), "must not contain a password"),
+        (lambda s: s["accounts"][0].update(tier=7), "should be less than or equal to 5"),
+        (lambda s: s["accounts"][0].pop("tier"), "set a tier or list the account's models"),
+        (lambda s: s.update(autoscaling={"mode": "scale"}), "need at least one target"),
+    ]
+    for mutate, message in cases:
+        assert message in rejected(mutate)
+    for example in (BASIC, MULTI):
+        kube.kubectl("apply", "--dry-run=server", "-n", kube_namespace, "-f", str(example))
+
+
+def test_pool_lifecycle_render_rotate_remove_update_delete(
+    kube: Kube, operator: Operator, api: client.ApiClient, kube_namespace: str
+) -> None:
+    ns = kube_namespace
+    core = client.CoreV1Api(api)
+    spec = yaml.safe_load(MULTI.read_text())["spec"]
+    data = fake_secrets(spec)
+    create_secrets(api, ns, data)
+    kube.kubectl("apply", "-n", ns, "-f", str(MULTI))
+
+    def ready_with(predicate: Callable[[dict[str, Any]], bool]) -> Callable[[], dict[str, Any] | None]:
+        def probe() -> dict[str, Any] | None:
+            pool = get_pool(api, ns, "research")
+            return pool if predicate(pool) else None
+
+        return probe
+
+    pool = wait_for(
+        "pool Ready", ready_with(lambda p: condition(p, "Ready").get("status") == "True"), operator
+    )
+    status = pool["status"]
+    assert status["observedGeneration"] == 1
+    assert (status["keysReady"], status["keysTotal"], status["accountsReady"]) == (4, 4, 3)
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Ready": "True",
+        "KeysReady": "True",
+        "ConfigRendered": "True",
+        "Forecasting": "Unknown",
+    }
+    assert all(c["observedGeneration"] == 1 for c in status["conditions"])
+
+    config_map = core.read_namespaced_config_map("research-o1pool-config", ns)
+    config = SidecarConfig.from_dict(yaml.safe_load(config_map.data["config.yaml"]))
+    assert [a.name for a in config.accounts] == ["org-main", "team-b", "azure-east"]
+    assert config_map.metadata.annotations["o1pool.io/config-hash"] == status["configHash"]
+    [owner] = config_map.metadata.owner_references
+    assert (owner.kind, owner.name, owner.uid) == ("O1Pool", "research", pool["metadata"]["uid"])
+    key_secret = core.read_namespaced_secret("research-o1pool-keys", ns)
+    assert sorted(key_secret.data) == [
+        "azure-east.key1",
+        "org-main.primary",
+        "org-main.secondary",
+        "redis-password",
+        "team-b.main",
+    ]
+    assert key_secret.data["org-main.primary"] == data["openai-keys"]["primary"]
+    assert key_secret.metadata.owner_references[0].uid == pool["metadata"]["uid"]
+
+    # Rotating a key re-renders: new hash, new Secret data, same config.
+    first_hash = status["configHash"]
+    rotated = b64("sk-fake-rotated-5ecret")
+    core.patch_namespaced_secret("openai-keys", ns, {"data": {"primary": rotated}})
+    pool = wait_for(
+        "hash change after rotation",
+        ready_with(lambda p: p["status"].get("configHash") not in (None, first_hash)),
+        operator,
+    )
+    assert core.read_namespaced_secret("research-o1pool-keys", ns).data["org-main.primary"] == rotated
+    cm = core.read_namespaced_config_map("research-o1pool-config", ns)
+    assert cm.data["config.yaml"] == config_map.data["config.yaml"]
+    assert cm.metadata.annotations["o1pool.io/config-hash"] == pool["status"]["configHash"]
+
+    # A referenced Secret disappears: KeysReady False naming it, the pool keeps serving the rest.
+    core.delete_namespaced_secret("azure-openai", ns)
+    pool = wait_for(
+        "KeysReady False", ready_with(lambda p: condition(p, "KeysReady").get("status") == "False"), operator
+    )
+    keys = condition(pool, "KeysReady")
+    assert keys["reason"] == "SecretNotFound" and "'azure-openai'" in keys["message"]
+    assert (condition(pool, "Ready")["status"], condition(pool, "Ready")["reason"]) == (
+        "True",
+        "DegradedKeys",
+    )
+    assert (pool["status"]["keysReady"], pool["status"]["accountsReady"]) == (3, 2)
+    assert "azure-east.key1" not in core.read_namespaced_secret("research-o1pool-keys", ns).data
+    config = SidecarConfig.from_dict(
+        yaml.safe_load(core.read_namespaced_config_map("research-o1pool-config", ns).data["config.yaml"])
+    )
+    assert [a.name for a in config.accounts] == ["org-main", "team-b"]
+
+    # A spec change: observedGeneration follows, the config changes.
+    kube.kubectl(
+        "patch",
+        "o1pool",
+        "research",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"queue": {"defaultPriority": 3}}}),
+    )
+    pool = wait_for(
+        "observedGeneration 2", ready_with(lambda p: p["status"].get("observedGeneration") == 2), operator
+    )
+    assert all(
+        c["observedGeneration"] == 2 for c in pool["status"]["conditions"] if c["type"] != "Forecasting"
+    )
+    config = SidecarConfig.from_dict(
+        yaml.safe_load(core.read_namespaced_config_map("research-o1pool-config", ns).data["config.yaml"])
+    )
+    assert config.queue.default_priority == 3
+
+    # Nothing secret in the ConfigMap, the status, the events or the operator's (debug) log.
+    values = [*secret_values(data), rotated, base64.b64decode(rotated).decode()]
+    events = core.list_namespaced_event(ns).items
+    assert any(e.reason == "SecretNotFound" and "azure-openai" in e.message for e in events)
+    visible = {
+        "configmap": json.dumps(core.read_namespaced_config_map("research-o1pool-config", ns).data),
+        "status": json.dumps(pool["status"]),
+        "annotations": json.dumps(pool["metadata"].get("annotations", {})),
+        "events": json.dumps([(e.reason, e.message) for e in events]),
+        "operator log": operator.output(),
+    }
+    leaks = [(where, v[:12]) for where, text in visible.items() for v in values if v in text]
+    assert leaks == []
+
+    # Deleting the pool: the garbage collector removes what it owns.
+    kube.kubectl("delete", "o1pool", "research", "-n", ns, "--wait=true", "--timeout=30s")
+    wait_for(
+        "garbage collection",
+        lambda: (
+            read_optional(lambda: core.read_namespaced_config_map("research-o1pool-config", ns)) is None
+            and read_optional(lambda: core.read_namespaced_secret("research-o1pool-keys", ns)) is None
+        ),
+    )
+
+
+def test_missing_secret_then_created(
+    kube: Kube, operator: Operator, api: client.ApiClient, kube_namespace: str
+) -> None:
+    ns = kube_namespace
+    kube.kubectl("apply", "-n", ns, "-f", str(BASIC))
+    pool = wait_for(
+        "Ready False",
+        lambda: (p := get_pool(api, ns, "basic")) and condition(p, "Ready").get("status") == "False" and p,
+        operator,
+    )
+    ready, keys = condition(pool, "Ready"), condition(pool, "KeysReady")
+    assert ready["reason"] == "NoUsableKeys" and "'openai-keys'" in ready["message"]
+    assert (keys["status"], keys["reason"]) == ("False", "SecretNotFound")
+    assert condition(pool, "ConfigRendered")["status"] == "False"
+    assert kube.kubectl("get", "configmap", "basic-o1pool-config", "-n", ns, check=False).returncode != 0
+
+    create_secrets(api, ns, fake_secrets(pool["spec"]))
+    pool = wait_for(
+        "Ready True after the Secret appears",
+        lambda: (p := get_pool(api, ns, "basic")) and condition(p, "Ready").get("status") == "True" and p,
+        operator,
+    )
+    assert condition(pool, "KeysReady")["status"] == "True"
+    printed = kube.kubectl("get", "o1pools", "-n", ns).stdout
+    header, row = printed.splitlines()[:2]
+    assert header.split()[:3] == ["NAME", "READY", "ACCOUNTS"] and row.split()[:3] == ["basic", "True", "1"]

@@ -152,7 +152,7 @@ DONE = b"data: [DONE]\n\n"
 def response_usage(prompt_tokens: int, answer: Answer) -> dict[str, Any]:
     return {
         "input_tokens": prompt_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": answer.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": answer.reasoning_tokens},
         "total_tokens": prompt_tokens + answer.completion_tokens,

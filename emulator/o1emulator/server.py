@@ -365,7 +365,7 @@ class Emulator:
                 usage["completion_tokens"] *= choices
                 usage["total_tokens"] = prompt + usage["completion_tokens"]
             id_, created = self.new_ids(seed, "chatcmpl-")
-            await self.apply_outcome_fault(request, fault)
+            await self.apply_outcome_fault(request, fault, headers)
             ttft, per_token = self.latency(target.spec)
             if not stream:
                 await pause(ttft + per_token * (answer.completion_tokens))
@@ -411,12 +411,14 @@ class Emulator:
             abort_connection(request)
             raise asyncio.CancelledError
 
-    async def apply_outcome_fault(self, request: web.Request, fault: FaultChoice) -> None:
+    async def apply_outcome_fault(
+        self, request: web.Request, fault: FaultChoice, headers: dict[str, str]
+    ) -> None:
         rule = fault.outcome
         if rule is None or rule.kind == "cut_stream":
             return
         if rule.kind == "error_5xx":
-            raise ApiError(rule.status, errors.server_error(rule.status))
+            raise ApiError(rule.status, errors.server_error(rule.status), headers)
         if rule.kind == "hang":
             await asyncio.sleep(rule.hang_s)
         elif rule.kind == "reset":
@@ -442,7 +444,7 @@ class Emulator:
             usage = content.response_usage(prompt, answer)
             id_, created = self.new_ids(seed, "resp_")
             builder = content.ResponseBuilder(id_, created, target.model, body, target.spec)
-            await self.apply_outcome_fault(request, fault)
+            await self.apply_outcome_fault(request, fault, headers)
             ttft, per_token = self.latency(target.spec)
             if not stream:
                 await pause(ttft + per_token * answer.completion_tokens)
@@ -519,7 +521,7 @@ class Emulator:
         fault = self.admit(target, prompt, prompt, None, False)
         try:
             headers = self.rate_headers(target, fault)
-            await self.apply_outcome_fault(request, fault)
+            await self.apply_outcome_fault(request, fault, headers)
             await pause(self.latency(target.spec)[0])
             data = content.embeddings_response(
                 target.model, inputs, self.config.seed, dimensions, encoding, prompt

@@ -152,7 +152,12 @@ def test_chart_lints_and_its_manifests_pass_server_side_dry_run(kube: Kube, kube
     lint = kube.helm("lint", "--strict", str(CHART))
     assert "0 chart(s) failed" in lint.stdout
     server = json.loads(kube.kubectl("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
-    for values, rbac in (([], "clusterrole"), (["--set", f"watchNamespaces[0]={kube_namespace}"], "role")):
+    value_sets = [([], "clusterrole"), (["--set", f"watchNamespaces[0]={kube_namespace}"], "role")]
+    value_sets += [
+        (["-f", str(path)], "clusterrole") for path in sorted((CHART / "ci").glob("*-values.yaml"))
+    ]
+    assert len(value_sets) > 2, "helm/o1pool/ci/kind-values.yaml (used by docs/operator.md) is checked here"
+    for values, rbac in value_sets:
         rendered = kube.helm(
             "template", "dry", str(CHART), "--namespace", kube_namespace, "--kube-version", server, *values
         ).stdout

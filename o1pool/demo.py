@@ -66,13 +66,18 @@ def sidecar_config(s: DemoSettings, upstream: str, redis_url: str | None) -> dic
 
 def summary(outcomes: list[Outcome], stats: dict[str, Any], elapsed_s: float, s: DemoSettings) -> str:
     rows = [
-        (PRIORITY_NAMES.get(r.priority, str(r.priority)), r.sent, r.ok, r.rejected, r.failed,
-         r.wait_p50_s, r.wait_p95_s)
+        (
+            PRIORITY_NAMES.get(r.priority, str(r.priority)),
+            r.sent,
+            r.ok,
+            r.rejected,
+            r.failed,
+            r.wait_p50_s,
+            r.wait_p95_s,
+        )
         for r in summarize_by_priority(outcomes)
     ]
-    per_priority = table(
-        ["priority", "sent", "served", "429", "errors", "wait p50 s", "wait p95 s"], rows
-    )
+    per_priority = table(["priority", "sent", "served", "429", "errors", "wait p50 s", "wait p95 s"], rows)
     models = [m for a in stats["accounts"].values() for m in a["models"].values()]
     admitted = sum(m["admitted"] for m in models)
     upstream_429 = sum(m["rejected_total"] for m in models)
@@ -140,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=d.requests, help="requests in the burst")
     parser.add_argument("--burst-seconds", type=float, default=d.burst_s, help="how long the burst lasts")
     parser.add_argument("--rpm", type=int, default=d.rpm, help="RPM of each of the two accounts")
-    parser.add_argument("--latency-scale", type=float, default=d.latency_scale,
-                        help="emulated model latency, as a fraction of o1-mini's real one")
+    parser.add_argument(
+        "--latency-scale",
+        type=float,
+        default=d.latency_scale,
+        help="emulated model latency, as a fraction of o1-mini's real one",
+    )
     args = parser.parse_args(argv)
     settings = DemoSettings(args.rpm, args.requests, args.burst_seconds, args.latency_scale)
     return asyncio.run(run(settings))

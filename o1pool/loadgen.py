@@ -86,9 +86,17 @@ class Progress:
 
 
 async def _one(
-    session: aiohttp.ClientSession, url: str, planned: Planned, body: dict[str, object]
+    session: aiohttp.ClientSession,
+    url: str,
+    planned: Planned,
+    body: dict[str, object],
+    extra_headers: dict[str, str],
 ) -> Outcome:
-    headers = {"x-o1pool-priority": str(planned.priority), "authorization": "Bearer demo-app-key"}
+    headers = {
+        "x-o1pool-priority": str(planned.priority),
+        "authorization": "Bearer any-key-the-sidecar-supplies-the-real-one",
+        **extra_headers,
+    }
     started = time.monotonic()
     try:
         async with session.post(url, json=body, headers=headers) as resp:
@@ -114,6 +122,7 @@ async def drive(
     body_for: Callable[[Planned], dict[str, object]],
     on_progress: Callable[[Progress], None] | None = None,
     timeout_s: float = 600.0,
+    headers_for: Callable[[Planned], dict[str, str]] | None = None,
 ) -> list[Outcome]:
     """Send each planned request at its time to ``base_urls`` in turn; return every outcome."""
     progress = Progress(total=len(plan))
@@ -129,7 +138,8 @@ async def drive(
                 await asyncio.sleep(delay)
             url = base_urls[planned.index % len(base_urls)].rstrip("/") + "/chat/completions"
             progress.sent += 1
-            outcome = await _one(session, url, planned, body_for(planned))
+            extra = headers_for(planned) if headers_for else {}
+            outcome = await _one(session, url, planned, body_for(planned), extra)
             outcomes.append(outcome)
             progress.done += 1
             if outcome.status == 200:

@@ -3,6 +3,7 @@ each on a free loopback port, started and stopped explicitly."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -53,8 +54,19 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -85,10 +97,15 @@ class RedisServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def spawn_o1pool(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    """``o1pool <args>`` as a child process of this interpreter, its output to ``log`` (or discarded)."""
+def spawn_module(
+    module: str, *args: str, log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m module args`` as a child of this interpreter, its output to ``log`` (or discarded)."""
     out = open(log, "wb") if log else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "o1pool.cli", *args], stdout=out, stderr=subprocess.STDOUT)
+    child_env = {**os.environ, **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT, env=child_env
+    )
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]], timeout_s: float = 10.0) -> None:

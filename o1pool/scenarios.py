@@ -1,0 +1,288 @@
+"""Multi-process scenarios shared by the benchmark and the load tests.
+
+Every server runs as its own process, as in a cluster: the emulator, redis-server, N sidecars (and
+for the latency comparison a bare pass-through proxy). The load comes from this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from o1pool.loadgen import Outcome, Planned, chat_body, drive, percentile, plan_arrivals
+from o1pool.procs import RedisServer, free_port, spawn_module, stop_all, wait_for_port
+
+MODEL = "o1-mini"
+ACCOUNTS = ("acct-a", "acct-b")
+
+
+@dataclass
+class Cluster:
+    """Running processes and where they listen."""
+
+    workdir: Path
+    emulator_url: str
+    sidecar_urls: list[str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.workdir.glob("*.log")))
+
+
+def emulator_config(
+    rpm: int, tpm: int, latency_scale: float, *, concurrency: int | None = None
+) -> dict[str, Any]:
+    from o1emulator.config import DEFAULT_CONFIG
+
+    limits: dict[str, Any] = {"rpm": rpm, "tpm": tpm}
+    if concurrency:
+        limits["concurrency"] = concurrency
+    return {
+        "latency_scale": latency_scale,
+        "models": {MODEL: DEFAULT_CONFIG["models"][MODEL]},
+        "accounts": [
+            {"name": a, "keys": [{"name": f"{a}-k1", "key": f"sk-bench-{a}-1"}], "models": {MODEL: limits}}
+            for a in ACCOUNTS
+        ],
+    }
+
+
+def sidecar_config(
+    emulator_url: str,
+    port: int,
+    metrics_port: int,
+    redis_url: str | None,
+    limits: dict[str, Any],
+    cache: bool,
+) -> dict[str, Any]:
+    return {
+        "pool": {"name": "bench", "namespace": "default"},
+        "listen": {"host": "127.0.0.1", "port": port},
+        "metrics": {"host": "127.0.0.1", "port": metrics_port},
+        "redis": {"url": redis_url} if redis_url else {},
+        "cache": {"enabled": cache},
+        "accounts": [
+            {
+                "name": a,
+                "base_url": emulator_url + "/v1",
+                "models": {MODEL: limits},
+                "keys": [{"name": f"{a}-k1", "env": f"O1POOL_KEY_{a.upper().replace('-', '_')}"}],
+            }
+            for a in ACCOUNTS
+        ],
+    }
+
+
+KEY_ENV = {f"O1POOL_KEY_{a.upper().replace('-', '_')}": f"sk-bench-{a}-1" for a in ACCOUNTS}
+
+
+@contextmanager
+def cluster(
+    emulator_cfg: dict[str, Any],
+    sidecars: int,
+    sidecar_limits: dict[str, Any],
+    redis: RedisServer | None,
+    cache: bool = False,
+) -> Iterator[Cluster]:
+    """Start the emulator and ``sidecars`` sidecar processes; stop them all on exit."""
+    workdir = Path(tempfile.mkdtemp(prefix="o1pool-scenario-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        (workdir / "emulator.yaml").write_text(yaml.safe_dump(emulator_cfg))
+        emu_port = free_port()
+        emu = spawn_module(
+            "o1pool.cli",
+            "emulator",
+            "--config",
+            str(workdir / "emulator.yaml"),
+            "--port",
+            str(emu_port),
+            log=workdir / "emulator.log",
+        )
+        procs.append(emu)
+        wait_for_port(emu_port, proc=emu)
+        emulator_url = f"http://127.0.0.1:{emu_port}"
+        urls = []
+        for i in range(sidecars):
+            port, metrics_port = free_port(), free_port()
+            cfg = sidecar_config(
+                emulator_url, port, metrics_port, redis.url if redis else None, sidecar_limits, cache
+            )
+            path = workdir / f"sidecar-{i}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            proc = spawn_module(
+                "o1pool.cli", "sidecar", "--config", str(path), log=workdir / f"sidecar-{i}.log", env=KEY_ENV
+            )
+            procs.append(proc)
+            urls.append((port, proc))
+        for port, proc in urls:
+            wait_for_port(port, proc=proc)
+        yield Cluster(workdir, emulator_url, [f"http://127.0.0.1:{p}/v1" for p, _ in urls], procs)
+    finally:
+        stop_all(procs)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def emulator_stats(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session, session.get(url + "/admin/stats") as resp:
+        return dict(await resp.json())
+
+
+# --- (a) overload: quota utilisation and upstream 429s --------------------------------------------
+
+
+@dataclass(frozen=True)
+class OverloadSettings:
+    sidecars: int = 4
+    rpm: int = 300  # per account; two accounts
+    tpm: int = 10_000_000
+    overload: float = 3.0
+    duration_s: float = 60.0
+    deadline_ms: int = 15_000
+    latency_scale: float = 0.05
+    priority_mix: tuple[tuple[int, float], ...] = ((8, 0.2), (5, 0.5), (2, 0.3))
+
+    @property
+    def capacity_rps(self) -> float:
+        return self.rpm * len(ACCOUNTS) / 60
+
+
+@dataclass
+class OverloadResult:
+    settings: OverloadSettings
+    outcomes: list[Outcome]
+    stats: dict[str, Any]
+    elapsed_s: float
+
+    @property
+    def model_stats(self) -> list[dict[str, Any]]:
+        return [a["models"][MODEL] for a in self.stats["accounts"].values()]
+
+    @property
+    def admitted(self) -> int:
+        return sum(m["admitted"] for m in self.model_stats)
+
+    @property
+    def upstream_429(self) -> int:
+        return sum(m["rejected_total"] for m in self.model_stats)
+
+    @property
+    def upstream_429_rate(self) -> float:
+        calls = self.admitted + self.upstream_429
+        return self.upstream_429 / calls if calls else 0.0
+
+    @property
+    def allowed(self) -> float:
+        """What the accounts' RPM buckets could admit over the run: full buckets plus refill."""
+        return sum(
+            m["limits"]["rpm"] * (m["limits"]["burst"] + self.elapsed_s / 60) for m in self.model_stats
+        )
+
+    @property
+    def utilisation(self) -> float:
+        return self.admitted / self.allowed
+
+    @property
+    def answered(self) -> int:
+        return sum(o.status in (200, 429) for o in self.outcomes)
+
+    def wait_p50(self, priority: int) -> float:
+        return percentile(
+            [o.queue_wait_s for o in self.outcomes if o.planned.priority == priority and o.status == 200], 0.5
+        )
+
+
+async def run_overload(settings: OverloadSettings, redis: RedisServer) -> OverloadResult:
+    """``settings.sidecars`` sidecars on Redis, two accounts, offered ``overload`` x their RPM."""
+    limits = {"rpm": settings.rpm, "tpm": settings.tpm}
+    emu_cfg = emulator_config(settings.rpm, settings.tpm, settings.latency_scale)
+    plan = plan_arrivals(
+        settings.capacity_rps * settings.overload, settings.duration_s, settings.priority_mix
+    )
+    loop = asyncio.get_running_loop()
+    with cluster(emu_cfg, settings.sidecars, limits, redis) as c:
+        started = loop.time()
+        outcomes = await drive(
+            c.sidecar_urls,
+            plan,
+            lambda p: chat_body(p, MODEL, max_tokens=64),
+            headers_for=lambda p: {"x-o1pool-deadline-ms": str(settings.deadline_ms)},
+        )
+        elapsed = loop.time() - started
+        stats = await emulator_stats(c.emulator_url)
+    return OverloadResult(settings, outcomes, stats, elapsed)
+
+
+# --- (b) added latency at a fixed rate --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    rate_rps: float = 300.0
+    duration_s: float = 10.0
+    rounds: int = 2
+
+
+@dataclass
+class LatencyRow:
+    target: str
+    latencies_s: list[float]
+    errors: int
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies_s, q)
+
+
+async def _measure(url: str, settings: LatencySettings, headers: dict[str, str]) -> tuple[list[float], int]:
+    plan = plan_arrivals(settings.rate_rps, settings.duration_s, ((5, 1.0),), seed=7)
+
+    def body(p: Planned) -> dict[str, object]:
+        return chat_body(p, MODEL, max_tokens=16)
+
+    outcomes = await drive([url], plan, body, headers_for=lambda _p: headers)
+    return [o.latency_s for o in outcomes if o.status == 200], sum(o.status != 200 for o in outcomes)
+
+
+async def run_latency(settings: LatencySettings, redis: RedisServer) -> list[LatencyRow]:
+    """Latency at ``rate_rps`` to the emulator directly, through a bare proxy, through a sidecar."""
+    big = 10_000_000
+    emu_cfg = emulator_config(big, big * 100, latency_scale=0.0)
+    rows = {name: LatencyRow(name, [], 0) for name in ("direct", "bare aiohttp proxy", "o1pool sidecar")}
+    with cluster(emu_cfg, 1, {"rpm": big, "tpm": big * 100}, redis, cache=True) as c:
+        bare_port = free_port()
+        bare = spawn_module(
+            "o1pool.passthrough",
+            "--upstream",
+            c.emulator_url + "/v1",
+            "--api-key",
+            KEY_ENV["O1POOL_KEY_ACCT_A"],
+            "--port",
+            str(bare_port),
+            log=c.workdir / "bare.log",
+        )
+        c.procs.append(bare)
+        wait_for_port(bare_port, proc=bare)
+        targets = {
+            "direct": (c.emulator_url + "/v1", {"authorization": f"Bearer {KEY_ENV['O1POOL_KEY_ACCT_A']}"}),
+            "bare aiohttp proxy": (f"http://127.0.0.1:{bare_port}/v1", {}),
+            "o1pool sidecar": (c.sidecar_urls[0], {}),
+        }
+        warm = LatencySettings(rate_rps=settings.rate_rps, duration_s=1.0)
+        for url, headers in targets.values():
+            await _measure(url, warm, headers)
+        for _ in range(settings.rounds):
+            for name, (url, headers) in targets.items():
+                latencies, errors = await _measure(url, settings, headers)
+                rows[name].latencies_s += latencies
+                rows[name].errors += errors
+    return list(rows.values())

@@ -32,7 +32,7 @@ class Candidate:
     name: str
     rpm: Bucket
     tpm: Bucket
-    free_slots: int | None  # None: no concurrency limit
+    free_slots: int | None = None  # None: no concurrency limit
     cooling_until: float = 0.0
     health: float = 1.0
     weight: float = 1.0

@@ -1,0 +1,121 @@
+"""Sidecar injection: the JSONPatch that adds the o1pool sidecar to a pod annotated
+``o1pool.io/inject: <pool name>``. Pure: a function of the pod, the pool and the defaults.
+
+The sidecar is a native sidecar (an init container with ``restartPolicy: Always``): it starts, and
+passes its startup probe, before the app containers, and stops after them. The app containers get
+``OPENAI_BASE_URL`` pointing at the sidecar on loopback unless they set it themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from o1operator.render import (
+    CONFIG_FILE,
+    CONFIG_MOUNT,
+    GROUP,
+    HASH_ANNOTATION,
+    KEY_MOUNT,
+    config_map_name,
+    key_secret_name,
+)
+
+INJECT_ANNOTATION = f"{GROUP}/inject"
+SIDECAR_NAME = "o1pool-sidecar"
+CONFIG_VOLUME = "o1pool-config"
+KEYS_VOLUME = "o1pool-keys"
+BASE_URL_ENV = "OPENAI_BASE_URL"
+DEFAULT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+
+JsonPatch = list[dict[str, Any]]
+
+
+def _pointer(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def get_sidecar_container(pool: Mapping[str, Any], default_image: str) -> dict[str, Any]:
+    injection = pool["spec"].get("injection") or {}
+    metrics_port = injection.get("metricsPort", 9090)
+    container: dict[str, Any] = {
+        "name": SIDECAR_NAME,
+        "image": injection.get("image") or default_image,
+        "args": ["--config", str(CONFIG_MOUNT / CONFIG_FILE)],
+        "restartPolicy": "Always",
+        "ports": [{"name": "o1pool-metrics", "containerPort": metrics_port, "protocol": "TCP"}],
+        "startupProbe": {
+            "httpGet": {"path": "/metrics", "port": metrics_port},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        },
+        "resources": injection.get("resources") or DEFAULT_RESOURCES,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": CONFIG_VOLUME, "mountPath": str(CONFIG_MOUNT), "readOnly": True},
+            {"name": KEYS_VOLUME, "mountPath": str(KEY_MOUNT), "readOnly": True},
+        ],
+    }
+    if injection.get("imagePullPolicy"):
+        container["imagePullPolicy"] = injection["imagePullPolicy"]
+    return container
+
+
+def get_volumes(pool_name: str) -> list[dict[str, Any]]:
+    return [
+        {"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(pool_name)}},
+        # Only the sidecar mounts it; 0444 lets the non-root sidecar read keys without an fsGroup.
+        {"name": KEYS_VOLUME, "secret": {"secretName": key_secret_name(pool_name), "defaultMode": 0o444}},
+    ]
+
+
+def _append(path: str, existing: list[Any] | None, items: list[Any]) -> JsonPatch:
+    if existing is None:
+        return [{"op": "add", "path": path, "value": items}]
+    return [{"op": "add", "path": f"{path}/-", "value": item} for item in items]
+
+
+def get_injection_patch(
+    pod: Mapping[str, Any], pool: Mapping[str, Any], config_hash: str | None, default_image: str
+) -> JsonPatch:
+    """JSONPatch ops injecting the sidecar into ``pod``; empty if it is already injected."""
+    spec = pod.get("spec") or {}
+    init = spec.get("initContainers")
+    if any(c.get("name") == SIDECAR_NAME for c in [*(init or []), *spec.get("containers", [])]):
+        return []
+    pool_name = pool["metadata"]["name"]
+    port = (pool["spec"].get("injection") or {}).get("port", 8080)
+    patch: JsonPatch = []
+    patch += _append("/spec/volumes", spec.get("volumes"), get_volumes(pool_name))
+    # Native sidecars must come before the init containers that may call the API.
+    sidecar = get_sidecar_container(pool, default_image)
+    if init is None:
+        patch.append({"op": "add", "path": "/spec/initContainers", "value": [sidecar]})
+    else:
+        patch.append({"op": "add", "path": "/spec/initContainers/0", "value": sidecar})
+    base_url = {"name": BASE_URL_ENV, "value": f"http://127.0.0.1:{port}/v1"}
+    for index, container in enumerate(spec.get("containers", [])):
+        env = container.get("env")
+        if not any(e.get("name") == BASE_URL_ENV for e in env or []):
+            patch += _append(f"/spec/containers/{index}/env", env, [base_url])
+    annotations = (pod.get("metadata") or {}).get("annotations")
+    if config_hash:
+        if annotations is None:
+            patch.append(
+                {"op": "add", "path": "/metadata/annotations", "value": {HASH_ANNOTATION: config_hash}}
+            )
+        else:
+            patch.append(
+                {
+                    "op": "add",
+                    "path": f"/metadata/annotations/{_pointer(HASH_ANNOTATION)}",
+                    "value": config_hash,
+                }
+            )
+    return patch

@@ -1,0 +1,72 @@
+"""Sidecar injection JSONPatch (pure), with golden files of the injected pods (regenerate: make golden)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from o1operator.inject import SIDECAR_NAME, get_injection_patch
+from o1operator.render import KEY_MOUNT
+
+from tests.operator.conftest import REPO, assert_golden, load_example
+
+PODS = sorted((Path(__file__).parent / "pods").glob("*.yaml"))
+POOLS = {
+    "basic": REPO / "examples" / "o1pool-basic.yaml",
+    "research": REPO / "examples" / "o1pool-multi-account.yaml",
+}
+IMAGE = "ghcr.io/o1pool/o1pool-sidecar:0.1.0"
+HASH = "0123456789abcdef" * 4
+
+
+def apply_patch(doc: Any, patch: list[dict[str, Any]]) -> Any:
+    """RFC 6902 ``add`` (the only op the injector emits)."""
+    doc = copy.deepcopy(doc)
+    for op in patch:
+        assert op["op"] == "add", op
+        *parents, last = [t.replace("~1", "/").replace("~0", "~") for t in op["path"].split("/")[1:]]
+        target = doc
+        for token in parents:
+            target = target[int(token)] if isinstance(target, list) else target[token]
+        if isinstance(target, list):
+            target.insert(len(target) if last == "-" else int(last), op["value"])
+        else:
+            target[last] = op["value"]
+    return doc
+
+
+def inject(pod: dict[str, Any]) -> dict[str, Any]:
+    pool = load_example(POOLS[pod["metadata"]["annotations"]["o1pool.io/inject"]])
+    return apply_patch(pod, get_injection_patch(pod, pool, HASH, IMAGE))
+
+
+@pytest.mark.parametrize("path", PODS, ids=lambda p: p.stem)
+def test_golden_injected_pod(path: Path) -> None:
+    pod = yaml.safe_load(path.read_text())
+    injected = inject(pod)
+    assert_golden(f"injected-{path.stem}.yaml", yaml.safe_dump(injected, sort_keys=False))
+    assert get_injection_patch(injected, load_example(POOLS["basic"]), HASH, IMAGE) == [], "not idempotent"
+
+
+def test_injection_wires_sidecar_volumes_env_and_hash() -> None:
+    pod = yaml.safe_load((Path(__file__).parent / "pods" / "app-with-init-and-env.yaml").read_text())
+    injected = inject(pod)
+    spec = injected["spec"]
+    sidecar = spec["initContainers"][0]
+    assert (sidecar["name"], sidecar["restartPolicy"]) == (SIDECAR_NAME, "Always")
+    assert spec["initContainers"][1]["name"] == "migrate"
+    mounts = {m["mountPath"]: m["name"] for m in sidecar["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts[str(KEY_MOUNT)]]["secret"]["secretName"] == "research-o1pool-keys"
+    assert volumes[mounts["/etc/o1pool/config"]]["configMap"]["name"] == "research-o1pool-config"
+    assert "data" in volumes
+    env = {c["name"]: {e["name"]: e["value"] for e in c.get("env", [])} for c in spec["containers"]}
+    assert env["agent"]["OPENAI_BASE_URL"] == "http://127.0.0.1:8080/v1"
+    assert env["custom-client"]["OPENAI_BASE_URL"] == "http://proxy.internal/v1"
+    assert injected["metadata"]["annotations"]["o1pool.io/config-hash"] == HASH
+    assert injected["metadata"]["annotations"]["team"] == "research"
+    assert sidecar["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
+    assert "env" not in sidecar, "keys reach the sidecar as files only"

@@ -1,0 +1,59 @@
+"""A Redis-configured pool: the shared limiter and the L2 cache shared by two sidecars; a Redis that
+goes away makes the cache miss, never fail a request."""
+
+from __future__ import annotations
+
+import aiohttp
+import openai
+import pytest
+
+from tests.conftest import RedisServer
+from tests.sidecar.conftest import SidecarFactory
+
+pytestmark = pytest.mark.redis
+USER = [{"role": "user", "content": "What does a shared limiter share?"}]
+
+
+async def scrape(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()
+
+
+async def test_two_sidecars_share_limits_and_the_l2_cache(
+    make_sidecar: SidecarFactory, redis_server: RedisServer
+) -> None:
+    redis = {"url": redis_server.url, "heartbeat_interval_s": 0.2}
+    one = await make_sidecar(redis=redis)
+    two = await make_sidecar(redis=redis)
+    first = await openai.AsyncOpenAI(base_url=one.url, api_key="x").chat.completions.with_raw_response.create(
+        model="o1", messages=USER, seed=1
+    )
+    second = await openai.AsyncOpenAI(
+        base_url=two.url, api_key="x"
+    ).chat.completions.with_raw_response.create(model="o1", messages=USER, seed=1)
+    assert first.headers["x-o1pool-cache"] == "miss"
+    assert second.headers["x-o1pool-cache"] == "l2"
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    metrics = await scrape(one.metrics_url)
+    assert 'o1_api_limiter_mode{mode="shared"} 1.0' in metrics
+
+
+async def test_redis_going_away_is_a_cache_miss_not_an_error(
+    make_sidecar: SidecarFactory, redis_server: RedisServer
+) -> None:
+    handle = await make_sidecar(
+        redis={"url": redis_server.url, "op_timeout_ms": 100, "connect_timeout_ms": 100}
+    )
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    await client.chat.completions.create(model="o1", messages=USER)
+    redis_server.stop()
+    try:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="o1", messages=[{"role": "user", "content": "while Redis is down"}]
+        )
+        assert raw.parse().choices
+        assert raw.headers["x-o1pool-cache"] == "miss"
+        again = await client.chat.completions.with_raw_response.create(model="o1", messages=USER)
+        assert again.headers["x-o1pool-cache"] == "l1"
+    finally:
+        redis_server.start()

@@ -7,9 +7,10 @@ import asyncio
 import openai
 import pytest
 from o1emulator.embedded import EmulatorHandle
-from o1sidecar.app import SidecarHandle
+from o1sidecar.app import SidecarHandle, start_sidecar
+from o1sidecar.config import SidecarConfig
 
-from tests.sidecar.conftest import SidecarFactory
+from tests.sidecar.conftest import EmulatorFactory, SidecarFactory, sidecar_config_dict
 
 USER = [{"role": "user", "content": "Explain token buckets in one line."}]
 
@@ -149,3 +150,24 @@ async def test_cache_hit_on_repeat_and_stream_replay(
     other = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=USER, seed=4)
     assert other.headers["x-o1pool-cache"] == "miss"
     assert emulator_admitted(emulator, "gpt-4o") == 2
+
+
+async def test_azure_account_uses_deployment_urls_and_api_key(
+    make_emulator: EmulatorFactory, key_env: None
+) -> None:
+    upstream = await make_emulator(deployments={"reasoner-prod": "o1"})
+    config = sidecar_config_dict(upstream)
+    config["accounts"][0] |= {
+        "kind": "azure",
+        "base_url": upstream.url + "/openai",
+        "api_version": "2024-10-21",
+        "deployments": {"o1": "reasoner-prod"},
+    }
+    azure = await start_sidecar(SidecarConfig.from_dict(config))
+    try:
+        client = openai.AsyncOpenAI(base_url=azure.url, api_key="x", max_retries=0)
+        completion = await client.chat.completions.create(model="o1", messages=USER)
+        assert completion.choices[0].message.content
+        assert upstream.stats()["accounts"]["acct-a"]["models"]["o1"]["admitted"] == 1
+    finally:
+        await azure.close()

@@ -23,7 +23,7 @@ local stale = 3 * interval
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * stale)
 redis.call('PEXPIRE', KEYS[1], math.ceil(20 * stale * 1000))
-local live = redis.call('ZCOUNT', KEYS[1], now - stale, '+inf')
+local live = redis.call('ZCOUNT', KEYS[1], '(' .. (now - stale), '+inf')
 
 local a, k = 6, 1
 local models = tonumber(ARGV[a])

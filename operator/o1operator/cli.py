@@ -14,6 +14,7 @@ import sys
 import kopf
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
+DEFAULT_SIDECAR_IMAGE = "ghcr.io/o1pool/o1pool-sidecar:0.1.0"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,6 +48,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--liveness", default=None, metavar="URL", help=f"serve a liveness probe, e.g. {DEFAULT_LIVENESS}"
     )
+    hook = p.add_argument_group("sidecar injection webhook (off unless --webhook-port is given)")
+    hook.add_argument(
+        "--webhook-port", type=int, metavar="PORT", help="serve the mutating webhook on PORT (TLS)"
+    )
+    hook.add_argument("--webhook-cert", metavar="FILE", help="TLS certificate of the webhook (PEM)")
+    hook.add_argument("--webhook-key", metavar="FILE", help="TLS private key of the webhook (PEM)")
+    hook.add_argument(
+        "--sidecar-image",
+        default=os.environ.get("O1POOL_SIDECAR_IMAGE", DEFAULT_SIDECAR_IMAGE),
+        help="image injected when a pool sets none (default: $O1POOL_SIDECAR_IMAGE or %(default)s)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (never logs key values)")
     return p
 
@@ -66,17 +78,30 @@ def _default_namespace(kubeconfig: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.webhook_port is not None and not (args.webhook_cert and args.webhook_key):
+        cli.error("--webhook-port needs --webhook-cert and --webhook-key")
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # read by kopf's login and by our client alike
 
     import o1operator.handlers  # noqa: F401  (registers the handlers)
     from o1operator.kube import Kube, api_client
 
+    memo = kopf.Memo()
+    if args.webhook_port is not None:
+        from o1operator.webhook import WebhookOptions  # registers the admission handler
+
+        memo.webhook = WebhookOptions(
+            port=args.webhook_port,
+            certfile=args.webhook_cert,
+            keyfile=args.webhook_key,
+            sidecar_image=args.sidecar_image,
+        )
     kopf.configure(verbose=args.verbose)
     namespaces = [] if args.all_namespaces else args.namespace or [_default_namespace(args.kubeconfig)]
     try:
-        kube = Kube(api_client(args.kubeconfig))
+        memo.kube = Kube(api_client(args.kubeconfig))
     except Exception as exc:  # config errors: say which file, not a traceback
         print(f"o1pool operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
@@ -88,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 standalone=args.peering is None,
                 peering_name=args.peering,
                 liveness_endpoint=args.liveness,
-                memo=kopf.Memo(kube=kube),
+                memo=memo,
             )
         )
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,8 @@ from kubernetes.client.exceptions import ApiException
 from o1sidecar.config import SidecarConfig
 
 from tests.kube.fixtures import Kube
+from tests.kube.pki import generate_pki
+from tests.kube.testground import free_port
 from tests.operator.conftest import REPO, b64, fake_secrets, secret_values
 
 pytestmark = pytest.mark.kube
@@ -46,7 +49,19 @@ class Chart:
 def chart(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chart]:
     """The chart installed by helm into its own namespace (cluster-wide RBAC, the default)."""
     namespace = f"o1pool-system-{secrets.token_hex(3)}"
-    kube.helm("install", RELEASE, str(CHART), "--namespace", namespace, "--create-namespace", "--wait=false")
+    # No in-cluster webhook: no pod runs here to serve it (test_webhook_injects_the_sidecar points a copy
+    # of the chart's webhook configuration at a local operator instead).
+    kube.helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--wait=false",
+        "--set",
+        "webhook.enabled=false",
+    )
     kubeconfig = kube.service_account_kubeconfig(
         namespace, SERVICE_ACCOUNT, path=tmp_path_factory.mktemp("sa") / "operator.kubeconfig"
     )
@@ -64,10 +79,8 @@ class Operator:
         return self.log.read_text(errors="replace")
 
 
-@pytest.fixture
-def operator(kube: Kube, chart: Chart, kube_namespace: str, tmp_path: Path) -> Iterator[Operator]:
+def start_operator(kube: Kube, chart: Chart, namespace: str, log: Path, *extra: str) -> Operator:
     """``o1pool operator --namespace NS`` as the chart's ServiceAccount, with debug logging."""
-    log = tmp_path / "operator.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
@@ -76,26 +89,36 @@ def operator(kube: Kube, chart: Chart, kube_namespace: str, tmp_path: Path) -> I
                 "o1pool.cli",
                 "operator",
                 "--namespace",
-                kube_namespace,
+                namespace,
                 "--kubeconfig",
                 str(chart.sa_kubeconfig),
                 "--verbose",
+                *extra,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=kube.env(chart.sa_kubeconfig),
             cwd=REPO,
         )
-    running = Operator(proc=proc, log=log)
-    yield running
-    proc.terminate()
+    return Operator(proc=proc, log=log)
+
+
+def stop_operator(running: Operator) -> None:
+    running.proc.terminate()
     try:
-        proc.wait(timeout=15)
+        running.proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        running.proc.kill()
+        running.proc.wait()
     forbidden = [line for line in running.output().splitlines() if "forbidden" in line.lower()]
     assert not forbidden, "operator hit RBAC denials:\n" + "\n".join(forbidden[:5])
+
+
+@pytest.fixture
+def operator(kube: Kube, chart: Chart, kube_namespace: str, tmp_path: Path) -> Iterator[Operator]:
+    running = start_operator(kube, chart, kube_namespace, tmp_path / "operator.log")
+    yield running
+    stop_operator(running)
 
 
 @pytest.fixture
@@ -137,6 +160,11 @@ def create_secrets(api: client.ApiClient, namespace: str, data: dict[str, dict[s
     core = client.CoreV1Api(api)
     for name, values in data.items():
         core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "data": values})
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def read_optional(read: Callable[[], Any]) -> Any:
@@ -386,3 +414,94 @@ def test_missing_secret_then_created(
     printed = kube.kubectl("get", "o1pools", "-n", ns).stdout
     header, row = printed.splitlines()[:2]
     assert header.split()[:3] == ["NAME", "READY", "ACCOUNTS"] and row.split()[:3] == ["basic", "True", "1"]
+
+
+def test_webhook_injects_the_sidecar(
+    kube: Kube, chart: Chart, api: client.ApiClient, kube_namespace: str, tmp_path: Path
+) -> None:
+    ns = kube_namespace
+    pki = generate_pki(tmp_path / "pki")  # its serving certificate is valid for 127.0.0.1
+    port = free_port()
+    running = start_operator(
+        kube,
+        chart,
+        ns,
+        tmp_path / "operator.log",
+        f"--webhook-port={port}",
+        f"--webhook-cert={pki.apiserver_serving.cert}",
+        f"--webhook-key={pki.apiserver_serving.key}",
+        "--sidecar-image=registry.example/o1pool-sidecar:test",
+    )
+    webhook_name = f"o1pool-test-{ns}"
+    try:
+        pool = yaml.safe_load(BASIC.read_text())
+        create_secrets(api, ns, fake_secrets(pool["spec"]))
+        kube.kubectl("apply", "-n", ns, "-f", str(BASIC))
+        pool = wait_for(
+            "pool Ready",
+            lambda: (p := get_pool(api, ns, "basic")) and condition(p, "Ready").get("status") == "True" and p,
+            running,
+        )
+
+        # The chart's own webhook configuration, pointed at the local operator and this namespace.
+        rendered = kube.helm(
+            "template", RELEASE, str(CHART), "--namespace", chart.namespace, "--kube-version", "1.36.0"
+        ).stdout
+        [config] = [
+            d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "MutatingWebhookConfiguration"
+        ]
+        config["metadata"]["name"] = webhook_name
+        [hook] = config["webhooks"]
+        hook["clientConfig"] = {
+            "url": f"https://127.0.0.1:{port}/inject-sidecar",
+            "caBundle": base64.b64encode(pki.ca.cert.read_bytes()).decode(),
+        }
+        hook["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": ns}}
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(config))
+        wait_for("webhook server", lambda: port_open(port), running)
+
+        def pod(name: str, annotations: dict[str, str]) -> str:
+            return yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": name, "annotations": annotations},
+                    "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
+                }
+            )
+
+        # The webhook configuration may take a moment to reach the API server's admission chain.
+        def injected() -> dict[str, Any] | None:
+            kube.kubectl("apply", "-n", ns, "-f", "-", input=pod("agent", {"o1pool.io/inject": "basic"}))
+            obj = client.CoreV1Api(api).read_namespaced_pod("agent", ns).to_dict()
+            if obj["spec"].get("init_containers"):
+                return obj
+            kube.kubectl("delete", "pod", "agent", "-n", ns, "--wait=false")
+            return None
+
+        obj = wait_for("an injected pod", injected, running)
+        [sidecar] = obj["spec"]["init_containers"]
+        assert (sidecar["name"], sidecar["image"]) == (
+            "o1pool-sidecar",
+            "registry.example/o1pool-sidecar:test",
+        )
+        assert sidecar["restart_policy"] == "Always"
+        [app] = obj["spec"]["containers"]
+        assert {e["name"]: e["value"] for e in app["env"]} == {"OPENAI_BASE_URL": "http://127.0.0.1:8080/v1"}
+        volumes = {v["name"]: v for v in obj["spec"]["volumes"]}
+        assert volumes["o1pool-keys"]["secret"]["secret_name"] == "basic-o1pool-keys"
+        assert obj["metadata"]["annotations"]["o1pool.io/config-hash"] == pool["status"]["configHash"]
+
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=pod("plain", {}))
+        plain = client.CoreV1Api(api).read_namespaced_pod("plain", ns).to_dict()
+        assert not plain["spec"].get("init_containers") and not plain["spec"]["containers"][0].get("env")
+
+        missing = kube.kubectl(
+            "apply", "-n", ns, "-f", "-", input=pod("lost", {"o1pool.io/inject": "nope"}), check=False
+        )
+        assert missing.returncode != 0 and "no O1Pool 'nope'" in missing.stderr
+    finally:
+        kube.kubectl(
+            "delete", "mutatingwebhookconfiguration", webhook_name, "--ignore-not-found", check=False
+        )
+        stop_operator(running)

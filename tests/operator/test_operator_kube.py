@@ -191,9 +191,14 @@ def test_chart_lints_and_its_manifests_pass_server_side_dry_run(kube: Kube, kube
         ).stdout
         result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
         kinds = {line.split("/")[0] for line in result.stdout.splitlines()}
-        assert {"serviceaccount", "deployment.apps", f"{rbac}.rbac.authorization.k8s.io"} <= kinds, (
-            result.stdout
-        )
+        expected = {
+            "serviceaccount",
+            "deployment.apps",
+            f"{rbac}.rbac.authorization.k8s.io",
+            "service",
+            "mutatingwebhookconfiguration.admissionregistration.k8s.io",
+        }
+        assert expected <= kinds, result.stdout
 
 
 def test_chart_rbac_is_least_privilege(kube: Kube, chart: Chart, kube_namespace: str) -> None:

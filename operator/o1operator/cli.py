@@ -82,11 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
     if args.webhook_port is not None and not (args.webhook_cert and args.webhook_key):
         cli.error("--webhook-port needs --webhook-cert and --webhook-key")
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # read by kopf's login and by our client alike
-
     import o1operator.handlers  # noqa: F401  (registers the handlers)
-    from o1operator.kube import Kube, api_client
+    from o1operator.kube import Kube, load_configuration
 
     memo = kopf.Memo()
     if args.webhook_port is not None:
@@ -101,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose)
     namespaces = [] if args.all_namespaces else args.namespace or [_default_namespace(args.kubeconfig)]
     try:
-        memo.kube = Kube(api_client(args.kubeconfig))
+        memo.kube = Kube(load_configuration(args.kubeconfig))
     except Exception as exc:  # config errors: say which file, not a traceback
         print(f"o1pool operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
         return 2

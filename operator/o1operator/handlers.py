@@ -12,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from o1operator.kube import connection_info
 from o1operator.reconcile import reconcile_pool
 from o1operator.render import GROUP, PLURAL, VERSION, referenced_secrets
 from o1operator.settings import configure
@@ -23,8 +24,8 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    return kopf.login_via_client(**kwargs)
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    return connection_info(memo.kube.configuration)
 
 
 def post_event(pool: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -20,20 +21,42 @@ APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
 
-def api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """A client from ``kubeconfig``, else $KUBECONFIG / ~/.kube/config, else the in-cluster account."""
+def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
+    """Client settings from ``kubeconfig``, else $KUBECONFIG / ~/.kube/config, else in-cluster."""
+    configuration = client.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        return config.new_client_from_config(config_file=path)
-    configuration = client.Configuration()
-    config.load_incluster_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
+        config.load_kube_config(config_file=path, client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    return configuration
+
+
+def connection_info(configuration: client.Configuration) -> kopf.ConnectionInfo:
+    """The same credentials for kopf's own API calls (as kopf.login_via_client derives them)."""
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
 
 
 class Kube:
     """Thin typed wrapper over the calls the reconciler makes."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, configuration: client.Configuration) -> None:
+        self.configuration = configuration
+        api = client.ApiClient(configuration)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 

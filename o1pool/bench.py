@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import sys
 
-from o1pool.loadgen import table
+from o1pool.loadgen import summarize_by_priority, table
 from o1pool.procs import RedisServer
 from o1pool.scenarios import (
     LatencyRow,
@@ -55,8 +55,17 @@ def overload_table(r: OverloadResult) -> str:
         ],
     )
     waits = table(
-        ["priority", "queue wait p50 s"],
-        [(PRIORITY_NAMES.get(p, str(p)), r.wait_p50(p)) for p, _ in s.priority_mix],
+        ["priority", "sent", "served", "turned away after queueing", "mean time to answer s"],
+        [
+            (
+                PRIORITY_NAMES.get(row.priority, str(row.priority)),
+                row.sent,
+                row.ok,
+                row.rejected,
+                r.mean_latency(row.priority),
+            )
+            for row in summarize_by_priority(r.outcomes)
+        ],
     )
     return f"{head}\n\n{waits}"
 

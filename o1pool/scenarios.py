@@ -196,6 +196,11 @@ class OverloadResult:
     def answered(self) -> int:
         return sum(o.status in (200, 429) for o in self.outcomes)
 
+    def mean_latency(self, priority: int) -> float:
+        """Mean time to an answer (served or turned away) of ``priority``'s requests."""
+        group = [o.latency_s for o in self.outcomes if o.planned.priority == priority]
+        return sum(group) / len(group) if group else float("nan")
+
     def wait_p50(self, priority: int) -> float:
         return percentile(
             [o.queue_wait_s for o in self.outcomes if o.planned.priority == priority and o.status == 200], 0.5

@@ -19,8 +19,11 @@ from o1emulator.config import ModelSpec
 WORDS = (
     "the quick brown fox jumps over a lazy dog while seven wizards quietly brew potent elixirs "
     "under amber skies and every careful reasoner checks each step before writing the final answer "
-    "so that numbers line up tokens flow steadily limits hold queues drain and caches stay warm"
+    "so that numbers line up tokens flow steadily limits hold queues drain caches stay warm as "
+    "requests wait their turn in one fair line while nine patient workers count every token twice today"
 ).split()
+assert len(WORDS) == 64  # one random byte picks a word
+TOKENS = tuple(" " + word for word in WORDS)
 
 _VOLATILE_FIELDS = ("stream", "stream_options", "user", "metadata", "store")
 
@@ -61,8 +64,9 @@ def plan_answer(seed: int, spec: ModelSpec, budget: int | None) -> Answer:
         finish = "length"
         reasoning = min(reasoning, limit)
         visible = limit - reasoning
-    words = [rng.choice(WORDS) for _ in range(visible)]
-    tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    tokens = [TOKENS[b & 63] for b in rng.randbytes(visible)]
+    if tokens:
+        tokens[0] = tokens[0][1:]
     if tokens and finish == "stop":
         tokens[-1] += "."
     return Answer(tokens, reasoning, finish)

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from o1emulator import content, errors
-from o1emulator.charge import admission_charge, prompt_estimate, requested_budget
+from o1emulator.charge import BUDGET_FIELDS, admission_charge, prompt_estimate, requested_budget
 from o1emulator.config import Account, ApiKey, EmulatorConfig, EmulatorConfigError, ModelSpec, parse_faults
 from o1emulator.durations import format_duration
 from o1emulator.faults import FaultChoice, FaultPlan
@@ -201,6 +201,35 @@ class Emulator:
             self.key_counters[account.name, key.name],
         )
 
+    def check_budget(self, body: dict[str, Any]) -> None:
+        """A completion budget that is set must be a positive integer, as OpenAI insists."""
+        for field in BUDGET_FIELDS:
+            value = body.get(field)
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool):
+                self.totals["400"] += 1
+                raise ApiError(
+                    400,
+                    errors.invalid_request(
+                        f"Invalid type for '{field}': expected an integer, "
+                        f"but got {type(value).__name__} instead.",
+                        field,
+                        "invalid_type",
+                    ),
+                )
+            if value < 1:
+                self.totals["400"] += 1
+                raise ApiError(
+                    400,
+                    errors.invalid_request(
+                        f"Invalid '{field}': integer below minimum value. "
+                        f"Expected a value >= 1, but got {value} instead.",
+                        field,
+                        "integer_below_min_value",
+                    ),
+                )
+
     def rate_headers(self, target: Target, fault: FaultChoice) -> dict[str, str]:
         rule = fault.headers
         if rule is not None and rule.kind == "no_headers":
@@ -352,6 +381,7 @@ class Emulator:
                 ),
             )
         stream = body.get("stream") is True
+        self.check_budget(body)
         prompt, budget = prompt_estimate(body), requested_budget(body)
         charge = admission_charge(prompt, budget, choices, self.config.tokens)
         fault = self.admit(target, charge, prompt, budget, stream)
@@ -434,6 +464,7 @@ class Emulator:
             self.totals["400"] += 1
             raise ApiError(400, errors.missing_parameter("input"))
         stream = body.get("stream") is True
+        self.check_budget(body)
         prompt, budget = prompt_estimate(body), requested_budget(body)
         charge = admission_charge(prompt, budget, 1, self.config.tokens)
         fault = self.admit(target, charge, prompt, budget, stream)

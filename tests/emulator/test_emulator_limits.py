@@ -317,3 +317,20 @@ async def test_auth_and_model_errors(emulator: EmulatorHandle, session: aiohttp.
     status, _, body = await call(session, emulator, {"model": "o1"})
     assert status == 400 and body["error"]["param"] == "messages"
     assert emulator.stats()["totals"]["401"] == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("max_tokens", "100", "Invalid type for 'max_tokens': expected an integer, but got str instead."),
+        ("max_completion_tokens", 0, "Invalid 'max_completion_tokens': integer below minimum value"),
+        ("max_tokens", True, "Invalid type for 'max_tokens'"),
+    ],
+)
+async def test_bad_budget_is_a_clear_400(
+    emulator: EmulatorHandle, session: aiohttp.ClientSession, field: str, value: Any, expected: str
+) -> None:
+    status, _, body = await call(session, emulator, chat(**{field: value}))
+    assert status == 400 and body["error"]["param"] == field
+    assert body["error"]["message"].startswith(expected)
+    assert emulator.stats()["accounts"]["a"]["models"]["o1"]["admitted"] == 0

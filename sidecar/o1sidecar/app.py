@@ -165,7 +165,8 @@ async def start_sidecar(
     """Serve the proxy on ``config.listen`` and metrics on ``config.metrics`` (port 0 picks a free
     port) and return once both are listening."""
     app = create_app(config, limiter=limiter)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # A client that hangs up cancels its handler: it leaves the queue instead of spending quota.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     runners: list[web.AppRunner] = [runner]
     try:

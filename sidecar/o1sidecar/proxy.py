@@ -32,6 +32,7 @@ from o1sidecar.upstream import AccountRoute, UpstreamKey
 
 log = logging.getLogger("o1sidecar.proxy")
 
+CLIENT_CLOSED = 499
 PASSED_RESPONSE_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version", "openai-model")
 
 
@@ -271,6 +272,9 @@ class Proxy:
             except aiohttp.ClientError as exc:
                 self._note_failure(key, model, "connection")
                 return Attempt(Outcome.NETWORK_ERROR, reason=f"connection error ({type(exc).__name__})"), None
+            except asyncio.CancelledError:
+                report = UpstreamReport(status=CLIENT_CLOSED)  # the client left; not the upstream's fault
+                raise
         finally:
             await self.limiter.release(grant, report)
         if attempt.outcome is Outcome.RATE_LIMITED:

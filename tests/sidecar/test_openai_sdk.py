@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import openai
 import pytest
@@ -171,3 +172,35 @@ async def test_azure_account_uses_deployment_urls_and_api_key(
         assert upstream.stats()["accounts"]["acct-a"]["models"]["o1"]["admitted"] == 1
     finally:
         await azure.close()
+
+
+async def test_stream_is_passed_through_as_it_comes(
+    make_sidecar: SidecarFactory, make_emulator: EmulatorFactory
+) -> None:
+    upstream = await make_emulator(
+        latency_scale=1.0,
+        stream_chunk_tokens=1,
+        models={"gpt-4o": {"output_tokens": [30, 30], "latency": {"ttft_ms": 0, "tokens_per_s": 30}}},
+    )
+    handle = await make_sidecar(upstream=upstream)
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x")
+    started = time.monotonic()
+    arrivals = []
+    stream = await client.chat.completions.create(model="gpt-4o", messages=USER, stream=True)
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.monotonic() - started)
+    assert len(arrivals) >= 20
+    assert arrivals[-1] > 0.6  # the upstream takes about a second to write 30 tokens
+    assert arrivals[0] < arrivals[-1] / 2, "the first chunk waited for the whole answer"
+
+
+async def test_health_and_readiness(sidecar: SidecarHandle) -> None:
+    import aiohttp
+
+    root = sidecar.url.removesuffix("/v1")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(root + "/healthz") as r:
+            assert r.status == 200
+        async with session.get(root + "/readyz") as r:
+            assert r.status == 200 and (await r.json())["limiter"] == "local"

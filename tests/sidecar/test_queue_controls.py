@@ -7,6 +7,7 @@ import time
 
 import openai
 import pytest
+from o1emulator.embedded import EmulatorHandle
 
 from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
 
@@ -93,3 +94,20 @@ async def _scrape(url: str) -> str:
 
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return await response.text()
+
+
+async def test_client_that_hangs_up_leaves_the_queue(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle
+) -> None:
+    handle = await make_sidecar(limits={"o1": {"rpm": 1, "tpm": 1_000_000}}, cache=NO_CACHE)
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    await client.chat.completions.create(model="o1", messages=USER)
+    impatient = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0, timeout=0.3)
+    with pytest.raises(openai.APITimeoutError):
+        await impatient.chat.completions.create(model="o1", messages=USER)
+    for _ in range(50):
+        if sum(handle.proxy.limiter.state().queue_length.values()) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert sum(handle.proxy.limiter.state().queue_length.values()) == 0
+    assert emulator.stats()["accounts"]["acct-a"]["models"]["o1"]["admitted"] == 1

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--penalty", action="store_true", help="consecutive 429s lengthen the wait (max 300 s)"
     )
     parser.add_argument(
+        "--count-rejected", action="store_true", help="a refused request still spends one request of RPM"
+    )
+    parser.add_argument(
         "--print-config", action="store_true", help="print the effective config as YAML and exit"
     )
     return parser
@@ -68,6 +71,8 @@ def effective_config(args: argparse.Namespace) -> EmulatorConfig:
         data["tokens"] = {**data.get("tokens", {}), "charge": args.charge}
     if args.latency_scale is not None:
         data["latency_scale"] = args.latency_scale
+    if args.count_rejected:
+        data["count_rejected"] = True
     if args.penalty:
         data["penalty"] = {**data.get("penalty", {}), "enabled": True}
     return EmulatorConfig.from_dict(data, "command line")

@@ -160,6 +160,11 @@ class EmulatorConfig(_Strict):
     concurrency_retry_after_s: float = Field(
         default=1.0, gt=0, description="Retry-After of a concurrency 429."
     )
+    count_rejected: bool = Field(
+        default=False,
+        description="A refused request still spends one request of RPM (down to -capacity), as OpenAI "
+        "counts unsuccessful requests: blind retries then starve themselves.",
+    )
     models: dict[str, ModelSpec] = Field(min_length=1)
     deployments: dict[str, str] = Field(default_factory=dict, description="Azure deployment -> model.")
     accounts: list[Account] = Field(min_length=1)

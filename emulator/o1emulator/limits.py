@@ -99,9 +99,11 @@ class AccountModelLimiter:
         penalty: Penalty,
         now: float,
         concurrency_retry_after_s: float = 1.0,
+        count_rejected: bool = False,
     ) -> None:
         self.limits = limits
         self.concurrency_retry_after_s = concurrency_retry_after_s
+        self.count_rejected = count_rejected
         self.burst = burst
         self.penalty = penalty
         self.requests = Bucket.per_minute(limits.rpm, burst, now)
@@ -162,6 +164,10 @@ class AccountModelLimiter:
         self, kind: RejectKind, wait: float, now: float, limit: int, used: int, requested: int
     ) -> Rejected:
         self.consecutive_429 += 1
+        if self.count_rejected:
+            self.requests.level = max(self.requests.level - 1, -self.requests.capacity)
+            if kind in ("requests", "tokens"):
+                wait = max(wait, self.requests.wait_for(1))
         if self.penalty.enabled:
             penalty = min(self.penalty.base_s * 2 ** (self.consecutive_429 - 1), self.penalty.max_s)
             wait = max(wait, penalty)

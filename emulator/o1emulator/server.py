@@ -88,7 +88,12 @@ class Emulator:
                 if limits is None:
                     continue
                 self.limiters[account.name, model] = AccountModelLimiter(
-                    limits, config.burst, config.penalty, now, config.concurrency_retry_after_s
+                    limits,
+                    config.burst,
+                    config.penalty,
+                    now,
+                    config.concurrency_retry_after_s,
+                    config.count_rejected,
                 )
                 self.model_counters[account.name, model] = Counters()
             for key in account.keys:

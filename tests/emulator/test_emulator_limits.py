@@ -334,3 +334,17 @@ async def test_bad_budget_is_a_clear_400(
     assert status == 400 and body["error"]["param"] == field
     assert body["error"]["message"].startswith(expected)
     assert emulator.stats()["accounts"]["a"]["models"]["o1"]["admitted"] == 0
+
+
+def test_count_rejected_makes_blind_retries_spend_quota() -> None:
+    limiter = AccountModelLimiter(ResolvedLimits(rpm=60, tpm=10**6), 1.0, Penalty(), 0.0, count_rejected=True)
+    for _ in range(60):
+        assert isinstance(limiter.admit(1, 0.0), Admitted)
+    waits = []
+    for _ in range(3):  # three blind retries at once: each pushes the next free slot a second further
+        decision = limiter.admit(1, 0.0)
+        assert isinstance(decision, Rejected)
+        waits.append(decision.retry_after_s)
+    assert waits == [pytest.approx(2.0), pytest.approx(3.0), pytest.approx(4.0)]
+    assert isinstance(limiter.admit(1, 3.9), Rejected)  # the storm delayed everyone
+    assert isinstance(limiter.admit(1, 8.9), Admitted)

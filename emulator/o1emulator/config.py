@@ -304,7 +304,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
             "models": {
                 "o1": {"rpm": 20, "tpm": 400_000, "concurrency": 10},
                 "o1-mini": {"rpm": 100, "tpm": 800_000, "concurrency": 10},
+                "o1-preview": {"rpm": 50, "tpm": 400_000, "concurrency": 10},
+                "o3-mini": {"rpm": 100, "tpm": 800_000, "concurrency": 10},
                 "gpt-4o": {"rpm": 500, "tpm": 300_000, "concurrency": 50},
+                "gpt-4o-mini": {"rpm": 500, "tpm": 2_000_000, "concurrency": 50},
                 "text-embedding-3-small": {"rpm": 3000, "tpm": 1_000_000},
             },
         },
@@ -314,7 +317,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
             "models": {
                 "o1": {"rpm": 50, "tpm": 2_000_000, "concurrency": 25},
                 "o1-mini": {"rpm": 250, "tpm": 5_000_000, "concurrency": 25},
+                "o1-preview": {"rpm": 100, "tpm": 2_000_000, "concurrency": 25},
+                "o3-mini": {"rpm": 250, "tpm": 5_000_000, "concurrency": 25},
                 "gpt-4o": {"rpm": 500, "tpm": 300_000, "concurrency": 50},
+                "gpt-4o-mini": {"rpm": 500, "tpm": 2_000_000, "concurrency": 50},
                 "text-embedding-3-small": {"rpm": 3000, "tpm": 1_000_000},
             },
         },

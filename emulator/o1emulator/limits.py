@@ -155,6 +155,23 @@ class AccountModelLimiter:
     def release(self) -> None:
         self.in_flight -= 1
 
+    def forget_peaks(self) -> None:
+        """Start the peak statistics (max in flight, 60 s window maxima) again from now."""
+        self.max_in_flight = self.in_flight
+        self.window.max_requests, self.window.max_tokens = self.window.requests, self.window.tokens
+
+    def restart(self, now: float) -> None:
+        """Full buckets, no penalty, fresh caps and window; requests in flight stay counted."""
+        limits = self.limits
+        self.requests = Bucket.per_minute(limits.rpm, self.burst, now)
+        self.tokens = Bucket.per_minute(limits.tpm, self.burst, now)
+        self.window.clear()
+        self.max_in_flight = self.in_flight
+        self.epoch = now
+        self.day_index = self.day_count = self.month_index = self.month_count = 0
+        self.consecutive_429 = 0
+        self.blocked_until = -math.inf
+
     def _used(self, charge: int, kind: str = "requests") -> tuple[int, int, int]:
         if kind == "tokens":
             return self.limits.tpm, max(0, math.ceil(self.tokens.capacity - self.tokens.level)), charge

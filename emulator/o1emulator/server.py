@@ -132,21 +132,12 @@ class Emulator:
         self.totals.clear()
         for counters in (*self.model_counters.values(), *self.key_counters.values()):
             counters.reset()
-        if buckets:
-            in_flight = {k: limiter.in_flight for k, limiter in self.limiters.items()}
-            self._build_limiters_keep_counters()
-            for k, limiter in self.limiters.items():
-                limiter.in_flight = limiter.max_in_flight = in_flight[k]
-        else:
-            for limiter in self.limiters.values():
-                limiter.max_in_flight = limiter.in_flight
-                window = limiter.window
-                window.max_requests, window.max_tokens = window.requests, window.tokens
-
-    def _build_limiters_keep_counters(self) -> None:
-        model_counters, key_counters = self.model_counters, self.key_counters
-        self._build_limiters()
-        self.model_counters, self.key_counters = model_counters, key_counters
+        now = self.clock()
+        for limiter in self.limiters.values():
+            if buckets:
+                limiter.restart(now)
+            else:
+                limiter.forget_peaks()
 
     def set_faults(self, rules: list[Any], add: bool = False) -> None:
         parsed = parse_faults(rules, self.config)

@@ -41,9 +41,11 @@ class Counters:
         }
 
     def reset(self) -> None:
-        in_flight = self.in_flight
-        self.__init__()  # type: ignore[misc]
-        self.in_flight = self.max_in_flight = in_flight
+        """Zero everything but what is in flight now."""
+        self.admitted = self.tokens_charged = self.completion_tokens = 0
+        self.rejected.clear()
+        self.faults.clear()
+        self.max_in_flight = self.in_flight
 
 
 def limiter_report(counters: Counters, limiter: AccountModelLimiter, now: float) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -225,8 +226,6 @@ async def test_context_length_exceeded(clock: Any, make_config: Any, session: ai
 async def test_concurrency_limit(clock: Any, make_config: Any, session: aiohttp.ClientSession) -> None:
     emu = await serve(clock, make_config, faults=[{"kind": "hang", "count": 2, "hang_s": 0.5, "model": "o1"}])
     try:  # o1 on a: concurrency 2; two requests hang 0.5 s (real time), holding both slots
-        import asyncio
-
         held = [asyncio.create_task(call(session, emu, chat())) for _ in range(2)]
         for _ in range(100):
             if emu.stats()["accounts"]["a"]["models"]["o1"]["in_flight"] == 2:
@@ -348,3 +347,22 @@ def test_count_rejected_makes_blind_retries_spend_quota() -> None:
     assert waits == [pytest.approx(2.0), pytest.approx(3.0), pytest.approx(4.0)]
     assert isinstance(limiter.admit(1, 3.9), Rejected)  # the storm delayed everyone
     assert isinstance(limiter.admit(1, 8.9), Admitted)
+
+
+async def test_reset_with_buckets_keeps_in_flight_requests_counted(make_config: Any) -> None:
+    emu = await start_emulator(make_config(faults=[{"kind": "hang", "count": 1, "hang_s": 0.3}]))
+    try:
+        async with aiohttp.ClientSession() as session:
+            held = asyncio.create_task(call(session, emu, chat()))
+            for _ in range(100):
+                if emu.stats()["accounts"]["a"]["models"]["o1"]["in_flight"] == 1:
+                    break
+                await asyncio.sleep(0.01)
+            emu.reset(buckets=True)
+            assert emu.stats()["accounts"]["a"]["models"]["o1"]["in_flight"] == 1
+            assert (await held)[0] == 200
+        stats = emu.stats()["accounts"]["a"]["models"]["o1"]
+        assert stats["in_flight"] == 0 and stats["admitted"] == 0
+        assert stats["remaining"]["requests"] == pytest.approx(6.0)
+    finally:
+        await emu.close()

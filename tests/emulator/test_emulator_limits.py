@@ -8,6 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 from o1emulator import EmulatorHandle, start_emulator
 from o1emulator.config import Penalty, ResolvedLimits
@@ -366,3 +368,34 @@ async def test_reset_with_buckets_keeps_in_flight_requests_counted(make_config: 
         assert stats["remaining"]["requests"] == pytest.approx(6.0)
     finally:
         await emu.close()
+
+
+@given(
+    rpm=st.integers(1, 200),
+    tpm=st.integers(100, 100_000),
+    burst=st.sampled_from([1.0, 1.2, 2.0]),
+    arrivals=st.lists(st.tuples(st.floats(0, 5), st.integers(1, 2000), st.booleans()), max_size=400),
+)
+@settings(max_examples=60, deadline=None)
+def test_admissions_never_beat_the_buckets(
+    rpm: int, tpm: int, burst: float, arrivals: list[tuple[float, int, bool]]
+) -> None:
+    limiter = AccountModelLimiter(ResolvedLimits(rpm=rpm, tpm=tpm, concurrency=3), burst, Penalty(), now=0.0)
+    now, admitted = 0.0, []
+    for gap, charge, finishes in arrivals:
+        now += gap
+        decision = limiter.admit(charge, now)
+        if isinstance(decision, Admitted):
+            admitted.append((now, charge))
+            if finishes:
+                limiter.release()
+        elif decision.kind in ("requests", "tokens"):
+            assert decision.retry_after_s is not None and decision.retry_after_s > 0
+        if limiter.in_flight >= 3 and finishes:
+            limiter.release()
+    requests_bound, tokens_bound = limiter.bounds()
+    for start, _ in admitted:  # brute-force every 60 s window that starts at an admission
+        inside = [c for t, c in admitted if start <= t < start + 60]
+        assert len(inside) <= requests_bound and sum(inside) <= tokens_bound
+    assert limiter.window.max_requests <= requests_bound and limiter.window.max_tokens <= tokens_bound
+    assert limiter.max_in_flight <= 3

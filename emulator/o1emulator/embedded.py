@@ -47,9 +47,12 @@ class EmulatorHandle:
 
     def key(self, account: str | None = None, index: int = 0) -> str:
         """An API key of ``account`` (default: the first account) for clients in tests."""
-        accounts = self.config.accounts
-        chosen = accounts[0] if account is None else next(a for a in accounts if a.name == account)
-        return chosen.keys[index].key
+        accounts = {a.name: a for a in self.config.accounts}
+        if account is None:
+            return self.config.accounts[0].keys[index].key
+        if account not in accounts:
+            raise KeyError(f"no account {account!r}; the config has {sorted(accounts)}")
+        return accounts[account].keys[index].key
 
     def stats(self) -> dict[str, Any]:
         """The same JSON as ``GET /admin/stats``."""

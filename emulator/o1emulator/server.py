@@ -623,7 +623,8 @@ class Emulator:
 
     @web.middleware
     async def error_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        self.totals["requests"] += 1
+        if not request.path.startswith("/admin/"):
+            self.totals["requests"] += 1
         try:
             return await handler(request)
         except ApiError as exc:

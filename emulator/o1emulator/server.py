@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import socket
 import struct
@@ -157,25 +158,20 @@ class Emulator:
         if not token:
             token = request.headers.get("api-key")
         if not token:
-            self.totals["401"] += 1
             raise ApiError(401, errors.missing_api_key())
         found = self.keys.get(token)
         if found is None:
-            self.totals["401"] += 1
             raise ApiError(401, errors.invalid_api_key(token))
         return found
 
     def target(self, account: Account, key: ApiKey, model: Any, kind: str) -> Target:
         if not isinstance(model, str) or not model:
-            self.totals["400"] += 1
             raise ApiError(400, errors.invalid_request("you must provide a model parameter", "model"))
         spec = self.config.models.get(model)
         limiter = self.limiters.get((account.name, model))
         if spec is None or limiter is None:
-            self.totals["404"] += 1
             raise ApiError(404, errors.model_not_found(model))
         if spec.kind != kind:
-            self.totals["400"] += 1
             what = "an embedding model" if spec.kind == "embedding" else "not an embedding model"
             raise ApiError(
                 400,
@@ -204,7 +200,6 @@ class Emulator:
             if value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool):
-                self.totals["400"] += 1
                 raise ApiError(
                     400,
                     errors.invalid_request(
@@ -215,7 +210,6 @@ class Emulator:
                     ),
                 )
             if value < 1:
-                self.totals["400"] += 1
                 raise ApiError(
                     400,
                     errors.invalid_request(
@@ -256,7 +250,6 @@ class Emulator:
         """Check the context window and the limits; count the outcome. Raises ApiError when refused."""
         spec, limiter = target.spec, target.limiter
         if prompt + (budget or 0) > spec.context_window:
-            self.totals["400"] += 1
             fault = self.faults.choose(target.account.name, target.model, stream, admitted=False)
             raise ApiError(
                 400,
@@ -274,13 +267,14 @@ class Emulator:
                 target.key_counters.faults[fault.outcome.kind] += 1
             if fault.headers is not None:
                 target.model_counters.faults[fault.headers.kind] += 1
+                target.key_counters.faults[fault.headers.kind] += 1
             return fault
-        self.totals["429"] += 1
         target.model_counters.rejected[decision.kind] += 1
         target.key_counters.rejected[decision.kind] += 1
         fault = self.faults.choose(target.account.name, target.model, stream, admitted=False)
         if fault.headers is not None:
             target.model_counters.faults[fault.headers.kind] += 1
+            target.key_counters.faults[fault.headers.kind] += 1
         raise ApiError(
             429, self.rejection_body(target, decision), self.rejection_headers(target, decision, fault)
         )
@@ -305,8 +299,8 @@ class Emulator:
     def rejection_headers(self, target: Target, decision: Rejected, fault: FaultChoice) -> dict[str, str]:
         headers = self.rate_headers(target, fault)
         if decision.retry_after_s is not None:
-            ms = max(1, int(-(-decision.retry_after_s * 1000 // 1)))
-            headers["retry-after"] = str(-(-ms // 1000))
+            ms = max(1, math.ceil(decision.retry_after_s * 1000))
+            headers["retry-after"] = str(math.ceil(ms / 1000))
             headers["retry-after-ms"] = str(ms)
         return headers
 
@@ -332,18 +326,17 @@ class Emulator:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         account, key = self.authenticate(request)
-        body = await read_json(request, self)
+        body = await read_json(request)
         return await self._chat(request, account, key, body, body.get("model"))
 
     async def azure_chat_completions(self, request: web.Request) -> web.StreamResponse:
         account, key = self.authenticate(request)
         model = self.azure_model(request)
-        body = await read_json(request, self)
+        body = await read_json(request)
         return await self._chat(request, account, key, body, model)
 
     def azure_model(self, request: web.Request) -> str:
         if not request.query.get("api-version"):
-            self.totals["400"] += 1
             raise ApiError(
                 400,
                 errors.invalid_request(
@@ -355,7 +348,6 @@ class Emulator:
         deployment = request.match_info["deployment"]
         model = self.config.deployments.get(deployment, deployment)
         if model not in self.config.models:
-            self.totals["404"] += 1
             raise ApiError(404, errors.deployment_not_found(deployment))
         return model
 
@@ -365,11 +357,9 @@ class Emulator:
         target = self.target(account, key, model, "chat")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            self.totals["400"] += 1
             raise ApiError(400, errors.missing_parameter("messages"))
         choices = body.get("n") or 1
         if not isinstance(choices, int) or isinstance(choices, bool) or not 1 <= choices <= 128:
-            self.totals["400"] += 1
             raise ApiError(
                 400,
                 errors.invalid_request(
@@ -454,10 +444,9 @@ class Emulator:
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         account, key = self.authenticate(request)
-        body = await read_json(request, self)
+        body = await read_json(request)
         target = self.target(account, key, body.get("model"), "chat")
         if body.get("input") in (None, "", []):
-            self.totals["400"] += 1
             raise ApiError(400, errors.missing_parameter("input"))
         stream = body.get("stream") is True
         self.check_budget(body)
@@ -490,13 +479,13 @@ class Emulator:
 
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         account, key = self.authenticate(request)
-        body = await read_json(request, self)
+        body = await read_json(request)
         return await self._embeddings(request, account, key, body, body.get("model"))
 
     async def azure_embeddings(self, request: web.Request) -> web.StreamResponse:
         account, key = self.authenticate(request)
         model = self.azure_model(request)
-        body = await read_json(request, self)
+        body = await read_json(request)
         return await self._embeddings(request, account, key, body, model)
 
     async def _embeddings(
@@ -505,7 +494,6 @@ class Emulator:
         target = self.target(account, key, model, "embedding")
         raw = body.get("input")
         if raw in (None, "", []):
-            self.totals["400"] += 1
             raise ApiError(400, errors.missing_parameter("input"))
         inputs = (
             [raw]
@@ -515,7 +503,6 @@ class Emulator:
             else None
         )
         if inputs is None:
-            self.totals["400"] += 1
             raise ApiError(
                 400,
                 errors.invalid_request(
@@ -524,7 +511,6 @@ class Emulator:
             )
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
-            self.totals["400"] += 1
             raise ApiError(
                 400,
                 errors.invalid_request(
@@ -535,7 +521,6 @@ class Emulator:
             )
         dimensions = body.get("dimensions") or target.spec.dimensions
         if not isinstance(dimensions, int) or not 1 <= dimensions <= target.spec.dimensions:
-            self.totals["400"] += 1
             raise ApiError(
                 400,
                 errors.invalid_request(
@@ -566,7 +551,6 @@ class Emulator:
         account, _ = self.authenticate(request)
         name = request.match_info["model"]
         if (account.name, name) not in self.limiters:
-            self.totals["404"] += 1
             raise ApiError(404, errors.model_not_found(name))
         return json_response(200, model_entry(name))
 
@@ -628,6 +612,7 @@ class Emulator:
         try:
             return await handler(request)
         except ApiError as exc:
+            self.totals[str(exc.status)] += 1
             return json_response(exc.status, exc.body, exc.headers)
         except ConnectionResetError:  # the client went away mid-answer: nothing to answer
             raise asyncio.CancelledError from None
@@ -649,15 +634,13 @@ def model_entry(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": FIXED_CREATED, "owned_by": "system"}
 
 
-async def read_json(request: web.Request, emulator: Emulator) -> dict[str, Any]:
+async def read_json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        emulator.totals["400"] += 1
         raise ApiError(400, errors.invalid_json()) from None
     if not isinstance(body, dict):
-        emulator.totals["400"] += 1
         raise ApiError(400, errors.invalid_request("The request body must be a JSON object."))
     return body
 

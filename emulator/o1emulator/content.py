@@ -72,14 +72,16 @@ def plan_answer(seed: int, spec: ModelSpec, budget: int | None) -> Answer:
     return Answer(tokens, reasoning, finish)
 
 
-def chat_usage(prompt_tokens: int, answer: Answer) -> dict[str, Any]:
+def chat_usage(prompt_tokens: int, answer: Answer, choices: int = 1) -> dict[str, Any]:
+    """``usage`` of a chat completion with ``choices`` identical answers."""
+    completion = answer.completion_tokens * choices
     return {
         "prompt_tokens": prompt_tokens,
-        "completion_tokens": answer.completion_tokens,
-        "total_tokens": prompt_tokens + answer.completion_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": answer.reasoning_tokens,
+            "reasoning_tokens": answer.reasoning_tokens * choices,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,

@@ -304,6 +304,10 @@ class Emulator:
             headers["retry-after-ms"] = str(ms)
         return headers
 
+    def count_completion(self, target: Target, tokens: int) -> None:
+        target.model_counters.completion_tokens += tokens
+        target.key_counters.completion_tokens += tokens
+
     def release(self, target: Target) -> None:
         target.limiter.release()
         target.model_counters.in_flight -= 1
@@ -375,11 +379,8 @@ class Emulator:
             headers = self.rate_headers(target, fault)
             seed = content.request_seed(body, self.config.seed)
             answer = content.plan_answer(seed, target.spec, budget)
-            target.model_counters.completion_tokens += answer.completion_tokens * choices
-            usage = content.chat_usage(prompt, answer)
-            if choices > 1:
-                usage["completion_tokens"] *= choices
-                usage["total_tokens"] = prompt + usage["completion_tokens"]
+            self.count_completion(target, answer.completion_tokens * choices)
+            usage = content.chat_usage(prompt, answer, choices)
             id_, created = self.new_ids(seed, "chatcmpl-")
             await self.apply_outcome_fault(request, fault, headers)
             ttft, per_token = self.latency(target.spec)
@@ -457,7 +458,7 @@ class Emulator:
             headers = self.rate_headers(target, fault)
             seed = content.request_seed(body, self.config.seed)
             answer = content.plan_answer(seed, target.spec, budget)
-            target.model_counters.completion_tokens += answer.completion_tokens
+            self.count_completion(target, answer.completion_tokens)
             usage = content.response_usage(prompt, answer)
             id_, created = self.new_ids(seed, "resp_")
             builder = content.ResponseBuilder(id_, created, target.model, body, target.spec)

@@ -399,3 +399,22 @@ def test_admissions_never_beat_the_buckets(
         assert len(inside) <= requests_bound and sum(inside) <= tokens_bound
     assert limiter.window.max_requests <= requests_bound and limiter.window.max_tokens <= tokens_bound
     assert limiter.max_in_flight <= 3
+
+
+async def test_stats_flag_a_window_over_the_bucket_bound(clock: Any, make_config: Any) -> None:
+    """The cross-check can fail: feed the window more than the buckets allow and it says so."""
+    emu = await start_emulator(make_config(), clock=clock)
+    try:
+        limiter = emu.emulator.limiters["a", "o1"]
+        for _ in range(13):  # bound: 6 capacity + 6 per minute
+            limiter.window.add(clock(), 1)
+        limiter.max_in_flight = 3  # concurrency limit 2
+        stats = emu.stats()
+        assert stats["accounts"]["a"]["models"]["o1"]["exceeded"] == {
+            "requests": True,
+            "tokens": False,
+            "concurrency": True,
+        }
+        assert stats["violations"] == ["a/o1: requests limit exceeded", "a/o1: concurrency limit exceeded"]
+    finally:
+        await emu.close()

@@ -8,6 +8,7 @@ short breaker stops asking a Redis that keeps failing.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -61,6 +62,7 @@ class ResponseCache:
         self._reset_s = redis_config.breaker_reset_s
         self._broken_until = 0.0
         self._redis: aioredis.Redis | None = None
+        self._pending: set[asyncio.Task[None]] = set()
         if redis_config.url and policy.l2_ttl_s > 0:
             self._redis = aioredis.from_url(
                 redis_config.url,
@@ -92,17 +94,35 @@ class ResponseCache:
             self._l1[key] = body
         return body, "l2"
 
-    async def put(self, key: str, body: bytes) -> None:
+    def store(self, key: str, body: bytes) -> None:
+        """Put in L1 now and in L2 in the background, so no answer waits for Redis."""
         if self._l1 is not None:
             self._l1[key] = body
-        if not self._l2_usable():
-            return
+        if self._l2_usable():
+            task = asyncio.get_running_loop().create_task(self._put_l2(key, body))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def put(self, key: str, body: bytes) -> None:
+        """Put in both layers and wait for L2."""
+        if self._l1 is not None:
+            self._l1[key] = body
+        if self._l2_usable():
+            await self._put_l2(key, body)
+
+    async def _put_l2(self, key: str, body: bytes) -> None:
         try:
             await self._redis.set(self._prefix + key, body, ex=self.policy.l2_ttl_s)  # type: ignore[union-attr]
         except (aioredis.RedisError, OSError) as exc:
             self._trip(exc)
 
+    async def flush(self) -> None:
+        """Wait for background L2 writes."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
     async def close(self) -> None:
+        await self.flush()
         if self._redis is not None:
             await self._redis.aclose()
 

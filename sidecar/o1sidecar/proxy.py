@@ -46,6 +46,7 @@ class Attempt:
     error: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     reason: str = ""
+    content_type: str = "application/json"
 
 
 @dataclass
@@ -183,7 +184,7 @@ class Proxy:
             if response is not None:
                 self._observe(response.status, served, started)
                 if attempt.outcome is Outcome.OK and key is not None and not stream and not served.degraded:
-                    await self.cache.put(key, attempt.body)  # type: ignore[arg-type]
+                    self.cache.store(key, attempt.body)
                 return response
             step = next_step(
                 attempt.outcome,
@@ -265,6 +266,7 @@ class Proxy:
                         error=error,
                         headers={h: up.headers[h] for h in PASSED_RESPONSE_HEADERS if h in up.headers},
                         reason=f"HTTP {up.status}",
+                        content_type=up.content_type or "application/json",
                     )
             except TimeoutError:
                 self._note_failure(key, model, "timeout")
@@ -373,7 +375,7 @@ class Proxy:
         return web.Response(
             status=attempt.status,
             body=attempt.body,
-            content_type="application/json",
+            content_type=attempt.content_type,
             headers={**attempt.headers, **served.headers()},
         )
 

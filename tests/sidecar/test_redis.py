@@ -28,6 +28,7 @@ async def test_two_sidecars_share_limits_and_the_l2_cache(
     first = await openai.AsyncOpenAI(base_url=one.url, api_key="x").chat.completions.with_raw_response.create(
         model="o1", messages=USER, seed=1
     )
+    await one.proxy.cache.flush()
     second = await openai.AsyncOpenAI(
         base_url=two.url, api_key="x"
     ).chat.completions.with_raw_response.create(model="o1", messages=USER, seed=1)

@@ -1,0 +1,64 @@
+"""The response cache's two layers on a real redis-server: L2 fills L1, entries expire, and a Redis
+that fails is a miss (and is left alone for the breaker's pause)."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from o1sidecar.cache import ResponseCache
+from o1sidecar.config import CachePolicy, RedisConfig
+
+from tests.conftest import RedisServer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_l1_only_without_redis() -> None:
+    cache = ResponseCache(CachePolicy(l1_entries=2), RedisConfig())
+    assert not cache.has_l2
+    for key in ("a", "b", "c"):
+        await cache.put(key, key.encode())
+    assert await cache.get("a") is None  # evicted, least recently used
+    assert await cache.get("c") == (b"c", "l1")
+
+
+async def test_l2_is_shared_and_fills_l1(redis_server: RedisServer) -> None:
+    config = RedisConfig(url=redis_server.url, key_prefix="t")
+    writer = ResponseCache(CachePolicy(l2_ttl_s=60), config)
+    reader = ResponseCache(CachePolicy(l2_ttl_s=60), config)
+    try:
+        writer.store("k", b"answer")
+        await writer.flush()
+        assert await reader.get("k") == (b"answer", "l2")
+        assert await reader.get("k") == (b"answer", "l1")
+        client = aioredis.from_url(redis_server.url)
+        ttl = await client.ttl("t:cache:k")
+        await client.aclose()
+        assert 0 < ttl <= 60
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_failing_redis_is_a_miss_and_pauses(redis_server: RedisServer) -> None:
+    clock = Clock()
+    config = RedisConfig(url=redis_server.url, op_timeout_ms=100, connect_timeout_ms=100, breaker_reset_s=2.0)
+    cache = ResponseCache(CachePolicy(l1_entries=0), config, clock=clock)
+    try:
+        await cache.put("k", b"v")
+        assert await cache.get("k") == (b"v", "l2")
+        redis_server.stop()
+        assert await cache.get("k") is None
+        assert not cache._l2_usable()  # the breaker is open: no more waiting on a dead Redis
+        redis_server.start()
+        assert await cache.get("k") is None  # still paused
+        clock.now += 2.5
+        await cache.put("k", b"v2")
+        assert await cache.get("k") == (b"v2", "l2")
+    finally:
+        await cache.close()

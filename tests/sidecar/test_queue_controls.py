@@ -111,3 +111,48 @@ async def test_client_that_hangs_up_leaves_the_queue(
         await asyncio.sleep(0.05)
     assert sum(handle.proxy.limiter.state().queue_length.values()) == 0
     assert emulator.stats()["accounts"]["acct-a"]["models"]["o1"]["admitted"] == 1
+
+
+async def test_full_queue_is_429_at_once(make_sidecar: SidecarFactory) -> None:
+    handle = await make_sidecar(
+        limits={"o1": {"rpm": 1, "tpm": 1_000_000}}, cache=NO_CACHE, queue={"max_length": 1}
+    )
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    await client.chat.completions.create(model="o1", messages=USER)
+    waiting = asyncio.create_task(
+        client.chat.completions.create(
+            model="o1", messages=USER, extra_headers={"x-o1pool-deadline-ms": "2000"}
+        )
+    )
+    for _ in range(40):
+        if sum(handle.proxy.limiter.state().queue_length.values()):
+            break
+        await asyncio.sleep(0.025)
+    with pytest.raises(openai.RateLimitError) as err:
+        await client.chat.completions.create(model="o1", messages=USER)
+    assert err.value.code == "queue_full" and "queue.max_length" in err.value.message
+    assert err.value.response.headers["retry-after"] == "1"
+    with pytest.raises(openai.RateLimitError):
+        await waiting
+
+
+async def test_request_no_account_can_ever_admit_is_400(make_sidecar: SidecarFactory) -> None:
+    handle = await make_sidecar(
+        limits={"o1": {"rpm": 100, "tpm": 1_000}, "o1-mini": {"rpm": 100, "tpm": 100_000}}
+    )
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.chat.completions.create(model="o1", messages=USER, max_completion_tokens=5_000)
+    assert err.value.code == "request_too_large" and "5000" in err.value.message
+
+
+async def test_request_too_large_for_one_model_falls_back(make_sidecar: SidecarFactory) -> None:
+    handle = await make_sidecar(
+        limits={"o1": {"rpm": 100, "tpm": 1_000}, "gpt-4o": {"rpm": 100, "tpm": 100_000}},
+        fallback={"chains": {"o1": ["gpt-4o"]}},
+    )
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="o1", messages=USER, max_completion_tokens=5_000
+    )
+    assert raw.headers["x-o1pool-model"] == "gpt-4o" and raw.headers["x-o1pool-degraded"] == "true"

@@ -192,3 +192,18 @@ async def _scrape(url: str) -> str:
 
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return await response.text()
+
+
+@pytest.mark.parametrize("kind", ["no_headers", "lying_headers"])
+async def test_missing_or_lying_rate_limit_headers_do_not_hurt(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle, kind: str
+) -> None:
+    handle = await make_sidecar()
+    emulator.set_faults([{"kind": kind}])
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    for i in range(3):
+        completion = await client.chat.completions.create(
+            model="o1", messages=[{"role": "user", "content": f"{i}"}]
+        )
+        assert completion.choices
+    assert faults(emulator, "o1").get(kind) == 3

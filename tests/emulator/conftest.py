@@ -63,7 +63,7 @@ def small_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_config() -> Any:
     """``small_config`` as a fixture, so test modules need not import conftest."""
     return small_config

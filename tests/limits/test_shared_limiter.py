@@ -1,0 +1,208 @@
+"""Several ``SharedLimiter``s (sidecars) on one real redis-server: priority across them, deadlines,
+live-sidecar counting, and Redis going away and coming back under load."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from o1sidecar.config import SidecarConfig
+from o1sidecar.limits import Demand, QueueTimeout, UpstreamReport, build_limiter
+from o1sidecar.limits.shared import SharedLimiter
+
+from o1pool.procs import RedisServer
+
+from .helpers import config
+
+pytestmark = pytest.mark.redis
+
+MODEL = "o1-mini"
+FAST_REDIS = {
+    "heartbeat_interval_s": 0.2, "breaker_failures": 2, "breaker_reset_s": 0.5, "op_timeout_ms": 200,
+}
+
+
+def demand(priority: int = 5, deadline_s: float = 30.0, tokens: int = 100) -> Demand:
+    return Demand(MODEL, tokens, priority, time.time() + deadline_s)
+
+
+async def drain(limiter: SharedLimiter) -> None:
+    """Spend the pool's requests until one has to wait for the refill: the bucket is then empty."""
+    while True:
+        grant = await limiter.acquire(demand(), ["a"])
+        await limiter.release(grant, None)
+        if grant.waited_s > 0.05:
+            return
+
+
+@pytest.fixture
+async def sidecars(redis_server: RedisServer) -> AsyncIterator[Callable[..., Any]]:
+    started: list[SharedLimiter] = []
+
+    async def make(limits: dict[str, Any], n: int = 2, **sections: Any) -> list[SharedLimiter]:
+        sections.setdefault("redis", {}).update(FAST_REDIS)
+        cfg: SidecarConfig = config({"a": limits}, redis_url=redis_server.url, **sections)
+        out = []
+        for i in range(n):
+            limiter = build_limiter(cfg)
+            assert isinstance(limiter, SharedLimiter)
+            limiter.sidecar_id = f"sidecar-{i}"
+            await limiter.start()
+            out.append(limiter)
+        started.extend(out)
+        return out
+
+    yield make
+    for limiter in started:
+        await limiter.close()
+
+
+async def test_two_sidecars_count_each_other(sidecars: Callable[..., Any]) -> None:
+    s1, s2 = await sidecars({"rpm": 100, "tpm": 10_000})
+    await asyncio.sleep(0.5)
+    assert s1.state().mode == s2.state().mode == "shared"
+    assert s1.state().live_sidecars == s2.state().live_sidecars == 2
+
+
+async def test_high_priority_in_one_sidecar_beats_low_priority_in_another(
+    sidecars: Callable[..., Any],
+) -> None:
+    s1, s2 = await sidecars({"rpm": 10_000, "tpm": 10_000_000, "concurrency": 1})
+    blocker = await s1.acquire(demand(), ["a"])
+    order: list[str] = []
+
+    async def one(limiter: SharedLimiter, label: str, priority: int) -> None:
+        grant = await limiter.acquire(demand(priority), ["a"])
+        order.append(label)
+        await asyncio.sleep(0.02)
+        await limiter.release(grant, UpstreamReport(status=200))
+
+    tasks = [asyncio.create_task(one(s1, "low", 1)) for _ in range(3)]
+    await asyncio.sleep(0.1)  # the lows queued first, in sidecar 1
+    tasks += [asyncio.create_task(one(s2, "high", 9)) for _ in range(3)]
+    await asyncio.sleep(0.1)
+    assert s1.state().queue_length == {1: 3} and s2.state().queue_length == {9: 3}
+    await s1.release(blocker, None)
+    await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    assert order == ["high"] * 3 + ["low"] * 3
+
+
+async def test_priority_holds_across_sidecars_when_rate_limited(sidecars: Callable[..., Any]) -> None:
+    s1, s2 = await sidecars({"rpm": 120, "tpm": 10_000_000})  # 2 requests per second
+    await drain(s1)
+    order: list[int] = []
+
+    async def one(limiter: SharedLimiter, priority: int) -> None:
+        await limiter.acquire(demand(priority), ["a"])
+        order.append(priority)
+
+    tasks = [asyncio.create_task(one(s1, 2)) for _ in range(2)]
+    tasks += [asyncio.create_task(one(s2, 3)) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    tasks += [asyncio.create_task(one(s1, 8)) for _ in range(2)]
+    tasks += [asyncio.create_task(one(s2, 9)) for _ in range(2)]
+    await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    assert order == [9, 9, 8, 8, 3, 3, 2, 2]
+
+
+async def test_low_priority_is_not_starved_across_sidecars(sidecars: Callable[..., Any]) -> None:
+    s1, s2 = await sidecars({"rpm": 300, "tpm": 10_000_000}, queue={"aging_s_per_level": 0.1})  # 5/s
+    await drain(s1)
+    served: list[int] = []
+
+    async def one(limiter: SharedLimiter, priority: int) -> None:
+        await limiter.acquire(demand(priority), ["a"])
+        served.append(priority)
+
+    low = asyncio.create_task(one(s1, 0))
+    highs = []
+    while not low.done():  # sidecar 2 keeps sending fresh high-priority work at twice the refill rate
+        highs.append(asyncio.create_task(one(s2, 9)))
+        await asyncio.sleep(0.1)
+        assert len(highs) < 60, "the low-priority request is starved"
+    assert 4 <= served.index(0) <= 13
+    assert len(highs) > served.index(0)
+    for task in highs:
+        task.cancel()
+    await asyncio.gather(*highs, return_exceptions=True)
+
+
+async def test_deadline_in_the_shared_queue_raises_queue_timeout(sidecars: Callable[..., Any]) -> None:
+    (s1,) = await sidecars({"rpm": 10_000, "tpm": 10_000_000, "concurrency": 1}, n=1)
+    await s1.acquire(demand(), ["a"])
+    started = time.monotonic()
+    with pytest.raises(QueueTimeout) as info:
+        await s1.acquire(demand(deadline_s=0.4), ["a"])
+    assert time.monotonic() - started >= 0.35
+    assert info.value.retry_after_s >= 1 and "concurrency" in info.value.reason
+    assert await s1.client.zcard(s1.keys.queue(MODEL)) == 0  # its ticket is gone
+
+
+async def test_release_wakes_waiters_of_other_sidecars(sidecars: Callable[..., Any]) -> None:
+    s1, s2 = await sidecars({"rpm": 10_000, "tpm": 10_000_000, "concurrency": 1})
+    pubsub = s1.client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(s1.keys.wake_channel())
+    held = await s1.acquire(demand(), ["a"])
+    waiter = asyncio.create_task(s2.acquire(demand(), ["a"]))
+    await asyncio.sleep(0.1)
+    await s1.release(held, None)
+    messages = []
+    until = time.monotonic() + 2
+    while not messages and time.monotonic() < until:
+        message = await pubsub.get_message(timeout=0.5)  # None for the (ignored) subscribe reply
+        if message is not None:
+            messages.append(message["data"])
+    assert messages == [MODEL]
+    await asyncio.wait_for(waiter, 5)
+    await pubsub.aclose()
+
+
+async def test_redis_down_then_back_under_load(
+    sidecars: Callable[..., Any], redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="o1sidecar.limits")
+    s1, s2 = await sidecars({"rpm": 600, "tpm": 10_000_000})  # 10 per second for the pool
+    await asyncio.sleep(0.5)
+    admitted: list[tuple[float, str]] = []
+    started = finished = 0
+    stop = asyncio.Event()
+
+    async def worker(limiter: SharedLimiter) -> None:
+        nonlocal started, finished
+        while not stop.is_set():
+            started += 1
+            grant = await limiter.acquire(demand(deadline_s=60), ["a"])
+            admitted.append((time.monotonic(), limiter.state().mode))
+            await limiter.release(grant, UpstreamReport(status=200))
+            finished += 1
+
+    workers = [asyncio.create_task(worker(s)) for s in (s1, s2) for _ in range(4)]
+    await asyncio.sleep(1.0)
+    redis_server.stop()
+    down_at = time.monotonic()
+    while not (s1.state().mode == s2.state().mode == "local"):
+        await asyncio.sleep(0.05)
+        assert time.monotonic() - down_at < 5, "did not switch to local limits"
+    local_from = time.monotonic()
+    await asyncio.sleep(3.0)
+    local_until = time.monotonic()
+    redis_server.start()
+    while not (s1.state().mode == s2.state().mode == "shared"):
+        await asyncio.sleep(0.05)
+        assert time.monotonic() - local_until < 10, "did not return to shared limits"
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*workers), 30)
+
+    assert started == finished  # every acquire was answered
+    in_local = [t for t, _ in admitted if local_from <= t <= local_until]
+    # Each sidecar held half of 600 RPM (5/s), starting empty: the pool never exceeded 10/s.
+    assert len(in_local) <= 10 * (local_until - local_from) + 2
+    assert len(in_local) >= 3  # but it kept serving
+    switches = [r.getMessage() for r in caplog.records]
+    assert sum("limiting locally at 50%" in m for m in switches) == 2
+    assert sum("shared limits again" in m for m in switches) == 2

@@ -160,6 +160,9 @@ class EmulatorConfig(_Strict):
     concurrency_retry_after_s: float = Field(
         default=1.0, gt=0, description="Retry-After of a concurrency 429."
     )
+    source_ip_requests_per_hour: int | None = Field(
+        default=None, gt=0, description="Requests per hour from one client address across all keys."
+    )
     count_rejected: bool = Field(
         default=False,
         description="A refused request still spends one request of RPM (down to -capacity), as OpenAI "

@@ -109,6 +109,16 @@ def rate_limited(
     return error_body(message, kind, "rate_limit_exceeded")
 
 
+def source_rate_limited(limit: int, used: int, retry_after_s: float) -> dict[str, Any]:
+    """429 for the per-address hourly limit that applies across keys."""
+    return error_body(
+        f"Rate limit reached for requests per hour (RPH) from your IP address: Limit {limit}, Used {used}, "
+        f"Requested 1. Please try again in {format_duration(retry_after_s)}. {RATE_LIMIT_DOCS}",
+        "requests",
+        "rate_limit_exceeded",
+    )
+
+
 def request_too_large(model: str, org: str, limit: int, requested: int) -> dict[str, Any]:
     return error_body(
         f"Request too large for {model} in organization {org} on tokens per min (TPM): Limit {limit}, "

@@ -18,7 +18,8 @@ DAY_S = 86_400.0
 MONTH_S = 30 * DAY_S
 WINDOW_S = 60.0
 
-RejectKind = Literal["requests", "tokens", "concurrency", "quota", "too_large"]
+RejectKind = Literal["requests", "tokens", "concurrency", "quota", "too_large", "source_ip"]
+HOUR_S = 3600.0
 
 
 @dataclass
@@ -210,3 +211,30 @@ class AccountModelLimiter:
     def bounds(self) -> tuple[float, float]:
         """Most requests and tokens the buckets can ever admit in any 60 s window."""
         return self.requests.capacity + self.limits.rpm, self.tokens.capacity + self.limits.tpm
+
+
+class SourceLimiter:
+    """Requests per hour from one client address, across every key and account (a hidden OpenAI limit)."""
+
+    def __init__(self, per_hour: int) -> None:
+        self.per_hour = per_hour
+        self.buckets: dict[str, Bucket] = {}
+
+    def _bucket(self, source: str, now: float) -> Bucket:
+        bucket = self.buckets.get(source)
+        if bucket is None:
+            rate = self.per_hour / HOUR_S
+            bucket = self.buckets[source] = Bucket(self.per_hour, rate, float(self.per_hour), now)
+        bucket.refill(now)
+        return bucket
+
+    def check(self, source: str, now: float) -> Rejected | None:
+        """A refusal when ``source`` has no request left this hour, else ``None`` (nothing taken)."""
+        bucket = self._bucket(source, now)
+        if bucket.level >= 1:
+            return None
+        used = math.ceil(bucket.capacity - bucket.level)
+        return Rejected("source_ip", bucket.wait_for(1), self.per_hour, used, 1)
+
+    def take(self, source: str, now: float) -> None:
+        self._bucket(source, now).level -= 1

@@ -22,7 +22,7 @@ from o1emulator.charge import BUDGET_FIELDS, admission_charge, prompt_estimate, 
 from o1emulator.config import Account, ApiKey, EmulatorConfig, EmulatorConfigError, ModelSpec, parse_faults
 from o1emulator.durations import format_duration
 from o1emulator.faults import FaultChoice, FaultPlan
-from o1emulator.limits import AccountModelLimiter, Admitted, Rejected
+from o1emulator.limits import AccountModelLimiter, Admitted, Rejected, SourceLimiter
 from o1emulator.stats import Counters, limiter_report
 
 Clock = Callable[[], float]
@@ -74,6 +74,8 @@ class Emulator:
             key.key: (account, key) for account in config.accounts for key in account.keys
         }
         self.faults = FaultPlan(config.faults, config.seed)
+        per_hour = config.source_ip_requests_per_hour
+        self.sources = SourceLimiter(per_hour) if per_hour else None
         self.totals: Counter[str] = Counter()
         self._build_limiters()
 
@@ -134,6 +136,8 @@ class Emulator:
         for counters in (*self.model_counters.values(), *self.key_counters.values()):
             counters.reset()
         now = self.clock()
+        if buckets and self.sources is not None:
+            self.sources.buckets.clear()
         for limiter in self.limiters.values():
             if buckets:
                 limiter.restart(now)
@@ -245,7 +249,7 @@ class Emulator:
         }
 
     def admit(
-        self, target: Target, charge: int, prompt: int, budget: int | None, stream: bool
+        self, target: Target, charge: int, prompt: int, budget: int | None, stream: bool, source: str
     ) -> FaultChoice:
         """Check the context window and the limits; count the outcome. Raises ApiError when refused."""
         spec, limiter = target.spec, target.limiter
@@ -256,8 +260,12 @@ class Emulator:
                 errors.context_length_exceeded(spec.context_window, prompt, budget),
                 self.rate_headers(target, fault),
             )
-        decision = limiter.admit(charge, self.clock())
+        now = self.clock()
+        refusal = self.sources.check(source, now) if self.sources is not None else None
+        decision = refusal or limiter.admit(charge, now)
         if isinstance(decision, Admitted):
+            if self.sources is not None:
+                self.sources.take(source, now)
             self.totals["admitted"] += 1
             target.model_counters.admit(charge)
             target.key_counters.admit(charge)
@@ -285,6 +293,9 @@ class Emulator:
             return errors.request_too_large(target.model, org, decision.limit, decision.requested)
         if decision.kind == "quota":
             return errors.insufficient_quota()
+        if decision.kind == "source_ip":
+            assert decision.retry_after_s is not None
+            return errors.source_rate_limited(decision.limit, decision.used, decision.retry_after_s)
         assert decision.retry_after_s is not None
         return errors.rate_limited(
             decision.kind,
@@ -374,7 +385,7 @@ class Emulator:
         self.check_budget(body)
         prompt, budget = prompt_estimate(body), requested_budget(body)
         charge = admission_charge(prompt, budget, choices, self.config.tokens)
-        fault = self.admit(target, charge, prompt, budget, stream)
+        fault = self.admit(target, charge, prompt, budget, stream, request.remote or "unknown")
         try:
             headers = self.rate_headers(target, fault)
             seed = content.request_seed(body, self.config.seed)
@@ -453,7 +464,7 @@ class Emulator:
         self.check_budget(body)
         prompt, budget = prompt_estimate(body), requested_budget(body)
         charge = admission_charge(prompt, budget, 1, self.config.tokens)
-        fault = self.admit(target, charge, prompt, budget, stream)
+        fault = self.admit(target, charge, prompt, budget, stream, request.remote or "unknown")
         try:
             headers = self.rate_headers(target, fault)
             seed = content.request_seed(body, self.config.seed)
@@ -531,7 +542,7 @@ class Emulator:
                 ),
             )
         prompt = prompt_estimate(body)
-        fault = self.admit(target, prompt, prompt, None, False)
+        fault = self.admit(target, prompt, prompt, None, False, request.remote or "unknown")
         try:
             headers = self.rate_headers(target, fault)
             await self.apply_outcome_fault(request, fault, headers)

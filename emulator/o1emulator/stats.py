@@ -8,7 +8,7 @@ from typing import Any
 
 from o1emulator.limits import AccountModelLimiter
 
-REJECT_KINDS = ("requests", "tokens", "concurrency", "quota", "too_large")
+REJECT_KINDS = ("requests", "tokens", "concurrency", "quota", "too_large", "source_ip")
 
 
 @dataclass

@@ -418,3 +418,25 @@ async def test_stats_flag_a_window_over_the_bucket_bound(clock: Any, make_config
         assert stats["violations"] == ["a/o1: requests limit exceeded", "a/o1: concurrency limit exceeded"]
     finally:
         await emu.close()
+
+
+async def test_source_ip_hourly_limit_spans_keys_and_accounts(
+    clock: Any, make_config: Any, session: aiohttp.ClientSession
+) -> None:
+    emu = await serve(clock, make_config, source_ip_requests_per_hour=3)
+    try:
+        assert (await call(session, emu, chat(), key=KEY_A))[0] == 200
+        assert (await call(session, emu, chat(), key=KEY_A2))[0] == 200
+        assert (await call(session, emu, chat(), key=KEY_B))[0] == 200
+        status, headers, body = await call(session, emu, chat(), key=KEY_B)
+        assert status == 429 and body["error"]["type"] == "requests"
+        assert body["error"]["message"].startswith(
+            "Rate limit reached for requests per hour (RPH) from your IP address: "
+            "Limit 3, Used 3, Requested 1. Please try again in 20m0s."
+        )
+        assert headers["retry-after"] == "1200"
+        assert emu.stats()["accounts"]["b"]["models"]["o1"]["rejected"]["source_ip"] == 1
+        clock.advance(1200)
+        assert (await call(session, emu, chat(), key=KEY_B))[0] == 200
+    finally:
+        await emu.close()

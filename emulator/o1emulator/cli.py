@@ -17,8 +17,12 @@ request caps like OpenAI does, with OpenAI's headers and error bodies, determini
 model and fault injection.
 
 Without --config it serves an embedded default: accounts acct-a (keys sk-emu-acct-a-key-1,
-sk-emu-acct-a-key-2) and acct-b (key sk-emu-acct-b-key-1) with limits for o1, o1-mini, gpt-4o and
-text-embedding-3-small. The first line on stdout is the URL it listens on.
+sk-emu-acct-a-key-2) and acct-b (key sk-emu-acct-b-key-1) with limits for o1, o1-mini, o1-preview,
+o3-mini, gpt-4o, gpt-4o-mini and text-embedding-3-small (see --print-config). The first line on
+stdout is the URL it listens on; --port 0 picks a free port.
+
+  o1pool emulator --port 0
+  o1pool emulator --config examples/emulator.yaml --latency-scale 1 --penalty
 
 Admin (no key needed): GET /admin/stats, POST /admin/reset, GET|POST|DELETE /admin/faults.
 See docs/emulator.md for the config file and the stats JSON."""

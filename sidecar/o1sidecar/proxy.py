@@ -33,7 +33,14 @@ from o1sidecar.upstream import AccountRoute, UpstreamKey
 log = logging.getLogger("o1sidecar.proxy")
 
 CLIENT_CLOSED = 499
-PASSED_RESPONSE_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version", "openai-model")
+PASSED_RESPONSE_HEADERS = (
+    "x-request-id",
+    "openai-processing-ms",
+    "openai-version",
+    "openai-model",
+    "retry-after",
+    "retry-after-ms",
+)
 
 
 @dataclass
@@ -470,6 +477,18 @@ class Proxy:
 
     def _exhausted(self, attempt: Attempt | None, models: list[str]) -> ProxyError:
         reason = attempt.reason if attempt else "no attempt"
+        if attempt is not None and attempt.outcome is Outcome.RATE_LIMITED:
+            retry_after = attempt.headers.get("retry-after", "1")
+            return ProxyError(
+                429,
+                f"The upstream kept answering 429 for every model tried ({', '.join(models)}) until the "
+                "request's deadline or retry budget ran out, although the sidecar waited for admission "
+                "each time; other clients are probably using the same accounts. Retry later or allow a "
+                "longer x-o1pool-deadline-ms.",
+                type="rate_limit_exceeded",
+                code="upstream_rate_limited",
+                headers={"retry-after": retry_after},
+            )
         timed_out = attempt is not None and attempt.outcome is Outcome.TIMEOUT
         return ProxyError(
             504 if timed_out else 502,

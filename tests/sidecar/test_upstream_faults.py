@@ -207,3 +207,30 @@ async def test_missing_or_lying_rate_limit_headers_do_not_hurt(
         )
         assert completion.choices
     assert faults(emulator, "o1").get(kind) == 3
+
+
+async def test_upstream_429_is_not_retried_blindly(
+    make_sidecar: SidecarFactory, make_emulator: EmulatorFactory
+) -> None:
+    upstream = await make_emulator(
+        accounts=[
+            {
+                "name": "acct-a",
+                "keys": [
+                    {"name": "a1", "key": "sk-emu-acct-a-key-1"},
+                    {"name": "a2", "key": "sk-emu-acct-a-key-2"},
+                ],
+                "models": {"o1": {"rpm": 1, "tpm": 50_000_000}},
+            },
+        ],
+    )
+    handle = await make_sidecar(upstream=upstream, cache={"enabled": False})  # believes 10 000 RPM
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    await client.chat.completions.create(model="o1", messages=USER)
+    with pytest.raises(openai.RateLimitError) as err:
+        await client.chat.completions.create(
+            model="o1", messages=USER, extra_headers={"x-o1pool-deadline-ms": "1500"}
+        )
+    assert int(err.value.response.headers["retry-after"]) >= 1
+    rejected = upstream.stats()["accounts"]["acct-a"]["models"]["o1"]["rejected"]
+    assert rejected["requests"] == 1, "the sidecar hit the upstream again instead of waiting out the 429"

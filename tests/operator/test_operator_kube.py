@@ -37,6 +37,7 @@ SERVICE_ACCOUNT = "o1pool"  # the chart's fullname for release "o1pool"
 BASIC = REPO / "examples" / "o1pool-basic.yaml"
 MULTI = REPO / "examples" / "o1pool-multi-account.yaml"
 WAIT = 30.0
+GC_WAIT = 90.0
 
 
 @dataclass
@@ -382,7 +383,8 @@ def test_pool_lifecycle_render_rotate_remove_update_delete(
     leaks = [(where, v[:12]) for where, text in visible.items() for v in values if v in text]
     assert leaks == []
 
-    # Deleting the pool: the garbage collector removes what it owns.
+    # Deleting the pool: the garbage collector removes what it owns. It learns about a new CRD on its
+    # 30 s discovery resync, so a CRD installed moments ago can take up to ~40 s here.
     kube.kubectl("delete", "o1pool", "research", "-n", ns, "--wait=true", "--timeout=30s")
     wait_for(
         "garbage collection",
@@ -390,6 +392,7 @@ def test_pool_lifecycle_render_rotate_remove_update_delete(
             read_optional(lambda: core.read_namespaced_config_map("research-o1pool-config", ns)) is None
             and read_optional(lambda: core.read_namespaced_secret("research-o1pool-keys", ns)) is None
         ),
+        timeout=GC_WAIT,
     )
 
 

@@ -139,6 +139,7 @@ class Proxy:
             m for m in [requested, *self.config.fallback.chains.get(requested, [])] if m in self._accounts_for
         ]
         if not models:
+            served.model = ""  # not a metric label: any string a client sends would become a series
             return self._finish(self._unknown_model(requested), served, started)
         if models[0] != requested:
             served.degraded = True

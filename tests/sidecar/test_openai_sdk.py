@@ -130,6 +130,12 @@ async def test_unknown_model_is_404_naming_the_pool_models(sidecar: SidecarHandl
     with pytest.raises(openai.NotFoundError) as err:
         await client.chat.completions.create(model="gpt-2", messages=USER)
     assert "gpt-4o" in err.value.message and "not served by this pool" in err.value.message
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(sidecar.metrics_url) as response:
+        metrics = await response.text()
+    assert "gpt-2" not in metrics
+    assert 'o1_api_requests_total{key="-",model="-",status="404"} 1.0' in metrics
 
 
 async def test_cache_hit_on_repeat_and_stream_replay(

@@ -24,7 +24,7 @@ from o1sidecar.inbound import CHAT, RESPONSES, Endpoint
 from o1sidecar.limits.api import Demand, Grant, Limiter, NoCapacity, QueueFull, QueueTimeout, UpstreamReport
 from o1sidecar.metrics import NO_KEY, SidecarMetrics
 from o1sidecar.plan import Action, Outcome, PlanState, classify, next_step
-from o1sidecar.reports import build_report, failure_report
+from o1sidecar.reports import build_report, error_from_body, failure_report, usage_from_body
 from o1sidecar.streaming import ChatStreamRelay, ResponsesStreamRelay, replay_chat_completion, sse_events
 from o1sidecar.tokens import TokenCounter, count_messages
 from o1sidecar.truncation import parse_context_error, target_tokens, truncate_messages
@@ -265,7 +265,8 @@ class Proxy:
                         )
                         return Attempt(Outcome.OK, 200), response
                     data = await up.read()
-                    error, usage = _error_and_usage(data, up.status)
+                    error = error_from_body(data) if up.status >= 400 else None
+                    usage = usage_from_body(data) if up.status < 300 else None
                     report = build_report(up.status, up.headers, usage=usage, error=error)
                     attempt = Attempt(
                         classify(up.status, (error or {}).get("code")),
@@ -500,18 +501,3 @@ class Proxy:
             code="upstream_unavailable",
             headers={"x-should-retry": "false"},
         )
-
-
-def _error_and_usage(data: bytes, status: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """``error`` object of a failed answer, ``usage`` of a successful one; ``None`` when absent."""
-    try:
-        parsed = json.loads(data)
-    except ValueError:
-        return None, None
-    if not isinstance(parsed, dict):
-        return None, None
-    if status >= 400:
-        error = parsed.get("error")
-        return (error if isinstance(error, dict) else None), None
-    usage = parsed.get("usage")
-    return None, (usage if isinstance(usage, dict) else None)

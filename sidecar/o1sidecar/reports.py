@@ -6,6 +6,7 @@ becomes ``None`` so the limiter keeps its own view.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -87,6 +88,42 @@ def usage_tokens(usage: Mapping[str, Any] | None) -> int | None:
     parts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")]
     numbers = [p for p in parts if isinstance(p, int)]
     return sum(numbers) if numbers else None
+
+
+_DECODER = json.JSONDecoder()
+_USAGE_KEY = b'"usage"'
+
+
+def usage_from_body(data: bytes) -> dict[str, Any] | None:
+    """The top-level ``usage`` of a successful JSON answer. Reads only the tail from the last
+    ``"usage"`` key on (it comes last, after the answer), and parses the whole body only when that
+    does not give a usage object."""
+    at = data.rfind(_USAGE_KEY)
+    if at >= 0:
+        colon = data.find(b":", at + len(_USAGE_KEY))
+        try:
+            tail = data[colon + 1 :].decode().lstrip()
+            usage, _ = _DECODER.raw_decode(tail)
+        except ValueError:
+            usage = None
+        if isinstance(usage, dict) and usage_tokens(usage) is not None:
+            return usage
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return None
+    usage = parsed.get("usage") if isinstance(parsed, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def error_from_body(data: bytes) -> dict[str, Any] | None:
+    """The ``error`` object of a failed answer, if it has one."""
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return error if isinstance(error, dict) else None
 
 
 def build_report(

@@ -20,7 +20,7 @@ from o1sidecar.controls import parse_controls
 from o1sidecar.encodings import get_encoding
 from o1sidecar.errors import ProxyError
 from o1sidecar.plan import Action, Outcome, PlanState, backoff_s, classify, next_step
-from o1sidecar.reports import build_report, parse_duration
+from o1sidecar.reports import build_report, error_from_body, parse_duration, usage_from_body
 from o1sidecar.streaming import ChatStreamRelay, ResponsesStreamRelay, replay_chat_completion
 from o1sidecar.tokens import (
     TokenCounter,
@@ -451,3 +451,30 @@ def test_replay_of_a_cached_completion() -> None:
     assert all(
         "usage" not in c for c in (json.loads(e[6:]) for e in replay_chat_completion(completion, False)[:-1])
     )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "id": "x",
+            "choices": [{"message": {"content": 'he said "usage": {"total_tokens": 1}'}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        },
+        {"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}, "choices": []},
+        {
+            "object": "list",
+            "data": [{"embedding": [0.1] * 50}],
+            "usage": {"prompt_tokens": 7, "total_tokens": 7},
+        },
+    ],
+)
+def test_usage_from_body(body: dict) -> None:
+    for data in (json.dumps(body).encode(), json.dumps(body, separators=(",", ":")).encode()):
+        assert usage_from_body(data) == body["usage"]
+
+
+def test_usage_from_body_without_usage() -> None:
+    assert usage_from_body(b'{"id": "x", "usage": null}') is None
+    assert usage_from_body(b"not json") is None
+    assert error_from_body(b'{"error": {"message": "m", "code": "c"}}') == {"message": "m", "code": "c"}

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,33 +76,33 @@ def chart(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Char
 class Operator:
     proc: subprocess.Popen[bytes]
     log: Path
+    liveness_port: int
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
 
-def start_operator(kube: Kube, chart: Chart, namespace: str, log: Path, *extra: str) -> Operator:
-    """``o1pool operator --namespace NS`` as the chart's ServiceAccount, with debug logging."""
+def start_operator(kube: Kube, kubeconfig: Path, namespace: str, log: Path, *extra: str) -> Operator:
+    """``o1pool operator --namespace NS`` with ``kubeconfig`` (a ServiceAccount's), at debug level."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "o1pool.cli",
+        "operator",
+        "--namespace",
+        namespace,
+        "--kubeconfig",
+        str(kubeconfig),
+        "--verbose",
+        f"--liveness=http://127.0.0.1:{port}/healthz",
+        *extra,
+    ]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "o1pool.cli",
-                "operator",
-                "--namespace",
-                namespace,
-                "--kubeconfig",
-                str(chart.sa_kubeconfig),
-                "--verbose",
-                *extra,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=kube.env(chart.sa_kubeconfig),
-            cwd=REPO,
+            argv, stdout=out, stderr=subprocess.STDOUT, env=kube.env(kubeconfig), cwd=REPO
         )
-    return Operator(proc=proc, log=log)
+    return Operator(proc=proc, log=log, liveness_port=port)
 
 
 def stop_operator(running: Operator) -> None:
@@ -117,7 +118,7 @@ def stop_operator(running: Operator) -> None:
 
 @pytest.fixture
 def operator(kube: Kube, chart: Chart, kube_namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    running = start_operator(kube, chart, kube_namespace, tmp_path / "operator.log")
+    running = start_operator(kube, chart.sa_kubeconfig, kube_namespace, tmp_path / "operator.log")
     yield running
     stop_operator(running)
 
@@ -422,6 +423,50 @@ def test_missing_secret_then_created(
     printed = kube.kubectl("get", "o1pools", "-n", ns).stdout
     header, row = printed.splitlines()[:2]
     assert header.split()[:3] == ["NAME", "READY", "ACCOUNTS"] and row.split()[:3] == ["basic", "True", "1"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=5) as probe:
+        assert probe.status == 200
+
+
+def test_namespaced_install_needs_no_cluster_wide_rights(
+    kube: Kube, chart: Chart, api: client.ApiClient, kube_namespace: str, tmp_path: Path
+) -> None:
+    """watchNamespaces=[NS]: a Role in NS only; the operator still serves NS (the CRD came with ``chart``)."""
+    ns, release = kube_namespace, "scoped"
+    kube.helm(
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        chart.namespace,
+        "--wait=false",
+        "--set",
+        "webhook.enabled=false",
+        "--set",
+        f"watchNamespaces[0]={ns}",
+        "--skip-crds",
+    )
+    try:
+        kubeconfig = kube.service_account_kubeconfig(
+            chart.namespace, f"{release}-o1pool", path=tmp_path / "scoped.kubeconfig"
+        )
+        other = kube.kubectl(
+            "auth", "can-i", "list", "secrets", "-n", chart.namespace, kubeconfig=kubeconfig, check=False
+        )
+        assert other.stdout.strip() == "no"
+        running = start_operator(kube, kubeconfig, ns, tmp_path / "operator.log")
+        try:
+            pool = yaml.safe_load(BASIC.read_text())
+            create_secrets(api, ns, fake_secrets(pool["spec"]))
+            kube.kubectl("apply", "-n", ns, "-f", str(BASIC))
+            wait_for(
+                "pool Ready",
+                lambda: condition(get_pool(api, ns, "basic"), "Ready").get("status") == "True",
+                running,
+            )
+        finally:
+            stop_operator(running)
+    finally:
+        kube.helm("uninstall", release, "--namespace", chart.namespace, check=False)
 
 
 def test_webhook_injects_the_sidecar(
@@ -432,7 +477,7 @@ def test_webhook_injects_the_sidecar(
     port = free_port()
     running = start_operator(
         kube,
-        chart,
+        chart.sa_kubeconfig,
         ns,
         tmp_path / "operator.log",
         f"--webhook-port={port}",

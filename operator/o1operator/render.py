@@ -11,7 +11,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -131,23 +131,24 @@ def _encode(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
+def _key_problem(ref: Mapping[str, str], secrets: SecretsData) -> str | None:
+    data = secrets.get(ref["name"])
+    if data is None:
+        return "SecretNotFound"
+    if ref["key"] not in data:
+        return "SecretKeyNotFound"
+    if not (_decode(data[ref["key"]]) or "").strip():
+        return "KeyEmpty"
+    return None
+
+
 def get_key_states(spec: Mapping[str, Any], secrets: SecretsData) -> tuple[KeyState, ...]:
-    states = []
-    for account in spec.get("accounts", []):
-        for key in account.get("keys", []):
-            ref = key["secretKeyRef"]
-            state = KeyState(account["name"], key["name"], ref["name"], ref["key"])
-            data = secrets.get(ref["name"])
-            if data is None:
-                problem: str | None = "SecretNotFound"
-            elif ref["key"] not in data:
-                problem = "SecretKeyNotFound"
-            elif not (_decode(data[ref["key"]]) or "").strip():
-                problem = "KeyEmpty"
-            else:
-                problem = None
-            states.append(KeyState(**{**vars(state), "problem": problem}))
-    return tuple(states)
+    return tuple(
+        KeyState(account["name"], key["name"], ref["name"], ref["key"], _key_problem(ref, secrets))
+        for account in spec.get("accounts", [])
+        for key in account.get("keys", [])
+        for ref in [key["secretKeyRef"]]
+    )
 
 
 def _secret_value(ref: Mapping[str, str], secrets: SecretsData, field_path: str) -> str:
@@ -309,7 +310,7 @@ def render(pool: Mapping[str, Any], secrets: SecretsData) -> Rendering:
     )
 
     def failed(reason: str, message: str) -> Rendering:
-        return Rendering(**{**vars(base), "error": RenderError(reason, message)})
+        return replace(base, error=RenderError(reason, message))
 
     if not ready_accounts:
         problems = "; ".join(k.describe_problem() for k in keys if not k.ready)
@@ -325,14 +326,8 @@ def render(pool: Mapping[str, Any], secrets: SecretsData) -> Rendering:
         return failed("InvalidConfig", str(exc))
     config_yaml = config.to_yaml()
     key_data = {k.file_name: secrets[k.secret][k.secret_key] for k in keys if k.ready} | extra
-    return Rendering(
-        **{
-            **vars(base),
-            "config_yaml": config_yaml,
-            "key_data": key_data,
-            "config_hash": get_config_hash(config_yaml, key_data),
-        }
-    )
+    config_hash = get_config_hash(config_yaml, key_data)
+    return replace(base, config_yaml=config_yaml, key_data=key_data, config_hash=config_hash)
 
 
 def owner_reference(pool: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from o1sidecar.upstream import AccountRoute, UpstreamKey
 log = logging.getLogger("o1sidecar.proxy")
 
 CLIENT_CLOSED = 499
+# Client headers that change what the upstream does and carry nothing of the app's identity.
+FORWARDED_REQUEST_HEADERS = ("OpenAI-Beta", "X-Request-Id")
 PASSED_RESPONSE_HEADERS = (
     "x-request-id",
     "openai-processing-ms",
@@ -253,6 +255,10 @@ class Proxy:
         been (or is being) answered, or ``None`` with the attempt for the plan to decide."""
         assert self.session is not None
         headers = {"Content-Type": "application/json", **route.auth_headers(key)}
+        for name in FORWARDED_REQUEST_HEADERS:
+            value = request.headers.get(name)
+            if value is not None:
+                headers[name] = value
         report: UpstreamReport | None = failure_report()
         try:
             try:

@@ -234,3 +234,10 @@ async def test_upstream_429_is_not_retried_blindly(
     assert int(err.value.response.headers["retry-after"]) >= 1
     rejected = upstream.stats()["accounts"]["acct-a"]["models"]["o1"]["rejected"]
     assert rejected["requests"] == 1, "the sidecar hit the upstream again instead of waiting out the 429"
+
+
+async def test_model_no_account_serves_goes_straight_to_its_fallback(make_sidecar: SidecarFactory) -> None:
+    handle = await make_sidecar(fallback={"chains": {"o1-preview": ["o1"]}})
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(model="o1-preview", messages=USER)
+    assert raw.headers["x-o1pool-model"] == "o1" and raw.headers["x-o1pool-degraded"] == "true"

@@ -82,6 +82,8 @@ class TokenCounter:
         """The TPM charge to reserve: never below what the upstream charges (its chars/4 estimate),
         so a shared limiter cannot under-count."""
         prompt = max(self.prompt(endpoint, model, body), upstream_prompt_estimate(body))
+        if endpoint == "embeddings":
+            return prompt  # no completion: the input is the whole charge
         return admission_charge(prompt, requested_max_tokens(body), choices_of(body), policy)
 
 

@@ -174,6 +174,22 @@ def test_unknown_models_use_bytes_over_four() -> None:
     assert TokenCounter().counter_for("mystery")("abcdefghi") == bytes_estimate("abcdefghi") == 3
 
 
+@given(
+    st.one_of(
+        st.text(max_size=300),
+        st.lists(st.text(max_size=40), min_size=1, max_size=5),
+        st.lists(st.integers(0, 50_000), min_size=1, max_size=20),
+    )
+)
+def test_embeddings_charge_is_the_input_and_never_below_the_emulators(items: object) -> None:
+    body = {"model": "text-embedding-3-small", "input": items}
+    ours = TokenCounter().charge("embeddings", "text-embedding-3-small", body, TokenPolicy())
+    assert ours >= emulator_charge.prompt_estimate(body)
+    assert (
+        ours < TokenPolicy().default_max_tokens or ours == emulator_charge.prompt_estimate(body) or ours > 0
+    )
+
+
 def test_admission_charge_rules() -> None:
     assert admission_charge(100, 50, 1, TokenPolicy(charge="max")) == 100
     assert admission_charge(100, 500, 2, TokenPolicy(charge="max")) == 1000

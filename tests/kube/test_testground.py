@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -12,8 +13,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.kube import testground
 from tests.kube.fixtures import Kube
 from tests.kube.testground import BUILD_COMMAND, BUILD_SCRIPT, ControlPlaneNotBuilt, find_binaries
+from tests.kube.testground import free_port as real_free_port
 
 
 def pinned_versions() -> dict[str, str]:
@@ -125,7 +128,34 @@ def test_rbac_denies_a_service_account_until_a_role_is_bound(kube: Kube, kube_na
 
 
 @pytest.mark.kube
+def test_builtin_view_cluster_role_is_aggregated(kube: Kube) -> None:
+    def view_has_rules() -> bool:
+        role = json.loads(kube.kubectl("get", "clusterrole", "view", "-o", "json").stdout)
+        return bool(role.get("rules"))
+
+    eventually(view_has_rules, "aggregation of rules into ClusterRole view", timeout=30)
+
+
+@pytest.mark.kube
 def test_helm_runs_against_the_api_server(kube: Kube, kube_namespace: str) -> None:
     version = kube.helm("version", "--short").stdout.strip()
     assert version.startswith(pinned_versions()["helm"])
     assert json.loads(kube.helm("list", "-n", kube_namespace, "-o", "json").stdout) == []
+
+
+@pytest.mark.kube
+def test_start_picks_new_ports_when_one_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken])
+        monkeypatch.setattr(testground, "free_port", lambda: next(ports, None) or real_free_port())
+        plane = testground.ControlPlane(binaries=find_binaries())
+        plane.start()
+        try:
+            assert plane.etcd_port != taken
+            assert (plane.workdir / "etcd.log").read_text().count("address already in use") >= 1
+        finally:
+            plane.stop()
+    assert not plane.workdir.exists()

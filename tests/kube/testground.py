@@ -166,8 +166,8 @@ class ControlPlane:
         try:
             self.pki = generate_pki(self.workdir / "pki")
             self.admin_kubeconfig = self.workdir / "admin.kubeconfig"
-            self._start_etcd()
-            self._start_apiserver()
+            self._retry_on_port_clash(self._start_etcd)
+            self._retry_on_port_clash(self._start_apiserver)
             self._start_controller_manager()
             self._wait_for_default_service_account()
         except BaseException:
@@ -182,9 +182,20 @@ class ControlPlane:
         if not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def _retry_on_port_clash(self, start: Callable[[], None], attempts: int = 3) -> None:
+        """Run ``start`` again with new ports if another process took a port we picked in between."""
+        for attempt in range(1, attempts + 1):
+            try:
+                start()
+                return
+            except ControlPlaneStartError as error:
+                if attempt == attempts or "address already in use" not in str(error):
+                    raise
+                self._processes.pop().stop()
+
     def _spawn(self, name: str, argv: list[str]) -> _Process:
         log_path = self.workdir / f"{name}.log"
-        log_file = log_path.open("wb")
+        log_file = log_path.open("ab")
         popen = subprocess.Popen(
             argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=clean_env(), cwd=self.workdir, preexec_fn=_die_with_parent,

@@ -185,9 +185,15 @@ def test_embeddings_charge_is_the_input_and_never_below_the_emulators(items: obj
     body = {"model": "text-embedding-3-small", "input": items}
     ours = TokenCounter().charge("embeddings", "text-embedding-3-small", body, TokenPolicy())
     assert ours >= emulator_charge.prompt_estimate(body)
-    assert (
-        ours < TokenPolicy().default_max_tokens or ours == emulator_charge.prompt_estimate(body) or ours > 0
+    assert ours == max(
+        TokenCounter().embeddings_input("text-embedding-3-small", body), emulator_charge.prompt_estimate(body)
     )
+
+
+def test_embeddings_are_charged_their_input_only() -> None:
+    body = {"model": "text-embedding-3-small", "input": "hello world"}
+    # cl100k gives 2 tokens; OpenAI's characters/4 estimate gives 3; no completion budget is added
+    assert TokenCounter().charge("embeddings", "text-embedding-3-small", body, TokenPolicy()) == 3
 
 
 def test_admission_charge_rules() -> None:

@@ -10,10 +10,12 @@ import argparse
 import asyncio
 import os
 import sys
+from typing import Any
 
 import kopf
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
+SIDECAR_COUNT_INTERVAL_S = 15.0
 DEFAULT_SIDECAR_IMAGE = "ghcr.io/o1pool/o1pool-sidecar:0.1.0"
 
 
@@ -59,6 +61,13 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("O1POOL_SIDECAR_IMAGE", DEFAULT_SIDECAR_IMAGE),
         help="image injected when a pool sets none (default: $O1POOL_SIDECAR_IMAGE or %(default)s)",
     )
+    p.add_argument(
+        "--sidecar-count-interval",
+        type=float,
+        default=SIDECAR_COUNT_INTERVAL_S,
+        metavar="SECONDS",
+        help="how often status.liveSidecars is counted from Redis heartbeats (default %(default)s)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (never logs key values)")
     return p
 
@@ -75,6 +84,17 @@ def _default_namespace(kubeconfig: str | None) -> str:
     except config.ConfigException:
         return "default"
     return str(context.get("context", {}).get("namespace") or "default")
+
+
+async def run(count_interval_s: float, memo: kopf.Memo, **operator_options: Any) -> None:
+    """kopf's operator, plus the loop that counts live sidecars, until kopf stops (on a signal)."""
+    from o1operator.sidecars import count_forever
+
+    counter = asyncio.create_task(count_forever(memo.kube, memo.probes, count_interval_s))
+    try:
+        await kopf.operator(memo=memo, **operator_options)
+    finally:
+        counter.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,15 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # config errors: say which file, not a traceback
         print(f"o1pool operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
+    memo.probes = {}
     try:
         asyncio.run(
-            kopf.operator(
+            run(
+                args.sidecar_count_interval,
+                memo,
                 clusterwide=args.all_namespaces,
                 namespaces=namespaces,
                 standalone=args.peering is None,
                 peering_name=args.peering,
                 liveness_endpoint=args.liveness,
-                memo=memo,
             )
         )
     except KeyboardInterrupt:

@@ -43,7 +43,7 @@ def pools_by_secret(
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def pool_changed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    reconcile_pool(memo.kube, body, post_event, logger)
+    reconcile_pool(memo.kube, body, post_event, logger, memo.probes)
 
 
 @kopf.on.event("", "v1", "secrets")
@@ -62,4 +62,4 @@ def secret_changed(
         pool = memo.kube.get_pool(namespace, pool_name)
         if pool is not None:
             logger.info("Secret %s %s: re-rendering O1Pool %s", name, type.lower(), pool_name)
-            reconcile_pool(memo.kube, pool, post_event, logger)
+            reconcile_pool(memo.kube, pool, post_event, logger, memo.probes)

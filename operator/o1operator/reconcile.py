@@ -9,6 +9,7 @@ from typing import Any
 
 from o1operator.kube import Kube
 from o1operator.render import get_config_map, get_key_secret, referenced_secrets, render
+from o1operator.sidecars import Probes, get_sidecar_probe
 from o1operator.status import KEYS_READY, get_status
 
 # (pool, type, reason, message) -> None; kopf.event in the operator, a list in tests.
@@ -44,6 +45,7 @@ def reconcile_pool(
     pool: Mapping[str, Any],
     post_event: PostEvent,
     logger: logging.Logger,
+    probes: Probes | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> dict[str, Any]:
     """Bring the pool's ConfigMap, Secret and status in line with its spec and Secrets; returns the status."""
@@ -54,6 +56,12 @@ def reconcile_pool(
     if rendering.error is None:
         kube.apply(get_config_map(pool, rendering))
         kube.apply(get_key_secret(pool, rendering))
+        if probes is not None:
+            probe = get_sidecar_probe(rendering)
+            if probe is None:
+                probes.pop((namespace, name), None)
+            else:
+                probes[namespace, name] = probe
     status = get_status(pool, rendering, now())
     kube.patch_status(namespace, name, status)
     for type_, reason, message in get_events(pool.get("status") or {}, status):

@@ -24,7 +24,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from o1sidecar.config import SidecarConfig
+from redis import Redis
 
+from tests.conftest import RedisServer
 from tests.kube.fixtures import Kube
 from tests.kube.pki import generate_pki
 from tests.kube.testground import free_port
@@ -557,4 +559,47 @@ def test_webhook_injects_the_sidecar(
         kube.kubectl(
             "delete", "mutatingwebhookconfiguration", webhook_name, "--ignore-not-found", check=False
         )
+        stop_operator(running)
+
+
+def test_live_sidecars_are_counted_from_redis_heartbeats(
+    kube: Kube,
+    chart: Chart,
+    api: client.ApiClient,
+    kube_namespace: str,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    ns = kube_namespace
+    running = start_operator(
+        kube, chart.sa_kubeconfig, ns, tmp_path / "operator.log", "--sidecar-count-interval=0.3"
+    )
+    try:
+        pool = yaml.safe_load(BASIC.read_text())
+        pool["spec"]["redis"] = {"url": redis_server.url, "keyPrefix": "t"}
+        create_secrets(api, ns, fake_secrets(pool["spec"]))
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pool))
+
+        heartbeats = f"{{t:{ns}/basic}}:sidecars"  # as the sidecars write it (o1sidecar.limits.keys)
+        redis = Redis.from_url(redis_server.url)
+
+        def live_after_beats(live: list[str], count: int) -> Callable[[], bool]:
+            """Heartbeats (on Redis time) from ``live`` and one long-dead sidecar, then check the count."""
+
+            def probe() -> bool:
+                seconds, micros = redis.time()
+                now = seconds + micros / 1e6
+                redis.zadd(heartbeats, {**dict.fromkeys(live, now), "gone": now - 60})
+                return get_pool(api, ns, "basic").get("status", {}).get("liveSidecars") == count
+
+            return probe
+
+        try:
+            wait_for("liveSidecars 2", live_after_beats(["sidecar-a", "sidecar-b"], 2), running)
+            wait_for("liveSidecars 3", live_after_beats(["sidecar-a", "sidecar-b", "sidecar-c"], 3), running)
+        finally:
+            redis.close()
+        row = kube.kubectl("get", "o1pool", "basic", "-n", ns, "--no-headers").stdout.split()
+        assert row[:4] == ["basic", "True", "1", "3"]
+    finally:
         stop_operator(running)

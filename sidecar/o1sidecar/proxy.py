@@ -328,13 +328,15 @@ class Proxy:
         try:
             async for event in sse_events(up.content):
                 out = relay.feed(event)
-                if out is not None:
+                if out is None:
+                    continue
+                try:
                     await response.write(out)
+                except ConnectionError:
+                    log.info("client of %s went away during the stream", served.model)
+                    return response, UpstreamReport(status=CLIENT_CLOSED, usage_tokens=None)
         except (TimeoutError, aiohttp.ClientError) as exc:
             return response, await self._stream_cut(response, served, type(exc).__name__)
-        except ConnectionError:
-            log.info("client of %s went away during the stream", served.model)
-            return response, failure_report(200)
         if not relay.finished:
             return response, await self._stream_cut(response, served, "ended before its last event")
         await response.write_eof()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import openai
 import pytest
 from o1emulator.embedded import EmulatorHandle
@@ -130,8 +131,6 @@ async def test_unknown_model_is_404_naming_the_pool_models(sidecar: SidecarHandl
     with pytest.raises(openai.NotFoundError) as err:
         await client.chat.completions.create(model="gpt-2", messages=USER)
     assert "gpt-4o" in err.value.message and "not served by this pool" in err.value.message
-    import aiohttp
-
     async with aiohttp.ClientSession() as session, session.get(sidecar.metrics_url) as response:
         metrics = await response.text()
     assert "gpt-2" not in metrics
@@ -202,11 +201,41 @@ async def test_stream_is_passed_through_as_it_comes(
 
 
 async def test_health_and_readiness(sidecar: SidecarHandle) -> None:
-    import aiohttp
-
     root = sidecar.url.removesuffix("/v1")
     async with aiohttp.ClientSession() as session:
         async with session.get(root + "/healthz") as r:
             assert r.status == 200
         async with session.get(root + "/readyz") as r:
             assert r.status == 200 and (await r.json())["limiter"] == "local"
+
+
+async def test_client_leaving_mid_stream_is_not_an_upstream_failure(
+    make_sidecar: SidecarFactory, make_emulator: EmulatorFactory
+) -> None:
+    upstream = await make_emulator(
+        latency_scale=1.0,
+        stream_chunk_tokens=1,
+        models={"gpt-4o": {"output_tokens": [40, 40], "latency": {"ttft_ms": 0, "tokens_per_s": 40}}},
+    )
+    handle = await make_sidecar(upstream=upstream)
+    reports = []
+    limiter = handle.proxy.limiter
+    original = limiter.release
+
+    async def spy(grant, report):  # type: ignore[no-untyped-def]
+        reports.append(report)
+        await original(grant, report)
+
+    limiter.release = spy  # type: ignore[method-assign]
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x")
+    stream = await client.chat.completions.create(model="gpt-4o", messages=USER, stream=True)
+    async for _chunk in stream:
+        break
+    await stream.close()
+    for _ in range(100):
+        if reports:
+            break
+        await asyncio.sleep(0.02)
+    assert len(reports) == 1 and reports[0].status == 499 and not reports[0].failed
+    async with aiohttp.ClientSession() as session, session.get(handle.metrics_url) as response:
+        assert "stream_cut" not in await response.text()

@@ -429,10 +429,20 @@ class Proxy:
         return response
 
     def _observe(self, status: int, served: Served, started: float, cached: bool = False) -> None:
+        elapsed = time.monotonic() - started
         self.metrics.requests.labels(str(status), served.model or NO_KEY, served.key).inc()
-        self.metrics.duration.labels(served.model or NO_KEY, "true" if cached else "false").observe(
-            time.monotonic() - started
-        )
+        self.metrics.duration.labels(served.model or NO_KEY, "true" if cached else "false").observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%d %s via %s in %.1f ms (queued %.1f ms, cache %s, degraded %s)",
+                status,
+                served.model or "-",
+                served.key,
+                elapsed * 1000,
+                served.waited_s * 1000,
+                served.cache,
+                served.degraded,
+            )
 
     def _note_failure(self, key: UpstreamKey, model: str, reason: str) -> None:
         self.metrics.upstream_failures.labels(key.label, model, reason).inc()

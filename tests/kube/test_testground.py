@@ -144,6 +144,27 @@ def test_helm_runs_against_the_api_server(kube: Kube, kube_namespace: str) -> No
 
 
 @pytest.mark.kube
+def test_helm_installs_a_chart_that_requires_the_server_version(
+    kube: Kube, kube_namespace: str, tmp_path: Path
+) -> None:
+    minor = pinned_versions()["kubernetes"].split(".")[1]
+    chart = tmp_path / "smoke"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text(
+        f"apiVersion: v2\nname: smoke\nversion: 0.1.0\nkubeVersion: '>=1.{minor}.0-0'\n"
+    )
+    (chart / "templates" / "configmap.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: smoke\n"
+        "data:\n  kube: {{ .Capabilities.KubeVersion.Version | quote }}\n"
+    )
+    kube.helm("install", "smoke", str(chart), "-n", kube_namespace)
+    data = json.loads(kube.kubectl("get", "configmap", "smoke", "-n", kube_namespace, "-o", "json").stdout)
+    assert data["data"]["kube"] == pinned_versions()["kubernetes"]
+    kube.helm("uninstall", "smoke", "-n", kube_namespace)
+    assert not configmap_exists(kube, kube_namespace, "smoke")
+
+
+@pytest.mark.kube
 def test_start_picks_new_ports_when_one_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))

@@ -603,3 +603,27 @@ def test_live_sidecars_are_counted_from_redis_heartbeats(
         assert row[:4] == ["basic", "True", "1", "3"]
     finally:
         stop_operator(running)
+
+
+def test_webhook_certificate_survives_helm_upgrade(
+    kube: Kube, chart: Chart, api: client.ApiClient, kube_namespace: str
+) -> None:
+    """helm generates the webhook's CA and certificate on install and must reuse them on upgrade."""
+    release, ns = "certs", chart.namespace
+    scope = ["--set", f"watchNamespaces[0]={kube_namespace}", "--skip-crds"]
+    kube.helm("install", release, str(CHART), "--namespace", ns, "--wait=false", *scope)
+    try:
+
+        def tls() -> tuple[str, str]:
+            secret = client.CoreV1Api(api).read_namespaced_secret(f"{release}-o1pool-webhook-tls", ns)
+            config = client.AdmissionregistrationV1Api(api).read_mutating_webhook_configuration(
+                f"{ns}-{release}-o1pool"
+            )
+            assert secret.data["ca.crt"] == config.webhooks[0].client_config.ca_bundle
+            return secret.data["ca.crt"], secret.data["tls.crt"]
+
+        before = tls()
+        kube.helm("upgrade", release, str(CHART), "--namespace", ns, "--wait=false", *scope)
+        assert tls() == before
+    finally:
+        kube.helm("uninstall", release, "--namespace", ns, check=False)

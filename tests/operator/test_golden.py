@@ -40,6 +40,6 @@ def test_golden_rendering(example: Path) -> None:
 
 def test_golden_files_have_no_strays() -> None:
     expected = {f"{p.stem}.{kind}.yaml" for p in EXAMPLES for kind in ("config", "configmap", "secret")}
-    expected |= {p.name for p in Path(__file__).parent.joinpath("golden").glob("injected-*.yaml")}
+    expected |= {f"injected-{p.stem}.yaml" for p in Path(__file__).parent.joinpath("pods").glob("*.yaml")}
     present = {p.name for p in Path(__file__).parent.joinpath("golden").glob("*.yaml")}
-    assert present == expected, "remove golden files of deleted examples"
+    assert present == expected, "remove golden files of deleted examples or pods"

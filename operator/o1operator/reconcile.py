@@ -12,7 +12,7 @@ from o1operator.render import get_config_map, get_key_secret, referenced_secrets
 from o1operator.sidecars import Probes, get_sidecar_probe
 from o1operator.status import KEYS_READY, get_status
 
-# (pool, type, reason, message) -> None; kopf.event in the operator, a list in tests.
+# (pool, type, reason, message) -> None: posts a Kubernetes event about the pool (kopf.event).
 PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
 
 

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from o1operator import cli as operator_cli
 from o1sidecar.config import SidecarConfig
 from redis import Redis
 
@@ -55,7 +56,7 @@ def chart(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Char
     namespace = f"o1pool-system-{secrets.token_hex(3)}"
     # No in-cluster webhook: no pod runs here to serve it (test_webhook_injects_the_sidecar points a copy
     # of the chart's webhook configuration at a local operator instead).
-    kube.helm(
+    installed = kube.helm(
         "install",
         RELEASE,
         str(CHART),
@@ -66,6 +67,8 @@ def chart(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Char
         "--set",
         "webhook.enabled=false",
     )
+    notes = installed.stdout
+    assert "kubectl apply -f examples/o1pool-basic.yaml" in notes and "kubectl get o1pools" in notes, notes
     kubeconfig = kube.service_account_kubeconfig(
         namespace, SERVICE_ACCOUNT, path=tmp_path_factory.mktemp("sa") / "operator.kubeconfig"
     )
@@ -195,6 +198,10 @@ def test_chart_lints_and_its_manifests_pass_server_side_dry_run(kube: Kube, kube
         ).stdout
         result = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
         kinds = {line.split("/")[0] for line in result.stdout.splitlines()}
+        [deployment] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
+        [container] = deployment["spec"]["template"]["spec"]["containers"]
+        assert container["args"][0] == "operator"
+        operator_cli.parser().parse_args(container["args"][1:])  # the chart passes only flags the CLI has
         expected = {
             "serviceaccount",
             "deployment.apps",

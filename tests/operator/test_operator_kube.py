@@ -429,6 +429,11 @@ def test_missing_secret_then_created(
         operator,
     )
     assert condition(pool, "KeysReady")["status"] == "True"
+    user_secret = client.CoreV1Api(api).read_namespaced_secret("openai-keys", ns).metadata
+    assert not user_secret.annotations and not user_secret.finalizers, (
+        "the operator must not touch user Secrets"
+    )
+    assert all(f.manager != "o1pool-operator" for f in user_secret.managed_fields or [])
     printed = kube.kubectl("get", "o1pools", "-n", ns).stdout
     header, row = printed.splitlines()[:2]
     assert header.split()[:3] == ["NAME", "READY", "ACCOUNTS"] and row.split()[:3] == ["basic", "True", "1"]

@@ -639,3 +639,34 @@ def test_webhook_certificate_survives_helm_upgrade(
         assert tls() == before
     finally:
         kube.helm("uninstall", release, "--namespace", ns, check=False)
+
+
+def test_restarted_operator_catches_up_on_changes_made_while_down(
+    kube: Kube, chart: Chart, api: client.ApiClient, kube_namespace: str, tmp_path: Path
+) -> None:
+    ns = kube_namespace
+    spec = yaml.safe_load(BASIC.read_text())["spec"]
+    create_secrets(api, ns, fake_secrets(spec))
+    kube.kubectl("apply", "-n", ns, "-f", str(BASIC))
+    first = start_operator(kube, chart.sa_kubeconfig, ns, tmp_path / "first.log")
+    try:
+        pool = wait_for(
+            "first render",
+            lambda: (p := get_pool(api, ns, "basic")).get("status", {}).get("configHash") and p,
+            first,
+        )
+    finally:
+        stop_operator(first)
+    rotated = b64("sk-fake-rotated-while-down")
+    client.CoreV1Api(api).patch_namespaced_secret("openai-keys", ns, {"data": {"primary": rotated}})
+    second = start_operator(kube, chart.sa_kubeconfig, ns, tmp_path / "second.log")
+    try:
+        wait_for(
+            "re-render on resume",
+            lambda: get_pool(api, ns, "basic")["status"]["configHash"] != pool["status"]["configHash"],
+            second,
+        )
+        keys = client.CoreV1Api(api).read_namespaced_secret("basic-o1pool-keys", ns)
+        assert keys.data["main.primary"] == rotated
+    finally:
+        stop_operator(second)

@@ -7,6 +7,7 @@ usage ratios and the limiter mode are read from the limiter at scrape time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -117,6 +118,31 @@ class SidecarMetrics:
         )
         if limiter_state is not None:
             r.register(_LimiterStateCollector(limiter_state))
+        # Label sets are bounded: statuses x configured models x key names (never client input).
+        self._answer_children: dict[tuple[int, str, str, bool], tuple[Any, Any]] = {}
+        self._admit_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def answered(self, status: int, model: str, key: str, cached: bool, seconds: float) -> None:
+        """One answered request (hot path: label children are looked up once and kept)."""
+        children = self._answer_children.get((status, model, key, cached))
+        if children is None:
+            children = self._answer_children[(status, model, key, cached)] = (
+                self.requests.labels(str(status), model, key),
+                self.duration.labels(model, "true" if cached else "false"),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def admitted(self, key: str, model: str, priority: int, waited_s: float) -> None:
+        """One admission by the limiter, and how long it waited."""
+        children = self._admit_children.get((key, model, priority))
+        if children is None:
+            children = self._admit_children[(key, model, priority)] = (
+                self.admissions.labels(key, model),
+                self.queue_wait.labels(str(priority)),
+            )
+        children[0].inc()
+        children[1].observe(waited_s)
 
     def scrape(self) -> bytes:
         return generate_latest(self.registry)

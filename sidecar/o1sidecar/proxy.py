@@ -182,11 +182,10 @@ class Proxy:
                     continue
                 return self._finish(self._no_capacity(exc, model, demand), served, started)
             served.waited_s += grant.waited_s
-            self.metrics.queue_wait.labels(str(controls.priority)).observe(grant.waited_s)
             route = self.routes[grant.account]
             upstream_key = route.next_key()
             served.account, served.key = grant.account, upstream_key.label
-            self.metrics.admissions.labels(upstream_key.label, model).inc()
+            self.metrics.admitted(upstream_key.label, model, controls.priority, grant.waited_s)
             payload = raw if upstream_body is body else json.dumps(upstream_body).encode()
             attempt, response = await self._call(
                 request, endpoint, route, upstream_key, model, payload, grant, served, stream, strip_usage
@@ -430,8 +429,7 @@ class Proxy:
 
     def _observe(self, status: int, served: Served, started: float, cached: bool = False) -> None:
         elapsed = time.monotonic() - started
-        self.metrics.requests.labels(str(status), served.model or NO_KEY, served.key).inc()
-        self.metrics.duration.labels(served.model or NO_KEY, "true" if cached else "false").observe(elapsed)
+        self.metrics.answered(status, served.model or NO_KEY, served.key, cached, elapsed)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%d %s via %s in %.1f ms (queued %.1f ms, cache %s, degraded %s)",

@@ -121,14 +121,17 @@ class RedisBackend:
     async def attempt(self, a: Attempt) -> Admitted | Denied:
         d = a.demand
         keys = [self.keys.queue(d.model), self.keys.ticket_expiry(d.model), self.keys.ticket_cost(d.model)]
-        args: list[str | int | float] = [
-            self._now(), a.ticket, d.priority, repr(a.aging_s), d.tokens, repr(self.lease_ttl_s),
-            repr(self.ticket_ttl_s), _num(a.rank), self.keys.wake_channel(), d.model, len(a.accounts),
-        ]
+        params = ";".join(
+            (str(d.priority), repr(a.aging_s), str(d.tokens), repr(self.lease_ttl_s), repr(self.ticket_ttl_s),
+             _num(a.rank))
+        )
+        args = [self._now(), a.ticket, params, self.keys.wake_channel(), d.model]
         for acct in a.accounts:
             keys += [self.keys.account(acct.name, d.model), self.keys.leases(acct.name, d.model)]
-            args += [acct.name, repr(float(acct.rpm)), repr(float(acct.tpm)), acct.concurrency or 0,
-                     repr(acct.weight), repr(acct.health)]
+            args.append(
+                f"{acct.name};{float(acct.rpm)!r};{float(acct.tpm)!r};{acct.concurrency or 0};"
+                f"{acct.weight!r};{acct.health!r}"
+            )
         result = await self.scripts.admit(keys, args)
         if int(result[0]) == 1:
             account = str(result[1])
@@ -140,13 +143,15 @@ class RedisBackend:
     async def settle(self, s: Settlement) -> None:
         self.held.pop(s.lease_id, None)
         name, model = s.account.name, s.model
+        packed = ";".join(
+            (
+                repr(float(s.account.rpm)), repr(float(s.account.tpm)), str(s.extra_tokens),
+                _num(s.remaining_requests), _num(s.remaining_tokens), repr(s.elapsed_s), _num(s.cooldown_s),
+            )
+        )
         await self.scripts.release(
             [self.keys.account(name, model), self.keys.leases(name, model), self.keys.queue(model)],
-            [
-                self._now(), s.lease_id, repr(float(s.account.rpm)), repr(float(s.account.tpm)),
-                s.extra_tokens, _num(s.remaining_requests), _num(s.remaining_tokens), repr(s.elapsed_s),
-                _num(s.cooldown_s), self.keys.wake_channel(), model,
-            ],
+            [self._now(), s.lease_id, self.keys.wake_channel(), model, packed],
         )
 
     async def forget(self, model: str, tickets: list[str]) -> None:

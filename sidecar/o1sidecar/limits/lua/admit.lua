@@ -5,9 +5,11 @@
 -- KEYS[1] queue ZSET (ticket -> rank)      KEYS[2] ticket expiry ZSET (ticket -> expires at)
 -- KEYS[3] ticket cost HASH (ticket -> tokens)
 -- KEYS[2+2i] account i HASH (r, t, ts, cd)  KEYS[3+2i] account i lease ZSET (lease -> expires at)
--- ARGV: now ('' = TIME), ticket (= lease id), priority, aging_s, tokens, lease_ttl_s, ticket_ttl_s,
---       rank ('' = rank it now), wake channel, model, n, then n x (name, rpm, tpm, slots (0 = none),
---       weight, health)
+-- ARGV[1] now ('' = TIME)  ARGV[2] ticket (= lease id)
+-- ARGV[3] "priority;aging_s;tokens;lease_ttl_s;ticket_ttl_s;rank" (rank '' = rank it now)
+-- ARGV[4] wake channel  ARGV[5] model
+-- ARGV[5+i] account i: "name;rpm;tpm;slots;weight;health" (slots 0 = no concurrency limit)
+-- (Fields are packed into few arguments: encoding arguments is most of a call's client-side cost.)
 -- Returns {1, account} or {0, reason, wait_ms, rank}.
 
 local AHEAD_LIMIT = 64
@@ -22,13 +24,20 @@ else
   now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
 
+local function fields(packed)
+  local out = {}
+  for part in string.gmatch(packed .. ';', '([^;]*);') do out[#out + 1] = part end
+  return out
+end
+
 local ticket = ARGV[2]
-local priority = tonumber(ARGV[3])
-local aging = tonumber(ARGV[4])
-local tokens = tonumber(ARGV[5])
-local lease_ttl = tonumber(ARGV[6])
-local ticket_ttl = tonumber(ARGV[7])
-local n = tonumber(ARGV[11])
+local params = fields(ARGV[3])
+local priority = tonumber(params[1])
+local aging = tonumber(params[2])
+local tokens = tonumber(params[3])
+local lease_ttl = tonumber(params[4])
+local ticket_ttl = tonumber(params[5])
+local n = #ARGV - 5
 
 -- Tickets of sidecars that stopped refreshing them are dead.
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
@@ -41,7 +50,7 @@ end
 local rank = tonumber(redis.call('ZSCORE', KEYS[1], ticket))
 local queued = rank ~= nil
 if rank == nil then
-  if ARGV[8] ~= '' then rank = tonumber(ARGV[8]) else rank = now - priority * aging end
+  if params[6] ~= '' then rank = tonumber(params[6]) else rank = now - priority * aging end
 end
 
 -- Better-ranked live tickets (ties: the smaller ticket id first).
@@ -61,11 +70,10 @@ end
 local accounts = {}
 local free_r, free_t, free_s = 0, 0, 0
 for i = 1, n do
-  local a = 11 + (i - 1) * 6
+  local f = fields(ARGV[5 + i])
   local acct = {
-    name = ARGV[a + 1], rpm = tonumber(ARGV[a + 2]), tpm = tonumber(ARGV[a + 3]),
-    slots = tonumber(ARGV[a + 4]), weight = tonumber(ARGV[a + 5]), health = tonumber(ARGV[a + 6]),
-    key = KEYS[2 + 2 * i], leases = KEYS[3 + 2 * i],
+    name = f[1], rpm = tonumber(f[2]), tpm = tonumber(f[3]), slots = tonumber(f[4]),
+    weight = tonumber(f[5]), health = tonumber(f[6]), key = KEYS[2 + 2 * i], leases = KEYS[3 + 2 * i],
   }
   local h = redis.call('HMGET', acct.key, 'r', 't', 'ts', 'cd')
   local r, t = tonumber(h[1]) or acct.rpm, tonumber(h[2]) or acct.tpm
@@ -119,7 +127,7 @@ if best ~= nil then
     redis.call('ZREM', KEYS[1], ticket)
     redis.call('ZREM', KEYS[2], ticket)
     redis.call('HDEL', KEYS[3], ticket)
-    if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PUBLISH', ARGV[9], ARGV[10]) end
+    if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
   end
   return {1, best.name}
 end

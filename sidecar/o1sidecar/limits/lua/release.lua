@@ -2,9 +2,9 @@
 -- upstream said (usage beyond the charge, lower remaining counts, a 429 cooldown that only extends).
 --
 -- KEYS[1] account HASH (r, t, ts, cd)   KEYS[2] lease ZSET   KEYS[3] the model's queue ZSET
--- ARGV: now ('' = TIME), lease id, rpm, tpm, extra tokens, remaining requests ('' = unknown),
---       remaining tokens ('' = unknown), seconds since admission, cooldown seconds ('' = none),
---       wake channel, model
+-- ARGV[1] now ('' = TIME)  ARGV[2] lease id  ARGV[3] wake channel  ARGV[4] model
+-- ARGV[5] "rpm;tpm;extra tokens;remaining requests;remaining tokens;seconds since admission;
+--          cooldown seconds" ('' = unknown / none)
 -- Returns 1 if the lease was still held, else 0.
 
 local WINDOW = 60.0
@@ -16,13 +16,16 @@ else
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
-local rpm, tpm = tonumber(ARGV[3]), tonumber(ARGV[4])
-local extra = tonumber(ARGV[5])
-local elapsed = math.max(0, tonumber(ARGV[8]))
+local f = {}
+for part in string.gmatch(ARGV[5] .. ';', '([^;]*);') do f[#f + 1] = part end
+local rpm, tpm = tonumber(f[1]), tonumber(f[2])
+local extra = tonumber(f[3])
+local rem_req, rem_tok, cooldown = f[4], f[5], f[7]
+local elapsed = math.max(0, tonumber(f[6]))
 
 local held = redis.call('ZREM', KEYS[2], ARGV[2])
 
-local changed = extra > 0 or ARGV[6] ~= '' or ARGV[7] ~= '' or ARGV[9] ~= ''
+local changed = extra > 0 or rem_req ~= '' or rem_tok ~= '' or cooldown ~= ''
 if changed then
   local h = redis.call('HMGET', KEYS[1], 'r', 't', 'ts', 'cd')
   local r, t = tonumber(h[1]) or rpm, tonumber(h[2]) or tpm
@@ -33,18 +36,18 @@ if changed then
     ts = now
   end
   if extra > 0 then t = math.max(-tpm, t - extra) end
-  if ARGV[6] ~= '' then
-    local upstream = math.min(rpm, tonumber(ARGV[6]) + elapsed * rpm / WINDOW)
+  if rem_req ~= '' then
+    local upstream = math.min(rpm, tonumber(rem_req) + elapsed * rpm / WINDOW)
     if upstream < r then r = math.max(-rpm, upstream) end
   end
-  if ARGV[7] ~= '' then
-    local upstream = math.min(tpm, tonumber(ARGV[7]) + elapsed * tpm / WINDOW)
+  if rem_tok ~= '' then
+    local upstream = math.min(tpm, tonumber(rem_tok) + elapsed * tpm / WINDOW)
     if upstream < t then t = math.max(-tpm, upstream) end
   end
-  if ARGV[9] ~= '' then cd = math.max(cd, now + tonumber(ARGV[9])) end
+  if cooldown ~= '' then cd = math.max(cd, now + tonumber(cooldown)) end
   redis.call('HSET', KEYS[1], 'r', tostring(r), 't', tostring(t), 'ts', tostring(ts), 'cd', tostring(cd))
   redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(0, cd - now) + 2 * WINDOW) * 1000))
 end
 
-if redis.call('ZCARD', KEYS[3]) > 0 then redis.call('PUBLISH', ARGV[10], ARGV[11]) end
+if redis.call('ZCARD', KEYS[3]) > 0 then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return held

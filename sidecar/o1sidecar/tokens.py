@@ -11,6 +11,8 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cachetools import LRUCache
+
 from o1sidecar.config import TokenPolicy
 from o1sidecar.encodings import get_encoding
 
@@ -87,9 +89,29 @@ class TokenCounter:
         return admission_charge(prompt, requested_max_tokens(body), choices_of(body), policy)
 
 
+MEMO_MIN_CHARS = 256  # shorter texts are cheaper to encode than to remember
+MEMO_MAX_CHARS = 4_000_000  # total characters of remembered texts, per encoding
+
+
 def _counter(name: str) -> Counter:
+    """Token count of a text; long texts are remembered, because the same system prompts and
+    documents come back request after request."""
     encode = get_encoding(name).encode_ordinary
-    return lambda text: len(encode(text))
+    # text -> (characters, tokens); sized by the characters it keeps alive
+    memo: LRUCache[str, tuple[int, int]] = LRUCache(maxsize=MEMO_MAX_CHARS, getsizeof=lambda v: v[0])
+
+    def count(text: str) -> int:
+        if len(text) < MEMO_MIN_CHARS:
+            return len(encode(text))
+        known = memo.get(text)
+        if known is not None:
+            return known[1]
+        tokens = len(encode(text))
+        if len(text) <= MEMO_MAX_CHARS // 8:
+            memo[text] = (len(text), tokens)
+        return tokens
+
+    return count
 
 
 def _content_tokens(content: Any, count: Counter) -> int:

@@ -500,3 +500,11 @@ def test_usage_from_body_without_usage() -> None:
     assert usage_from_body(b'{"id": "x", "usage": null}') is None
     assert usage_from_body(b"not json") is None
     assert error_from_body(b'{"error": {"message": "m", "code": "c"}}') == {"message": "m", "code": "c"}
+
+
+def test_long_texts_count_the_same_when_remembered() -> None:
+    counter = TokenCounter().counter_for("o1")
+    encode = get_encoding("o200k_base").encode_ordinary
+    long_text = "A system prompt that comes back with every request. " * 40
+    assert counter(long_text) == counter(long_text) == len(encode(long_text))
+    assert counter("short") == len(encode("short"))

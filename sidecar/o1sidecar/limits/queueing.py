@@ -102,12 +102,15 @@ class QueueingLimiter:
         self._consecutive_429: Counter[tuple[str, str]] = Counter()
         self._limits_cache: dict[tuple[str, tuple[str, ...]], tuple[AccountLimits, ...]] = {}
         self._seq = itertools.count()
+        self._settling: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def start(self) -> None:
         self._closed = False
 
     async def close(self) -> None:
+        if self._settling:
+            await asyncio.wait(list(self._settling), timeout=5.0)
         self._closed = True
         for q in self._queues.values():
             if q.task is not None:
@@ -308,6 +311,11 @@ class QueueingLimiter:
     # -- release -------------------------------------------------------------------------------
 
     async def release(self, grant: Grant, report: UpstreamReport | None) -> None:
+        """Free the grant's lease and reconcile.
+
+        Against Redis the settlement runs in the background (the answer need not wait one more round
+        trip), except after a 429: its cooldown is in place before ``release`` returns.
+        """
         active = self._active.pop(grant.lease_id, None)
         if active is None:
             return
@@ -315,11 +323,20 @@ class QueueingLimiter:
         settlement = Settlement(active.limits, active.model, grant.lease_id, elapsed_s=now - active.admitted)
         if report is not None:
             settlement = self._reconcile(settlement, active, report, now)
+        if self.backend.mode == "shared" and settlement.cooldown_s is None:
+            task = asyncio.get_running_loop().create_task(self._settle(settlement))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+        else:
+            await self._settle(settlement)
+
+    async def _settle(self, settlement: Settlement) -> None:
         try:
             await self.backend.settle(settlement)
         except Exception:
-            log.debug("could not settle lease of %s/%s", active.limits.name, active.model, exc_info=True)
-        self.wake(active.model)
+            account, model = settlement.account.name, settlement.model
+            log.debug("could not settle lease of %s/%s", account, model, exc_info=True)
+        self.wake(settlement.model)
 
     def _reconcile(self, s: Settlement, active: _Active, report: UpstreamReport, now: float) -> Settlement:
         name = active.limits.name

@@ -73,13 +73,16 @@ def create_app(
             limiter.state().mode,
         )
 
+    async def on_shutdown(_app: web.Application) -> None:
+        ready.clear()  # draining: take this pod out of rotation while in-flight requests finish
+
     async def on_cleanup(_app: web.Application) -> None:
-        ready.clear()
         await limiter.close()
         await proxy.close()
         await proxy.cache.close()
 
     app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
 
     def endpoint_handler(endpoint: Endpoint) -> Callable[[web.Request], object]:

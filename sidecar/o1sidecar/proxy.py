@@ -25,7 +25,13 @@ from o1sidecar.limits.api import Demand, Grant, Limiter, NoCapacity, QueueFull, 
 from o1sidecar.metrics import NO_KEY, SidecarMetrics
 from o1sidecar.plan import Action, Outcome, PlanState, classify, next_step
 from o1sidecar.reports import build_report, error_from_body, failure_report, usage_from_body
-from o1sidecar.streaming import ChatStreamRelay, ResponsesStreamRelay, replay_chat_completion, sse_events
+from o1sidecar.streaming import (
+    ChatStreamCollector,
+    ChatStreamRelay,
+    ResponsesStreamRelay,
+    replay_chat_completion,
+    sse_events,
+)
 from o1sidecar.tokens import TokenCounter, count_messages
 from o1sidecar.truncation import parse_context_error, target_tokens, truncate_messages
 from o1sidecar.upstream import AccountRoute, UpstreamKey
@@ -187,8 +193,20 @@ class Proxy:
             served.account, served.key = grant.account, upstream_key.label
             self.metrics.admitted(upstream_key.label, model, controls.priority, grant.waited_s)
             payload = raw if upstream_body is body else json.dumps(upstream_body).encode()
+            # A streamed chat answer is rebuilt and cached too, when it came from the requested model.
+            collect_for = key if stream and endpoint is CHAT and not served.degraded else None
             attempt, response = await self._call(
-                request, endpoint, route, upstream_key, model, payload, grant, served, stream, strip_usage
+                request,
+                endpoint,
+                route,
+                upstream_key,
+                model,
+                payload,
+                grant,
+                served,
+                stream,
+                strip_usage,
+                collect_for,
             )
             if response is not None:
                 self._observe(response.status, served, started)
@@ -249,6 +267,7 @@ class Proxy:
         served: Served,
         stream: bool,
         strip_usage: bool,
+        collect_for: str | None = None,
     ) -> tuple[Attempt, web.StreamResponse | None]:
         """One upstream call under ``grant``; releases it. Returns the response when the client has
         been (or is being) answered, or ``None`` with the attempt for the plan to decide."""
@@ -266,7 +285,7 @@ class Proxy:
                 ) as up:
                     if up.status == 200 and stream:
                         response, report = await self._relay_stream(
-                            request, endpoint, up, served, strip_usage
+                            request, endpoint, up, served, strip_usage, collect_for
                         )
                         return Attempt(Outcome.OK, 200), response
                     data = await up.read()
@@ -314,9 +333,11 @@ class Proxy:
         up: aiohttp.ClientResponse,
         served: Served,
         strip_usage: bool,
+        collect_for: str | None,
     ) -> tuple[web.StreamResponse, UpstreamReport]:
         relay: ChatStreamRelay | ResponsesStreamRelay
         relay = ResponsesStreamRelay() if endpoint is RESPONSES else ChatStreamRelay(strip_usage)
+        collector = ChatStreamCollector() if collect_for is not None else None
         response = web.StreamResponse(status=200, headers=served.headers())
         response.content_type = "text/event-stream"
         response.headers["Cache-Control"] = "no-cache"
@@ -326,6 +347,8 @@ class Proxy:
         await response.prepare(request)
         try:
             async for event in sse_events(up.content):
+                if collector is not None:
+                    collector.add(event)
                 out = relay.feed(event)
                 if out is None:
                     continue
@@ -339,6 +362,10 @@ class Proxy:
         if not relay.finished:
             return response, await self._stream_cut(response, served, "ended before its last event")
         await response.write_eof()
+        if collector is not None and collect_for is not None:
+            completion = collector.completion(relay.usage)
+            if completion is not None:
+                self.cache.store(collect_for, json.dumps(completion).encode())
         return response, build_report(200, up.headers, usage=relay.usage)
 
     async def _stream_cut(self, response: web.StreamResponse, served: Served, why: str) -> UpstreamReport:

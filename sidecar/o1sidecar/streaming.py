@@ -61,6 +61,78 @@ class ChatStreamRelay:
         return event
 
 
+class ChatStreamCollector:
+    """Rebuilds the non-stream completion a chat stream carried, so a streamed answer can be cached
+    like any other. Gives up (``None``) on anything it would not rebuild exactly: tool or function
+    calls, refusals, logprobs, or a stream that did not parse."""
+
+    def __init__(self) -> None:
+        self._head: dict[str, Any] | None = None
+        self._choices: dict[int, dict[str, Any]] = {}
+        self._usable = True
+
+    def add(self, event: bytes) -> None:
+        if not self._usable:
+            return
+        data = _data_of(event)
+        if not data or data == b"[DONE]":
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            self._usable = False
+            return
+        if not isinstance(chunk, dict) or "error" in chunk:
+            self._usable = False
+            return
+        if self._head is None:
+            self._head = chunk
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if (
+                choice.get("logprobs")
+                or delta.get("tool_calls")
+                or delta.get("function_call")
+                or delta.get("refusal")
+            ):
+                self._usable = False
+                return
+            entry = self._choices.setdefault(
+                choice.get("index", 0), {"role": "assistant", "content": [], "finish_reason": None}
+            )
+            if delta.get("role"):
+                entry["role"] = delta["role"]
+            if delta.get("content"):
+                entry["content"].append(delta["content"])
+            if choice.get("finish_reason"):
+                entry["finish_reason"] = choice["finish_reason"]
+
+    def completion(self, usage: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The ``chat.completion`` object, or ``None`` when the stream cannot be rebuilt exactly."""
+        head = self._head
+        if not self._usable or head is None or not self._choices:
+            return None
+        if any(c["finish_reason"] is None for c in self._choices.values()):
+            return None
+        return {
+            "id": head.get("id"),
+            "object": "chat.completion",
+            "created": head.get("created"),
+            "model": head.get("model"),
+            "system_fingerprint": head.get("system_fingerprint"),
+            "choices": [
+                {
+                    "index": index,
+                    "message": {"role": c["role"], "content": "".join(c["content"]), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": c["finish_reason"],
+                }
+                for index, c in sorted(self._choices.items())
+            ],
+            "usage": usage,
+        }
+
+
 class ResponsesStreamRelay:
     """Responses-API typed events: forwarded untouched; usage read from ``response.completed``."""
 

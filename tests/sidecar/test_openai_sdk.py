@@ -239,3 +239,40 @@ async def test_client_leaving_mid_stream_is_not_an_upstream_failure(
     assert len(reports) == 1 and reports[0].status == 499 and not reports[0].failed
     async with aiohttp.ClientSession() as session, session.get(handle.metrics_url) as response:
         assert "stream_cut" not in await response.text()
+
+
+async def test_streamed_answers_are_cached_too(sidecar: SidecarHandle, emulator: EmulatorHandle) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything")
+    question = [{"role": "user", "content": "Stream me something cacheable."}]
+
+    async def streamed() -> tuple[str, str]:
+        async with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=question, stream=True
+        ) as response:
+            text = ""
+            async for chunk in await response.parse():
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+            return text, response.headers["x-o1pool-cache"]
+
+    first_text, first_cache = await streamed()
+    second_text, second_cache = await streamed()
+    plain = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=question)
+    assert (first_cache, second_cache, plain.headers["x-o1pool-cache"]) == ("miss", "l1", "l1")
+    assert first_text and second_text == first_text == plain.parse().choices[0].message.content
+    assert plain.parse().usage is not None and plain.parse().usage.total_tokens > 0
+    assert emulator_admitted(emulator, "gpt-4o") == 1
+
+
+def test_collector_gives_up_on_tool_calls() -> None:
+    from o1sidecar.streaming import ChatStreamCollector
+
+    collector = ChatStreamCollector()
+    collector.add(
+        b'data: {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "a"}}]}\n\n'
+    )
+    collector.add(
+        b'data: {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0}]}, '
+        b'"finish_reason": "tool_calls"}]}\n\n'
+    )
+    assert collector.completion(None) is None

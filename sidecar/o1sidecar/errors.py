@@ -7,6 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from o1sidecar.limits.api import NoCapacity, QueueFull, QueueTimeout
+
 
 class ProxyError(Exception):
     """An answer the proxy gives instead of the upstream's; ``message`` says what was wrong and what to do."""
@@ -50,3 +52,70 @@ def error_body(
 
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> ProxyError:
     return ProxyError(400, message, param=param, code=code)
+
+
+def unknown_model(model: str, served: list[str], pool: str) -> ProxyError:
+    return ProxyError(
+        404,
+        f"The model `{model}` is not served by this pool ({pool}); models served: "
+        f"{', '.join(served) or 'none'}. Ask for one of those, or add the model to an account of the O1Pool.",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def queue_timeout(exc: QueueTimeout, model: str, priority: int, deadline_ms: int) -> ProxyError:
+    retry_after = max(1, round(exc.retry_after_s))
+    return ProxyError(
+        429,
+        f"Queued for {round(exc.waited_s * 1000)} ms waiting for {model} capacity at priority {priority}, "
+        f"and the request's deadline ({deadline_ms} ms) passed: {exc.reason}. Retry after {retry_after} s, "
+        "raise x-o1pool-priority, or allow a longer x-o1pool-deadline-ms.",
+        type="rate_limit_exceeded",
+        code="queue_timeout",
+        headers={"retry-after": str(retry_after), "retry-after-ms": str(round(exc.retry_after_s * 1000))},
+    )
+
+
+def queue_full(exc: QueueFull, max_length: int) -> ProxyError:
+    return ProxyError(
+        429,
+        f"This sidecar's queue is full ({max_length} requests waiting, queue.max_length): {exc}. "
+        "Retry shortly, or send fewer requests at once.",
+        type="rate_limit_exceeded",
+        code="queue_full",
+        headers={"retry-after": "1"},
+    )
+
+
+def no_capacity(exc: NoCapacity, model: str, tokens: int) -> ProxyError:
+    return ProxyError(
+        400,
+        f"No account of this pool can ever admit this request for {model}: it needs {tokens} tokens per "
+        f"minute at admission ({exc}). Lower max_tokens / max_completion_tokens or send a shorter prompt.",
+        code="request_too_large",
+    )
+
+
+def upstream_rate_limited(models: list[str], retry_after: str) -> ProxyError:
+    return ProxyError(
+        429,
+        f"The upstream kept answering 429 for every model tried ({', '.join(models)}) until the request's "
+        "deadline or retry budget ran out, although the sidecar waited for admission each time; other "
+        "clients are probably using the same accounts. Retry later or allow a longer x-o1pool-deadline-ms.",
+        type="rate_limit_exceeded",
+        code="upstream_rate_limited",
+        headers={"retry-after": retry_after},
+    )
+
+
+def upstream_unavailable(models: list[str], attempts: int, last_error: str, *, timed_out: bool) -> ProxyError:
+    return ProxyError(
+        504 if timed_out else 502,
+        f"The upstream failed for every model tried ({', '.join(models)}), after {attempts} attempt(s) "
+        f"each; last error: {last_error}. No cached answer was available. The sidecar already retried; "
+        "try again later.",
+        type="server_error",
+        code="upstream_unavailable",
+        headers={"x-should-retry": "false"},
+    )

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from o1sidecar import errors
 from o1sidecar.cache import ResponseCache, cache_key, is_cacheable
 from o1sidecar.config import SidecarConfig
 from o1sidecar.controls import RequestControls
@@ -148,7 +149,8 @@ class Proxy:
         ]
         if not models:
             served.model = ""  # not a metric label: any string a client sends would become a series
-            return self._finish(self._unknown_model(requested), served, started)
+            pool = f"{self.config.pool.namespace}/{self.config.pool.name}"
+            return self._finish(errors.unknown_model(requested, self.models, pool), served, started)
         if models[0] != requested:
             served.degraded = True
         key = cache_key(endpoint.path, body) if self.config.cache.enabled else None
@@ -177,16 +179,18 @@ class Proxy:
                 grant = await self.limiter.acquire(demand, self._accounts_for[model])
             except QueueTimeout as exc:
                 served.waited_s += exc.waited_s
-                return self._finish(self._queue_timeout(exc, model, controls), served, started)
+                self.metrics.queue_rejections.labels("timeout").inc()
+                answer = errors.queue_timeout(exc, model, controls.priority, controls.deadline_ms)
+                return self._finish(answer, served, started)
             except QueueFull as exc:
                 self.metrics.queue_rejections.labels("full").inc()
-                return self._finish(self._queue_full(exc), served, started)
+                return self._finish(errors.queue_full(exc, self.config.queue.max_length), served, started)
             except NoCapacity as exc:
                 if state.model_index + 1 < len(models):
                     self._note_fallback(model, models[state.model_index + 1])
                     state, served.degraded = PlanState(state.model_index + 1, truncated=state.truncated), True
                     continue
-                return self._finish(self._no_capacity(exc, model, demand), served, started)
+                return self._finish(errors.no_capacity(exc, model, demand.tokens), served, started)
             served.waited_s += grant.waited_s
             route = self.routes[grant.account]
             upstream_key = route.next_key()
@@ -477,70 +481,12 @@ class Proxy:
         self.metrics.fallbacks.labels(from_model, to_model).inc()
         log.warning("falling back from %s to %s", from_model, to_model)
 
-    def _unknown_model(self, model: str) -> ProxyError:
-        return ProxyError(
-            404,
-            f"The model `{model}` is not served by this pool ({self.config.pool.namespace}/"
-            f"{self.config.pool.name}); models served: {', '.join(self.models) or 'none'}. Ask for one "
-            "of those, or add the model to an account of the O1Pool.",
-            code="model_not_found",
-            param="model",
-        )
-
-    def _queue_timeout(self, exc: QueueTimeout, model: str, controls: RequestControls) -> ProxyError:
-        self.metrics.queue_rejections.labels("timeout").inc()
-        retry_after = max(1, round(exc.retry_after_s))
-        return ProxyError(
-            429,
-            f"Queued for {round(exc.waited_s * 1000)} ms waiting for {model} capacity at priority "
-            f"{controls.priority}, and the request's deadline ({controls.deadline_ms} ms) passed: "
-            f"{exc.reason}. Retry after {retry_after} s, raise x-o1pool-priority, or allow a longer "
-            "x-o1pool-deadline-ms.",
-            type="rate_limit_exceeded",
-            code="queue_timeout",
-            headers={"retry-after": str(retry_after), "retry-after-ms": str(round(exc.retry_after_s * 1000))},
-        )
-
-    def _queue_full(self, exc: QueueFull) -> ProxyError:
-        return ProxyError(
-            429,
-            f"This sidecar's queue is full ({self.config.queue.max_length} requests waiting, "
-            f"queue.max_length): {exc}. Retry shortly, or send fewer requests at once.",
-            type="rate_limit_exceeded",
-            code="queue_full",
-            headers={"retry-after": "1"},
-        )
-
-    def _no_capacity(self, exc: NoCapacity, model: str, demand: Demand) -> ProxyError:
-        return ProxyError(
-            400,
-            f"No account of this pool can ever admit this request for {model}: it needs {demand.tokens} "
-            f"tokens per minute at admission ({exc}). Lower max_tokens / max_completion_tokens or send a "
-            "shorter prompt.",
-            code="request_too_large",
-        )
-
     def _exhausted(self, attempt: Attempt | None, models: list[str]) -> ProxyError:
-        reason = attempt.reason if attempt else "no attempt"
         if attempt is not None and attempt.outcome is Outcome.RATE_LIMITED:
-            retry_after = attempt.headers.get("retry-after", "1")
-            return ProxyError(
-                429,
-                f"The upstream kept answering 429 for every model tried ({', '.join(models)}) until the "
-                "request's deadline or retry budget ran out, although the sidecar waited for admission "
-                "each time; other clients are probably using the same accounts. Retry later or allow a "
-                "longer x-o1pool-deadline-ms.",
-                type="rate_limit_exceeded",
-                code="upstream_rate_limited",
-                headers={"retry-after": retry_after},
-            )
-        timed_out = attempt is not None and attempt.outcome is Outcome.TIMEOUT
-        return ProxyError(
-            504 if timed_out else 502,
-            f"The upstream failed for every model tried ({', '.join(models)}), after "
-            f"{self.config.retry.max_attempts} attempt(s) each; last error: {reason}. No cached answer "
-            "was available. The sidecar already retried; try again later.",
-            type="server_error",
-            code="upstream_unavailable",
-            headers={"x-should-retry": "false"},
+            return errors.upstream_rate_limited(models, attempt.headers.get("retry-after", "1"))
+        return errors.upstream_unavailable(
+            models,
+            self.config.retry.max_attempts,
+            attempt.reason if attempt else "no attempt",
+            timed_out=attempt is not None and attempt.outcome is Outcome.TIMEOUT,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import openai
 import pytest
@@ -65,7 +66,7 @@ async def test_deadline_passing_in_the_queue_is_429_with_retry_after(make_sideca
 async def test_high_priority_overtakes_queued_low_priority(
     make_sidecar: SidecarFactory, make_emulator: EmulatorFactory
 ) -> None:
-    upstream = await make_emulator(latency_scale=1.0, models={"o1": {"latency": {"ttft_ms": 150}}})
+    upstream = await make_emulator(latency_scale=1.0, models={"o1": {"latency": {"ttft_ms": 400}}})
     handle = await make_sidecar(
         upstream=upstream, limits={"o1": {"rpm": 10_000, "tpm": 50_000_000, "concurrency": 1}}, cache=NO_CACHE
     )
@@ -80,11 +81,22 @@ async def test_high_priority_overtakes_queued_low_priority(
         )
         done.append(name)
 
+    def waiting() -> int:
+        return sum(handle.proxy.limiter.state().queue_length.values())
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(200):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the scene did not set up in time")
+
     first = asyncio.create_task(call("first", "low"))
-    await asyncio.sleep(0.05)
+    await until(lambda: upstream.stats()["accounts"]["acct-a"]["models"]["o1"]["in_flight"] == 1)
     lows = [asyncio.create_task(call(f"low{i}", "low")) for i in range(3)]
-    await asyncio.sleep(0.05)
+    await until(lambda: waiting() == 3)
     high = asyncio.create_task(call("high", "high"))
+    await until(lambda: waiting() == 4)
     await asyncio.gather(first, *lows, high)
     assert done[:2] == ["first", "high"], done
 

@@ -241,3 +241,21 @@ async def test_model_no_account_serves_goes_straight_to_its_fallback(make_sideca
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
     raw = await client.chat.completions.with_raw_response.create(model="o1-preview", messages=USER)
     assert raw.headers["x-o1pool-model"] == "o1" and raw.headers["x-o1pool-degraded"] == "true"
+
+
+async def test_responses_input_is_truncated_too(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle
+) -> None:
+    handle = await make_sidecar()
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    items = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 200}
+        for i in range(12)
+    ]
+    items.append({"role": "user", "content": "So?"})
+    response = await client.responses.create(
+        model="o1-mini", input=items, instructions="Be brief.", max_output_tokens=200
+    )
+    assert response.output_text
+    assert emulator.stats()["totals"]["400"] == 1
+    assert admitted(emulator, "o1-mini") == 1

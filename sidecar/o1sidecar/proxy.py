@@ -31,6 +31,7 @@ from o1sidecar.streaming import (
     ChatStreamRelay,
     ResponsesStreamRelay,
     replay_chat_completion,
+    replay_response,
     sse_events,
 )
 from o1sidecar.tokens import TokenCounter, count_messages
@@ -156,11 +157,11 @@ class Proxy:
         key = cache_key(endpoint.path, body) if self.config.cache.enabled else None
         # Every good answer is stored; only cacheable requests are answered from it up front. Any stored
         # answer may serve as the last resort (cache-only) once every model has failed.
-        if key is not None and is_cacheable(body, self.config.cache) and (not stream or endpoint is CHAT):
+        if key is not None and is_cacheable(body, self.config.cache):
             hit = await self._cache_get(key)
             if hit is not None:
                 served.cache = hit[1]
-                return await self._answer_from_cache(request, hit[0], body, served, started)
+                return await self._answer_from_cache(request, endpoint, hit[0], body, served, started)
         deadline = time.time() + controls.deadline_ms / 1000
         state = PlanState()
         truncated_prompt: list[Any] | None = None
@@ -254,7 +255,7 @@ class Proxy:
                 if hit is not None:
                     served.cache, served.degraded, served.account, served.key = hit[1], True, "", NO_KEY
                     served.model = requested
-                    return await self._answer_from_cache(request, hit[0], body, served, started)
+                    return await self._answer_from_cache(request, endpoint, hit[0], body, served, started)
             return self._finish(self._exhausted(attempt, models), served, started)
 
     # -- upstream ------------------------------------------------------------------------------
@@ -430,7 +431,13 @@ class Proxy:
         return self._upstream_response(attempt, served)
 
     async def _answer_from_cache(
-        self, request: web.Request, data: bytes, body: dict[str, Any], served: Served, started: float
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        data: bytes,
+        body: dict[str, Any],
+        served: Served,
+        started: float,
     ) -> web.StreamResponse:
         if not body.get("stream"):
             response = web.Response(body=data, content_type="application/json", headers=served.headers())
@@ -441,7 +448,13 @@ class Proxy:
         response = web.StreamResponse(status=200, headers=served.headers())
         response.content_type = "text/event-stream"
         await response.prepare(request)
-        for event in replay_chat_completion(json.loads(data), include_usage):
+        stored = json.loads(data)
+        events = (
+            replay_response(stored)
+            if endpoint is RESPONSES
+            else replay_chat_completion(stored, include_usage)
+        )
+        for event in events:
             await response.write(event)
         await response.write_eof()
         self._observe(200, served, started, cached=True)

@@ -179,3 +179,45 @@ def replay_chat_completion(completion: dict[str, Any], include_usage: bool) -> l
             event["usage"] = None
         events.append({**base, "choices": [], "usage": completion.get("usage")})
     return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+
+
+def replay_response(response: dict[str, Any]) -> list[bytes]:
+    """A cached (non-stream) Responses-API object as the typed events a stream would have carried."""
+    sequence = 0
+
+    def event(kind: str, **fields: Any) -> bytes:
+        nonlocal sequence
+        payload = {"type": kind, "sequence_number": sequence, **fields}
+        sequence += 1
+        return f"event: {kind}\ndata: ".encode() + json.dumps(payload).encode() + b"\n\n"
+
+    opening = {**response, "status": "in_progress", "output": [], "usage": None}
+    events = [event("response.created", response=opening), event("response.in_progress", response=opening)]
+    for index, item in enumerate(response.get("output") or []):
+        if item.get("type") != "message":
+            events += [
+                event("response.output_item.added", output_index=index, item=item),
+                event("response.output_item.done", output_index=index, item=item),
+            ]
+            continue
+        item_id = item.get("id")
+        events.append(
+            event(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "content": []},
+            )
+        )
+        for part_index, part in enumerate(item.get("content") or []):
+            where = {"item_id": item_id, "output_index": index, "content_index": part_index}
+            empty = {**part, "text": ""} if "text" in part else part
+            events.append(event("response.content_part.added", **where, part=empty))
+            text = part.get("text")
+            if isinstance(text, str):
+                events.append(event("response.output_text.delta", **where, delta=text, logprobs=[]))
+                events.append(event("response.output_text.done", **where, text=text, logprobs=[]))
+            events.append(event("response.content_part.done", **where, part=part))
+        events.append(event("response.output_item.done", output_index=index, item=item))
+    final = "response.incomplete" if response.get("status") == "incomplete" else "response.completed"
+    events.append(event(final, response=response))
+    return events

@@ -276,3 +276,19 @@ def test_collector_gives_up_on_tool_calls() -> None:
         b'"finish_reason": "tool_calls"}]}\n\n'
     )
     assert collector.completion(None) is None
+
+
+async def test_responses_stream_replayed_from_cache(sidecar: SidecarHandle, emulator: EmulatorHandle) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything")
+    first = await client.responses.create(model="o1", input="Cache this answer.", instructions="Be brief.")
+    async with client.responses.with_streaming_response.create(
+        model="o1", input="Cache this answer.", instructions="Be brief.", stream=True
+    ) as raw:
+        assert raw.headers["x-o1pool-cache"] == "l1"
+        events = [event async for event in await raw.parse()]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == first.output_text
+    assert events[-1].response.usage.total_tokens == first.usage.total_tokens
+    assert emulator_admitted(emulator, "o1") == 1

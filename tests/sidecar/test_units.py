@@ -508,3 +508,39 @@ def test_long_texts_count_the_same_when_remembered() -> None:
     long_text = "A system prompt that comes back with every request. " * 40
     assert counter(long_text) == counter(long_text) == len(encode(long_text))
     assert counter("short") == len(encode("short"))
+
+
+def test_replay_of_a_cached_response() -> None:
+    from o1sidecar.streaming import replay_response
+
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": "hi there", "annotations": []}],
+    }
+    response = {
+        "id": "resp_1",
+        "object": "response",
+        "status": "completed",
+        "usage": {"total_tokens": 9},
+        "output": [{"id": "rs_1", "type": "reasoning", "summary": []}, message],
+    }
+    events = [json.loads(e.split(b"data: ", 1)[1]) for e in replay_response(response)]
+    assert [e["type"] for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert events[0]["response"]["output"] == [] and events[0]["response"]["usage"] is None
+    assert events[6]["delta"] == "hi there" and events[6]["output_index"] == 1
+    assert events[-1]["response"] == response

@@ -198,8 +198,8 @@ class Proxy:
             served.account, served.key = grant.account, upstream_key.label
             self.metrics.admitted(upstream_key.label, model, controls.priority, grant.waited_s)
             payload = raw if upstream_body is body else json.dumps(upstream_body).encode()
-            # A streamed chat answer is rebuilt and cached too, when it came from the requested model.
-            collect_for = key if stream and endpoint is CHAT and not served.degraded else None
+            # A streamed answer is cached too, when it came from the requested model.
+            collect_for = key if stream and not served.degraded else None
             attempt, response = await self._call(
                 request,
                 endpoint,
@@ -342,7 +342,7 @@ class Proxy:
     ) -> tuple[web.StreamResponse, UpstreamReport]:
         relay: ChatStreamRelay | ResponsesStreamRelay
         relay = ResponsesStreamRelay() if endpoint is RESPONSES else ChatStreamRelay(strip_usage)
-        collector = ChatStreamCollector() if collect_for is not None else None
+        collector = ChatStreamCollector() if collect_for is not None and endpoint is CHAT else None
         response = web.StreamResponse(status=200, headers=served.headers())
         response.content_type = "text/event-stream"
         response.headers["Cache-Control"] = "no-cache"
@@ -367,10 +367,13 @@ class Proxy:
         if not relay.finished:
             return response, await self._stream_cut(response, served, "ended before its last event")
         await response.write_eof()
-        if collector is not None and collect_for is not None:
-            completion = collector.completion(relay.usage)
-            if completion is not None:
-                self.cache.store(collect_for, json.dumps(completion).encode())
+        if collect_for is not None:
+            if isinstance(relay, ResponsesStreamRelay):
+                rebuilt = relay.completed
+            else:
+                rebuilt = collector.completion(relay.usage) if collector is not None else None
+            if rebuilt is not None:
+                self.cache.store(collect_for, json.dumps(rebuilt).encode())
         return response, build_report(200, up.headers, usage=relay.usage)
 
     async def _stream_cut(self, response: web.StreamResponse, served: Served, why: str) -> UpstreamReport:

@@ -134,11 +134,13 @@ class ChatStreamCollector:
 
 
 class ResponsesStreamRelay:
-    """Responses-API typed events: forwarded untouched; usage read from ``response.completed``."""
+    """Responses-API typed events: forwarded untouched; usage (and, for the cache, the whole
+    response) read from ``response.completed``."""
 
     def __init__(self) -> None:
         self.usage: dict[str, Any] | None = None
         self.finished = False
+        self.completed: dict[str, Any] | None = None
 
     def feed(self, event: bytes) -> bytes | None:
         if b"response.completed" in event or b"response.incomplete" in event:
@@ -149,6 +151,8 @@ class ResponsesStreamRelay:
             response = data.get("response") if isinstance(data, dict) else None
             if isinstance(response, dict):
                 self.finished = True
+                if data.get("type") == "response.completed":
+                    self.completed = response
                 if isinstance(response.get("usage"), dict):
                     self.usage = response["usage"]
         elif b"response.failed" in event:

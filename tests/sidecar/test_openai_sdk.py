@@ -292,3 +292,13 @@ async def test_responses_stream_replayed_from_cache(sidecar: SidecarHandle, emul
     assert text == first.output_text
     assert events[-1].response.usage.total_tokens == first.usage.total_tokens
     assert emulator_admitted(emulator, "o1") == 1
+
+
+async def test_streamed_responses_are_cached_too(sidecar: SidecarHandle, emulator: EmulatorHandle) -> None:
+    client = openai.AsyncOpenAI(base_url=sidecar.url, api_key="anything")
+    stream = await client.responses.create(model="o1", input="Stream, then cache.", stream=True)
+    streamed = [event async for event in stream]
+    raw = await client.responses.with_raw_response.create(model="o1", input="Stream, then cache.")
+    assert raw.headers["x-o1pool-cache"] == "l1"
+    assert raw.parse().output_text == streamed[-1].response.output_text
+    assert emulator_admitted(emulator, "o1") == 1

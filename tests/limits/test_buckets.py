@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from o1sidecar.limits.buckets import (
@@ -40,6 +41,15 @@ def test_charge_is_both_or_neither() -> None:
     charged = try_charge([(rpm, 1), (tpm, 40)], 0.0)
     assert charged is not None
     assert [b.level for b in charged] == [9, 10]
+
+
+def test_a_charge_that_takes_a_bucket_off_capacity_gives_up_the_upstream_lag() -> None:
+    # The upstream's full bucket starts refilling only when our request reaches it, lag_s later.
+    full = Bucket.full(60, 0.0)
+    (charged,) = try_charge([(full, 10)], 0.0, lag_s=0.1)  # type: ignore[misc]
+    assert charged.level == pytest.approx(49.9)
+    (again,) = try_charge([(charged, 10)], 0.0, lag_s=0.1)  # type: ignore[misc]
+    assert again.level == pytest.approx(39.9)  # it was not full: nothing more
 
 
 def test_seconds_until_and_impossible_demands() -> None:

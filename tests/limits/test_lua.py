@@ -15,7 +15,7 @@ from o1sidecar.config import RedisConfig
 from o1sidecar.limits.api import Demand
 from o1sidecar.limits.backend import AccountLimits, Admitted, Attempt, Denied, Settlement, Waiting
 from o1sidecar.limits.balancing import Candidate, choose
-from o1sidecar.limits.buckets import Bucket
+from o1sidecar.limits.buckets import UPSTREAM_LAG_S, Bucket
 from o1sidecar.limits.keys import PoolKeys, hash_slot
 from o1sidecar.limits.shared import RedisBackend, redis_client
 from redis.asyncio import Redis
@@ -63,25 +63,28 @@ async def levels(client: Redis, account: str = "a") -> tuple[float, float]:
 
 
 async def test_exact_accounting_and_refill(store: RedisBackend, client: Redis, clock: Clock) -> None:
+    lag = UPSTREAM_LAG_S  # a full bucket also gives up the refill the upstream makes only on arrival
     assert isinstance(await store.attempt(attempt("1", tokens=1_000)), Admitted)
-    assert await levels(client) == (59.0, 5_000.0)
+    assert await levels(client) == pytest.approx((59.0 - lag, 5_000.0 - 100 * lag))
     await store.settle(Settlement(A, "m", "1"))
-    clock.t += 0.5  # refill: 1 request and 100 tokens per second
+    clock.t += 0.5 + lag  # refill: 1 request and 100 tokens per second
     assert isinstance(await store.attempt(attempt("2", tokens=5_000)), Admitted)
-    assert await levels(client) == (58.5, 50.0)
+    assert await levels(client) == pytest.approx((58.5, 50.0), abs=1e-6)
     await store.settle(Settlement(A, "m", "2", extra_tokens=250))  # used more than charged
-    assert await levels(client) == (58.5, -200.0)
+    assert await levels(client) == pytest.approx((58.5, -200.0), abs=1e-6)
     denied = await store.attempt(attempt("3", tokens=100))
-    assert isinstance(denied, Denied) and denied.reason == "capacity" and denied.wait_s == 3.0
+    assert isinstance(denied, Denied) and denied.reason == "capacity"
+    assert denied.wait_s == pytest.approx(3.0, abs=0.002)  # 300 tokens short at 100/s, in whole ms
 
 
 async def test_rpm_and_tpm_are_charged_both_or_neither(store: RedisBackend, client: Redis) -> None:
     assert isinstance(await store.attempt(attempt("1", tokens=6_000)), Admitted)
     await store.settle(Settlement(A, "m", "1"))
-    assert await levels(client) == (59.0, 0.0)
+    spent = pytest.approx((59.0 - UPSTREAM_LAG_S, -100 * UPSTREAM_LAG_S))
+    assert await levels(client) == spent
     denied = await store.attempt(attempt("2", tokens=1))
     assert isinstance(denied, Denied)
-    assert await levels(client) == (59.0, 0.0)  # no request charged for the denied attempt
+    assert await levels(client) == spent  # no request charged for the denied attempt
 
 
 async def test_concurrency_leases_expire_unless_renewed(store: RedisBackend, clock: Clock) -> None:
@@ -118,7 +121,8 @@ async def test_cooldown_only_extends(store: RedisBackend, client: Redis, clock: 
 async def test_lower_remaining_wins_higher_is_ignored(store: RedisBackend, client: Redis) -> None:
     assert isinstance(await store.attempt(attempt("1", accounts=(B,))), Admitted)
     await store.settle(Settlement(B, "m", "1", remaining_requests=59, remaining_tokens=5_999))
-    assert await levels(client, "b") == (59.0, 5_900.0)  # ours was lower: kept
+    ours = pytest.approx((59.0 - UPSTREAM_LAG_S, 5_900.0 - 100 * UPSTREAM_LAG_S))
+    assert await levels(client, "b") == ours  # ours was lower: kept
     await store.settle(Settlement(B, "m", "-", remaining_requests=10, remaining_tokens=1_000, elapsed_s=2.0))
     assert await levels(client, "b") == (12.0, 1_200.0)  # theirs, carried forward 2 s of refill
 

@@ -4,6 +4,12 @@ A bucket holds up to ``capacity`` units (the per-minute limit) and refills conti
 ``capacity / 60`` per second. Admission charges several buckets (RPM and TPM) together: both or
 neither. Reconciliation may push a level below zero (a debt the refill pays back), never below
 ``-capacity``.
+
+The upstream keeps the same buckets but sees each request a little later than we admit it. While
+buckets are below capacity that lag only helps (the upstream has refilled a bit more), but a full
+bucket gains nothing while it waits: if our full bucket starts refilling at admission and the
+upstream's only when the request arrives, ours runs ahead by ``rate * lag``. So a charge that takes
+a bucket off capacity also takes the ``rate * UPSTREAM_LAG_S`` the upstream will not have refilled.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 REFILL_WINDOW_S = 60.0
+UPSTREAM_LAG_S = 0.1  # the most we expect between our admission and the upstream's
 
 
 @dataclass(frozen=True)
@@ -50,15 +57,23 @@ def resize(bucket: Bucket, capacity: float, now: float) -> Bucket:
     if capacity == bucket.capacity:
         return bucket
     ratio = bucket.level / bucket.capacity if bucket.capacity > 0 else 0.0
-    return Bucket(capacity=capacity, level=ratio * capacity, updated=now)
+    return Bucket(capacity=capacity, level=ratio * capacity, updated=bucket.updated)
 
 
-def try_charge(charges: Sequence[tuple[Bucket, float]], now: float) -> tuple[Bucket, ...] | None:
-    """Charge every bucket its amount if all of them can pay; otherwise charge none (``None``)."""
+def try_charge(
+    charges: Sequence[tuple[Bucket, float]], now: float, lag_s: float = 0.0
+) -> tuple[Bucket, ...] | None:
+    """Charge every bucket its amount if all of them can pay; otherwise charge none (``None``).
+
+    A bucket that was full also gives up ``rate * lag_s`` (see the module docstring).
+    """
     refilled = [(refill(b, now), amount) for b, amount in charges]
     if any(b.level < amount for b, amount in refilled):
         return None
-    return tuple(replace(b, level=b.level - amount) for b, amount in refilled)
+    return tuple(
+        replace(b, level=b.level - amount - (b.rate * lag_s if b.level >= b.capacity else 0.0))
+        for b, amount in refilled
+    )
 
 
 def charge(bucket: Bucket, amount: float, now: float) -> Bucket:

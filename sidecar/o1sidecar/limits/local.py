@@ -23,7 +23,16 @@ from o1sidecar.limits.backend import (
     Waiting,
 )
 from o1sidecar.limits.balancing import Candidate, choose
-from o1sidecar.limits.buckets import Bucket, charge, lower_to, refill, resize, seconds_until, try_charge
+from o1sidecar.limits.buckets import (
+    UPSTREAM_LAG_S,
+    Bucket,
+    charge,
+    lower_to,
+    refill,
+    resize,
+    seconds_until,
+    try_charge,
+)
 from o1sidecar.limits.ordering import blocked_by_queue, rank
 from o1sidecar.limits.queueing import QueueingLimiter
 from o1sidecar.limits.reconcile import merge_cooldown, remaining_now
@@ -124,7 +133,7 @@ class LocalBackend:
             chosen = choose(candidates, demand.tokens, now)
         if chosen is not None:
             st = states[chosen.name]
-            charged = try_charge([(st.rpm, 1), (st.tpm, demand.tokens)], now)
+            charged = try_charge([(st.rpm, 1), (st.tpm, demand.tokens)], now, UPSTREAM_LAG_S)
             assert charged is not None  # choose() only returns accounts that fit
             st.rpm, st.tpm = charged
             st.leases.add(attempt.lease_id)

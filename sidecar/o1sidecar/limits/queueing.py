@@ -112,11 +112,12 @@ class QueueingLimiter:
         if self._settling:
             await asyncio.wait(list(self._settling), timeout=5.0)
         self._closed = True
+        dispatchers = [q.task for q in self._queues.values() if q.task is not None]
+        for task in dispatchers:
+            task.cancel()
+        if dispatchers:
+            await asyncio.wait(dispatchers, timeout=5.0)
         for q in self._queues.values():
-            if q.task is not None:
-                q.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await q.task
             for _, _, w in q.heap:
                 if not w.future.done():
                     w.future.set_exception(

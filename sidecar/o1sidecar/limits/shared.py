@@ -37,6 +37,7 @@ from o1sidecar.limits.backend import (
     account_limits,
 )
 from o1sidecar.limits.breaker import CircuitBreaker
+from o1sidecar.limits.buckets import UPSTREAM_LAG_S
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.limits.local import LocalBackend
 from o1sidecar.limits.ordering import rank
@@ -48,6 +49,13 @@ log = logging.getLogger("o1sidecar.limits")
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 RETRY_AFTER_ERROR_S = 0.05
 MAX_CONNECTIONS = 32
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that surfaced as a Redis error, so it is never taken for an outage."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def lease_ttl_s(cfg: RedisConfig) -> float:
@@ -123,7 +131,7 @@ class RedisBackend:
         keys = [self.keys.queue(d.model), self.keys.ticket_expiry(d.model), self.keys.ticket_cost(d.model)]
         params = ";".join(
             (str(d.priority), repr(a.aging_s), str(d.tokens), repr(self.lease_ttl_s), repr(self.ticket_ttl_s),
-             _num(a.rank))
+             _num(a.rank), repr(UPSTREAM_LAG_S))
         )
         args = [self._now(), a.ticket, params, self.keys.wake_channel(), d.model]
         for acct in a.accounts:
@@ -279,6 +287,7 @@ class FailoverBackend:
                 self.breaker.success()
                 return result
             except REDIS_ERRORS as exc:
+                _raise_if_cancelled()
                 self.failed(exc)
                 if self.mode == "shared":
                     fallback_rank = a.rank if a.rank is not None else rank(
@@ -303,6 +312,7 @@ class FailoverBackend:
             await self.redis.settle(s)
             self.breaker.success()
         except REDIS_ERRORS as exc:
+            _raise_if_cancelled()
             self.failed(exc)
 
     async def forget(self, model: str, tickets: list[str]) -> None:
@@ -311,6 +321,7 @@ class FailoverBackend:
             try:
                 await self.redis.forget(model, tickets)
             except REDIS_ERRORS as exc:
+                _raise_if_cancelled()
                 self.failed(exc)
 
     async def adopt(self, waiting: list[Waiting]) -> None:
@@ -368,12 +379,12 @@ class SharedLimiter(QueueingLimiter):
         self._tasks = [loop.create_task(self._heartbeat_loop()), loop.create_task(self._wake_loop())]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        self._closed = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
         await super().close()
         with contextlib.suppress(*REDIS_ERRORS):
             await self.client.aclose()
@@ -387,13 +398,14 @@ class SharedLimiter(QueueingLimiter):
 
     async def _heartbeat_loop(self) -> None:
         cfg = self.config.redis
-        while True:
+        while not self._closed:
             if self.failover.mode == "shared":
                 await asyncio.sleep(cfg.heartbeat_interval_s)
                 try:
                     await self._beat()
                     self.failover.breaker.success()
                 except REDIS_ERRORS as exc:
+                    _raise_if_cancelled()
                     self.failover.failed(exc)
             else:
                 await asyncio.sleep(min(cfg.heartbeat_interval_s, cfg.breaker_reset_s) / 2)
@@ -405,12 +417,13 @@ class SharedLimiter(QueueingLimiter):
                     await self.failover.go_shared()
                     self.wake()
                 except REDIS_ERRORS as exc:
+                    _raise_if_cancelled()
                     self.failover.failed(exc)
 
     async def _wake_loop(self) -> None:
         """Wake local waiters when another sidecar frees capacity for their model."""
         channel = self.keys.wake_channel()
-        while True:
+        while not self._closed:
             if self.failover.mode != "shared":
                 await asyncio.sleep(self.config.redis.breaker_reset_s)
                 continue
@@ -422,6 +435,7 @@ class SharedLimiter(QueueingLimiter):
                     if message is not None and message.get("type") == "message":
                         self.wake(str(message["data"]))
             except REDIS_ERRORS:
+                _raise_if_cancelled()
                 await asyncio.sleep(self.config.redis.breaker_reset_s)
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):

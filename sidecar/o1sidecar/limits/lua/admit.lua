@@ -6,7 +6,7 @@
 -- KEYS[3] ticket cost HASH (ticket -> tokens)
 -- KEYS[2+2i] account i HASH (r, t, ts, cd)  KEYS[3+2i] account i lease ZSET (lease -> expires at)
 -- ARGV[1] now ('' = TIME)  ARGV[2] ticket (= lease id)
--- ARGV[3] "priority;aging_s;tokens;lease_ttl_s;ticket_ttl_s;rank" (rank '' = rank it now)
+-- ARGV[3] "priority;aging_s;tokens;lease_ttl_s;ticket_ttl_s;rank;upstream_lag_s" (rank '' = rank it now)
 -- ARGV[4] wake channel  ARGV[5] model
 -- ARGV[5+i] account i: "name;rpm;tpm;slots;weight;health" (slots 0 = no concurrency limit)
 -- (Fields are packed into few arguments: encoding arguments is most of a call's client-side cost.)
@@ -37,6 +37,7 @@ local aging = tonumber(params[2])
 local tokens = tonumber(params[3])
 local lease_ttl = tonumber(params[4])
 local ticket_ttl = tonumber(params[5])
+local lag = tonumber(params[7])
 local n = #ARGV - 5
 
 -- Tickets of sidecars that stopped refreshing them are dead.
@@ -119,7 +120,13 @@ if not blocked then
 end
 
 if best ~= nil then
-  redis.call('HSET', best.key, 'r', tostring(best.r - 1), 't', tostring(best.t - tokens), 'ts', tostring(best.ts))
+  -- A bucket taken off capacity also gives up what the upstream refills only once the request
+  -- reaches it (buckets.py, UPSTREAM_LAG_S).
+  local r, t = best.r - 1, best.t - tokens
+  if best.r >= best.rpm then r = r - lag * best.rpm / WINDOW end
+  if best.t >= best.tpm then t = t - lag * best.tpm / WINDOW end
+  -- Numbers go to Redis as numbers: Redis keeps every digit (Lua's tostring keeps only 14).
+  redis.call('HSET', best.key, 'r', r, 't', t, 'ts', best.ts)
   redis.call('PEXPIRE', best.key, math.ceil((math.max(0, best.cd - now) + 2 * WINDOW) * 1000))
   redis.call('ZADD', best.leases, now + lease_ttl, ticket)
   redis.call('PEXPIRE', best.leases, math.ceil(2 * lease_ttl * 1000))
@@ -137,7 +144,7 @@ redis.call('ZADD', KEYS[2], now + ticket_ttl, ticket)
 redis.call('HSET', KEYS[3], ticket, tokens)
 for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], math.ceil(2 * ticket_ttl * 1000)) end
 
-if blocked then return {0, 'queue', POLL_MS, tostring(rank)} end
+if blocked then return {0, 'queue', POLL_MS, string.format('%.17g', rank)} end
 local wait, reason = math.huge, 'capacity'
 for _, acct in ipairs(accounts) do
   local w, why
@@ -156,4 +163,4 @@ for _, acct in ipairs(accounts) do
   if w < wait then wait, reason = w, why end
 end
 if wait == math.huge then wait = 3600 end
-return {0, reason, math.ceil(wait * 1000), tostring(rank)}
+return {0, reason, math.ceil(wait * 1000), string.format('%.17g', rank)}

@@ -36,7 +36,7 @@ for _ = 1, models do
   a = a + 1 + count
 end
 
-local out = {live, tostring(now)}
+local out = {live, string.format('%.17g', now)}
 a = a + 1
 local pairs_n = tonumber(ARGV[a])
 for _ = 1, pairs_n do

@@ -45,7 +45,7 @@ if changed then
     if upstream < t then t = math.max(-tpm, upstream) end
   end
   if cooldown ~= '' then cd = math.max(cd, now + tonumber(cooldown)) end
-  redis.call('HSET', KEYS[1], 'r', tostring(r), 't', tostring(t), 'ts', tostring(ts), 'cd', tostring(cd))
+  redis.call('HSET', KEYS[1], 'r', r, 't', t, 'ts', ts, 'cd', cd)
   redis.call('PEXPIRE', KEYS[1], math.ceil((math.max(0, cd - now) + 2 * WINDOW) * 1000))
 end
 

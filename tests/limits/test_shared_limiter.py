@@ -213,3 +213,16 @@ async def test_redis_down_then_back_under_load(
     switches = [r.getMessage() for r in caplog.records]
     assert sum("limiting locally at 50%" in m for m in switches) == 2
     assert sum("shared limits again" in m for m in switches) == 2
+
+
+async def test_heartbeats_renew_the_leases_of_long_calls(sidecars: Callable[..., Any]) -> None:
+    (s1,) = await sidecars({"rpm": 100, "tpm": 100_000, "concurrency": 2}, n=1)
+    grant = await s1.acquire(demand(), ["a"])
+    key = s1.keys.leases("a", MODEL)
+    first = await s1.client.zscore(key, grant.lease_id)
+    await asyncio.sleep(0.6)  # three heartbeats at 0.2 s
+    renewed = await s1.client.zscore(key, grant.lease_id)
+    assert first is not None and renewed is not None and renewed > first + 0.3
+    await s1.release(grant, None)
+    await asyncio.sleep(0.1)  # settled in the background
+    assert await s1.client.zscore(key, grant.lease_id) is None

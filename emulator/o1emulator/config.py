@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from o1sidecar.config import format_validation_error
+from o1sidecar.config import TokenPolicy, format_validation_error
 from o1sidecar.tiers import TIER_PRESETS, tier_limits
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -106,17 +106,8 @@ class ModelSpec(_Strict):
         return self
 
 
-class TokenRule(_Strict):
-    """How TPM is charged at admission. Names mirror o1sidecar.config.TokenPolicy."""
-
-    charge: Literal["max", "sum"] = Field(
-        default="max",
-        description="max: larger of the completion budget and the prompt estimate (OpenAI); "
-        "sum: prompt estimate + completion budget.",
-    )
-    default_max_tokens: int = Field(
-        default=4096, gt=0, description="Budget assumed when a request sets none."
-    )
+# The upstream's TPM charge rule is the one the sidecar mirrors: one definition serves both.
+TokenRule = TokenPolicy
 
 
 class Penalty(_Strict):

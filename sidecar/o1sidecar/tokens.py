@@ -198,6 +198,7 @@ def count_embeddings_input(body: dict[str, Any], count: Counter) -> int:
 
 
 CHARS_PER_TOKEN = 4
+BUDGET_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
 def _text_chars(value: Any) -> int:
@@ -216,7 +217,7 @@ def _text_chars(value: Any) -> int:
 
 def upstream_prompt_estimate(body: dict[str, Any]) -> int:
     """The upstream's own pre-call estimate: characters of every text sent / 4, rounded up (OpenAI's
-    rule, mirrored exactly from ``o1emulator.charge.prompt_estimate``; a test keeps them equal)."""
+    rule; the emulator charges by this same function)."""
     total = 0
     messages = body.get("messages")
     if isinstance(messages, list):
@@ -236,7 +237,7 @@ def upstream_prompt_estimate(body: dict[str, Any]) -> int:
 
 def requested_max_tokens(body: dict[str, Any]) -> int | None:
     """The completion budget the request sets, under any of the API's names for it."""
-    for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+    for field in BUDGET_FIELDS:
         value = body.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value

@@ -27,7 +27,6 @@ from o1sidecar.tokens import (
     admission_charge,
     bytes_estimate,
     encoding_name_for,
-    upstream_prompt_estimate,
 )
 from o1sidecar.truncation import parse_context_error, target_tokens, truncate_messages
 
@@ -237,7 +236,6 @@ def test_sidecar_charge_never_below_the_emulators(body: dict, rule: str) -> None
         TokenRule(charge=rule),
     )
     assert ours >= theirs
-    assert upstream_prompt_estimate(body) == emulator_charge.prompt_estimate(body)
 
 
 # -- plan --------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from typing import Any
+
+from o1sidecar.cli import until_stopped
 
 from o1emulator.config import EmulatorConfig, EmulatorConfigError, default_config
 from o1emulator.embedded import start_emulator
@@ -85,12 +86,8 @@ def effective_config(args: argparse.Namespace) -> EmulatorConfig:
 async def serve(config: EmulatorConfig, host: str, port: int) -> None:
     handle = await start_emulator(config, host=host, port=port)
     print(f"o1pool emulator listening on {handle.url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await handle.close()
 

@@ -28,17 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def until_stopped() -> None:
+    """Return on the first SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def _serve(config: SidecarConfig) -> None:
     from o1sidecar.app import start_sidecar
 
     handle = await start_sidecar(config)
     print(f"o1pool sidecar: serving {handle.url} (metrics {handle.metrics_url})", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await handle.close()
 

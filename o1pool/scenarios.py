@@ -201,10 +201,6 @@ class OverloadResult:
         group = [o.latency_s for o in self.outcomes if o.planned.priority == priority]
         return sum(group) / len(group) if group else float("nan")
 
-    def wait_p50(self, priority: int) -> float:
-        return percentile(
-            [o.queue_wait_s for o in self.outcomes if o.planned.priority == priority and o.status == 200], 0.5
-        )
 
 
 async def run_overload(settings: OverloadSettings, redis: RedisServer) -> OverloadResult:

@@ -202,7 +202,6 @@ class OverloadResult:
         return sum(group) / len(group) if group else float("nan")
 
 
-
 async def run_overload(settings: OverloadSettings, redis: RedisServer) -> OverloadResult:
     """``settings.sidecars`` sidecars on Redis, two accounts, offered ``overload`` x their RPM."""
     limits = {"rpm": settings.rpm, "tpm": settings.tpm}

@@ -37,7 +37,8 @@ golden: $(STAMP)
 	O1POOL_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests -k golden
 
 bench: $(STAMP) sysdeps
-	$(VENV)/bin/o1pool bench
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(VENV)/bin/o1pool bench --plot bench/out/bench.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info

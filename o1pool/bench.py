@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import sys
+from pathlib import Path
 
 from o1pool.loadgen import summarize_by_priority, table
 from o1pool.procs import RedisServer
@@ -99,7 +101,12 @@ async def run(args: argparse.Namespace) -> int:
     if redis is None:
         print("o1pool bench: needs redis-server (apt-get install -y redis-server)", file=sys.stderr)
         return 2
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("o1pool bench: --plot needs matplotlib: pip install 'o1pool[bench]'", file=sys.stderr)
+        return 2
     redis.start()
+    result: OverloadResult | None = None
+    rows: list[LatencyRow] | None = None
     try:
         if not args.skip_overload:
             settings = OverloadSettings(sidecars=args.sidecars, duration_s=args.duration)
@@ -118,9 +125,14 @@ async def run(args: argparse.Namespace) -> int:
                 f"{lat.rounds} rounds of {lat.duration_s:.0f}s per path ...",
                 flush=True,
             )
-            print(latency_table(await run_latency(lat, redis)), flush=True)
+            rows = await run_latency(lat, redis)
+            print(latency_table(rows), flush=True)
     finally:
         redis.close()
+    if args.plot:
+        from o1pool.plots import write_bench_plot
+
+        print(f"\nplot: {write_bench_plot(Path(args.plot), result, rows)}")
     return 0
 
 
@@ -134,4 +146,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-duration", type=float, default=10.0, help="(b) seconds per path and round")
     parser.add_argument("--skip-overload", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--plot", metavar="PNG", help="also write the results as a PNG (needs matplotlib)")
     return asyncio.run(run(parser.parse_args(argv)))

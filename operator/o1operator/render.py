@@ -197,7 +197,13 @@ def get_redis_config(redis: Mapping[str, Any], secrets: SecretsData) -> tuple[di
             )
         url, password = _split_password(raw)
     else:
-        url = redis["url"]
+        url, inline = _split_password(redis["url"])
+        if inline is not None:
+            raise RenderError(
+                "RedisURLHasPassword",
+                "spec.redis.url must not contain a password: it would be copied into the ConfigMap; "
+                "put the password in passwordSecretRef, or the whole URL in urlSecretRef",
+            )
     if "passwordSecretRef" in redis:
         password = _secret_value(redis["passwordSecretRef"], secrets, "spec.redis.passwordSecretRef")
     if redis.get("tls") and url.startswith("redis://"):

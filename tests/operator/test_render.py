@@ -130,6 +130,15 @@ def test_redis_url_secret_password_moves_to_a_file() -> None:
     assert base64.b64decode(rendering.key_data["redis-password"]).decode() == "q"
 
 
+def test_redis_url_with_an_inline_password_is_refused_not_copied() -> None:
+    for url in ("redis://:hunter2@redis:6379/0", "redis://redis:6379/0?password=hunter2"):
+        pool = pool_with({"redis": {"url": url}})
+        rendering = render(pool, fake_secrets(pool["spec"]))
+        assert rendering.error is not None and rendering.error.reason == "RedisURLHasPassword"
+        assert "hunter2" not in rendering.error.message
+        assert "hunter2" not in (rendering.config_yaml or "")
+
+
 def test_redis_tls_and_password_secret() -> None:
     redis = {"url": "redis://redis:6379/0", "tls": True, "passwordSecretRef": {"name": "rp", "key": "pw"}}
     pool = pool_with({"redis": redis})

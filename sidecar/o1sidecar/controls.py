@@ -26,10 +26,10 @@ def parse_priority(value: str | None, default: int) -> int:
     text = value.strip().lower()
     if text in PRIORITY_NAMES:
         return PRIORITY_NAMES[text]
-    if text.isdigit() and 0 <= int(text) <= 9:
+    if len(text) == 1 and text.isascii() and text.isdigit():
         return int(text)
     raise bad_request(
-        f"Invalid {PRIORITY_HEADER} header {value!r}: use {_ALLOWED_PRIORITIES}.", param=PRIORITY_HEADER
+        f"Invalid {PRIORITY_HEADER} header {value[:40]!r}: use {_ALLOWED_PRIORITIES}.", param=PRIORITY_HEADER
     )
 
 
@@ -37,16 +37,16 @@ def parse_deadline_ms(value: str | None, policy: QueuePolicy) -> int:
     if value is None or not value.strip():
         return policy.default_deadline_ms
     text = value.strip()
-    if not text.isdigit() or int(text) <= 0:
+    if not (text.isascii() and text.isdigit()) or len(text) > 12 or int(text) <= 0:
         raise bad_request(
-            f"Invalid {DEADLINE_HEADER} header {value!r}: use a whole number of milliseconds between 1 and "
-            f"{policy.max_deadline_ms} (default {policy.default_deadline_ms}).",
+            f"Invalid {DEADLINE_HEADER} header {value[:40]!r}: use a whole number of milliseconds "
+            f"between 1 and {policy.max_deadline_ms} (default {policy.default_deadline_ms}).",
             param=DEADLINE_HEADER,
         )
     deadline = int(text)
     if deadline > policy.max_deadline_ms:
         raise bad_request(
-            f"Invalid {DEADLINE_HEADER} header {value!r}: the pool allows at most "
+            f"Invalid {DEADLINE_HEADER} header {value[:40]!r}: the pool allows at most "
             f"{policy.max_deadline_ms} ms (queue.max_deadline_ms); ask for less.",
             param=DEADLINE_HEADER,
         )

@@ -56,6 +56,10 @@ def test_controls(headers: dict[str, str], priority: int, deadline: int) -> None
         {"x-o1pool-deadline-ms": "0"},
         {"x-o1pool-deadline-ms": "700000"},
         {"x-o1pool-deadline-ms": "1e3"},
+        {"x-o1pool-priority": "9" * 5000},
+        {"x-o1pool-deadline-ms": "9" * 5000},
+        {"x-o1pool-priority": "\u00b2"},
+        {"x-o1pool-deadline-ms": "\u00b2\u00b2"},
     ],
 )
 def test_bad_controls_are_400(headers: dict[str, str]) -> None:

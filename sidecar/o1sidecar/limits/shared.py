@@ -407,6 +407,8 @@ class SharedLimiter(QueueingLimiter):
                 except REDIS_ERRORS as exc:
                     _raise_if_cancelled()
                     self.failover.failed(exc)
+                except Exception:
+                    log.exception("limits: heartbeat failed; retrying (leases of long calls depend on it)")
             else:
                 await asyncio.sleep(min(cfg.heartbeat_interval_s, cfg.breaker_reset_s) / 2)
                 if not self.failover.breaker.allow():
@@ -419,6 +421,8 @@ class SharedLimiter(QueueingLimiter):
                 except REDIS_ERRORS as exc:
                     _raise_if_cancelled()
                     self.failover.failed(exc)
+                except Exception:
+                    log.exception("limits: probing Redis failed; staying on local limits")
 
     async def _wake_loop(self) -> None:
         """Wake local waiters when another sidecar frees capacity for their model."""

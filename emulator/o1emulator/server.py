@@ -570,7 +570,10 @@ class Emulator:
         return json_response(200, self.stats())
 
     async def admin_reset(self, request: web.Request) -> web.StreamResponse:
-        options = await request.json() if request.can_read_body else {}
+        try:
+            options = await request.json() if request.can_read_body else {}
+        except json.JSONDecodeError:
+            return json_response(400, {"error": 'body must be empty or JSON: {"buckets": true}'})
         buckets = bool(options.get("buckets")) if isinstance(options, dict) else False
         self.reset(buckets=buckets)
         return json_response(200, {"reset": True, "buckets": buckets})

@@ -292,6 +292,8 @@ async def test_reset_zeroes_counters_and_optionally_refills(
         stats = emu.stats()["accounts"]["a"]["models"]["o1"]
         assert stats["admitted"] == 0 and stats["rejected_total"] == 0
         assert (await call(session, emu, chat()))[0] == 429  # buckets kept
+        async with session.post(emu.url + "/admin/reset", data=b"{not json") as r:
+            assert r.status == 400 and "JSON" in (await r.json())["error"]
         async with session.post(emu.url + "/admin/reset", json={"buckets": True}) as r:
             assert (await r.json())["buckets"] is True
         assert (await call(session, emu, chat()))[0] == 200

@@ -1,12 +1,14 @@
 """kopf handlers: thin glue from watch events to :func:`o1operator.reconcile.reconcile_pool`.
 
 Pools are (re)rendered when created, changed, or when the operator starts; a Secret event re-renders
-every pool that references that Secret (found through the ``pools_by_secret`` index).
+every pool that references that Secret (found through the ``pools_by_secret`` index); a timer
+re-renders every pool every ``O1POOL_RESYNC_SECONDS`` (300 by default).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +18,8 @@ from o1operator.kube import connection_info
 from o1operator.reconcile import reconcile_pool
 from o1operator.render import GROUP, PLURAL, VERSION, referenced_secrets
 from o1operator.settings import configure
+
+RESYNC_S = float(os.environ.get("O1POOL_RESYNC_SECONDS", "300"))
 
 
 @kopf.on.startup()
@@ -63,3 +67,10 @@ def secret_changed(
         if pool is not None:
             logger.info("Secret %s %s: re-rendering O1Pool %s", name, type.lower(), pool_name)
             reconcile_pool(memo.kube, pool, post_event, logger, memo.probes)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_S, initial_delay=RESYNC_S)
+def pool_resync(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Re-render every ``RESYNC_S`` seconds: repairs edits to the owned ConfigMap and Secret, and catches
+    up on a Secret change whose event handler failed (kopf does not retry event handlers)."""
+    reconcile_pool(memo.kube, body, post_event, logger, memo.probes)

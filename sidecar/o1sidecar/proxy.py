@@ -362,7 +362,7 @@ class Proxy:
                 except ConnectionError:
                     log.info("client of %s went away during the stream", served.model)
                     return response, UpstreamReport(status=CLIENT_CLOSED, usage_tokens=None)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:  # ValueError: an over-long line
             return response, await self._stream_cut(response, served, type(exc).__name__)
         if not relay.finished:
             return response, await self._stream_cut(response, served, "ended before its last event")

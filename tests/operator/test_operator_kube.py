@@ -670,3 +670,34 @@ def test_restarted_operator_catches_up_on_changes_made_while_down(
         assert keys.data["main.primary"] == rotated
     finally:
         stop_operator(second)
+
+
+def test_resync_restores_an_owned_config_map_deleted_by_hand(
+    kube: Kube,
+    chart: Chart,
+    api: client.ApiClient,
+    kube_namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("O1POOL_RESYNC_SECONDS", "2")
+    running = start_operator(kube, chart.sa_kubeconfig, kube_namespace, tmp_path / "operator.log")
+    try:
+        ns = kube_namespace
+        create_secrets(api, ns, fake_secrets(yaml.safe_load(BASIC.read_text())["spec"]))
+        kube.kubectl("apply", "-n", ns, "-f", str(BASIC))
+        core = client.CoreV1Api(api)
+
+        def config_map() -> Any:
+            return read_optional(lambda: core.read_namespaced_config_map("basic-o1pool-config", ns))
+
+        first = wait_for("the ConfigMap", config_map, running)
+        kube.kubectl("delete", "configmap", "basic-o1pool-config", "-n", ns)
+        restored = wait_for(
+            "the ConfigMap restored by the resync timer",
+            lambda: (cm := config_map()) and cm.metadata.uid != first.metadata.uid and cm,
+            running,
+        )
+        assert restored.data == first.data
+    finally:
+        stop_operator(running)

@@ -18,8 +18,9 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from o1sidecar.config import SidecarConfig
 from o1sidecar.limits.api import (
@@ -215,13 +216,19 @@ class QueueingLimiter:
     def _abandon(self, w: _Waiter) -> None:
         """The client went away while waiting: leave the queue, or give back a grant it just got."""
         if w.future.done() and not w.future.cancelled() and w.future.exception() is None:
-            grant = w.future.result()
-            asyncio.get_running_loop().create_task(self.release(grant, None))
+            self._in_background(self.release(w.future.result(), None))
             return
         if not w.future.done():
             w.future.cancel()
             self._leave(w)
-            asyncio.get_running_loop().create_task(self._forget(w.demand.model, [w.ticket]))
+            self._in_background(self._forget(w.demand.model, [w.ticket]))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` without waiting for it, held until done so it is neither collected nor lost
+        at close."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     async def _forget(self, model: str, tickets: list[str]) -> None:
         try:
@@ -269,8 +276,12 @@ class QueueingLimiter:
                 q.deadlines.clear()
                 return
             attempt = Attempt(
-                head.demand, self._limits(model, [a.name for a in head.accounts]),
-                head.ticket, head.ticket, head.rank, self._aging_s,
+                head.demand,
+                self._limits(model, [a.name for a in head.accounts]),
+                head.ticket,
+                head.ticket,
+                head.rank,
+                self._aging_s,
             )
             try:
                 result = await self._try(attempt)
@@ -325,9 +336,7 @@ class QueueingLimiter:
         if report is not None:
             settlement = self._reconcile(settlement, active, report, now)
         if self.backend.mode == "shared" and settlement.cooldown_s is None:
-            task = asyncio.get_running_loop().create_task(self._settle(settlement))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+            self._in_background(self._settle(settlement))
         else:
             await self._settle(settlement)
 

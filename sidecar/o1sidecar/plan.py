@@ -2,9 +2,10 @@
 answer from cache. A pure function of the outcome, the attempt so far and the policy.
 
 Rules: a 429 is reported and retried through the limiter (which waits out the cooldown), never blindly;
-5xx, connection errors and timeouts retry with exponential backoff up to ``retry.max_attempts`` on one
-model, then move along the fallback chain, then to cache-only if enabled, then fail. A context-length
-error truncates the conversation once.
+5xx, refused keys (401/403: the next try takes the account's next key, and balancing avoids an
+account whose keys fail), connection errors and timeouts retry with exponential backoff up to
+``retry.max_attempts`` on one model, then move along the fallback chain, then to cache-only if
+enabled, then fail. A context-length error truncates the conversation once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Outcome(Enum):
     RATE_LIMITED = "rate_limited"
     CONTEXT_LENGTH = "context_length"
     CLIENT_ERROR = "client_error"
+    AUTH_ERROR = "auth_error"  # 401/403: the pool's key was refused; another key or account may work
     SERVER_ERROR = "server_error"
     NETWORK_ERROR = "network_error"
     TIMEOUT = "timeout"
@@ -62,6 +64,8 @@ def classify(status: int, error_code: str | None = None) -> Outcome:
         return Outcome.RATE_LIMITED
     if status >= 500:
         return Outcome.SERVER_ERROR
+    if status in (401, 403):
+        return Outcome.AUTH_ERROR
     if error_code == "context_length_exceeded":
         return Outcome.CONTEXT_LENGTH
     return Outcome.CLIENT_ERROR

@@ -297,13 +297,18 @@ class Proxy:
                     error = error_from_body(data) if up.status >= 400 else None
                     usage = usage_from_body(data) if up.status < 300 else None
                     report = build_report(up.status, up.headers, usage=usage, error=error)
+                    outcome = classify(up.status, (error or {}).get("code"))
+                    reason = f"HTTP {up.status}"
+                    if outcome is Outcome.AUTH_ERROR:
+                        reason += f": the upstream refused key {key.label}"
+                        self._note_failure(key, model, f"key refused (HTTP {up.status}); check its Secret")
                     attempt = Attempt(
-                        classify(up.status, (error or {}).get("code")),
+                        outcome,
                         status=up.status,
                         body=data,
                         error=error,
                         headers={h: up.headers[h] for h in PASSED_RESPONSE_HEADERS if h in up.headers},
-                        reason=f"HTTP {up.status}",
+                        reason=reason,
                         content_type=up.content_type or "application/json",
                     )
             except TimeoutError:

@@ -159,7 +159,7 @@ def build_report(
         reset_tokens_s=parse_duration(headers.get("x-ratelimit-reset-tokens")),
         retry_after_s=retry_after_s(headers) if status == 429 else None,
         limit_type=limit_type_of_429(error) if status == 429 else None,
-        failed=failed or status >= 500,
+        failed=failed or status >= 500 or status in (401, 403),
     )
 
 

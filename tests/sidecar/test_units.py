@@ -253,7 +253,9 @@ def test_classify() -> None:
     assert classify(429) is Outcome.RATE_LIMITED
     assert classify(503) is Outcome.SERVER_ERROR
     assert classify(400, "context_length_exceeded") is Outcome.CONTEXT_LENGTH
-    assert classify(401) is Outcome.CLIENT_ERROR
+    assert classify(401) is Outcome.AUTH_ERROR
+    assert classify(403) is Outcome.AUTH_ERROR
+    assert classify(404) is Outcome.CLIENT_ERROR
 
 
 def test_server_errors_retry_with_backoff_then_fall_back_then_cache_only() -> None:

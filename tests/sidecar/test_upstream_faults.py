@@ -259,3 +259,29 @@ async def test_responses_input_is_truncated_too(
     assert response.output_text
     assert emulator.stats()["totals"]["400"] == 1
     assert admitted(emulator, "o1-mini") == 1
+
+
+async def test_a_refused_key_is_skipped_for_the_accounts_next_key(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("O1T_A_1", "sk-revoked-key-0000000000000000")
+    handle = await make_sidecar()
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    for i in range(2):  # whichever key round-robin starts with, every request is served upstream
+        messages = [{"role": "user", "content": f"question {i}"}]
+        raw = await client.chat.completions.with_raw_response.create(model="o1", messages=messages)
+        assert (raw.headers["x-o1pool-account"], raw.headers["x-o1pool-cache"]) == ("acct-a", "miss")
+    assert emulator.stats()["totals"]["401"] >= 1
+
+
+async def test_an_account_whose_only_key_is_refused_fails_naming_the_key_not_its_value(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("O1T_B_1", "sk-revoked-key-1111111111111111")
+    handle = await make_sidecar(accounts=("acct-b",))
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as err:
+        await client.chat.completions.create(model="o1", messages=USER)
+    assert err.value.status_code == 502
+    assert "refused key acct-b/b1" in err.value.message
+    assert "1111" not in err.value.message

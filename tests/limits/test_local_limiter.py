@@ -25,13 +25,14 @@ def demand(priority: int = 5, tokens: int = 100, deadline_s: float = 30.0) -> De
     return Demand(MODEL, tokens, priority, time.time() + deadline_s)
 
 
-async def drain(limiter: LocalLimiter) -> None:
-    """Spend the requests until one has to wait for the refill: the bucket is then empty."""
-    while True:
+async def drain(limiter: LocalLimiter, rpm: int) -> None:
+    """Empty the RPM bucket: spend until it holds less than one request, then take one more, which
+    waits for the refill and leaves the bucket at (almost exactly) zero."""
+    while limiter.state().usage_ratio.get(("a", MODEL), {}).get("requests", 0.0) <= 1 - 1 / rpm:
         grant = await limiter.acquire(demand(), ["a"])
         await limiter.release(grant, UpstreamReport(status=200))
-        if grant.waited_s > 0.05:
-            return
+    grant = await limiter.acquire(demand(), ["a"])
+    await limiter.release(grant, UpstreamReport(status=200))
 
 
 async def test_build_limiter_without_redis_is_local() -> None:
@@ -43,7 +44,7 @@ async def test_build_limiter_without_redis_is_local() -> None:
 async def test_high_priority_waiters_go_first() -> None:
     limiter = LocalLimiter(config({"a": {"rpm": 240, "tpm": 1_000_000}}))  # 4 per second
     await limiter.start()
-    await drain(limiter)
+    await drain(limiter, 240)
     order: list[int] = []
 
     async def one(priority: int) -> None:
@@ -67,7 +68,7 @@ async def test_low_priority_ages_and_is_not_starved() -> None:
         config({"a": {"rpm": 300, "tpm": 1_000_000}}, queue={"aging_s_per_level": aging})  # 5 per second
     )
     await limiter.start()
-    await drain(limiter)
+    await drain(limiter, 300)
     served: list[tuple[int, float]] = []  # (priority, arrived)
 
     async def one(priority: int) -> None:
@@ -97,7 +98,7 @@ async def test_low_priority_ages_and_is_not_starved() -> None:
 async def test_deadline_passing_in_the_queue_raises_queue_timeout() -> None:
     limiter = LocalLimiter(config({"a": {"rpm": 60, "tpm": 1_000_000}}))
     await limiter.start()
-    await drain(limiter)
+    await drain(limiter, 60)
     started = time.monotonic()
     with pytest.raises(QueueTimeout) as info:
         await limiter.acquire(demand(deadline_s=0.3), ["a"])

@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-import yaml
-from o1sidecar.config import TokenPolicy, format_validation_error
+from o1sidecar.config import TokenPolicy, format_validation_error, read_yaml_mapping
 from o1sidecar.tiers import TIER_PRESETS, tier_limits
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -201,18 +200,7 @@ class EmulatorConfig(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> EmulatorConfig:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise EmulatorConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise EmulatorConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise EmulatorConfigError(
-                f"{path}: expected a mapping at the top level, got {type(data).__name__}"
-            )
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_yaml_mapping(path, EmulatorConfigError), str(path))
 
 
 def _validation_message(exc: ValidationError, source: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -242,17 +242,24 @@ class SidecarConfig(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> SidecarConfig:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_yaml_mapping(path, ConfigError), str(path))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+def read_yaml_mapping(path: str | Path, error: type[Exception]) -> dict[str, Any]:
+    """The YAML mapping in ``path``; anything else raises ``error`` naming the file and the problem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

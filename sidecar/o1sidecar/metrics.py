@@ -97,7 +97,7 @@ class SidecarMetrics:
         )
         self.upstream_failures = Counter(
             "o1_api_upstream_failures",
-            "Upstream 5xx, connection errors, timeouts and cut streams",
+            "Upstream 5xx, refused keys, connection errors, timeouts and cut streams",
             ["key", "model", "reason"],
             registry=r,
         )

@@ -301,7 +301,6 @@ class Proxy:
                     reason = f"HTTP {up.status}"
                     if outcome is Outcome.AUTH_ERROR:
                         reason += f": the upstream refused key {key.label}"
-                        self._note_failure(key, model, f"key refused (HTTP {up.status}); check its Secret")
                     attempt = Attempt(
                         outcome,
                         status=up.status,
@@ -332,6 +331,8 @@ class Proxy:
             )
         elif attempt.outcome is Outcome.SERVER_ERROR:
             self._note_failure(key, model, f"http_{attempt.status}")
+        elif attempt.outcome is Outcome.AUTH_ERROR:
+            self._note_failure(key, model, "key_refused")
         if attempt.outcome is Outcome.OK:
             return attempt, self._upstream_response(attempt, served)
         return attempt, None

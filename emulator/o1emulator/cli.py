@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from o1sidecar.cli import until_stopped
+from o1common.signals import until_stopped
 
 from o1emulator.config import EmulatorConfig, EmulatorConfigError, default_config
 from o1emulator.embedded import start_emulator
@@ -25,7 +25,8 @@ stdout is the URL it listens on; --port 0 picks a free port.
   o1pool emulator --port 0
   o1pool emulator --config examples/emulator.yaml --latency-scale 1 --penalty
 
-Admin (no key needed): GET /admin/stats, POST /admin/reset, GET|POST|DELETE /admin/faults.
+Admin (no key needed): GET /admin/stats, GET /admin/timeline, POST /admin/reset,
+GET|POST|DELETE /admin/faults.
 See docs/emulator.md for the config file and the stats JSON."""
 
 
@@ -47,6 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--charge", choices=["max", "sum"], help="TPM charge rule at admission (overrides config)"
     )
+    parser.add_argument(
+        "--estimate",
+        choices=["chars", "json_chars", "tiktoken"],
+        help="prompt estimate the TPM charge uses (overrides config)",
+    )
+    parser.add_argument(
+        "--algorithm",
+        choices=["token_bucket", "sliding_log", "fixed_window"],
+        help="how every account enforces its limits (overrides config)",
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        metavar="S",
+        help="sliding_log / fixed_window length in seconds; under 60 enforces limit * S / 60",
+    )
+    parser.add_argument("--no-rate-headers", action="store_true", help="send no x-ratelimit-* headers")
     parser.add_argument(
         "--latency-scale",
         type=float,
@@ -74,6 +92,17 @@ def effective_config(args: argparse.Namespace) -> EmulatorConfig:
         data["burst"] = args.burst
     if args.charge is not None:
         data["tokens"] = {**data.get("tokens", {}), "charge": args.charge}
+    if args.estimate is not None:
+        data["tokens"] = {**data.get("tokens", {}), "estimate": args.estimate}
+    limiter = dict(data.get("limiter", {}))
+    if args.algorithm is not None:
+        limiter["algorithm"] = args.algorithm
+    if args.window is not None:
+        limiter["window_s"] = args.window
+    if args.no_rate_headers:
+        limiter["headers"] = False
+    if limiter:
+        data["limiter"] = limiter
     if args.latency_scale is not None:
         data["latency_scale"] = args.latency_scale
     if args.count_rejected:

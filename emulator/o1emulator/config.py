@@ -6,11 +6,12 @@ Keys here are fake test keys the emulator accepts; stats and logs show key *name
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from o1sidecar.config import TokenPolicy, format_validation_error, read_yaml_mapping
-from o1sidecar.tiers import TIER_PRESETS, tier_limits
+from o1common.configfiles import format_validation_error, read_yaml_mapping
+from o1common.tiers import TIER_PRESETS, tier_limits
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")]
@@ -52,9 +53,14 @@ class Account(_Strict):
 
     name: Name
     organization: str | None = Field(default=None, description="Shown in 429 messages; default org-<name>.")
-    tier: int | None = Field(default=None, ge=1, le=5, description="Fill limits from o1sidecar tier presets.")
+    tier: int | None = Field(
+        default=None, ge=1, le=5, description="Fill limits from the published tier presets."
+    )
     keys: list[ApiKey] = Field(min_length=1)
     models: dict[str, ModelLimits] = Field(default_factory=dict)
+    limiter: LimiterSpec | None = Field(
+        default=None, description="This account's algorithm; default: the top level's."
+    )
 
     @property
     def org(self) -> str:
@@ -105,8 +111,41 @@ class ModelSpec(_Strict):
         return self
 
 
-# The upstream's TPM charge rule is the one the sidecar mirrors: one definition serves both.
-TokenRule = TokenPolicy
+class TokenRule(_Strict):
+    """How this upstream estimates a prompt and charges TPM at admission (charge.py)."""
+
+    charge: Literal["max", "sum"] = Field(
+        default="max", description="max: larger of the completion budget and the prompt; sum: both."
+    )
+    default_max_tokens: int = Field(
+        default=4096, gt=0, description="Budget assumed when a request sets none."
+    )
+    estimate: Literal["chars", "json_chars", "tiktoken"] = Field(
+        default="chars",
+        description="Prompt estimate: text characters / 4, escaped-JSON characters / 4, or BPE tokens.",
+    )
+
+
+class LimiterSpec(_Strict):
+    """How an account's upstream enforces its per-minute limits (limits.py)."""
+
+    algorithm: Literal["token_bucket", "sliding_log", "fixed_window"] = "token_bucket"
+    window_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=60,
+        description="sliding_log / fixed_window: the window; under 60 s it enforces limit * window_s / 60.",
+    )
+    headers: bool = Field(default=True, description="Send the x-ratelimit-* headers.")
+    retry_after_s: float | None = Field(
+        default=None, gt=0, description="Unset: retry-after is the exact wait; set: always this value."
+    )
+    limit_scale: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="The account really gets this share of its listed RPM, TPM and concurrency.",
+    )
 
 
 class Penalty(_Strict):
@@ -144,6 +183,7 @@ class EmulatorConfig(_Strict):
         default=1.0, ge=1.0, description="Bucket capacity as a multiple of the minute limit."
     )
     tokens: TokenRule = TokenRule()
+    limiter: LimiterSpec = LimiterSpec()
     penalty: Penalty = Penalty()
     latency_scale: float = Field(default=0.0, ge=0, description="Multiplies every model's latency; 0 = none.")
     stream_chunk_tokens: int = Field(default=4, ge=1, description="Content tokens per SSE chunk.")
@@ -191,6 +231,24 @@ class EmulatorConfig(_Strict):
             _check_fault_scope(fault, self)
         return self
 
+    def limiter_for(self, account: Account) -> LimiterSpec:
+        return account.limiter or self.limiter
+
+    def enforced_limits(self, account: Account, model: str) -> ResolvedLimits | None:
+        """The limits the upstream really enforces: the listed ones times the account's ``limit_scale``."""
+        listed = account.limits_for(model)
+        scale = self.limiter_for(account).limit_scale
+        if listed is None or scale == 1.0:
+            return listed
+
+        def scaled(value: int) -> int:
+            return max(1, math.floor(value * scale))
+
+        concurrency = None if listed.concurrency is None else scaled(listed.concurrency)
+        return listed.model_copy(
+            update={"rpm": scaled(listed.rpm), "tpm": scaled(listed.tpm), "concurrency": concurrency}
+        )
+
     @classmethod
     def from_dict(cls, data: object, source: str = "<config>") -> EmulatorConfig:
         try:
@@ -204,7 +262,7 @@ class EmulatorConfig(_Strict):
 
 
 def _validation_message(exc: ValidationError, source: str) -> str:
-    return format_validation_error(exc, source).replace("docs/sidecar-config.md", "docs/emulator.md")
+    return format_validation_error(exc, source, "docs/emulator.md")
 
 
 def _check_fault_scope(fault: FaultRule, config: EmulatorConfig) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from o1emulator.durations import format_duration
+from o1common.durations import format_duration
 
 RATE_LIMIT_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn more."
 LIMIT_NAMES = {"requests": "requests per min (RPM)", "tokens": "tokens per min (TPM)"}

@@ -1,8 +1,20 @@
-"""Admission decisions for one account+model: continuous-refill RPM and TPM token buckets, a
-concurrency limit, daily/monthly request caps and the optional consecutive-429 penalty.
+"""Admission decisions for one account+model, by the limit algorithm the account's upstream uses.
+
+Each per-minute limit (RPM, TPM) is one ``Quota`` of the chosen algorithm:
+
+- ``token_bucket``: capacity ``limit * burst``, refilled continuously at ``limit / 60`` per second;
+- ``sliding_log``: at most ``limit * window_s / 60`` (at least 1) in any ``window_s`` seconds, by an
+  exact log;
+- ``fixed_window``: at most ``limit * window_s / 60`` (at least 1) per window
+  ``[k * window_s, (k + 1) * window_s)``.
+
+A window shorter than 60 s is a *sub-minute* window: the per-minute limit enforced over 1 s or 10 s
+as ``limit / 60`` or ``limit / 6``, as OpenAI says it may quantise limits and Azure OpenAI does.
+On top: a concurrency limit, daily/monthly request caps and the optional consecutive-429 penalty.
 
 Everything here is a pure function of its inputs and ``now`` (seconds from an injected monotonic
-clock), so tests are exact without sleeping.
+clock), so tests are exact without sleeping. ``SlidingWindow`` is the referee's own record: the most
+requests and tokens any 60 s window ever held, whatever the algorithm.
 """
 
 from __future__ import annotations
@@ -10,16 +22,50 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
-from o1emulator.config import Penalty, ResolvedLimits
+from o1emulator.config import LimiterSpec, Penalty, ResolvedLimits
 
 DAY_S = 86_400.0
 MONTH_S = 30 * DAY_S
 WINDOW_S = 60.0
+HOUR_S = 3600.0
 
 RejectKind = Literal["requests", "tokens", "concurrency", "quota", "too_large", "source_ip"]
-HOUR_S = 3600.0
+
+
+class Quota(Protocol):
+    """One per-minute limit (requests or tokens) under one algorithm."""
+
+    limit: int  # per minute, as published in x-ratelimit-limit-*
+
+    def fits(self, amount: float, now: float) -> bool: ...
+
+    def take(self, amount: float, now: float) -> None: ...
+
+    def spend(self, amount: float, now: float) -> None:
+        """Count a refused request against the quota (``count_rejected``)."""
+        ...
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until ``amount`` fits (``inf`` if it never can)."""
+        ...
+
+    def remaining(self, now: float) -> float:
+        """What may still be taken now, in the algorithm's own unit (the window's share of the limit)."""
+        ...
+
+    def used(self, now: float) -> float: ...
+
+    def reset_in(self, now: float) -> float:
+        """Seconds until the quota is whole again."""
+        ...
+
+    def bound_60s(self) -> float:
+        """The most this quota can ever admit within any 60 s."""
+        ...
+
+    def restart(self, now: float) -> None: ...
 
 
 @dataclass
@@ -46,6 +92,168 @@ class Bucket:
 
     def until_full(self) -> float:
         return max(0.0, (self.capacity - self.level) / self.rate)
+
+
+class TokenBucketQuota:
+    def __init__(self, limit: int, burst: float, now: float) -> None:
+        self.limit = limit
+        self.burst = burst
+        self.bucket = Bucket.per_minute(limit, burst, now)
+
+    def fits(self, amount: float, now: float) -> bool:
+        self.bucket.refill(now)
+        return self.bucket.level >= amount
+
+    def take(self, amount: float, now: float) -> None:
+        self.bucket.refill(now)
+        self.bucket.level -= amount
+
+    def spend(self, amount: float, now: float) -> None:
+        self.bucket.refill(now)
+        self.bucket.level = max(self.bucket.level - amount, -self.bucket.capacity)
+
+    def wait_for(self, amount: float, now: float) -> float:
+        if amount > self.bucket.capacity:
+            return math.inf
+        self.bucket.refill(now)
+        return self.bucket.wait_for(amount)
+
+    def remaining(self, now: float) -> float:
+        self.bucket.refill(now)
+        return self.bucket.level
+
+    def used(self, now: float) -> float:
+        self.bucket.refill(now)
+        return self.bucket.capacity - self.bucket.level
+
+    def reset_in(self, now: float) -> float:
+        self.bucket.refill(now)
+        return self.bucket.until_full()
+
+    def bound_60s(self) -> float:
+        return self.bucket.capacity + self.limit
+
+    def restart(self, now: float) -> None:
+        self.bucket = Bucket.per_minute(self.limit, self.burst, now)
+
+
+class SlidingLogQuota:
+    """At most ``per_window`` within any ``window_s``: every admission is logged until it ages out."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.per_window = max(1.0, limit * window_s / WINDOW_S)
+        self.log: deque[tuple[float, float]] = deque()
+        self.total = 0.0
+
+    def _expire(self, now: float) -> None:
+        while self.log and self.log[0][0] <= now - self.window_s:
+            self.total -= self.log.popleft()[1]
+        if not self.log:
+            self.total = 0.0
+
+    def fits(self, amount: float, now: float) -> bool:
+        self._expire(now)
+        return self.total + amount <= self.per_window
+
+    def take(self, amount: float, now: float) -> None:
+        self._expire(now)
+        self.log.append((now, amount))
+        self.total += amount
+
+    spend = take
+
+    def wait_for(self, amount: float, now: float) -> float:
+        if amount > self.per_window:
+            return math.inf
+        self._expire(now)
+        excess = self.total + amount - self.per_window
+        if excess <= 0:
+            return 0.0
+        for at, taken in self.log:  # oldest first: each entry leaves the window at ``at + window_s``
+            excess -= taken
+            if excess <= 0:
+                return max(0.0, at + self.window_s - now)
+        return 0.0
+
+    def remaining(self, now: float) -> float:
+        self._expire(now)
+        return self.per_window - self.total
+
+    def used(self, now: float) -> float:
+        self._expire(now)
+        return self.total
+
+    def reset_in(self, now: float) -> float:
+        self._expire(now)
+        return max(0.0, self.log[-1][0] + self.window_s - now) if self.log else 0.0
+
+    def bound_60s(self) -> float:
+        return self.per_window * math.ceil(WINDOW_S / self.window_s)
+
+    def restart(self, now: float) -> None:
+        self.log.clear()
+        self.total = 0.0
+
+
+class FixedWindowQuota:
+    """At most ``per_window`` per window ``[k * window_s, (k + 1) * window_s)`` of the clock."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.per_window = max(1.0, limit * window_s / WINDOW_S)
+        self.index = -1
+        self.total = 0.0
+
+    def _roll(self, now: float) -> None:
+        index = math.floor(now / self.window_s)
+        if index != self.index:
+            self.index, self.total = index, 0.0
+
+    def fits(self, amount: float, now: float) -> bool:
+        self._roll(now)
+        return self.total + amount <= self.per_window
+
+    def take(self, amount: float, now: float) -> None:
+        self._roll(now)
+        self.total += amount
+
+    spend = take
+
+    def wait_for(self, amount: float, now: float) -> float:
+        if amount > self.per_window:
+            return math.inf
+        if self.fits(amount, now):
+            return 0.0
+        return (self.index + 1) * self.window_s - now
+
+    def remaining(self, now: float) -> float:
+        self._roll(now)
+        return self.per_window - self.total
+
+    def used(self, now: float) -> float:
+        self._roll(now)
+        return self.total
+
+    def reset_in(self, now: float) -> float:
+        self._roll(now)
+        return (self.index + 1) * self.window_s - now if self.total > 0 else 0.0
+
+    def bound_60s(self) -> float:
+        return self.per_window * (math.ceil(WINDOW_S / self.window_s) + 1)
+
+    def restart(self, now: float) -> None:
+        self.index, self.total = -1, 0.0
+
+
+def make_quota(limit: int, spec: LimiterSpec, burst: float, now: float) -> Quota:
+    if spec.algorithm == "sliding_log":
+        return SlidingLogQuota(limit, spec.window_s)
+    if spec.algorithm == "fixed_window":
+        return FixedWindowQuota(limit, spec.window_s)
+    return TokenBucketQuota(limit, burst, now)
 
 
 @dataclass
@@ -101,14 +309,16 @@ class AccountModelLimiter:
         now: float,
         concurrency_retry_after_s: float = 1.0,
         count_rejected: bool = False,
+        spec: LimiterSpec | None = None,
     ) -> None:
         self.limits = limits
+        self.spec = spec or LimiterSpec()
         self.concurrency_retry_after_s = concurrency_retry_after_s
         self.count_rejected = count_rejected
         self.burst = burst
         self.penalty = penalty
-        self.requests = Bucket.per_minute(limits.rpm, burst, now)
-        self.tokens = Bucket.per_minute(limits.tpm, burst, now)
+        self.requests = make_quota(limits.rpm, self.spec, burst, now)
+        self.tokens = make_quota(limits.tpm, self.spec, burst, now)
         self.in_flight = 0
         self.max_in_flight = 0
         self.window = SlidingWindow()
@@ -124,13 +334,11 @@ class AccountModelLimiter:
     def admit(self, charge: int, now: float) -> Decision:
         """Admit a request costing ``charge`` TPM (taking RPM, TPM and a concurrency slot) or say why not."""
         limits = self.limits
-        if charge > limits.tpm:
+        if charge > limits.tpm or self.tokens.wait_for(charge, now) == math.inf:
             return Rejected("too_large", None, limits.tpm, 0, charge)
-        self.requests.refill(now)
-        self.tokens.refill(now)
         self._roll_caps(now)
         if now < self.blocked_until:
-            return self._reject(self.blocked_kind, self.blocked_until - now, now, *self._used(charge))
+            return self._reject(self.blocked_kind, self.blocked_until - now, now, *self._used(charge, now))
         if limits.daily_requests is not None and self.day_count >= limits.daily_requests:
             return Rejected("quota", None, limits.daily_requests, self.day_count, 1)
         if limits.monthly_requests is not None and self.month_count >= limits.monthly_requests:
@@ -139,12 +347,13 @@ class AccountModelLimiter:
             return self._reject(
                 "concurrency", self.concurrency_retry_after_s, now, limits.concurrency, self.in_flight, 1
             )
-        if self.requests.level < 1:
-            return self._reject("requests", self.requests.wait_for(1), now, *self._used(charge))
-        if self.tokens.level < charge:
-            return self._reject("tokens", self.tokens.wait_for(charge), now, *self._used(charge, "tokens"))
-        self.requests.level -= 1
-        self.tokens.level -= charge
+        if not self.requests.fits(1, now):
+            return self._reject("requests", self.requests.wait_for(1, now), now, *self._used(charge, now))
+        if not self.tokens.fits(charge, now):
+            wait = self.tokens.wait_for(charge, now)
+            return self._reject("tokens", wait, now, *self._used(charge, now, "tokens"))
+        self.requests.take(1, now)
+        self.tokens.take(charge, now)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.day_count += 1
@@ -162,10 +371,9 @@ class AccountModelLimiter:
         self.window.max_requests, self.window.max_tokens = self.window.requests, self.window.tokens
 
     def restart(self, now: float) -> None:
-        """Full buckets, no penalty, fresh caps and window; requests in flight stay counted."""
-        limits = self.limits
-        self.requests = Bucket.per_minute(limits.rpm, self.burst, now)
-        self.tokens = Bucket.per_minute(limits.tpm, self.burst, now)
+        """Whole quotas, no penalty, fresh caps and window; requests in flight stay counted."""
+        self.requests.restart(now)
+        self.tokens.restart(now)
         self.window.clear()
         self.max_in_flight = self.in_flight
         self.epoch = now
@@ -173,25 +381,27 @@ class AccountModelLimiter:
         self.consecutive_429 = 0
         self.blocked_until = -math.inf
 
-    def _used(self, charge: int, kind: str = "requests") -> tuple[int, int, int]:
+    def _used(self, charge: int, now: float, kind: str = "requests") -> tuple[int, int, int]:
         if kind == "tokens":
-            return self.limits.tpm, max(0, math.ceil(self.tokens.capacity - self.tokens.level)), charge
-        return self.limits.rpm, max(0, math.ceil(self.requests.capacity - self.requests.level)), 1
+            return self.limits.tpm, max(0, math.ceil(self.tokens.used(now))), charge
+        return self.limits.rpm, max(0, math.ceil(self.requests.used(now))), 1
 
     def _reject(
         self, kind: RejectKind, wait: float, now: float, limit: int, used: int, requested: int
     ) -> Rejected:
         self.consecutive_429 += 1
         if self.count_rejected:
-            self.requests.level = max(self.requests.level - 1, -self.requests.capacity)
+            self.requests.spend(1, now)
             if kind in ("requests", "tokens"):
-                wait = max(wait, self.requests.wait_for(1))
+                wait = max(wait, self.requests.wait_for(1, now))
         if self.penalty.enabled:
             penalty = min(self.penalty.base_s * 2 ** (self.consecutive_429 - 1), self.penalty.max_s)
             wait = max(wait, penalty)
             if now + wait > self.blocked_until:
                 self.blocked_until = now + wait
                 self.blocked_kind = kind
+        if self.spec.retry_after_s is not None and kind in ("requests", "tokens", "concurrency"):
+            wait = self.spec.retry_after_s  # an upstream that does not say how long
         return Rejected(kind, wait, limit, used, requested)
 
     def _roll_caps(self, now: float) -> None:
@@ -203,14 +413,17 @@ class AccountModelLimiter:
             self.month_index, self.month_count = month, 0
 
     def snapshot(self, now: float) -> tuple[float, float, float, float]:
-        """Remaining requests, remaining tokens, seconds until each bucket is full again."""
-        self.requests.refill(now)
-        self.tokens.refill(now)
-        return self.requests.level, self.tokens.level, self.requests.until_full(), self.tokens.until_full()
+        """Remaining requests and tokens (in the algorithm's unit), seconds until each is whole again."""
+        return (
+            self.requests.remaining(now),
+            self.tokens.remaining(now),
+            self.requests.reset_in(now),
+            self.tokens.reset_in(now),
+        )
 
     def bounds(self) -> tuple[float, float]:
-        """Most requests and tokens the buckets can ever admit in any 60 s window."""
-        return self.requests.capacity + self.limits.rpm, self.tokens.capacity + self.limits.tpm
+        """Most requests and tokens the quotas can ever admit in any 60 s window."""
+        return self.requests.bound_60s(), self.tokens.bound_60s()
 
 
 class SourceLimiter:

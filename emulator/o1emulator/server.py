@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from o1common.durations import format_duration
 
 from o1emulator import content, errors
 from o1emulator.charge import BUDGET_FIELDS, admission_charge, prompt_estimate, requested_budget
 from o1emulator.config import Account, ApiKey, EmulatorConfig, EmulatorConfigError, ModelSpec, parse_faults
-from o1emulator.durations import format_duration
 from o1emulator.faults import FaultChoice, FaultPlan
 from o1emulator.limits import AccountModelLimiter, Admitted, Rejected, SourceLimiter
-from o1emulator.stats import Counters, limiter_report
+from o1emulator.stats import Counters, Timeline, limiter_report
 
 Clock = Callable[[], float]
 FIXED_CREATED = 1_735_689_600  # 2025-01-01T00:00:00Z: "created" of every answer when a seed is set
@@ -85,9 +85,10 @@ class Emulator:
         self.limiters: dict[tuple[str, str], AccountModelLimiter] = {}
         self.model_counters: dict[tuple[str, str], Counters] = {}
         self.key_counters: dict[tuple[str, str], Counters] = {}
+        self.timeline = Timeline(now)
         for account in config.accounts:
             for model in config.models:
-                limits = account.limits_for(model)
+                limits = config.enforced_limits(account, model)
                 if limits is None:
                     continue
                 self.limiters[account.name, model] = AccountModelLimiter(
@@ -97,6 +98,7 @@ class Emulator:
                     now,
                     config.concurrency_retry_after_s,
                     config.count_rejected,
+                    config.limiter_for(account),
                 )
                 self.model_counters[account.name, model] = Counters()
             for key in account.keys:
@@ -133,6 +135,7 @@ class Emulator:
     def reset(self, buckets: bool = False) -> None:
         """Zero the counters; with ``buckets`` also refill every bucket and clear penalties and caps."""
         self.totals.clear()
+        self.timeline.clear(self.clock())
         for counters in (*self.model_counters.values(), *self.key_counters.values()):
             counters.reset()
         now = self.clock()
@@ -226,9 +229,9 @@ class Emulator:
 
     def rate_headers(self, target: Target, fault: FaultChoice) -> dict[str, str]:
         rule = fault.headers
-        if rule is not None and rule.kind == "no_headers":
-            return {}
         limiter = target.limiter
+        if (rule is not None and rule.kind == "no_headers") or not limiter.spec.headers:
+            return {}
         if rule is not None:
             return {
                 "x-ratelimit-limit-requests": rule.value,
@@ -267,6 +270,7 @@ class Emulator:
             if self.sources is not None:
                 self.sources.take(source, now)
             self.totals["admitted"] += 1
+            self.timeline.add(target.account.name, target.model, now, admitted=True)
             target.model_counters.admit(charge)
             target.key_counters.admit(charge)
             fault = self.faults.choose(target.account.name, target.model, stream)
@@ -279,6 +283,7 @@ class Emulator:
             return fault
         target.model_counters.rejected[decision.kind] += 1
         target.key_counters.rejected[decision.kind] += 1
+        self.timeline.add(target.account.name, target.model, now, admitted=False)
         fault = self.faults.choose(target.account.name, target.model, stream, admitted=False)
         if fault.headers is not None:
             target.model_counters.faults[fault.headers.kind] += 1
@@ -314,6 +319,13 @@ class Emulator:
             headers["retry-after"] = str(math.ceil(ms / 1000))
             headers["retry-after-ms"] = str(ms)
         return headers
+
+    def prompt_estimate(self, body: dict[str, Any], model: str) -> int:
+        return prompt_estimate(body, self.config.tokens.estimate, model)
+
+    def charge(self, prompt: int, budget: int | None, choices: int) -> int:
+        rule = self.config.tokens
+        return admission_charge(prompt, budget, choices, rule.charge, rule.default_max_tokens)
 
     def count_completion(self, target: Target, tokens: int) -> None:
         target.model_counters.completion_tokens += tokens
@@ -383,8 +395,8 @@ class Emulator:
             )
         stream = body.get("stream") is True
         self.check_budget(body)
-        prompt, budget = prompt_estimate(body), requested_budget(body)
-        charge = admission_charge(prompt, budget, choices, self.config.tokens)
+        prompt, budget = self.prompt_estimate(body, target.model), requested_budget(body)
+        charge = self.charge(prompt, budget, choices)
         fault = self.admit(target, charge, prompt, budget, stream, request.remote or "unknown")
         try:
             headers = self.rate_headers(target, fault)
@@ -462,8 +474,8 @@ class Emulator:
             raise ApiError(400, errors.missing_parameter("input"))
         stream = body.get("stream") is True
         self.check_budget(body)
-        prompt, budget = prompt_estimate(body), requested_budget(body)
-        charge = admission_charge(prompt, budget, 1, self.config.tokens)
+        prompt, budget = self.prompt_estimate(body, target.model), requested_budget(body)
+        charge = self.charge(prompt, budget, 1)
         fault = self.admit(target, charge, prompt, budget, stream, request.remote or "unknown")
         try:
             headers = self.rate_headers(target, fault)
@@ -541,7 +553,7 @@ class Emulator:
                     "invalid_value",
                 ),
             )
-        prompt = prompt_estimate(body)
+        prompt = self.prompt_estimate(body, target.model)
         fault = self.admit(target, prompt, prompt, None, False, request.remote or "unknown")
         try:
             headers = self.rate_headers(target, fault)
@@ -568,6 +580,9 @@ class Emulator:
 
     async def admin_stats(self, request: web.Request) -> web.StreamResponse:
         return json_response(200, self.stats())
+
+    async def admin_timeline(self, request: web.Request) -> web.StreamResponse:
+        return json_response(200, self.timeline.as_dict(self.clock()))
 
     async def admin_reset(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -613,6 +628,7 @@ class Emulator:
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.azure_chat_completions)
         app.router.add_post("/openai/deployments/{deployment}/embeddings", self.azure_embeddings)
         app.router.add_get("/admin/stats", self.admin_stats)
+        app.router.add_get("/admin/timeline", self.admin_timeline)
         app.router.add_post("/admin/reset", self.admin_reset)
         app.router.add_get("/admin/faults", self.admin_get_faults)
         app.router.add_post("/admin/faults", self.admin_set_faults)

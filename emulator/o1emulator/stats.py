@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import math
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +58,12 @@ def limiter_report(counters: Counters, limiter: AccountModelLimiter, now: float)
     concurrency_exceeded = limits.concurrency is not None and limiter.max_in_flight > limits.concurrency
     return {
         **counters.as_dict(),
-        "limits": {**limits.model_dump(), "burst": limiter.burst},
+        "limits": {
+            **limits.model_dump(),
+            "burst": limiter.burst,
+            "algorithm": limiter.spec.algorithm,
+            "window_s": limiter.spec.window_s,
+        },
         "remaining": {"requests": requests_left, "tokens": tokens_left},
         "window_60s": {
             "max_requests": window.max_requests,
@@ -72,3 +78,36 @@ def limiter_report(counters: Counters, limiter: AccountModelLimiter, now: float)
         },
         "consecutive_429": limiter.consecutive_429,
     }
+
+
+TIMELINE_SECONDS = 4 * 3600  # per-second counts kept for the last four hours
+
+
+class Timeline:
+    """Admitted and refused requests per second, per account and model: what a plot of the upstream's
+    view over time needs (``GET /admin/timeline``)."""
+
+    def __init__(self, now: float) -> None:
+        self.start = now
+        self.seconds: dict[tuple[str, str], OrderedDict[int, list[int]]] = {}
+
+    def add(self, account: str, model: str, now: float, admitted: bool) -> None:
+        counts = self.seconds.setdefault((account, model), OrderedDict())
+        second = math.floor(now - self.start)
+        row = counts.get(second)
+        if row is None:
+            row = counts[second] = [0, 0]
+            while len(counts) > TIMELINE_SECONDS:
+                counts.popitem(last=False)
+        row[0 if admitted else 1] += 1
+
+    def clear(self, now: float) -> None:
+        self.start = now
+        self.seconds.clear()
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """``{"elapsed_s", "accounts": {account: {model: [[second, admitted, refused], ...]}}}``."""
+        accounts: dict[str, dict[str, list[list[int]]]] = {}
+        for (account, model), counts in self.seconds.items():
+            accounts.setdefault(account, {})[model] = [[second, *row] for second, row in counts.items()]
+        return {"elapsed_s": now - self.start, "accounts": accounts}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
+
+from o1common.signals import until_stopped
 
 from o1sidecar.config import ConfigError, SidecarConfig
 
@@ -26,15 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
-
-
-async def until_stopped() -> None:
-    """Return on the first SIGINT or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 async def _serve(config: SidecarConfig) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
 import yaml
+from o1common.configfiles import format_validation_error, read_yaml_mapping
+from o1common.tiers import TIER_PRESETS, tier_limits
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from o1sidecar.tiers import tier_limits
 
 CONFIG_VERSION = "o1pool.io/sidecar/v1alpha1"
 
@@ -122,8 +122,6 @@ class Account(_Strict):
 
     def serves(self) -> list[str]:
         """Models this account can serve, in a stable order."""
-        from o1sidecar.tiers import TIER_PRESETS
-
         names = set(self.models) | set(TIER_PRESETS.get(self.tier or 0, {}))
         return sorted(m for m in names if self.limits_for(m) is not None)
 
@@ -238,7 +236,7 @@ class SidecarConfig(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, source)) from None
+            raise ConfigError(format_validation_error(exc, source, "docs/sidecar-config.md")) from None
 
     @classmethod
     def load(cls, path: str | Path) -> SidecarConfig:
@@ -246,29 +244,3 @@ class SidecarConfig(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
-
-
-def read_yaml_mapping(path: str | Path, error: type[Exception]) -> dict[str, Any]:
-    """The YAML mapping in ``path``; anything else raises ``error`` naming the file and the problem."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise error(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise error(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: ``source: field.path: message``."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field; check the spelling against docs/sidecar-config.md"
-        lines.append(f"{source}: {loc}: {msg}")
-    return "\n".join(lines)

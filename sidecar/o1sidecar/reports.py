@@ -7,14 +7,12 @@ becomes ``None`` so the limiter keeps its own view.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from o1sidecar.limits.api import UpstreamReport
+from o1common import durations
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
-_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+from o1sidecar.limits.api import UpstreamReport
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -34,13 +32,10 @@ def parse_duration(text: str | None) -> float | None:
     simple = _simple_duration(text)
     if simple is not None:
         return simple
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * _UNIT_S[match.group(2)]
-        pos = match.end()
-    return total if pos == len(text) and pos > 0 else None
+    try:
+        return durations.parse_duration(text)
+    except ValueError:
+        return None
 
 
 def _simple_duration(text: str) -> float | None:

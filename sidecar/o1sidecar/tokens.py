@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cachetools import LRUCache
+from o1common.encodings import get_encoding
 
 from o1sidecar.config import TokenPolicy
-from o1sidecar.encodings import get_encoding
 
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1

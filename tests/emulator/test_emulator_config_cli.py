@@ -13,6 +13,7 @@ from urllib.request import Request, urlopen
 
 import openai
 import pytest
+import yaml
 from o1emulator import EmulatorConfig, EmulatorConfigError, EmulatorThread, default_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +112,31 @@ def test_cli_help_and_bad_config(tmp_path: Path) -> None:
     assert f"{bad}: accounts: List should have at least 1 item" in result.stderr
     result = run_cli("--burst", "0.2", "--print-config")
     assert result.returncode == 2 and "command line: burst:" in result.stderr
+    result = run_cli("--window", "90", "--print-config")
+    assert result.returncode == 2 and "command line: limiter.window_s:" in result.stderr
+
+
+def test_cli_flags_choose_the_algorithm_headers_and_estimate() -> None:
+    result = run_cli(
+        "--algorithm",
+        "sliding_log",
+        "--window",
+        "10",
+        "--no-rate-headers",
+        "--estimate",
+        "json_chars",
+        "--print-config",
+    )
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["limiter"] == {
+        "algorithm": "sliding_log",
+        "window_s": 10.0,
+        "headers": False,
+        "retry_after_s": None,
+        "limit_scale": 1.0,
+    }
+    assert printed["tokens"]["estimate"] == "json_chars"
 
 
 def test_cli_serves_on_a_free_port_and_prints_the_url() -> None:

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
+from o1common.durations import parse_duration
 from o1emulator import EmulatorHandle, start_emulator
 from o1emulator.config import Penalty, ResolvedLimits
-from o1emulator.durations import parse_duration
 from o1emulator.limits import AccountModelLimiter, Admitted, Rejected
 
 KEY_A, KEY_A2, KEY_B = "sk-test-account-a-1", "sk-test-account-a-2", "sk-test-account-b-1"

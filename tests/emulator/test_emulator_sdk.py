@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import openai
 import pytest
+from o1common.durations import parse_duration
 from o1emulator import EmulatorHandle, EmulatorThread
-from o1emulator.durations import parse_duration
 
 KEY_A = "sk-test-account-a-1"
 

@@ -61,8 +61,10 @@ def test_health_recovers_with_rest() -> None:
     assert health_at(h, 600.0) > 0.99
 
 
-@given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 10_000), st.floats(0, 1)), min_size=1, max_size=6),
-       st.integers(1, 10_000))
+@given(
+    st.lists(st.tuples(st.floats(0, 100), st.floats(0, 10_000), st.floats(0, 1)), min_size=1, max_size=6),
+    st.integers(1, 10_000),
+)
 def test_choice_fits_and_is_best(specs: list[tuple[float, float, float]], tokens: int) -> None:
     cands = [cand(f"a{i}", r, t, health=h) for i, (r, t, h) in enumerate(specs)]
     picked = choose(cands, tokens, 0.0)

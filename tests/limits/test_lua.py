@@ -194,10 +194,23 @@ def _cluster_node(binary: str) -> RedisServer:
     for _ in range(3):  # the free port may be taken by someone else in between: try another
         server = RedisServer(binary=binary, port=free_port())
         server.proc = subprocess.Popen(
-            [binary, "--port", str(server.port), "--bind", "127.0.0.1", "--save", "",
-             "--cluster-enabled", "yes", "--cluster-config-file", str(server.workdir / "nodes.conf"),
-             "--dir", str(server.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(server.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(server.workdir / "nodes.conf"),
+                "--dir",
+                str(server.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while server.proc.poll() is None and time.monotonic() < deadline:
@@ -215,8 +228,16 @@ def test_hash_slot_agrees_with_redis_cluster() -> None:
     server = _cluster_node(binary)
     try:
         c = redis.Redis(port=server.port)
-        names = [KEYS.account("acct-1", "o1-mini"), KEYS.leases("acct-1", "o1-mini"), KEYS.queue("o1-mini"),
-                 KEYS.ticket_expiry("o1"), KEYS.ticket_cost("o1"), KEYS.sidecars(), "123456789", "plain"]
+        names = [
+            KEYS.account("acct-1", "o1-mini"),
+            KEYS.leases("acct-1", "o1-mini"),
+            KEYS.queue("o1-mini"),
+            KEYS.ticket_expiry("o1"),
+            KEYS.ticket_cost("o1"),
+            KEYS.sidecars(),
+            "123456789",
+            "plain",
+        ]
         for name in names:
             assert c.cluster("KEYSLOT", name) == hash_slot(name)
         assert len({c.cluster("KEYSLOT", n) for n in names[:6]}) == 1
@@ -226,8 +247,11 @@ def test_hash_slot_agrees_with_redis_cluster() -> None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    st.lists(st.tuples(st.floats(0, 60), st.floats(0, 6_000), st.floats(0, 1), st.floats(0.5, 2)),
-             min_size=1, max_size=4),
+    st.lists(
+        st.tuples(st.floats(0, 60), st.floats(0, 6_000), st.floats(0, 1), st.floats(0.5, 2)),
+        min_size=1,
+        max_size=4,
+    ),
     st.integers(1, 6_000),
 )
 async def test_lua_picks_the_account_python_picks(

@@ -22,7 +22,10 @@ pytestmark = pytest.mark.redis
 
 MODEL = "o1-mini"
 FAST_REDIS = {
-    "heartbeat_interval_s": 0.2, "breaker_failures": 2, "breaker_reset_s": 0.5, "op_timeout_ms": 200,
+    "heartbeat_interval_s": 0.2,
+    "breaker_failures": 2,
+    "breaker_reset_s": 0.5,
+    "op_timeout_ms": 200,
 }
 
 

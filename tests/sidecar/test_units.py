@@ -11,13 +11,12 @@ from importlib import resources
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from o1common.durations import format_duration
+from o1common.encodings import get_encoding
 from o1emulator import charge as emulator_charge
-from o1emulator.config import TokenRule
-from o1emulator.durations import format_duration
 from o1sidecar.cache import cache_key, is_cacheable
 from o1sidecar.config import CachePolicy, QueuePolicy, RetryPolicy, TokenPolicy
 from o1sidecar.controls import parse_controls
-from o1sidecar.encodings import get_encoding
 from o1sidecar.errors import ProxyError
 from o1sidecar.plan import Action, Outcome, PlanState, backoff_s, classify, next_step
 from o1sidecar.reports import build_report, error_from_body, parse_duration, usage_from_body
@@ -27,6 +26,7 @@ from o1sidecar.tokens import (
     admission_charge,
     bytes_estimate,
     encoding_name_for,
+    upstream_prompt_estimate,
 )
 from o1sidecar.truncation import parse_context_error, target_tokens, truncate_messages
 
@@ -187,9 +187,9 @@ def test_unknown_models_use_bytes_over_four() -> None:
 def test_embeddings_charge_is_the_input_and_never_below_the_emulators(items: object) -> None:
     body = {"model": "text-embedding-3-small", "input": items}
     ours = TokenCounter().charge("embeddings", "text-embedding-3-small", body, TokenPolicy())
-    assert ours >= emulator_charge.prompt_estimate(body)
+    assert ours >= emulator_charge.prompt_estimate(body, "chars")
     assert ours == max(
-        TokenCounter().embeddings_input("text-embedding-3-small", body), emulator_charge.prompt_estimate(body)
+        TokenCounter().embeddings_input("text-embedding-3-small", body), upstream_prompt_estimate(body)
     )
 
 
@@ -228,16 +228,22 @@ bodies = st.one_of(
 )
 
 
-@given(bodies, st.sampled_from(["max", "sum"]))
-def test_sidecar_charge_never_below_the_emulators(body: dict, rule: str) -> None:
+@given(bodies, st.sampled_from(["max", "sum"]), st.sampled_from(["chars", "tiktoken"]))
+def test_sidecar_charge_never_below_an_upstream_counting_characters_or_tokens(
+    body: dict, rule: str, estimate: str
+) -> None:
+    """Two independent implementations (the emulator's charge.py and the sidecar's tokens.py) agree
+    that the sidecar reserves at least what an upstream charging by characters/4 or by BPE tokens
+    does. (Against an escaped-JSON estimate it may not: the adaptive limits in limits/ cover that.)"""
     counter = TokenCounter()
     endpoint = "chat/completions" if "messages" in body else "responses"
     ours = counter.charge(endpoint, "o1", body, TokenPolicy(charge=rule))
     theirs = emulator_charge.admission_charge(
-        emulator_charge.prompt_estimate(body),
+        emulator_charge.prompt_estimate(body, estimate, "o1"),
         emulator_charge.requested_budget(body),
         body.get("n", 1),
-        TokenRule(charge=rule),
+        rule,
+        TokenPolicy().default_max_tokens,
     )
     assert ours >= theirs
 

@@ -10,8 +10,10 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import aiohttp
 
@@ -85,35 +87,84 @@ class Progress:
         )
 
 
-async def _one(
-    session: aiohttp.ClientSession,
-    url: str,
-    planned: Planned,
-    body: dict[str, object],
-    extra_headers: dict[str, str],
-) -> Outcome:
-    headers = {
-        "x-o1pool-priority": str(planned.priority),
-        "authorization": "Bearer any-key-the-sidecar-supplies-the-real-one",
-        **extra_headers,
-    }
-    started = time.monotonic()
+Sender = Callable[[str, Planned, dict[str, object], dict[str, str]], Awaitable[Outcome]]
+CLIENT_KEY = "any-key-the-sidecar-supplies-the-real-one"
+
+
+def _outcome(planned: Planned, status: int, started: float, h: Mapping[str, str]) -> Outcome:
+    return Outcome(
+        planned=planned,
+        status=status,
+        latency_s=time.monotonic() - started,
+        queue_wait_s=float(h.get("x-o1pool-queue-wait-ms", 0) or 0) / 1000,
+        model=h.get("x-o1pool-model"),
+        account=h.get("x-o1pool-account"),
+        degraded=h.get("x-o1pool-degraded", "false") == "true",
+        cache=h.get("x-o1pool-cache"),
+    )
+
+
+@asynccontextmanager
+async def aiohttp_sender(timeout_s: float) -> AsyncIterator[Sender]:
+    """Plain HTTP with aiohttp: the lightest client, for latency measurements."""
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def send(
+            base_url: str, planned: Planned, body: dict[str, object], extra: dict[str, str]
+        ) -> Outcome:
+            headers = {
+                "x-o1pool-priority": str(planned.priority),
+                "authorization": f"Bearer {CLIENT_KEY}",
+                **extra,
+            }
+            started = time.monotonic()
+            try:
+                async with session.post(base_url + "/chat/completions", json=body, headers=headers) as resp:
+                    await resp.read()
+                    return _outcome(planned, resp.status, started, resp.headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return Outcome(planned, 0, time.monotonic() - started, 0.0, error=type(exc).__name__)
+
+        yield send
+
+
+@asynccontextmanager
+async def openai_sender(timeout_s: float) -> AsyncIterator[Sender]:
+    """The official ``openai`` SDK, as an app would use it, with its own retries off (``max_retries=0``):
+    every answer the sidecar gives reaches the outcome as it is."""
+    import openai
+
+    clients: dict[str, openai.AsyncOpenAI] = {}
     try:
-        async with session.post(url, json=body, headers=headers) as resp:
-            await resp.read()
-            h = resp.headers
-            return Outcome(
-                planned=planned,
-                status=resp.status,
-                latency_s=time.monotonic() - started,
-                queue_wait_s=float(h.get("x-o1pool-queue-wait-ms", 0) or 0) / 1000,
-                model=h.get("x-o1pool-model"),
-                account=h.get("x-o1pool-account"),
-                degraded=h.get("x-o1pool-degraded", "false") == "true",
-                cache=h.get("x-o1pool-cache"),
-            )
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return Outcome(planned, 0, time.monotonic() - started, 0.0, error=type(exc).__name__)
+
+        async def send(
+            base_url: str, planned: Planned, body: dict[str, object], extra: dict[str, str]
+        ) -> Outcome:
+            client = clients.get(base_url)
+            if client is None:
+                client = clients[base_url] = openai.AsyncOpenAI(
+                    base_url=base_url, api_key=CLIENT_KEY, max_retries=0, timeout=timeout_s
+                )
+            headers = {"x-o1pool-priority": str(planned.priority), **extra}
+            started = time.monotonic()
+            try:
+                raw = await client.chat.completions.with_raw_response.create(
+                    **body,  # type: ignore[arg-type]
+                    extra_headers=headers,
+                )
+                raw.parse()
+                return _outcome(planned, raw.status_code, started, raw.headers)
+            except openai.APIStatusError as exc:
+                return _outcome(planned, exc.status_code, started, exc.response.headers)
+            except openai.APIConnectionError as exc:
+                return Outcome(planned, 0, time.monotonic() - started, 0.0, error=type(exc).__name__)
+
+        yield send
+    finally:
+        for client in clients.values():
+            await client.close()
 
 
 async def drive(
@@ -123,23 +174,23 @@ async def drive(
     on_progress: Callable[[Progress], None] | None = None,
     timeout_s: float = 600.0,
     headers_for: Callable[[Planned], dict[str, str]] | None = None,
+    client: Literal["aiohttp", "openai"] = "aiohttp",
 ) -> list[Outcome]:
     """Send each planned request at its time to ``base_urls`` in turn; return every outcome."""
     progress = Progress(total=len(plan))
     outcomes: list[Outcome] = []
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    sender = openai_sender if client == "openai" else aiohttp_sender
+    async with sender(timeout_s) as send:
         start = time.monotonic()
 
         async def fire(planned: Planned) -> None:
             delay = start + planned.at_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            url = base_urls[planned.index % len(base_urls)].rstrip("/") + "/chat/completions"
+            url = base_urls[planned.index % len(base_urls)].rstrip("/")
             progress.sent += 1
             extra = headers_for(planned) if headers_for else {}
-            outcome = await _one(session, url, planned, body_for(planned), extra)
+            outcome = await send(url, planned, body_for(planned), extra)
             outcomes.append(outcome)
             progress.done += 1
             if outcome.status == 200:

@@ -23,7 +23,27 @@ from o1pool.loadgen import Outcome, Planned, chat_body, drive, percentile, plan_
 from o1pool.procs import RedisServer, free_port, spawn_module, stop_all, wait_for_port
 
 MODEL = "o1-mini"
-ACCOUNTS = ("acct-a", "acct-b")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The accounts (name -> key names) that the emulator knows and the sidecars use, and the pool."""
+
+    accounts: tuple[tuple[str, tuple[str, ...]], ...] = (("acct-a", ("k1",)), ("acct-b", ("k1",)))
+    pool: str = "bench"
+
+    def key_value(self, account: str, key: str) -> str:
+        return f"sk-{self.pool}-{account}-{key}"
+
+    def key_env(self, account: str, key: str) -> str:
+        return f"O1POOL_KEY_{account}_{key}".upper().replace("-", "_")
+
+    def env(self) -> dict[str, str]:
+        return {self.key_env(a, k): self.key_value(a, k) for a, keys in self.accounts for k in keys}
+
+
+DEFAULT_LAYOUT = Layout()
+ACCOUNTS = tuple(name for name, _ in DEFAULT_LAYOUT.accounts)
 
 
 @dataclass
@@ -40,8 +60,15 @@ class Cluster:
 
 
 def emulator_config(
-    rpm: int, tpm: int, latency_scale: float, *, concurrency: int | None = None
+    rpm: int,
+    tpm: int,
+    latency_scale: float,
+    *,
+    concurrency: int | None = None,
+    layout: Layout = DEFAULT_LAYOUT,
+    **extra: Any,
 ) -> dict[str, Any]:
+    """One model on every account of ``layout``; ``extra`` adds top-level fields (limiter, tokens)."""
     from o1emulator.config import DEFAULT_CONFIG
 
     limits: dict[str, Any] = {"rpm": rpm, "tpm": tpm}
@@ -51,9 +78,14 @@ def emulator_config(
         "latency_scale": latency_scale,
         "models": {MODEL: DEFAULT_CONFIG["models"][MODEL]},
         "accounts": [
-            {"name": a, "keys": [{"name": f"{a}-k1", "key": f"sk-bench-{a}-1"}], "models": {MODEL: limits}}
-            for a in ACCOUNTS
+            {
+                "name": a,
+                "keys": [{"name": k, "key": layout.key_value(a, k)} for k in keys],
+                "models": {MODEL: limits},
+            }
+            for a, keys in layout.accounts
         ],
+        **extra,
     }
 
 
@@ -64,9 +96,12 @@ def sidecar_config(
     redis_url: str | None,
     limits: dict[str, Any],
     cache: bool,
+    layout: Layout = DEFAULT_LAYOUT,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """A sidecar of ``layout``'s pool; ``extra`` adds or replaces top-level sections."""
     return {
-        "pool": {"name": "bench", "namespace": "default"},
+        "pool": {"name": layout.pool, "namespace": "default"},
         "listen": {"host": "127.0.0.1", "port": port},
         "metrics": {"host": "127.0.0.1", "port": metrics_port},
         "redis": {"url": redis_url} if redis_url else {},
@@ -76,14 +111,15 @@ def sidecar_config(
                 "name": a,
                 "base_url": emulator_url + "/v1",
                 "models": {MODEL: limits},
-                "keys": [{"name": f"{a}-k1", "env": f"O1POOL_KEY_{a.upper().replace('-', '_')}"}],
+                "keys": [{"name": k, "env": layout.key_env(a, k)} for k in keys],
             }
-            for a in ACCOUNTS
+            for a, keys in layout.accounts
         ],
+        **(extra or {}),
     }
 
 
-KEY_ENV = {f"O1POOL_KEY_{a.upper().replace('-', '_')}": f"sk-bench-{a}-1" for a in ACCOUNTS}
+KEY_ENV = DEFAULT_LAYOUT.env()
 
 
 @contextmanager
@@ -93,6 +129,8 @@ def cluster(
     sidecar_limits: dict[str, Any],
     redis: RedisServer | None,
     cache: bool = False,
+    layout: Layout = DEFAULT_LAYOUT,
+    sidecar_extra: dict[str, Any] | None = None,
 ) -> Iterator[Cluster]:
     """Start the emulator and ``sidecars`` sidecar processes; stop them all on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="o1pool-scenario-"))
@@ -116,12 +154,24 @@ def cluster(
         for i in range(sidecars):
             port, metrics_port = free_port(), free_port()
             cfg = sidecar_config(
-                emulator_url, port, metrics_port, redis.url if redis else None, sidecar_limits, cache
+                emulator_url,
+                port,
+                metrics_port,
+                redis.url if redis else None,
+                sidecar_limits,
+                cache,
+                layout,
+                sidecar_extra,
             )
             path = workdir / f"sidecar-{i}.yaml"
             path.write_text(yaml.safe_dump(cfg))
             proc = spawn_module(
-                "o1pool.cli", "sidecar", "--config", str(path), log=workdir / f"sidecar-{i}.log", env=KEY_ENV
+                "o1pool.cli",
+                "sidecar",
+                "--config",
+                str(path),
+                log=workdir / f"sidecar-{i}.log",
+                env=layout.env(),
             )
             procs.append(proc)
             urls.append((port, proc))
@@ -258,6 +308,7 @@ async def run_latency(settings: LatencySettings, redis: RedisServer) -> list[Lat
     big = 10_000_000
     emu_cfg = emulator_config(big, big * 100, latency_scale=0.0)
     rows = {name: LatencyRow(name, [], 0) for name in ("direct", "bare aiohttp proxy", "o1pool sidecar")}
+    api_key = DEFAULT_LAYOUT.key_value("acct-a", "k1")
     with cluster(emu_cfg, 1, {"rpm": big, "tpm": big * 100}, redis, cache=True) as c:
         bare_port = free_port()
         bare = spawn_module(
@@ -265,7 +316,7 @@ async def run_latency(settings: LatencySettings, redis: RedisServer) -> list[Lat
             "--upstream",
             c.emulator_url + "/v1",
             "--api-key",
-            KEY_ENV["O1POOL_KEY_ACCT_A"],
+            api_key,
             "--port",
             str(bare_port),
             log=c.workdir / "bare.log",
@@ -273,7 +324,7 @@ async def run_latency(settings: LatencySettings, redis: RedisServer) -> list[Lat
         c.procs.append(bare)
         wait_for_port(bare_port, proc=bare)
         targets = {
-            "direct": (c.emulator_url + "/v1", {"authorization": f"Bearer {KEY_ENV['O1POOL_KEY_ACCT_A']}"}),
+            "direct": (c.emulator_url + "/v1", {"authorization": f"Bearer {api_key}"}),
             "bare aiohttp proxy": (f"http://127.0.0.1:{bare_port}/v1", {}),
             "o1pool sidecar": (c.sidecar_urls[0], {}),
         }

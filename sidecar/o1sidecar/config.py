@@ -86,6 +86,17 @@ class Account(_Strict):
     kind: Literal["openai", "azure", "relay"] = "openai"
     base_url: str = Field(default="https://api.openai.com/v1", pattern=r"^https?://")
     weight: float = Field(default=1.0, gt=0)
+    burst_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Pacing: at most this many seconds' worth of quota goes out at once (60: a minute).",
+    )
+    adaptive: bool = Field(
+        default=True,
+        description="Lower the effective limits when the upstream refuses what they allowed; raise them "
+        "back while calls succeed.",
+    )
     tier: int | None = Field(default=None, ge=1, le=5)
     api_version: str | None = Field(default=None, description="Azure OpenAI api-version query value.")
     deployments: dict[str, str] = Field(default_factory=dict, description="Azure: model -> deployment.")

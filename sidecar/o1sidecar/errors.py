@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from o1sidecar.limits.api import NoCapacity, QueueFull, QueueTimeout
+from o1sidecar.limits.api import NoCapacity, QueueFull, QueueTimeout, QuotaExhausted
 
 
 class ProxyError(Exception):
@@ -94,6 +94,19 @@ def no_capacity(exc: NoCapacity, model: str, tokens: int) -> ProxyError:
         f"No account of this pool can ever admit this request for {model}: it needs {tokens} tokens per "
         f"minute at admission ({exc}). Lower max_tokens / max_completion_tokens or send a shorter prompt.",
         code="request_too_large",
+    )
+
+
+def quota_exhausted(exc: QuotaExhausted, models: list[str]) -> ProxyError:
+    """OpenAI's shape for a spent quota (the SDKs raise RateLimitError with code insufficient_quota)."""
+    retry_after = max(1, round(exc.retry_after_s))
+    return ProxyError(
+        429,
+        f"The pool's request caps are spent for every model tried ({', '.join(models)}): {exc.reason}. "
+        f"Retry after {retry_after} s, or raise daily_requests / monthly_requests in the O1Pool.",
+        type="insufficient_quota",
+        code="insufficient_quota",
+        headers={"retry-after": str(retry_after)},
     )
 
 

@@ -41,12 +41,31 @@ class _LimiterStateCollector(Collector):
             labels=["key", "type"],
         )
         per_account: dict[tuple[str, str], float] = {}
-        for (account, _model), usage in state.usage_ratio.items():
-            for kind, value in usage.items():
+        for (account, _model), usage in state.usage.items():
+            for kind, value in (("requests", usage.requests_ratio), ("tokens", usage.tokens_ratio)):
                 per_account[(account, kind)] = max(value, per_account.get((account, kind), 0.0))
         for (account, kind), value in sorted(per_account.items()):
             ratio.add_metric([account, kind], value)
         yield ratio
+        effective = GaugeMetricFamily(
+            "o1_api_effective_limit",
+            "Per-minute limit admission acts on: the configured one, or lower after upstream 429s",
+            labels=["account", "model", "type"],
+        )
+        quota = GaugeMetricFamily(
+            "o1_api_quota_remaining",
+            "Requests left under an account's request cap (UTC day or month)",
+            labels=["account", "model", "period"],
+        )
+        for (account, model), usage in sorted(state.usage.items()):
+            effective.add_metric([account, model, "requests"], usage.effective_rpm)
+            effective.add_metric([account, model, "tokens"], usage.effective_tpm)
+            if usage.daily_left is not None:
+                quota.add_metric([account, model, "day"], usage.daily_left)
+            if usage.monthly_left is not None:
+                quota.add_metric([account, model, "month"], usage.monthly_left)
+        yield effective
+        yield quota
         mode = GaugeMetricFamily(
             "o1_api_limiter_mode",
             "1 for the limiter mode in force (shared on Redis or local)",

@@ -22,7 +22,16 @@ from o1sidecar.config import SidecarConfig
 from o1sidecar.controls import RequestControls
 from o1sidecar.errors import ProxyError, error_body
 from o1sidecar.inbound import CHAT, RESPONSES, Endpoint
-from o1sidecar.limits.api import Demand, Grant, Limiter, NoCapacity, QueueFull, QueueTimeout, UpstreamReport
+from o1sidecar.limits.api import (
+    Demand,
+    Grant,
+    Limiter,
+    NoCapacity,
+    QueueFull,
+    QueueTimeout,
+    QuotaExhausted,
+    UpstreamReport,
+)
 from o1sidecar.metrics import NO_KEY, SidecarMetrics
 from o1sidecar.plan import Action, Outcome, PlanState, classify, next_step
 from o1sidecar.reports import build_report, error_from_body, failure_report, usage_from_body
@@ -88,6 +97,17 @@ class Served:
         if self.model:
             out["x-o1pool-model"] = self.model
         return out
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A grant for one model of the chain, with the body to send it."""
+
+    index: int  # in [requested, *fallback chain]
+    model: str
+    body: dict[str, Any]
+    strip_usage: bool
+    grant: Grant
 
 
 class Proxy:
@@ -167,31 +187,19 @@ class Proxy:
         truncated_prompt: list[Any] | None = None
         attempt: Attempt | None = None
         while True:
-            model = models[state.model_index]
-            served.model = model
-            upstream_body, strip_usage = self._upstream_body(endpoint, body, model, truncated_prompt)
-            demand = Demand(
-                model=model,
-                tokens=self.counter.charge(endpoint.path, model, upstream_body, self.config.tokens),
-                priority=controls.priority,
-                deadline=deadline,
+            admission = await self._admit(
+                endpoint, body, models, state.model_index, truncated_prompt, controls, deadline, served
             )
-            try:
-                grant = await self.limiter.acquire(demand, self._accounts_for[model])
-            except QueueTimeout as exc:
-                served.waited_s += exc.waited_s
-                self.metrics.queue_rejections.labels("timeout").inc()
-                answer = errors.queue_timeout(exc, model, controls.priority, controls.deadline_ms)
-                return self._finish(answer, served, started)
-            except QueueFull as exc:
-                self.metrics.queue_rejections.labels("full").inc()
-                return self._finish(errors.queue_full(exc, self.config.queue.max_length), served, started)
-            except NoCapacity as exc:
-                if state.model_index + 1 < len(models):
-                    self._note_fallback(model, models[state.model_index + 1])
-                    state, served.degraded = PlanState(state.model_index + 1, truncated=state.truncated), True
-                    continue
-                return self._finish(errors.no_capacity(exc, model, demand.tokens), served, started)
+            if isinstance(admission, ProxyError):
+                return self._finish(admission, served, started)
+            if admission.index != state.model_index:
+                state = PlanState(admission.index, truncated=state.truncated)
+            model, upstream_body, strip_usage, grant = (
+                admission.model,
+                admission.body,
+                admission.strip_usage,
+                admission.grant,
+            )
             served.waited_s += grant.waited_s
             route = self.routes[grant.account]
             upstream_key = route.next_key()
@@ -257,6 +265,87 @@ class Proxy:
                     served.model = requested
                     return await self._answer_from_cache(request, endpoint, hit[0], body, served, started)
             return self._finish(self._exhausted(attempt, models), served, started)
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def _demand(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        model: str,
+        prompt: list[Any] | None,
+        controls: RequestControls,
+        deadline: float,
+    ) -> tuple[Demand, dict[str, Any], bool]:
+        upstream_body, strip_usage = self._upstream_body(endpoint, body, model, prompt)
+        tokens = self.counter.charge(endpoint.path, model, upstream_body, self.config.tokens)
+        return Demand(model, tokens, controls.priority, deadline), upstream_body, strip_usage
+
+    async def _admit(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        models: list[str],
+        index: int,
+        prompt: list[Any] | None,
+        controls: RequestControls,
+        deadline: float,
+        served: Served,
+    ) -> Admission | ProxyError:
+        """Wait for a grant on ``models[index]``; a model that can never admit the request moves on
+        along the chain, and at the deadline a later model with headroom right now takes it."""
+        while True:
+            model = models[index]
+            served.model = model
+            demand, upstream_body, strip_usage = self._demand(
+                endpoint, body, model, prompt, controls, deadline
+            )
+            try:
+                grant = await self.limiter.acquire(demand, self._accounts_for[model])
+                return Admission(index, model, upstream_body, strip_usage, grant)
+            except QueueTimeout as exc:
+                served.waited_s += exc.waited_s
+                late = await self._admit_now(endpoint, body, models, index, prompt, controls, served)
+                if late is not None:
+                    return late
+                self.metrics.queue_rejections.labels("timeout").inc()
+                return errors.queue_timeout(exc, model, controls.priority, controls.deadline_ms)
+            except QueueFull as exc:
+                self.metrics.queue_rejections.labels("full").inc()
+                return errors.queue_full(exc, self.config.queue.max_length)
+            except (NoCapacity, QuotaExhausted) as exc:
+                if index + 1 < len(models):
+                    self._note_fallback(model, models[index + 1])
+                    index, served.degraded = index + 1, True
+                    continue
+                if isinstance(exc, QuotaExhausted):
+                    self.metrics.queue_rejections.labels("quota").inc()
+                    return errors.quota_exhausted(exc, models)
+                return errors.no_capacity(exc, model, demand.tokens)
+
+    async def _admit_now(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        models: list[str],
+        index: int,
+        prompt: list[Any] | None,
+        controls: RequestControls,
+        served: Served,
+    ) -> Admission | None:
+        """The request's deadline passed waiting for ``models[index]``: the first later model of the
+        chain that can admit it right now, without waiting."""
+        for later in range(index + 1, len(models)):
+            model = models[later]
+            demand, upstream_body, strip_usage = self._demand(
+                endpoint, body, model, prompt, controls, time.time()
+            )
+            grant = await self.limiter.try_acquire(demand, self._accounts_for[model])
+            if grant is not None:
+                self._note_fallback(models[index], model)
+                served.model, served.degraded = model, True
+                return Admission(later, model, upstream_body, strip_usage, grant)
+        return None
 
     # -- upstream ------------------------------------------------------------------------------
 

@@ -74,14 +74,22 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
     return parse_duration(headers.get("retry-after"))
 
 
-def limit_type_of_429(error: Mapping[str, Any] | None) -> Literal["requests", "tokens"] | None:
-    """Which limit a 429 body says was hit (OpenAI puts it in ``error.type``, sometimes the message)."""
+LimitType = Literal["requests", "tokens", "concurrency", "quota"]
+
+
+def limit_type_of_429(error: Mapping[str, Any] | None) -> LimitType | None:
+    """Which limit a 429 body says was hit (OpenAI puts it in ``error.type``, sometimes the message):
+    RPM, TPM, concurrency, or the account's quota (``insufficient_quota``: spent, not rate-limited)."""
     if not error:
         return None
     kind = str(error.get("type") or "")
+    if kind == "insufficient_quota" or error.get("code") == "insufficient_quota":
+        return "quota"
+    message = str(error.get("message") or "").lower()
+    if "concurrent requests" in message:
+        return "concurrency"
     if kind in {"requests", "tokens"}:
         return kind  # type: ignore[return-value]
-    message = str(error.get("message") or "").lower()
     if "tokens per min" in message or "(tpm)" in message:
         return "tokens"
     if "requests per min" in message or "(rpm)" in message:
@@ -152,6 +160,8 @@ def build_report(
         remaining_tokens=_non_negative_int(headers.get("x-ratelimit-remaining-tokens")),
         reset_requests_s=parse_duration(headers.get("x-ratelimit-reset-requests")),
         reset_tokens_s=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+        limit_requests=_non_negative_int(headers.get("x-ratelimit-limit-requests")),
+        limit_tokens=_non_negative_int(headers.get("x-ratelimit-limit-tokens")),
         retry_after_s=retry_after_s(headers) if status == 429 else None,
         limit_type=limit_type_of_429(error) if status == 429 else None,
         failed=failed or status >= 500 or status in (401, 403),

@@ -85,36 +85,51 @@ class Kube:
     def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
         """Environment for a subprocess (e.g. the operator): KUBECONFIG set, kubectl/helm on PATH,
         helm's state in a private dir, no proxy variables."""
-        return clean_env({
-            "KUBECONFIG": str(kubeconfig or self.kubeconfig),
-            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "HELM_CACHE_HOME": str(self.helm_home / "cache"),
-            "HELM_CONFIG_HOME": str(self.helm_home / "config"),
-            "HELM_DATA_HOME": str(self.helm_home / "data"),
-        })
+        return clean_env(
+            {
+                "KUBECONFIG": str(kubeconfig or self.kubeconfig),
+                "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                "HELM_CACHE_HOME": str(self.helm_home / "cache"),
+                "HELM_CONFIG_HOME": str(self.helm_home / "config"),
+                "HELM_DATA_HOME": str(self.helm_home / "data"),
+            }
+        )
 
     def _run(
         self, argv: list[str], input: str | None, kubeconfig: Path | None, check: bool, timeout: float
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            argv, input=input, capture_output=True, text=True, env=self.env(kubeconfig),
-            timeout=timeout, check=False,
+            argv,
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env(kubeconfig),
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise KubeCommandError(argv, result)
         return result
 
     def kubectl(
-        self, *args: str, input: str | None = None, kubeconfig: Path | None = None,
-        check: bool = True, timeout: float = COMMAND_TIMEOUT,
+        self,
+        *args: str,
+        input: str | None = None,
+        kubeconfig: Path | None = None,
+        check: bool = True,
+        timeout: float = COMMAND_TIMEOUT,
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl (as admin unless ``kubeconfig`` is given); raises KubeCommandError if it fails
         and ``check`` is true."""
         return self._run([str(self.kubectl_path), *args], input, kubeconfig, check, timeout)
 
     def helm(
-        self, *args: str, input: str | None = None, kubeconfig: Path | None = None,
-        check: bool = True, timeout: float = COMMAND_TIMEOUT,
+        self,
+        *args: str,
+        input: str | None = None,
+        kubeconfig: Path | None = None,
+        check: bool = True,
+        timeout: float = COMMAND_TIMEOUT,
     ) -> subprocess.CompletedProcess[str]:
         """Run helm against this control plane, like :meth:`kubectl`."""
         return self._run([str(self.helm_path), *args], input, kubeconfig, check, timeout)
@@ -135,7 +150,10 @@ class Kube:
             token = client.CoreV1Api(api).create_namespaced_service_account_token(name, namespace, request)
         target = path or self.plane.workdir / "service-accounts" / f"{namespace}.{name}.kubeconfig"
         return write_token_kubeconfig(
-            target, self.server, self.ca_cert, f"system:serviceaccount:{namespace}:{name}",
+            target,
+            self.server,
+            self.ca_cert,
+            f"system:serviceaccount:{namespace}:{name}",
             token.status.token,
         )
 

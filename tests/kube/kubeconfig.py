@@ -18,15 +18,19 @@ def _write(path: Path, server: str, ca_cert: Path, user_name: str, user: dict[st
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{
-            "name": CLUSTER_NAME,
-            "cluster": {"server": server, "certificate-authority-data": _b64(ca_cert)},
-        }],
+        "clusters": [
+            {
+                "name": CLUSTER_NAME,
+                "cluster": {"server": server, "certificate-authority-data": _b64(ca_cert)},
+            }
+        ],
         "users": [{"name": user_name, "user": user}],
-        "contexts": [{
-            "name": f"{user_name}@{CLUSTER_NAME}",
-            "context": {"cluster": CLUSTER_NAME, "user": user_name, "namespace": "default"},
-        }],
+        "contexts": [
+            {
+                "name": f"{user_name}@{CLUSTER_NAME}",
+                "context": {"cluster": CLUSTER_NAME, "user": user_name, "namespace": "default"},
+            }
+        ],
         "current-context": f"{user_name}@{CLUSTER_NAME}",
         "preferences": {},
     }

@@ -98,9 +98,15 @@ def _leaf(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_encipherment=False, content_commitment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_encipherment=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -125,9 +131,15 @@ def generate_pki(directory: Path) -> ControlPlanePki:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_encipherment=False, content_commitment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_encipherment=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -142,13 +154,25 @@ def generate_pki(directory: Path) -> ControlPlanePki:
         x509.IPAddress(ipaddress.ip_address(KUBERNETES_SERVICE_IP)),
         *(x509.DNSName(name) for name in SERVING_DNS_NAMES),
     ]
-    serving = _leaf(directory, "apiserver", ca_cert, ca_key, _name("kube-apiserver"),
-                    ExtendedKeyUsageOID.SERVER_AUTH, serving_sans)
-    admin = _leaf(directory, "admin", ca_cert, ca_key, _name("admin", "system:masters"),
-                  ExtendedKeyUsageOID.CLIENT_AUTH)
+    serving = _leaf(
+        directory,
+        "apiserver",
+        ca_cert,
+        ca_key,
+        _name("kube-apiserver"),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        serving_sans,
+    )
+    admin = _leaf(
+        directory, "admin", ca_cert, ca_key, _name("admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH
+    )
     controller_manager = _leaf(
-        directory, "controller-manager", ca_cert, ca_key,
-        _name("system:kube-controller-manager", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH,
+        directory,
+        "controller-manager",
+        ca_cert,
+        ca_key,
+        _name("system:kube-controller-manager", "system:masters"),
+        ExtendedKeyUsageOID.CLIENT_AUTH,
     )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sa_private = _write(directory / "sa.key", _key_pem(sa_key))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,20 +15,14 @@ from tests.kube import testground
 from tests.kube.fixtures import Kube
 from tests.kube.testground import BUILD_COMMAND, BUILD_SCRIPT, ControlPlaneNotBuilt, find_binaries
 from tests.kube.testground import free_port as real_free_port
+from tests.polling import eventually
 
 
 def pinned_versions() -> dict[str, str]:
-    out = subprocess.run(["bash", str(BUILD_SCRIPT), "versions"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "versions"], capture_output=True, text=True, check=True
+    ).stdout
     return dict(line.split(" ", 1) for line in out.splitlines())
-
-
-def eventually(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {timeout:.0f}s")
-        time.sleep(0.25)
 
 
 def configmap_exists(kube: Kube, namespace: str, name: str) -> bool:
@@ -71,9 +63,10 @@ def test_garbage_collector_deletes_dependents_of_a_deleted_owner(kube: Kube, kub
         reference = client.V1OwnerReference(
             api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid
         )
-        core.create_namespaced_config_map(kube_namespace, client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name="dependent", owner_references=[reference])
-        ))
+        core.create_namespaced_config_map(
+            kube_namespace,
+            client.V1ConfigMap(metadata=client.V1ObjectMeta(name="dependent", owner_references=[reference])),
+        )
         core.create_namespaced_config_map(
             kube_namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bystander"))
         )
@@ -81,8 +74,10 @@ def test_garbage_collector_deletes_dependents_of_a_deleted_owner(kube: Kube, kub
 
     kube.kubectl("delete", "configmap", "owner", "-n", kube_namespace, "--cascade=background")
 
-    eventually(lambda: not configmap_exists(kube, kube_namespace, "dependent"),
-               "garbage collection of the dependent ConfigMap")
+    eventually(
+        lambda: not configmap_exists(kube, kube_namespace, "dependent"),
+        "garbage collection of the dependent ConfigMap",
+    )
     assert configmap_exists(kube, kube_namespace, "bystander")
 
 
@@ -113,13 +108,20 @@ def test_rbac_denies_a_service_account_until_a_role_is_bound(kube: Kube, kube_na
     assert forbidden.value.status == 403
 
     kube.kubectl("create", "role", "configmap-reader", "-n", ns, "--verb=get,list", "--resource=configmaps")
-    kube.kubectl("create", "rolebinding", "reader", "-n", ns, "--role=configmap-reader",
-                 f"--serviceaccount={ns}:reader")
+    kube.kubectl(
+        "create",
+        "rolebinding",
+        "reader",
+        "-n",
+        ns,
+        "--role=configmap-reader",
+        f"--serviceaccount={ns}:reader",
+    )
 
     def can_list() -> bool:
         return kube.kubectl("get", "configmaps", "-n", ns, kubeconfig=kubeconfig, check=False).returncode == 0
 
-    eventually(can_list, "RBAC granting list on configmaps", timeout=30)
+    eventually(can_list, "RBAC granting list on configmaps", timeout_s=30)
     with kube.api_client(kubeconfig) as api:
         names = [cm.metadata.name for cm in client.CoreV1Api(api).list_namespaced_config_map(ns).items]
     assert "kube-root-ca.crt" in names
@@ -133,7 +135,7 @@ def test_builtin_view_cluster_role_is_aggregated(kube: Kube) -> None:
         role = json.loads(kube.kubectl("get", "clusterrole", "view", "-o", "json").stdout)
         return bool(role.get("rules"))
 
-    eventually(view_has_rules, "aggregation of rules into ClusterRole view", timeout=30)
+    eventually(view_has_rules, "aggregation of rules into ClusterRole view", timeout_s=30)
 
 
 @pytest.mark.kube

@@ -197,8 +197,13 @@ class ControlPlane:
         log_path = self.workdir / f"{name}.log"
         log_file = log_path.open("ab")
         popen = subprocess.Popen(
-            argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=clean_env(), cwd=self.workdir, preexec_fn=_die_with_parent,
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+            cwd=self.workdir,
+            preexec_fn=_die_with_parent,
         )
         process = _Process(name=name, popen=popen, log_path=log_path, log_file=log_file)
         self._processes.append(process)
@@ -225,49 +230,59 @@ class ControlPlane:
         peer_port = free_port()
         client_url = f"http://127.0.0.1:{self.etcd_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
-        process = self._spawn("etcd", [
-            str(self.binaries.etcd),
-            "--name=testground",
-            f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={client_url}",
-            f"--advertise-client-urls={client_url}",
-            f"--listen-peer-urls={peer_url}",
-            f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=testground={peer_url}",
-            "--unsafe-no-fsync=true",
-            "--log-level=warn",
-        ])
+        process = self._spawn(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                "--name=testground",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=testground={peer_url}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
         self._wait(process, "etcd /health", lambda: _http_ok(f"{client_url}/health"))
 
     def _start_apiserver(self) -> None:
         assert self.pki is not None and self.admin_kubeconfig is not None
         self.apiserver_port = free_port()
         pki = self.pki
-        process = self._spawn("kube-apiserver", [
-            str(self.binaries.kube_apiserver),
-            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            f"--secure-port={self.apiserver_port}",
-            f"--cert-dir={self.workdir / 'apiserver-certs'}",
-            f"--tls-cert-file={pki.apiserver_serving.cert}",
-            f"--tls-private-key-file={pki.apiserver_serving.key}",
-            f"--client-ca-file={pki.ca.cert}",
-            f"--service-account-key-file={pki.service_account_public_key}",
-            f"--service-account-signing-key-file={pki.service_account_private_key}",
-            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-            "--authorization-mode=RBAC",
-            "--allow-privileged=true",
-            # The endpoint reconciler would publish 127.0.0.1 for the kubernetes Service, which
-            # Endpoints validation rejects (loopback) every 10 s; nothing here needs that Service.
-            "--endpoint-reconciler-type=none",
-            "--profiling=false",
-            "--v=1",
-        ])
+        process = self._spawn(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube_apiserver),
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={pki.apiserver_serving.cert}",
+                f"--tls-private-key-file={pki.apiserver_serving.key}",
+                f"--client-ca-file={pki.ca.cert}",
+                f"--service-account-key-file={pki.service_account_public_key}",
+                f"--service-account-signing-key-file={pki.service_account_private_key}",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                # The endpoint reconciler would publish 127.0.0.1 for the kubernetes Service, which
+                # Endpoints validation rejects (loopback) every 10 s; nothing here needs that Service.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
         write_cert_kubeconfig(
-            self.admin_kubeconfig, self.server, pki.ca.cert, "admin",
-            pki.admin_client.cert, pki.admin_client.key,
+            self.admin_kubeconfig,
+            self.server,
+            pki.ca.cert,
+            "admin",
+            pki.admin_client.cert,
+            pki.admin_client.key,
         )
         context = ssl.create_default_context(cafile=str(pki.ca.cert))
         context.load_cert_chain(str(pki.admin_client.cert), str(pki.admin_client.key))
@@ -277,28 +292,42 @@ class ControlPlane:
         assert self.pki is not None
         pki = self.pki
         kubeconfig = write_cert_kubeconfig(
-            self.workdir / "controller-manager.kubeconfig", self.server, pki.ca.cert,
-            "system:kube-controller-manager", pki.controller_manager_client.cert,
+            self.workdir / "controller-manager.kubeconfig",
+            self.server,
+            pki.ca.cert,
+            "system:kube-controller-manager",
+            pki.controller_manager_client.cert,
             pki.controller_manager_client.key,
         )
-        self._spawn("kube-controller-manager", [
-            str(self.binaries.kube_controller_manager),
-            f"--kubeconfig={kubeconfig}",
-            "--secure-port=0",
-            "--leader-elect=false",
-            f"--controllers={','.join(CONTROLLERS)}",
-            "--use-service-account-credentials=false",
-            f"--service-account-private-key-file={pki.service_account_private_key}",
-            f"--root-ca-file={pki.ca.cert}",
-            "--v=1",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.binaries.kube_controller_manager),
+                f"--kubeconfig={kubeconfig}",
+                "--secure-port=0",
+                "--leader-elect=false",
+                f"--controllers={','.join(CONTROLLERS)}",
+                "--use-service-account-credentials=false",
+                f"--service-account-private-key-file={pki.service_account_private_key}",
+                f"--root-ca-file={pki.ca.cert}",
+                "--v=1",
+            ],
+        )
 
     def _wait_for_default_service_account(self) -> None:
         """The serviceaccount controller creating ``default/default`` shows the controllers run."""
         assert self.admin_kubeconfig is not None
         process = self._processes[-1]
-        kubectl = [str(self.binaries.kubectl), f"--kubeconfig={self.admin_kubeconfig}",
-                   "get", "serviceaccount", "default", "--namespace=default", "-o", "name"]
+        kubectl = [
+            str(self.binaries.kubectl),
+            f"--kubeconfig={self.admin_kubeconfig}",
+            "get",
+            "serviceaccount",
+            "default",
+            "--namespace=default",
+            "-o",
+            "name",
+        ]
 
         def exists() -> bool:
             result = subprocess.run(kubectl, capture_output=True, env=clean_env(), check=False)

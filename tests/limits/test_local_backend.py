@@ -1,11 +1,14 @@
-"""The in-process admission store, step by step on a fake clock."""
+"""The in-process admission store across accounts, step by step on a driven clock (the rule of one
+account+model is tested in test_rule.py)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
-from o1sidecar.limits.api import Demand
-from o1sidecar.limits.backend import AccountLimits, Admitted, Attempt, Denied, Settlement
+import pytest
+from o1sidecar.limits.api import Demand, Usage
+from o1sidecar.limits.backend import AccountLimits, Admitted, Attempt, Denied, Held, Settlement
 from o1sidecar.limits.local import LocalBackend
 
 from .helpers import Clock
@@ -20,65 +23,28 @@ def attempt(
     return Attempt(Demand("m", tokens, priority, math.inf), accounts, ticket, ticket, None, aging_s=30.0)
 
 
-def test_charges_rpm_and_tpm_together_or_not_at_all() -> None:
+def test_the_account_with_most_headroom_serves() -> None:
     clock = Clock()
     store = LocalBackend(clock=clock)
-    assert isinstance(store.attempt_now(attempt("1", tokens=5_950)), Admitted)
-    store.settle_now(Settlement(A, "m", "1"))
-    denied = store.attempt_now(attempt("2", tokens=100))  # 50 tokens left: TPM short
-    assert isinstance(denied, Denied) and denied.reason == "capacity"
-    # 100 tokens/s refill: 50 more in 0.5 s, and 10 the full bucket gave up for the upstream's lag
-    assert abs(denied.wait_s - 0.6) < 1e-9
-    usage = store.usage_ratio()[("a", "m")]
-    # One request (plus the 0.1 s of refill a full bucket gives up): the denied attempt charged none.
-    assert abs(usage["requests"] - 1.1 / 60) < 1e-9
-    clock.t += 0.59
-    assert isinstance(store.attempt_now(attempt("2", tokens=100)), Denied)
-    clock.t += 0.01
-    assert isinstance(store.attempt_now(attempt("2", tokens=100)), Admitted)
+    got = [store.attempt_now(attempt(f"{i}", accounts=(A, B))) for i in range(2)]
+    assert [g.account for g in got if isinstance(g, Admitted)] == ["a", "b"]  # ties: the first; then b
+    clock.t += 1.0
+    store.settle_now(Settlement(A, "m", "0", outcome="rate_limited", limit_type="requests"))
+    clock.t += 1.0
+    third = store.attempt_now(attempt("2", accounts=(A, B)))
+    assert isinstance(third, Admitted) and third.account == "b"  # a cools down
 
 
 def test_concurrency_slots_are_held_until_release() -> None:
-    store = LocalBackend(clock=Clock())
-    assert isinstance(store.attempt_now(attempt("1")), Admitted)
-    assert isinstance(store.attempt_now(attempt("2")), Admitted)
-    third = store.attempt_now(attempt("3"))
-    assert isinstance(third, Denied) and third.reason == "concurrency"
-    store.settle_now(Settlement(A, "m", "1"))
-    assert isinstance(store.attempt_now(attempt("3")), Admitted)
-
-
-def test_cooldown_keeps_the_account_out_and_only_extends() -> None:
     clock = Clock()
     store = LocalBackend(clock=clock)
-    assert isinstance(store.attempt_now(attempt("1", accounts=(A, B))), Admitted)
-    store.settle_now(Settlement(A, "m", "1", cooldown_s=10.0))
-    store.settle_now(Settlement(A, "m", "x", cooldown_s=2.0))  # a shorter, later 429 changes nothing
-    got = store.attempt_now(attempt("2", accounts=(A, B)))
-    assert isinstance(got, Admitted) and got.account == "b"
-    store.settle_now(Settlement(B, "m", "2", cooldown_s=5.0))
-    denied = store.attempt_now(attempt("3", accounts=(A, B)))
-    assert isinstance(denied, Denied) and denied.reason == "cooldown" and abs(denied.wait_s - 5.0) < 1e-9
-    clock.t += 9.9
-    got = store.attempt_now(attempt("3", accounts=(A, B)))
-    assert isinstance(got, Admitted) and got.account == "b"
-    clock.t += 0.2
-    store.settle_now(Settlement(B, "m", "3", cooldown_s=60.0))
-    got = store.attempt_now(attempt("4", accounts=(A, B)))
-    assert isinstance(got, Admitted) and got.account == "a"
-
-
-def test_usage_above_the_charge_is_charged_and_lower_remaining_is_adopted() -> None:
-    store = LocalBackend(clock=Clock())
-    assert isinstance(store.attempt_now(attempt("1", tokens=1_000)), Admitted)
-    store.settle_now(Settlement(A, "m", "1", extra_tokens=500))
-    used = (1_000 + 500 + 10) / 6_000  # charge, extra usage, and the 0.1 s lag a full bucket gives up
-    assert abs(store.usage_ratio()[("a", "m")]["tokens"] - used) < 1e-9
-    store.settle_now(Settlement(A, "m", "-", remaining_tokens=5_000))  # higher than ours: ignored
-    assert abs(store.usage_ratio()[("a", "m")]["tokens"] - used) < 1e-9
-    store.settle_now(Settlement(A, "m", "-", remaining_tokens=600, remaining_requests=6))
-    usage = store.usage_ratio()[("a", "m")]
-    assert abs(usage["tokens"] - 0.9) < 1e-9 and abs(usage["requests"] - 0.9) < 1e-9
+    for i in range(2):
+        assert isinstance(store.attempt_now(attempt(f"{i}")), Admitted)
+        clock.t += 1.0  # 60 RPM paces one a second
+    third = store.attempt_now(attempt("3"))
+    assert isinstance(third, Denied) and third.reason == "concurrency"
+    store.settle_now(Settlement(A, "m", "0"))
+    assert isinstance(store.attempt_now(attempt("3")), Admitted)
 
 
 def test_a_better_waiter_is_not_overtaken_unless_capacity_covers_both() -> None:
@@ -86,21 +52,61 @@ def test_a_better_waiter_is_not_overtaken_unless_capacity_covers_both() -> None:
     store = LocalBackend(clock=clock)
     for i in range(2):  # use up the two slots
         assert isinstance(store.attempt_now(attempt(f"busy{i}")), Admitted)
-    high = store.attempt_now(attempt("high", priority=9))
-    assert isinstance(high, Denied)
+        clock.t += 1.0
+    assert isinstance(store.attempt_now(attempt("high", priority=9)), Denied)
     store.settle_now(Settlement(A, "m", "busy0"))
     low = store.attempt_now(attempt("low", priority=1))  # one slot free, the high waiter needs it
     assert isinstance(low, Denied) and low.reason == "queue"
     assert isinstance(store.attempt_now(attempt("high", priority=9)), Admitted)
     store.settle_now(Settlement(A, "m", "busy1"))
+    clock.t += 1.0
     assert isinstance(store.attempt_now(attempt("low", priority=1)), Admitted)
 
 
-def test_fair_share_scales_every_limit() -> None:
+def test_a_try_leaves_no_ticket_behind() -> None:
+    clock = Clock()
+    store = LocalBackend(clock=clock)
+    assert isinstance(store.attempt_now(attempt("1")), Admitted)
+    assert isinstance(store.attempt_now(replace(attempt("try", priority=9), queue=False)), Denied)
+    clock.t += 1.0
+    assert isinstance(store.attempt_now(attempt("low", priority=0)), Admitted)  # nothing ahead of it
+
+
+def test_eta_counts_the_queue_ahead_at_the_paced_rate() -> None:
+    clock = Clock()
+    store = LocalBackend(clock=clock)
+    assert isinstance(store.attempt_now(attempt("now", accounts=(B,))), Admitted)
+    for i in range(4):
+        assert isinstance(store.attempt_now(attempt(f"w{i}", priority=9, accounts=(B,))), Denied)
+    eta = store.eta_now(attempt("me", priority=1, accounts=(B,)))
+    assert eta == pytest.approx(1.0 + 4 / 1.0)  # B's next request in 1 s, then four ahead at 1/s
+
+
+def test_fair_share_scales_every_limit_and_starts_empty() -> None:
     clock = Clock()
     store = LocalBackend(clock=clock, share=lambda: 0.25, start_full=False)
-    assert store.scaled(A) == (15.0, 1_500.0, 1)
+    lim = store.limits_of(A)
+    assert (lim.rpm, lim.tpm, lim.concurrency) == (15.0, 1_500.0, 1)
     denied = store.attempt_now(attempt("1"))  # starts empty: no burst on top of the shared buckets
-    assert isinstance(denied, Denied)
-    clock.t += 4.0  # 15 RPM share: one request per 4 s (an empty bucket starts refilling at once)
+    assert isinstance(denied, Denied) and denied.wait_s == pytest.approx(4.0)
+    clock.t += 4.0  # 15 RPM share: one request per 4 s
     assert isinstance(store.attempt_now(attempt("1")), Admitted)
+
+
+def test_taking_over_from_redis_keeps_its_effective_limits_caps_and_running_grants() -> None:
+    clock = Clock()
+    capped = replace(A, daily=100)
+    seen = {("a", "m"): Usage(0.5, 0.1, effective_rpm=30.0, effective_tpm=6_000.0, daily_left=8)}
+    store = LocalBackend(clock=clock, share=lambda: 0.5, seed=seen)
+    store.hold(Held("running", capped, "m", 100))
+    held = store.attempt_now(replace(attempt("1", accounts=(capped,)), queue=False))
+    assert isinstance(held, Denied) and held.reason == "concurrency"  # its 1 slot of 2 is taken
+    store.settle_now(Settlement(capped, "m", "running"))
+    admitted = 0
+    for i in range(10):
+        clock.t += 10.0
+        admitted += isinstance(store.attempt_now(attempt(f"{i}", accounts=(capped,))), Admitted)
+        store.settle_now(Settlement(capped, "m", f"{i}"))
+    assert admitted == 4  # half of the 8 Redis said were left today
+    usage = store.snapshot().usage[("a", "m")]
+    assert usage.effective_rpm == pytest.approx(15.0) and usage.daily_left == 0  # half of Redis's 30

@@ -12,27 +12,20 @@ from o1sidecar.limits import (
     NoCapacity,
     QueueFull,
     QueueTimeout,
+    QuotaExhausted,
     UpstreamReport,
     build_limiter,
 )
 
-from .helpers import config
+from tests.polling import until
+
+from .helpers import config, drain_local, pacing_level
 
 MODEL = "o1-mini"
 
 
 def demand(priority: int = 5, tokens: int = 100, deadline_s: float = 30.0) -> Demand:
     return Demand(MODEL, tokens, priority, time.time() + deadline_s)
-
-
-async def drain(limiter: LocalLimiter, rpm: int) -> None:
-    """Empty the RPM bucket: spend until it holds less than one request, then take one more, which
-    waits for the refill and leaves the bucket at (almost exactly) zero."""
-    while limiter.state().usage_ratio.get(("a", MODEL), {}).get("requests", 0.0) <= 1 - 1 / rpm:
-        grant = await limiter.acquire(demand(), ["a"])
-        await limiter.release(grant, UpstreamReport(status=200))
-    grant = await limiter.acquire(demand(), ["a"])
-    await limiter.release(grant, UpstreamReport(status=200))
 
 
 async def test_build_limiter_without_redis_is_local() -> None:
@@ -44,7 +37,7 @@ async def test_build_limiter_without_redis_is_local() -> None:
 async def test_high_priority_waiters_go_first() -> None:
     limiter = LocalLimiter(config({"a": {"rpm": 240, "tpm": 1_000_000}}))  # 4 per second
     await limiter.start()
-    await drain(limiter, 240)
+    await drain_local(limiter)
     order: list[int] = []
 
     async def one(priority: int) -> None:
@@ -68,7 +61,7 @@ async def test_low_priority_ages_and_is_not_starved() -> None:
         config({"a": {"rpm": 300, "tpm": 1_000_000}}, queue={"aging_s_per_level": aging})  # 5 per second
     )
     await limiter.start()
-    await drain(limiter, 300)
+    await drain_local(limiter)
     served: list[tuple[int, float]] = []  # (priority, arrived)
 
     async def one(priority: int) -> None:
@@ -95,17 +88,60 @@ async def test_low_priority_ages_and_is_not_starved() -> None:
     await limiter.close()
 
 
-async def test_deadline_passing_in_the_queue_raises_queue_timeout() -> None:
-    limiter = LocalLimiter(config({"a": {"rpm": 60, "tpm": 1_000_000}}))
+async def test_deadline_passing_in_the_queue_raises_queue_timeout_with_an_honest_retry_after() -> None:
+    limiter = LocalLimiter(config({"a": {"rpm": 6, "tpm": 1_000_000}}))  # one request per 10 s
     await limiter.start()
-    await drain(limiter, 60)
-    started = time.monotonic()
+    await drain_local(limiter)
     with pytest.raises(QueueTimeout) as info:
         await limiter.acquire(demand(deadline_s=0.3), ["a"])
-    assert 0.25 <= time.monotonic() - started < 2.0
-    assert info.value.retry_after_s >= 1
-    assert info.value.waited_s >= 0.25
+    assert info.value.waited_s >= 0.3
     assert "deadline" in info.value.reason
+    assert 9 <= info.value.retry_after_s <= 10  # the next request's worth refills in about 10 s
+    assert limiter.state().queue_length == {}
+    waiters = [asyncio.create_task(limiter.acquire(demand(9), ["a"])) for _ in range(3)]
+    await until(lambda: limiter.state().queue_length == {9: 3}, "three high waiters")
+    with pytest.raises(QueueTimeout) as info:
+        await limiter.acquire(demand(1, deadline_s=0.3), ["a"])
+    assert 38 <= info.value.retry_after_s <= 40  # behind three more at one per 10 s
+    for task in waiters:
+        task.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    await limiter.close()
+
+
+async def test_retry_after_covers_a_cooldown() -> None:
+    limiter = LocalLimiter(config({"a": {"rpm": 600, "tpm": 1_000_000}}))
+    await limiter.start()
+    grant = await limiter.acquire(demand(), ["a"])
+    await limiter.release(grant, UpstreamReport(status=429, retry_after_s=20, limit_type="requests"))
+    with pytest.raises(QueueTimeout) as info:
+        await limiter.acquire(demand(deadline_s=0.2), ["a"])
+    assert 19 <= info.value.retry_after_s <= 20 and "cooldown" in info.value.reason
+    await limiter.close()
+
+
+async def test_try_acquire_admits_only_with_headroom_and_never_queues() -> None:
+    limiter = LocalLimiter(config({"a": {"rpm": 60, "tpm": 1_000_000}}))  # a burst of 1
+    await limiter.start()
+    first = await limiter.try_acquire(demand(), ["a"])
+    assert first is not None and first.waited_s < 0.05
+    assert await limiter.try_acquire(demand(), ["a"]) is None
+    assert limiter.state().queue_length == {}
+    assert await limiter.try_acquire(demand(tokens=2_000_000), ["a"]) is None  # can never fit
+    await limiter.close()
+
+
+async def test_spent_request_caps_fail_at_once_with_when_they_reset() -> None:
+    limiter = LocalLimiter(config({"a": {"rpm": 600, "tpm": 1_000_000, "daily_requests": 2}}))
+    await limiter.start()
+    for _ in range(2):
+        await limiter.release(await limiter.acquire(demand(), ["a"]), UpstreamReport(status=200))
+    started = time.monotonic()
+    with pytest.raises(QuotaExhausted) as info:
+        await limiter.acquire(demand(deadline_s=30), ["a"])
+    assert time.monotonic() - started < 1.0  # no point waiting until midnight
+    assert 0 < info.value.retry_after_s <= 86_400 and "daily or monthly" in info.value.reason
+    assert limiter.state().usage[("a", MODEL)].daily_left == 0
     assert limiter.state().queue_length == {}
     await limiter.close()
 
@@ -142,6 +178,17 @@ async def test_a_cancelled_waiter_leaves_and_blocks_nobody() -> None:
     await limiter.release(first, None)
     low = await asyncio.wait_for(limiter.acquire(demand(1), ["a"]), 1.0)  # not blocked by the ghost
     assert low.account == "a"
+    await limiter.close()
+
+
+async def test_pacing_spreads_a_burst_at_the_limits_rate() -> None:
+    limiter = LocalLimiter(config({"a": {"rpm": 600, "tpm": 1_000_000}}))  # 10/s, a burst of 10
+    await limiter.start()
+    grants = await asyncio.gather(*(limiter.acquire(demand(), ["a"]) for _ in range(15)))
+    waits = sorted(g.waited_s for g in grants)
+    assert max(waits[:10]) < 0.05  # one second's worth at once
+    assert 0.4 <= waits[-1] < 1.5  # the other five at 10 per second
+    assert pacing_level(limiter, "a", MODEL) < 1
     await limiter.close()
 
 

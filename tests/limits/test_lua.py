@@ -1,29 +1,35 @@
-"""The Lua scripts on a real redis-server, with the scripts' clock driven by the test."""
+"""The Lua scripts on a real redis-server, with the scripts' clock driven by the test: the same rule as
+rule.py (a property test runs both side by side and compares every decision and every field), plus
+what only Redis does (leases and tickets that expire, scripts reloaded after a flush, one slot)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from o1sidecar.config import RedisConfig
+from o1sidecar.limits import rule
 from o1sidecar.limits.api import Demand
 from o1sidecar.limits.backend import AccountLimits, Admitted, Attempt, Denied, Settlement, Waiting
-from o1sidecar.limits.balancing import Candidate, choose
-from o1sidecar.limits.buckets import UPSTREAM_LAG_S, Bucket
-from o1sidecar.limits.keys import PoolKeys, hash_slot
-from o1sidecar.limits.shared import RedisBackend, redis_client
+from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.limits.local import LocalBackend
+from o1sidecar.limits.redis_store import RedisBackend, redis_client
+from o1sidecar.limits.scripts import lua_source
 from redis.asyncio import Redis
 
 from o1pool.procs import RedisServer, free_port
 from tests.conftest import require_binary
 
-from .helpers import Clock
+from .helpers import Clock, redis_state
 
 pytestmark = pytest.mark.redis
 
@@ -57,41 +63,30 @@ def attempt(
     return Attempt(Demand("m", tokens, priority, math.inf), accounts, ticket, ticket, None, aging_s=30.0)
 
 
-async def levels(client: Redis, account: str = "a") -> tuple[float, float]:
-    r, t = await client.hmget(KEYS.account(account, "m"), "r", "t")
-    return float(r), float(t)
+async def dump(client: Redis, account: AccountLimits, now: float) -> dict[str, str]:
+    return await redis_state(client, KEYS, account, "m", now)
 
 
-async def test_exact_accounting_and_refill(store: RedisBackend, client: Redis, clock: Clock) -> None:
-    lag = UPSTREAM_LAG_S  # a full bucket also gives up the refill the upstream makes only on arrival
-    assert isinstance(await store.attempt(attempt("1", tokens=1_000)), Admitted)
-    assert await levels(client) == pytest.approx((59.0 - lag, 5_000.0 - 100 * lag))
-    await store.settle(Settlement(A, "m", "1"))
-    clock.t += 0.5 + lag  # refill: 1 request and 100 tokens per second
-    assert isinstance(await store.attempt(attempt("2", tokens=5_000)), Admitted)
-    assert await levels(client) == pytest.approx((58.5, 50.0), abs=1e-6)
-    await store.settle(Settlement(A, "m", "2", extra_tokens=250))  # used more than charged
-    assert await levels(client) == pytest.approx((58.5, -200.0), abs=1e-6)
-    denied = await store.attempt(attempt("3", tokens=100))
+async def test_pacing_window_and_exact_accounting(store: RedisBackend, client: Redis, clock: Clock) -> None:
+    b = replace(B, burst_s=60.0)  # a whole minute's burst: the window is what holds it
+    for i in range(60):
+        assert isinstance(await store.attempt(attempt(f"{i}", accounts=(b,))), Admitted)
+    state = await dump(client, b, clock.t)
+    assert (float(state["r"]), float(state["wn"]), float(state["wt"])) == (0.0, 60.0, 6_000.0)
+    clock.t += 30.0
+    denied = await store.attempt(attempt("x", accounts=(b,)))
     assert isinstance(denied, Denied) and denied.reason == "capacity"
-    assert denied.wait_s == pytest.approx(3.0, abs=0.002)  # 300 tokens short at 100/s, in whole ms
-
-
-async def test_rpm_and_tpm_are_charged_both_or_neither(store: RedisBackend, client: Redis) -> None:
-    assert isinstance(await store.attempt(attempt("1", tokens=6_000)), Admitted)
-    await store.settle(Settlement(A, "m", "1"))
-    spent = pytest.approx((59.0 - UPSTREAM_LAG_S, -100 * UPSTREAM_LAG_S))
-    assert await levels(client) == spent
-    denied = await store.attempt(attempt("2", tokens=1))
-    assert isinstance(denied, Denied)
-    assert await levels(client) == spent  # no request charged for the denied attempt
+    assert denied.wait_s == pytest.approx(rule.WINDOW_S - 30.0, abs=0.001)
+    clock.t += rule.WINDOW_S - 30.0
+    assert isinstance(await store.attempt(attempt("x", accounts=(b,))), Admitted)
 
 
 async def test_concurrency_leases_expire_unless_renewed(store: RedisBackend, clock: Clock) -> None:
     assert isinstance(await store.attempt(attempt("1")), Admitted)
+    clock.t += 1.0
     denied = await store.attempt(attempt("2"))
     assert isinstance(denied, Denied) and denied.reason == "concurrency"
-    clock.t += LEASE_TTL - 1
+    clock.t += LEASE_TTL - 2
     await store.heartbeat("sidecar-1", 2.0, [], [(A, "m")])  # renews lease "1": it is still held
     clock.t += 2
     assert isinstance(await store.attempt(attempt("2")), Denied)
@@ -99,32 +94,11 @@ async def test_concurrency_leases_expire_unless_renewed(store: RedisBackend, clo
     assert isinstance(await store.attempt(attempt("2")), Admitted)
 
 
-async def test_released_lease_frees_the_slot_at_once(store: RedisBackend) -> None:
+async def test_released_lease_frees_the_slot_at_once(store: RedisBackend, clock: Clock) -> None:
     assert isinstance(await store.attempt(attempt("1")), Admitted)
     await store.settle(Settlement(A, "m", "1"))
+    clock.t += 1.0  # one request per second at 60 RPM
     assert isinstance(await store.attempt(attempt("2")), Admitted)
-
-
-async def test_cooldown_only_extends(store: RedisBackend, client: Redis, clock: Clock) -> None:
-    now = clock.t
-    await store.settle(Settlement(B, "m", "x", cooldown_s=10.0))
-    await store.settle(Settlement(B, "m", "y", cooldown_s=2.0))
-    assert float(await client.hget(KEYS.account("b", "m"), "cd")) == now + 10.0
-    denied = await store.attempt(attempt("1", accounts=(B,)))
-    assert isinstance(denied, Denied) and denied.reason == "cooldown" and denied.wait_s == 10.0
-    clock.t += 10.0
-    assert isinstance(await store.attempt(attempt("1", accounts=(B,))), Admitted)
-    await store.settle(Settlement(B, "m", "z", cooldown_s=30.0))
-    assert float(await client.hget(KEYS.account("b", "m"), "cd")) == clock.t + 30.0
-
-
-async def test_lower_remaining_wins_higher_is_ignored(store: RedisBackend, client: Redis) -> None:
-    assert isinstance(await store.attempt(attempt("1", accounts=(B,))), Admitted)
-    await store.settle(Settlement(B, "m", "1", remaining_requests=59, remaining_tokens=5_999))
-    ours = pytest.approx((59.0 - UPSTREAM_LAG_S, 5_900.0 - 100 * UPSTREAM_LAG_S))
-    assert await levels(client, "b") == ours  # ours was lower: kept
-    await store.settle(Settlement(B, "m", "-", remaining_requests=10, remaining_tokens=1_000, elapsed_s=2.0))
-    assert await levels(client, "b") == (12.0, 1_200.0)  # theirs, carried forward 2 s of refill
 
 
 async def test_better_ticket_blocks_until_expired(store: RedisBackend, clock: Clock) -> None:
@@ -132,37 +106,60 @@ async def test_better_ticket_blocks_until_expired(store: RedisBackend, clock: Cl
     high = await store.attempt(attempt("high", priority=9))
     assert isinstance(high, Denied)
     await store.settle(Settlement(A, "m", "busy"))
+    clock.t += 1.0
     low = await store.attempt(attempt("low", priority=1))
     assert isinstance(low, Denied) and low.reason == "queue"  # the slot is the high ticket's
     clock.t += TICKET_TTL + 0.1  # the high ticket's sidecar died and stopped refreshing it
     assert isinstance(await store.attempt(attempt("low", priority=1)), Admitted)
 
 
-async def test_heartbeat_refreshes_tickets_and_counts_live_sidecars(
+async def test_a_try_leaves_no_ticket(store: RedisBackend, client: Redis) -> None:
+    assert isinstance(await store.attempt(attempt("busy")), Admitted)
+    denied = await store.attempt(replace(attempt("try"), queue=False))
+    assert isinstance(denied, Denied)
+    assert await client.zcard(KEYS.queue("m")) == 0
+
+
+async def test_heartbeat_refreshes_tickets_counts_live_sidecars_and_reads_usage(
     store: RedisBackend, clock: Clock
 ) -> None:
     assert isinstance(await store.attempt(attempt("busy")), Admitted)
     assert isinstance(await store.attempt(attempt("high", priority=9)), Denied)
     await store.settle(Settlement(A, "m", "busy"))
-    live, _ = await store.heartbeat("s1", 2.0, [], [])
-    assert live == 1
+    beat = await store.heartbeat("s1", 2.0, [], [])
+    assert beat.live_sidecars == 1
     clock.t += TICKET_TTL - 1
-    live, usage = await store.heartbeat("s2", 2.0, [Waiting("m", "high", 0.0, 100)], [(A, "m")])
-    assert live == 1  # s1 is 6 s old: stale after 3 heartbeat intervals
-    assert usage[("a", "m")]["requests"] == 0.0  # fully refilled after 6 s
+    capped = replace(A, daily=10)
+    beat = await store.heartbeat("s2", 2.0, [Waiting("m", "high", 0.0, 100)], [(capped, "m")])
+    assert beat.live_sidecars == 1  # s1 is 6 s old: stale after 3 heartbeat intervals
+    usage = beat.usage[("a", "m")]
+    assert usage.requests_ratio == pytest.approx(1 / 60) and usage.effective_rpm == 60.0
+    assert usage.daily_left == 9 and usage.monthly_left is None
+    assert store.snapshot().usage == beat.usage
     clock.t += 2
     assert isinstance(await store.attempt(attempt("low", priority=1)), Denied)  # still blocked
+
+
+async def test_eta_counts_the_queue_ahead_at_the_effective_rate(store: RedisBackend, clock: Clock) -> None:
+    assert isinstance(await store.attempt(attempt("w0", priority=9)), Admitted)  # takes the one slot
+    for i in (1, 2):
+        assert isinstance(await store.attempt(attempt(f"w{i}", priority=9)), Denied)
+    eta = await store.eta(attempt("me", priority=1))
+    # A holds its next request in 1 s (60 RPM), then the two ahead go first, one per second.
+    assert eta == pytest.approx(1.0 + 2 / 1.0)
 
 
 async def test_scripts_reload_after_script_flush(store: RedisBackend, client: Redis) -> None:
     await store.scripts.load_all(client)
     assert isinstance(await store.attempt(attempt("1", accounts=(B,))), Admitted)
     await client.script_flush()
-    assert isinstance(await store.attempt(attempt("2", accounts=(B,))), Admitted)
+    assert isinstance(await store.attempt(attempt("2", accounts=(B,), tokens=1)), Denied)
     await client.script_flush()
     await store.settle(Settlement(B, "m", "1"))
     await client.script_flush()
-    assert (await store.heartbeat("s", 2.0, [], []))[0] == 1
+    assert (await store.heartbeat("s", 2.0, [], [])).live_sidecars == 1
+    await client.script_flush()
+    assert await store.eta(attempt("3", accounts=(B,))) > 0
 
 
 async def test_fast_path_is_one_evalsha(store: RedisBackend, client: Redis) -> None:
@@ -177,16 +174,6 @@ async def test_fast_path_is_one_evalsha(store: RedisBackend, client: Redis) -> N
     client.execute_command = counting  # type: ignore[method-assign]
     assert isinstance(await store.attempt(attempt("1", accounts=(A, B))), Admitted)
     assert [c[0] for c in calls] == ["EVALSHA"]
-
-
-async def test_every_key_of_a_pool_shares_one_hash_slot(store: RedisBackend, client: Redis) -> None:
-    assert isinstance(await store.attempt(attempt("1")), Admitted)
-    assert isinstance(await store.attempt(attempt("2")), Denied)
-    await store.heartbeat("s", 2.0, [], [(A, "m")])
-    stored = [k async for k in client.scan_iter("*")]
-    assert len(stored) >= 5
-    assert {hash_slot(k) for k in stored} == {hash_slot(KEYS.tag)}
-    assert all(k.startswith("{o1pool:ns/pool}:") for k in stored)
 
 
 def _cluster_node(binary: str) -> RedisServer:
@@ -223,52 +210,160 @@ def _cluster_node(binary: str) -> RedisServer:
     raise RuntimeError("could not start a cluster-enabled redis-server")
 
 
-def test_hash_slot_agrees_with_redis_cluster() -> None:
+async def test_every_key_of_a_pool_lands_in_one_cluster_slot(
+    store: RedisBackend, client: Redis, clock: Clock
+) -> None:
+    """Every key the scripts touched, asked of a real cluster-enabled Redis: one slot for the pool."""
+    assert isinstance(await store.attempt(attempt("1")), Admitted)
+    assert isinstance(await store.attempt(attempt("2")), Denied)
+    await store.settle(Settlement(A, "m", "0", outcome="ok"))  # writes the account's state
+    await store.heartbeat("s", 2.0, [], [(A, "m")])
+    stored = [k async for k in client.scan_iter("*")]
+    assert {k.split(":", 2)[2].split(":")[0] for k in stored} >= {"acct", "lease", "win", "queue", "sidecars"}
+    assert all(k.startswith("{o1pool:ns/pool}:") for k in stored)
     binary = require_binary("redis-server", "install it with: apt-get install -y redis-server")
     server = _cluster_node(binary)
     try:
-        c = redis.Redis(port=server.port)
-        names = [
-            KEYS.account("acct-1", "o1-mini"),
-            KEYS.leases("acct-1", "o1-mini"),
-            KEYS.queue("o1-mini"),
-            KEYS.ticket_expiry("o1"),
-            KEYS.ticket_cost("o1"),
-            KEYS.sidecars(),
-            "123456789",
-            "plain",
-        ]
-        for name in names:
-            assert c.cluster("KEYSLOT", name) == hash_slot(name)
-        assert len({c.cluster("KEYSLOT", n) for n in names[:6]}) == 1
+        node = redis.Redis(port=server.port)
+        assert len({node.cluster("KEYSLOT", k) for k in stored}) == 1
+        assert node.cluster("KEYSLOT", "{o1pool:ns/other}:x") != node.cluster("KEYSLOT", stored[0])
     finally:
         server.close()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    st.lists(
-        st.tuples(st.floats(0, 60), st.floats(0, 6_000), st.floats(0, 1), st.floats(0.5, 2)),
-        min_size=1,
-        max_size=4,
-    ),
-    st.integers(1, 6_000),
+# -- one rule, two implementations -----------------------------------------------------------------
+
+
+def test_the_lua_state_has_exactly_the_python_fields() -> None:
+    lua = re.search(r"local FIELDS = \{(.*?)\}", lua_source("rule"), re.S)
+    assert lua is not None
+    assert tuple(re.findall(r"'(\w+)'", lua.group(1))) == rule.LUA_FIELDS
+    python = {f.name for f in dataclasses.fields(rule.AccountModel)} - {"window", "leases"}
+    assert python == set(rule.LUA_FIELDS)
+
+
+ACCOUNTS = (
+    AccountLimits("a", rpm=600, tpm=60_000, concurrency=2, daily=3, max_cooldown_s=20.0, weight=3.0),
+    AccountLimits("b", rpm=120, tpm=3_000, concurrency=None, burst_s=5.0, monthly=6, weight=2.0),
+    AccountLimits("c", rpm=30, tpm=50_000, concurrency=None, adaptive=False, health=0.5),
 )
-async def test_lua_picks_the_account_python_picks(
-    client: Redis, clock: Clock, specs: list[tuple[float, float, float, float]], tokens: int
-) -> None:
+TICKETS = {f"t{i}": p for i, p in enumerate((9, 5, 5, 2))}  # ticket -> priority
+
+advance = st.tuples(
+    st.just("advance"), st.sampled_from([0.01, 0.3, 1.0, 1.0, 2.5, 9.0, 31.0, 61.0, 40_000.0])
+)
+try_admit = st.tuples(
+    st.just("attempt"),
+    st.sampled_from(sorted(TICKETS)),
+    st.lists(st.sampled_from(range(len(ACCOUNTS))), min_size=1, max_size=3, unique=True),
+    st.sampled_from([1, 100, 2_500, 7_000]),
+    st.booleans(),  # queue
+)
+settle = st.tuples(
+    st.just("settle"),
+    st.integers(0, 10),  # which held lease
+    st.sampled_from(["ok", "rate_limited", "rate_limited", "other"]),
+    st.sampled_from([None, "requests", "tokens", "concurrency", "quota"]),
+    st.sampled_from([None, 0.5, 5.0, 100.0]),  # retry-after
+    st.sampled_from([None, 0, 3]),  # remaining requests
+    st.sampled_from([None, 10, 90, 1_000]),  # upstream's limit header (requests)
+    st.sampled_from([0, 500]),  # extra tokens
+)
+estimate = st.tuples(st.just("eta"), st.sampled_from(sorted(TICKETS)))
+operations = st.lists(
+    st.one_of(advance, try_admit, try_admit, settle, settle, estimate), min_size=10, max_size=80
+)
+
+
+def _same_state(py: rule.AccountModel, lua: dict[str, str]) -> None:
+    for field in rule.LUA_FIELDS:
+        ours, theirs = getattr(py, field), lua[field]
+        if field == "pl":
+            assert ours == theirs, field
+        else:
+            assert float(theirs) == pytest.approx(float(ours), rel=1e-9, abs=1e-6), field
+    assert int(lua["inflight"]) == len(py.leases)
+
+
+EPISODES = [
+    ("attempt", "t1", [1], 100, True),
+    ("settle", 0, "rate_limited", None, 0.5, None, None, 0),  # episode 1: cut, debt, cooldown, probe
+    ("advance", 2.5),
+    ("attempt", "t1", [1], 100, True),  # the probe
+    ("attempt", "t2", [1], 100, True),  # held behind it
+    ("settle", 0, "rate_limited", "tokens", None, None, None, 0),  # episode 2: deeper cut, 4 s
+    ("advance", 2.5),
+    ("attempt", "t2", [1], 100, True),
+    ("eta", "t3"),
+    ("advance", 9.0),
+    ("attempt", "t2", [1], 100, True),
+    ("settle", 0, "ok", None, None, 3, 90, 500),  # the probe got in: the run ends; a lower limit header
+]
+CAPS = [
+    *[op for i in range(3) for op in (("attempt", "t0", [0], 1, False), ("settle", 0, "ok", *[None] * 4, 0))],
+    ("attempt", "t0", [0], 1, False),  # the daily cap (3) is spent: quota
+    ("eta", "t0"),
+    ("advance", 40_000.0),  # past midnight UTC
+    ("attempt", "t0", [0], 1, False),
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations)
+@example(EPISODES)
+@example(CAPS)
+async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple[object, ...]]) -> None:
     await client.flushall()
-    store = RedisBackend(client, KEYS, lease_ttl_s=LEASE_TTL, ticket_ttl_s=TICKET_TTL, server_clock=clock)
-    accounts, cands = [], []
-    for i, (r, t, health, weight) in enumerate(specs):
-        name = f"acct{i}"
-        await client.hset(KEYS.account(name, "m"), mapping={"r": repr(r), "t": repr(t), "ts": repr(clock.t)})
-        accounts.append(AccountLimits(name, 60, 6_000, None, weight, health))
-        rpm, tpm = Bucket(60, r, clock.t), Bucket(6_000, t, clock.t)
-        cands.append(Candidate(name, rpm, tpm, None, 0.0, health, weight))
-    expected = choose(cands, tokens, clock.t)
-    got = await store.attempt(attempt(f"t{len(specs)}", tokens=tokens, accounts=tuple(accounts)))
-    if expected is None:
-        assert isinstance(got, Denied)
-    else:
-        assert isinstance(got, Admitted) and got.account == expected.name
+    clock = Clock(1_780_000_000.0)  # 2026-05-28: calendar caps roll over within the run
+    big = 1e9  # no lease or ticket expiry: the in-process store has none
+    redis_store = RedisBackend(client, KEYS, lease_ttl_s=big, ticket_ttl_s=big, server_clock=clock)
+    local = LocalBackend(clock=clock)
+    held: list[tuple[str, AccountLimits, float, int]] = []  # lease, account, admitted at, tokens
+    n = 0
+    for op in ops:
+        if op[0] == "advance":
+            clock.t += float(op[1])  # type: ignore[arg-type]
+        elif op[0] == "attempt":
+            _, ticket, which, tokens, queue = op
+            n += 1
+            accounts = tuple(ACCOUNTS[i] for i in which)  # type: ignore[attr-defined]
+            demand = Demand("m", tokens, TICKETS[ticket], math.inf)  # type: ignore[arg-type, index]
+            a = Attempt(demand, accounts, ticket, f"lease{n}", None, 30.0, queue=bool(queue))  # type: ignore[arg-type]
+            ours, theirs = local.attempt_now(a), await redis_store.attempt(a)
+            if isinstance(ours, Admitted):
+                assert theirs == ours
+                held.append(
+                    (a.lease_id, next(x for x in accounts if x.name == ours.account), clock.t, tokens)
+                )  # type: ignore[arg-type]
+            else:
+                assert isinstance(theirs, Denied), (ours, theirs)
+                assert theirs.reason == ours.reason
+                assert theirs.wait_s == pytest.approx(ours.wait_s, abs=0.0011)
+                assert theirs.rank == pytest.approx(ours.rank)
+        elif op[0] == "settle" and held:
+            _, index, outcome, limit_type, retry, remaining, limit, extra = op
+            lease, account, admitted_at, _tokens = held.pop(int(index) % len(held))  # type: ignore[arg-type]
+            s = Settlement(
+                account,
+                "m",
+                lease,
+                outcome=outcome,
+                extra_tokens=extra,
+                remaining_requests=remaining,  # type: ignore[arg-type]
+                limit_requests=limit,
+                elapsed_s=clock.t - admitted_at,
+                retry_after_s=retry,  # type: ignore[arg-type]
+                limit_type=limit_type if outcome == "rate_limited" else None,  # type: ignore[arg-type]
+            )
+            local.settle_now(s)
+            await redis_store.settle(s)
+
+        elif op[0] == "eta":
+            a = Attempt(Demand("m", 100, TICKETS[op[1]], math.inf), ACCOUNTS, str(op[1]), "-", None, 30.0)  # type: ignore[index]
+            assert await redis_store.eta(a) == pytest.approx(local.eta_now(a), rel=1e-9, abs=1e-6)
+        for account in ACCOUNTS:
+            py = local.state_of(account.name, "m")
+            if py is None:
+                continue
+            rule.refresh(py, local.limits_of(account), clock.t)
+            _same_state(py, await dump(client, account, clock.t))

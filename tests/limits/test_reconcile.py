@@ -1,17 +1,12 @@
-"""Reconciliation with the upstream: usage, remaining headers, 429 cooldowns (pure)."""
+"""What an upstream answer tells the rule: usage, remaining and limit headers, the 429's kind (pure)."""
 
 from __future__ import annotations
 
-from hypothesis import given
-from hypothesis import strategies as st
-from o1sidecar.limits.reconcile import (
-    MAX_COOLDOWN_S,
-    cooldown_after_429,
-    extra_usage,
-    merge_cooldown,
-    remaining_now,
-    trusted_remaining,
-)
+from o1sidecar.limits.api import UpstreamReport
+from o1sidecar.limits.backend import AccountLimits, Settlement
+from o1sidecar.limits.reconcile import extra_usage, settlement, trusted_limit, trusted_remaining
+
+BASE = Settlement(AccountLimits("a", 60, 6_000, None), "m", "lease", elapsed_s=1.5)
 
 
 def test_extra_usage_is_charged_and_never_refunded() -> None:
@@ -20,47 +15,38 @@ def test_extra_usage_is_charged_and_never_refunded() -> None:
     assert extra_usage(1000, None) == 0
 
 
-def test_untrustworthy_remaining_headers_are_ignored() -> None:
+def test_untrustworthy_remaining_and_limit_headers_are_ignored() -> None:
     assert trusted_remaining(None, 1.0) is None
     assert trusted_remaining(-1, 1.0) is None  # Azure's "unknown"
     assert trusted_remaining(0, None) is None  # 0 with no reset: Azure's other "unknown"
     assert trusted_remaining(0, 0.0) is None
     assert trusted_remaining(0, 2.5) == 0  # really exhausted: it says when it resets
     assert trusted_remaining(42, None) == 42
+    assert trusted_limit(0) is None and trusted_limit(None) is None and trusted_limit(480) == 480
 
 
-def test_remaining_is_carried_forward_by_the_refill() -> None:
-    # 600 RPM refills 10/s: "5 left" said 2 s ago means about 25 now, never above the limit.
-    assert remaining_now(5, 10.0, 600, 2.0) == 25
-    assert remaining_now(595, 10.0, 600, 2.0) == 600
+def test_a_429_settles_as_rate_limited_with_what_it_said() -> None:
+    report = UpstreamReport(
+        status=429,
+        retry_after_s=2.0,
+        limit_type="tokens",
+        remaining_tokens=0,
+        reset_tokens_s=3.0,
+        limit_requests=480,
+        limit_tokens=-1,
+    )
+    s = settlement(BASE, 100, report)
+    assert (s.outcome, s.retry_after_s, s.limit_type, s.remaining_tokens) == (
+        "rate_limited",
+        2.0,
+        "tokens",
+        0,
+    )
+    assert (s.limit_requests, s.limit_tokens, s.elapsed_s, s.lease_id) == (480, None, 1.5, "lease")
 
 
-def test_429_cooldown_honours_retry_after_tokens_longer_exponential_capped() -> None:
-    assert cooldown_after_429(7.0, "requests", 1) == 7.0
-    assert cooldown_after_429(None, "requests", 1) == 1.0
-    assert cooldown_after_429(None, "tokens", 1) == 2.0  # token-limit 429s wait longer
-    assert cooldown_after_429(None, "requests", 4) == 8.0  # exponential with consecutive 429s
-    assert cooldown_after_429(0.2, "requests", 3) == 4.0
-    assert cooldown_after_429(None, "tokens", 30) == MAX_COOLDOWN_S
-    assert cooldown_after_429(10_000.0, "requests", 1) == MAX_COOLDOWN_S
-
-
-@given(st.floats(0, 1e6), st.floats(0, 1e6), st.floats(0, 300))
-def test_a_later_429_only_extends_a_cooldown(current: float, now: float, wait: float) -> None:
-    merged = merge_cooldown(current, now, wait)
-    assert merged >= current
-    assert merged >= now + wait
-
-
-@given(
-    st.one_of(st.none(), st.floats(-5, 1000)),
-    st.sampled_from(["requests", "tokens", None]),
-    st.integers(1, 50),
-)
-def test_cooldown_is_at_least_retry_after_and_at_most_the_cap(
-    retry_after: float | None, kind: str | None, n: int
-) -> None:
-    wait = cooldown_after_429(retry_after, kind, n)  # type: ignore[arg-type]
-    assert 0 < wait <= MAX_COOLDOWN_S
-    if retry_after is not None and retry_after > 0:
-        assert wait >= min(retry_after, MAX_COOLDOWN_S)
+def test_success_failure_and_client_error_outcomes() -> None:
+    ok = settlement(BASE, 100, UpstreamReport(status=200, usage_tokens=250))
+    assert ok.outcome == "ok" and ok.extra_tokens == 150
+    assert settlement(BASE, 100, UpstreamReport(status=503, failed=True)).outcome == "other"
+    assert settlement(BASE, 100, UpstreamReport(status=400)).outcome == "other"

@@ -15,8 +15,9 @@ from o1sidecar.limits import Demand, QueueTimeout, UpstreamReport, build_limiter
 from o1sidecar.limits.shared import SharedLimiter
 
 from o1pool.procs import RedisServer
+from tests.polling import until
 
-from .helpers import config
+from .helpers import config, drain_shared
 
 pytestmark = pytest.mark.redis
 
@@ -33,13 +34,8 @@ def demand(priority: int = 5, deadline_s: float = 30.0, tokens: int = 100) -> De
     return Demand(MODEL, tokens, priority, time.time() + deadline_s)
 
 
-async def drain(limiter: SharedLimiter) -> None:
-    """Spend the pool's requests until one has to wait for the refill: the bucket is then empty."""
-    while True:
-        grant = await limiter.acquire(demand(), ["a"])
-        await limiter.release(grant, None)
-        if grant.waited_s > 0.05:
-            return
+async def _queue_empty(limiter: SharedLimiter) -> bool:
+    return await limiter.client.zcard(limiter.keys.queue(MODEL)) == 0
 
 
 @pytest.fixture
@@ -66,9 +62,8 @@ async def sidecars(redis_server: RedisServer) -> AsyncIterator[Callable[..., Any
 
 async def test_two_sidecars_count_each_other(sidecars: Callable[..., Any]) -> None:
     s1, s2 = await sidecars({"rpm": 100, "tpm": 10_000})
-    await asyncio.sleep(0.5)
+    await until(lambda: s1.state().live_sidecars == s2.state().live_sidecars == 2, "both heartbeats seen")
     assert s1.state().mode == s2.state().mode == "shared"
-    assert s1.state().live_sidecars == s2.state().live_sidecars == 2
 
 
 async def test_high_priority_in_one_sidecar_beats_low_priority_in_another(
@@ -85,10 +80,9 @@ async def test_high_priority_in_one_sidecar_beats_low_priority_in_another(
         await limiter.release(grant, UpstreamReport(status=200))
 
     tasks = [asyncio.create_task(one(s1, "low", 1)) for _ in range(3)]
-    await asyncio.sleep(0.1)  # the lows queued first, in sidecar 1
+    await until(lambda: s1.state().queue_length == {1: 3}, "the lows queued first, in sidecar 1")
     tasks += [asyncio.create_task(one(s2, "high", 9)) for _ in range(3)]
-    await asyncio.sleep(0.1)
-    assert s1.state().queue_length == {1: 3} and s2.state().queue_length == {9: 3}
+    await until(lambda: s2.state().queue_length == {9: 3}, "the highs queued in sidecar 2")
     await s1.release(blocker, None)
     await asyncio.wait_for(asyncio.gather(*tasks), 20)
     assert order == ["high"] * 3 + ["low"] * 3
@@ -96,7 +90,7 @@ async def test_high_priority_in_one_sidecar_beats_low_priority_in_another(
 
 async def test_priority_holds_across_sidecars_when_rate_limited(sidecars: Callable[..., Any]) -> None:
     s1, s2 = await sidecars({"rpm": 120, "tpm": 10_000_000})  # 2 requests per second
-    await drain(s1)
+    await drain_shared(s1)
     order: list[int] = []
 
     async def one(limiter: SharedLimiter, priority: int) -> None:
@@ -105,7 +99,9 @@ async def test_priority_holds_across_sidecars_when_rate_limited(sidecars: Callab
 
     tasks = [asyncio.create_task(one(s1, 2)) for _ in range(2)]
     tasks += [asyncio.create_task(one(s2, 3)) for _ in range(2)]
-    await asyncio.sleep(0.05)
+    await until(
+        lambda: s1.state().queue_length == {2: 2} and s2.state().queue_length == {3: 2}, "lows queued"
+    )
     tasks += [asyncio.create_task(one(s1, 8)) for _ in range(2)]
     tasks += [asyncio.create_task(one(s2, 9)) for _ in range(2)]
     await asyncio.wait_for(asyncio.gather(*tasks), 20)
@@ -115,7 +111,7 @@ async def test_priority_holds_across_sidecars_when_rate_limited(sidecars: Callab
 async def test_low_priority_is_not_starved_across_sidecars(sidecars: Callable[..., Any]) -> None:
     aging = 0.2
     s1, s2 = await sidecars({"rpm": 300, "tpm": 10_000_000}, queue={"aging_s_per_level": aging})  # 5/s
-    await drain(s1)
+    await drain_shared(s1)
     served: list[tuple[int, float]] = []  # (priority, arrived)
 
     async def one(limiter: SharedLimiter, priority: int) -> None:
@@ -149,11 +145,8 @@ async def test_deadline_in_the_shared_queue_raises_queue_timeout(sidecars: Calla
         await s1.acquire(demand(deadline_s=0.4), ["a"])
     assert time.monotonic() - started >= 0.35
     assert info.value.retry_after_s >= 1 and "concurrency" in info.value.reason
-    for _ in range(50):  # its ticket goes with it (one round trip later), not after the ticket TTL
-        if await s1.client.zcard(s1.keys.queue(MODEL)) == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert await s1.client.zcard(s1.keys.queue(MODEL)) == 0
+    # Its ticket goes with it (one round trip later), not after the ticket TTL.
+    await until(lambda: _queue_empty(s1), "the timed-out ticket leaving the shared queue", timeout_s=1.0)
 
 
 async def test_release_wakes_waiters_of_other_sidecars(sidecars: Callable[..., Any]) -> None:
@@ -162,14 +155,17 @@ async def test_release_wakes_waiters_of_other_sidecars(sidecars: Callable[..., A
     await pubsub.subscribe(s1.keys.wake_channel())
     held = await s1.acquire(demand(), ["a"])
     waiter = asyncio.create_task(s2.acquire(demand(), ["a"]))
-    await asyncio.sleep(0.1)
+    await until(lambda: s2.state().queue_length == {5: 1}, "a waiter in sidecar 2")
     await s1.release(held, None)
     messages = []
-    until = time.monotonic() + 2
-    while not messages and time.monotonic() < until:
-        message = await pubsub.get_message(timeout=0.5)  # None for the (ignored) subscribe reply
+
+    async def published() -> bool:
+        message = await pubsub.get_message(timeout=0.1)  # None for the (ignored) subscribe reply
         if message is not None:
             messages.append(message["data"])
+        return bool(messages)
+
+    await until(published, "a wake-up published for the model", 2.0)
     assert messages == [MODEL]
     await asyncio.wait_for(waiter, 5)
     await pubsub.aclose()
@@ -197,17 +193,12 @@ async def test_redis_down_then_back_under_load(
     workers = [asyncio.create_task(worker(s)) for s in (s1, s2) for _ in range(4)]
     await asyncio.sleep(1.0)
     redis_server.stop()
-    down_at = time.monotonic()
-    while not (s1.state().mode == s2.state().mode == "local"):
-        await asyncio.sleep(0.05)
-        assert time.monotonic() - down_at < 5, "did not switch to local limits"
+    await until(lambda: s1.state().mode == s2.state().mode == "local", "the switch to local limits", 5.0)
     local_from = time.monotonic()
     await asyncio.sleep(3.0)
     local_until = time.monotonic()
     redis_server.start()
-    while not (s1.state().mode == s2.state().mode == "shared"):
-        await asyncio.sleep(0.05)
-        assert time.monotonic() - local_until < 10, "did not return to shared limits"
+    await until(lambda: s1.state().mode == s2.state().mode == "shared", "the return to shared limits", 10.0)
     await asyncio.sleep(1.0)
     stop.set()
     await asyncio.wait_for(asyncio.gather(*workers), 30)
@@ -231,5 +222,8 @@ async def test_heartbeats_renew_the_leases_of_long_calls(sidecars: Callable[...,
     renewed = await s1.client.zscore(key, grant.lease_id)
     assert first is not None and renewed is not None and renewed > first + 0.3
     await s1.release(grant, None)
-    await asyncio.sleep(0.1)  # settled in the background
-    assert await s1.client.zscore(key, grant.lease_id) is None
+
+    async def lease_gone() -> bool:
+        return await s1.client.zscore(key, grant.lease_id) is None
+
+    await until(lease_gone, "the lease settled in the background", 2.0)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import openai
 import pytest
 from o1emulator.embedded import EmulatorHandle
 
+from tests.polling import until
 from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
 
 USER = [{"role": "user", "content": "hello"}]
@@ -84,19 +84,14 @@ async def test_high_priority_overtakes_queued_low_priority(
     def waiting() -> int:
         return sum(handle.proxy.limiter.state().queue_length.values())
 
-    async def until(condition: Callable[[], bool]) -> None:
-        for _ in range(200):
-            if condition():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError("the scene did not set up in time")
-
     first = asyncio.create_task(call("first", "low"))
-    await until(lambda: upstream.stats()["accounts"]["acct-a"]["models"]["o1"]["in_flight"] == 1)
+    await until(
+        lambda: upstream.stats()["accounts"]["acct-a"]["models"]["o1"]["in_flight"] == 1, "first call"
+    )
     lows = [asyncio.create_task(call(f"low{i}", "low")) for i in range(3)]
-    await until(lambda: waiting() == 3)
+    await until(lambda: waiting() == 3, "three lows queued")
     high = asyncio.create_task(call("high", "high"))
-    await until(lambda: waiting() == 4)
+    await until(lambda: waiting() == 4, "the high queued")
     await asyncio.gather(first, *lows, high)
     assert done[:2] == ["first", "high"], done
 

@@ -213,6 +213,7 @@ async def test_upstream_429_is_not_retried_blindly(
     make_sidecar: SidecarFactory, make_emulator: EmulatorFactory
 ) -> None:
     upstream = await make_emulator(
+        limiter={"headers": False},  # nothing tells the sidecar the real limit but the 429
         accounts=[
             {
                 "name": "acct-a",
@@ -234,6 +235,32 @@ async def test_upstream_429_is_not_retried_blindly(
     assert int(err.value.response.headers["retry-after"]) >= 1
     rejected = upstream.stats()["accounts"]["acct-a"]["models"]["o1"]["rejected"]
     assert rejected["requests"] == 1, "the sidecar hit the upstream again instead of waiting out the 429"
+
+
+async def test_the_upstreams_limit_header_is_believed_before_any_429(
+    make_sidecar: SidecarFactory, make_emulator: EmulatorFactory
+) -> None:
+    upstream = await make_emulator(
+        accounts=[
+            {
+                "name": "acct-a",
+                "keys": [{"name": "a1", "key": "sk-emu-acct-a-key-1"}],
+                "models": {"o1": {"rpm": 1, "tpm": 50_000_000}},
+            },
+        ],
+    )
+    handle = await make_sidecar(upstream=upstream, cache={"enabled": False})  # believes 10 000 RPM
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    await client.chat.completions.create(model="o1", messages=USER)  # says x-ratelimit-limit-requests: 1
+    with pytest.raises(openai.RateLimitError) as err:
+        await client.chat.completions.create(
+            model="o1", messages=USER, extra_headers={"x-o1pool-deadline-ms": "1500"}
+        )
+    assert err.value.code == "queue_timeout"
+    assert 50 <= int(err.value.response.headers["retry-after"]) <= 61  # one request a minute
+    assert upstream.stats()["accounts"]["acct-a"]["models"]["o1"]["rejected_total"] == 0
+    effective = handle.proxy.limiter.state().usage[("acct-a", "o1")].effective_rpm
+    assert effective == 1.0
 
 
 async def test_model_no_account_serves_goes_straight_to_its_fallback(make_sidecar: SidecarFactory) -> None:

@@ -18,6 +18,7 @@ from o1sidecar.limits.api import (
     NoCapacity,
     QueueFull,
     QueueTimeout,
+    QuotaExhausted,
     UpstreamReport,
 )
 from o1sidecar.limits.local import LocalLimiter
@@ -31,6 +32,7 @@ __all__ = [
     "NoCapacity",
     "QueueFull",
     "QueueTimeout",
+    "QuotaExhausted",
     "UpstreamReport",
     "build_limiter",
 ]

@@ -4,7 +4,7 @@ The proxy describes what a request will cost (a ``Demand``) and which accounts m
 limiter makes it wait, in priority order across every sidecar of the pool, until one account has
 RPM, TPM and a concurrency slot for it, and hands back a ``Grant``. After the upstream answers, the
 proxy reports what happened (``UpstreamReport``) so the limiter can reconcile usage, adopt the
-upstream's view of what remains, and put the account+model in cooldown after a 429.
+upstream's view of what remains and of its limits, and correct its model of the upstream after a 429.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ class UpstreamReport:
     remaining_tokens: int | None = None
     reset_requests_s: float | None = None
     reset_tokens_s: float | None = None
+    limit_requests: int | None = None  # x-ratelimit-limit-*: the upstream's own per-minute limits
+    limit_tokens: int | None = None
     retry_after_s: float | None = None
-    limit_type: Literal["requests", "tokens"] | None = None  # for a 429
+    limit_type: Literal["requests", "tokens", "concurrency", "quota"] | None = None  # for a 429
     failed: bool = False  # network error, timeout or 5xx: counts against the account's health
 
 
@@ -56,12 +58,34 @@ class QueueTimeout(Exception):
         self.waited_s = waited_s
 
 
+class QuotaExhausted(Exception):
+    """Every account's request cap (daily or monthly) for the model is spent until after the
+    request's deadline; answer 429 ``insufficient_quota`` with ``retry_after_s`` (when it resets)."""
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
 class QueueFull(Exception):
     """This sidecar's wait queue is at ``queue.max_length``; answer 429 at once."""
 
 
 class NoCapacity(Exception):
     """No given account can ever serve the demand (for example it exceeds the account's TPM)."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One account+model as the limiter last saw it."""
+
+    requests_ratio: float  # share of the configured RPM used over the last minute
+    tokens_ratio: float
+    effective_rpm: float  # the limits admission acts on now (configured, or lower after 429s)
+    effective_tpm: float
+    daily_left: int | None = None  # requests left under the caps (None: no cap)
+    monthly_left: int | None = None
 
 
 @dataclass
@@ -71,8 +95,7 @@ class LimiterState:
     mode: Literal["shared", "local"]
     live_sidecars: int
     queue_length: dict[int, int] = field(default_factory=dict)  # priority -> waiting here
-    # (account, model) -> {"requests": used/limit, "tokens": used/limit} over the last minute
-    usage_ratio: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    usage: dict[tuple[str, str], Usage] = field(default_factory=dict)  # (account, model) -> usage
 
 
 class Limiter(Protocol):
@@ -81,7 +104,13 @@ class Limiter(Protocol):
     async def close(self) -> None: ...
 
     async def acquire(self, demand: Demand, accounts: Sequence[str]) -> Grant:
-        """Wait until one of ``accounts`` admits ``demand``; raise QueueTimeout/QueueFull/NoCapacity."""
+        """Wait until one of ``accounts`` admits ``demand``; raise QueueTimeout, QueueFull, NoCapacity
+        or QuotaExhausted."""
+        ...
+
+    async def try_acquire(self, demand: Demand, accounts: Sequence[str]) -> Grant | None:
+        """Admit ``demand`` now if an account has headroom and no better-ranked request waits for it;
+        ``None`` otherwise (nothing waits, nothing is queued)."""
         ...
 
     async def release(self, grant: Grant, report: UpstreamReport | None) -> None:

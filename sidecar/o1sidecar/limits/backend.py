@@ -1,21 +1,22 @@
 """What the wait queue asks of an admission store (in-process or Redis), and what it gets back.
 
-The queue (queueing.py) owns waiting, deadlines and wake-ups; a backend owns the counters. One
-``attempt`` is one admission decision: admit now on the best account, or deny with a reason and how
-long until it is worth trying again. A denied attempt leaves a *ticket* so that other attempts know
-a better-ranked request is waiting.
+The queue (queueing.py) owns waiting, deadlines and wake-ups; a store owns the counters and applies
+the admission rule (rule.py). One ``attempt`` is one admission decision: admit now on the best
+account, or deny with a reason and how long until it is worth trying again. A denied attempt leaves
+a *ticket* so that other attempts know a better-ranked request is waiting.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from o1sidecar.config import SidecarConfig
-from o1sidecar.limits.api import Demand
+from o1sidecar.limits.api import Demand, Usage
 
 Mode = Literal["shared", "local"]
-DenyReason = Literal["queue", "capacity", "concurrency", "cooldown"]
+DenyReason = Literal["queue", "capacity", "concurrency", "cooldown", "quota"]
+SettleOutcome = Literal["ok", "rate_limited", "other"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,11 @@ class AccountLimits:
     concurrency: int | None
     weight: float = 1.0
     health: float = 1.0
+    burst_s: float = 1.0  # pacing: at most this many seconds' worth of quota at once
+    adaptive: bool = True  # lower the effective limits when the upstream refuses what they allowed
+    daily: int | None = None  # request caps (UTC calendar day and month)
+    monthly: int | None = None
+    max_cooldown_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,7 @@ class Attempt:
     lease_id: str  # used if admitted
     rank: float | None  # None on the first attempt: the store ranks it on its own clock
     aging_s: float
+    queue: bool = True  # False: a denied attempt leaves no ticket (try_acquire)
 
 
 @dataclass(frozen=True)
@@ -55,16 +62,20 @@ class Denied:
 
 @dataclass(frozen=True)
 class Settlement:
-    """What releasing one grant changes in the store."""
+    """What releasing one grant tells the store: the upstream's answer, as far as limits care."""
 
     account: AccountLimits
     model: str
     lease_id: str
+    outcome: SettleOutcome = "other"  # "other": no call, a client error, a failure: no limit news
     extra_tokens: int = 0
     remaining_requests: int | None = None  # trusted values only
     remaining_tokens: int | None = None
+    limit_requests: int | None = None  # the upstream's own limits, from x-ratelimit-limit-*
+    limit_tokens: int | None = None
     elapsed_s: float = 0.0  # since admission: the upstream's remaining counts refilled meanwhile
-    cooldown_s: float | None = None  # a 429: rest at least this long
+    retry_after_s: float | None = None  # a 429's Retry-After
+    limit_type: Literal["requests", "tokens", "concurrency", "quota"] | None = None  # a 429's limit
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,21 @@ class Waiting:
     ticket: str
     rank: float
     tokens: int
+
+
+@dataclass(frozen=True)
+class Held:
+    """A grant a store issued and has not settled (failover counts it against the next store)."""
+
+    lease_id: str
+    limits: AccountLimits
+    model: str
+    tokens: int
+
+
+@dataclass
+class Snapshot:
+    usage: dict[tuple[str, str], Usage] = field(default_factory=dict)
 
 
 class Backend(Protocol):
@@ -92,6 +118,19 @@ class Backend(Protocol):
         """Register waiters that queued while another store was in charge."""
         ...
 
+    async def eta(self, attempt: Attempt) -> float:
+        """Seconds until the attempt's request could be admitted: its best account's wait, plus the
+        waiters ranked ahead of it at the accounts' effective rate."""
+        ...
+
+    def held(self) -> list[Held]:
+        """Grants this store issued that are not settled yet."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """Usage, effective limits and caps left per account+model, as last seen."""
+        ...
+
 
 def account_limits(config: SidecarConfig, model: str, names: tuple[str, ...]) -> list[AccountLimits]:
     """The given accounts' limits for ``model``; accounts that cannot serve it are left out."""
@@ -102,6 +141,18 @@ def account_limits(config: SidecarConfig, model: str, names: tuple[str, ...]) ->
         limits = account.limits_for(model) if account is not None else None
         if account is None or limits is None:
             continue
-        out.append(AccountLimits(name, limits.rpm, limits.tpm, limits.concurrency, account.weight))
+        out.append(
+            AccountLimits(
+                name,
+                limits.rpm,
+                limits.tpm,
+                limits.concurrency,
+                account.weight,
+                burst_s=account.burst_s,
+                adaptive=account.adaptive,
+                daily=limits.daily_requests,
+                monthly=limits.monthly_requests,
+                max_cooldown_s=config.retry.max_retry_after_s,
+            )
+        )
     return out
-

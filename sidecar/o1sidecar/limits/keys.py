@@ -22,8 +22,13 @@ class PoolKeys:
         return f"{{{self.prefix}:{self.namespace}/{self.pool}}}"
 
     def account(self, account: str, model: str) -> str:
-        """HASH of one account+model's buckets: r, t (levels), ts (as of), cd (cooldown until)."""
+        """HASH of one account+model's state: the fields of ``rule.AccountModel`` (pacing levels,
+        effective-limit factors, cooldown, episode, probe, window totals, request caps)."""
         return f"{self.tag}:acct:{account}:{model}"
+
+    def window(self, account: str, model: str) -> str:
+        """ZSET of one account+model's admissions of the last minute: ``tokens:lease`` -> admitted at."""
+        return f"{self.tag}:win:{account}:{model}"
 
     def leases(self, account: str, model: str) -> str:
         """ZSET of one account+model's concurrency leases, scored by expiry."""
@@ -48,19 +53,3 @@ class PoolKeys:
     def wake_channel(self) -> str:
         """Pub/sub channel: a model's queue may move (a lease freed, a waiter admitted)."""
         return f"{self.tag}:wake"
-
-
-def hash_slot(key: str) -> int:
-    """The Redis Cluster slot of ``key``: CRC16 (XMODEM) of its hash tag, modulo 16384."""
-    start = key.find("{")
-    if start != -1:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            key = key[start + 1 : end]
-    crc = 0
-    for byte in key.encode():
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-            crc &= 0xFFFF
-    return crc % 16384

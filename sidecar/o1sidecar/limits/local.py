@@ -1,61 +1,60 @@
-"""The in-process admission store: this sidecar's share of every account's limits, kept in memory.
+"""The in-process admission store: every account's limits kept in memory, decided by rule.py.
 
 Used alone when no Redis is configured, and as the fallback that holds this sidecar's fair share
-(limit / live sidecars) while Redis is unreachable. Every decision is one of the pure functions in
-buckets.py, balancing.py and ordering.py; this module only keeps their state.
+(limit / live sidecars) while Redis is unreachable. Every decision is a function of rule.py (one
+account+model), balancing.py (which account) and ordering.py (the queue); this module only keeps
+their state.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from o1sidecar.config import SidecarConfig
+from o1sidecar.limits import rule
 from o1sidecar.limits.backend import (
     AccountLimits,
     Admitted,
     Attempt,
     Denied,
+    DenyReason,
+    Held,
     Mode,
     Settlement,
+    Snapshot,
+    Usage,
     Waiting,
 )
-from o1sidecar.limits.balancing import Candidate, choose
-from o1sidecar.limits.buckets import (
-    UPSTREAM_LAG_S,
-    Bucket,
-    charge,
-    lower_to,
-    refill,
-    resize,
-    seconds_until,
-    try_charge,
-)
-from o1sidecar.limits.ordering import blocked_by_queue, rank
+from o1sidecar.limits.balancing import score
+from o1sidecar.limits.ordering import AHEAD_LIMIT, blocked_by_queue, rank
 from o1sidecar.limits.queueing import QueueingLimiter
-from o1sidecar.limits.reconcile import merge_cooldown, remaining_now
-
-CONCURRENCY_POLL_S = 0.25  # a concurrency wait is ended by a release; this only bounds it
-
-
-@dataclass
-class _AccountModel:
-    rpm: Bucket
-    tpm: Bucket
-    leases: set[str] = field(default_factory=set)
-    cooling_until: float = 0.0
 
 
 @dataclass(frozen=True)
 class _Ticket:
+    ticket: str
     rank: float
     tokens: int
 
 
+@dataclass
+class _Entry:
+    limits: AccountLimits
+    rule: rule.Limits
+    state: rule.AccountModel
+    block: rule.Block | None
+    wait: float
+
+
 class LocalBackend:
-    """Counters in memory. ``share()`` scales every limit (1.0 alone; 1/live sidecars as a fallback)."""
+    """Counters in memory. ``share()`` scales every limit (1.0 alone; 1/live sidecars as a fallback).
+
+    ``seed`` (failover) starts each account+model from what the shared store last said: its
+    effective limits, and request caps with only this sidecar's share of what was left.
+    """
 
     def __init__(
         self,
@@ -64,32 +63,50 @@ class LocalBackend:
         share: Callable[[], float] = lambda: 1.0,
         start_full: bool = True,
         mode: Mode = "local",
+        seed: Mapping[tuple[str, str], Usage] | None = None,
     ) -> None:
         self.mode: Mode = mode
         self._clock = clock
         self._share = share
         self._start_full = start_full
-        self._state: dict[tuple[str, str], _AccountModel] = {}
+        self._seed = dict(seed or {})
+        self._state: dict[tuple[str, str], rule.AccountModel] = {}
+        self._limits: dict[tuple[str, str], rule.Limits] = {}
         self._tickets: dict[str, dict[str, _Ticket]] = {}
+        self._held: dict[str, Held] = {}
 
-    def scaled(self, limits: AccountLimits) -> tuple[float, float, int | None]:
-        """This store's RPM, TPM and concurrency for ``limits``: at least one request's worth each."""
-        share = min(1.0, max(0.0, self._share()))
-        rpm = max(1.0, limits.rpm * share)
-        tpm = max(1.0, limits.tpm * share)
-        slots = None if limits.concurrency is None else max(1, math.floor(limits.concurrency * share))
-        return rpm, tpm, slots
+    def limits_of(self, limits: AccountLimits) -> rule.Limits:
+        return rule.Limits.of(limits, min(1.0, max(0.0, self._share())))
 
-    def _slot(self, limits: AccountLimits, model: str, now: float) -> tuple[_AccountModel, int | None]:
-        rpm, tpm, slots = self.scaled(limits)
+    def _entry(self, limits: AccountLimits, model: str, tokens: int, now: float) -> _Entry:
+        lim = self.limits_of(limits)
         key = (limits.name, model)
         st = self._state.get(key)
         if st is None:
-            make = Bucket.full if self._start_full else Bucket.empty
-            st = self._state[key] = _AccountModel(rpm=make(rpm, now), tpm=make(tpm, now))
-        else:
-            st.rpm, st.tpm = resize(st.rpm, rpm, now), resize(st.tpm, tpm, now)
-        return st, slots
+            st = self._state[key] = self._new_state(limits, lim, model, now)
+        self._limits[key] = lim
+        rule.refresh(st, lim, now)
+        block, wait = rule.check(st, lim, tokens, now)
+        return _Entry(limits, lim, st, block, wait)
+
+    def _new_state(
+        self, limits: AccountLimits, lim: rule.Limits, model: str, now: float
+    ) -> rule.AccountModel:
+        st = rule.new_state(lim, now)
+        if not self._start_full:
+            # The shared buckets may already be spent: a fallback must not add a burst.
+            st.r = st.t = 0.0
+        seen = self._seed.get((limits.name, model))
+        if seen is not None:
+            st.fr = min(1.0, seen.effective_rpm / limits.rpm)
+            st.ft = min(1.0, seen.effective_tpm / limits.tpm)
+            rule.refresh(st, lim, now)
+            share = min(1.0, max(0.0, self._share()))
+            if limits.daily is not None and seen.daily_left is not None:
+                st.dc = limits.daily - math.floor(seen.daily_left * share)
+            if limits.monthly is not None and seen.monthly_left is not None:
+                st.mc = limits.monthly - math.floor(seen.monthly_left * share)
+        return st
 
     async def attempt(self, attempt: Attempt) -> Admitted | Denied:
         return self.attempt_now(attempt)
@@ -107,85 +124,72 @@ class LocalBackend:
             if attempt.rank is not None
             else rank(demand.priority, now, attempt.aging_s)
         )
-
-        candidates: list[Candidate] = []
-        states: dict[str, _AccountModel] = {}
-        free_r = free_t = 0.0
-        free_s = 0.0
-        for limits in attempt.accounts:
-            st, slots = self._slot(limits, demand.model, now)
-            states[limits.name] = st
-            free = None if slots is None else slots - len(st.leases)
-            c = Candidate(limits.name, st.rpm, st.tpm, free, st.cooling_until, limits.health, limits.weight)
-            candidates.append(c)
-            if st.cooling_until <= now:
-                free_r += max(0.0, st.rpm.level)
-                free_t += max(0.0, st.tpm.level)
-                free_s += math.inf if free is None else max(0, free)
-
-        ahead = [
-            t.tokens
-            for tid, t in tickets.items()
-            if tid != attempt.ticket and (t.rank, tid) < (my_rank, attempt.ticket)
-        ]
-        chosen = None
-        if not blocked_by_queue(ahead, demand.tokens, free_r, free_t, free_s):
-            chosen = choose(candidates, demand.tokens, now)
-        if chosen is not None:
-            st = states[chosen.name]
-            charged = try_charge([(st.rpm, 1), (st.tpm, demand.tokens)], now, UPSTREAM_LAG_S)
-            assert charged is not None  # choose() only returns accounts that fit
-            st.rpm, st.tpm = charged
-            st.leases.add(attempt.lease_id)
+        entries = [self._entry(a, demand.model, demand.tokens, now) for a in attempt.accounts]
+        free_r = free_t = free_s = 0.0
+        for e in entries:
+            r, t, s = rule.free(e.state, e.rule, now)
+            free_r, free_t, free_s = free_r + r, free_t + t, free_s + s
+        ahead = self._ahead(tickets, attempt.ticket, my_rank)
+        queued = blocked_by_queue([t.tokens for t in ahead], demand.tokens, free_r, free_t, free_s)
+        best = None if queued else _best(entries)
+        if best is not None:
+            rule.admit(best.state, best.rule, demand.tokens, attempt.lease_id, now)
+            self._held[attempt.lease_id] = Held(attempt.lease_id, best.limits, demand.model, demand.tokens)
             tickets.pop(attempt.ticket, None)
-            return Admitted(account=chosen.name, lease_id=attempt.lease_id)
-
-        tickets[attempt.ticket] = _Ticket(rank=my_rank, tokens=demand.tokens)
-        if ahead and blocked_by_queue(ahead, demand.tokens, free_r, free_t, free_s):
-            return Denied("queue", CONCURRENCY_POLL_S, my_rank)
-        return self._denial(candidates, demand.tokens, now, my_rank)
+            return Admitted(account=best.limits.name, lease_id=attempt.lease_id)
+        if attempt.queue:
+            tickets[attempt.ticket] = _Ticket(attempt.ticket, my_rank, demand.tokens)
+        if queued:
+            return Denied("queue", rule.CONCURRENCY_POLL_S, my_rank)
+        reason, wait = _denial(entries)
+        return Denied(reason, wait, my_rank)
 
     @staticmethod
-    def _denial(candidates: list[Candidate], tokens: int, now: float, my_rank: float) -> Denied:
-        best_wait, reason = math.inf, "capacity"
-        for c in candidates:
-            if c.cooling_until > now:
-                wait, why = c.cooling_until - now, "cooldown"
-            elif c.free_slots is not None and c.free_slots < 1:
-                wait, why = CONCURRENCY_POLL_S, "concurrency"
-            else:
-                wait = max(seconds_until(c.rpm, 1, now), seconds_until(c.tpm, tokens, now))
-                why = "capacity"
-            if wait < best_wait:
-                best_wait, reason = wait, why
-        return Denied(reason, best_wait, my_rank)  # type: ignore[arg-type]
+    def _ahead(tickets: dict[str, _Ticket], ticket: str, my_rank: float) -> list[_Ticket]:
+        return [t for tid, t in tickets.items() if tid != ticket and (t.rank, tid) < (my_rank, ticket)]
 
-    def hold(self, limits: AccountLimits, model: str, lease_id: str) -> None:
+    async def eta(self, attempt: Attempt) -> float:
+        return self.eta_now(attempt)
+
+    def eta_now(self, attempt: Attempt) -> float:
+        now = self._clock()
+        demand = attempt.demand
+        entries = [self._entry(a, demand.model, demand.tokens, now) for a in attempt.accounts]
+        tickets = self._tickets.get(demand.model, {})
+        mine = tickets.get(attempt.ticket)
+        my_rank = (
+            mine.rank
+            if mine is not None
+            else attempt.rank
+            if attempt.rank is not None
+            else rank(demand.priority, now, attempt.aging_s)
+        )
+        ahead = self._ahead(tickets, attempt.ticket, my_rank)
+        # As eta.lua: the cost of the first AHEAD_LIMIT (in queue order) exactly, the rest at their average.
+        first = sorted(ahead, key=lambda t: (t.rank, t.ticket))[:AHEAD_LIMIT]
+        tokens = sum(t.tokens for t in first) * len(ahead) / len(first) if first else 0.0
+        return _eta(entries, len(ahead), tokens)
+
+    def hold(self, held: Held) -> None:
         """Count a request admitted elsewhere (before a failover) against this store's concurrency."""
-        st, _ = self._slot(limits, model, self._clock())
-        st.leases.add(lease_id)
+        now = self._clock()
+        entry = self._entry(held.limits, held.model, held.tokens, now)
+        entry.state.leases.add(held.lease_id)
+        self._held[held.lease_id] = held
 
     async def settle(self, settlement: Settlement) -> None:
         self.settle_now(settlement)
 
     def settle_now(self, s: Settlement) -> None:
-        now = self._clock()
-        st = self._state.get((s.account.name, s.model))
+        self._held.pop(s.lease_id, None)
+        key = (s.account.name, s.model)
+        st = self._state.get(key)
         if st is None:
             return
-        st.leases.discard(s.lease_id)
-        st.rpm, st.tpm = refill(st.rpm, now), refill(st.tpm, now)
-        if s.extra_tokens:
-            st.tpm = charge(st.tpm, s.extra_tokens, now)
-        share = min(1.0, max(0.0, self._share()))
-        for remaining, attr in ((s.remaining_requests, "rpm"), (s.remaining_tokens, "tpm")):
-            if remaining is None:
-                continue
-            bucket: Bucket = getattr(st, attr)
-            upstream = remaining_now(remaining * share, bucket.rate, bucket.capacity, s.elapsed_s)
-            setattr(st, attr, lower_to(bucket, upstream, now))
-        if s.cooldown_s is not None:
-            st.cooling_until = merge_cooldown(st.cooling_until, now, s.cooldown_s)
+        now = self._clock()
+        lim = self.limits_of(s.account)
+        rule.refresh(st, lim, now)
+        rule.settle(st, lim, s, now)
 
     async def forget(self, model: str, tickets: list[str]) -> None:
         self.forget_now(model, tickets)
@@ -200,22 +204,62 @@ class LocalBackend:
 
     def adopt_now(self, waiting: list[Waiting]) -> None:
         for w in waiting:
-            self._tickets.setdefault(w.model, {}).setdefault(w.ticket, _Ticket(w.rank, w.tokens))
+            self._tickets.setdefault(w.model, {}).setdefault(w.ticket, _Ticket(w.ticket, w.rank, w.tokens))
 
-    def active_leases(self) -> int:
-        return sum(len(st.leases) for st in self._state.values())
+    def held(self) -> list[Held]:
+        return list(self._held.values())
 
-    def usage_ratio(self) -> dict[tuple[str, str], dict[str, float]]:
+    def state_of(self, account: str, model: str) -> rule.AccountModel | None:
+        """The rule's state of one account+model, as last left (for inspection)."""
+        return self._state.get((account, model))
+
+    def snapshot(self) -> Snapshot:
         now = self._clock()
-        out = {}
-        for key, st in self._state.items():
-            rpm, tpm = refill(st.rpm, now), refill(st.tpm, now)
-            out[key] = {
-                "requests": (rpm.capacity - rpm.level) / rpm.capacity,
-                "tokens": (tpm.capacity - tpm.level) / tpm.capacity,
-            }
+        out = Snapshot()
+        for (account, model), st in self._state.items():
+            lim = self._limits[(account, model)]
+            rule.refresh(st, lim, now)
+            er, et = rule.effective(st, lim)
+            out.usage[(account, model)] = Usage(
+                requests_ratio=st.wn / lim.rpm,
+                tokens_ratio=st.wt / lim.tpm,
+                effective_rpm=er,
+                effective_tpm=et,
+                daily_left=None if lim.daily is None else max(0, lim.daily - st.dc),
+                monthly_left=None if lim.monthly is None else max(0, lim.monthly - st.mc),
+            )
         return out
 
+
+def _best(entries: list[_Entry]) -> _Entry | None:
+    """The admissible account with the best score; ties go to the first (as in admit.lua)."""
+    best, best_score = None, -math.inf
+    for e in entries:
+        if e.block is not None:
+            continue
+        rpm_share, tpm_share = rule.headroom(e.state, e.rule)
+        s = score(rpm_share, tpm_share, e.limits.health, e.limits.weight)
+        if s > best_score:
+            best, best_score = e, s
+    return best
+
+
+def _denial(entries: list[_Entry]) -> tuple[DenyReason, float]:
+    """The account that frees up first, and what blocks it."""
+    best_wait, reason = math.inf, "capacity"
+    for e in entries:
+        if e.wait < best_wait:
+            best_wait, reason = e.wait, e.block or "capacity"
+    return reason, best_wait  # type: ignore[return-value]
+
+
+def _eta(entries: list[_Entry], ahead: int, ahead_tokens: float) -> float:
+    base = min((e.wait for e in entries), default=math.inf)
+    rate_r = sum(rule.effective(e.state, e.rule)[0] for e in entries) / rule.MINUTE_S
+    rate_t = sum(rule.effective(e.state, e.rule)[1] for e in entries) / rule.MINUTE_S
+    if not entries:
+        return math.inf
+    return base + max(ahead / rate_r, ahead_tokens / rate_t)
 
 
 class LocalLimiter(QueueingLimiter):

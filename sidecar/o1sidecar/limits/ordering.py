@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+AHEAD_LIMIT = 64
 PRIORITY_MIN = 0
 PRIORITY_MAX = 9
 
@@ -47,9 +48,12 @@ def blocked_by_queue(
     """Whether better-ranked waiters (costing ``ahead_tokens``) must go first.
 
     A request may pass the waiters ahead of it only when the free capacity of all the model's
-    accounts covers them *and* it. Otherwise it would take what they are waiting for.
+    accounts covers them *and* it. Otherwise it would take what they are waiting for. More than
+    ``AHEAD_LIMIT`` ahead always block (the Lua script looks at no more than that many).
     """
     if not ahead_tokens:
         return False
+    if len(ahead_tokens) > AHEAD_LIMIT:
+        return True
     requests = len(ahead_tokens) + 1
     return free_requests < requests or free_slots < requests or free_tokens < sum(ahead_tokens) + tokens

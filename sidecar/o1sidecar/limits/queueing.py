@@ -4,7 +4,9 @@ Every request first tries to get in at once (one store call). If it cannot, it w
 sidecar's queue for its model, ordered by rank (ordering.py). One dispatcher per model retries the
 best waiter when capacity is expected (the store says when), when a grant of that model is released
 here, or when woken from outside (Redis pub/sub); the others wait behind it. The store's tickets make
-the order hold across sidecars. A waiter whose deadline passes gets ``QueueTimeout``.
+the order hold across sidecars. A waiter whose deadline passes gets ``QueueTimeout`` with a
+``retry_after_s`` the store estimates (when capacity for it can next exist); one whose accounts'
+request caps stay spent past its deadline gets ``QuotaExhausted`` at once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from o1sidecar.limits.api import (
     NoCapacity,
     QueueFull,
     QueueTimeout,
+    QuotaExhausted,
     UpstreamReport,
 )
 from o1sidecar.limits.backend import (
@@ -43,7 +46,7 @@ from o1sidecar.limits.backend import (
     account_limits,
 )
 from o1sidecar.limits.balancing import Health, health_at, update_health
-from o1sidecar.limits.reconcile import cooldown_after_429, extra_usage, trusted_remaining
+from o1sidecar.limits.reconcile import settlement
 
 log = logging.getLogger("o1sidecar.limits")
 
@@ -100,7 +103,6 @@ class QueueingLimiter:
         self._waiting: Counter[int] = Counter()
         self._active: dict[str, _Active] = {}
         self._health: dict[str, Health] = {}
-        self._consecutive_429: Counter[tuple[str, str]] = Counter()
         self._limits_cache: dict[tuple[str, tuple[str, ...]], tuple[AccountLimits, ...]] = {}
         self._seq = itertools.count()
         self._settling: set[asyncio.Task[None]] = set()
@@ -166,6 +168,9 @@ class QueueingLimiter:
         first = await self._try(Attempt(demand, limits, ticket, ticket, None, self._aging_s))
         if isinstance(first, Admitted):
             return self._granted(first, demand, limits, started)
+        if _quota_outlasts(first, demand, started):
+            await self._forget(demand.model, [ticket])
+            raise _quota_exhausted(demand, first)
 
         waiter = _Waiter(
             demand=demand,
@@ -183,6 +188,15 @@ class QueueingLimiter:
         except asyncio.CancelledError:
             self._abandon(waiter)
             raise
+
+    async def try_acquire(self, demand: Demand, accounts: Sequence[str]) -> Grant | None:
+        limits = self._limits(demand.model, accounts)
+        if not limits or demand.tokens > max(a.tpm for a in limits):
+            return None
+        started = self._clock()
+        ticket = uuid.uuid4().hex
+        result = await self._try(Attempt(demand, limits, ticket, ticket, None, self._aging_s, queue=False))
+        return self._granted(result, demand, limits, started) if isinstance(result, Admitted) else None
 
     def _granted(
         self, admitted: Admitted, demand: Demand, limits: tuple[AccountLimits, ...], started: float
@@ -238,26 +252,43 @@ class QueueingLimiter:
 
     # -- the dispatcher ------------------------------------------------------------------------
 
-    def _expire(self, q: _ModelQueue, now: float) -> list[str]:
-        expired = []
+    async def _expire(self, model: str, q: _ModelQueue, now: float) -> None:
+        """Answer every waiter whose deadline passed, with an honest retry-after, and drop its ticket."""
+        expired: list[_Waiter] = []
         while q.deadlines and (q.deadlines[0][0] <= now or q.deadlines[0][2].future.done()):
             _, _, w = heapq.heappop(q.deadlines)
-            if w.future.done():
-                continue
+            if not w.future.done():
+                expired.append(w)
+        if not expired:
+            return
+        for w in expired:
+            retry = await self._retry_after(w)
             waited = now - w.started
-            retry = 1.0 if w.last is None or not math.isfinite(w.last.wait_s) else max(1.0, w.last.wait_s)
             why = "" if w.last is None else f" (last check: {w.last.reason})"
-            w.future.set_exception(
-                QueueTimeout(
-                    f"queued {waited:.1f}s for {w.demand.model!r} at priority {w.demand.priority}; no "
-                    f"account had capacity for it before its deadline{why}",
-                    retry_after_s=math.ceil(retry),
-                    waited_s=waited,
+            if not w.future.done():
+                w.future.set_exception(
+                    QueueTimeout(
+                        f"queued {waited:.1f}s for {w.demand.model!r} at priority {w.demand.priority}; no "
+                        f"account had capacity for it before its deadline{why}",
+                        retry_after_s=retry,
+                        waited_s=waited,
+                    )
                 )
-            )
-            self._leave(w)
-            expired.append(w.ticket)
-        return expired
+                self._leave(w)
+        await self._forget(model, [w.ticket for w in expired])
+
+    async def _retry_after(self, w: _Waiter) -> float:
+        """When capacity for ``w`` can next exist, as the store sees it (cooldowns, the queue ahead,
+        the paced rate); the last wait it gave if it cannot say."""
+        attempt = Attempt(w.demand, w.accounts, w.ticket, w.ticket, w.rank, self._aging_s)
+        try:
+            eta = await self.backend.eta(attempt)
+        except Exception:
+            log.debug("could not estimate when %s has capacity", w.demand.model, exc_info=True)
+            eta = math.nan
+        if not math.isfinite(eta):
+            eta = w.last.wait_s if w.last is not None and math.isfinite(w.last.wait_s) else 1.0
+        return float(max(1, math.ceil(eta)))
 
     def _head(self, q: _ModelQueue) -> _Waiter | None:
         while q.heap and q.heap[0][2].future.done():
@@ -267,10 +298,7 @@ class QueueingLimiter:
     async def _dispatch(self, model: str, q: _ModelQueue) -> None:
         while not self._closed:
             q.wake.clear()
-            now = self._clock()
-            expired = self._expire(q, now)
-            if expired:
-                await self._forget(model, expired)
+            await self._expire(model, q, self._clock())
             head = self._head(q)
             if head is None:
                 q.deadlines.clear()
@@ -298,6 +326,11 @@ class QueueingLimiter:
                 continue
             head.last = result
             head.rank = result.rank
+            if _quota_outlasts(result, head.demand, self._clock()):
+                head.future.set_exception(_quota_exhausted(head.demand, result))
+                self._leave(head)
+                await self._forget(model, [head.ticket])
+                continue
             sleep = min(result.wait_s, MAX_SLEEP_S)
             if q.deadlines:
                 sleep = min(sleep, q.deadlines[0][0] - self._clock())
@@ -326,19 +359,22 @@ class QueueingLimiter:
         """Free the grant's lease and reconcile.
 
         Against Redis the settlement runs in the background (the answer need not wait one more round
-        trip), except after a 429: its cooldown is in place before ``release`` returns.
+        trip), except after a 429: what it changes is in place before ``release`` returns, so the
+        request that goes back to the queue cannot be admitted into the same refusal.
         """
         active = self._active.pop(grant.lease_id, None)
         if active is None:
             return
         now = self._clock()
-        settlement = Settlement(active.limits, active.model, grant.lease_id, elapsed_s=now - active.admitted)
+        s = Settlement(active.limits, active.model, grant.lease_id, elapsed_s=now - active.admitted)
         if report is not None:
-            settlement = self._reconcile(settlement, active, report, now)
-        if self.backend.mode == "shared" and settlement.cooldown_s is None:
-            self._in_background(self._settle(settlement))
+            name = active.limits.name
+            self._health[name] = update_health(self._health.get(name, Health(1.0, now)), report, now)
+            s = settlement(s, active.tokens, report)
+        if self.backend.mode == "shared" and s.outcome != "rate_limited":
+            self._in_background(self._settle(s))
         else:
-            await self._settle(settlement)
+            await self._settle(s)
 
     async def _settle(self, settlement: Settlement) -> None:
         try:
@@ -348,31 +384,26 @@ class QueueingLimiter:
             log.debug("could not settle lease of %s/%s", account, model, exc_info=True)
         self.wake(settlement.model)
 
-    def _reconcile(self, s: Settlement, active: _Active, report: UpstreamReport, now: float) -> Settlement:
-        name = active.limits.name
-        self._health[name] = update_health(self._health.get(name, Health(1.0, now)), report, now)
-        key = (name, active.model)
-        cooldown = None
-        if report.status == 429:
-            self._consecutive_429[key] += 1
-            cooldown = cooldown_after_429(report.retry_after_s, report.limit_type, self._consecutive_429[key])
-        elif report.status < 400:
-            self._consecutive_429.pop(key, None)
-        return replace(
-            s,
-            extra_tokens=extra_usage(active.tokens, report.usage_tokens),
-            remaining_requests=trusted_remaining(report.remaining_requests, report.reset_requests_s),
-            remaining_tokens=trusted_remaining(report.remaining_tokens, report.reset_tokens_s),
-            cooldown_s=cooldown,
-        )
-
     # -- state ---------------------------------------------------------------------------------
 
     def state(self) -> LimiterState:
-        usage = getattr(self.backend, "usage_ratio", None)
         return LimiterState(
             mode=self.backend.mode,
             live_sidecars=max(1, self._live()),
             queue_length=dict(self._waiting),
-            usage_ratio=usage() if callable(usage) else {},
+            usage=dict(self.backend.snapshot().usage),
         )
+
+
+def _quota_outlasts(denied: Denied, demand: Demand, now: float) -> bool:
+    """Every account's request cap is spent until after the request's deadline."""
+    return denied.reason == "quota" and now + denied.wait_s > demand.deadline
+
+
+def _quota_exhausted(demand: Demand, denied: Denied) -> QuotaExhausted:
+    hours = denied.wait_s / 3600
+    return QuotaExhausted(
+        f"every account serving {demand.model!r} has spent its daily or monthly request cap; the next "
+        f"one resets in {hours:.1f} h (UTC calendar)",
+        retry_after_s=denied.wait_s,
+    )

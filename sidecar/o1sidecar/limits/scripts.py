@@ -1,12 +1,14 @@
 """The Lua scripts of the shared limiter, loaded once and called by SHA.
 
-redis-py's ``AsyncScript`` calls EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH or a Redis restart),
-loads the script again and retries once; ``load_all`` does the first SCRIPT LOAD at start.
+Each script is ``lua/rule.lua`` (the admission rule of one account+model, shared by all of them)
+followed by the script's own file. redis-py's ``AsyncScript`` calls EVALSHA and, on NOSCRIPT (after
+SCRIPT FLUSH or a Redis restart), loads the script again and retries once; ``load_all`` does the
+first SCRIPT LOAD at start.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib.resources import files
 
 from redis.asyncio import Redis
@@ -17,20 +19,23 @@ def lua_source(name: str) -> str:
     return (files("o1sidecar.limits") / "lua" / f"{name}.lua").read_text()
 
 
+def script_source(name: str) -> str:
+    """What Redis runs for ``name``: the shared rule, then the script."""
+    return lua_source("rule") + "\n" + lua_source(name)
+
+
 @dataclass
 class Scripts:
     admit: AsyncScript
     release: AsyncScript
     heartbeat: AsyncScript
+    eta: AsyncScript
 
     @classmethod
     def register(cls, client: Redis) -> Scripts:
-        return cls(
-            admit=client.register_script(lua_source("admit")),
-            release=client.register_script(lua_source("release")),
-            heartbeat=client.register_script(lua_source("heartbeat")),
-        )
+        return cls(**{f.name: client.register_script(script_source(f.name)) for f in fields(cls)})
 
     async def load_all(self, client: Redis) -> None:
-        for script in (self.admit, self.release, self.heartbeat):
+        for f in fields(self):
+            script: AsyncScript = getattr(self, f.name)
             script.sha = await client.script_load(script.script)

@@ -1,22 +1,16 @@
 -- A sidecar's heartbeat: say this sidecar is alive, renew the concurrency leases and queue tickets
--- it holds, and read back the live sidecar count and every account+model's usage.
+-- it holds, and read back the live sidecar count and every account+model's usage, effective limits
+-- and request caps left (rule.lua, in memory: nothing of an account's state is written).
 --
 -- KEYS[1] sidecar ZSET (sidecar id -> last seen)
--- then per model m: its ticket expiry ZSET;  then per account+model p: its HASH and its lease ZSET
+-- then per model m: its ticket expiry ZSET;  then per account+model p: its HASH, lease ZSET, window ZSET
 -- ARGV: now ('' = TIME), sidecar id, heartbeat interval s, lease ttl s, ticket ttl s,
 --       number of models, then per model: number of tickets, ticket ids...,
---       number of pairs, then per pair: rpm, tpm, number of leases, lease ids...
--- Returns {live sidecars, now, then per pair: requests used ratio, tokens used ratio (strings)}.
+--       number of pairs, then per pair: the account (limits() in rule.lua), number of leases, lease ids...
+-- Returns {live sidecars, now, then per pair: requests used ratio, tokens used ratio, effective RPM,
+--          effective TPM, daily left, monthly left ('' = no cap)} (numbers as strings).
 
-local WINDOW = 60.0
-
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-end
+local now = clock(ARGV[1])
 local interval, lease_ttl, ticket_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local stale = 3 * interval
 
@@ -25,36 +19,40 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * stale)
 redis.call('PEXPIRE', KEYS[1], math.ceil(20 * stale * 1000))
 local live = redis.call('ZCOUNT', KEYS[1], '(' .. (now - stale), '+inf')
 
-local a, k = 6, 1
-local models = tonumber(ARGV[a])
+local i, k = 6, 1
+local models = tonumber(ARGV[i])
 for _ = 1, models do
   k = k + 1
-  local count = tonumber(ARGV[a + 1])
+  local count = tonumber(ARGV[i + 1])
   for j = 1, count do
-    redis.call('ZADD', KEYS[k], 'XX', now + ticket_ttl, ARGV[a + 1 + j])
+    redis.call('ZADD', KEYS[k], 'XX', now + ticket_ttl, ARGV[i + 1 + j])
   end
-  a = a + 1 + count
+  i = i + 1 + count
 end
 
-local out = {live, string.format('%.17g', now)}
-a = a + 1
-local pairs_n = tonumber(ARGV[a])
+local out = {live, num(now)}
+i = i + 1
+local pairs_n = tonumber(ARGV[i])
 for _ = 1, pairs_n do
-  local rpm, tpm, count = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local key, leases = KEYS[k + 1], KEYS[k + 2]
-  k = k + 2
+  local a = limits(ARGV[i + 1], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3])
+  k = k + 3
+  local count = tonumber(ARGV[i + 2])
   for j = 1, count do
-    redis.call('ZADD', leases, 'XX', now + lease_ttl, ARGV[a + 3 + j])
+    redis.call('ZADD', a.leases, 'XX', now + lease_ttl, ARGV[i + 2 + j])
   end
-  if count > 0 then redis.call('PEXPIRE', leases, math.ceil(2 * lease_ttl * 1000)) end
-  a = a + 3 + count
-  local h = redis.call('HMGET', key, 'r', 't', 'ts')
-  local r, t, ts = tonumber(h[1]) or rpm, tonumber(h[2]) or tpm, tonumber(h[3]) or now
-  if now > ts then
-    r = math.min(rpm, r + (now - ts) * rpm / WINDOW)
-    t = math.min(tpm, t + (now - ts) * tpm / WINDOW)
-  end
-  out[#out + 1] = tostring((rpm - r) / rpm)
-  out[#out + 1] = tostring((tpm - t) / tpm)
+  if count > 0 then redis.call('PEXPIRE', a.leases, math.ceil(2 * lease_ttl * 1000)) end
+  i = i + 2 + count
+  load(a, now)
+  refresh(a, now)
+  local er, et = effective(a)
+  local daily, monthly = '', ''
+  if a.daily > 0 then daily = num(math.max(0, a.daily - a.dc)) end
+  if a.monthly > 0 then monthly = num(math.max(0, a.monthly - a.mc)) end
+  out[#out + 1] = num(a.wn / a.rpm)
+  out[#out + 1] = num(a.wt / a.tpm)
+  out[#out + 1] = num(er)
+  out[#out + 1] = num(et)
+  out[#out + 1] = daily
+  out[#out + 1] = monthly
 end
 return out

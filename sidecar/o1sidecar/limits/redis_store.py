@@ -1,0 +1,269 @@
+"""The admission store in Redis: the thin I/O around the Lua scripts (lua/*.lua), one script call per
+attempt, settlement, estimate or heartbeat."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from o1sidecar.config import RedisConfig
+from o1sidecar.limits.api import Usage
+from o1sidecar.limits.backend import (
+    AccountLimits,
+    Admitted,
+    Attempt,
+    Denied,
+    Held,
+    Mode,
+    Settlement,
+    Snapshot,
+    Waiting,
+)
+from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.limits.scripts import Scripts
+
+MAX_CONNECTIONS = 32
+
+
+def redis_password(cfg: RedisConfig) -> str | None:
+    """The Redis password from its file (a mounted Secret) or environment variable, if any."""
+    if cfg.password_file is not None:
+        return cfg.password_file.read_text().strip() or None
+    if cfg.password_env:
+        return os.environ.get(cfg.password_env) or None
+    return None
+
+
+def redis_client(cfg: RedisConfig) -> Redis:
+    """A client that fails fast: short timeouts and no retries (the breaker decides what to do)."""
+    assert cfg.url is not None
+    pool = BlockingConnectionPool.from_url(
+        cfg.url,
+        password=redis_password(cfg),
+        socket_timeout=cfg.op_timeout_ms / 1000,
+        socket_connect_timeout=cfg.connect_timeout_ms / 1000,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+        health_check_interval=0,
+        max_connections=MAX_CONNECTIONS,
+        timeout=None,  # waiting for a pooled connection is queueing, not a Redis failure
+    )
+    return Redis(connection_pool=pool)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _int_or_zero(value: int | None) -> str:
+    return "0" if value is None else str(value)
+
+
+def packed_limits(a: AccountLimits) -> str:
+    """An account as rule.lua's ``limits()`` reads it."""
+    return ";".join(
+        (
+            a.name,
+            repr(float(a.rpm)),
+            repr(float(a.tpm)),
+            _int_or_zero(a.concurrency),
+            repr(a.weight),
+            repr(a.health),
+            repr(a.burst_s),
+            "1" if a.adaptive else "0",
+            _int_or_zero(a.daily),
+            _int_or_zero(a.monthly),
+            repr(a.max_cooldown_s),
+        )
+    )
+
+
+def packed_settlement(s: Settlement) -> str:
+    return ";".join(
+        (
+            s.lease_id,
+            s.outcome,
+            str(s.extra_tokens),
+            _num(s.remaining_requests),
+            _num(s.remaining_tokens),
+            _num(s.limit_requests),
+            _num(s.limit_tokens),
+            repr(float(s.elapsed_s)),
+            _num(s.retry_after_s),
+            s.limit_type or "",
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Beat:
+    """What a heartbeat read back."""
+
+    live_sidecars: int
+    server_offset_s: float  # Redis TIME minus our clock
+    usage: dict[tuple[str, str], Usage]
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text == "" else round(float(text))
+
+
+class RedisBackend:
+    """Admission counters in Redis, shared by every sidecar of the pool."""
+
+    mode: Mode = "shared"
+
+    def __init__(
+        self,
+        client: Redis,
+        keys: PoolKeys,
+        *,
+        lease_ttl_s: float,
+        ticket_ttl_s: float,
+        server_clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.scripts = Scripts.register(client)
+        self.lease_ttl_s = lease_ttl_s
+        self.ticket_ttl_s = ticket_ttl_s
+        self._server_clock = server_clock  # tests only: drive the scripts' time
+        self._held: dict[str, Held] = {}
+        self._last = Snapshot()
+        self.server_offset_s = 0.0
+
+    def _now(self) -> str:
+        return "" if self._server_clock is None else repr(self._server_clock())
+
+    def _account_keys(self, account: str, model: str) -> list[str]:
+        return [
+            self.keys.account(account, model),
+            self.keys.leases(account, model),
+            self.keys.window(account, model),
+        ]
+
+    async def attempt(self, a: Attempt) -> Admitted | Denied:
+        d = a.demand
+        keys = [self.keys.queue(d.model), self.keys.ticket_expiry(d.model), self.keys.ticket_cost(d.model)]
+        params = ";".join(
+            (
+                str(d.priority),
+                repr(a.aging_s),
+                str(d.tokens),
+                repr(self.lease_ttl_s),
+                repr(self.ticket_ttl_s),
+                _num(a.rank),
+                "1" if a.queue else "0",
+                a.lease_id,
+            )
+        )
+        args = [self._now(), a.ticket, params, self.keys.wake_channel(), d.model]
+        for acct in a.accounts:
+            keys += self._account_keys(acct.name, d.model)
+            args.append(packed_limits(acct))
+        result = await self.scripts.admit(keys, args)
+        if int(result[0]) == 1:
+            account = str(result[1])
+            limits = next(x for x in a.accounts if x.name == account)
+            self._held[a.lease_id] = Held(a.lease_id, limits, d.model, d.tokens)
+            return Admitted(account, a.lease_id)
+        return Denied(str(result[1]), int(result[2]) / 1000, float(result[3]))  # type: ignore[arg-type]
+
+    async def settle(self, s: Settlement) -> None:
+        self._held.pop(s.lease_id, None)
+        await self.scripts.release(
+            [*self._account_keys(s.account.name, s.model), self.keys.queue(s.model)],
+            [self._now(), self.keys.wake_channel(), s.model, packed_limits(s.account), packed_settlement(s)],
+        )
+
+    async def eta(self, a: Attempt) -> float:
+        d = a.demand
+        keys = [self.keys.queue(d.model), self.keys.ticket_cost(d.model)]
+        args = [self._now(), a.ticket, f"{d.tokens};{_num(a.rank)};{d.priority};{a.aging_s!r}"]
+        for acct in a.accounts:
+            keys += self._account_keys(acct.name, d.model)
+            args.append(packed_limits(acct))
+        return float(await self.scripts.eta(keys, args))
+
+    async def forget(self, model: str, tickets: list[str]) -> None:
+        if not tickets:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        pipe.zrem(self.keys.queue(model), *tickets)
+        pipe.zrem(self.keys.ticket_expiry(model), *tickets)
+        pipe.hdel(self.keys.ticket_cost(model), *tickets)
+        await pipe.execute()
+
+    async def adopt(self, waiting: list[Waiting]) -> None:
+        if not waiting:
+            return
+        expires = time.time() + self.server_offset_s + self.ticket_ttl_s
+        pipe = self.client.pipeline(transaction=True)
+        for w in waiting:
+            pipe.zadd(self.keys.queue(w.model), {w.ticket: w.rank}, nx=True)
+            pipe.zadd(self.keys.ticket_expiry(w.model), {w.ticket: expires})
+            pipe.hset(self.keys.ticket_cost(w.model), w.ticket, w.tokens)
+        await pipe.execute()
+
+    def held(self) -> list[Held]:
+        return list(self._held.values())
+
+    def drop_held(self, lease_id: str) -> None:
+        """Forget a grant another store settles (its Redis lease expires by itself)."""
+        self._held.pop(lease_id, None)
+
+    def snapshot(self) -> Snapshot:
+        return self._last
+
+    async def heartbeat(
+        self,
+        sidecar_id: str,
+        interval_s: float,
+        waiting: list[Waiting],
+        pairs: list[tuple[AccountLimits, str]],
+    ) -> Beat:
+        """Register this sidecar, renew its leases and tickets; read back live sidecars and usage."""
+        by_model: dict[str, list[str]] = {}
+        for w in waiting:
+            by_model.setdefault(w.model, []).append(w.ticket)
+        leases: dict[tuple[str, str], list[str]] = {}
+        for held in list(self._held.values()):
+            leases.setdefault((held.limits.name, held.model), []).append(held.lease_id)
+        keys = [self.keys.sidecars()]
+        args: list[str | int | float] = [
+            self._now(),
+            sidecar_id,
+            repr(interval_s),
+            repr(self.lease_ttl_s),
+            repr(self.ticket_ttl_s),
+            len(by_model),
+        ]
+        for model, tickets in by_model.items():
+            keys.append(self.keys.ticket_expiry(model))
+            args += [len(tickets), *tickets]
+        args.append(len(pairs))
+        for limits, model in pairs:
+            keys += self._account_keys(limits.name, model)
+            held = leases.get((limits.name, model), [])
+            args += [packed_limits(limits), len(held), *held]
+        result = await self.scripts.heartbeat(keys, args)
+        usage = {}
+        for i, (limits, model) in enumerate(pairs):
+            r = result[2 + 6 * i : 8 + 6 * i]
+            usage[(limits.name, model)] = Usage(
+                requests_ratio=float(r[0]),
+                tokens_ratio=float(r[1]),
+                effective_rpm=float(r[2]),
+                effective_tpm=float(r[3]),
+                daily_left=_optional_int(r[4]),
+                monthly_left=_optional_int(r[5]),
+            )
+        self.server_offset_s = float(result[1]) - time.time()
+        self._last = Snapshot(usage)
+        return Beat(int(result[0]), self.server_offset_s, usage)

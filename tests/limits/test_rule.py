@@ -1,0 +1,310 @@
+"""The admission rule of one account+model (rule.py), step by step on a driven clock."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from o1sidecar.limits import rule
+from o1sidecar.limits.backend import AccountLimits, Settlement
+
+T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC).timestamp()
+ACCOUNT = AccountLimits("a", rpm=120, tpm=120_000, concurrency=None)
+
+
+def limits(**changes: object) -> rule.Limits:
+    base = dict(rpm=120.0, tpm=120_000.0, concurrency=None, burst_s=1.0)
+    return rule.Limits(**{**base, **changes})  # type: ignore[arg-type]
+
+
+class Pool:
+    """One account+model and a clock, with the steps a store takes."""
+
+    def __init__(self, lim: rule.Limits, now: float = T0) -> None:
+        self.lim = lim
+        self.now = now
+        self.state = rule.new_state(lim, now)
+        self.n = 0
+
+    def check(self, tokens: float = 100) -> tuple[rule.Block | None, float]:
+        rule.refresh(self.state, self.lim, self.now)
+        return rule.check(self.state, self.lim, tokens, self.now)
+
+    def admit(self, tokens: float = 100) -> str | None:
+        """The lease id if admitted now, else None."""
+        block, _ = self.check(tokens)
+        if block is not None:
+            return None
+        self.n += 1
+        lease = f"l{self.n}"
+        rule.admit(self.state, self.lim, tokens, lease, self.now)
+        return lease
+
+    def settle(self, lease: str, admitted_at: float, **report: object) -> None:
+        rule.refresh(self.state, self.lim, self.now)
+        s = Settlement(ACCOUNT, "m", lease, elapsed_s=self.now - admitted_at, **report)  # type: ignore[arg-type]
+        rule.settle(self.state, self.lim, s, self.now)
+
+    def effective(self) -> tuple[float, float]:
+        return rule.effective(self.state, self.lim)
+
+
+# -- pacing and the window -------------------------------------------------------------------------
+
+
+def test_pacing_lets_one_seconds_worth_out_then_the_rate() -> None:
+    p = Pool(limits())  # 120 RPM: 2 per second, a burst of 2
+    assert p.admit() and p.admit()
+    block, wait = p.check()
+    assert block == "capacity" and wait == pytest.approx(0.5)
+    p.now += 0.499
+    assert p.admit() is None
+    p.now += 0.001
+    assert p.admit()
+
+
+def test_the_window_holds_a_minute_burst_to_the_limit() -> None:
+    p = Pool(limits(rpm=60.0, burst_s=60.0))  # a whole minute's burst allowed
+    for _ in range(60):
+        assert p.admit()
+    p.now += 30.0  # the bucket refilled 30, but 60 were sent in the last minute
+    block, wait = p.check()
+    assert block == "capacity" and wait == pytest.approx(rule.WINDOW_S - 30.0)
+    p.now += wait - 0.001
+    assert p.admit() is None
+    p.now += 0.001
+    assert p.admit()  # the first of the burst aged out (60 s plus the upstream's lag)
+
+
+def test_tokens_larger_than_the_burst_go_when_the_bucket_is_full_leaving_a_debt() -> None:
+    p = Pool(limits())  # TPM burst: 2000 tokens
+    assert p.admit(tokens=5_000)
+    assert p.state.t == pytest.approx(2_000 - 5_000)
+    block, wait = p.check(tokens=5_000)
+    assert block == "capacity" and wait == pytest.approx(5_000 / 2_000)  # back to full at 2000/s
+
+
+def test_a_request_larger_than_the_limit_goes_alone_into_an_empty_window() -> None:
+    p = Pool(limits(tpm=1_000.0))
+    assert p.admit(tokens=10)
+    assert p.check(tokens=1_500)[0] == "capacity"  # waits for the window to empty
+    p.now += rule.WINDOW_S
+    assert p.admit(tokens=1_500)
+
+
+def test_remaining_counts_only_lower_the_bucket() -> None:
+    p = Pool(limits())
+    lease = p.admit()
+    assert lease
+    p.settle(lease, p.now, outcome="ok", remaining_requests=500)
+    assert p.state.r == pytest.approx(1.0)  # ours was lower
+    p.settle("x", p.now, outcome="ok", remaining_requests=0)
+    assert p.state.r == 0.0
+
+
+# -- after a 429 ------------------------------------------------------------------------------------
+
+
+def test_a_429_empties_the_bucket_cools_down_and_sends_one_probe() -> None:
+    p = Pool(limits())
+    first, second = p.admit(), p.admit()
+    assert first and second
+    admitted = p.now
+    p.now += 0.05
+    p.settle(first, admitted, outcome="rate_limited", limit_type="requests", retry_after_s=0.3)
+    assert p.state.r == 0.0 and p.state.en == 1 and p.state.es == p.now
+    assert p.state.cd == pytest.approx(p.now + 1.0)  # the 1 s backoff beats the 0.3 s Retry-After
+    assert p.check() == ("cooldown", pytest.approx(1.0))
+    # The second was on its way when the episode began: an echo. No new episode, no further cut.
+    p.now += 0.01
+    factor = p.state.fr
+    p.settle(second, admitted, outcome="rate_limited", limit_type="requests", retry_after_s=2.0)
+    assert p.state.en == 1 and p.state.fr == factor
+    assert p.state.cd == pytest.approx(p.now + 2.0)  # but its Retry-After extends the cooldown
+    p.now = p.state.cd
+    probe = p.admit()
+    assert probe and p.state.pl == probe
+    assert p.check()[0] == "cooldown"  # held until the probe is answered...
+    p.now += rule.PROBE_HOLD_S
+    assert p.check()[0] is None  # ...or has been running long enough to have got in
+
+
+def test_a_refused_probe_lengthens_the_rest_without_cutting_again() -> None:
+    p = Pool(limits())
+    lease = p.admit()
+    assert lease
+    p.settle(lease, p.now, outcome="rate_limited", limit_type="requests")
+    assert p.state.fr == pytest.approx(0.98)
+    p.now = p.state.cd
+    probe = p.admit()
+    assert probe
+    p.settle(probe, p.now, outcome="rate_limited", limit_type="requests")
+    assert p.state.en == 2 and p.state.cd == pytest.approx(p.now + 2.0)  # the rest was too short
+    assert p.state.fr == pytest.approx(0.98)  # not the rate: no second cut
+    p.now = p.state.cd
+    probe = p.admit()
+    assert probe
+    p.now += 0.2
+    p.settle(probe, p.now - 0.2, outcome="ok")
+    assert p.state.en == 0 and p.state.pl == ""  # the probe got through: the run of episodes ends
+    assert p.admit()
+
+
+def refused_after_a_good_probe(p: Pool, wait_s: float, kind: str = "tokens") -> None:
+    """Rest out the cooldown, probe (it gets through), then one more request is refused."""
+    p.now = max(p.now, p.state.cd)
+    probe = p.admit(tokens=10)
+    assert probe
+    p.settle(probe, p.now, outcome="ok")
+    p.now += wait_s
+    lease = p.admit(tokens=10)
+    assert lease
+    p.settle(lease, p.now, outcome="rate_limited", limit_type=kind)
+
+
+def test_cuts_deepen_while_refusals_follow_each_cooldown_and_start_again_after_a_while() -> None:
+    p = Pool(limits())
+    lease = p.admit(tokens=10)
+    assert lease
+    p.settle(lease, p.now, outcome="rate_limited", limit_type="tokens")
+    factors = [p.state.ft]
+    for _ in range(6):  # refused again 1 s after each cooldown: each cut was not enough
+        refused_after_a_good_probe(p, 1.0)
+        factors.append(p.state.ft)
+    cuts = [1 - b / a for a, b in zip([1.0, *factors], factors, strict=False)]
+    assert cuts == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5])
+    assert p.state.fr == 1.0  # a token-limit 429 says nothing about RPM
+    refused_after_a_good_probe(p, rule.IN_A_ROW_S + 1.0)  # this time the cut held for a while
+    assert p.state.cn == 1 and p.state.ft == pytest.approx(factors[-1] * 0.98)
+
+
+def test_the_raise_slows_near_where_the_upstream_last_refused() -> None:
+    fast, slow = rule.RAISE_PER_MIN, rule.RAISE_NEAR_PER_MIN
+    assert rule._raised(0.5, 1.0, 60.0, 1.0) == pytest.approx(0.5 + fast)
+    assert rule._raised(0.985, 1.0, 60.0, 1.0) == pytest.approx(0.99)  # a fast step stops at the band
+    assert rule._raised(0.995, 1.0, 60.0, 1.0) == pytest.approx(0.995 + slow)
+    assert rule._raised(0.80, 0.80, 60.0, 1.0) == pytest.approx(0.80 + slow)
+    assert rule._raised(0.82, 0.80, 60.0, 1.0) == pytest.approx(0.82 + fast)  # past it: maybe back up
+    assert rule._raised(0.5, 1.0, 600.0, 0.8) == pytest.approx(0.8)  # never past the ceiling
+
+
+def test_a_refusal_below_what_the_window_held_cuts_to_just_under_it() -> None:
+    p = Pool(limits(rpm=600.0))  # 10 per second
+    leases = []
+    while len(leases) < 480:  # the upstream's real limit is 480 a minute: the 480th is refused
+        lease = p.admit()
+        if lease:
+            leases.append(lease)
+        p.now += 0.05
+    p.settle(leases[-1], p.now, outcome="rate_limited")  # no body: both limits
+    assert p.effective()[0] == pytest.approx(0.98 * 480)
+    assert p.state.ft == pytest.approx(0.98)  # the token window held little: the plain first cut
+
+
+def test_successes_under_pressure_raise_the_limit_back_and_idle_ones_do_not() -> None:
+    p = Pool(limits(rpm=60.0))
+    lease = p.admit()
+    assert lease
+    p.settle(lease, p.now, outcome="rate_limited", limit_type="requests")
+    assert p.state.fr == pytest.approx(0.98)
+    p.now += 30.0
+    lease = p.admit()
+    assert lease
+    p.settle(lease, p.now, outcome="ok")
+    assert p.state.fr == pytest.approx(0.98)  # 2 requests in the window: no pressure, no raise
+    while p.state.wn < 0.9 * p.effective()[0]:  # keep the window busy
+        p.now += 1.05
+        assert p.admit()
+    raised_at = p.state.ra
+    p.settle("x", p.now, outcome="ok")
+    assert p.state.fr == pytest.approx(
+        min(0.99, 0.98 + rule.RAISE_PER_MIN * (p.now - raised_at) / 60), abs=0.002
+    )
+    for _ in range(60):  # another busy minute, near where the upstream refused: slowly
+        p.now += 1.05
+        assert p.admit()
+    p.settle("y", p.now, outcome="ok")
+    assert 0.99 < p.state.fr < 0.99 + 1.2 * rule.RAISE_NEAR_PER_MIN
+    p.now += 120.0
+    p.settle("z", p.now, outcome="ok")
+    assert p.state.ra == p.now  # an idle stretch is not saved up for a later raise
+
+
+def test_the_upstreams_limit_header_sets_the_ceiling_directly() -> None:
+    p = Pool(limits())
+    lease = p.admit()
+    assert lease
+    p.settle(lease, p.now, outcome="ok", limit_requests=96, limit_tokens=500_000)
+    assert p.effective() == (pytest.approx(96.0), 120_000.0)  # lower: adopted; higher: configured
+    for _ in range(200):
+        p.now += 0.6
+        p.settle(p.admit() or "-", p.now, outcome="ok")
+    assert p.effective()[0] == pytest.approx(96.0)  # raises stop at the ceiling
+
+
+def test_not_adaptive_keeps_the_configured_limit_but_still_cools_down() -> None:
+    p = Pool(limits(adaptive=False))
+    lease = p.admit()
+    assert lease
+    p.settle(lease, p.now, outcome="rate_limited", limit_type="requests")
+    assert p.state.fr == 1.0 and p.state.cd > p.now and p.state.r == 0.0 and p.state.pn
+
+
+def test_the_backoff_is_capped_by_max_cooldown() -> None:
+    p = Pool(limits(max_cooldown_s=3.0))
+    for _ in range(5):
+        p.now = max(p.now, p.state.cd)
+        lease = p.admit()
+        assert lease
+        p.settle(lease, p.now, outcome="rate_limited", limit_type="requests", retry_after_s=600)
+    assert p.state.cd == pytest.approx(p.now + 3.0)
+
+
+def test_concurrency_and_quota_429s_rest_the_account_without_touching_the_rate() -> None:
+    p = Pool(limits())
+    lease = p.admit()
+    assert lease
+    p.settle(lease, p.now, outcome="rate_limited", limit_type="concurrency", retry_after_s=0.5)
+    assert p.state.cd == pytest.approx(p.now + 1.0) and p.state.en == 0 and p.state.fr == 1.0
+    p.settle("x", p.now, outcome="rate_limited", limit_type="quota")
+    assert p.state.cd == pytest.approx(p.now + 300.0) and p.state.en == 0 and not p.state.pn
+
+
+# -- caps and the calendar --------------------------------------------------------------------------
+
+
+def test_daily_cap_holds_until_utc_midnight() -> None:
+    p = Pool(limits(daily=2), now=datetime(2026, 3, 10, 23, 59, 0, tzinfo=UTC).timestamp())
+    assert p.admit() and p.admit()
+    p.now += 1.0
+    assert p.check() == ("quota", pytest.approx(59.0))
+    p.now += 59.0
+    assert p.admit()
+
+
+def test_monthly_cap_holds_until_the_first_of_the_next_month() -> None:
+    p = Pool(limits(monthly=1), now=datetime(2026, 12, 31, 23, 0, tzinfo=UTC).timestamp())
+    assert p.admit()
+    assert p.check() == ("quota", pytest.approx(3600.0))
+    p.now = datetime(2027, 1, 1, tzinfo=UTC).timestamp()
+    assert p.admit()
+
+
+@given(st.floats(0, 4_102_444_800))  # 1970 .. 2100
+def test_calendar_indexes_match_the_utc_calendar(now: float) -> None:
+    d = datetime.fromtimestamp(now, UTC)
+    assert rule.month_index(now) == d.year * 12 + d.month - 1
+    start = datetime.fromtimestamp(now + rule.next_month_s(now), UTC)
+    assert (start.day, start.hour, start.minute, start.second) == (1, 0, 0, 0)
+    assert rule.month_index(now + rule.next_month_s(now)) == rule.month_index(now) + 1
+    assert math.isclose(rule.next_day_s(now) % rule.DAY_S, (86_400 - now % 86_400) % 86_400, abs_tol=1e-6)
+
+
+def test_fair_share_scales_rates_and_slots_not_caps() -> None:
+    share = rule.Limits.of(AccountLimits("a", 100, 10_000, 4, daily=10), 0.25)
+    assert (share.rpm, share.tpm, share.concurrency, share.daily) == (25.0, 2_500.0, 1, 10)
+    tiny = rule.Limits.of(AccountLimits("a", 2, 10, 1), 0.1)
+    assert (tiny.rpm, tiny.tpm, tiny.concurrency) == (1.0, 1.0, 1)

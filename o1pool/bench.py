@@ -1,7 +1,10 @@
-"""``o1pool bench``: the two numbers that say whether o1pool is worth running, side by side.
+"""``o1pool bench``: the two things that say whether o1pool is worth running, each side by side.
 
-(a) Quota utilisation: four sidecar processes share two accounts through Redis under ~3x overload;
-    how much of the binding limit (RPM) reached the upstream, and how many upstream calls were 429s.
+(a) Limits against any upstream: the upstream matrix (matrix.py). Limit algorithm x rate-limit
+    headers on/off x the real limit known or 20% lower than configured; four sidecar processes share
+    two accounts through Redis under 3x overload from the openai SDK; the emulator's own counters
+    judge. Two baseline cells run the previous release's behaviour (a whole minute's burst, fixed
+    limits) on the same upstream.
 (b) Added latency: at a fixed request rate against a zero-latency emulator, the latency of calls made
     directly, through a bare aiohttp pass-through proxy, and through an o1pool sidecar.
 """
@@ -12,64 +15,13 @@ import argparse
 import asyncio
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
-from o1pool.loadgen import summarize_by_priority, table
+from o1pool.loadgen import table
+from o1pool.matrix import UPSTREAMS, Cell, MatrixSettings, all_cells, machine, matrix_table, run_matrix
 from o1pool.procs import RedisServer
-from o1pool.scenarios import (
-    LatencyRow,
-    LatencySettings,
-    OverloadResult,
-    OverloadSettings,
-    run_latency,
-    run_overload,
-)
-
-PRIORITY_NAMES = {8: "high", 5: "normal", 2: "low"}
-
-
-def overload_table(r: OverloadResult) -> str:
-    s = r.settings
-    head = table(
-        [
-            "sidecars",
-            "offered rps",
-            "capacity rps",
-            "duration s",
-            "upstream calls",
-            "upstream 429s",
-            "429 rate",
-            "RPM utilisation",
-            "answered",
-        ],
-        [
-            (
-                s.sidecars,
-                s.capacity_rps * s.overload,
-                s.capacity_rps,
-                r.elapsed_s,
-                r.admitted + r.upstream_429,
-                r.upstream_429,
-                f"{r.upstream_429_rate:.3%}",
-                f"{r.utilisation:.1%}",
-                f"{r.answered}/{len(r.outcomes)}",
-            )
-        ],
-    )
-    waits = table(
-        ["priority", "sent", "served", "turned away after queueing", "mean time to answer s"],
-        [
-            (
-                PRIORITY_NAMES.get(row.priority, str(row.priority)),
-                row.sent,
-                row.ok,
-                row.rejected,
-                r.mean_latency(row.priority),
-            )
-            for row in summarize_by_priority(r.outcomes)
-        ],
-    )
-    return f"{head}\n\n{waits}"
+from o1pool.scenarios import LatencyRow, LatencySettings, run_latency
 
 
 def latency_table(rows: list[LatencyRow]) -> str:
@@ -96,6 +48,13 @@ def latency_table(rows: list[LatencyRow]) -> str:
     )
 
 
+def chosen_cells(args: argparse.Namespace) -> list[Cell]:
+    cells = all_cells(baseline=not args.no_baseline)
+    if args.upstream:
+        cells = [c for c in cells if c.upstream in args.upstream]
+    return cells
+
+
 async def run(args: argparse.Namespace) -> int:
     redis = RedisServer.find()
     if redis is None:
@@ -104,19 +63,29 @@ async def run(args: argparse.Namespace) -> int:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         print("o1pool bench: --plot needs matplotlib: pip install 'o1pool[bench]'", file=sys.stderr)
         return 2
+    print(f"machine: {machine()}", flush=True)
     redis.start()
-    result: OverloadResult | None = None
+    results = None
     rows: list[LatencyRow] | None = None
     try:
-        if not args.skip_overload:
-            settings = OverloadSettings(sidecars=args.sidecars, duration_s=args.duration)
+        if not args.skip_matrix:
+            settings = MatrixSettings(
+                sidecars=args.sidecars, rpm=args.rpm, warmup_s=args.warmup, measure_s=args.measure
+            )
+            cells = chosen_cells(args)
             print(
-                f"(a) quota utilisation: {settings.sidecars} sidecars, 2 accounts x {settings.rpm} RPM, "
-                f"{settings.overload:.0f}x overload for {settings.duration_s:.0f}s ...",
+                f"(a) upstream matrix: {len(cells)} cells, {settings.sidecars} sidecars each, 2 accounts x "
+                f"{settings.rpm} RPM configured, {settings.overload:.0f}x overload, "
+                f"{settings.warmup_s:.0f} s warm-up + {settings.measure_s:.0f} s measured, "
+                f"{args.parallel} cells at a time ...",
                 flush=True,
             )
-            result = await run_overload(settings, redis)
-            print(overload_table(result), "\n", flush=True)
+            started = time.monotonic()
+            results = await run_matrix(cells, settings, redis, parallel=args.parallel)
+            print(matrix_table(results), flush=True)
+            met = sum(not r.misses() for r in results if r.cell.client == "o1pool")
+            total = sum(r.cell.client == "o1pool" for r in results)
+            print(f"targets met in {met} of {total} cells ({time.monotonic() - started:.0f} s)\n", flush=True)
             redis.flush()
         if not args.skip_latency:
             lat = LatencySettings(rate_rps=args.rate, duration_s=args.latency_duration)
@@ -130,9 +99,13 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         redis.close()
     if args.plot:
-        from o1pool.plots import write_bench_plot
+        from o1pool.plots import write_latency_plot, write_matrix_plot
 
-        print(f"\nplot: {write_bench_plot(Path(args.plot), result, rows)}")
+        path = Path(args.plot)
+        if results:
+            print(f"\nplot: {write_matrix_plot(path, results)}")
+        if rows:
+            print(f"plot: {write_latency_plot(path.with_name(path.stem + '-latency.png'), rows)}")
     return 0
 
 
@@ -140,11 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="o1pool bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=60.0, help="(a) seconds of overload")
-    parser.add_argument("--sidecars", type=int, default=4, help="(a) sidecar processes")
+    parser.add_argument("--warmup", type=float, default=60.0, help="(a) seconds before measuring")
+    parser.add_argument("--measure", type=float, default=300.0, help="(a) seconds measured")
+    parser.add_argument("--sidecars", type=int, default=4, help="(a) sidecar processes per cell")
+    parser.add_argument("--rpm", type=int, default=300, help="(a) configured RPM per account")
+    parser.add_argument("--parallel", type=int, default=5, help="(a) cells run at the same time")
+    parser.add_argument(
+        "--upstream", action="append", choices=sorted(UPSTREAMS), help="(a) only these upstreams (repeatable)"
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="(a) skip the previous-release cells")
     parser.add_argument("--rate", type=float, default=300.0, help="(b) requests per second")
     parser.add_argument("--latency-duration", type=float, default=10.0, help="(b) seconds per path and round")
-    parser.add_argument("--skip-overload", action="store_true")
+    parser.add_argument("--skip-matrix", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--plot", metavar="PNG", help="also write the results as a PNG (needs matplotlib)")
+    parser.add_argument("--plot", metavar="PNG", help="also write PNG plots (needs matplotlib)")
     return asyncio.run(run(parser.parse_args(argv)))

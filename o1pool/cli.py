@@ -14,7 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "emulator": ("o1emulator.cli", "Serve an OpenAI-compatible upstream that enforces rate limits."),
     "sidecar": ("o1sidecar.cli", "Serve the OpenAI-compatible proxy on loopback, with shared limits."),
     "operator": ("o1operator.cli", "Run the kopf operator that reconciles O1Pool resources."),
-    "bench": ("o1pool.bench", "Benchmark quota utilisation and added latency, side by side."),
+    "bench": ("o1pool.bench", "Benchmark limits against many upstreams, and added latency, side by side."),
 }
 
 

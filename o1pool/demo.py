@@ -26,8 +26,8 @@ DEMO_KEYS = (("acct-a", "a1", "O1POOL_DEMO_KEY_A"), ("acct-b", "b1", "O1POOL_DEM
 
 @dataclass(frozen=True)
 class DemoSettings:
-    rpm: int = 60  # per account; two accounts
-    requests: int = 160
+    rpm: int = 300  # per account; two accounts: 10 requests a second
+    requests: int = 240  # in 8 s: three times what the accounts allow
     burst_s: float = 8.0
     latency_scale: float = 0.2
     sidecars: int = 2
@@ -81,12 +81,13 @@ def summary(outcomes: list[Outcome], stats: dict[str, Any], elapsed_s: float, s:
     models = [m for a in stats["accounts"].values() for m in a["models"].values()]
     admitted = sum(m["admitted"] for m in models)
     upstream_429 = sum(m["rejected_total"] for m in models)
-    allowed = sum(m["limits"]["rpm"] * (m["limits"]["burst"] + elapsed_s / 60) for m in models)
+    # Paced, the pool sends at the accounts' rate while the burst drains: how close it came.
+    rate = sum(m["limits"]["rpm"] for m in models) / 60
     served = sum(o.status == 200 for o in outcomes)
     queued = sum(o.queue_wait_s > 0.05 for o in outcomes)
     totals = table(
-        ["served", "queued (waited > 50 ms)", "upstream 429s", "admitted by upstream", "RPM utilisation"],
-        [(served, queued, upstream_429, admitted, f"{admitted / allowed:.0%}")],
+        ["served", "queued (waited > 50 ms)", "upstream 429s", "admitted by upstream", "use of the RPM rate"],
+        [(served, queued, upstream_429, admitted, f"{admitted / (rate * elapsed_s):.0%}")],
     )
     return f"{per_priority}\n\n{totals}\n\nwall time {elapsed_s:.1f}s; two accounts x {s.rpm} RPM"
 

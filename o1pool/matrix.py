@@ -1,11 +1,16 @@
 """The upstream matrix: do the pool's limits hold against upstreams the sidecar was not written for?
 
 Each cell is one upstream behaviour: a limit algorithm (token bucket, 60 s sliding log, 60 s fixed
-window, sub-minute windows), with or without ``x-ratelimit-*`` headers, with the real limit as
-configured or 20% lower. Per cell: one emulator, ``sidecars`` sidecar processes sharing one Redis
-under a pool of their own, two accounts (one with two keys), and the openai SDK (``max_retries=0``)
-offering ``overload`` x the configured capacity for a warm-up and a measured period. The emulator's
-own counters are the referee: upstream calls and 429s, and admissions per second per account.
+window, sub-minute windows), with or without ``x-ratelimit-*`` headers (without them, every 429 says
+``retry-after: 1`` whatever the real wait), with the real limit as configured or 20% lower. Per cell:
+one emulator, ``sidecars`` sidecar processes sharing one Redis under a pool of their own, two
+accounts (one with two keys), and the openai SDK (``max_retries=0``) offering ``overload`` x the
+configured capacity with mixed priorities, for a warm-up and a measured period. The emulator's own
+counters are the referee: upstream calls and 429s, admissions per second per account.
+
+A cell may also run a *baseline* client: the same sidecars configured the way the previous release
+behaved (a whole minute's burst, ``burst_s: 60``, and fixed limits, ``adaptive: false``), to show
+side by side what pacing and adaptive limits change.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import platform
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from o1pool.loadgen import Outcome, chat_body, drive, percentile, plan_arrivals
+from o1pool.loadgen import Outcome, Planned, chat_body, drive, percentile, plan_arrivals, table
 from o1pool.procs import RedisServer
 from o1pool.scenarios import MODEL, Layout, cluster, emulator_config, emulator_stats
 
@@ -29,8 +35,26 @@ UPSTREAMS: dict[str, tuple[str, float]] = {
     "sliding log 10s": ("sliding_log", 10.0),
     "fixed window 1s": ("fixed_window", 1.0),
 }
+# name -> fields of every sidecar account
+CLIENTS: dict[str, dict[str, Any]] = {
+    "o1pool": {},
+    "minute burst": {"burst_s": 60.0, "adaptive": False},
+}
 ACCOUNTS = (("acct-a", ("k1", "k2")), ("acct-b", ("k1",)))
-PRIORITY_NAMES = {8: "high", 5: "normal", 2: "low"}
+PRIORITIES = {8: "high", 5: "normal", 2: "low"}
+
+# The issue's targets, per cell: (max 429 rate, min utilisation of the real binding limit)
+TARGETS = {True: (0.005, 0.97), False: (0.02, 0.90)}  # keyed by "the limit is known"
+HIGH_P95_WAIT_S = 1.0
+
+
+# A TPM-bound cell: a non-Latin prompt, which an upstream estimating escaped-JSON characters (the
+# emulator's ``json_chars``) charges about twice what the sidecar counts with the model's tokenizer
+# (161 tokens; its usage says so too). The configured TPM is what RPM such requests cost upstream, so
+# the real capacity in requests is the RPM cells', and the sidecar's own count says twice that.
+TOKENS_PROMPT = "请用三行总结本季度的计划并列出主要风险和应对措施。" * 8
+TOKENS_BUDGET = 16
+TOKENS_PER_REQUEST = 315  # what the upstream charges for it, about
 
 
 @dataclass(frozen=True)
@@ -38,21 +62,37 @@ class Cell:
     upstream: str  # a key of UPSTREAMS
     headers: bool = True
     real_share: float = 1.0  # the limit the upstream really enforces, as a share of the configured one
+    client: str = "o1pool"  # a key of CLIENTS
+    binding: Literal["requests", "tokens"] = "requests"  # tokens: TPM binds, by an estimate unknown to us
+
+    @property
+    def known(self) -> bool:
+        """The sidecar's model of the limit is right (the limit as configured, charged as counted)."""
+        return self.real_share == 1.0 and self.binding == "requests"
 
     @property
     def label(self) -> str:
+        if self.binding == "tokens":
+            return f"{self.upstream}, {'headers' if self.headers else 'no headers'}, TPM by escaped JSON"
         limit = "known" if self.real_share == 1.0 else f"{1 - self.real_share:.0%} lower"
         return f"{self.upstream}, {'headers' if self.headers else 'no headers'}, limit {limit}"
 
 
-def all_cells() -> list[Cell]:
-    return [Cell(u, h, share) for u in UPSTREAMS for h in (True, False) for share in (1.0, 0.8)]
+def all_cells(baseline: bool = True) -> list[Cell]:
+    """The 20 upstream cells, two TPM-bound cells whose upstream charges by an estimate the sidecar
+    does not know, and the baseline client on the issue's own example (60 s sliding log, no headers),
+    with the limit known and 20% lower."""
+    cells = [Cell(u, h, share) for u in UPSTREAMS for h in (True, False) for share in (1.0, 0.8)]
+    cells += [Cell("sliding log 60s", h, binding="tokens") for h in (True, False)]
+    if baseline:
+        cells += [Cell("sliding log 60s", False, share, "minute burst") for share in (1.0, 0.8)]
+    return cells
 
 
 @dataclass(frozen=True)
 class MatrixSettings:
     sidecars: int = 4
-    rpm: int = 120  # configured, per account
+    rpm: int = 300  # configured, per account (whole per second and per 10 s, also at 80%)
     tpm: int = 10_000_000  # not binding
     overload: float = 3.0
     warmup_s: float = 60.0
@@ -60,8 +100,8 @@ class MatrixSettings:
     deadline_ms: int = 15_000
     latency_scale: float = 0.05
     max_tokens: int = 64
+    bucket_burst: float = 1.0  # a token-bucket upstream's capacity, in minutes of its limit
     priority_mix: tuple[tuple[int, float], ...] = ((8, 0.2), (5, 0.5), (2, 0.3))
-    sidecar_extra: tuple[tuple[str, Any], ...] = ()  # extra sidecar config sections (for comparisons)
 
     @property
     def capacity_rps(self) -> float:
@@ -82,13 +122,16 @@ class CellResult:
         return sum(a["models"][MODEL][field_] for a in stats["accounts"].values())
 
     @property
-    def upstream_calls(self) -> int:
-        admitted = self._sum(self.at_end, "admitted") - self._sum(self.at_warmup, "admitted")
-        return admitted + self.upstream_429s
-
-    @property
     def upstream_429s(self) -> int:
         return self._sum(self.at_end, "rejected_total") - self._sum(self.at_warmup, "rejected_total")
+
+    @property
+    def admitted(self) -> int:
+        return self._sum(self.at_end, "admitted") - self._sum(self.at_warmup, "admitted")
+
+    @property
+    def upstream_calls(self) -> int:
+        return self.admitted + self.upstream_429s
 
     @property
     def rate_429(self) -> float:
@@ -96,13 +139,30 @@ class CellResult:
 
     @property
     def real_rpm(self) -> float:
-        """The binding limit the upstream really enforces, all accounts together, per minute."""
-        return sum(a["models"][MODEL]["limits"]["rpm"] for a in self.at_end["accounts"].values())
+        """The binding limit the upstream really enforces, all accounts together, per minute (for a
+        sub-minute window: whole requests per window)."""
+        return sum(a["models"][MODEL]["limits"]["rpm_enforced"] for a in self.at_end["accounts"].values())
+
+    @property
+    def real_rps(self) -> float:
+        """Calls per second the upstream's binding limit allows, all accounts together."""
+        if self.cell.binding == "tokens":
+            charged = self._sum(self.at_end, "tokens_charged") / max(1, self._sum(self.at_end, "admitted"))
+            return self.real_tpm / charged / 60
+        return self.real_rpm / 60
+
+    @property
+    def real_tpm(self) -> float:
+        return sum(a["models"][MODEL]["limits"]["tpm_enforced"] for a in self.at_end["accounts"].values())
 
     @property
     def utilisation(self) -> float:
-        admitted = self.upstream_calls - self.upstream_429s
-        return admitted / (self.real_rpm * self.settings.measure_s / 60)
+        """What the upstream admitted in the measured period (calls, or tokens for a TPM-bound cell),
+        over what its real limit allows then."""
+        if self.cell.binding == "tokens":
+            charged = self._sum(self.at_end, "tokens_charged") - self._sum(self.at_warmup, "tokens_charged")
+            return charged / (self.real_tpm * self.settings.measure_s / 60)
+        return self.admitted / (self.real_rpm * self.settings.measure_s / 60)
 
     def measured(self) -> list[Outcome]:
         """Outcomes of requests that arrived in the measured period."""
@@ -124,6 +184,20 @@ class CellResult:
         ]
         return percentile(waits, 0.95)
 
+    def misses(self) -> list[str]:
+        """The targets this cell misses (empty: all met). Baseline cells are not held to them."""
+        max_429, min_use = TARGETS[self.cell.known]
+        out = []
+        if self.rate_429 > max_429:
+            out.append(f"429 rate {self.rate_429:.2%} > {max_429:.1%}")
+        if self.utilisation < min_use:
+            out.append(f"utilisation {self.utilisation:.1%} < {min_use:.0%}")
+        if self.lost:
+            out.append(f"{self.lost} lost")
+        if not self.wait_p95(8) <= HIGH_P95_WAIT_S:
+            out.append(f"high p95 wait {self.wait_p95(8):.2f} s > {HIGH_P95_WAIT_S:.0f} s")
+        return out
+
     def per_second(self) -> dict[str, list[tuple[int, int, int]]]:
         """account -> [(second since the load began, admitted, refused)]."""
         offset = math.floor(self.started_s)
@@ -138,7 +212,7 @@ def cell_configs(
 ) -> tuple[Layout, dict[str, Any], dict[str, Any]]:
     layout = Layout(accounts=ACCOUNTS, pool=pool)
     algorithm, window = UPSTREAMS[cell.upstream]
-    limiter = {
+    limiter: dict[str, Any] = {
         "algorithm": algorithm,
         "window_s": window,
         "headers": cell.headers,
@@ -146,9 +220,25 @@ def cell_configs(
     }
     if not cell.headers:
         limiter["retry_after_s"] = 1.0  # an upstream that says nothing useful
-    emu = emulator_config(settings.rpm, settings.tpm, settings.latency_scale, layout=layout, limiter=limiter)
-    limits = {"rpm": settings.rpm, "tpm": settings.tpm}
-    return layout, emu, limits
+    rpm, tpm, extra = settings.rpm, settings.tpm, {}
+    if cell.binding == "tokens":
+        rpm, tpm = 10 * settings.rpm, settings.rpm * TOKENS_PER_REQUEST
+        extra = {"tokens": {"estimate": "json_chars"}}
+    emu = emulator_config(
+        rpm, tpm, settings.latency_scale, layout=layout, limiter=limiter, burst=settings.bucket_burst, **extra
+    )
+    return layout, emu, {"rpm": rpm, "tpm": tpm}
+
+
+def cell_body(cell: Cell, planned: Planned, settings: MatrixSettings) -> dict[str, object]:
+    if cell.binding == "tokens":
+        text = f"{TOKENS_PROMPT} #{planned.index}"
+        return {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": text}],
+            "max_completion_tokens": TOKENS_BUDGET,
+        }
+    return chat_body(planned, MODEL, max_tokens=settings.max_tokens)
 
 
 async def _snapshot_at(url: str, delay_s: float) -> dict[str, Any]:
@@ -177,31 +267,92 @@ async def run_cells(
         clusters = []
         for i, cell in enumerate(cells):
             layout, emu_cfg, limits = cell_configs(cell, settings, f"{tag}{i}")
-            extra = dict(settings.sidecar_extra)
             clusters.append(
                 stack.enter_context(
-                    cluster(emu_cfg, settings.sidecars, limits, redis, layout=layout, sidecar_extra=extra)
+                    cluster(
+                        emu_cfg,
+                        settings.sidecars,
+                        limits,
+                        redis,
+                        layout=layout,
+                        account_extra=CLIENTS[cell.client],
+                    )
                 )
             )
 
-        async def one(c: Any) -> tuple[list[Outcome], dict[str, Any], dict[str, Any], dict[str, Any], float]:
+        async def one(
+            c: Any, cell: Cell
+        ) -> tuple[list[Outcome], dict[str, Any], dict[str, Any], dict[str, Any], float]:
             started = (await emulator_stats(c.emulator_url))["uptime_s"]
             warm = asyncio.create_task(_snapshot_at(c.emulator_url, settings.warmup_s))
             end = asyncio.create_task(_snapshot_at(c.emulator_url, settings.warmup_s + settings.measure_s))
             outcomes = await drive(
                 c.sidecar_urls,
                 plan,
-                lambda p: chat_body(p, MODEL, max_tokens=settings.max_tokens),
+                lambda p: cell_body(cell, p, settings),
                 headers_for=lambda _p: headers,
                 client="openai",
             )
             return outcomes, await warm, await end, await _timeline(c.emulator_url), started
 
-        runs = await asyncio.gather(*(one(c) for c in clusters))
+        runs = await asyncio.gather(*(one(c, cell) for c, cell in zip(clusters, cells, strict=True)))
     return [CellResult(cell, settings, *run) for cell, run in zip(cells, runs, strict=True)]
 
 
-@dataclass
-class MatrixResult:
-    settings: MatrixSettings
-    cells: list[CellResult] = field(default_factory=list)
+async def run_matrix(
+    cells: Sequence[Cell],
+    settings: MatrixSettings,
+    redis: RedisServer,
+    *,
+    parallel: int = 5,
+    progress: bool = True,
+) -> list[CellResult]:
+    """Every cell, ``parallel`` at a time (each batch runs side by side; Redis flushed in between)."""
+    results: list[CellResult] = []
+    for start in range(0, len(cells), parallel):
+        batch = cells[start : start + parallel]
+        if progress:
+            names = "; ".join(c.label + ("" if c.client == "o1pool" else f" [{c.client}]") for c in batch)
+            print(f"  cells {start + 1}-{start + len(batch)} of {len(cells)}: {names}", flush=True)
+        results += await run_cells(batch, settings, redis, tag=f"m{start}-")
+        redis.flush()
+    return results
+
+
+def matrix_table(results: Sequence[CellResult]) -> str:
+    rows = []
+    for r in results:
+        misses = r.misses()
+        verdict = "-" if r.cell.client != "o1pool" else ("met" if not misses else "; ".join(misses))
+        rows.append(
+            (
+                r.cell.label + ("" if r.cell.client == "o1pool" else f" [{r.cell.client}]"),
+                f"{r.upstream_429s}/{r.upstream_calls}",
+                f"{r.rate_429:.2%}",
+                f"{r.utilisation:.1%}",
+                r.lost,
+                *(f"{r.served_share(p):.0%}" for p in PRIORITIES),
+                r.wait_p95(8),
+                verdict,
+            )
+        )
+    return table(
+        [
+            "upstream",
+            "429s/calls",
+            "429 rate",
+            "use of real limit",
+            "lost",
+            *(f"{name} served" for name in PRIORITIES.values()),
+            "high p95 wait s",
+            "targets",
+        ],
+        rows,
+    )
+
+
+def machine() -> str:
+    import os
+
+    python = platform.python_version()
+    return f"{platform.node()}: {os.cpu_count()} cores, Python {python}, {platform.platform()}"

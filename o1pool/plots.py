@@ -1,50 +1,89 @@
-"""PNG plots for ``o1pool bench``: what a table of percentiles hides (tails, who waited)."""
+"""PNG plots for ``o1pool bench``: what a table hides (oscillation over time, tails, who waited)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from o1pool.loadgen import summarize_by_priority
-from o1pool.scenarios import LatencyRow, OverloadResult
+if TYPE_CHECKING:
+    from o1pool.matrix import CellResult
+    from o1pool.scenarios import LatencyRow
 
-PRIORITY_NAMES = {8: "high", 5: "normal", 2: "low"}
+SMOOTH_S = 5  # admitted per second, averaged over this many seconds
 
 
-def write_bench_plot(path: Path, overload: OverloadResult | None, latency: list[LatencyRow] | None) -> Path:
-    """One PNG: the latency distribution of each path, and the overload outcome per priority."""
+def write_matrix_plot(path: Path, results: Sequence[CellResult]) -> Path:
+    """One small chart per cell: calls the upstream admitted per second per account over time (5 s
+    average), the upstream's real limit, the end of the warm-up, and every refused call."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [p for p in (latency, overload) if p]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-    ax_iter = iter(axes[0])
-    if latency:
-        ax = next(ax_iter)
-        for row in latency:
-            values = sorted(v * 1000 for v in row.latencies_s)
-            if values:
-                ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=row.target)
-        ax.set_xscale("log")
-        ax.set_xlabel("latency, ms (log)")
-        ax.set_ylabel("fraction of calls")
-        ax.set_title("(b) latency at a fixed rate, zero-latency upstream")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    if overload:
-        ax = next(ax_iter)
-        rows = summarize_by_priority(overload.outcomes)
-        names = [PRIORITY_NAMES.get(r.priority, str(r.priority)) for r in rows]
-        ax.bar(names, [r.ok for r in rows], label="served")
-        ax.bar(
-            names, [r.rejected for r in rows], bottom=[r.ok for r in rows], label="turned away after queueing"
-        )
-        ax.set_ylabel("requests")
-        ax.set_title(
-            f"(a) 3x overload: {overload.utilisation:.1%} of RPM used, {overload.upstream_429} upstream 429s"
-        )
-        ax.legend()
+    columns = 4
+    rows = -(-len(results) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(results) :]:
+        ax.set_visible(False)
+    for ax, r in zip(axes.flat, results, strict=False):
+        accounts = r.per_second()
+        limit = r.real_rps / max(1, len(accounts))
+        end = int(r.settings.warmup_s + r.settings.measure_s)
+        for account, seconds in sorted(accounts.items()):
+            admitted = [0.0] * (end + 30)
+            refused: list[tuple[int, int]] = []
+            for sec, a, rejected in seconds:
+                if 0 <= sec < len(admitted):
+                    admitted[sec] = a
+                if rejected:
+                    refused.append((sec, rejected))
+            smooth = [
+                sum(admitted[max(0, i - SMOOTH_S + 1) : i + 1]) / SMOOTH_S for i in range(len(admitted))
+            ]
+            (line,) = ax.plot(range(len(smooth)), smooth, linewidth=0.9, label=account)
+            if refused:
+                ax.scatter(
+                    [s for s, _ in refused],
+                    [limit * 1.15] * len(refused),
+                    marker="v",
+                    s=12,
+                    color=line.get_color(),
+                )
+        ax.axhline(limit, color="black", linewidth=0.6, linestyle=":")
+        ax.axvline(r.settings.warmup_s, color="grey", linewidth=0.6, linestyle="--")
+        client = "" if r.cell.client == "o1pool" else f" [{r.cell.client}]"
+        ax.set_title(f"{r.cell.label}{client}\n429s {r.rate_429:.2%}, use {r.utilisation:.1%}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_ylim(0, limit * 1.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.supxlabel("seconds since the load began (dashed: end of warm-up; dotted: the real limit; v: a 429)")
+    fig.supylabel(f"calls admitted per second per account ({SMOOTH_S} s average)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_latency_plot(path: Path, latency: Sequence[LatencyRow]) -> Path:
+    """The latency distribution of each path (a CDF on a log axis: the tail shows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for row in latency:
+        values = sorted(v * 1000 for v in row.latencies_s)
+        if values:
+            ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], label=row.target)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, ms (log)")
+    ax.set_ylabel("fraction of calls")
+    ax.set_title("added latency at a fixed rate, zero-latency upstream")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

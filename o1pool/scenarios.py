@@ -6,7 +6,6 @@ for the latency comparison a bare pass-through proxy). The load comes from this 
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +18,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from o1pool.loadgen import Outcome, Planned, chat_body, drive, percentile, plan_arrivals
+from o1pool.loadgen import Planned, chat_body, drive, percentile, plan_arrivals
 from o1pool.procs import RedisServer, free_port, spawn_module, stop_all, wait_for_port
 
 MODEL = "o1-mini"
@@ -98,8 +97,10 @@ def sidecar_config(
     cache: bool,
     layout: Layout = DEFAULT_LAYOUT,
     extra: dict[str, Any] | None = None,
+    account_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A sidecar of ``layout``'s pool; ``extra`` adds or replaces top-level sections."""
+    """A sidecar of ``layout``'s pool; ``extra`` adds or replaces top-level sections, ``account_extra``
+    fields of every account."""
     return {
         "pool": {"name": layout.pool, "namespace": "default"},
         "listen": {"host": "127.0.0.1", "port": port},
@@ -112,6 +113,7 @@ def sidecar_config(
                 "base_url": emulator_url + "/v1",
                 "models": {MODEL: limits},
                 "keys": [{"name": k, "env": layout.key_env(a, k)} for k in keys],
+                **(account_extra or {}),
             }
             for a, keys in layout.accounts
         ],
@@ -131,6 +133,7 @@ def cluster(
     cache: bool = False,
     layout: Layout = DEFAULT_LAYOUT,
     sidecar_extra: dict[str, Any] | None = None,
+    account_extra: dict[str, Any] | None = None,
 ) -> Iterator[Cluster]:
     """Start the emulator and ``sidecars`` sidecar processes; stop them all on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="o1pool-scenario-"))
@@ -162,6 +165,7 @@ def cluster(
                 cache,
                 layout,
                 sidecar_extra,
+                account_extra,
             )
             path = workdir / f"sidecar-{i}.yaml"
             path.write_text(yaml.safe_dump(cfg))
@@ -188,92 +192,7 @@ async def emulator_stats(url: str) -> dict[str, Any]:
         return dict(await resp.json())
 
 
-# --- (a) overload: quota utilisation and upstream 429s --------------------------------------------
-
-
-@dataclass(frozen=True)
-class OverloadSettings:
-    sidecars: int = 4
-    rpm: int = 300  # per account; two accounts
-    tpm: int = 10_000_000
-    overload: float = 3.0
-    duration_s: float = 60.0
-    deadline_ms: int = 15_000
-    latency_scale: float = 0.05
-    priority_mix: tuple[tuple[int, float], ...] = ((8, 0.2), (5, 0.5), (2, 0.3))
-
-    @property
-    def capacity_rps(self) -> float:
-        return self.rpm * len(ACCOUNTS) / 60
-
-
-@dataclass
-class OverloadResult:
-    settings: OverloadSettings
-    outcomes: list[Outcome]
-    stats: dict[str, Any]
-    elapsed_s: float
-
-    @property
-    def model_stats(self) -> list[dict[str, Any]]:
-        return [a["models"][MODEL] for a in self.stats["accounts"].values()]
-
-    @property
-    def admitted(self) -> int:
-        return sum(m["admitted"] for m in self.model_stats)
-
-    @property
-    def upstream_429(self) -> int:
-        return sum(m["rejected_total"] for m in self.model_stats)
-
-    @property
-    def upstream_429_rate(self) -> float:
-        calls = self.admitted + self.upstream_429
-        return self.upstream_429 / calls if calls else 0.0
-
-    @property
-    def allowed(self) -> float:
-        """What the accounts' RPM buckets could admit over the run: full buckets plus refill."""
-        return sum(
-            m["limits"]["rpm"] * (m["limits"]["burst"] + self.elapsed_s / 60) for m in self.model_stats
-        )
-
-    @property
-    def utilisation(self) -> float:
-        return self.admitted / self.allowed
-
-    @property
-    def answered(self) -> int:
-        return sum(o.status in (200, 429) for o in self.outcomes)
-
-    def mean_latency(self, priority: int) -> float:
-        """Mean time to an answer (served or turned away) of ``priority``'s requests."""
-        group = [o.latency_s for o in self.outcomes if o.planned.priority == priority]
-        return sum(group) / len(group) if group else float("nan")
-
-
-async def run_overload(settings: OverloadSettings, redis: RedisServer) -> OverloadResult:
-    """``settings.sidecars`` sidecars on Redis, two accounts, offered ``overload`` x their RPM."""
-    limits = {"rpm": settings.rpm, "tpm": settings.tpm}
-    emu_cfg = emulator_config(settings.rpm, settings.tpm, settings.latency_scale)
-    plan = plan_arrivals(
-        settings.capacity_rps * settings.overload, settings.duration_s, settings.priority_mix
-    )
-    loop = asyncio.get_running_loop()
-    with cluster(emu_cfg, settings.sidecars, limits, redis) as c:
-        started = loop.time()
-        outcomes = await drive(
-            c.sidecar_urls,
-            plan,
-            lambda p: chat_body(p, MODEL, max_tokens=64),
-            headers_for=lambda p: {"x-o1pool-deadline-ms": str(settings.deadline_ms)},
-        )
-        elapsed = loop.time() - started
-        stats = await emulator_stats(c.emulator_url)
-    return OverloadResult(settings, outcomes, stats, elapsed)
-
-
-# --- (b) added latency at a fixed rate --------------------------------------------------------------
+# --- added latency at a fixed rate --------------------------------------------------------------
 
 
 @dataclass(frozen=True)

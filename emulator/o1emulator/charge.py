@@ -8,7 +8,8 @@ upstream whose estimate it does not know. Three estimates are selectable (``toke
 - ``json_chars``: characters of the prompt-bearing fields as escaped JSON, four to a token: roles and
   keys count, and every non-ASCII character costs six (``\\uXXXX``), so a non-Latin prompt is
   charged about twice what a tokenizer counts;
-- ``tiktoken``: tokens of the text by the model family's BPE encoding, plus 3 per message.
+- ``tiktoken``: tokens of the text by the model family's BPE encoding, plus 3 per message (also what
+  ``usage`` reports, whatever the estimate: OpenAI's usage counts tokenizer tokens).
 
 The charge at admission is the larger of the estimate and the completion budget (``max``), or both
 (``sum``); ``n`` choices multiply the budget; a request without a budget is charged
@@ -80,7 +81,8 @@ def prompt_estimate(body: dict[str, Any], estimate: Estimate = "chars", model: s
     if estimate == "json_chars":
         fields = {f: body[f] for f in PROMPT_FIELDS if f in body}
         return _ceil_div(len(json.dumps(fields)), CHARS_PER_TOKEN)
-    encoding = get_encoding("cl100k_base" if model.startswith(("gpt-4-", "gpt-3.5")) else "o200k_base")
+    older = model.startswith(("gpt-4-", "gpt-3.5", "text-embedding")) or model == "gpt-4"
+    encoding = get_encoding("cl100k_base" if older else "o200k_base")
     return sum(len(encoding.encode_ordinary(t)) for t in texts) + TOKENS_PER_MESSAGE * messages + token_ids
 
 

@@ -42,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, help="make ids and timestamps deterministic too (overrides config)"
     )
-    parser.add_argument(
-        "--burst", type=float, help="bucket capacity as a multiple of the minute limit (>= 1)"
-    )
+    parser.add_argument("--burst", type=float, help="bucket capacity as a multiple of the minute limit (> 0)")
     parser.add_argument(
         "--charge", choices=["max", "sum"], help="TPM charge rule at admission (overrides config)"
     )

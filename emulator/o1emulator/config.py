@@ -180,7 +180,10 @@ class EmulatorConfig(_Strict):
         default=None, description="Set: ids and created timestamps are deterministic too, not only content."
     )
     burst: float = Field(
-        default=1.0, ge=1.0, description="Bucket capacity as a multiple of the minute limit."
+        default=1.0,
+        gt=0,
+        description="token_bucket capacity as a multiple of the minute limit (below 1: less than a "
+        "minute's worth, at least one request).",
     )
     tokens: TokenRule = TokenRule()
     limiter: LimiterSpec = LimiterSpec()

@@ -65,6 +65,11 @@ class Quota(Protocol):
         """The most this quota can ever admit within any 60 s."""
         ...
 
+    def per_minute(self) -> float:
+        """The rate it really enforces, per minute: a sub-minute window admits whole requests only, so
+        ``limit * window_s / 60`` is rounded down per window."""
+        ...
+
     def restart(self, now: float) -> None: ...
 
 
@@ -79,7 +84,8 @@ class Bucket:
 
     @classmethod
     def per_minute(cls, limit: int, burst: float, now: float) -> Bucket:
-        return cls(capacity=limit * burst, rate=limit / 60.0, level=limit * burst, updated=now)
+        capacity = max(1.0, limit * burst)
+        return cls(capacity=capacity, rate=limit / 60.0, level=capacity, updated=now)
 
     def refill(self, now: float) -> None:
         if now > self.updated:
@@ -133,6 +139,9 @@ class TokenBucketQuota:
     def bound_60s(self) -> float:
         return self.bucket.capacity + self.limit
 
+    def per_minute(self) -> float:
+        return float(self.limit)
+
     def restart(self, now: float) -> None:
         self.bucket = Bucket.per_minute(self.limit, self.burst, now)
 
@@ -148,7 +157,7 @@ class SlidingLogQuota:
         self.total = 0.0
 
     def _expire(self, now: float) -> None:
-        while self.log and self.log[0][0] <= now - self.window_s:
+        while self.log and self.log[0][0] + self.window_s <= now:
             self.total -= self.log.popleft()[1]
         if not self.log:
             self.total = 0.0
@@ -173,8 +182,8 @@ class SlidingLogQuota:
             return 0.0
         for at, taken in self.log:  # oldest first: each entry leaves the window at ``at + window_s``
             excess -= taken
-            if excess <= 0:
-                return max(0.0, at + self.window_s - now)
+            if excess <= 0:  # (to the microsecond above, so that it has left by then)
+                return max(0.0, math.ceil((at + self.window_s - now) * 1e6) / 1e6)
         return 0.0
 
     def remaining(self, now: float) -> float:
@@ -191,6 +200,9 @@ class SlidingLogQuota:
 
     def bound_60s(self) -> float:
         return self.per_window * math.ceil(WINDOW_S / self.window_s)
+
+    def per_minute(self) -> float:
+        return math.floor(self.per_window) * WINDOW_S / self.window_s
 
     def restart(self, now: float) -> None:
         self.log.clear()
@@ -243,6 +255,9 @@ class FixedWindowQuota:
 
     def bound_60s(self) -> float:
         return self.per_window * (math.ceil(WINDOW_S / self.window_s) + 1)
+
+    def per_minute(self) -> float:
+        return math.floor(self.per_window) * WINDOW_S / self.window_s
 
     def restart(self, now: float) -> None:
         self.index, self.total = -1, 0.0

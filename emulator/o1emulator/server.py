@@ -323,6 +323,11 @@ class Emulator:
     def prompt_estimate(self, body: dict[str, Any], model: str) -> int:
         return prompt_estimate(body, self.config.tokens.estimate, model)
 
+    def prompt_tokens(self, body: dict[str, Any], model: str) -> int:
+        """What ``usage`` reports: the tokenizer's count, as OpenAI's usage does, whatever estimate
+        the TPM charge used."""
+        return prompt_estimate(body, "tiktoken", model)
+
     def charge(self, prompt: int, budget: int | None, choices: int) -> int:
         rule = self.config.tokens
         return admission_charge(prompt, budget, choices, rule.charge, rule.default_max_tokens)
@@ -403,7 +408,7 @@ class Emulator:
             seed = content.request_seed(body, self.config.seed)
             answer = content.plan_answer(seed, target.spec, budget)
             self.count_completion(target, answer.completion_tokens * choices)
-            usage = content.chat_usage(prompt, answer, choices)
+            usage = content.chat_usage(self.prompt_tokens(body, target.model), answer, choices)
             id_, created = self.new_ids(seed, "chatcmpl-")
             await self.apply_outcome_fault(request, fault, headers)
             ttft, per_token = self.latency(target.spec)
@@ -482,7 +487,7 @@ class Emulator:
             seed = content.request_seed(body, self.config.seed)
             answer = content.plan_answer(seed, target.spec, budget)
             self.count_completion(target, answer.completion_tokens)
-            usage = content.response_usage(prompt, answer)
+            usage = content.response_usage(self.prompt_tokens(body, target.model), answer)
             id_, created = self.new_ids(seed, "resp_")
             builder = content.ResponseBuilder(id_, created, target.model, body, target.spec)
             await self.apply_outcome_fault(request, fault, headers)
@@ -560,7 +565,12 @@ class Emulator:
             await self.apply_outcome_fault(request, fault, headers)
             await pause(self.latency(target.spec)[0])
             data = content.embeddings_response(
-                target.model, inputs, self.config.seed, dimensions, encoding, prompt
+                target.model,
+                inputs,
+                self.config.seed,
+                dimensions,
+                encoding,
+                self.prompt_tokens(body, target.model),
             )
             return json_response(200, data, headers)
         finally:

@@ -63,6 +63,8 @@ def limiter_report(counters: Counters, limiter: AccountModelLimiter, now: float)
             "burst": limiter.burst,
             "algorithm": limiter.spec.algorithm,
             "window_s": limiter.spec.window_s,
+            "rpm_enforced": limiter.requests.per_minute(),
+            "tpm_enforced": limiter.tokens.per_minute(),
         },
         "remaining": {"requests": requests_left, "tokens": tokens_left},
         "window_60s": {

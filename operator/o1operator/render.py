@@ -228,6 +228,8 @@ _ACCOUNT_FIELDS = {
     "kind": "kind",
     "baseURL": "base_url",
     "weight": "weight",
+    "burstSeconds": "burst_s",
+    "adaptiveLimits": "adaptive",
     "tier": "tier",
     "apiVersion": "api_version",
     "deployments": "deployments",

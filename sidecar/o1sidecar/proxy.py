@@ -100,6 +100,17 @@ class Served:
 
 
 @dataclass(frozen=True)
+class Ask:
+    """What the client asked for, and on what terms."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    models: list[str]  # [requested, *fallback chain] that this pool serves
+    controls: RequestControls
+    deadline: float  # wall-clock epoch seconds
+
+
+@dataclass(frozen=True)
 class Admission:
     """A grant for one model of the chain, with the body to send it."""
 
@@ -183,13 +194,12 @@ class Proxy:
                 served.cache = hit[1]
                 return await self._answer_from_cache(request, endpoint, hit[0], body, served, started)
         deadline = time.time() + controls.deadline_ms / 1000
+        ask = Ask(endpoint, body, models, controls, deadline)
         state = PlanState()
         truncated_prompt: list[Any] | None = None
         attempt: Attempt | None = None
         while True:
-            admission = await self._admit(
-                endpoint, body, models, state.model_index, truncated_prompt, controls, deadline, served
-            )
+            admission = await self._admit(ask, state.model_index, truncated_prompt, served)
             if isinstance(admission, ProxyError):
                 return self._finish(admission, served, started)
             if admission.index != state.model_index:
@@ -269,43 +279,28 @@ class Proxy:
     # -- admission -----------------------------------------------------------------------------
 
     def _demand(
-        self,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        model: str,
-        prompt: list[Any] | None,
-        controls: RequestControls,
-        deadline: float,
+        self, ask: Ask, model: str, prompt: list[Any] | None, deadline: float
     ) -> tuple[Demand, dict[str, Any], bool]:
-        upstream_body, strip_usage = self._upstream_body(endpoint, body, model, prompt)
-        tokens = self.counter.charge(endpoint.path, model, upstream_body, self.config.tokens)
-        return Demand(model, tokens, controls.priority, deadline), upstream_body, strip_usage
+        upstream_body, strip_usage = self._upstream_body(ask.endpoint, ask.body, model, prompt)
+        tokens = self.counter.charge(ask.endpoint.path, model, upstream_body, self.config.tokens)
+        return Demand(model, tokens, ask.controls.priority, deadline), upstream_body, strip_usage
 
     async def _admit(
-        self,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        models: list[str],
-        index: int,
-        prompt: list[Any] | None,
-        controls: RequestControls,
-        deadline: float,
-        served: Served,
+        self, ask: Ask, index: int, prompt: list[Any] | None, served: Served
     ) -> Admission | ProxyError:
-        """Wait for a grant on ``models[index]``; a model that can never admit the request moves on
+        """Wait for a grant on ``ask.models[index]``; a model that can never admit the request moves on
         along the chain, and at the deadline a later model with headroom right now takes it."""
+        models, controls = ask.models, ask.controls
         while True:
             model = models[index]
             served.model = model
-            demand, upstream_body, strip_usage = self._demand(
-                endpoint, body, model, prompt, controls, deadline
-            )
+            demand, upstream_body, strip_usage = self._demand(ask, model, prompt, ask.deadline)
             try:
                 grant = await self.limiter.acquire(demand, self._accounts_for[model])
                 return Admission(index, model, upstream_body, strip_usage, grant)
             except QueueTimeout as exc:
                 served.waited_s += exc.waited_s
-                late = await self._admit_now(endpoint, body, models, index, prompt, controls, served)
+                late = await self._admit_now(ask, index, prompt, served)
                 if late is not None:
                     return late
                 self.metrics.queue_rejections.labels("timeout").inc()
@@ -324,25 +319,16 @@ class Proxy:
                 return errors.no_capacity(exc, model, demand.tokens)
 
     async def _admit_now(
-        self,
-        endpoint: Endpoint,
-        body: dict[str, Any],
-        models: list[str],
-        index: int,
-        prompt: list[Any] | None,
-        controls: RequestControls,
-        served: Served,
+        self, ask: Ask, index: int, prompt: list[Any] | None, served: Served
     ) -> Admission | None:
-        """The request's deadline passed waiting for ``models[index]``: the first later model of the
+        """The request's deadline passed waiting for ``ask.models[index]``: the first later model of the
         chain that can admit it right now, without waiting."""
-        for later in range(index + 1, len(models)):
-            model = models[later]
-            demand, upstream_body, strip_usage = self._demand(
-                endpoint, body, model, prompt, controls, time.time()
-            )
+        for later in range(index + 1, len(ask.models)):
+            model = ask.models[later]
+            demand, upstream_body, strip_usage = self._demand(ask, model, prompt, time.time())
             grant = await self.limiter.try_acquire(demand, self._accounts_for[model])
             if grant is not None:
-                self._note_fallback(models[index], model)
+                self._note_fallback(ask.models[index], model)
                 served.model, served.degraded = model, True
                 return Admission(later, model, upstream_body, strip_usage, grant)
         return None

@@ -266,3 +266,10 @@ def test_the_emulator_never_imports_the_sidecar() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sub_minute_windows_report_the_rate_they_really_enforce() -> None:
+    assert limiter(120, algorithm="fixed_window", window_s=1.0).requests.per_minute() == 120  # 2 a second
+    assert limiter(96, algorithm="fixed_window", window_s=1.0).requests.per_minute() == 60  # 1.6 -> 1
+    assert limiter(96, algorithm="sliding_log", window_s=10.0).requests.per_minute() == 96  # 16 per 10 s
+    assert limiter(96).requests.per_minute() == 96

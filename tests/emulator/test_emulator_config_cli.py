@@ -49,7 +49,7 @@ def minimal(**account_models: Any) -> dict[str, Any]:
             lambda c: c["accounts"][0]["models"].update({"gpt-9": {"rpm": 1, "tpm": 1}}),
             "'gpt-9', not in 'models'",
         ),
-        (lambda c: c.update(burst=0.5), "burst: Input should be greater than or equal to 1"),
+        (lambda c: c.update(burst=0), "burst: Input should be greater than 0"),
         (lambda c: c.update(tokens={"charge": "min"}), "tokens.charge: Input should be 'max' or 'sum'"),
         (
             lambda c: c.update(faults=[{"kind": "error_5xx", "account": "zz"}]),
@@ -110,7 +110,7 @@ def test_cli_help_and_bad_config(tmp_path: Path) -> None:
     result = run_cli("--config", str(bad))
     assert result.returncode == 2
     assert f"{bad}: accounts: List should have at least 1 item" in result.stderr
-    result = run_cli("--burst", "0.2", "--print-config")
+    result = run_cli("--burst", "-1", "--print-config")
     assert result.returncode == 2 and "command line: burst:" in result.stderr
     result = run_cli("--window", "90", "--print-config")
     assert result.returncode == 2 and "command line: limiter.window_s:" in result.stderr

@@ -51,6 +51,14 @@ class Pool:
     def effective(self) -> tuple[float, float]:
         return rule.effective(self.state, self.lim)
 
+    def wait_out(self, tokens: float = 100) -> None:
+        """Move the clock to when a request may be admitted (after the cooldown and its debt)."""
+        while True:
+            block, wait = self.check(tokens)
+            if block is None:
+                return
+            self.now += max(wait, 1e-6)  # (a float of today's epoch seconds has microseconds)
+
 
 # -- pacing and the window -------------------------------------------------------------------------
 
@@ -115,9 +123,11 @@ def test_a_429_empties_the_bucket_cools_down_and_sends_one_probe() -> None:
     admitted = p.now
     p.now += 0.05
     p.settle(first, admitted, outcome="rate_limited", limit_type="requests", retry_after_s=0.3)
-    assert p.state.r == 0.0 and p.state.en == 1 and p.state.es == p.now
-    assert p.state.cd == pytest.approx(p.now + 1.0)  # the 1 s backoff beats the 0.3 s Retry-After
-    assert p.check() == ("cooldown", pytest.approx(1.0))
+    assert p.state.en == 1 and p.state.es == p.now
+    rest = rule.BASE_BACKOFF_S  # the 0.5 s backoff beats the 0.3 s Retry-After
+    assert p.state.cd == pytest.approx(p.now + rest)
+    assert p.state.r == pytest.approx(-rest * p.effective()[0] / 60)  # empty when the cooldown ends
+    assert p.check()[1] == pytest.approx(rest + 60 / p.effective()[0])  # the rest, then one request
     # The second was on its way when the episode began: an echo. No new episode, no further cut.
     p.now += 0.01
     factor = p.state.fr
@@ -125,6 +135,8 @@ def test_a_429_empties_the_bucket_cools_down_and_sends_one_probe() -> None:
     assert p.state.en == 1 and p.state.fr == factor
     assert p.state.cd == pytest.approx(p.now + 2.0)  # but its Retry-After extends the cooldown
     p.now = p.state.cd
+    assert p.check()[0] == "capacity"  # no burst: the bucket is empty as the cooldown ends
+    p.wait_out()
     probe = p.admit()
     assert probe and p.state.pl == probe
     assert p.check()[0] == "cooldown"  # held until the probe is answered...
@@ -137,29 +149,30 @@ def test_a_refused_probe_lengthens_the_rest_without_cutting_again() -> None:
     lease = p.admit()
     assert lease
     p.settle(lease, p.now, outcome="rate_limited", limit_type="requests")
-    assert p.state.fr == pytest.approx(0.98)
-    p.now = p.state.cd
+    assert p.state.fr == pytest.approx(1 - rule.FIRST_CUT)
+    p.wait_out()
     probe = p.admit()
     assert probe
     p.settle(probe, p.now, outcome="rate_limited", limit_type="requests")
     assert p.state.en == 2 and p.state.cd == pytest.approx(p.now + 2.0)  # the rest was too short
-    assert p.state.fr == pytest.approx(0.98)  # not the rate: no second cut
-    p.now = p.state.cd
+    assert p.state.fr == pytest.approx(1 - rule.FIRST_CUT)  # not the rate: no second cut
+    p.wait_out()
     probe = p.admit()
     assert probe
     p.now += 0.2
     p.settle(probe, p.now - 0.2, outcome="ok")
     assert p.state.en == 0 and p.state.pl == ""  # the probe got through: the run of episodes ends
-    assert p.admit()
+    assert p.check() == ("capacity", pytest.approx((1 - p.state.r) * 60 / p.effective()[0]))  # paced
 
 
 def refused_after_a_good_probe(p: Pool, wait_s: float, kind: str = "tokens") -> None:
     """Rest out the cooldown, probe (it gets through), then one more request is refused."""
-    p.now = max(p.now, p.state.cd)
+    p.wait_out(tokens=10)
     probe = p.admit(tokens=10)
     assert probe
     p.settle(probe, p.now, outcome="ok")
     p.now += wait_s
+    p.wait_out(tokens=10)
     lease = p.admit(tokens=10)
     assert lease
     p.settle(lease, p.now, outcome="rate_limited", limit_type=kind)
@@ -175,33 +188,53 @@ def test_cuts_deepen_while_refusals_follow_each_cooldown_and_start_again_after_a
         refused_after_a_good_probe(p, 1.0)
         factors.append(p.state.ft)
     cuts = [1 - b / a for a, b in zip([1.0, *factors], factors, strict=False)]
-    assert cuts == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5])
+    assert cuts == pytest.approx([0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.5])
     assert p.state.fr == 1.0  # a token-limit 429 says nothing about RPM
-    refused_after_a_good_probe(p, rule.IN_A_ROW_S + 1.0)  # this time the cut held for a while
-    assert p.state.cn == 1 and p.state.ft == pytest.approx(factors[-1] * 0.98)
+    refused_after_a_good_probe(p, rule.IN_A_ROW_REQUESTS * 60 / 120 + 1.0)  # the cut held a while
+    assert p.state.cn == 1 and p.state.ft == pytest.approx(factors[-1] * (1 - rule.FIRST_CUT))
 
 
 def test_the_raise_slows_near_where_the_upstream_last_refused() -> None:
     fast, slow = rule.RAISE_PER_MIN, rule.RAISE_NEAR_PER_MIN
-    assert rule._raised(0.5, 1.0, 60.0, 1.0) == pytest.approx(0.5 + fast)
-    assert rule._raised(0.985, 1.0, 60.0, 1.0) == pytest.approx(0.99)  # a fast step stops at the band
+    assert rule._raised(0.985, 1.0, 60.0, 1.0) == pytest.approx(0.99)  # quick steps stop at the band
     assert rule._raised(0.995, 1.0, 60.0, 1.0) == pytest.approx(0.995 + slow)
     assert rule._raised(0.80, 0.80, 60.0, 1.0) == pytest.approx(0.80 + slow)
     assert rule._raised(0.82, 0.80, 60.0, 1.0) == pytest.approx(0.82 + fast)  # past it: maybe back up
     assert rule._raised(0.5, 1.0, 600.0, 0.8) == pytest.approx(0.8)  # never past the ceiling
 
 
-def test_a_refusal_below_what_the_window_held_cuts_to_just_under_it() -> None:
-    p = Pool(limits(rpm=600.0))  # 10 per second
+def test_a_refusal_below_what_a_whole_minute_held_cuts_to_just_under_it() -> None:
+    p = Pool(limits(rpm=600.0))  # 10 per second allowed; the upstream really takes 480 a minute
     leases = []
-    while len(leases) < 480:  # the upstream's real limit is 480 a minute: the 480th is refused
+    while p.now < T0 + 60.0:  # 8 per second for a minute
         lease = p.admit()
         if lease:
             leases.append(lease)
-        p.now += 0.05
+        p.now += 0.125
+    assert len(leases) == 480
     p.settle(leases[-1], p.now, outcome="rate_limited")  # no body: both limits
     assert p.effective()[0] == pytest.approx(0.98 * 480)
-    assert p.state.ft == pytest.approx(0.98)  # the token window held little: the plain first cut
+    assert p.state.mr == pytest.approx(0.8)  # where the upstream refused
+    assert p.state.ft == pytest.approx(1 - rule.FIRST_CUT)  # the token window held little: plain cut
+
+
+def test_a_young_window_says_nothing_about_a_minute() -> None:
+    p = Pool(limits(rpm=600.0))
+    leases = []
+    while p.now < T0 + 35.0:  # a sub-minute upstream refuses 35 s in: 350 is no per-minute limit
+        lease = p.admit()
+        if lease:
+            leases.append(lease)
+        p.now += 0.1
+    p.settle(leases[-1], p.now, outcome="rate_limited", limit_type="requests")
+    assert p.state.fr == pytest.approx(1 - rule.FIRST_CUT) and p.state.mr == 1.0
+
+
+def test_a_cut_limit_recovers_quickly_to_just_below_the_refusal() -> None:
+    low = 0.99 * 0.9
+    assert rule._raised(0.6, 0.9, rule.RECOVER_S, 1.0) == pytest.approx(low - (low - 0.6) * math.exp(-1))
+    assert rule._raised(0.6, 0.9, 10 * rule.RECOVER_S, 1.0) == pytest.approx(low, abs=1e-4)
+    assert rule._raised(0.888, 0.9, 0.1, 1.0) > 0.888 + rule.RAISE_PER_MIN * 0.1 / 60 - 1e-12  # at least
 
 
 def test_successes_under_pressure_raise_the_limit_back_and_idle_ones_do_not() -> None:
@@ -209,25 +242,25 @@ def test_successes_under_pressure_raise_the_limit_back_and_idle_ones_do_not() ->
     lease = p.admit()
     assert lease
     p.settle(lease, p.now, outcome="rate_limited", limit_type="requests")
-    assert p.state.fr == pytest.approx(0.98)
+    assert p.state.fr == pytest.approx(1 - rule.FIRST_CUT)
     p.now += 30.0
     lease = p.admit()
     assert lease
     p.settle(lease, p.now, outcome="ok")
-    assert p.state.fr == pytest.approx(0.98)  # 2 requests in the window: no pressure, no raise
+    assert p.state.fr == pytest.approx(1 - rule.FIRST_CUT)  # 2 requests in the window: no pressure, no raise
     while p.state.wn < 0.9 * p.effective()[0]:  # keep the window busy
         p.now += 1.05
         assert p.admit()
-    raised_at = p.state.ra
+    raised_at, before = p.state.ra, p.state.fr
     p.settle("x", p.now, outcome="ok")
-    assert p.state.fr == pytest.approx(
-        min(0.99, 0.98 + rule.RAISE_PER_MIN * (p.now - raised_at) / 60), abs=0.002
-    )
-    for _ in range(60):  # another busy minute, near where the upstream refused: slowly
+    assert p.state.fr == pytest.approx(rule._raised(before, 1.0, p.now - raised_at, 1.0))
+    assert before < p.state.fr < before + rule.RAISE_NEAR_PER_MIN  # near where refused: slowly
+    for _ in range(60):  # another busy minute
         p.now += 1.05
         assert p.admit()
+    before = p.state.fr
     p.settle("y", p.now, outcome="ok")
-    assert 0.99 < p.state.fr < 0.99 + 1.2 * rule.RAISE_NEAR_PER_MIN
+    assert p.state.fr == pytest.approx(before + rule.RAISE_NEAR_PER_MIN * 63 / 60, abs=1e-4)
     p.now += 120.0
     p.settle("z", p.now, outcome="ok")
     assert p.state.ra == p.now  # an idle stretch is not saved up for a later raise
@@ -250,13 +283,13 @@ def test_not_adaptive_keeps_the_configured_limit_but_still_cools_down() -> None:
     lease = p.admit()
     assert lease
     p.settle(lease, p.now, outcome="rate_limited", limit_type="requests")
-    assert p.state.fr == 1.0 and p.state.cd > p.now and p.state.r == 0.0 and p.state.pn
+    assert p.state.fr == 1.0 and p.state.cd > p.now and p.state.r < 0 and p.state.pn
 
 
 def test_the_backoff_is_capped_by_max_cooldown() -> None:
     p = Pool(limits(max_cooldown_s=3.0))
     for _ in range(5):
-        p.now = max(p.now, p.state.cd)
+        p.wait_out()
         lease = p.admit()
         assert lease
         p.settle(lease, p.now, outcome="rate_limited", limit_type="requests", retry_after_s=600)

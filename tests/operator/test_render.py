@@ -179,10 +179,18 @@ def test_spec_fields_map_onto_sidecar_config() -> None:
     assert config.fallback.chains == {"o1-preview": ["o1-mini", "gpt-4o"], "o1": ["o1-mini"]}
     team_b = next(a for a in config.accounts if a.name == "team-b")
     assert team_b.limits_for("o1").rpm == 40
+    assert team_b.burst_s == 0.5 and team_b.adaptive is True
     assert team_b.limits_for("gpt-4o").concurrency == 50
     azure = next(a for a in config.accounts if a.name == "azure-east")
     assert azure.api_version == "2024-10-21" and azure.deployments["o1"] == "o1-east"
     assert config.listen.host == "127.0.0.1"
+
+
+def test_pacing_and_adaptive_limits_reach_the_sidecar() -> None:
+    pool = load_example(BASIC)
+    pool["spec"]["accounts"][0] |= {"burstSeconds": 60, "adaptiveLimits": False}
+    config = SidecarConfig.from_dict(yaml.safe_load(render(pool, fake_secrets(pool["spec"])).config_yaml))
+    assert config.accounts[0].burst_s == 60.0 and config.accounts[0].adaptive is False
 
 
 def test_referenced_secrets() -> None:

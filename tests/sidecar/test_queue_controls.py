@@ -163,3 +163,48 @@ async def test_request_too_large_for_one_model_falls_back(make_sidecar: SidecarF
         model="o1", messages=USER, max_completion_tokens=5_000
     )
     assert raw.headers["x-o1pool-model"] == "gpt-4o" and raw.headers["x-o1pool-degraded"] == "true"
+
+
+async def test_a_request_missing_its_deadline_is_served_by_a_fallback_with_headroom(
+    make_sidecar: SidecarFactory,
+) -> None:
+    handle = await make_sidecar(
+        limits={"o1": {"rpm": 1, "tpm": 1_000_000}, "o1-mini": {"rpm": 600, "tpm": 1_000_000}},
+        fallback={"chains": {"o1": ["o1-mini"]}},
+        cache=NO_CACHE,
+    )
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    await client.chat.completions.create(model="o1", messages=USER)  # o1's one request a minute
+    started = time.monotonic()
+    raw = await client.chat.completions.with_raw_response.create(
+        model="o1", messages=USER, extra_headers={"x-o1pool-deadline-ms": "300"}
+    )
+    assert time.monotonic() - started < 5
+    assert raw.headers["x-o1pool-model"] == "o1-mini" and raw.headers["x-o1pool-degraded"] == "true"
+    assert int(raw.headers["x-o1pool-queue-wait-ms"]) >= 300  # it waited its deadline for o1 first
+    assert raw.parse().model == "o1-mini"
+
+
+async def test_spent_request_caps_are_insufficient_quota_then_the_fallback(
+    make_sidecar: SidecarFactory,
+) -> None:
+    capped = {"rpm": 600, "tpm": 1_000_000, "daily_requests": 1}
+    handle = await make_sidecar(limits={"o1": capped, "o1-mini": capped}, cache=NO_CACHE)
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    await client.chat.completions.create(model="o1", messages=USER)
+    with pytest.raises(openai.RateLimitError) as err:
+        await client.chat.completions.create(model="o1", messages=USER)
+    assert err.value.code == "insufficient_quota" and err.value.type == "insufficient_quota"
+    assert 0 < int(err.value.response.headers["retry-after"]) <= 86_400
+    assert "daily_requests" in err.value.message
+    scrape = await _scrape(handle.metrics_url)
+    assert 'o1_api_quota_remaining{account="acct-a",model="o1",period="day"} 0.0' in scrape
+    assert 'o1_api_effective_limit{account="acct-a",model="o1",type="requests"} 600.0' in scrape
+    assert 'o1_api_queue_rejections_total{reason="quota"} 1.0' in scrape
+    fallback = await make_sidecar(
+        limits={"o1": capped, "o1-mini": capped}, cache=NO_CACHE, fallback={"chains": {"o1": ["o1-mini"]}}
+    )
+    client = openai.AsyncOpenAI(base_url=fallback.url, api_key="x", max_retries=0)
+    await client.chat.completions.create(model="o1", messages=USER)
+    raw = await client.chat.completions.with_raw_response.create(model="o1", messages=USER)
+    assert raw.headers["x-o1pool-model"] == "o1-mini"  # o1's cap is spent: its fallback serves

@@ -116,14 +116,7 @@ class LocalBackend:
         now = self._clock()
         demand = attempt.demand
         tickets = self._tickets.setdefault(demand.model, {})
-        mine = tickets.get(attempt.ticket)
-        my_rank = (
-            mine.rank
-            if mine is not None
-            else attempt.rank
-            if attempt.rank is not None
-            else rank(demand.priority, now, attempt.aging_s)
-        )
+        my_rank = _rank_of(tickets, attempt, now)
         entries = [self._entry(a, demand.model, demand.tokens, now) for a in attempt.accounts]
         free_r = free_t = free_s = 0.0
         for e in entries:
@@ -156,15 +149,7 @@ class LocalBackend:
         demand = attempt.demand
         entries = [self._entry(a, demand.model, demand.tokens, now) for a in attempt.accounts]
         tickets = self._tickets.get(demand.model, {})
-        mine = tickets.get(attempt.ticket)
-        my_rank = (
-            mine.rank
-            if mine is not None
-            else attempt.rank
-            if attempt.rank is not None
-            else rank(demand.priority, now, attempt.aging_s)
-        )
-        ahead = self._ahead(tickets, attempt.ticket, my_rank)
+        ahead = self._ahead(tickets, attempt.ticket, _rank_of(tickets, attempt, now))
         # As eta.lua: the cost of the first AHEAD_LIMIT (in queue order) exactly, the rest at their average.
         first = sorted(ahead, key=lambda t: (t.rank, t.ticket))[:AHEAD_LIMIT]
         tokens = sum(t.tokens for t in first) * len(ahead) / len(first) if first else 0.0
@@ -189,7 +174,7 @@ class LocalBackend:
         now = self._clock()
         lim = self.limits_of(s.account)
         rule.refresh(st, lim, now)
-        rule.settle(st, lim, s, now)
+        rule.settle(st, lim, s, now, waiting=len(self._tickets.get(s.model, {})))
 
     async def forget(self, model: str, tickets: list[str]) -> None:
         self.forget_now(model, tickets)
@@ -229,6 +214,16 @@ class LocalBackend:
                 monthly_left=None if lim.monthly is None else max(0, lim.monthly - st.mc),
             )
         return out
+
+
+def _rank_of(tickets: dict[str, _Ticket], attempt: Attempt, now: float) -> float:
+    """The waiter's rank: kept from its ticket, else the one it brings, else ranked now."""
+    mine = tickets.get(attempt.ticket)
+    if mine is not None:
+        return mine.rank
+    if attempt.rank is not None:
+        return attempt.rank
+    return rank(attempt.demand.priority, now, attempt.aging_s)
 
 
 def _best(entries: list[_Entry]) -> _Entry | None:

@@ -6,10 +6,11 @@ same random operations and compares every decision and every field of the state.
 
 **Effective limits.** The limits the pool acts on are the configured ones (``C``) times a factor
 ``f`` in (0, 1] per limit, shared by every sidecar: ``E = max(1, f * C)``. An upstream 429 that the
-rule allowed lowers ``f`` (the model of the upstream was wrong); successes under pressure raise it
-back by ``RAISE_PER_MIN`` of the ceiling per minute (``RAISE_NEAR_PER_MIN`` near the level the last
-cut was made at, where the upstream last refused). The ceiling is 1, or lower when the upstream's
-``x-ratelimit-limit-*`` header says the limit is lower than configured.
+rule allowed lowers ``f`` (the model of the upstream was wrong); successes under pressure (requests
+waiting for the model, or the window nearly full) raise it back: quickly (time constant
+``RECOVER_S``) to just below where the upstream last refused, then by ``RAISE_NEAR_PER_MIN`` of the
+ceiling per minute near that level, then by ``RAISE_PER_MIN`` past it. The ceiling is 1, or lower
+when the upstream's ``x-ratelimit-limit-*`` header says the limit is lower than configured.
 
 **Admission** of a request costing ``c`` tokens needs all of:
 
@@ -28,20 +29,22 @@ cut was made at, where the upstream last refused). The ceiling is 1, or lower wh
 Admission charges both buckets (levels may go negative: a debt the refill pays back, at most a
 minute's worth), logs the request in the window and counts it against the caps.
 
-**After a 429** for a request the rule admitted: the bucket of that limit is emptied (a debt, so the
-pool resumes at the paced rate with no burst). A 429 for a request admitted *after* the current
-episode began opens a new **episode**: the effective limit is cut (``FIRST_CUT``; twice as deep as
-the previous cut when refused again within ``IN_A_ROW_S`` (or ``IN_A_ROW_REQUESTS`` requests' time)
-of the last cooldown's end; at most ``MAX_CUT``; and to just under what the window held when that
-says the upstream's limit is lower) unless the refused request was the probe (which says the rest
-was too short, not the rate too high), the cooldown is set to
-``max(Retry-After, backoff)`` where the backoff doubles per episode in a row (1 s; 2 s for tokens;
-capped by ``retry.max_retry_after_s``), and the next admission after the cooldown is a **probe**: the
-only one in flight until it is answered or ``PROBE_HOLD_S`` passed. 429s of requests admitted before
-the episode began are echoes of it: they only extend the cooldown to their own Retry-After.
-A success of a request admitted after the episode began ends the run of episodes. A concurrency
-429 only rests the account for its Retry-After (at least ``BASE_BACKOFF_S``), and an
-``insufficient_quota`` 429 for ``max_cooldown_s``: neither says anything about a rate.
+**After a 429** for a request the rule admitted: the bucket of that limit is emptied through the
+cooldown (a debt the cooldown repays, so the pool resumes at the paced rate with no burst). A 429
+for a request admitted *after* the current episode began opens a new **episode**: the effective
+limit is cut (``FIRST_CUT``; twice as deep as the previous cut when refused again within
+``IN_A_ROW_REQUESTS`` requests' time of the last cooldown's end; at most ``MAX_CUT``; and to just
+under what the window held when, after the pool's first minute on the account, that says the
+upstream's limit is lower) unless
+the refused request was the probe (which says the rest was too short, not the rate too high); the
+cooldown is set to ``max(Retry-After, backoff)`` where the backoff doubles per episode in a row
+(0.5 s; 1 s for tokens; capped by ``retry.max_retry_after_s``); and the next admission after the
+cooldown is a **probe**: the only one in flight until it is answered or ``PROBE_HOLD_S`` passed.
+429s of requests admitted before the episode began are echoes of it: they only extend the cooldown
+to their own Retry-After. A success of a request admitted after the episode began ends the run of
+episodes. A concurrency 429 only rests the account for its Retry-After (at least
+``BASE_BACKOFF_S``), and an ``insufficient_quota`` 429 for ``max_cooldown_s``: neither says anything
+about a rate.
 """
 
 from __future__ import annotations
@@ -59,16 +62,19 @@ UPSTREAM_LAG_S = 0.1  # the most we expect between our admission and the upstrea
 WINDOW_S = MINUTE_S + UPSTREAM_LAG_S
 PROBE_HOLD_S = 2.0  # a refused probe comes back at once; one still running after this got in
 CONCURRENCY_POLL_S = 0.25  # a concurrency wait is ended by a release; this only bounds it
-BASE_BACKOFF_S = 1.0
+BASE_BACKOFF_S = 0.5
 TOKEN_LIMIT_FACTOR = 2.0  # token-limit 429s take longer to clear
-FIRST_CUT = 0.02  # the first cut of an effective limit; doubles per cut in a row
+FIRST_CUT = 0.01  # the first cut of an effective limit; doubles per cut in a row
 MAX_CUT = 0.5
 ESTIMATE_MARGIN = 0.98  # an estimate from the window keeps this share of what the window held
 ESTIMATE_MIN_SHARE = 0.5  # ...and is trusted only when the window held at least this share of E
-IN_A_ROW_S = 10.0  # a refusal this soon after the last cooldown ended: that cut was not enough...
-IN_A_ROW_REQUESTS = 20  # ...or this many requests' time, for slow limits
-RAISE_PER_MIN = 0.05  # share of the ceiling regained per minute of successes under pressure...
-RAISE_NEAR_PER_MIN = 0.002  # ...and this slower near where the upstream last refused
+ESTIMATE_SPAN_S = 57.0  # ...once the pool has used the account for nearly a minute (before that,
+#                         the window says nothing of a minute)
+IN_A_ROW_REQUESTS = 10  # refused within this many requests' time of the last cooldown's end: that
+#                        cut was not enough
+RECOVER_S = 20.0  # below where the upstream last refused, a limit closes the gap with this time constant
+RAISE_PER_MIN = 0.05  # (and at least this share of the ceiling per minute), under pressure...
+RAISE_NEAR_PER_MIN = 0.005  # ...and only this near where the upstream last refused
 NEAR_LOW, NEAR_HIGH = 0.99, 1.01  # "near": this band around that level
 PRESSURE = 0.9  # the window is under pressure when it holds this share of E
 MIN_FACTOR = 0.01
@@ -78,7 +84,7 @@ NEVER = -1e18  # "no episode or cut yet" (finite: Redis stores it and Lua reads 
 
 # The fields of AccountModel that the Redis hash keeps, under the same names (rule.lua's FIELDS).
 LUA_FIELDS = tuple(
-    "r t ts fr ft hr ht ra cd es en cn mr mt pn pl pu wn wt day dc month mc".split()
+    "r t ts bt fr ft hr ht ra cd es en cn mr mt pn pl pu wn wt day dc month mc".split()
 )  # fmt: skip
 
 Block = Literal["cooldown", "quota", "concurrency", "capacity"]
@@ -93,6 +99,7 @@ class AccountModel:
     r: float  # RPM pacing level, as of ts
     t: float  # TPM pacing level, as of ts
     ts: float
+    bt: float = 0.0  # when the pool first admitted a call on this account+model (0: never)
     fr: float = 1.0  # effective-limit factors
     ft: float = 1.0
     hr: float = 0.0  # the upstream's own limits from x-ratelimit-limit-* (0: none seen)
@@ -303,12 +310,15 @@ def admit(st: AccountModel, lim: Limits, tokens: float, lease: str, now: float) 
     st.leases.add(lease)
     st.dc += 1
     st.mc += 1
+    if st.bt <= 0:
+        st.bt = now
     if st.pn:
         st.pn, st.pl, st.pu = False, lease, now + PROBE_HOLD_S
 
 
-def settle(st: AccountModel, lim: Limits, s: Settlement, now: float) -> None:
-    """Apply what the upstream said about one admitted call. Call :func:`refresh` first."""
+def settle(st: AccountModel, lim: Limits, s: Settlement, now: float, waiting: int = 0) -> None:
+    """Apply what the upstream said about one admitted call; ``waiting``: requests queued for the
+    model (demand beyond the limit: pressure). Call :func:`refresh` first."""
     st.leases.discard(s.lease_id)
     probe = s.lease_id == st.pl
     if probe:
@@ -338,7 +348,7 @@ def settle(st: AccountModel, lim: Limits, s: Settlement, now: float) -> None:
         if admitted_at >= st.es:
             st.en = 0
         if lim.adaptive:
-            _raise(st, lim, now)
+            _raise(st, lim, now, waiting > 0)
 
 
 def _kinds(limit_type: str | None) -> tuple[bool, bool]:
@@ -357,38 +367,41 @@ def _after_429(
         st.cd = max(st.cd, now + lim.max_cooldown_s)
         return
     requests, tokens = _kinds(s.limit_type)
-    if requests:
-        st.r = min(st.r, 0.0)
-    if tokens:
-        st.t = min(st.t, 0.0)
     if admitted_at < st.es:  # an echo of the episode in progress
         st.cd = max(st.cd, now + min(lim.max_cooldown_s, retry))
-        return
-    st.en += 1
-    st.es = now
-    if lim.adaptive and not probe:  # a refused probe says the rest was too short, not the rate too high
-        _cut(st, lim, requests, tokens, now)
-    factor = TOKEN_LIMIT_FACTOR if s.limit_type == "tokens" else 1.0
-    backoff = BASE_BACKOFF_S * factor * 2.0 ** (st.en - 1)
-    st.cd = max(st.cd, now + min(lim.max_cooldown_s, max(retry, backoff)))
-    st.pn, st.pl, st.pu = True, "", 0.0
+    else:
+        st.en += 1
+        st.es = now
+        if lim.adaptive and not probe:  # a refused probe says the rest was too short, not the rate too high
+            _cut(st, lim, requests, tokens, now)
+        factor = TOKEN_LIMIT_FACTOR if s.limit_type == "tokens" else 1.0
+        backoff = BASE_BACKOFF_S * factor * 2.0 ** (st.en - 1)
+        st.cd = max(st.cd, now + min(lim.max_cooldown_s, max(retry, backoff)))
+        st.pn, st.pl, st.pu = True, "", 0.0
+    # The refused limit's bucket is empty when the cooldown ends: the pool resumes at the paced rate.
+    er, et = effective(st, lim)
+    rest = max(0.0, st.cd - now)
+    if requests:
+        st.r = min(st.r, max(-er, -rest * er / MINUTE_S))
+    if tokens:
+        st.t = min(st.t, max(-et, -rest * et / MINUTE_S))
 
 
 def _cut(st: AccountModel, lim: Limits, requests: bool, tokens: bool, now: float) -> None:
     er, et = effective(st, lim)
     # In a row: refused again soon after the last cooldown ended, so that cut was not enough.
-    in_a_row = now - st.cd < max(IN_A_ROW_S, IN_A_ROW_REQUESTS * MINUTE_S / er)
-    st.cn = st.cn + 1 if in_a_row else 1
+    st.cn = st.cn + 1 if now - st.cd < IN_A_ROW_REQUESTS * MINUTE_S / er else 1
     factor = max(1.0 - MAX_CUT, 1.0 - FIRST_CUT * 2.0 ** (st.cn - 1))
+    full = st.bt > 0 and now - st.bt >= ESTIMATE_SPAN_S  # the upstream's last minute: what the window holds
     if requests:
-        st.fr, st.mr = _cut_factor(st.fr, factor, st.wn, er, lim.rpm)
+        st.fr, st.mr = _cut_factor(st.fr, factor, st.wn if full else 0.0, er, lim.rpm)
     if tokens:
-        st.ft, st.mt = _cut_factor(st.ft, factor, st.wt, et, lim.tpm)
+        st.ft, st.mt = _cut_factor(st.ft, factor, st.wt if full else 0.0, et, lim.tpm)
 
 
 def _cut_factor(f: float, factor: float, held: float, e: float, configured: float) -> tuple[float, float]:
-    """The cut factor, and where the upstream refused: at ``f``, or at what the window held when that
-    was well below the effective limit (then the cut goes to just under it)."""
+    """The cut factor, and where the upstream refused: at ``f``, or at what a whole minute's window
+    held when that was well below the effective limit (then the cut goes to just under it)."""
     new, refused_at = f * factor, f
     if held >= ESTIMATE_MIN_SHARE * e:
         refused_at = min(f, held / configured)
@@ -396,24 +409,25 @@ def _cut_factor(f: float, factor: float, held: float, e: float, configured: floa
     return max(MIN_FACTOR, new), refused_at
 
 
-def _raise(st: AccountModel, lim: Limits, now: float) -> None:
+def _raise(st: AccountModel, lim: Limits, now: float, waiting: bool) -> None:
+    """Under pressure (requests waiting, or the window nearly full), successes raise the factors."""
     elapsed = max(0.0, now - st.ra) if st.ra > 0 else 0.0
     st.ra = now
     er, et = effective(st, lim)
     cr, ct = ceilings(st, lim)
-    if st.fr < cr and st.wn >= PRESSURE * er:
+    if st.fr < cr and (waiting or st.wn >= PRESSURE * er):
         st.fr = _raised(st.fr, st.mr, elapsed, cr)
-    if st.ft < ct and st.wt >= PRESSURE * et:
+    if st.ft < ct and (waiting or st.wt >= PRESSURE * et):
         st.ft = _raised(st.ft, st.mt, elapsed, ct)
 
 
 def _raised(f: float, refused_at: float, elapsed: float, ceiling: float) -> float:
-    """``f`` raised for ``elapsed`` seconds: slowly near where the upstream last refused, fast elsewhere
-    (a fast step stops at the edge of that band)."""
+    """``f`` after ``elapsed`` seconds of successes: quickly back to just below where the upstream last
+    refused, slowly near it, and steadily again past it (the limit may have come back up)."""
     low, high = NEAR_LOW * refused_at, NEAR_HIGH * refused_at
     if low <= f < high:
         return min(ceiling, f + RAISE_NEAR_PER_MIN * elapsed / MINUTE_S * ceiling)
     new = f + RAISE_PER_MIN * elapsed / MINUTE_S * ceiling
     if f < low:
-        new = min(new, low)
+        new = min(low, max(new, low - (low - f) * math.exp(-elapsed / RECOVER_S)))
     return min(ceiling, new)

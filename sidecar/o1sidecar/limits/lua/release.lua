@@ -19,7 +19,7 @@ settle(a, {
   lease = f[1], outcome = f[2], extra = tonumber(f[3]), rem_r = tonumber(f[4]), rem_t = tonumber(f[5]),
   lim_r = tonumber(f[6]), lim_t = tonumber(f[7]), elapsed = tonumber(f[8]), retry = tonumber(f[9]),
   limit_type = f[10],
-}, now)
+}, now, redis.call('ZCARD', KEYS[4]) > 0)
 save(a, now)
 if redis.call('ZCARD', KEYS[4]) > 0 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return held

@@ -10,16 +10,17 @@ local MINUTE = 60.0
 local WINDOW = 60.1  -- MINUTE + the upstream's lag
 local PROBE_HOLD = 2.0
 local POLL = 0.25
-local BASE_BACKOFF = 1.0
+local BASE_BACKOFF = 0.5
 local TOKEN_LIMIT_FACTOR = 2.0
-local FIRST_CUT = 0.02
+local FIRST_CUT = 0.01
 local MAX_CUT = 0.5
 local ESTIMATE_MARGIN = 0.98
 local ESTIMATE_MIN_SHARE = 0.5
-local IN_A_ROW = 10.0
-local IN_A_ROW_REQUESTS = 20
+local ESTIMATE_SPAN = 57.0
+local IN_A_ROW_REQUESTS = 10
+local RECOVER = 20.0
 local RAISE_PER_MIN = 0.05
-local RAISE_NEAR_PER_MIN = 0.002
+local RAISE_NEAR_PER_MIN = 0.005
 local NEAR_LOW, NEAR_HIGH = 0.99, 1.01
 local PRESSURE = 0.9
 local MIN_FACTOR = 0.01
@@ -28,8 +29,8 @@ local DAY = 86400.0
 local NEVER = -1e18
 local STATE_TTL = 3600.0
 
-local FIELDS = {'r', 't', 'ts', 'fr', 'ft', 'hr', 'ht', 'ra', 'cd', 'es', 'en', 'cn', 'mr', 'mt', 'pn', 'pl',
-                'pu', 'wn', 'wt', 'day', 'dc', 'month', 'mc'}
+local FIELDS = {'r', 't', 'ts', 'bt', 'fr', 'ft', 'hr', 'ht', 'ra', 'cd', 'es', 'en', 'cn', 'mr', 'mt', 'pn',
+                'pl', 'pu', 'wn', 'wt', 'day', 'dc', 'month', 'mc'}
 
 local function clock(arg)
   if arg ~= '' then return tonumber(arg) end
@@ -110,15 +111,15 @@ end
 local function load(a, now)
   local h = redis.call('HMGET', a.key, unpack(FIELDS))
   local function n(i, default) return tonumber(h[i]) or default end
-  a.fr, a.ft = n(4, 1.0), n(5, 1.0)
+  a.fr, a.ft = n(5, 1.0), n(6, 1.0)
   local er, et = effective(a)
-  a.r, a.t, a.ts = n(1, capacity(er, a.burst)), n(2, capacity(et, a.burst)), n(3, now)
-  a.hr, a.ht, a.ra, a.cd = n(6, 0.0), n(7, 0.0), n(8, 0.0), n(9, 0.0)
-  a.es, a.en, a.cn = n(10, NEVER), n(11, 0), n(12, 0)
-  a.mr, a.mt = n(13, 1.0), n(14, 1.0)
-  a.pn, a.pl, a.pu = n(15, 0), h[16] or '', n(17, 0.0)
-  a.wn, a.wt = n(18, 0), n(19, 0.0)
-  a.day, a.dc, a.month, a.mc = n(20, -1), n(21, 0), n(22, -1), n(23, 0)
+  a.r, a.t, a.ts, a.bt = n(1, capacity(er, a.burst)), n(2, capacity(et, a.burst)), n(3, now), n(4, 0.0)
+  a.hr, a.ht, a.ra, a.cd = n(7, 0.0), n(8, 0.0), n(9, 0.0), n(10, 0.0)
+  a.es, a.en, a.cn = n(11, NEVER), n(12, 0), n(13, 0)
+  a.mr, a.mt = n(14, 1.0), n(15, 1.0)
+  a.pn, a.pl, a.pu = n(16, 0), h[17] or '', n(18, 0.0)
+  a.wn, a.wt = n(19, 0), n(20, 0.0)
+  a.day, a.dc, a.month, a.mc = n(21, -1), n(22, 0), n(23, -1), n(24, 0)
 end
 
 -- rule.refresh, in memory: prune() writes what it dropped (aged-out window entries, expired leases).
@@ -230,29 +231,31 @@ local function admit(a, tokens, lease, now, lease_ttl)
   redis.call('PEXPIRE', a.leases, math.ceil(2 * lease_ttl * 1000))
   a.dc = a.dc + 1
   a.mc = a.mc + 1
+  if a.bt <= 0 then a.bt = now end
   if a.pn == 1 then a.pn, a.pl, a.pu = 0, lease, now + PROBE_HOLD end
 end
 
--- rule._raised: slowly near where the upstream last refused, fast elsewhere (a fast step stops at the
--- edge of that band).
+-- rule._raised: quickly back to just below where the upstream last refused, slowly near it, steadily
+-- past it.
 local function raised(f, refused_at, elapsed, ceiling)
   local low, high = NEAR_LOW * refused_at, NEAR_HIGH * refused_at
   if low <= f and f < high then
     return math.min(ceiling, f + RAISE_NEAR_PER_MIN * elapsed / MINUTE * ceiling)
   end
   local new = f + RAISE_PER_MIN * elapsed / MINUTE * ceiling
-  if f < low then new = math.min(new, low) end
+  if f < low then new = math.min(low, math.max(new, low - (low - f) * math.exp(-elapsed / RECOVER))) end
   return math.min(ceiling, new)
 end
 
-local function raise(a, now)
+-- Under pressure (requests waiting, or the window nearly full), successes raise the factors.
+local function raise(a, now, waiting)
   local elapsed = 0.0
   if a.ra > 0 then elapsed = math.max(0.0, now - a.ra) end
   a.ra = now
   local er, et = effective(a)
   local cr, ct = ceilings(a)
-  if a.fr < cr and a.wn >= PRESSURE * er then a.fr = raised(a.fr, a.mr, elapsed, cr) end
-  if a.ft < ct and a.wt >= PRESSURE * et then a.ft = raised(a.ft, a.mt, elapsed, ct) end
+  if a.fr < cr and (waiting or a.wn >= PRESSURE * er) then a.fr = raised(a.fr, a.mr, elapsed, cr) end
+  if a.ft < ct and (waiting or a.wt >= PRESSURE * et) then a.ft = raised(a.ft, a.mt, elapsed, ct) end
 end
 
 local function cut_factor(f, factor, held, e, configured)
@@ -264,13 +267,17 @@ local function cut_factor(f, factor, held, e, configured)
   return math.max(MIN_FACTOR, new), refused_at
 end
 
--- In a row: refused again soon after the last cooldown ended, so that cut was not enough.
+-- In a row: refused again soon after the last cooldown ended, so that cut was not enough. The window
+-- estimates the upstream's limit only once the pool has used the account for nearly a minute.
 local function cut(a, requests, tokens, now)
   local er, et = effective(a)
-  if now - a.cd < math.max(IN_A_ROW, IN_A_ROW_REQUESTS * MINUTE / er) then a.cn = a.cn + 1 else a.cn = 1 end
+  if now - a.cd < IN_A_ROW_REQUESTS * MINUTE / er then a.cn = a.cn + 1 else a.cn = 1 end
   local factor = math.max(1.0 - MAX_CUT, 1.0 - FIRST_CUT * 2.0 ^ (a.cn - 1))
-  if requests then a.fr, a.mr = cut_factor(a.fr, factor, a.wn, er, a.rpm) end
-  if tokens then a.ft, a.mt = cut_factor(a.ft, factor, a.wt, et, a.tpm) end
+  local full = a.bt > 0 and now - a.bt >= ESTIMATE_SPAN
+  local held_r, held_t = 0.0, 0.0
+  if full then held_r, held_t = a.wn, a.wt end
+  if requests then a.fr, a.mr = cut_factor(a.fr, factor, held_r, er, a.rpm) end
+  if tokens then a.ft, a.mt = cut_factor(a.ft, factor, held_t, et, a.tpm) end
 end
 
 local function after_429(a, s, admitted_at, probe, now)
@@ -285,25 +292,28 @@ local function after_429(a, s, admitted_at, probe, now)
     return
   end
   local requests, tokens = s.limit_type ~= 'tokens', s.limit_type ~= 'requests'
-  if requests then a.r = math.min(a.r, 0.0) end
-  if tokens then a.t = math.min(a.t, 0.0) end
   if admitted_at < a.es then
     a.cd = math.max(a.cd, now + math.min(a.max_cooldown, retry))
-    return
+  else
+    a.en = a.en + 1
+    a.es = now
+    if a.adaptive and not probe then cut(a, requests, tokens, now) end
+    local factor = 1.0
+    if s.limit_type == 'tokens' then factor = TOKEN_LIMIT_FACTOR end
+    local backoff = BASE_BACKOFF * factor * 2.0 ^ (a.en - 1)
+    a.cd = math.max(a.cd, now + math.min(a.max_cooldown, math.max(retry, backoff)))
+    a.pn, a.pl, a.pu = 1, '', 0.0
   end
-  a.en = a.en + 1
-  a.es = now
-  if a.adaptive and not probe then cut(a, requests, tokens, now) end
-  local factor = 1.0
-  if s.limit_type == 'tokens' then factor = TOKEN_LIMIT_FACTOR end
-  local backoff = BASE_BACKOFF * factor * 2.0 ^ (a.en - 1)
-  a.cd = math.max(a.cd, now + math.min(a.max_cooldown, math.max(retry, backoff)))
-  a.pn, a.pl, a.pu = 1, '', 0.0
+  -- The refused limit's bucket is empty when the cooldown ends: the pool resumes at the paced rate.
+  local er, et = effective(a)
+  local rest = math.max(0.0, a.cd - now)
+  if requests then a.r = math.min(a.r, math.max(-er, -rest * er / MINUTE)) end
+  if tokens then a.t = math.min(a.t, math.max(-et, -rest * et / MINUTE)) end
 end
 
 -- rule.settle; ``s``: lease, outcome, extra, rem_r, rem_t, lim_r, lim_t, elapsed, retry, limit_type
--- (numbers nil when unknown).
-local function settle(a, s, now)
+-- (numbers nil when unknown); ``waiting``: whether requests are queued for the model.
+local function settle(a, s, now, waiting)
   redis.call('ZREM', a.leases, s.lease)
   local probe = s.lease == a.pl
   if probe then a.pl, a.pu = '', 0.0 end
@@ -325,7 +335,7 @@ local function settle(a, s, now)
     after_429(a, s, admitted_at, probe, now)
   elseif s.outcome == 'ok' then
     if admitted_at >= a.es then a.en = 0 end
-    if a.adaptive then raise(a, now) end
+    if a.adaptive then raise(a, now, waiting) end
   end
 end
 

@@ -1,10 +1,10 @@
 """``o1pool bench``: the two things that say whether o1pool is worth running, each side by side.
 
 (a) Limits against any upstream: the upstream matrix (matrix.py). Limit algorithm x rate-limit
-    headers on/off x the real limit known or 20% lower than configured; four sidecar processes share
-    two accounts through Redis under 3x overload from the openai SDK; the emulator's own counters
-    judge. Two baseline cells run the previous release's behaviour (a whole minute's burst, fixed
-    limits) on the same upstream.
+    headers on/off x the real limit known or 20% lower than configured, and TPM bound by an estimate
+    the sidecar does not know; four sidecar processes share two accounts through Redis under 3x
+    overload from the openai SDK; the emulator's own counters judge. Two cells run the previous
+    release (``--previous``, a git ref) against the same upstream.
 (b) Added latency: at a fixed request rate against a zero-latency emulator, the latency of calls made
     directly, through a bare aiohttp pass-through proxy, and through an o1pool sidecar.
 """
@@ -15,11 +15,21 @@ import argparse
 import asyncio
 import importlib.util
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from o1pool.loadgen import table
-from o1pool.matrix import UPSTREAMS, Cell, MatrixSettings, all_cells, machine, matrix_table, run_matrix
+from o1pool.matrix import (
+    UPSTREAMS,
+    Cell,
+    MatrixSettings,
+    all_cells,
+    machine,
+    matrix_table,
+    previous_release,
+    run_matrix,
+)
 from o1pool.procs import RedisServer
 from o1pool.scenarios import LatencyRow, LatencySettings, run_latency
 
@@ -48,8 +58,11 @@ def latency_table(rows: list[LatencyRow]) -> str:
     )
 
 
-def chosen_cells(args: argparse.Namespace) -> list[Cell]:
-    cells = all_cells(baseline=not args.no_baseline)
+PREVIOUS = "7b0a68e"  # the release before pacing and adaptive limits
+
+
+def chosen_cells(args: argparse.Namespace, previous: bool) -> list[Cell]:
+    cells = all_cells(baseline=previous)
     if args.upstream:
         cells = [c for c in cells if c.upstream in args.upstream]
     return cells
@@ -72,7 +85,14 @@ async def run(args: argparse.Namespace) -> int:
             settings = MatrixSettings(
                 sidecars=args.sidecars, rpm=args.rpm, warmup_s=args.warmup, measure_s=args.measure
             )
-            cells = chosen_cells(args)
+            previous_env = None
+            if args.previous:
+                previous_env = previous_release(
+                    args.previous, Path(tempfile.mkdtemp(prefix="o1pool-previous-"))
+                )
+                if previous_env is None:
+                    print(f"  (no git ref {args.previous} here: the previous-release cells are skipped)")
+            cells = chosen_cells(args, previous=previous_env is not None)
             print(
                 f"(a) upstream matrix: {len(cells)} cells, {settings.sidecars} sidecars each, 2 accounts x "
                 f"{settings.rpm} RPM configured, {settings.overload:.0f}x overload, "
@@ -81,7 +101,9 @@ async def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
             started = time.monotonic()
-            results = await run_matrix(cells, settings, redis, parallel=args.parallel)
+            results = await run_matrix(
+                cells, settings, redis, parallel=args.parallel, previous_env=previous_env
+            )
             print(matrix_table(results), flush=True)
             met = sum(not r.misses() for r in results if r.cell.client == "o1pool")
             total = sum(r.cell.client == "o1pool" for r in results)
@@ -121,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--upstream", action="append", choices=sorted(UPSTREAMS), help="(a) only these upstreams (repeatable)"
     )
-    parser.add_argument("--no-baseline", action="store_true", help="(a) skip the previous-release cells")
+    parser.add_argument(
+        "--previous",
+        default=PREVIOUS,
+        metavar="REF",
+        help="(a) git ref of the release to run side by side ('' to skip; default: %(default)s)",
+    )
     parser.add_argument("--rate", type=float, default=300.0, help="(b) requests per second")
     parser.add_argument("--latency-duration", type=float, default=10.0, help="(b) seconds per path and round")
     parser.add_argument("--skip-matrix", action="store_true")

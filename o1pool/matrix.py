@@ -8,9 +8,8 @@ accounts (one with two keys), and the openai SDK (``max_retries=0``) offering ``
 configured capacity with mixed priorities, for a warm-up and a measured period. The emulator's own
 counters are the referee: upstream calls and 429s, admissions per second per account.
 
-A cell may also run a *baseline* client: the same sidecars configured the way the previous release
-behaved (a whole minute's burst, ``burst_s: 60``, and fixed limits, ``adaptive: false``), to show
-side by side what pacing and adaptive limits change.
+A cell may also run the *previous release*: sidecars from another git ref of this repository (the
+limiter before pacing and adaptive limits), against the same upstream, side by side.
 """
 
 from __future__ import annotations
@@ -18,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import platform
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from o1pool.loadgen import Outcome, Planned, chat_body, drive, percentile, plan_arrivals, table
@@ -35,11 +37,8 @@ UPSTREAMS: dict[str, tuple[str, float]] = {
     "sliding log 10s": ("sliding_log", 10.0),
     "fixed window 1s": ("fixed_window", 1.0),
 }
-# name -> fields of every sidecar account
-CLIENTS: dict[str, dict[str, Any]] = {
-    "o1pool": {},
-    "minute burst": {"burst_s": 60.0, "adaptive": False},
-}
+# name -> fields of every sidecar account; "previous release" runs sidecars from another git ref
+CLIENTS: dict[str, dict[str, Any]] = {"o1pool": {}, "previous release": {}}
 ACCOUNTS = (("acct-a", ("k1", "k2")), ("acct-b", ("k1",)))
 PRIORITIES = {8: "high", 5: "normal", 2: "low"}
 
@@ -64,6 +63,7 @@ class Cell:
     real_share: float = 1.0  # the limit the upstream really enforces, as a share of the configured one
     client: str = "o1pool"  # a key of CLIENTS
     binding: Literal["requests", "tokens"] = "requests"  # tokens: TPM binds, by an estimate unknown to us
+    rpm: int | None = None  # configured RPM per account, if not the settings'
 
     @property
     def known(self) -> bool:
@@ -80,12 +80,12 @@ class Cell:
 
 def all_cells(baseline: bool = True) -> list[Cell]:
     """The 20 upstream cells, two TPM-bound cells whose upstream charges by an estimate the sidecar
-    does not know, and the baseline client on the issue's own example (60 s sliding log, no headers),
-    with the limit known and 20% lower."""
+    does not know, and the previous release on the issue's own example (60 s sliding log, no
+    headers, the limit known and 20% lower)."""
     cells = [Cell(u, h, share) for u in UPSTREAMS for h in (True, False) for share in (1.0, 0.8)]
     cells += [Cell("sliding log 60s", h, binding="tokens") for h in (True, False)]
     if baseline:
-        cells += [Cell("sliding log 60s", False, share, "minute burst") for share in (1.0, 0.8)]
+        cells += [Cell("sliding log 60s", False, share, "previous release") for share in (1.0, 0.8)]
     return cells
 
 
@@ -103,9 +103,12 @@ class MatrixSettings:
     bucket_burst: float = 1.0  # a token-bucket upstream's capacity, in minutes of its limit
     priority_mix: tuple[tuple[int, float], ...] = ((8, 0.2), (5, 0.5), (2, 0.3))
 
-    @property
-    def capacity_rps(self) -> float:
-        return self.rpm * len(ACCOUNTS) / 60
+    def rpm_of(self, cell: Cell) -> int:
+        return cell.rpm or self.rpm
+
+    def offered_rps(self, cell: Cell) -> float:
+        """``overload`` times the configured capacity (in requests) of the cell's accounts."""
+        return self.overload * self.rpm_of(cell) * len(ACCOUNTS) / 60
 
 
 @dataclass
@@ -174,6 +177,11 @@ class CellResult:
         """Requests that got neither an answer nor a 429 with retry-after: errors, resets, timeouts."""
         return sum(o.status not in (200, 429) for o in self.outcomes)
 
+    def fair_share(self, priority: int) -> float:
+        """The share of ``priority``'s requests the real limit lets through if they go first."""
+        offered = self.settings.offered_rps(self.cell) * dict(self.settings.priority_mix)[priority]
+        return min(1.0, self.real_rps / offered)
+
     def served_share(self, priority: int) -> float:
         group = [o for o in self.measured() if o.planned.priority == priority]
         return sum(o.status == 200 for o in group) / len(group) if group else math.nan
@@ -194,6 +202,8 @@ class CellResult:
             out.append(f"utilisation {self.utilisation:.1%} < {min_use:.0%}")
         if self.lost:
             out.append(f"{self.lost} lost")
+        if self.served_share(8) < 0.99 * self.fair_share(8):
+            out.append(f"high served {self.served_share(8):.0%}")
         if not self.wait_p95(8) <= HIGH_P95_WAIT_S:
             out.append(f"high p95 wait {self.wait_p95(8):.2f} s > {HIGH_P95_WAIT_S:.0f} s")
         return out
@@ -220,9 +230,9 @@ def cell_configs(
     }
     if not cell.headers:
         limiter["retry_after_s"] = 1.0  # an upstream that says nothing useful
-    rpm, tpm, extra = settings.rpm, settings.tpm, {}
+    rpm, tpm, extra = settings.rpm_of(cell), settings.tpm, {}
     if cell.binding == "tokens":
-        rpm, tpm = 10 * settings.rpm, settings.rpm * TOKENS_PER_REQUEST
+        rpm, tpm = 10 * settings.rpm_of(cell), settings.rpm_of(cell) * TOKENS_PER_REQUEST
         extra = {"tokens": {"estimate": "json_chars"}}
     emu = emulator_config(
         rpm, tpm, settings.latency_scale, layout=layout, limiter=limiter, burst=settings.bucket_burst, **extra
@@ -253,20 +263,37 @@ async def _timeline(url: str) -> dict[str, Any]:
         return dict(await resp.json())
 
 
+def previous_release(ref: str, into: Path) -> dict[str, str] | None:
+    """The environment that runs sidecars from git ``ref`` of this repository (extracted into
+    ``into``), or ``None`` when the ref is not in the repository (a shallow clone)."""
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(root), "archive", ref], capture_output=True, check=False)
+    if archive.returncode != 0:
+        return None
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    path = [str(into / folder) for folder in ("", "sidecar", "emulator", "operator", "common")]
+    return {"PYTHONPATH": os.pathsep.join(path)}
+
+
 async def run_cells(
-    cells: Sequence[Cell], settings: MatrixSettings, redis: RedisServer, *, tag: str = "m"
+    cells: Sequence[Cell],
+    settings: MatrixSettings,
+    redis: RedisServer,
+    *,
+    tag: str = "m",
+    previous_env: dict[str, str] | None = None,
 ) -> list[CellResult]:
-    """Run ``cells`` at the same time, each on its own emulator and sidecars (one Redis, a pool each)."""
-    plan = plan_arrivals(
-        settings.capacity_rps * settings.overload,
-        settings.warmup_s + settings.measure_s,
-        settings.priority_mix,
-    )
+    """Run ``cells`` at the same time, each on its own emulator and sidecars (one Redis, a pool each).
+    ``previous_env`` runs the sidecars of "previous release" cells (see ``previous_release``)."""
     headers = {"x-o1pool-deadline-ms": str(settings.deadline_ms)}
     with contextlib.ExitStack() as stack:
         clusters = []
         for i, cell in enumerate(cells):
             layout, emu_cfg, limits = cell_configs(cell, settings, f"{tag}{i}")
+            env = previous_env if cell.client == "previous release" else None
+            if cell.client == "previous release" and env is None:
+                raise ValueError("a previous-release cell needs previous_env (matrix.previous_release)")
             clusters.append(
                 stack.enter_context(
                     cluster(
@@ -276,6 +303,7 @@ async def run_cells(
                         redis,
                         layout=layout,
                         account_extra=CLIENTS[cell.client],
+                        sidecar_env=env,
                     )
                 )
             )
@@ -283,6 +311,9 @@ async def run_cells(
         async def one(
             c: Any, cell: Cell
         ) -> tuple[list[Outcome], dict[str, Any], dict[str, Any], dict[str, Any], float]:
+            plan = plan_arrivals(
+                settings.offered_rps(cell), settings.warmup_s + settings.measure_s, settings.priority_mix
+            )
             started = (await emulator_stats(c.emulator_url))["uptime_s"]
             warm = asyncio.create_task(_snapshot_at(c.emulator_url, settings.warmup_s))
             end = asyncio.create_task(_snapshot_at(c.emulator_url, settings.warmup_s + settings.measure_s))
@@ -306,6 +337,7 @@ async def run_matrix(
     *,
     parallel: int = 5,
     progress: bool = True,
+    previous_env: dict[str, str] | None = None,
 ) -> list[CellResult]:
     """Every cell, ``parallel`` at a time (each batch runs side by side; Redis flushed in between)."""
     results: list[CellResult] = []
@@ -314,7 +346,7 @@ async def run_matrix(
         if progress:
             names = "; ".join(c.label + ("" if c.client == "o1pool" else f" [{c.client}]") for c in batch)
             print(f"  cells {start + 1}-{start + len(batch)} of {len(cells)}: {names}", flush=True)
-        results += await run_cells(batch, settings, redis, tag=f"m{start}-")
+        results += await run_cells(batch, settings, redis, tag=f"m{start}-", previous_env=previous_env)
         redis.flush()
     return results
 

@@ -134,8 +134,10 @@ def cluster(
     layout: Layout = DEFAULT_LAYOUT,
     sidecar_extra: dict[str, Any] | None = None,
     account_extra: dict[str, Any] | None = None,
+    sidecar_env: dict[str, str] | None = None,
 ) -> Iterator[Cluster]:
-    """Start the emulator and ``sidecars`` sidecar processes; stop them all on exit."""
+    """Start the emulator and ``sidecars`` sidecar processes (with ``sidecar_env`` added to their
+    environment); stop them all on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="o1pool-scenario-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -175,7 +177,7 @@ def cluster(
                 "--config",
                 str(path),
                 log=workdir / f"sidecar-{i}.log",
-                env=layout.env(),
+                env={**layout.env(), **(sidecar_env or {})},
             )
             procs.append(proc)
             urls.append((port, proc))

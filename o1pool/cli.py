@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "emulator": ("o1emulator.cli", "Serve an OpenAI-compatible upstream that enforces rate limits."),
     "sidecar": ("o1sidecar.cli", "Serve the OpenAI-compatible proxy on loopback, with shared limits."),
     "operator": ("o1operator.cli", "Run the kopf operator that reconciles O1Pool resources."),
+    "fuzz": ("o1pool.fuzz", "Send hostile requests to a sidecar: no 5xx, no traceback, bounded memory."),
     "bench": ("o1pool.bench", "Benchmark limits against many upstreams, and added latency, side by side."),
 }
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import socket
 import struct
 import time
@@ -596,8 +597,8 @@ class Emulator:
 
     async def admin_reset(self, request: web.Request) -> web.StreamResponse:
         try:
-            options = await request.json() if request.can_read_body else {}
-        except json.JSONDecodeError:
+            options = loads_strict(await request.read()) if request.can_read_body else {}
+        except ValueError:
             return json_response(400, {"error": 'body must be empty or JSON: {"buckets": true}'})
         buckets = bool(options.get("buckets")) if isinstance(options, dict) else False
         self.reset(buckets=buckets)
@@ -608,8 +609,8 @@ class Emulator:
 
     async def admin_set_faults(self, request: web.Request) -> web.StreamResponse:
         try:
-            payload = await request.json()
-        except json.JSONDecodeError:
+            payload = loads_strict(await request.read())
+        except ValueError:
             return json_response(400, {"error": 'body must be JSON: {"faults": [...], "add": false}'})
         if isinstance(payload, dict):
             rules, add = payload.get("faults", []), bool(payload.get("add", False))
@@ -675,11 +676,30 @@ def model_entry(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": FIXED_CREATED, "owned_by": "system"}
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_strict(raw: bytes) -> Any:
+    """JSON as OpenAI reads it: no NaN or Infinity, no strings that are not Unicode (lone surrogate
+    escapes); ``ValueError`` otherwise, also for numbers Python will not convert and deep nesting."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        json.dumps(value, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
+    return value
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = loads_strict(raw)
+    except ValueError:  # also UnicodeDecodeError / UnicodeEncodeError
         raise ApiError(400, errors.invalid_json()) from None
     if not isinstance(body, dict):
         raise ApiError(400, errors.invalid_request("The request body must be a JSON object."))

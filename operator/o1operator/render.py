@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from o1sidecar.config import ConfigError, SidecarConfig
 
@@ -168,7 +168,7 @@ def _secret_value(ref: Mapping[str, str], secrets: SecretsData, field_path: str)
 def _split_password(url: str) -> tuple[str, str | None]:
     """``url`` without its password (userinfo or ``password`` query value), and that password."""
     parts = urlsplit(url)
-    password = parts.password
+    password = unquote(parts.password) if parts.password is not None else None  # as redis-py reads it
     netloc = parts.netloc
     if password is not None:
         host = netloc.rpartition("@")[2]
@@ -178,7 +178,8 @@ def _split_password(url: str) -> tuple[str, str | None]:
         if k == "password":
             password = v
     query = [(k, v) for k, v in query if k != "password"]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment)), password
+    rest = urlunsplit(("", "", parts.path, urlencode(query), parts.fragment))
+    return f"{parts.scheme}://{netloc}{rest}", password  # "//" kept for unix:///path too
 
 
 def get_redis_config(redis: Mapping[str, Any], secrets: SecretsData) -> tuple[dict[str, Any], dict[str, str]]:

@@ -17,7 +17,16 @@ from o1sidecar.cache import ResponseCache
 from o1sidecar.config import SidecarConfig
 from o1sidecar.controls import parse_controls
 from o1sidecar.errors import ProxyError
-from o1sidecar.inbound import CHAT, EMBEDDINGS, RESPONSES, Endpoint, parse_body, read_body
+from o1sidecar.httplog import quiet_malformed_http
+from o1sidecar.inbound import (
+    CHAT,
+    EMBEDDINGS,
+    RESPONSES,
+    Endpoint,
+    discard_unread_body,
+    parse_body,
+    read_body,
+)
 from o1sidecar.limits.api import Limiter
 from o1sidecar.metrics import NO_KEY, SidecarMetrics, create_metrics_app
 from o1sidecar.proxy import Proxy
@@ -44,6 +53,7 @@ def create_app(
     """The proxy app. Keys are read now (errors name the key's source). The app starts and closes the
     limiter (``build_limiter(config)`` unless one is given), loads token encodings at startup and owns
     one pooled HTTP session to the upstreams. ``app[PROXY_KEY].metrics`` holds its metrics."""
+    quiet_malformed_http()
     routes = load_routes(config)
     limiter = limiter if limiter is not None else _default_limiter(config)
     metrics = SidecarMetrics(limiter.state)
@@ -52,10 +62,13 @@ def create_app(
         limiter,
         routes,
         counter or TokenCounter(),
-        ResponseCache(config.cache, config.redis),
+        ResponseCache(config.cache, config.redis, config.pool),
         metrics,
     )
-    app = web.Application(client_max_size=config.max_body_bytes + 1)
+    app = web.Application(
+        client_max_size=config.max_body_bytes + 1,
+        middlewares=[discard_unread_body(config.timeouts.request_body_s)],
+    )
     app[PROXY_KEY] = proxy
     ready = asyncio.Event()
 
@@ -73,10 +86,27 @@ def create_app(
             limiter.state().mode,
         )
 
+    draining: list[asyncio.Task[None]] = []
+
     async def on_shutdown(_app: web.Application) -> None:
-        ready.clear()  # draining: take this pod out of rotation while in-flight requests finish
+        # Draining: out of rotation at once; calls already sent finish (within shutdown.grace_s, the
+        # runner's shutdown timeout); waiting requests are handed back after shutdown.queue_s.
+        ready.clear()
+        log.info(
+            "draining: waiting requests are handed back in %gs, calls in flight get %gs",
+            config.shutdown.queue_s,
+            config.shutdown.grace_s,
+        )
+
+        async def hand_back() -> None:
+            await asyncio.sleep(config.shutdown.queue_s)
+            await limiter.drain()
+
+        draining.append(asyncio.get_running_loop().create_task(hand_back()))
 
     async def on_cleanup(_app: web.Application) -> None:
+        for task in draining:
+            task.cancel()
         await limiter.close()
         await proxy.close()
         await proxy.cache.close()
@@ -89,7 +119,7 @@ def create_app(
         async def handler(request: web.Request) -> web.StreamResponse:
             try:
                 controls = parse_controls(request.headers, config.queue)
-                raw = await read_body(request, config.max_body_bytes)
+                raw = await read_body(request, config.max_body_bytes, config.timeouts.request_body_s)
                 body = parse_body(raw, endpoint)
             except ProxyError as exc:
                 metrics.requests.labels(str(exc.status), NO_KEY, NO_KEY).inc()
@@ -169,7 +199,13 @@ async def start_sidecar(
     port) and return once both are listening."""
     app = create_app(config, limiter=limiter)
     # A client that hangs up cancels its handler: it leaves the queue instead of spending quota.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=config.shutdown.grace_s,
+    )
     await runner.setup()
     runners: list[web.AppRunner] = [runner]
     try:

@@ -1,4 +1,5 @@
-"""Response cache: L1 in process memory (LRU), L2 in Redis shared by the pool's sidecars.
+"""Response cache: L1 in process memory (LRU), L2 in Redis shared by the pool's sidecars (and only
+by them: L2 keys carry the pool's tag, ``PoolKeys.cached``).
 
 The key covers the endpoint, the model and every request field that can change the answer; fields
 that only change delivery or bookkeeping (``stream``, ``stream_options``, ``user``, ``metadata``,
@@ -20,7 +21,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from cachetools import LRUCache
 
-from o1sidecar.config import CachePolicy, RedisConfig
+from o1sidecar.config import CachePolicy, PoolRef, RedisConfig
+from o1sidecar.limits.keys import PoolKeys
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class ResponseCache:
         self,
         policy: CachePolicy,
         redis_config: RedisConfig,
+        pool: PoolRef,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -57,7 +60,7 @@ class ResponseCache:
         self._l1: LRUCache[str, bytes] | None = (
             LRUCache(maxsize=policy.l1_entries) if policy.l1_entries > 0 else None
         )
-        self._prefix = f"{redis_config.key_prefix}:cache:"
+        self._keys = PoolKeys(redis_config.key_prefix, pool.namespace, pool.name)
         self._clock = clock
         self._reset_s = redis_config.breaker_reset_s
         self._broken_until = 0.0
@@ -84,7 +87,7 @@ class ResponseCache:
         if not self._l2_usable():
             return None
         try:
-            body = await self._redis.get(self._prefix + key)  # type: ignore[union-attr]
+            body = await self._redis.get(self._keys.cached(key))  # type: ignore[union-attr]
         except (aioredis.RedisError, OSError) as exc:
             self._trip(exc)
             return None
@@ -112,7 +115,7 @@ class ResponseCache:
 
     async def _put_l2(self, key: str, body: bytes) -> None:
         try:
-            await self._redis.set(self._prefix + key, body, ex=self.policy.l2_ttl_s)  # type: ignore[union-attr]
+            await self._redis.set(self._keys.cached(key), body, ex=self.policy.l2_ttl_s)  # type: ignore[union-attr]
         except (aioredis.RedisError, OSError) as exc:
             self._trip(exc)
 

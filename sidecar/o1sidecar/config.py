@@ -192,6 +192,33 @@ class Timeouts(_Strict):
     connect_s: float = Field(default=10.0, gt=0)
     read_s: float = Field(default=60.0, gt=0)
     total_s: float = Field(default=120.0, gt=0)
+    request_body_s: float = Field(
+        default=30.0, gt=0, description="The app's request body must arrive within this (else 408)."
+    )
+
+
+class ShutdownPolicy(_Strict):
+    grace_s: float = Field(
+        default=25.0,
+        gt=0,
+        description="After SIGTERM, calls already sent get this long to finish (keep it under the pod's "
+        "terminationGracePeriodSeconds).",
+    )
+    queue_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="After SIGTERM, requests still waiting in the queue are handed back (429, retry-after) "
+        "after this long.",
+    )
+
+    @model_validator(mode="after")
+    def _queue_within_grace(self) -> ShutdownPolicy:
+        if self.queue_s >= self.grace_s:
+            raise ValueError(
+                f"shutdown.queue_s ({self.queue_s:g}) must be below shutdown.grace_s ({self.grace_s:g}): "
+                "waiting requests are handed back before the grace period ends"
+            )
+        return self
 
 
 class RetryPolicy(_Strict):
@@ -224,6 +251,7 @@ class SidecarConfig(_Strict):
     cache: CachePolicy = CachePolicy()
     fallback: FallbackPolicy = FallbackPolicy()
     timeouts: Timeouts = Timeouts()
+    shutdown: ShutdownPolicy = ShutdownPolicy()
     retry: RetryPolicy = RetryPolicy()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
 

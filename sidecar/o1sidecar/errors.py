@@ -22,6 +22,7 @@ class ProxyError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        close_connection: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -30,18 +31,22 @@ class ProxyError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or {}
+        self.close_connection = close_connection  # after an unreadable request: nothing more to read
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, code=self.code, param=self.param)
 
     def response(self, extra_headers: dict[str, str] | None = None) -> web.Response:
         headers = {**self.headers, **(extra_headers or {})}
-        return web.Response(
+        response = web.Response(
             status=self.status,
             body=json.dumps(self.body()).encode(),
             content_type="application/json",
             headers=headers,
         )
+        if self.close_connection:
+            response.force_close()
+        return response
 
 
 def error_body(

@@ -1,9 +1,13 @@
-"""Reading and checking what the app sent: size limit, JSON, and the fields each endpoint needs."""
+"""Reading and checking what the app sent, before anything else touches it: the body's size and how
+long it may take to arrive, then JSON bounded in depth, number length and string validity, then the
+fields each endpoint needs. Every failure is an OpenAI-style 400 (413, 408) that names what was wrong.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +17,14 @@ from o1sidecar.errors import ProxyError, bad_request
 
 # Read and discard up to this much of an oversized body, so the client gets to read the 413.
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+# Deeper JSON than any OpenAI request needs (a tool's JSON schema nests a few levels per property).
+MAX_DEPTH = 64
+# Longer numbers than any parameter needs; Python refuses to convert integers over 4,300 digits.
+MAX_NUMBER_CHARS = 100
+# A \\uD800-\\uDFFF escape in the raw JSON: only these can make a string that is not valid Unicode.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# A run of digits longer than that: only then are numbers checked one by one while parsing.
+_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % (MAX_NUMBER_CHARS + 1))
 
 
 @dataclass(frozen=True)
@@ -38,13 +50,39 @@ def _too_large(size: int | str, limit: int) -> ProxyError:
     )
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, or 413 when it is over ``limit`` (by Content-Length or while reading)."""
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body (gzip or deflate bodies decoded), 413 when it is over ``limit`` (by
+    Content-Length or while reading), 408 when it has not all arrived within ``timeout_s``, 400 when
+    it is cut short or its encoding is broken."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read(request, limit)
+    except TimeoutError:
+        request.content.feed_eof()  # the rest is not waited for: answer, then close the connection
+        raise ProxyError(
+            408,
+            f"The request body did not arrive within {timeout_s:g} s (timeouts.request_body_s in the "
+            "sidecar config); send the whole body at once, and end a chunked body with its last chunk.",
+            code="request_timeout",
+            close_connection=True,
+        ) from None
+    except web.RequestPayloadError:  # a broken gzip/deflate stream or chunk framing
+        request.content.feed_eof()  # nothing more can be read: answer, then close the connection
+        encoding = request.headers.get("Content-Encoding", "")
+        raise ProxyError(
+            400,
+            f"The request body could not be read{f' as {encoding}' if encoding else ''}; send plain JSON "
+            "or valid gzip/deflate-encoded JSON with a matching Content-Encoding.",
+            close_connection=True,
+        ) from None
+
+
+async def _read(request: web.Request, limit: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > limit:
         await _drain(request, declared)
         raise _too_large(declared, limit)
-    if declared is not None:
+    if declared is not None and "Content-Encoding" not in request.headers:
         # One read of the announced size (already checked); a client that sends less gets a 400.
         try:
             return await request.content.readexactly(declared) if declared else b""
@@ -62,6 +100,47 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(data)
 
 
+def discard_unread_body(timeout_s: float) -> Any:
+    """Middleware: when an answer is given without reading the whole body (a bad header, an unknown
+    path), read the rest first, at most ``DRAIN_LIMIT_BYTES`` within ``timeout_s``, so the client can
+    read the answer; a body that cannot be read (broken gzip, too slow) closes the connection
+    instead of ending in a traceback."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:
+            if await _discarded(request, timeout_s):
+                raise
+            exc.force_close()
+            raise
+        if not await _discarded(request, timeout_s):
+            response.force_close()
+        return response
+
+    return middleware
+
+
+async def _discarded(request: web.Request, timeout_s: float) -> bool:
+    """Whether the rest of the body (if any) was read and thrown away."""
+    if not request.body_exists or request.content.is_eof():
+        return True
+    read = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            while chunk := await request.content.readany():
+                read += len(chunk)
+                if read > DRAIN_LIMIT_BYTES:
+                    break
+            else:
+                return True
+    except (TimeoutError, web.RequestPayloadError):
+        pass
+    request.content.feed_eof()
+    return False
+
+
 async def _drain(request: web.Request, size: int) -> None:
     if size > DRAIN_LIMIT_BYTES:
         return
@@ -75,18 +154,13 @@ def parse_body(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
         raise bad_request(
             f"Request body is empty; send a JSON object with 'model' and '{endpoint.prompt_field}'."
         )
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise bad_request("Request body is not UTF-8 encoded JSON; send UTF-8 JSON.") from None
-    except json.JSONDecodeError as exc:
-        raise bad_request(
-            f"Request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            f"send a JSON object with 'model' and '{endpoint.prompt_field}'."
-        ) from None
+    body = _load_json(raw, endpoint)
+    check_strings = _SURROGATE_ESCAPE.search(raw) is not None
+    if check_strings or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:  # else it cannot be too deep
+        _check_tree(body, check_strings=check_strings)
     if not isinstance(body, dict):
         raise bad_request(
-            f"Request body is a JSON {type(body).__name__}, not an object; send a JSON object with 'model' "
+            f"Request body is a JSON {_kind(body)}, not an object; send a JSON object with 'model' "
             f"and '{endpoint.prompt_field}'."
         )
     model = body.get("model")
@@ -106,9 +180,111 @@ def parse_body(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
     elif prompt is None or prompt == "" or prompt == []:
         field = endpoint.prompt_field
         raise bad_request(f"Missing required parameter: '{field}'.", param=field)
+    _check_kinds(prompt, endpoint.prompt_field)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise bad_request("'stream' must be true or false.", param="stream")
     if stream and not endpoint.streams:
         raise bad_request(f"/v1/{endpoint.path} does not stream; drop 'stream'.", param="stream")
     return body
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _number(kind: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        if len(text) > MAX_NUMBER_CHARS:
+            raise _BadNumber(f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
+        return kind(text)
+
+    return parse
+
+
+def _no_constant(name: str) -> float:
+    raise _BadNumber(f"{name}, which is not a JSON number")
+
+
+def _load_json(raw: bytes, endpoint: Endpoint) -> Any:
+    hint = f"send a JSON object with 'model' and '{endpoint.prompt_field}'"
+    # Per-number hooks cost a call per number, so only a body with a long digit run pays for them.
+    hooks = {"parse_int": _number(int), "parse_float": _number(float)} if _LONG_DIGITS.search(raw) else {}
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant, **hooks)
+    except UnicodeDecodeError:
+        raise bad_request("Request body is not UTF-8 encoded JSON; send UTF-8 JSON.") from None
+    except json.JSONDecodeError as exc:
+        raise bad_request(
+            f"Request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); {hint}."
+        ) from None
+    except _BadNumber as exc:
+        raise bad_request(f"Request body holds {exc}; send numbers a parameter can take.") from None
+    except RecursionError:
+        raise bad_request(f"Request body nests deeper than {MAX_DEPTH} levels; {hint}.") from None
+
+
+def _check_tree(body: Any, *, check_strings: bool) -> None:
+    """400 when ``body`` nests deeper than ``MAX_DEPTH`` or (``check_strings``) holds a string that
+    is not valid Unicode (a lone UTF-16 surrogate escape). One pass, no recursion."""
+    if not isinstance(body, dict | list):
+        return
+    stack: list[tuple[dict[str, Any] | list[Any], tuple[str | int, ...]]] = [(body, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) >= MAX_DEPTH:
+            where = _dotted(path)
+            raise bad_request(
+                f"Request body nests deeper than {MAX_DEPTH} levels at '{where}'; flatten it.", param=where
+            )
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if check_strings and isinstance(key, str):
+                _check_string(key, _dotted(path), is_key=True)
+            if isinstance(item, dict | list):
+                stack.append((item, (*path, key)))
+            elif check_strings and isinstance(item, str):
+                _check_string(item, _dotted((*path, key)))
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    """``messages[0].content`` from ``("messages", 0, "content")``."""
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
+
+
+def _check_string(text: str, path: str, *, is_key: bool = False) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        what = f"A key of '{path}'" if is_key and path else "A key of the body" if is_key else f"'{path}'"
+        raise bad_request(
+            f"{what} holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF without its pair), which is "
+            "not text; send valid Unicode.",
+            param=path or None,
+        ) from None
+
+
+def _check_kinds(prompt: Any, field: str) -> None:
+    """Every ``role`` and ``type`` in the prompt (messages, input items, content parts) is a string,
+    as in OpenAI's schema."""
+    stack: list[tuple[Any, str]] = [(prompt, field)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, dict):
+            for key in ("role", "type"):
+                if key in value and not isinstance(value[key], str):
+                    raise bad_request(
+                        f"'{path}.{key}' must be a string, not a JSON {_kind(value[key])}.",
+                        param=f"{path}.{key}",
+                    )
+            for key in ("content",):
+                if key in value:
+                    stack.append((value[key], f"{path}.{key}"))
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of a decoded value's type."""
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return kinds.get(type(value), "number")

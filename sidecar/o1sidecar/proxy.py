@@ -140,6 +140,10 @@ class Proxy:
         self.cache = cache
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None
+        t = config.timeouts
+        # No total for a stream: a long reasoning stream is fine while events keep coming (read_s
+        # between two reads). An answer that is not streamed must come whole within total_s.
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_read=t.read_s)
         self._random = random.Random()
         self._served_models = sorted({m for a in config.accounts for m in a.serves()})
         self._accounts_for = {m: [a.name for a in config.accounts_for(m)] for m in self._served_models}
@@ -361,9 +365,13 @@ class Proxy:
         try:
             try:
                 async with self.session.post(
-                    route.url(endpoint.path, model), data=payload, headers=headers
+                    route.url(endpoint.path, model),
+                    data=payload,
+                    headers=headers,
+                    timeout=self._stream_timeout if stream else self.session.timeout,
                 ) as up:
                     if up.status == 200 and stream:
+                        route.accepted(key)
                         response, report = await self._relay_stream(
                             request, endpoint, up, served, strip_usage, collect_for
                         )
@@ -408,7 +416,16 @@ class Proxy:
             self._note_failure(key, model, f"http_{attempt.status}")
         elif attempt.outcome is Outcome.AUTH_ERROR:
             self._note_failure(key, model, "key_refused")
+            held = route.refused(key)
+            log.warning(
+                "the upstream refused key %s (HTTP %s); not used for %.0fs (refusal %d in a row)",
+                key.label,
+                attempt.status,
+                held.rest_s,
+                held.refusals,
+            )
         if attempt.outcome is Outcome.OK:
+            route.accepted(key)
             return attempt, self._upstream_response(attempt, served)
         return attempt, None
 

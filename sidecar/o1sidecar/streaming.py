@@ -133,6 +133,9 @@ class ChatStreamCollector:
         }
 
 
+RESPONSES_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+
+
 class ResponsesStreamRelay:
     """Responses-API typed events: forwarded untouched; usage (and, for the cache, the whole
     response) read from ``response.completed``."""
@@ -143,20 +146,22 @@ class ResponsesStreamRelay:
         self.completed: dict[str, Any] | None = None
 
     def feed(self, event: bytes) -> bytes | None:
-        if b"response.completed" in event or b"response.incomplete" in event:
-            try:
-                data = json.loads(_data_of(event))
-            except ValueError:
-                return event
-            response = data.get("response") if isinstance(data, dict) else None
-            if isinstance(response, dict):
-                self.finished = True
-                if data.get("type") == "response.completed":
-                    self.completed = response
-                if isinstance(response.get("usage"), dict):
-                    self.usage = response["usage"]
-        elif b"response.failed" in event:
-            self.finished = True
+        # Cheap test first; then the event's own type decides (the text may be in any event's data).
+        if not any(kind.encode() in event for kind in RESPONSES_TERMINAL):
+            return event
+        try:
+            data = json.loads(_data_of(event))
+        except ValueError:
+            return event
+        if not isinstance(data, dict) or data.get("type") not in RESPONSES_TERMINAL:
+            return event
+        self.finished = True
+        response = data.get("response")
+        if isinstance(response, dict):
+            if data["type"] == "response.completed":
+                self.completed = response
+            if isinstance(response.get("usage"), dict):
+                self.usage = response["usage"]
         return event
 
 

@@ -126,7 +126,7 @@ def _content_tokens(content: Any, count: Counter) -> int:
                 text = part.get("text")
                 if isinstance(text, str):
                     total += count(text)
-                elif part.get("type") in {"image_url", "input_image"}:
+                elif part.get("type") in ("image_url", "input_image"):
                     total += IMAGE_TOKENS
                 else:
                     total += count(json.dumps(part))

@@ -1,9 +1,11 @@
 """Where a request goes once an account is chosen: URL and auth header per account kind, and the
-round-robin over the account's keys. Key values are read once at start and held only here."""
+round-robin over the account's keys, skipping keys the upstream refused lately. Key values are read
+once at start and held only here."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -22,22 +24,62 @@ class UpstreamKey:
         return f"{self.account}/{self.name}"
 
 
+# A key the upstream refused (401/403) rests this long, doubling with each refusal in a row.
+QUARANTINE_FIRST_S = 60.0
+QUARANTINE_MAX_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    refusals: int  # in a row
+    rest_s: float
+    until: float  # clock time when the key may be tried once more
+
+
 class AccountRoute:
     """One account's keys and how to address its endpoints."""
 
-    def __init__(self, account: Account, keys: Sequence[UpstreamKey]) -> None:
+    def __init__(
+        self, account: Account, keys: Sequence[UpstreamKey], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.account = account
         self.keys = list(keys)
         self._next = 0
+        self._clock = clock
+        self._quarantine: dict[str, Quarantine] = {}
         base = account.base_url.rstrip("/")
         if account.kind == "azure" and base.endswith("/openai"):
             base = base[: -len("/openai")]
         self._base = base
 
     def next_key(self) -> UpstreamKey:
-        key = self.keys[self._next % len(self.keys)]
-        self._next += 1
-        return key
+        """The next key in turn that is not in quarantine (a key whose quarantine is over gets one
+        try); if every key is, the one whose quarantine ends first."""
+        now = self._clock()
+        for step in range(len(self.keys)):
+            key = self.keys[(self._next + step) % len(self.keys)]
+            held = self._quarantine.get(key.name)
+            if held is None or held.until <= now:
+                self._next += step + 1
+                return key
+        return min(self.keys, key=lambda k: self._quarantine[k.name].until)
+
+    def refused(self, key: UpstreamKey) -> Quarantine:
+        """The upstream refused ``key`` (401/403): rest it, 60 s doubling to an hour per refusal in a row."""
+        before = self._quarantine.get(key.name)
+        refusals = before.refusals + 1 if before else 1
+        rest = min(QUARANTINE_FIRST_S * 2 ** (refusals - 1), QUARANTINE_MAX_S)
+        held = self._quarantine[key.name] = Quarantine(refusals, rest, self._clock() + rest)
+        return held
+
+    def accepted(self, key: UpstreamKey) -> None:
+        """The upstream accepted ``key``: out of quarantine."""
+        if self._quarantine:
+            self._quarantine.pop(key.name, None)
+
+    def in_quarantine(self) -> list[str]:
+        now = self._clock()
+        return sorted(name for name, held in self._quarantine.items() if held.until > now)
 
     def url(self, endpoint: str, model: str) -> str:
         """Full URL of ``endpoint`` (``chat/completions``, ``responses``, ``embeddings``, ``models``)."""

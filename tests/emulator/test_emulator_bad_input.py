@@ -77,10 +77,28 @@ def test_random_bodies_get_an_answer_or_a_clear_error(
         json.loads(raw)
 
 
-@pytest.mark.parametrize("payload", [b"", b"[1, 2]", b"\xff\xfe", b'"text"', b"{"])
+HOSTILE = [
+    b'{"model": "o1", "messages": [{"role": "user", "content": "x"}], "n": ' + b"9" * 5000 + b"}",
+    b'{"model": "o1", "messages": [{"role": "user", "content": "x"}], "tools": '
+    + b"[" * 50_000
+    + b"]" * 50_000
+    + b"}",
+    b'{"model": "o1", "messages": [{"role": "user", "content": "\\ud800"}]}',
+    b'{"model": "o1", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+]
+
+
+@pytest.mark.parametrize("payload", [b"", b"[1, 2]", b"\xff\xfe", b'"text"', b"{", *HOSTILE])
 def test_non_object_bodies(emu: EmulatorThread, payload: bytes) -> None:
     status, raw = post(emu.url + "/v1/chat/completions", payload)
     assert status == 400 and json.loads(raw)["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("path", ["/admin/faults", "/admin/reset"])
+@pytest.mark.parametrize("payload", HOSTILE)
+def test_admin_endpoints_are_as_strict(emu: EmulatorThread, path: str, payload: bytes) -> None:
+    status, raw = post(emu.url + path, payload)
+    assert status == 400 and "must be" in json.loads(raw)["error"]
 
 
 def test_unknown_path_and_method(emu: EmulatorThread) -> None:

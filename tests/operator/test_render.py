@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 
+import pytest
 import yaml
 from o1operator.render import (
     HASH_ANNOTATION,
@@ -128,6 +129,31 @@ def test_redis_url_secret_password_moves_to_a_file() -> None:
     assert redis["url"] == "redis://app@redis:6379/2?db=2"
     assert redis["password_file"] == str(KEY_MOUNT / "redis-password")
     assert base64.b64decode(rendering.key_data["redis-password"]).decode() == "q"
+
+
+@pytest.mark.parametrize(
+    ("url", "rendered", "password"),
+    [
+        (
+            "redis://:p%40ss%2Fw%3Ard@redis:6379/0",
+            "redis://redis:6379/0",
+            "p@ss/w:rd",
+        ),  # decoded as redis-py does
+        ("unix:///var/run/redis/redis.sock?db=3", "unix:///var/run/redis/redis.sock?db=3", None),
+        ("unix://:s3cret@/var/run/redis.sock", "unix:///var/run/redis.sock", "s3cret"),
+    ],
+)
+def test_redis_url_secret_forms(url: str, rendered: str, password: str | None) -> None:
+    pool = load_example(MULTI)
+    secrets = fake_secrets(pool["spec"])
+    secrets["o1pool-redis"]["url"] = b64(url)
+    rendering = render(pool, secrets)
+    assert rendering.error is None, rendering.error
+    redis = yaml.safe_load(rendering.config_yaml)["redis"]
+    assert redis["url"] == rendered
+    SidecarConfig.from_dict(yaml.safe_load(rendering.config_yaml))  # the sidecar accepts what it is given
+    stored = rendering.key_data.get("redis-password")
+    assert (base64.b64decode(stored).decode() if stored else None) == password
 
 
 def test_redis_url_with_an_inline_password_is_refused_not_copied() -> None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import json
+import logging
+from collections.abc import Iterator
+
 import aiohttp
 import openai
 import pytest
 from o1emulator.embedded import EmulatorHandle
 from o1sidecar.app import SidecarHandle
+from o1sidecar.httplog import SERVER_LOGGER, MalformedHttpFilter
 
 from tests.sidecar.conftest import SidecarFactory
 
@@ -121,3 +128,132 @@ async def test_app_authorization_is_ignored_and_never_forwarded(
     completion = await client.chat.completions.create(model="o1", messages=USER)
     assert completion.choices
     assert emulator.stats()["accounts"]["acct-a"]["keys"]["a1"]["admitted"] == 1
+
+
+START = b'{"model": "o1", "messages": [{"role": "user", "content": "x"'
+
+
+@pytest.mark.parametrize(
+    ("data", "words", "param"),
+    [
+        (
+            b'{"model": "o1", "messages": [{"role": "user", "content": "x"}], "n": ' + b"9" * 5000 + b"}",
+            "a number of 5000 characters",
+            None,
+        ),
+        (START + b', "name": 1e' + b"9" * 200 + b"}]}", "a number of 202 characters", None),
+        (b'{"model": "o1", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "NaN", None),
+        (START + b', "x": -Infinity}]}', "-Infinity", None),
+        (
+            b'{"model": "o1", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+            "lone UTF-16 surrogate",
+            "messages[0].content",
+        ),
+        (
+            b'{"model": "o1", "messages": [{"role": "user", "content": "x"}], "\\udfff": 1}',
+            "lone UTF-16",
+            None,
+        ),
+        (
+            b'{"model": "o1", "messages": [{"role": "user", "content": "x"}], "tools": '
+            + b"[" * 100_000
+            + b"]" * 100_000
+            + b"}",
+            "deeper than 64 levels",
+            None,
+        ),
+        (
+            b'{"model": "o1", "messages": [{"role": "user", "content": "x"}], "tools": '
+            + b"[" * 65
+            + b"]" * 65
+            + b"}",
+            "deeper than 64 levels at 'tools[0]",
+            "tools" + "[0]" * 63,
+        ),
+        (
+            b'{"model": "o1", "messages": [{"role": "user", "content": [{"type": ["text"]}]}]}',
+            "'messages[0].content[0].type' must be a string, not a JSON array",
+            "messages[0].content[0].type",
+        ),
+        (
+            b'{"model": "o1", "messages": [{"role": {"r": 1}, "content": "x"}]}',
+            "'messages[0].role' must be a string, not a JSON object",
+            "messages[0].role",
+        ),
+    ],
+)
+async def test_hostile_json_is_400_naming_what_was_wrong(
+    sidecar: SidecarHandle, emulator: EmulatorHandle, data: bytes, words: str, param: str | None
+) -> None:
+    status, body = await post(f"{sidecar.url}/chat/completions", data)
+    assert status == 400, body
+    assert words in body["error"]["message"]
+    assert body["error"]["param"] == param
+    assert emulator.stats()["totals"].get("admitted", 0) == 0
+
+
+async def test_paired_surrogate_escapes_and_a_schema_type_list_are_fine(sidecar: SidecarHandle) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": ["string", "null"]}}}]
+    body = {"model": "o1", "messages": [{"role": "user", "content": "emoji \ud83d\ude00"}], "tools": tools}
+    status, answer = await post(f"{sidecar.url}/chat/completions", json.dumps(body).encode())
+    assert status == 200, answer
+
+
+async def test_gzip_body_is_read_and_a_broken_one_is_400(sidecar: SidecarHandle) -> None:
+    plain = json.dumps({"model": "o1", "messages": USER}).encode()
+    status, answer = await post(
+        f"{sidecar.url}/chat/completions", gzip.compress(plain), {"Content-Encoding": "gzip"}
+    )
+    assert status == 200 and answer["choices"]
+    status, answer = await post(f"{sidecar.url}/chat/completions", plain, {"Content-Encoding": "gzip"})
+    assert status == 400
+    assert "could not be read as gzip" in answer["error"]["message"]
+
+
+async def test_a_body_that_never_ends_is_408(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    handle = await make_sidecar(timeouts={"request_body_s": 0.5})
+    reader, writer = await asyncio.open_connection("127.0.0.1", handle.port)
+    writer.write(
+        b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"mod\r\n'
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=10)  # the sidecar answers, then closes
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert "timeouts.request_body_s" in json.loads(body)["error"]["message"]
+    assert emulator.stats()["totals"].get("admitted", 0) == 0
+    assert "Traceback" not in caplog.text
+
+
+@pytest.fixture
+def fresh_http_filter() -> Iterator[MalformedHttpFilter]:
+    """A filter of its own on aiohttp's server logger (its pause is per process)."""
+    logger = logging.getLogger(SERVER_LOGGER)
+    before = list(logger.filters)
+    for f in before:
+        logger.removeFilter(f)
+    mine = MalformedHttpFilter(interval_s=600)
+    logger.addFilter(mine)
+    yield mine
+    logger.removeFilter(mine)
+    for f in before:
+        logger.addFilter(f)
+
+
+async def test_malformed_http_is_one_warning_line_not_a_traceback(
+    sidecar: SidecarHandle, caplog: pytest.LogCaptureFixture, fresh_http_filter: MalformedHttpFilter
+) -> None:
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+        await writer.drain()
+        assert b" 400 Bad Request" in (await asyncio.wait_for(reader.read(), timeout=10))[:40]
+        writer.close()
+    server = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(server) == 1  # one line per 10 s, however many clients send junk
+    assert server[0].levelname == "WARNING" and server[0].exc_info is None
+    assert "malformed HTTP request refused with 400" in server[0].getMessage()
+    assert fresh_http_filter.suppressed == 4  # counted, and said in the next line that is logged

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 from o1sidecar.cache import ResponseCache
-from o1sidecar.config import CachePolicy, RedisConfig
+from o1sidecar.config import CachePolicy, PoolRef, RedisConfig
+from o1sidecar.limits.keys import PoolKeys
 
 from tests.conftest import RedisServer
+
+POOL = PoolRef(name="pool", namespace="ns")
 
 
 class Clock:
@@ -19,7 +22,7 @@ class Clock:
 
 
 async def test_l1_only_without_redis() -> None:
-    cache = ResponseCache(CachePolicy(l1_entries=2), RedisConfig())
+    cache = ResponseCache(CachePolicy(l1_entries=2), RedisConfig(), POOL)
     assert not cache.has_l2
     for key in ("a", "b", "c"):
         await cache.put(key, key.encode())
@@ -29,15 +32,15 @@ async def test_l1_only_without_redis() -> None:
 
 async def test_l2_is_shared_and_fills_l1(redis_server: RedisServer) -> None:
     config = RedisConfig(url=redis_server.url, key_prefix="t")
-    writer = ResponseCache(CachePolicy(l2_ttl_s=60), config)
-    reader = ResponseCache(CachePolicy(l2_ttl_s=60), config)
+    writer = ResponseCache(CachePolicy(l2_ttl_s=60), config, POOL)
+    reader = ResponseCache(CachePolicy(l2_ttl_s=60), config, POOL)
     try:
         writer.store("k", b"answer")
         await writer.flush()
         assert await reader.get("k") == (b"answer", "l2")
         assert await reader.get("k") == (b"answer", "l1")
         client = aioredis.from_url(redis_server.url)
-        ttl = await client.ttl("t:cache:k")
+        ttl = await client.ttl(PoolKeys("t", "ns", "pool").cached("k"))
         await client.aclose()
         assert 0 < ttl <= 60
     finally:
@@ -48,7 +51,7 @@ async def test_l2_is_shared_and_fills_l1(redis_server: RedisServer) -> None:
 async def test_failing_redis_is_a_miss_and_pauses(redis_server: RedisServer) -> None:
     clock = Clock()
     config = RedisConfig(url=redis_server.url, op_timeout_ms=100, connect_timeout_ms=100, breaker_reset_s=2.0)
-    cache = ResponseCache(CachePolicy(l1_entries=0), config, clock=clock)
+    cache = ResponseCache(CachePolicy(l1_entries=0), config, POOL, clock=clock)
     try:
         await cache.put("k", b"v")
         assert await cache.get("k") == (b"v", "l2")

@@ -15,7 +15,7 @@ from o1common.durations import format_duration
 from o1common.encodings import get_encoding
 from o1emulator import charge as emulator_charge
 from o1sidecar.cache import cache_key, is_cacheable
-from o1sidecar.config import CachePolicy, QueuePolicy, RetryPolicy, TokenPolicy
+from o1sidecar.config import Account, CachePolicy, QueuePolicy, RetryPolicy, TokenPolicy
 from o1sidecar.controls import parse_controls
 from o1sidecar.errors import ProxyError
 from o1sidecar.plan import Action, Outcome, PlanState, backoff_s, classify, next_step
@@ -29,6 +29,7 @@ from o1sidecar.tokens import (
     upstream_prompt_estimate,
 )
 from o1sidecar.truncation import parse_context_error, target_tokens, truncate_messages
+from o1sidecar.upstream import AccountRoute, UpstreamKey
 
 # -- controls ----------------------------------------------------------------------------------
 
@@ -554,3 +555,42 @@ def test_replay_of_a_cached_response() -> None:
     assert events[0]["response"]["output"] == [] and events[0]["response"]["usage"] is None
     assert events[6]["delta"] == "hi there" and events[6]["output_index"] == 1
     assert events[-1]["response"] == response
+
+
+def test_responses_relay_is_not_finished_by_the_words_of_an_event() -> None:
+    """A delta whose text says "response.failed" is not the end: the stream must still complete."""
+    relay = ResponsesStreamRelay()
+    delta = {"type": "response.output_text.delta", "delta": "if response.failed or response.completed"}
+    event = b"event: response.output_text.delta\ndata: " + json.dumps(delta).encode() + b"\n\n"
+    assert relay.feed(event) == event and not relay.finished
+    failed = (
+        b"event: response.failed\ndata: " + json.dumps({"type": "response.failed", "response": {}}).encode()
+    )
+    assert relay.feed(failed + b"\n\n") and relay.finished and relay.completed is None
+
+
+def test_a_refused_key_rests_doubling_and_comes_back_for_one_try() -> None:
+    now = [0.0]
+    account = Account.model_validate(
+        {
+            "name": "a",
+            "base_url": "http://127.0.0.1:1/v1",
+            "keys": [{"name": "k1", "env": "X"}, {"name": "k2", "env": "Y"}],
+        }
+    )
+    route = AccountRoute(
+        account, [UpstreamKey("a", "k1", "v1"), UpstreamKey("a", "k2", "v2")], clock=lambda: now[0]
+    )
+    k1, k2 = route.keys
+    assert route.refused(k1).rest_s == 60
+    assert [route.next_key().name for _ in range(3)] == ["k2", "k2", "k2"]
+    now[0] = 61
+    assert route.next_key().name == "k1"  # its one try
+    assert route.refused(k1).rest_s == 120  # refused again: twice as long
+    assert route.refused(k2).rest_s == 60
+    assert route.next_key().name == "k2"  # all resting: the one out first
+    now[0] = 1000
+    route.accepted(k1)
+    assert route.in_quarantine() == []  # k2's rest is over too
+    rests = [route.refused(k2).rest_s for _ in range(8)]
+    assert rests[:3] == [120, 240, 480] and rests[-1] == 3600  # capped at an hour

@@ -3,6 +3,8 @@ context-length truncation and upstream 429s handled through the limiter."""
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 from o1emulator.embedded import EmulatorHandle
@@ -116,6 +118,27 @@ async def test_cut_stream_reaches_the_client_as_an_error(
             pass
     metrics = await _scrape(handle.metrics_url)
     assert 'reason="stream_cut"' in metrics
+
+
+async def test_a_stream_longer_than_total_s_is_not_cut(
+    make_sidecar: SidecarFactory, make_emulator: EmulatorFactory
+) -> None:
+    """``total_s`` bounds answers that are not streamed; a stream may take as long as its events keep
+    coming (``read_s`` between two)."""
+    upstream = await make_emulator(latency_scale=1.0, models={"o1": {"latency": {"tokens_per_s": 40}}})
+    handle = await make_sidecar(upstream=upstream, timeouts={"total_s": 0.5, "read_s": 2.0})
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    started = time.monotonic()
+    stream = await client.chat.completions.create(
+        model="o1", messages=USER, stream=True, max_completion_tokens=60
+    )
+    chunks = [chunk async for chunk in stream]
+    assert time.monotonic() - started > 1.0  # the case at hand: well past total_s
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.APIStatusError) as err:  # the same answer not streamed: cut at total_s
+        other = [{"role": "user", "content": "not in the cache"}]
+        await client.chat.completions.create(model="o1", messages=other, max_completion_tokens=60)
+    assert err.value.status_code == 504, err.value.message
 
 
 async def test_context_length_truncates_old_messages_and_retries_once(
@@ -294,11 +317,12 @@ async def test_a_refused_key_is_skipped_for_the_accounts_next_key(
     monkeypatch.setenv("O1T_A_1", "sk-revoked-key-0000000000000000")
     handle = await make_sidecar()
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
-    for i in range(2):  # whichever key round-robin starts with, every request is served upstream
+    for i in range(6):  # whichever key round-robin starts with, every request is served upstream
         messages = [{"role": "user", "content": f"question {i}"}]
         raw = await client.chat.completions.with_raw_response.create(model="o1", messages=messages)
         assert (raw.headers["x-o1pool-account"], raw.headers["x-o1pool-cache"]) == ("acct-a", "miss")
-    assert emulator.stats()["totals"]["401"] >= 1
+    assert emulator.stats()["totals"]["401"] == 1  # refused once, then left in quarantine
+    assert handle.proxy.routes["acct-a"].in_quarantine() == ["a1"]
 
 
 async def test_an_account_whose_only_key_is_refused_fails_naming_the_key_not_its_value(

@@ -103,6 +103,11 @@ class Limiter(Protocol):
 
     async def close(self) -> None: ...
 
+    async def drain(self) -> None:
+        """Shutting down: hand waiting requests back (QueueTimeout) and queue no more; calls already
+        admitted go on."""
+        ...
+
     async def acquire(self, demand: Demand, accounts: Sequence[str]) -> Grant:
         """Wait until one of ``accounts`` admits ``demand``; raise QueueTimeout, QueueFull, NoCapacity
         or QuotaExhausted."""

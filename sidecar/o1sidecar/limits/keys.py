@@ -50,6 +50,11 @@ class PoolKeys:
         """ZSET sidecar id -> last heartbeat (server time)."""
         return f"{self.tag}:sidecars"
 
+    def cached(self, key: str) -> str:
+        """STRING: a cached response body, by its request's cache key (``cache.cache_key``). In the
+        pool's tag like every other key, so no other pool on the same Redis can read or write it."""
+        return f"{self.tag}:cache:{key}"
+
     def wake_channel(self) -> str:
         """Pub/sub channel: a model's queue may move (a lease freed, a waiter admitted)."""
         return f"{self.tag}:wake"

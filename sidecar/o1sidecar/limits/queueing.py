@@ -107,9 +107,32 @@ class QueueingLimiter:
         self._seq = itertools.count()
         self._settling: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._draining = False
 
     async def start(self) -> None:
         self._closed = False
+        self._draining = False
+
+    async def drain(self) -> None:
+        """Shutting down: hand every waiting request back now (``QueueTimeout`` with a short
+        retry-after, so its client asks again elsewhere or after the restart), drop their tickets,
+        and refuse to queue more. Grants already given are untouched: those calls finish."""
+        self._draining = True
+        now = self._clock()
+        for model, q in self._queues.items():
+            handed_back = [w for _, _, w in q.heap if not w.future.done()]
+            for w in handed_back:
+                w.future.set_exception(
+                    QueueTimeout(
+                        f"the sidecar is shutting down; the request waited {now - w.started:.1f}s for "
+                        f"{w.demand.model!r} and was not sent. Retry it.",
+                        retry_after_s=1.0,
+                        waited_s=now - w.started,
+                    )
+                )
+                self._leave(w)
+            if handed_back:
+                await self._forget(model, [w.ticket for w in handed_back])
 
     async def close(self) -> None:
         if self._settling:
@@ -168,6 +191,9 @@ class QueueingLimiter:
         first = await self._try(Attempt(demand, limits, ticket, ticket, None, self._aging_s))
         if isinstance(first, Admitted):
             return self._granted(first, demand, limits, started)
+        if self._draining:
+            await self._forget(demand.model, [ticket])
+            raise QueueTimeout("the sidecar is shutting down and queues nothing more; retry", 1.0, 0.0)
         if _quota_outlasts(first, demand, started):
             await self._forget(demand.model, [ticket])
             raise _quota_exhausted(demand, first)

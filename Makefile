@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) sysdeps
 	$(VENV)/bin/o1pool demo
 
 # System packages the tests use: redis-server from Debian.
@@ -26,6 +26,7 @@ testground:
 
 test: $(STAMP) sysdeps testground
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -ra
 
 lint: $(STAMP)

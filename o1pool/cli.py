@@ -7,6 +7,7 @@ that ``o1pool emulator`` does not pay for kopf and the Kubernetes client.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -23,7 +24,10 @@ def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
     lines = ["usage: o1pool <command> [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
-    lines += ["", "Run 'o1pool <command> --help' for a command's options."]
+    lines += [
+        "",
+        "Run 'o1pool <command> --help' for a command's options; 'o1pool --version' for the version.",
+    ]
     return "\n".join(lines)
 
 
@@ -31,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in {"-h", "--help", "help"}:
         print(usage())
+        return 0
+    if args[0] in {"-V", "--version", "version"}:
+        print(f"o1pool {importlib.metadata.version('o1pool')}")
         return 0
     command, rest = args[0], args[1:]
     if command not in SUBCOMMANDS:

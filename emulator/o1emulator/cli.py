@@ -8,7 +8,6 @@ import sys
 from typing import Any
 
 from o1common.signals import until_stopped
-
 from o1emulator.config import EmulatorConfig, EmulatorConfigError, default_config
 from o1emulator.embedded import start_emulator
 

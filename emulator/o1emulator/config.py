@@ -10,9 +10,10 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from o1common.configfiles import format_validation_error, read_yaml_mapping
 from o1common.tiers import TIER_PRESETS, tier_limits
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from o1common.durations import format_duration
 
+from o1common.durations import format_duration
 from o1emulator import content, errors
 from o1emulator.charge import BUDGET_FIELDS, admission_charge, prompt_estimate, requested_budget
 from o1emulator.config import Account, ApiKey, EmulatorConfig, EmulatorConfigError, ModelSpec, parse_faults

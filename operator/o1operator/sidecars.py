@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import yaml
 from kubernetes.client.exceptions import ApiException
-from o1sidecar.limits.keys import PoolKeys
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from o1operator.kube import Kube
 from o1operator.render import REDIS_PASSWORD_FILE, Rendering
+from o1sidecar.limits.keys import PoolKeys
 
 log = logging.getLogger("o1operator.sidecars")
 

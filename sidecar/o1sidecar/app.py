@@ -78,10 +78,11 @@ def create_app(
         await limiter.start()
         ready.set()
         log.info(
-            "sidecar ready: pool %s/%s, %d account(s), models %s, limiter %s",
+            "sidecar ready: pool %s/%s, %d account(s) at %s, models %s, limiter %s",
             config.pool.namespace,
             config.pool.name,
             len(config.accounts),
+            ", ".join(sorted({a.base_url for a in config.accounts})),
             ", ".join(proxy.models),
             limiter.state().mode,
         )

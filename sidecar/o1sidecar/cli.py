@@ -8,7 +8,6 @@ import logging
 import sys
 
 from o1common.signals import until_stopped
-
 from o1sidecar.config import ConfigError, SidecarConfig
 
 log = logging.getLogger("o1sidecar")

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Annotated, Literal, Self
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from o1common.configfiles import format_validation_error, read_yaml_mapping
 from o1common.tiers import TIER_PRESETS, tier_limits
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIG_VERSION = "o1pool.io/sidecar/v1alpha1"
 

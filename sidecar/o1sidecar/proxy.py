@@ -250,11 +250,11 @@ class Proxy:
                 jitter=self._random.random() * 0.25,
             )
             if step.action is Action.RETURN:
-                return self._finish(self._passthrough(attempt, served), served, started)
+                return self._finish(self._upstream_response(attempt, served), served, started)
             if step.action is Action.TRUNCATE:
                 truncated_prompt = self._truncate(endpoint, upstream_body, model, attempt)
                 if truncated_prompt is None:
-                    return self._finish(self._passthrough(attempt, served), served, started)
+                    return self._finish(self._upstream_response(attempt, served), served, started)
                 log.info(
                     "context length exceeded on %s; retrying once with %d of %d messages",
                     model,
@@ -527,9 +527,6 @@ class Proxy:
             content_type=attempt.content_type,
             headers={**attempt.headers, **served.headers()},
         )
-
-    def _passthrough(self, attempt: Attempt, served: Served) -> web.Response:
-        return self._upstream_response(attempt, served)
 
     async def _answer_from_cache(
         self,

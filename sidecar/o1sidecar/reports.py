@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from o1common import durations
-
 from o1sidecar.limits.api import UpstreamReport
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cachetools import LRUCache
-from o1common.encodings import get_encoding
 
+from o1common.encodings import get_encoding
 from o1sidecar.config import TokenPolicy
 
 TOKENS_PER_MESSAGE = 3

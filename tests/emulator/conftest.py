@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
 from o1emulator import EmulatorHandle, start_emulator
 
 

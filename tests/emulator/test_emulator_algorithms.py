@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from o1common.encodings import get_encoding
 from o1emulator import EmulatorHandle, start_emulator
 from o1emulator.charge import prompt_estimate

@@ -11,6 +11,7 @@ from urllib.request import Request, urlopen
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from o1emulator import EmulatorThread
 
 KEY = "sk-test-account-a-1"

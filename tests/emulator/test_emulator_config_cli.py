@@ -14,6 +14,7 @@ from urllib.request import Request, urlopen
 import openai
 import pytest
 import yaml
+
 from o1emulator import EmulatorConfig, EmulatorConfigError, EmulatorThread, default_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+
 from o1emulator import EmulatorHandle, start_emulator
 from o1emulator.config import FaultRule
 from o1emulator.faults import FaultPlan

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import openai
+
 from o1emulator import start_emulator
 
 KEY_A = "sk-test-account-a-1"

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
+
 from o1common.durations import parse_duration
 from o1common.encodings import get_encoding
 from o1emulator import EmulatorHandle, start_emulator

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+
 from o1common.durations import parse_duration
 from o1emulator import EmulatorHandle, EmulatorThread
 

@@ -9,11 +9,12 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from o1emulator import EmulatorHandle, start_emulator
 from openai.types import CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
+
+from o1emulator import EmulatorHandle, start_emulator
 
 KEY_A = "sk-test-account-a-1"
 AUTH = {"Authorization": f"Bearer {KEY_A}"}

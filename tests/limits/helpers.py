@@ -6,6 +6,8 @@ import math
 import time
 from typing import Any
 
+from redis.asyncio import Redis
+
 from o1sidecar.config import SidecarConfig
 from o1sidecar.limits import rule
 from o1sidecar.limits.api import Demand
@@ -16,7 +18,6 @@ from o1sidecar.limits.queueing import QueueingLimiter
 from o1sidecar.limits.redis_store import packed_limits
 from o1sidecar.limits.scripts import lua_source
 from o1sidecar.limits.shared import SharedLimiter
-from redis.asyncio import Redis
 
 
 class Clock:

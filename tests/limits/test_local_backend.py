@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 
 import pytest
+
 from o1sidecar.limits.api import Demand, Usage
 from o1sidecar.limits.backend import AccountLimits, Admitted, Attempt, Denied, Held, Settlement
 from o1sidecar.limits.local import LocalBackend

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+
 from o1sidecar.limits import (
     Demand,
     LocalLimiter,
@@ -16,7 +17,6 @@ from o1sidecar.limits import (
     UpstreamReport,
     build_limiter,
 )
-
 from tests.polling import until
 
 from .helpers import config, drain_local, pacing_level

@@ -16,6 +16,9 @@ import pytest
 import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from o1pool.procs import RedisServer, free_port
 from o1sidecar.config import RedisConfig
 from o1sidecar.limits import rule
 from o1sidecar.limits.api import Demand
@@ -24,9 +27,6 @@ from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.limits.local import LocalBackend
 from o1sidecar.limits.redis_store import RedisBackend, redis_client
 from o1sidecar.limits.scripts import lua_source
-from redis.asyncio import Redis
-
-from o1pool.procs import RedisServer, free_port
 from tests.conftest import require_binary
 
 from .helpers import Clock, redis_state

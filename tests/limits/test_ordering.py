@@ -6,9 +6,21 @@ import itertools
 
 from hypothesis import given
 from hypothesis import strategies as st
-from o1sidecar.limits.ordering import blocked_by_queue, effective_priority, rank, served_before
+
+from o1sidecar.limits.ordering import blocked_by_queue, rank
 
 AGING = 30.0
+
+
+def effective_priority(priority: int, enqueued_at: float, now: float, aging_s: float) -> float:
+    """What ``rank`` promises to order by: priority raised by one level per ``aging_s`` seconds waited."""
+    return priority + max(0.0, now - enqueued_at) / aging_s
+
+
+def served_before(a: tuple[int, float], b: tuple[int, float], aging_s: float) -> bool:
+    """Whether waiter ``a`` = (priority, enqueued_at) ranks before ``b``; ties go to the older."""
+    ra, rb = rank(a[0], a[1], aging_s), rank(b[0], b[1], aging_s)
+    return ra < rb if ra != rb else a[1] <= b[1]
 
 
 def test_priority_first_then_age() -> None:

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+
 from o1emulator.config import LimiterSpec, Penalty
 from o1emulator.config import ResolvedLimits as UpstreamLimits
 from o1emulator.limits import AccountModelLimiter, Admitted
+from o1pool.procs import RedisServer
 from o1sidecar.limits import Demand, UpstreamReport, build_limiter
 from o1sidecar.limits.shared import SharedLimiter
-
-from o1pool.procs import RedisServer
 
 from .helpers import config
 

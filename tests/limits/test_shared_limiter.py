@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+
+from o1pool.procs import RedisServer
 from o1sidecar.config import SidecarConfig
 from o1sidecar.limits import Demand, QueueTimeout, UpstreamReport, build_limiter
 from o1sidecar.limits.shared import SharedLimiter
-
-from o1pool.procs import RedisServer
 from tests.polling import until
 
 from .helpers import config, drain_shared

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from o1operator.render import render
 
+from o1operator.render import render
 from tests.operator.conftest import EXAMPLES, REPO, fake_secrets, load_example
 
 CRD = REPO / "crds" / "o1pool.io_o1pools.yaml"

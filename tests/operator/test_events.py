@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from o1operator.reconcile import get_events
 from o1operator.render import render
 from o1operator.status import get_status
-
 from tests.operator.conftest import REPO, fake_secrets, load_example, secret_values
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

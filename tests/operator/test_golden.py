@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from o1operator.render import get_config_map, get_key_secret, redact_secret, render
 
+from o1operator.render import get_config_map, get_key_secret, redact_secret, render
 from tests.operator.conftest import EXAMPLES, assert_golden, fake_secrets, load_example
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import yaml
+
 from o1operator.inject import SIDECAR_NAME, get_injection_patch
 from o1operator.render import KEY_MOUNT
-
 from tests.operator.conftest import REPO, assert_golden, load_example
 
 PODS = sorted((Path(__file__).parent / "pods").glob("*.yaml"))

@@ -23,10 +23,10 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from o1operator import cli as operator_cli
-from o1sidecar.config import SidecarConfig
 from redis import Redis
 
+from o1operator import cli as operator_cli
+from o1sidecar.config import SidecarConfig
 from tests.conftest import RedisServer
 from tests.kube.fixtures import Kube
 from tests.kube.pki import generate_pki

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import yaml
+
 from o1operator.render import (
     HASH_ANNOTATION,
     KEY_MOUNT,
@@ -16,7 +17,6 @@ from o1operator.render import (
     render,
 )
 from o1sidecar.config import SidecarConfig
-
 from tests.operator.conftest import EXAMPLES, REPO, b64, fake_secrets, load_example, secret_values
 
 BASIC = REPO / "examples" / "o1pool-basic.yaml"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from o1operator.render import render
 from o1operator.sidecars import get_sidecar_probe
-
 from tests.operator.conftest import FAKE_REDIS_PASSWORD, REPO, fake_secrets, load_example
 
 EXAMPLES = REPO / "examples"

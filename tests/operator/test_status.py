@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 from o1operator.render import render
 from o1operator.status import get_status
-
 from tests.operator.conftest import REPO, fake_secrets, load_example
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+
 from o1emulator.embedded import EmulatorHandle, start_emulator
 from o1sidecar.app import SidecarHandle, start_sidecar
 from o1sidecar.config import SidecarConfig

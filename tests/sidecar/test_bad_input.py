@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import aiohttp
 import openai
 import pytest
+
 from o1emulator.embedded import EmulatorHandle
 from o1sidecar.app import SidecarHandle
 from o1sidecar.httplog import SERVER_LOGGER, MalformedHttpFilter
-
 from tests.sidecar.conftest import SidecarFactory
 
 USER = [{"role": "user", "content": "hi"}]

@@ -4,10 +4,10 @@ that fails is a miss (and is left alone for the breaker's pause)."""
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+
 from o1sidecar.cache import ResponseCache
 from o1sidecar.config import CachePolicy, PoolRef, RedisConfig
 from o1sidecar.limits.keys import PoolKeys
-
 from tests.conftest import RedisServer
 
 POOL = PoolRef(name="pool", namespace="ns")

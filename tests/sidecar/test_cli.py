@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import openai
 import yaml
-from o1emulator.embedded import EmulatorHandle
 
+from o1emulator.embedded import EmulatorHandle
 from tests.polling import until
 from tests.sidecar.conftest import KEYS, EmulatorFactory, sidecar_config_dict
 

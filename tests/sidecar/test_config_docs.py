@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import o1sidecar.config as schema
 import pytest
-from o1sidecar.config import SidecarConfig
 from pydantic import BaseModel
+
+import o1sidecar.config as schema
+from o1sidecar.config import SidecarConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("sidecar*.yaml"))

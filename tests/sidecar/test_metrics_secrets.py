@@ -8,10 +8,10 @@ import logging
 import aiohttp
 import openai
 import pytest
+
 from o1emulator.embedded import EmulatorHandle
 from o1sidecar.config import ConfigError, SidecarConfig
 from o1sidecar.upstream import load_routes
-
 from tests.sidecar.conftest import KEYS, SidecarFactory, sidecar_config_dict
 
 USER = [{"role": "user", "content": "count to three"}]

@@ -8,10 +8,10 @@ import time
 import aiohttp
 import openai
 import pytest
+
 from o1emulator.embedded import EmulatorHandle
 from o1sidecar.app import SidecarHandle, start_sidecar
 from o1sidecar.config import SidecarConfig
-
 from tests.sidecar.conftest import EmulatorFactory, SidecarFactory, sidecar_config_dict
 
 USER = [{"role": "user", "content": "Explain token buckets in one line."}]

@@ -7,8 +7,8 @@ import time
 
 import openai
 import pytest
-from o1emulator.embedded import EmulatorHandle
 
+from o1emulator.embedded import EmulatorHandle
 from tests.polling import until
 from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
 

@@ -7,8 +7,8 @@ import aiohttp
 import openai
 import pytest
 import redis.asyncio as aioredis
-from o1sidecar.app import SidecarHandle
 
+from o1sidecar.app import SidecarHandle
 from tests.conftest import RedisServer
 from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
 

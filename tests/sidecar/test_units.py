@@ -11,6 +11,7 @@ from importlib import resources
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from o1common.durations import format_duration
 from o1common.encodings import get_encoding
 from o1emulator import charge as emulator_charge

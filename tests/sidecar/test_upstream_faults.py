@@ -7,8 +7,8 @@ import time
 
 import openai
 import pytest
-from o1emulator.embedded import EmulatorHandle
 
+from o1emulator.embedded import EmulatorHandle
 from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
 
 USER = [{"role": "user", "content": "What is a leaky bucket?"}]

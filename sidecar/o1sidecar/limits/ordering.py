@@ -8,34 +8,12 @@ while they wait. That is what lets Redis keep the cluster-wide queue as a ZSET s
 
 from __future__ import annotations
 
-import math
-
 AHEAD_LIMIT = 64
-PRIORITY_MIN = 0
-PRIORITY_MAX = 9
 
 
 def rank(priority: int, enqueued_at: float, aging_s: float) -> float:
     """A waiter's fixed position in the queue: smaller is served first."""
     return enqueued_at - priority * aging_s
-
-
-def effective_priority(priority: int, enqueued_at: float, now: float, aging_s: float) -> float:
-    """Priority raised by one level per ``aging_s`` seconds waited."""
-    return priority + max(0.0, now - enqueued_at) / aging_s
-
-
-def served_before(a: tuple[int, float], b: tuple[int, float], aging_s: float) -> bool:
-    """Whether waiter ``a`` = (priority, enqueued_at) goes before ``b``; ties go to the older."""
-    ra, rb = rank(a[0], a[1], aging_s), rank(b[0], b[1], aging_s)
-    if ra != rb:
-        return ra < rb
-    return a[1] <= b[1]
-
-
-def max_wait_behind(priority: int, other_priority: int, aging_s: float) -> float:
-    """Longest a waiter can be overtaken by later arrivals of ``other_priority`` (the starvation bound)."""
-    return max(0.0, (other_priority - priority) * aging_s) if math.isfinite(aging_s) else math.inf
 
 
 def blocked_by_queue(

@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,9 @@ import redis.asyncio as aioredis
 from cachetools import LRUCache
 
 from o1sidecar.config import CachePolicy, PoolRef, RedisConfig
+from o1sidecar.limits.breaker import CircuitBreaker
 from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.limits.redis_store import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,12 @@ class ResponseCache:
             LRUCache(maxsize=policy.l1_entries) if policy.l1_entries > 0 else None
         )
         self._keys = PoolKeys(redis_config.key_prefix, pool.namespace, pool.name)
-        self._clock = clock
-        self._reset_s = redis_config.breaker_reset_s
-        self._broken_until = 0.0
+        # One failure opens it: a cache lookup is worth less than the time a dead Redis would cost.
+        self.breaker = CircuitBreaker(failures=1, reset_s=redis_config.breaker_reset_s, clock=clock)
         self._redis: aioredis.Redis | None = None
         self._pending: set[asyncio.Task[None]] = set()
         if redis_config.url and policy.l2_ttl_s > 0:
-            self._redis = aioredis.from_url(
-                redis_config.url,
-                socket_connect_timeout=redis_config.connect_timeout_ms / 1000,
-                socket_timeout=redis_config.op_timeout_ms / 1000,
-                password=_redis_password(redis_config),
-            )
+            self._redis = redis_client(redis_config, decode_responses=False)
 
     @property
     def has_l2(self) -> bool:
@@ -91,6 +86,7 @@ class ResponseCache:
         except (aioredis.RedisError, OSError) as exc:
             self._trip(exc)
             return None
+        self.breaker.success()
         if body is None:
             return None
         if self._l1 is not None:
@@ -118,6 +114,8 @@ class ResponseCache:
             await self._redis.set(self._keys.cached(key), body, ex=self.policy.l2_ttl_s)  # type: ignore[union-attr]
         except (aioredis.RedisError, OSError) as exc:
             self._trip(exc)
+            return
+        self.breaker.success()
 
     async def flush(self) -> None:
         """Wait for background L2 writes."""
@@ -130,21 +128,12 @@ class ResponseCache:
             await self._redis.aclose()
 
     def _l2_usable(self) -> bool:
-        return self._redis is not None and self._clock() >= self._broken_until
+        return self._redis is not None and self.breaker.allow()
 
     def _trip(self, exc: BaseException) -> None:
-        if self._clock() >= self._broken_until:
+        if self.breaker.failure():
             log.warning(
                 "cache L2 (Redis) unavailable, serving from L1 only for %.1fs: %s",
-                self._reset_s,
+                self.breaker.reset_s,
                 type(exc).__name__,
             )
-        self._broken_until = self._clock() + self._reset_s
-
-
-def _redis_password(config: RedisConfig) -> str | None:
-    if config.password_file is not None:
-        return config.password_file.read_text().strip() or None
-    if config.password_env is not None:
-        return os.environ.get(config.password_env) or None
-    return None

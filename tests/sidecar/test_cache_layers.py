@@ -57,7 +57,7 @@ async def test_failing_redis_is_a_miss_and_pauses(redis_server: RedisServer) -> 
         assert await cache.get("k") == (b"v", "l2")
         redis_server.stop()
         assert await cache.get("k") is None
-        assert not cache._l2_usable()  # the breaker is open: no more waiting on a dead Redis
+        assert cache.breaker.state == "open"  # no more waiting on a dead Redis
         redis_server.start()
         assert await cache.get("k") is None  # still paused
         clock.now += 2.5

@@ -40,8 +40,9 @@ def redis_password(cfg: RedisConfig) -> str | None:
     return None
 
 
-def redis_client(cfg: RedisConfig) -> Redis:
-    """A client that fails fast: short timeouts and no retries (the breaker decides what to do)."""
+def redis_client(cfg: RedisConfig, *, decode_responses: bool = True) -> Redis:
+    """A client that fails fast: short timeouts and no retries (a breaker decides what to do). The
+    one way the sidecar connects to Redis: the limiter, and the cache (``decode_responses=False``)."""
     assert cfg.url is not None
     pool = BlockingConnectionPool.from_url(
         cfg.url,
@@ -49,7 +50,7 @@ def redis_client(cfg: RedisConfig) -> Redis:
         socket_timeout=cfg.op_timeout_ms / 1000,
         socket_connect_timeout=cfg.connect_timeout_ms / 1000,
         retry=Retry(NoBackoff(), 0),
-        decode_responses=True,
+        decode_responses=decode_responses,
         health_check_interval=0,
         max_connections=MAX_CONNECTIONS,
         timeout=None,  # waiting for a pooled connection is queueing, not a Redis failure

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from o1common.configfiles import format_validation_error, read_yaml_mapping
+from o1common.models import CONTEXT_WINDOWS
 from o1common.tiers import TIER_PRESETS, tier_limits
 
 CONFIG_VERSION = "o1pool.io/sidecar/v1alpha1"
@@ -198,6 +199,21 @@ class Timeouts(_Strict):
     )
 
 
+class ContextPolicy(_Strict):
+    windows: dict[str, int] = Field(
+        default_factory=dict,
+        description="model -> context window in tokens, added to or replacing the published ones.",
+    )
+    on_overflow: Literal["truncate", "refuse", "send"] = Field(
+        default="truncate",
+        description="A prompt that cannot fit the model's window: drop the oldest messages (system and "
+        "developer kept), refuse with the upstream's own error, or send it anyway.",
+    )
+
+    def window(self, model: str) -> int | None:
+        return self.windows.get(model, CONTEXT_WINDOWS.get(model))
+
+
 class ShutdownPolicy(_Strict):
     grace_s: float = Field(
         default=25.0,
@@ -253,6 +269,7 @@ class SidecarConfig(_Strict):
     fallback: FallbackPolicy = FallbackPolicy()
     timeouts: Timeouts = Timeouts()
     shutdown: ShutdownPolicy = ShutdownPolicy()
+    context: ContextPolicy = ContextPolicy()
     retry: RetryPolicy = RetryPolicy()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
 

@@ -69,6 +69,19 @@ def unknown_model(model: str, served: list[str], pool: str) -> ProxyError:
     )
 
 
+def context_too_long(model: str, window: int, prompt: int, budget: int, field: str) -> ProxyError:
+    """OpenAI's own context_length_exceeded answer, given before anything is sent."""
+    return ProxyError(
+        400,
+        f"This model's maximum context length is {window} tokens. However, you requested "
+        f"{prompt + budget} tokens ({prompt} in the messages, {budget} in the completion). Please reduce "
+        f"the length of the messages or completion. (Counted by o1pool for {model} before sending: nothing "
+        "was sent upstream. With context.on_overflow: truncate the oldest messages are dropped instead.)",
+        param=field,
+        code="context_length_exceeded",
+    )
+
+
 def queue_timeout(exc: QueueTimeout, model: str, priority: int, deadline_ms: int) -> ProxyError:
     retry_after = max(1, round(exc.retry_after_s))
     return ProxyError(

@@ -126,6 +126,11 @@ class SidecarMetrics:
             ["from_model", "to_model"],
             registry=r,
         )
+        self.context_truncations = Counter(
+            "o1_api_context_truncations",
+            "Prompts shortened before sending because they could not fit the model's context window",
+            registry=r,
+        )
         self.cache_lookups = Counter(
             "o1_api_cache_lookups", "Cache lookups by result (l1, l2, miss)", ["result"], registry=r
         )

@@ -43,8 +43,14 @@ from o1sidecar.streaming import (
     replay_response,
     sse_events,
 )
-from o1sidecar.tokens import TokenCounter, count_messages
-from o1sidecar.truncation import parse_context_error, target_tokens, truncate_messages
+from o1sidecar.tokens import TokenCounter, count_messages, requested_max_tokens
+from o1sidecar.truncation import (
+    overflows,
+    parse_context_error,
+    target_tokens,
+    truncate_messages,
+    window_target,
+)
 from o1sidecar.upstream import AccountRoute, UpstreamKey
 
 log = logging.getLogger("o1sidecar.proxy")
@@ -298,7 +304,10 @@ class Proxy:
         while True:
             model = models[index]
             served.model = model
-            demand, upstream_body, strip_usage = self._demand(ask, model, prompt, ask.deadline)
+            fitted = self._fit_context(ask, model, prompt)
+            if isinstance(fitted, ProxyError):
+                return fitted
+            demand, upstream_body, strip_usage = self._demand(ask, model, fitted, ask.deadline)
             try:
                 grant = await self.limiter.acquire(demand, self._accounts_for[model])
                 return Admission(index, model, upstream_body, strip_usage, grant)
@@ -322,6 +331,36 @@ class Proxy:
                     return errors.quota_exhausted(exc, models)
                 return errors.no_capacity(exc, model, demand.tokens)
 
+    def _fit_context(self, ask: Ask, model: str, prompt: list[Any] | None) -> list[Any] | ProxyError | None:
+        """The prompt to send to ``model`` (``None``: the client's own), so that it fits the model's
+        context window with the completion budget: as it is, with the oldest messages dropped
+        (``context.on_overflow: truncate``), or a 400 like the upstream's, before any quota is spent."""
+        policy = self.config.context
+        window = policy.window(model)
+        if window is None or policy.on_overflow == "send" or ask.endpoint not in (CHAT, RESPONSES):
+            return prompt
+        field = ask.endpoint.prompt_field
+        body = ask.body if prompt is None else {**ask.body, field: prompt}
+        used = self.counter.prompt(ask.endpoint.path, model, body)
+        budget = requested_max_tokens(body) or 0
+        if not overflows(used, budget, window):
+            return prompt
+        items = body.get(field)
+        if policy.on_overflow == "truncate" and isinstance(items, list):
+            count = self.counter.counter_for(model)
+            kept = truncate_messages(items, lambda m: count_messages(m, count), window_target(budget, window))
+            if kept is not None:
+                log.info(
+                    "%s: %d prompt tokens over its window; sending %d of %d messages",
+                    model,
+                    used,
+                    len(kept),
+                    len(items),
+                )
+                self.metrics.context_truncations.inc()
+                return kept
+        return errors.context_too_long(model, window, used, budget, field)
+
     async def _admit_now(
         self, ask: Ask, index: int, prompt: list[Any] | None, served: Served
     ) -> Admission | None:
@@ -329,7 +368,10 @@ class Proxy:
         chain that can admit it right now, without waiting."""
         for later in range(index + 1, len(ask.models)):
             model = ask.models[later]
-            demand, upstream_body, strip_usage = self._demand(ask, model, prompt, time.time())
+            fitted = self._fit_context(ask, model, prompt)
+            if isinstance(fitted, ProxyError):
+                continue
+            demand, upstream_body, strip_usage = self._demand(ask, model, fitted, time.time())
             grant = await self.limiter.try_acquire(demand, self._accounts_for[model])
             if grant is not None:
                 self._note_fallback(ask.models[index], model)

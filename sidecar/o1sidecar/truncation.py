@@ -10,6 +10,7 @@ from typing import Any
 
 KEPT_ROLES = frozenset({"system", "developer"})
 SAFETY = 0.9  # aim below the limit: our estimate and the upstream's count differ a little
+CERTAIN = 0.98  # before sending, a prompt overflows only if 98% of our count already does
 
 _LIMIT = re.compile(r"maximum context length is (\d+)")
 _RESULTED = re.compile(r"messages resulted in (\d+) tokens")
@@ -35,6 +36,16 @@ def parse_context_error(message: str) -> ContextError:
         prompt=prompt,
         completion=int(split.group(2)) if split else 0,
     )
+
+
+def overflows(prompt: int, budget: int, window: int) -> bool:
+    """Whether ``prompt`` tokens (our count) plus a completion ``budget`` surely exceed ``window``."""
+    return prompt * CERTAIN + budget > window
+
+
+def window_target(budget: int, window: int) -> int:
+    """Prompt tokens to aim for so that the prompt and ``budget`` fit ``window``."""
+    return max(1, int((window - budget) * SAFETY))
 
 
 def target_tokens(estimate: int, error: ContextError) -> int:

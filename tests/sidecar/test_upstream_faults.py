@@ -161,6 +161,52 @@ async def test_context_length_truncates_old_messages_and_retries_once(
     assert admitted(emulator, "o1-mini") == 1
 
 
+LONG_HISTORY = [
+    {"role": "system", "content": "You are terse."},
+    *(
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 200}
+        for i in range(12)
+    ),
+    {"role": "user", "content": "And now, the question?"},
+]
+
+
+async def test_a_prompt_over_the_known_window_is_truncated_before_sending(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle
+) -> None:
+    """The sidecar knows the window (here the emulator's 2,000 tokens for o1-mini): it drops the oldest
+    messages first, so the upstream never answers context_length_exceeded and no call is wasted."""
+    handle = await make_sidecar(context={"windows": {"o1-mini": 2000}})
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    completion = await client.chat.completions.create(
+        model="o1-mini", messages=LONG_HISTORY, max_completion_tokens=200
+    )
+    assert completion.choices[0].message.content
+    assert emulator.stats()["totals"].get("400", 0) == 0
+    assert admitted(emulator, "o1-mini") == 1
+    assert "o1_api_context_truncations_total 1.0" in await _scrape(handle.metrics_url)
+
+
+@pytest.mark.parametrize(
+    ("policy", "messages"),
+    [
+        ("refuse", LONG_HISTORY),
+        ("truncate", [{"role": "user", "content": "word " * 3000}]),  # nothing to drop
+    ],
+)
+async def test_a_prompt_that_cannot_fit_is_refused_like_the_upstream_would_without_sending(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle, policy: str, messages: list[dict[str, str]]
+) -> None:
+    handle = await make_sidecar(context={"windows": {"o1-mini": 2000}, "on_overflow": policy})
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.chat.completions.create(model="o1-mini", messages=messages, max_completion_tokens=200)
+    assert err.value.code == "context_length_exceeded"
+    assert "maximum context length is 2000 tokens" in err.value.message
+    assert "nothing was sent upstream" in err.value.message
+    assert emulator.stats()["totals"].get("requests", 0) == 0
+
+
 async def test_context_length_that_truncation_cannot_fix_is_passed_through(
     make_sidecar, emulator: EmulatorHandle
 ) -> None:  # type: ignore[no-untyped-def]

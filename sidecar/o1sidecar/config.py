@@ -188,6 +188,12 @@ class FallbackPolicy(_Strict):
         default_factory=dict, description="model -> models to try next, in order."
     )
     cache_only_last: bool = Field(default=True, description="After the chain, answer from cache if any.")
+    outage_failures: int = Field(
+        default=5, ge=1, description="Upstream failures in a row (any account) that mark a model down."
+    )
+    outage_probe_s: float = Field(
+        default=30.0, gt=0, description="A model marked down is skipped this long, then tried again."
+    )
 
 
 class Timeouts(_Strict):

@@ -85,8 +85,10 @@ def next_step(
     cache_only: bool,
     time_left_s: float,
     jitter: float = 0.0,
+    model_down: bool = False,
 ) -> Step:
-    """The step after an attempt ended in ``outcome``; ``models`` is ``[requested, *fallback chain]``."""
+    """The step after an attempt ended in ``outcome``; ``models`` is ``[requested, *fallback chain]``.
+    ``model_down``: the model fails everywhere (outages.py), so a failure moves on without retrying."""
     if outcome in {Outcome.OK, Outcome.CLIENT_ERROR}:
         return Step(Action.RETURN, state)
     if outcome is Outcome.CONTEXT_LENGTH:
@@ -98,7 +100,7 @@ def next_step(
             return Step(Action.RETRY, replace(state, rate_limited=state.rate_limited + 1))
         return _move_on(state, models, cache_only)
     delay = backoff_s(state.attempt, policy, jitter)
-    if state.attempt < policy.max_attempts and delay < time_left_s:
+    if state.attempt < policy.max_attempts and delay < time_left_s and not model_down:
         return Step(Action.RETRY, replace(state, attempt=state.attempt + 1), delay_s=delay)
     return _move_on(state, models, cache_only)
 

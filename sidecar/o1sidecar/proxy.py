@@ -33,6 +33,7 @@ from o1sidecar.limits.api import (
     UpstreamReport,
 )
 from o1sidecar.metrics import NO_KEY, SidecarMetrics
+from o1sidecar.outages import ModelOutages
 from o1sidecar.plan import Action, Outcome, PlanState, classify, next_step
 from o1sidecar.reports import build_report, error_from_body, failure_report, usage_from_body
 from o1sidecar.streaming import (
@@ -151,6 +152,7 @@ class Proxy:
         # between two reads). An answer that is not streamed must come whole within total_s.
         self._stream_timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_read=t.read_s)
         self._random = random.Random()
+        self.outages = ModelOutages(config.fallback.outage_failures, config.fallback.outage_probe_s)
         self._served_models = sorted({m for a in config.accounts for m in a.serves()})
         self._accounts_for = {m: [a.name for a in config.accounts_for(m)] for m in self._served_models}
 
@@ -246,6 +248,7 @@ class Proxy:
                 if attempt.outcome is Outcome.OK and key is not None and not stream and not served.degraded:
                     self.cache.store(key, attempt.body)
                 return response
+            self.outages.record(model, attempt.outcome)
             step = next_step(
                 attempt.outcome,
                 state,
@@ -254,6 +257,7 @@ class Proxy:
                 cache_only=self.config.fallback.cache_only_last and self.config.cache.enabled,
                 time_left_s=deadline - time.time(),
                 jitter=self._random.random() * 0.25,
+                model_down=self.outages.down(model),
             )
             if step.action is Action.RETURN:
                 return self._finish(self._upstream_response(attempt, served), served, started)
@@ -304,6 +308,10 @@ class Proxy:
         while True:
             model = models[index]
             served.model = model
+            if self.outages.down(model) and index + 1 < len(models):
+                self._note_fallback(model, models[index + 1])  # down everywhere: not worth a wait
+                index, served.degraded = index + 1, True
+                continue
             fitted = self._fit_context(ask, model, prompt)
             if isinstance(fitted, ProxyError):
                 return fitted

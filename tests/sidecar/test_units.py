@@ -19,6 +19,7 @@ from o1sidecar.cache import cache_key, is_cacheable
 from o1sidecar.config import Account, CachePolicy, QueuePolicy, RetryPolicy, TokenPolicy
 from o1sidecar.controls import parse_controls
 from o1sidecar.errors import ProxyError
+from o1sidecar.outages import ModelOutages
 from o1sidecar.plan import Action, Outcome, PlanState, backoff_s, classify, next_step
 from o1sidecar.reports import build_report, error_from_body, parse_duration, usage_from_body
 from o1sidecar.streaming import ChatStreamRelay, ResponsesStreamRelay, replay_chat_completion
@@ -595,3 +596,25 @@ def test_a_refused_key_rests_doubling_and_comes_back_for_one_try() -> None:
     assert route.in_quarantine() == []  # k2's rest is over too
     rests = [route.refused(k2).rest_s for _ in range(8)]
     assert rests[:3] == [120, 240, 480] and rests[-1] == 3600  # capped at an hour
+
+
+def test_a_model_is_down_after_failures_in_a_row_over_a_span_and_probed_again() -> None:
+    now = [0.0]
+    outages = ModelOutages(failures=3, probe_s=30.0, clock=lambda: now[0])
+    for _ in range(10):  # a burst of failures within a moment is not an outage yet
+        outages.record("o1", Outcome.SERVER_ERROR)
+    assert not outages.down("o1")
+    outages.record("o1", Outcome.OK)  # an answer ends the run
+    for t in (1.0, 2.0, 3.5):
+        now[0] = t
+        outages.record("o1", Outcome.TIMEOUT)
+    assert outages.down("o1") and not outages.down("gpt-4o")
+    now[0] = 3.5 + 30.0
+    assert not outages.down("o1")  # its probe time: tried again
+    outages.record("o1", Outcome.NETWORK_ERROR)
+    assert outages.down("o1")  # failed again: down for another probe_s
+    now[0] += 30.0
+    outages.record("o1", Outcome.CLIENT_ERROR)  # a 400 is an answer: the model is up
+    assert not outages.down("o1")
+    outages.record("o1", Outcome.AUTH_ERROR)  # a refused key says nothing about the model
+    assert not outages.down("o1")

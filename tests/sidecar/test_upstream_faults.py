@@ -3,12 +3,14 @@ context-length truncation and upstream 429s handled through the limiter."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import openai
 import pytest
 
 from o1emulator.embedded import EmulatorHandle
+from tests.polling import until
 from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
 
 USER = [{"role": "user", "content": "What is a leaky bucket?"}]
@@ -382,3 +384,33 @@ async def test_an_account_whose_only_key_is_refused_fails_naming_the_key_not_its
     assert err.value.status_code == 502
     assert "refused key acct-b/b1" in err.value.message
     assert "1111" not in err.value.message
+
+
+async def test_a_model_down_everywhere_is_skipped_for_its_fallback(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle
+) -> None:
+    """o1 answers 500 on every account: once that has lasted (failures in a row over 2 s), requests
+    go straight to gpt-4o and spend no attempt on o1 until its probe time."""
+    handle = await make_sidecar(
+        accounts=("acct-a", "acct-b"),
+        fallback={"chains": {"o1": ["gpt-4o"]}},
+        retry={"max_attempts": 2, "backoff_base_s": 0.01},
+        cache={"enabled": False},
+    )
+    emulator.set_faults([{"kind": "error_5xx", "model": "o1"}])
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+
+    async def ask() -> str:
+        raw = await client.chat.completions.with_raw_response.create(model="o1", messages=USER)
+        return raw.headers["x-o1pool-model"]
+
+    async def learned() -> bool:
+        assert await ask() == "gpt-4o"  # answered by the fallback while o1 fails
+        await asyncio.sleep(0.1)
+        return handle.proxy.outages.down("o1")
+
+    await until(learned, "o1 marked down", timeout_s=20)
+    before = faults(emulator, "o1").get("error_5xx", 0)
+    assert [await ask() for _ in range(10)] == ["gpt-4o"] * 10
+    assert faults(emulator, "o1").get("error_5xx", 0) == before  # not one more call to o1
+    assert '"o1",to_model="gpt-4o"' in await _scrape(handle.metrics_url)

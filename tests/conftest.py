@@ -47,3 +47,9 @@ def redis_server(redis_server_session: RedisServer) -> RedisServer:
         redis_server_session.start()
     redis_server_session.flush()
     return redis_server_session
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The upstream matrix first: it judges timing on two shared cores, so it runs before the control
+    plane of the Kubernetes tests (which keeps running, and cleaning up namespaces, until the end)."""
+    items.sort(key=lambda item: 0 if item.path.name == "test_matrix.py" else 1)

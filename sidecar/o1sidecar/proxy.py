@@ -128,6 +128,14 @@ class Admission:
     grant: Grant
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """The prompt to send (``None``: the client's own) and its token count, when already counted."""
+
+    prompt: list[Any] | None
+    prompt_tokens: int | None = None
+
+
 class Proxy:
     """Shared state of one sidecar's proxy: config, limiter, routes, HTTP session, cache, metrics."""
 
@@ -293,10 +301,12 @@ class Proxy:
     # -- admission -----------------------------------------------------------------------------
 
     def _demand(
-        self, ask: Ask, model: str, prompt: list[Any] | None, deadline: float
+        self, ask: Ask, model: str, fitted: Fitted, deadline: float
     ) -> tuple[Demand, dict[str, Any], bool]:
-        upstream_body, strip_usage = self._upstream_body(ask.endpoint, ask.body, model, prompt)
-        tokens = self.counter.charge(ask.endpoint.path, model, upstream_body, self.config.tokens)
+        upstream_body, strip_usage = self._upstream_body(ask.endpoint, ask.body, model, fitted.prompt)
+        tokens = self.counter.charge(
+            ask.endpoint.path, model, upstream_body, self.config.tokens, fitted.prompt_tokens
+        )
         return Demand(model, tokens, ask.controls.priority, deadline), upstream_body, strip_usage
 
     async def _admit(
@@ -339,20 +349,20 @@ class Proxy:
                     return errors.quota_exhausted(exc, models)
                 return errors.no_capacity(exc, model, demand.tokens)
 
-    def _fit_context(self, ask: Ask, model: str, prompt: list[Any] | None) -> list[Any] | ProxyError | None:
+    def _fit_context(self, ask: Ask, model: str, prompt: list[Any] | None) -> Fitted | ProxyError:
         """The prompt to send to ``model`` (``None``: the client's own), so that it fits the model's
         context window with the completion budget: as it is, with the oldest messages dropped
         (``context.on_overflow: truncate``), or a 400 like the upstream's, before any quota is spent."""
         policy = self.config.context
         window = policy.window(model)
         if window is None or policy.on_overflow == "send" or ask.endpoint not in (CHAT, RESPONSES):
-            return prompt
+            return Fitted(prompt)
         field = ask.endpoint.prompt_field
         body = ask.body if prompt is None else {**ask.body, field: prompt}
         used = self.counter.prompt(ask.endpoint.path, model, body)
         budget = requested_max_tokens(body) or 0
         if not overflows(used, budget, window):
-            return prompt
+            return Fitted(prompt, used)  # counted once: the charge reuses it
         items = body.get(field)
         if policy.on_overflow == "truncate" and isinstance(items, list):
             count = self.counter.counter_for(model)
@@ -366,7 +376,7 @@ class Proxy:
                     len(items),
                 )
                 self.metrics.context_truncations.inc()
-                return kept
+                return Fitted(kept)
         return errors.context_too_long(model, window, used, budget, field)
 
     async def _admit_now(

@@ -80,10 +80,19 @@ class TokenCounter:
             return self.responses_prompt(model, body)
         return self.embeddings_input(model, body)
 
-    def charge(self, endpoint: str, model: str, body: dict[str, Any], policy: TokenPolicy) -> int:
+    def charge(
+        self,
+        endpoint: str,
+        model: str,
+        body: dict[str, Any],
+        policy: TokenPolicy,
+        prompt_tokens: int | None = None,
+    ) -> int:
         """The TPM charge to reserve: never below what the upstream charges (its chars/4 estimate),
-        so a shared limiter cannot under-count."""
-        prompt = max(self.prompt(endpoint, model, body), upstream_prompt_estimate(body))
+        so a shared limiter cannot under-count. ``prompt_tokens``: ``prompt()`` of this body, if the
+        caller has already counted it."""
+        counted = self.prompt(endpoint, model, body) if prompt_tokens is None else prompt_tokens
+        prompt = max(counted, upstream_prompt_estimate(body))
         if endpoint == "embeddings":
             return prompt  # no completion: the input is the whole charge
         return admission_charge(prompt, requested_max_tokens(body), choices_of(body), policy)

@@ -38,6 +38,7 @@ ONE_SECOND_BOUNDS = (0.02, 0.60)
 # The same jitter lets some high-priority requests miss their second: 83-86% of their fair share
 # served in CI runs, against >= 0.9 for every other cell.
 ONE_SECOND_HIGH_SHARE = 0.75
+FIXED_WINDOW_MIN_USE = 0.40
 CELLS = [
     *(
         Cell(u, headers, share, rpm=300 if UPSTREAMS[u][1] < 10 else None)
@@ -70,6 +71,11 @@ async def test_limits_hold(results: dict[Cell, CellResult], cell: Cell) -> None:
     r = results[cell]
     one_second = UPSTREAMS[cell.upstream][1] < 10
     max_429, min_use = ONE_SECOND_BOUNDS if one_second else BOUNDS[cell.known]
+    if UPSTREAMS[cell.upstream][0] == "fixed_window":
+        # 60 s measured against fixed windows: which windows' quota falls inside depends on where the
+        # measurement starts (43-77% to over 90% between runs of the same code). Refusals, losses and
+        # priority are judged here; use over whole windows in `o1pool bench` (300 s).
+        min_use = FIXED_WINDOW_MIN_USE
     assert r.lost == 0, describe(r)
     assert r.rate_429 <= max_429, describe(r)
     assert r.utilisation >= min_use, describe(r)

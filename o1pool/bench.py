@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import os
 import sys
 import tempfile
 import time
@@ -59,6 +60,7 @@ def latency_table(rows: list[LatencyRow]) -> str:
 
 
 PREVIOUS = "7b0a68e"  # the release before pacing and adaptive limits
+PARALLEL = max(1, os.cpu_count() or 1)
 
 
 def chosen_cells(args: argparse.Namespace, previous: bool) -> list[Cell]:
@@ -139,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure", type=float, default=300.0, help="(a) seconds measured")
     parser.add_argument("--sidecars", type=int, default=4, help="(a) sidecar processes per cell")
     parser.add_argument("--rpm", type=int, default=300, help="(a) configured RPM per account")
-    parser.add_argument("--parallel", type=int, default=5, help="(a) cells run at the same time")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=PARALLEL,
+        help="(a) cells run at the same time (default: one per core, %(default)s here; a cell keeps about "
+        "half a core busy, and a busier machine delays the sidecars' dispatch, which shows as queue wait)",
+    )
     parser.add_argument(
         "--upstream", action="append", choices=sorted(UPSTREAMS), help="(a) only these upstreams (repeatable)"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from typing import Any
@@ -87,10 +88,21 @@ def _default_namespace(kubeconfig: str | None) -> str:
 
 
 async def run(count_interval_s: float, memo: kopf.Memo, **operator_options: Any) -> None:
-    """kopf's operator, plus the loop that counts live sidecars, until kopf stops (on a signal)."""
-    from o1operator.sidecars import count_forever
+    """kopf's operator, plus the loop that reads live sidecars and refused keys from each pool's Redis,
+    until kopf stops (on a signal)."""
+    from o1operator.reconcile import reconcile_pool
+    from o1operator.sidecars import observe_forever
 
-    counter = asyncio.create_task(count_forever(memo.kube, memo.probes, count_interval_s))
+    def refused_changed(namespace: str, name: str) -> None:
+        pool = memo.kube.get_pool(namespace, name)
+        if pool is not None:
+            refused = memo.refused.get((namespace, name), ())
+            logger = logging.getLogger("o1operator.sidecars")
+            reconcile_pool(memo.kube, pool, memo.kube.post_event, logger, memo.probes, refused=refused)
+
+    counter = asyncio.create_task(
+        observe_forever(memo.kube, memo.probes, memo.refused, count_interval_s, refused_changed)
+    )
     try:
         await kopf.operator(memo=memo, **operator_options)
     finally:
@@ -123,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"o1pool operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
     memo.probes = {}
+    memo.refused = {}
     try:
         asyncio.run(
             run(

@@ -36,6 +36,12 @@ def post_event(pool: Mapping[str, Any], type_: str, reason: str, message: str) -
     kopf.event(dict(pool), type=type_, reason=reason, message=message)
 
 
+def reconcile(memo: kopf.Memo, pool: Mapping[str, Any], logger: logging.Logger) -> None:
+    meta = pool["metadata"]
+    refused = memo.refused.get((meta["namespace"], meta["name"]), ())
+    reconcile_pool(memo.kube, pool, post_event, logger, memo.probes, refused=refused)
+
+
 @kopf.index(GROUP, VERSION, PLURAL)
 def pools_by_secret(
     namespace: str, name: str, spec: Mapping[str, Any], **_: Any
@@ -47,7 +53,7 @@ def pools_by_secret(
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def pool_changed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    reconcile_pool(memo.kube, body, post_event, logger, memo.probes)
+    reconcile(memo, body, logger)
 
 
 @kopf.on.event("", "v1", "secrets")
@@ -66,11 +72,11 @@ def secret_changed(
         pool = memo.kube.get_pool(namespace, pool_name)
         if pool is not None:
             logger.info("Secret %s %s: re-rendering O1Pool %s", name, type.lower(), pool_name)
-            reconcile_pool(memo.kube, pool, post_event, logger, memo.probes)
+            reconcile(memo, pool, logger)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_S, initial_delay=RESYNC_S)
 def pool_resync(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """Re-render every ``RESYNC_S`` seconds: repairs edits to the owned ConfigMap and Secret, and catches
     up on a Secret change whose event handler failed (kopf does not retry event handlers)."""
-    reconcile_pool(memo.kube, body, post_event, logger, memo.probes)
+    reconcile(memo, body, logger)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from o1operator.render import GROUP, PLURAL, VERSION
+from o1operator.render import GROUP, KIND, PLURAL, VERSION
 
 FIELD_MANAGER = "o1pool-operator"
 APPLY = "application/apply-patch+yaml"
@@ -97,6 +98,31 @@ class Kube:
                 return None
             raise
         return dict(pool)
+
+    def post_event(self, pool: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``pool``, for changes seen outside a kopf handler (sidecars.py)."""
+        meta = pool["metadata"]
+        now = datetime.now(UTC)
+        self.core.create_namespaced_event(
+            meta["namespace"],
+            client.CoreV1Event(
+                metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}."),
+                involved_object=client.V1ObjectReference(
+                    api_version=f"{GROUP}/{VERSION}",
+                    kind=KIND,
+                    name=meta["name"],
+                    namespace=meta["namespace"],
+                    uid=meta.get("uid"),
+                ),
+                type=type_,
+                reason=reason,
+                message=message[:1024],
+                first_timestamp=now,
+                last_timestamp=now,
+                count=1,
+                source=client.V1EventSource(component=FIELD_MANAGER),
+            ),
+        )
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(

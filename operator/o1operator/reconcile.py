@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,6 +11,7 @@ from o1operator.kube import Kube
 from o1operator.render import get_config_map, get_key_secret, referenced_secrets, render
 from o1operator.sidecars import Probes, get_sidecar_probe
 from o1operator.status import KEYS_READY, get_status
+from o1sidecar.quarantine import RefusedKey
 
 # (pool, type, reason, message) -> None: posts a Kubernetes event about the pool (kopf.event).
 PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
@@ -47,8 +48,10 @@ def reconcile_pool(
     logger: logging.Logger,
     probes: Probes | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    refused: Sequence[RefusedKey] = (),
 ) -> dict[str, Any]:
-    """Bring the pool's ConfigMap, Secret and status in line with its spec and Secrets; returns the status."""
+    """Bring the pool's ConfigMap, Secret and status in line with its spec and Secrets, and report the
+    keys the upstream refused lately (``refused``, read from Redis by sidecars.py); returns the status."""
     meta = pool["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     secrets = kube.read_secrets(namespace, referenced_secrets(pool["spec"]))
@@ -62,7 +65,7 @@ def reconcile_pool(
                 probes.pop((namespace, name), None)
             else:
                 probes[namespace, name] = probe
-    status = get_status(pool, rendering, now())
+    status = get_status(pool, rendering, now(), refused)
     kube.patch_status(namespace, name, status)
     for type_, reason, message in get_events(pool.get("status") or {}, status):
         post_event(pool, type_, reason, message)

@@ -1,9 +1,16 @@
-"""``status.liveSidecars``: how many sidecars serve each pool, counted from their Redis heartbeats.
+"""What the operator reads from a pool's Redis: live sidecars and refused keys.
 
-Sidecars register in the pool's ZSET ``{<prefix>:<namespace>/<pool>}:sidecars`` (member: sidecar id,
-score: Redis server time of its last heartbeat) and count as live for three heartbeat intervals, the
-same rule they use for their fair share (o1sidecar/limits/lua/heartbeat.lua). The operator reads that
-count on a fixed period for every pool it has rendered with a Redis; pools without Redis report none.
+``status.liveSidecars``: sidecars register in the pool's ZSET ``{<prefix>:<namespace>/<pool>}:sidecars``
+(member: sidecar id, score: Redis server time of its last heartbeat) and count as live for three
+heartbeat intervals, the same rule they use for their fair share (o1sidecar/limits/lua/heartbeat.lua).
+
+``status.refusedKeys`` and the ``KeysReady`` condition: the keys the upstream refused, from the pool's
+HASH of refused keys (o1sidecar/quarantine.py). An entry whose fingerprint is not that of the key's
+value in the pool's Secret (the key was rotated, or left the spec) is deleted: a rotation lifts the
+quarantine. A change of the refused keys re-reconciles the pool (status, conditions, an event).
+
+The operator reads both on a fixed period, in one round trip, for every pool it has rendered with a
+Redis; pools without Redis report none.
 
 One operator-wide loop (started next to kopf by the CLI), not a kopf timer: kopf timers put a
 finalizer on every pool, which would make deleting a pool wait for the operator.
@@ -14,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 import yaml
@@ -22,9 +29,11 @@ from kubernetes.client.exceptions import ApiException
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from o1common.keyprint import key_fingerprint
 from o1operator.kube import Kube
 from o1operator.render import REDIS_PASSWORD_FILE, Rendering
 from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.quarantine import RefusedKey, read_refused
 
 log = logging.getLogger("o1operator.sidecars")
 
@@ -41,13 +50,23 @@ class SidecarProbe:
     key: str
     stale_after_s: float
     password: str | None = None
+    refused_key: str = ""  # the pool's HASH of refused keys
+    fingerprints: tuple[tuple[str, str], ...] = ()  # (account/key, fingerprint of its value) per key
 
     def __repr__(self) -> str:
         return f"SidecarProbe({self.namespace}/{self.name}, {self.key})"
 
 
-# (namespace, pool) -> probe; written by reconcile, read by the counting loop.
+@dataclass(frozen=True)
+class Observation:
+    live: int
+    refused: tuple[RefusedKey, ...]
+
+
+# (namespace, pool) -> probe; written by reconcile, read by the observing loop.
 Probes = MutableMapping[tuple[str, str], SidecarProbe]
+# (namespace, pool) -> its refused keys; written by the observing loop, read by reconcile.
+Refused = MutableMapping[tuple[str, str], tuple[RefusedKey, ...]]
 
 
 def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
@@ -62,6 +81,12 @@ def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
     keys = PoolKeys(
         prefix=redis["key_prefix"], namespace=config["pool"]["namespace"], pool=config["pool"]["name"]
     )
+    fingerprints = tuple(
+        (label, key_fingerprint(label, base64.b64decode(rendering.key_data[k.file_name]).decode().strip()))
+        for k in rendering.keys
+        if k.ready
+        for label in [f"{k.account}/{k.name}"]
+    )
     return SidecarProbe(
         namespace=rendering.namespace,
         name=rendering.name,
@@ -69,35 +94,64 @@ def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
         key=keys.sidecars(),
         stale_after_s=3 * float(redis["heartbeat_interval_s"]),
         password=base64.b64decode(encoded).decode().strip() if encoded else None,
+        refused_key=keys.refused_keys(),
+        fingerprints=fingerprints,
     )
 
 
-async def count_live_sidecars(probe: SidecarProbe) -> int:
-    """Sidecars whose last heartbeat is newer than ``stale_after_s``, on Redis server time."""
+async def observe(probe: SidecarProbe) -> Observation:
+    """Sidecars whose last heartbeat is newer than ``stale_after_s`` (on Redis server time), and the
+    refused keys of the values the pool holds now (entries of other values are deleted)."""
     client = Redis.from_url(
         probe.url,
         password=probe.password,
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
+        decode_responses=True,
     )
     try:
         seconds, micros = await client.time()
         now = seconds + micros / 1e6
-        return int(await client.zcount(probe.key, f"({now - probe.stale_after_s}", "+inf"))
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.zcount(probe.key, f"({now - probe.stale_after_s}", "+inf")
+            pipe.hgetall(probe.refused_key)
+            live, entries = await pipe.execute()
+        current = dict(probe.fingerprints)
+        refused = {e.label: e for e in read_refused(entries)}
+        kept = tuple(e for e in refused.values() if current.get(e.label) == e.fingerprint)
+        stale = sorted(set(entries) - {e.label for e in kept})  # rotated, gone from the spec, or malformed
+        if stale:
+            await client.hdel(probe.refused_key, *stale)
+        return Observation(int(live), kept)
     finally:
         await client.aclose()
 
 
-async def count_forever(kube: Kube, probes: Probes, interval_s: float) -> None:
-    """Every ``interval_s``: count each probed pool's sidecars and patch ``liveSidecars`` when it changed."""
+async def observe_forever(
+    kube: Kube,
+    probes: Probes,
+    refused: Refused,
+    interval_s: float,
+    on_refused: Callable[[str, str], None],
+) -> None:
+    """Every ``interval_s``: observe each probed pool; patch ``liveSidecars`` when it changed; when its
+    refused keys changed, record them in ``refused`` and call ``on_refused(namespace, name)`` (in a
+    thread) to re-reconcile the pool."""
     reported: dict[tuple[str, str], int] = {}
     while True:
         for ref, probe in list(probes.items()):
             try:
-                live = await count_live_sidecars(probe)
+                seen = await observe(probe)
             except (TimeoutError, RedisError, OSError) as exc:
-                log.warning("O1Pool %s/%s: cannot count sidecars in Redis: %s", *ref, type(exc).__name__)
+                log.warning("O1Pool %s/%s: cannot read sidecars in Redis: %s", *ref, type(exc).__name__)
                 continue
+            if refused.get(ref, ()) != seen.refused:
+                refused[ref] = seen.refused
+                try:
+                    await asyncio.to_thread(on_refused, *ref)
+                except ApiException as exc:
+                    log.warning("O1Pool %s/%s: cannot report refused keys: HTTP %s", *ref, exc.status)
+            live = seen.live
             if reported.get(ref) == live:
                 continue
             try:

@@ -11,10 +11,11 @@ config that rendered).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from o1operator.render import Rendering
+from o1sidecar.quarantine import RefusedKey
 
 READY = "Ready"
 KEYS_READY = "KeysReady"
@@ -60,18 +61,37 @@ def merge_conditions(
     return merged + [dict(c) for c in old.values()]
 
 
+def _at(seconds: float) -> str:
+    return timestamp(datetime.fromtimestamp(seconds, UTC))
+
+
+def describe_refusal(key: RefusedKey) -> str:
+    return (
+        f"key {key.label} refused by the upstream since {_at(key.since)} ({key.refusals} in a row; "
+        f"next try {_at(key.until)}); rotate the key's Secret value or check the account"
+    )
+
+
 def get_conditions(
-    rendering: Rendering, generation: int, previous: Sequence[Mapping[str, Any]]
+    rendering: Rendering,
+    generation: int,
+    previous: Sequence[Mapping[str, Any]],
+    refused: Sequence[RefusedKey] = (),
 ) -> list[dict]:
-    total, ready = len(rendering.keys), rendering.keys_ready
+    """``refused``: keys the upstream refused lately (quarantine entries for current key values)."""
+    total = len(rendering.keys)
     missing = [k.describe_problem() for k in rendering.keys if not k.ready]
-    if missing:
-        reasons = sorted({k.problem for k in rendering.keys if k.problem})
+    refusals = [describe_refusal(k) for k in refused]
+    ready = rendering.keys_ready - len(refused)
+    if missing or refusals:
+        problems = {k.problem for k in rendering.keys if k.problem}
+        reasons = sorted(problems | ({"KeysRefused"} if refused else set()))
+        many = "KeysUnusable" if refused else "KeysMissing"
         keys = condition(
             KEYS_READY,
             False,
-            reasons[0] if len(reasons) == 1 else "KeysMissing",
-            f"{total - ready} of {total} keys unusable: " + "; ".join(missing),
+            reasons[0] if len(reasons) == 1 else many,
+            f"{total - ready} of {total} keys unusable: " + "; ".join(missing + refusals),
             generation,
         )
     else:
@@ -97,7 +117,7 @@ def get_conditions(
             f"(config hash {(rendering.config_hash or '')[:12]})",
             generation,
         )
-        if missing:
+        if missing or refusals:
             ready_cond = condition(
                 READY,
                 True,
@@ -123,18 +143,30 @@ def get_conditions(
     return conditions
 
 
-def get_status(pool: Mapping[str, Any], rendering: Rendering, now: datetime) -> dict[str, Any]:
-    """The status patch for ``pool`` after ``rendering`` was applied (or failed to render)."""
+def get_refused_keys(refused: Sequence[RefusedKey]) -> list[dict[str, Any]]:
+    return [
+        {"key": k.label, "since": _at(k.since), "refusals": k.refusals, "nextTry": _at(k.until)}
+        for k in refused
+    ]
+
+
+def get_status(
+    pool: Mapping[str, Any], rendering: Rendering, now: datetime, refused: Sequence[RefusedKey] = ()
+) -> dict[str, Any]:
+    """The status patch for ``pool`` after ``rendering`` was applied (or failed to render), with the
+    keys the upstream refused lately (``refused``)."""
     generation = int(pool["metadata"].get("generation", 0))
     previous = (pool.get("status") or {}).get("conditions") or []
+    conditions = get_conditions(rendering, generation, previous, refused)
     status: dict[str, Any] = {
         "observedGeneration": generation,
-        "conditions": merge_conditions(previous, get_conditions(rendering, generation, previous), now),
+        "conditions": merge_conditions(previous, conditions, now),
         "keysReady": rendering.keys_ready,
         "keysTotal": len(rendering.keys),
         "keys": f"{rendering.keys_ready}/{len(rendering.keys)}",
         "accountsReady": rendering.accounts_ready,
         "accountsTotal": rendering.accounts_total,
+        "refusedKeys": get_refused_keys(refused),
     }
     if rendering.error is None:
         status |= {

@@ -28,8 +28,11 @@ from o1sidecar.inbound import (
     read_body,
 )
 from o1sidecar.limits.api import Limiter
+from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.limits.redis_store import redis_client
 from o1sidecar.metrics import NO_KEY, SidecarMetrics, create_metrics_app
 from o1sidecar.proxy import Proxy
+from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.tokens import TokenCounter
 from o1sidecar.upstream import load_routes
 
@@ -57,6 +60,14 @@ def create_app(
     routes = load_routes(config)
     limiter = limiter if limiter is not None else _default_limiter(config)
     metrics = SidecarMetrics(limiter.state)
+    quarantine = None
+    if config.redis.url is not None:
+        quarantine = SharedQuarantine(
+            redis_client(config.redis),
+            PoolKeys(config.redis.key_prefix, config.pool.namespace, config.pool.name),
+            routes,
+            config.redis.heartbeat_interval_s,
+        )
     proxy = Proxy(
         config,
         limiter,
@@ -64,6 +75,7 @@ def create_app(
         counter or TokenCounter(),
         ResponseCache(config.cache, config.redis, config.pool),
         metrics,
+        quarantine,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes + 1,

@@ -35,6 +35,7 @@ from o1sidecar.limits.api import (
 from o1sidecar.metrics import NO_KEY, SidecarMetrics
 from o1sidecar.outages import ModelOutages
 from o1sidecar.plan import Action, Outcome, PlanState, classify, next_step
+from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.reports import build_report, error_from_body, failure_report, usage_from_body
 from o1sidecar.streaming import (
     ChatStreamCollector,
@@ -147,8 +148,10 @@ class Proxy:
         counter: TokenCounter,
         cache: ResponseCache,
         metrics: SidecarMetrics,
+        quarantine: SharedQuarantine | None = None,
     ) -> None:
         self.config = config
+        self.quarantine = quarantine
         self.limiter = limiter
         self.routes = routes
         self.counter = counter
@@ -176,8 +179,12 @@ class Proxy:
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
+        if self.quarantine is not None:
+            await self.quarantine.start()
 
     async def close(self) -> None:
+        if self.quarantine is not None:
+            await self.quarantine.close()
         if self.session is not None:
             await self.session.close()
 
@@ -431,7 +438,7 @@ class Proxy:
                     timeout=self._stream_timeout if stream else self.session.timeout,
                 ) as up:
                     if up.status == 200 and stream:
-                        route.accepted(key)
+                        await self._key_worked(route, key)
                         response, report = await self._relay_stream(
                             request, endpoint, up, served, strip_usage, collect_for
                         )
@@ -476,7 +483,9 @@ class Proxy:
             self._note_failure(key, model, f"http_{attempt.status}")
         elif attempt.outcome is Outcome.AUTH_ERROR:
             self._note_failure(key, model, "key_refused")
-            held = route.refused(key)
+            held = (
+                route.refused(key) if self.quarantine is None else await self.quarantine.refused(route, key)
+            )
             log.warning(
                 "the upstream refused key %s (HTTP %s); not used for %.0fs (refusal %d in a row)",
                 key.label,
@@ -485,9 +494,13 @@ class Proxy:
                 held.refusals,
             )
         if attempt.outcome is Outcome.OK:
-            route.accepted(key)
+            await self._key_worked(route, key)
             return attempt, self._upstream_response(attempt, served)
         return attempt, None
+
+    async def _key_worked(self, route: AccountRoute, key: UpstreamKey) -> None:
+        if route.accepted(key) and self.quarantine is not None:
+            await self.quarantine.accepted(key)
 
     async def _relay_stream(
         self,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from o1common.keyprint import key_fingerprint
 from o1sidecar.config import Account, SidecarConfig
 
 
@@ -22,6 +23,11 @@ class UpstreamKey:
     def label(self) -> str:
         """``account/key`` names: what metrics and logs show instead of the key."""
         return f"{self.account}/{self.name}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Tells this value of the key from another (o1common.keyprint); says nothing of either."""
+        return key_fingerprint(self.label, self.value)
 
 
 # A key the upstream refused (401/403) rests this long, doubling with each refusal in a row.
@@ -72,10 +78,18 @@ class AccountRoute:
         held = self._quarantine[key.name] = Quarantine(refusals, rest, self._clock() + rest)
         return held
 
-    def accepted(self, key: UpstreamKey) -> None:
-        """The upstream accepted ``key``: out of quarantine."""
-        if self._quarantine:
-            self._quarantine.pop(key.name, None)
+    def accepted(self, key: UpstreamKey) -> bool:
+        """The upstream accepted ``key``: out of quarantine. Whether it was in."""
+        return bool(self._quarantine) and self._quarantine.pop(key.name, None) is not None
+
+    def adopt(self, name: str, refusals: int, rest_s: float, remaining_s: float) -> Quarantine:
+        """Quarantine key ``name`` as the pool decided (quarantine.py): ``remaining_s`` from now."""
+        held = self._quarantine[name] = Quarantine(refusals, rest_s, self._clock() + remaining_s)
+        return held
+
+    def lift(self, name: str) -> None:
+        """Key ``name`` is no longer in quarantine for the pool."""
+        self._quarantine.pop(name, None)
 
     def in_quarantine(self) -> list[str]:
         now = self._clock()

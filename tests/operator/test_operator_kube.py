@@ -6,6 +6,7 @@ kubeconfig), so every call it makes goes through the chart's RBAC.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -24,9 +25,13 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from o1operator import cli as operator_cli
-from o1sidecar.config import SidecarConfig
+from o1sidecar.config import Account, SidecarConfig
+from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.quarantine import SharedQuarantine
+from o1sidecar.upstream import AccountRoute, UpstreamKey
 from tests.conftest import RedisServer
 from tests.kube.fixtures import Kube
 from tests.kube.pki import generate_pki
@@ -615,6 +620,98 @@ def test_live_sidecars_are_counted_from_redis_heartbeats(
         assert row[:4] == ["basic", "True", "1", "3"]
     finally:
         stop_operator(running)
+
+
+def test_a_refused_key_is_reported_with_an_event_and_a_rotation_lifts_it(
+    kube: Kube,
+    chart: Chart,
+    api: client.ApiClient,
+    kube_namespace: str,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    """A sidecar records a refusal in the pool's Redis (its own code, quarantine.py); the operator
+    reports it in status.refusedKeys, KeysReady and an event, and drops it when the key's Secret
+    value changes."""
+    ns = kube_namespace
+    running = start_operator(
+        kube, chart.sa_kubeconfig, ns, tmp_path / "operator.log", "--sidecar-count-interval=0.3"
+    )
+    try:
+        pool = yaml.safe_load(BASIC.read_text())
+        pool["spec"]["redis"] = {"url": redis_server.url, "keyPrefix": "t"}
+        data = fake_secrets(pool["spec"])
+        create_secrets(api, ns, data)
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pool))
+        wait_for(
+            "pool Ready",
+            lambda: condition(get_pool(api, ns, "basic"), "Ready").get("status") == "True",
+            running,
+        )
+
+        value = base64.b64decode(data["openai-keys"]["primary"]).decode()
+        asyncio.run(refuse_key(redis_server.url, PoolKeys("t", ns, "basic"), "main", "primary", value))
+
+        def refused() -> dict[str, Any] | None:
+            status = get_pool(api, ns, "basic").get("status", {})
+            keys = condition({"status": status}, "KeysReady")
+            return status if keys.get("reason") == "KeysRefused" and status.get("refusedKeys") else None
+
+        status = wait_for("KeysReady False: KeysRefused", refused, running)
+        assert [(k["key"], k["refusals"]) for k in status["refusedKeys"]] == [("main/primary", 1)]
+        assert (
+            "key main/primary refused by the upstream since"
+            in condition({"status": status}, "KeysReady")["message"]
+        )
+        assert condition({"status": status}, "Ready")["reason"] == "DegradedKeys"
+
+        def event() -> bool:
+            out = kube.kubectl(
+                "get", "events", "-n", ns, "--field-selector", "involvedObject.name=basic", "-o", "json"
+            )
+            return any(
+                e["reason"] == "KeysRefused" and "main/primary" in e["message"]
+                for e in json.loads(out.stdout)["items"]
+            )
+
+        wait_for("a KeysRefused event", event, running)
+        assert value not in kube.kubectl("get", "events", "-n", ns, "-o", "yaml").stdout
+
+        client.CoreV1Api(api).patch_namespaced_secret(
+            "openai-keys", ns, {"data": {"primary": b64("sk-fake-rotated-after-refusal")}}
+        )
+
+        def lifted() -> bool:
+            status = get_pool(api, ns, "basic").get("status", {})
+            return (
+                condition({"status": status}, "KeysReady").get("status") == "True"
+                and status.get("refusedKeys") == []
+            )
+
+        wait_for("the rotation lifts the quarantine", lifted, running)
+        redis = Redis.from_url(redis_server.url)
+        try:
+            assert redis.hgetall(PoolKeys("t", ns, "basic").refused_keys()) == {}
+        finally:
+            redis.close()
+    finally:
+        stop_operator(running)
+
+
+async def refuse_key(url: str, keys: PoolKeys, account: str, name: str, value: str) -> None:
+    """What a sidecar does when the upstream refuses its key ``account/name`` holding ``value``."""
+    spec = {
+        "name": account,
+        "base_url": "http://127.0.0.1:1",
+        "tier": 5,
+        "keys": [{"name": name, "env": "X"}],
+    }
+    route = AccountRoute(Account.model_validate(spec), [UpstreamKey(account, name, value)])
+    shared = SharedQuarantine(AsyncRedis.from_url(url, decode_responses=True), keys, {account: route}, 60)
+    try:
+        await shared.refused(route, route.keys[0])
+    finally:
+        await shared.close()
 
 
 def test_webhook_certificate_survives_helm_upgrade(

@@ -1,9 +1,18 @@
-"""Where the operator counts a pool's live sidecars (pure part)."""
+"""What the operator reads from a pool's Redis: where (pure), and live sidecars and refused keys."""
 
 from __future__ import annotations
 
+import base64
+
+import redis.asyncio as aioredis
+
 from o1operator.render import render
-from o1operator.sidecars import get_sidecar_probe
+from o1operator.sidecars import get_sidecar_probe, observe
+from o1sidecar.config import Account
+from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.quarantine import SharedQuarantine
+from o1sidecar.upstream import AccountRoute, UpstreamKey
+from tests.conftest import RedisServer
 from tests.operator.conftest import FAKE_REDIS_PASSWORD, REPO, fake_secrets, load_example
 
 EXAMPLES = REPO / "examples"
@@ -28,3 +37,46 @@ def test_no_probe_without_redis_or_config() -> None:
     pool = load_example(EXAMPLES / "o1pool-basic.yaml")
     probe = get_sidecar_probe(render(pool, fake_secrets(pool["spec"])))
     assert probe is not None and probe.password is None and probe.key == "{o1pool:default/basic}:sidecars"
+
+
+async def test_observe_counts_sidecars_and_drops_refusals_of_values_no_longer_held(
+    redis_server: RedisServer,
+) -> None:
+    """A refusal recorded by a sidecar (its own code) is reported while the pool holds that value of
+    the key; after a rotation, or for a key gone from the spec, the entry is deleted."""
+    pool = load_example(EXAMPLES / "o1pool-basic.yaml")
+    pool["spec"]["redis"] = {"url": redis_server.url, "keyPrefix": "t"}
+    secrets = fake_secrets(pool["spec"])
+    probe = get_sidecar_probe(render(pool, secrets))
+    assert probe is not None
+    value = base64.b64decode(secrets["openai-keys"]["primary"]).decode()
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    keys = PoolKeys("t", "default", "basic")
+    route = AccountRoute(
+        Account.model_validate(
+            {
+                "name": "main",
+                "base_url": "http://127.0.0.1:1",
+                "tier": 5,
+                "keys": [{"name": "primary", "env": "X"}],
+            }
+        ),
+        [UpstreamKey("main", "primary", value)],
+    )
+    shared = SharedQuarantine(client, keys, {"main": route}, 60)
+    await shared.refused(route, route.keys[0])
+    await client.hset(keys.refused_keys(), mapping={"gone/key": "abcd1234;1;1;2", "main/odd": "junk"})
+    seconds, _ = await client.time()
+    await client.zadd(keys.sidecars(), {"a": seconds, "b": seconds, "dead": seconds - 60})
+
+    seen = await observe(probe)
+    assert seen.live == 2
+    assert [(k.label, k.refusals) for k in seen.refused] == [("main/primary", 1)]
+    assert list(await client.hgetall(keys.refused_keys())) == ["main/primary"]
+
+    rotated = {**secrets, "openai-keys": {"primary": base64.b64encode(b"sk-rotated").decode()}}
+    after = get_sidecar_probe(render(pool, rotated))
+    assert after is not None
+    assert (await observe(after)).refused == ()
+    assert await client.hgetall(keys.refused_keys()) == {}
+    await shared.close()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from o1operator.reconcile import get_events
 from o1operator.render import render
 from o1operator.status import get_status
+from o1sidecar.quarantine import RefusedKey
 from tests.operator.conftest import REPO, fake_secrets, load_example
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -86,3 +88,27 @@ def test_conditions_of_other_writers_are_kept() -> None:
     pool["status"] = {"conditions": [forecasting]}
     by_type = conditions(get_status(pool, render(pool, fake_secrets(pool["spec"])), T0))
     assert by_type["Forecasting"] == forecasting
+
+
+def test_a_refused_key_is_named_with_since_when_and_the_pool_serves_degraded() -> None:
+    pool = load_example(MULTI)
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    label = f"{rendering.keys[0].account}/{rendering.keys[0].name}"
+    since = T0.timestamp() - 90
+    refused = [RefusedKey(label, "0badc0de", 2, since, T0.timestamp() + 30)]
+    status = get_status(pool, rendering, T0, refused)
+    by_type = conditions(status)
+    keys = by_type["KeysReady"]
+    assert (keys["status"], keys["reason"]) == ("False", "KeysRefused")
+    assert f"key {label} refused by the upstream since 2026-01-01T11:58:30Z (2 in a row" in keys["message"]
+    assert "1 of 4 keys unusable" in keys["message"] and "next try 2026-01-01T12:00:30Z" in keys["message"]
+    assert (by_type["Ready"]["status"], by_type["Ready"]["reason"]) == ("True", "DegradedKeys")
+    assert "serving with 3 of 4 keys" in by_type["Ready"]["message"]
+    assert status["refusedKeys"] == [
+        {"key": label, "since": "2026-01-01T11:58:30Z", "refusals": 2, "nextTry": "2026-01-01T12:00:30Z"}
+    ]
+    assert "0badc0de" not in str(status)  # the fingerprint stays in Redis
+    events = get_events(get_status(pool, rendering, T0), status)
+    assert [(t, r) for t, r, _ in events] == [("Warning", "KeysRefused")]
+    lifted = conditions(get_status({**pool, "status": status}, rendering, T0))["KeysReady"]
+    assert (lifted["status"], lifted["reason"]) == ("True", "AllKeysPresent")

@@ -55,6 +55,11 @@ class PoolKeys:
         pool's tag like every other key, so no other pool on the same Redis can read or write it."""
         return f"{self.tag}:cache:{key}"
 
+    def refused_keys(self) -> str:
+        """HASH of the keys the upstream refused: ``account/key`` -> fingerprint, refusals in a row,
+        since and until when the key rests (quarantine.py)."""
+        return f"{self.tag}:keys:refused"
+
     def wake_channel(self) -> str:
         """Pub/sub channel: a model's queue may move (a lease freed, a waiter admitted)."""
         return f"{self.tag}:wake"

@@ -93,15 +93,16 @@ async def run(count_interval_s: float, memo: kopf.Memo, **operator_options: Any)
     from o1operator.reconcile import reconcile_pool
     from o1operator.sidecars import observe_forever
 
-    def refused_changed(namespace: str, name: str) -> None:
+    def observed_changed(namespace: str, name: str) -> None:
         pool = memo.kube.get_pool(namespace, name)
         if pool is not None:
-            refused = memo.refused.get((namespace, name), ())
+            refused, outages = memo.observed.get((namespace, name), ((), None))
             logger = logging.getLogger("o1operator.sidecars")
-            reconcile_pool(memo.kube, pool, memo.kube.post_event, logger, memo.probes, refused=refused)
+            post = memo.kube.post_event
+            reconcile_pool(memo.kube, pool, post, logger, memo.probes, refused=refused, outages=outages)
 
     counter = asyncio.create_task(
-        observe_forever(memo.kube, memo.probes, memo.refused, count_interval_s, refused_changed)
+        observe_forever(memo.kube, memo.probes, memo.observed, count_interval_s, observed_changed)
     )
     try:
         await kopf.operator(memo=memo, **operator_options)
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"o1pool operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
     memo.probes = {}
-    memo.refused = {}
+    memo.observed = {}
     try:
         asyncio.run(
             run(

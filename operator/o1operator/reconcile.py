@@ -10,7 +10,8 @@ from typing import Any
 from o1operator.kube import Kube
 from o1operator.render import get_config_map, get_key_secret, referenced_secrets, render
 from o1operator.sidecars import Probes, get_sidecar_probe
-from o1operator.status import KEYS_READY, get_status
+from o1operator.status import KEYS_READY, MODELS_AVAILABLE, get_status
+from o1sidecar.outages import ModelState
 from o1sidecar.quarantine import RefusedKey
 
 # (pool, type, reason, message) -> None: posts a Kubernetes event about the pool (kopf.event).
@@ -35,6 +36,11 @@ def get_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tupl
     keys_before, keys_after = _condition(before, KEYS_READY), _condition(after, KEYS_READY)
     if keys_after.get("status") == "False" and keys_after.get("message") != keys_before.get("message"):
         events.append(("Warning", keys_after["reason"], keys_after["message"]))
+    models_before, models_after = _condition(before, MODELS_AVAILABLE), _condition(after, MODELS_AVAILABLE)
+    if models_after.get("status") == "False" and models_after.get("message") != models_before.get("message"):
+        events.append(("Warning", models_after["reason"], models_after["message"]))
+    if models_after.get("reason") == "Answering" and models_before.get("status") == "False":
+        events.append(("Normal", "ModelsAnswering", "every model answers again"))
     ready = _condition(after, "Ready")
     if ready.get("status") == "False" and ready.get("message") != _condition(before, "Ready").get("message"):
         events.append(("Warning", ready["reason"], ready["message"]))
@@ -49,23 +55,25 @@ def reconcile_pool(
     probes: Probes | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     refused: Sequence[RefusedKey] = (),
+    outages: Sequence[tuple[str, ModelState]] | None = None,
 ) -> dict[str, Any]:
     """Bring the pool's ConfigMap, Secret and status in line with its spec and Secrets, and report the
-    keys the upstream refused lately (``refused``, read from Redis by sidecars.py); returns the status."""
+    keys the upstream refused lately and the models not up (``refused``, ``outages``: read from Redis
+    by sidecars.py); returns the status."""
     meta = pool["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     secrets = kube.read_secrets(namespace, referenced_secrets(pool["spec"]))
     rendering = render(pool, secrets)
+    probe = get_sidecar_probe(rendering)  # None: no Redis, nothing to observe
     if rendering.error is None:
         kube.apply(get_config_map(pool, rendering))
         kube.apply(get_key_secret(pool, rendering))
         if probes is not None:
-            probe = get_sidecar_probe(rendering)
             if probe is None:
                 probes.pop((namespace, name), None)
             else:
                 probes[namespace, name] = probe
-    status = get_status(pool, rendering, now(), refused)
+    status = get_status(pool, rendering, now(), refused, None if probe is None else outages)
     kube.patch_status(namespace, name, status)
     for type_, reason, message in get_events(pool.get("status") or {}, status):
         post_event(pool, type_, reason, message)

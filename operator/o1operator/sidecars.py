@@ -1,4 +1,4 @@
-"""What the operator reads from a pool's Redis: live sidecars and refused keys.
+"""What the operator reads from a pool's Redis: live sidecars, refused keys and model outages.
 
 ``status.liveSidecars``: sidecars register in the pool's ZSET ``{<prefix>:<namespace>/<pool>}:sidecars``
 (member: sidecar id, score: Redis server time of its last heartbeat) and count as live for three
@@ -7,7 +7,9 @@ heartbeat intervals, the same rule they use for their fair share (o1sidecar/limi
 ``status.refusedKeys`` and the ``KeysReady`` condition: the keys the upstream refused, from the pool's
 HASH of refused keys (o1sidecar/quarantine.py). An entry whose fingerprint is not that of the key's
 value in the pool's Secret (the key was rotated, or left the spec) is deleted: a rotation lifts the
-quarantine. A change of the refused keys re-reconciles the pool (status, conditions, an event).
+quarantine. The ``ModelsAvailable`` condition: the models failing on every account or ramping back, from the
+pool's HASH of outages (o1sidecar/outage_sync.py). A change of either re-reconciles the pool (status,
+conditions, an event).
 
 The operator reads both on a fixed period, in one round trip, for every pool it has rendered with a
 Redis; pools without Redis report none.
@@ -33,6 +35,8 @@ from o1common.keyprint import key_fingerprint
 from o1operator.kube import Kube
 from o1operator.render import REDIS_PASSWORD_FILE, Rendering
 from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.outage_sync import read_states
+from o1sidecar.outages import ModelState, ramp_share
 from o1sidecar.quarantine import RefusedKey, read_refused
 
 log = logging.getLogger("o1operator.sidecars")
@@ -51,6 +55,7 @@ class SidecarProbe:
     stale_after_s: float
     password: str | None = None
     refused_key: str = ""  # the pool's HASH of refused keys
+    outages_key: str = ""  # the pool's HASH of models not up
     fingerprints: tuple[tuple[str, str], ...] = ()  # (account/key, fingerprint of its value) per key
 
     def __repr__(self) -> str:
@@ -61,12 +66,14 @@ class SidecarProbe:
 class Observation:
     live: int
     refused: tuple[RefusedKey, ...]
+    outages: tuple[tuple[str, ModelState], ...] = ()  # models not up, on Redis time
 
 
 # (namespace, pool) -> probe; written by reconcile, read by the observing loop.
 Probes = MutableMapping[tuple[str, str], SidecarProbe]
-# (namespace, pool) -> its refused keys; written by the observing loop, read by reconcile.
-Refused = MutableMapping[tuple[str, str], tuple[RefusedKey, ...]]
+# (namespace, pool) -> its refused keys and models not up; written by the observing loop, read by
+# reconcile.
+Observed = MutableMapping[tuple[str, str], tuple[tuple[RefusedKey, ...], tuple[tuple[str, ModelState], ...]]]
 
 
 def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
@@ -95,6 +102,7 @@ def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
         stale_after_s=3 * float(redis["heartbeat_interval_s"]),
         password=base64.b64decode(encoded).decode().strip() if encoded else None,
         refused_key=keys.refused_keys(),
+        outages_key=keys.outages(),
         fingerprints=fingerprints,
     )
 
@@ -115,14 +123,20 @@ async def observe(probe: SidecarProbe) -> Observation:
         async with client.pipeline(transaction=False) as pipe:
             pipe.zcount(probe.key, f"({now - probe.stale_after_s}", "+inf")
             pipe.hgetall(probe.refused_key)
-            live, entries = await pipe.execute()
+            pipe.hgetall(probe.outages_key)
+            live, entries, outage_entries = await pipe.execute()
+        outages = tuple(
+            (model, st)
+            for model, st in sorted(read_states(outage_entries, now).items())
+            if st.phase == "down" or ramp_share(now - st.since) < 1.0
+        )
         current = dict(probe.fingerprints)
         refused = {e.label: e for e in read_refused(entries)}
         kept = tuple(e for e in refused.values() if current.get(e.label) == e.fingerprint)
         stale = sorted(set(entries) - {e.label for e in kept})  # rotated, gone from the spec, or malformed
         if stale:
             await client.hdel(probe.refused_key, *stale)
-        return Observation(int(live), kept)
+        return Observation(int(live), kept, outages)
     finally:
         await client.aclose()
 
@@ -130,13 +144,13 @@ async def observe(probe: SidecarProbe) -> Observation:
 async def observe_forever(
     kube: Kube,
     probes: Probes,
-    refused: Refused,
+    observed: Observed,
     interval_s: float,
-    on_refused: Callable[[str, str], None],
+    on_change: Callable[[str, str], None],
 ) -> None:
     """Every ``interval_s``: observe each probed pool; patch ``liveSidecars`` when it changed; when its
-    refused keys changed, record them in ``refused`` and call ``on_refused(namespace, name)`` (in a
-    thread) to re-reconcile the pool."""
+    refused keys or model outages changed, record them in ``observed`` and call
+    ``on_change(namespace, name)`` (in a thread) to re-reconcile the pool."""
     reported: dict[tuple[str, str], int] = {}
     while True:
         for ref, probe in list(probes.items()):
@@ -145,12 +159,12 @@ async def observe_forever(
             except (TimeoutError, RedisError, OSError) as exc:
                 log.warning("O1Pool %s/%s: cannot read sidecars in Redis: %s", *ref, type(exc).__name__)
                 continue
-            if refused.get(ref, ()) != seen.refused:
-                refused[ref] = seen.refused
+            if observed.get(ref) != (seen.refused, seen.outages):
+                observed[ref] = (seen.refused, seen.outages)
                 try:
-                    await asyncio.to_thread(on_refused, *ref)
+                    await asyncio.to_thread(on_change, *ref)
                 except ApiException as exc:
-                    log.warning("O1Pool %s/%s: cannot report refused keys: HTTP %s", *ref, exc.status)
+                    log.warning("O1Pool %s/%s: cannot report keys and outages: HTTP %s", *ref, exc.status)
             live = seen.live
             if reported.get(ref) == live:
                 continue

@@ -15,13 +15,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from o1operator.render import Rendering
+from o1sidecar.outages import ModelState
 from o1sidecar.quarantine import RefusedKey
 
 READY = "Ready"
 KEYS_READY = "KeysReady"
 CONFIG_RENDERED = "ConfigRendered"
 FORECASTING = "Forecasting"
-CONDITION_TYPES = (READY, KEYS_READY, CONFIG_RENDERED, FORECASTING)
+MODELS_AVAILABLE = "ModelsAvailable"
+CONDITION_TYPES = (READY, KEYS_READY, CONFIG_RENDERED, MODELS_AVAILABLE, FORECASTING)
 
 MAX_MESSAGE = 2048
 
@@ -72,13 +74,50 @@ def describe_refusal(key: RefusedKey) -> str:
     )
 
 
+def models_condition(outages: Sequence[tuple[str, ModelState]] | None, generation: int) -> dict[str, Any]:
+    """``ModelsAvailable`` from the pool's outages (model, state on Redis time; ``None``: not read, the
+    pool has no Redis or it could not be reached)."""
+    if outages is None:
+        return condition(
+            MODELS_AVAILABLE,
+            None,
+            "NotObserved",
+            "the operator has not read the pool's model outages (the pool has no Redis, or it could not be "
+            "reached); each sidecar still tracks them (metric o1_api_model_availability)",
+            generation,
+        )
+    down = [(m, st) for m, st in outages if st.phase == "down"]
+    ramping = [(m, st) for m, st in outages if st.phase == "ramp"]
+    back = "; ".join(
+        f"{m} answering again since {_at(st.since)}, ramping back (10%, 25%, 50% of its requests a minute "
+        "each, then all)"
+        for m, st in ramping
+    )
+    if down:
+        lines = [
+            f"{m} failing on every account since {_at(st.since)}: nothing is sent to it but one probe "
+            f"(next at {_at(st.probe_at)}); its requests go to their fallback models or the cache, or "
+            "get 503"
+            for m, st in down
+        ]
+        return condition(
+            MODELS_AVAILABLE, False, "ModelsDown", "; ".join(lines + ([back] if back else [])), generation
+        )
+    if ramping:
+        return condition(MODELS_AVAILABLE, True, "Recovering", back, generation)
+    return condition(MODELS_AVAILABLE, True, "Answering", "no model is failing on every account", generation)
+
+
 def get_conditions(
     rendering: Rendering,
     generation: int,
     previous: Sequence[Mapping[str, Any]],
     refused: Sequence[RefusedKey] = (),
+    outages: Sequence[tuple[str, ModelState]] | None = None,
 ) -> list[dict]:
-    """``refused``: keys the upstream refused lately (quarantine entries for current key values)."""
+    """``refused``: keys the upstream refused lately (quarantine entries for current key values);
+    ``outages``: models failing on every account or ramping back (o1sidecar.outage_sync; ``None`` when
+    the pool has no Redis)."""
     total = len(rendering.keys)
     missing = [k.describe_problem() for k in rendering.keys if not k.ready]
     refusals = [describe_refusal(k) for k in refused]
@@ -135,7 +174,7 @@ def get_conditions(
                 generation,
             )
 
-    conditions = [ready_cond, keys, rendered]
+    conditions = [ready_cond, keys, rendered, models_condition(outages, generation)]
     if not any(c.get("type") == FORECASTING for c in previous):
         conditions.append(
             condition(FORECASTING, None, "NoPrediction", "no load prediction published yet", generation)
@@ -151,13 +190,17 @@ def get_refused_keys(refused: Sequence[RefusedKey]) -> list[dict[str, Any]]:
 
 
 def get_status(
-    pool: Mapping[str, Any], rendering: Rendering, now: datetime, refused: Sequence[RefusedKey] = ()
+    pool: Mapping[str, Any],
+    rendering: Rendering,
+    now: datetime,
+    refused: Sequence[RefusedKey] = (),
+    outages: Sequence[tuple[str, ModelState]] | None = None,
 ) -> dict[str, Any]:
     """The status patch for ``pool`` after ``rendering`` was applied (or failed to render), with the
-    keys the upstream refused lately (``refused``)."""
+    keys the upstream refused lately (``refused``) and the models not up (``outages``)."""
     generation = int(pool["metadata"].get("generation", 0))
     previous = (pool.get("status") or {}).get("conditions") or []
-    conditions = get_conditions(rendering, generation, previous, refused)
+    conditions = get_conditions(rendering, generation, previous, refused, outages)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge_conditions(previous, conditions, now),

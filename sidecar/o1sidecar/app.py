@@ -31,6 +31,8 @@ from o1sidecar.limits.api import Limiter
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.limits.redis_store import redis_client
 from o1sidecar.metrics import NO_KEY, SidecarMetrics, create_metrics_app
+from o1sidecar.outage_sync import SharedOutages
+from o1sidecar.outages import ModelOutages
 from o1sidecar.proxy import Proxy
 from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.tokens import TokenCounter
@@ -60,14 +62,15 @@ def create_app(
     routes = load_routes(config)
     limiter = limiter if limiter is not None else _default_limiter(config)
     metrics = SidecarMetrics(limiter.state)
-    quarantine = None
+    outages = ModelOutages(config.fallback.outage_failures, config.fallback.outage_probe_s)
+    metrics.watch_models(sorted({m for a in config.accounts for m in a.serves()}), outages.availability)
+    quarantine, outage_sync = None, None
     if config.redis.url is not None:
-        quarantine = SharedQuarantine(
-            redis_client(config.redis),
-            PoolKeys(config.redis.key_prefix, config.pool.namespace, config.pool.name),
-            routes,
-            config.redis.heartbeat_interval_s,
-        )
+        keys = PoolKeys(config.redis.key_prefix, config.pool.namespace, config.pool.name)
+        every = config.redis.heartbeat_interval_s
+        quarantine = SharedQuarantine(redis_client(config.redis), keys, routes, every)
+        served = sorted({m for a in config.accounts for m in a.serves()})
+        outage_sync = SharedOutages(redis_client(config.redis), keys, outages, served, every)
     proxy = Proxy(
         config,
         limiter,
@@ -76,6 +79,8 @@ def create_app(
         ResponseCache(config.cache, config.redis, config.pool),
         metrics,
         quarantine,
+        outages,
+        outage_sync,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes + 1,

@@ -192,7 +192,9 @@ class FallbackPolicy(_Strict):
         default=5, ge=1, description="Upstream failures in a row (any account) that mark a model down."
     )
     outage_probe_s: float = Field(
-        default=30.0, gt=0, description="A model marked down is skipped this long, then tried again."
+        default=30.0,
+        gt=0,
+        description="While a model is down, one request (for the pool, with Redis) probes it this often.",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from aiohttp import web
@@ -149,4 +150,17 @@ def upstream_unavailable(models: list[str], attempts: int, last_error: str, *, t
         type="server_error",
         code="upstream_unavailable",
         headers={"x-should-retry": "false"},
+    )
+
+
+def model_unavailable(models: list[str], retry_after_s: float) -> ProxyError:
+    retry = max(1, math.ceil(retry_after_s))
+    return ProxyError(
+        503,
+        f"Every model of the request's chain ({', '.join(models)}) is failing on every account, and no "
+        f"cached answer was available; nothing was sent upstream. The pool probes the model and lets "
+        f"requests back gradually once it answers: retry after {retry} s.",
+        type="server_error",
+        code="model_unavailable",
+        headers={"retry-after": str(retry)},
     )

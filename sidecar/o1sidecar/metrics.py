@@ -6,11 +6,18 @@ usage ratios and the limiter mode are read from the limiter at scrape time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -167,6 +174,19 @@ class SidecarMetrics:
             )
         children[0].inc()
         children[1].observe(waited_s)
+
+    def watch_models(self, models: Sequence[str], availability: Callable[[str], float]) -> None:
+        """``o1_api_model_availability``: per served model, 1 up, the ramp's share while coming back
+        from an outage, 0 down (outages.py); read at scrape time."""
+        gauge = Gauge(
+            "o1_api_model_availability",
+            "Share of a model's requests let through: 1 up, 0 down (every account failing), between "
+            "while ramping back after an outage; pool-wide with Redis",
+            ["model"],
+            registry=self.registry,
+        )
+        for model in models:
+            gauge.labels(model).set_function(lambda m=model: availability(m))
 
     def scrape(self) -> bytes:
         return generate_latest(self.registry)

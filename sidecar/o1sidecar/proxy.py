@@ -33,7 +33,8 @@ from o1sidecar.limits.api import (
     UpstreamReport,
 )
 from o1sidecar.metrics import NO_KEY, SidecarMetrics
-from o1sidecar.outages import ModelOutages
+from o1sidecar.outage_sync import SharedOutages
+from o1sidecar.outages import Gate, ModelOutages
 from o1sidecar.plan import Action, Outcome, PlanState, classify, next_step
 from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.reports import build_report, error_from_body, failure_report, usage_from_body
@@ -58,6 +59,7 @@ from o1sidecar.upstream import AccountRoute, UpstreamKey
 log = logging.getLogger("o1sidecar.proxy")
 
 CLIENT_CLOSED = 499
+OUTAGE_POLL_S = 1.0  # a protected request waiting for a down model re-checks this often
 # Client headers that change what the upstream does and carry nothing of the app's identity.
 FORWARDED_REQUEST_HEADERS = ("OpenAI-Beta", "X-Request-Id")
 PASSED_RESPONSE_HEADERS = (
@@ -127,6 +129,14 @@ class Admission:
     body: dict[str, Any]
     strip_usage: bool
     grant: Grant
+    probe: bool = False  # the probe of a model that is down (outages.py)
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Every model left in the chain is down: answer from the cache, or 503 with ``retry_after_s``."""
+
+    retry_after_s: float
 
 
 @dataclass(frozen=True)
@@ -149,9 +159,12 @@ class Proxy:
         cache: ResponseCache,
         metrics: SidecarMetrics,
         quarantine: SharedQuarantine | None = None,
+        outages: ModelOutages | None = None,
+        outage_sync: SharedOutages | None = None,
     ) -> None:
         self.config = config
         self.quarantine = quarantine
+        self.outage_sync = outage_sync
         self.limiter = limiter
         self.routes = routes
         self.counter = counter
@@ -163,7 +176,9 @@ class Proxy:
         # between two reads). An answer that is not streamed must come whole within total_s.
         self._stream_timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_read=t.read_s)
         self._random = random.Random()
-        self.outages = ModelOutages(config.fallback.outage_failures, config.fallback.outage_probe_s)
+        self.outages = outages or ModelOutages(
+            config.fallback.outage_failures, config.fallback.outage_probe_s
+        )
         self._served_models = sorted({m for a in config.accounts for m in a.serves()})
         self._accounts_for = {m: [a.name for a in config.accounts_for(m)] for m in self._served_models}
 
@@ -181,10 +196,14 @@ class Proxy:
         )
         if self.quarantine is not None:
             await self.quarantine.start()
+        if self.outage_sync is not None:
+            await self.outage_sync.start()
 
     async def close(self) -> None:
         if self.quarantine is not None:
             await self.quarantine.close()
+        if self.outage_sync is not None:
+            await self.outage_sync.close()
         if self.session is not None:
             await self.session.close()
 
@@ -227,6 +246,13 @@ class Proxy:
         attempt: Attempt | None = None
         while True:
             admission = await self._admit(ask, state.model_index, truncated_prompt, served)
+            if isinstance(admission, Unavailable):
+                cached = await self._cache_only(request, endpoint, key, body, served, started)
+                if cached is not None:
+                    return cached
+                return self._finish(
+                    errors.model_unavailable(models, admission.retry_after_s), served, started
+                )
             if isinstance(admission, ProxyError):
                 return self._finish(admission, served, started)
             if admission.index != state.model_index:
@@ -245,25 +271,30 @@ class Proxy:
             payload = raw if upstream_body is body else json.dumps(upstream_body).encode()
             # A streamed answer is cached too, when it came from the requested model.
             collect_for = key if stream and not served.degraded else None
-            attempt, response = await self._call(
-                request,
-                endpoint,
-                route,
-                upstream_key,
-                model,
-                payload,
-                grant,
-                served,
-                stream,
-                strip_usage,
-                collect_for,
-            )
+            try:
+                attempt, response = await self._call(
+                    request,
+                    endpoint,
+                    route,
+                    upstream_key,
+                    model,
+                    payload,
+                    grant,
+                    served,
+                    stream,
+                    strip_usage,
+                    collect_for,
+                )
+            except BaseException:
+                if admission.probe:
+                    self.outages.probe_lost(model)
+                raise
+            await self._record_outcome(model, attempt.outcome, admission.probe)
             if response is not None:
                 self._observe(response.status, served, started)
                 if attempt.outcome is Outcome.OK and key is not None and not stream and not served.degraded:
                     self.cache.store(key, attempt.body)
                 return response
-            self.outages.record(model, attempt.outcome)
             step = next_step(
                 attempt.outcome,
                 state,
@@ -297,13 +328,45 @@ class Proxy:
                 self._note_fallback(model, models[step.state.model_index])
                 state, served.degraded = step.state, True
                 continue
-            if step.action is Action.CACHE_ONLY and key is not None:
-                hit = await self._cache_get(key)
-                if hit is not None:
-                    served.cache, served.degraded, served.account, served.key = hit[1], True, "", NO_KEY
-                    served.model = requested
-                    return await self._answer_from_cache(request, endpoint, hit[0], body, served, started)
+            if step.action is Action.CACHE_ONLY:
+                cached = await self._cache_only(request, endpoint, key, body, served, started)
+                if cached is not None:
+                    return cached
             return self._finish(self._exhausted(attempt, models), served, started)
+
+    async def _cache_only(
+        self,
+        request: web.Request,
+        endpoint: Endpoint,
+        key: str | None,
+        body: dict[str, Any],
+        served: Served,
+        started: float,
+    ) -> web.StreamResponse | None:
+        """The last resort when no model can answer: any stored answer to the same request."""
+        if key is None or not self.config.fallback.cache_only_last:
+            return None
+        hit = await self._cache_get(key)
+        if hit is None:
+            return None
+        served.cache, served.degraded, served.account, served.key = hit[1], True, "", NO_KEY
+        served.model = body["model"]
+        return await self._answer_from_cache(request, endpoint, hit[0], body, served, started)
+
+    async def _record_outcome(self, model: str, outcome: Outcome, probe: bool) -> None:
+        """Tell the outage policy how a call on ``model`` ended, and the pool when its phase changed."""
+        changed = self.outages.record(model, outcome, probe=probe)
+        if changed is not None and self.outage_sync is not None:
+            await self.outage_sync.publish(model, changed, self.outages.now())
+
+    async def _gate(self, model: str) -> Gate:
+        """Whether a request may go to ``model`` now (outages.py); a probe is claimed for the pool."""
+        gate = self.outages.gate(model)
+        if gate.action == "probe" and self.outage_sync is not None:
+            if not await self.outage_sync.claim_probe(model):
+                self.outages.probe_lost(model)
+                return Gate("down", self.outages.probe_s)
+        return gate
 
     # -- admission -----------------------------------------------------------------------------
 
@@ -318,24 +381,36 @@ class Proxy:
 
     async def _admit(
         self, ask: Ask, index: int, prompt: list[Any] | None, served: Served
-    ) -> Admission | ProxyError:
-        """Wait for a grant on ``ask.models[index]``; a model that can never admit the request moves on
-        along the chain, and at the deadline a later model with headroom right now takes it."""
+    ) -> Admission | ProxyError | Unavailable:
+        """Wait for a grant on ``ask.models[index]``; a model that is down or can never admit the
+        request moves on along the chain, and at the deadline a later model with headroom right now
+        takes it. When the last model is down, a protected priority waits for it (up to its deadline);
+        others are ``Unavailable`` at once."""
         models, controls = ask.models, ask.controls
         while True:
             model = models[index]
             served.model = model
-            if self.outages.down(model) and index + 1 < len(models):
-                self._note_fallback(model, models[index + 1])  # down everywhere: not worth a wait
-                index, served.degraded = index + 1, True
+            gate = await self._gate(model)
+            if gate.action == "down":
+                if index + 1 < len(models):
+                    self._note_fallback(model, models[index + 1])  # down everywhere: not worth a wait
+                    index, served.degraded = index + 1, True
+                    continue
+                left = ask.deadline - time.time()
+                if controls.priority < self.config.queue.peak_min_priority or left <= gate.retry_after_s:
+                    return Unavailable(gate.retry_after_s)
+                await asyncio.sleep(min(OUTAGE_POLL_S, left))
                 continue
+            probe = gate.action == "probe"
             fitted = self._fit_context(ask, model, prompt)
             if isinstance(fitted, ProxyError):
+                if probe:
+                    self.outages.probe_lost(model)
                 return fitted
             demand, upstream_body, strip_usage = self._demand(ask, model, fitted, ask.deadline)
             try:
-                grant = await self.limiter.acquire(demand, self._accounts_for[model])
-                return Admission(index, model, upstream_body, strip_usage, grant)
+                grant = await self._acquire(demand, model, probe)
+                return Admission(index, model, upstream_body, strip_usage, grant, probe)
             except QueueTimeout as exc:
                 served.waited_s += exc.waited_s
                 late = await self._admit_now(ask, index, prompt, served)
@@ -355,6 +430,14 @@ class Proxy:
                     self.metrics.queue_rejections.labels("quota").inc()
                     return errors.quota_exhausted(exc, models)
                 return errors.no_capacity(exc, model, demand.tokens)
+
+    async def _acquire(self, demand: Demand, model: str, probe: bool) -> Grant:
+        try:
+            return await self.limiter.acquire(demand, self._accounts_for[model])
+        except BaseException:
+            if probe:
+                self.outages.probe_lost(model)
+            raise
 
     def _fit_context(self, ask: Ask, model: str, prompt: list[Any] | None) -> Fitted | ProxyError:
         """The prompt to send to ``model`` (``None``: the client's own), so that it fits the model's
@@ -393,6 +476,8 @@ class Proxy:
         chain that can admit it right now, without waiting."""
         for later in range(index + 1, len(ask.models)):
             model = ask.models[later]
+            if self.outages.state(model).phase != "up":
+                continue
             fitted = self._fit_context(ask, model, prompt)
             if isinstance(fitted, ProxyError):
                 continue

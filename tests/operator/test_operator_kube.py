@@ -30,6 +30,8 @@ from redis.asyncio import Redis as AsyncRedis
 from o1operator import cli as operator_cli
 from o1sidecar.config import Account, SidecarConfig
 from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.outage_sync import SharedOutages
+from o1sidecar.outages import ModelOutages, ModelState
 from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.upstream import AccountRoute, UpstreamKey
 from tests.conftest import RedisServer
@@ -309,6 +311,7 @@ def test_pool_lifecycle_render_rotate_remove_update_delete(
         "Ready": "True",
         "KeysReady": "True",
         "ConfigRendered": "True",
+        "ModelsAvailable": "Unknown",  # its Redis (redis.example) cannot be read
         "Forecasting": "Unknown",
     }
     assert all(c["observedGeneration"] == 1 for c in status["conditions"])
@@ -622,7 +625,7 @@ def test_live_sidecars_are_counted_from_redis_heartbeats(
         stop_operator(running)
 
 
-def test_a_refused_key_is_reported_with_an_event_and_a_rotation_lifts_it(
+def test_refused_keys_and_model_outages_are_reported_and_a_rotation_lifts_a_key(
     kube: Kube,
     chart: Chart,
     api: client.ApiClient,
@@ -675,6 +678,15 @@ def test_a_refused_key_is_reported_with_an_event_and_a_rotation_lifts_it(
             )
 
         wait_for("a KeysRefused event", event, running)
+
+        asyncio.run(model_down(redis_server.url, PoolKeys("t", ns, "basic"), "o1"))
+
+        def models_down() -> dict[str, Any] | None:
+            models = condition(get_pool(api, ns, "basic"), "ModelsAvailable")
+            return models if models.get("reason") == "ModelsDown" else None
+
+        models = wait_for("ModelsAvailable False: ModelsDown", models_down, running)
+        assert models["status"] == "False" and "o1 failing on every account since" in models["message"]
         assert value not in kube.kubectl("get", "events", "-n", ns, "-o", "yaml").stdout
 
         client.CoreV1Api(api).patch_namespaced_secret(
@@ -696,6 +708,17 @@ def test_a_refused_key_is_reported_with_an_event_and_a_rotation_lifts_it(
             redis.close()
     finally:
         stop_operator(running)
+
+
+async def model_down(url: str, keys: PoolKeys, model: str) -> None:
+    """What a sidecar publishes when ``model`` fails on every account (outage_sync.py)."""
+    outages = ModelOutages(3, 30.0)
+    sync = SharedOutages(AsyncRedis.from_url(url, decode_responses=True), keys, outages, [model], 60)
+    try:
+        now = outages.now()
+        await sync.publish(model, ModelState("down", since=now, probe_at=now + 30), now)
+    finally:
+        await sync.close()
 
 
 async def refuse_key(url: str, keys: PoolKeys, account: str, name: str, value: str) -> None:

@@ -10,6 +10,8 @@ from o1operator.render import render
 from o1operator.sidecars import get_sidecar_probe, observe
 from o1sidecar.config import Account
 from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.outage_sync import SharedOutages
+from o1sidecar.outages import ModelOutages, ModelState
 from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.upstream import AccountRoute, UpstreamKey
 from tests.conftest import RedisServer
@@ -69,7 +71,17 @@ async def test_observe_counts_sidecars_and_drops_refusals_of_values_no_longer_he
     seconds, _ = await client.time()
     await client.zadd(keys.sidecars(), {"a": seconds, "b": seconds, "dead": seconds - 60})
 
+    outages = ModelOutages(3, 30.0)
+    sync = SharedOutages(
+        aioredis.from_url(redis_server.url, decode_responses=True), keys, outages, ["o1"], 60
+    )
+    now = outages.now()
+    await sync.publish("o1", ModelState("down", since=now - 5, probe_at=now + 25), now)
+    await sync.publish("o1-mini", ModelState("ramp", since=now - 181), now)  # its ramp is over: up
+
     seen = await observe(probe)
+    [(model, state)] = seen.outages
+    assert model == "o1" and state.phase == "down" and 24 < state.probe_at - seconds < 27
     assert seen.live == 2
     assert [(k.label, k.refusals) for k in seen.refused] == [("main/primary", 1)]
     assert list(await client.hgetall(keys.refused_keys())) == ["main/primary"]
@@ -80,3 +92,4 @@ async def test_observe_counts_sidecars_and_drops_refusals_of_values_no_longer_he
     assert (await observe(after)).refused == ()
     assert await client.hgetall(keys.refused_keys()) == {}
     await shared.close()
+    await sync.close()

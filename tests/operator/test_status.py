@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from o1operator.reconcile import get_events
 from o1operator.render import render
 from o1operator.status import get_status
+from o1sidecar.outages import ModelState
 from o1sidecar.quarantine import RefusedKey
 from tests.operator.conftest import REPO, fake_secrets, load_example
 
@@ -26,6 +27,7 @@ def test_all_keys_present() -> None:
         "Ready": "True",
         "KeysReady": "True",
         "ConfigRendered": "True",
+        "ModelsAvailable": "Unknown",
         "Forecasting": "Unknown",
     }
     assert by_type["Ready"]["reason"] == "Serving"
@@ -112,3 +114,27 @@ def test_a_refused_key_is_named_with_since_when_and_the_pool_serves_degraded() -
     assert [(t, r) for t, r, _ in events] == [("Warning", "KeysRefused")]
     lifted = conditions(get_status({**pool, "status": status}, rendering, T0))["KeysReady"]
     assert (lifted["status"], lifted["reason"]) == ("True", "AllKeysPresent")
+
+
+def test_models_down_and_ramping_are_reported_with_since_when_and_the_next_probe() -> None:
+    pool = load_example(MULTI)
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    t = T0.timestamp()
+    down = [
+        ("o1", ModelState("down", since=t - 120, probe_at=t + 20)),
+        ("o1-mini", ModelState("ramp", since=t - 30)),
+    ]
+    status = get_status(pool, rendering, T0, outages=down)
+    models = conditions(status)["ModelsAvailable"]
+    assert (models["status"], models["reason"]) == ("False", "ModelsDown")
+    assert "o1 failing on every account since 2026-01-01T11:58:00Z" in models["message"]
+    assert "next at 2026-01-01T12:00:20Z" in models["message"]
+    assert "o1-mini answering again since 2026-01-01T11:59:30Z, ramping back" in models["message"]
+    assert [(t, r) for t, r, _ in get_events(get_status(pool, rendering, T0, outages=()), status)] == [
+        ("Warning", "ModelsDown")
+    ]
+    ramping = get_status({**pool, "status": status}, rendering, T0, outages=down[1:])
+    assert conditions(ramping)["ModelsAvailable"]["reason"] == "Recovering"
+    answering = get_status({**pool, "status": ramping}, rendering, T0, outages=())
+    assert conditions(answering)["ModelsAvailable"]["reason"] == "Answering"
+    assert [(t, r) for t, r, _ in get_events(status, answering)] == [("Normal", "ModelsAnswering")]

@@ -19,7 +19,7 @@ from o1sidecar.cache import cache_key, is_cacheable
 from o1sidecar.config import Account, CachePolicy, QueuePolicy, RetryPolicy, TokenPolicy
 from o1sidecar.controls import parse_controls
 from o1sidecar.errors import ProxyError
-from o1sidecar.outages import ModelOutages
+from o1sidecar.outages import RAMP_RETRY_S, UP, Gate, ModelOutages, ModelState
 from o1sidecar.plan import Action, Outcome, PlanState, backoff_s, classify, next_step
 from o1sidecar.reports import build_report, error_from_body, parse_duration, usage_from_body
 from o1sidecar.streaming import ChatStreamRelay, ResponsesStreamRelay, replay_chat_completion
@@ -598,23 +598,53 @@ def test_a_refused_key_rests_doubling_and_comes_back_for_one_try() -> None:
     assert rests[:3] == [120, 240, 480] and rests[-1] == 3600  # capped at an hour
 
 
-def test_a_model_is_down_after_failures_in_a_row_over_a_span_and_probed_again() -> None:
-    now = [0.0]
-    outages = ModelOutages(failures=3, probe_s=30.0, clock=lambda: now[0])
+def test_a_model_is_down_after_failures_in_a_row_over_a_span_probed_and_ramped_back() -> None:
+    now, draws = [0.0], [0.5]
+    outages = ModelOutages(failures=3, probe_s=30.0, clock=lambda: now[0], rng=lambda: draws[0])
     for _ in range(10):  # a burst of failures within a moment is not an outage yet
         outages.record("o1", Outcome.SERVER_ERROR)
     assert not outages.down("o1")
     outages.record("o1", Outcome.OK)  # an answer ends the run
-    for t in (1.0, 2.0, 3.5):
-        now[0] = t
-        outages.record("o1", Outcome.TIMEOUT)
-    assert outages.down("o1") and not outages.down("gpt-4o")
-    now[0] = 3.5 + 30.0
-    assert not outages.down("o1")  # its probe time: tried again
-    outages.record("o1", Outcome.NETWORK_ERROR)
-    assert outages.down("o1")  # failed again: down for another probe_s
-    now[0] += 30.0
-    outages.record("o1", Outcome.CLIENT_ERROR)  # a 400 is an answer: the model is up
-    assert not outages.down("o1")
     outages.record("o1", Outcome.AUTH_ERROR)  # a refused key says nothing about the model
-    assert not outages.down("o1")
+    for t in (1.0, 2.0):
+        now[0] = t
+        assert outages.record("o1", Outcome.TIMEOUT) is None
+    now[0] = 3.5
+    assert outages.record("o1", Outcome.TIMEOUT) == ModelState("down", since=3.5, probe_at=33.5)
+    assert outages.down("o1") and not outages.down("gpt-4o")
+    assert outages.gate("o1") == Gate("down", 30.0) and outages.availability("o1") == 0.0
+    assert outages.record("o1", Outcome.SERVER_ERROR) is None  # sent before: says nothing new
+
+    now[0] = 33.5
+    assert outages.gate("o1") == Gate("probe")  # its probe time: one request is the probe...
+    assert outages.gate("o1").action == "down"  # ...and only one
+    failed = outages.record("o1", Outcome.NETWORK_ERROR, probe=True)
+    assert failed == ModelState("down", since=3.5, probe_at=63.5)  # down for another probe_s
+    now[0] = 63.5
+    assert outages.gate("o1") == Gate("probe")
+    outages.probe_lost("o1")  # that request went elsewhere: the next one probes
+    assert outages.gate("o1") == Gate("probe")
+    assert outages.record("o1", Outcome.CLIENT_ERROR, probe=True) == ModelState("ramp", since=63.5)
+
+    # Ramping: 10%, 25%, 50% of requests a minute each, then all.
+    for offset, share in ((0, 0.10), (60, 0.25), (120, 0.50), (180, 1.0)):
+        now[0] = 63.5 + offset
+        assert outages.availability("o1") == share
+        draws[0] = share - 0.01
+        assert outages.gate("o1") == Gate("pass")
+        draws[0] = share
+        assert outages.gate("o1") == (Gate("pass") if share == 1.0 else Gate("down", RAMP_RETRY_S))
+    assert outages.state("o1") == UP and outages.states() == {}
+
+
+def test_a_failure_run_while_ramping_puts_the_model_down_again() -> None:
+    now = [0.0]
+    outages = ModelOutages(failures=2, probe_s=10.0, clock=lambda: now[0])
+    outages.adopt("o1", ModelState("ramp", since=0.0))  # as the pool said
+    assert outages.availability("o1") == 0.10
+    for t in (5.0, 7.5):
+        now[0] = t
+        changed = outages.record("o1", Outcome.SERVER_ERROR)
+    assert changed == ModelState("down", since=7.5, probe_at=17.5)
+    outages.adopt("o1", UP)  # the pool says it is up (another sidecar's probe and ramp)
+    assert outages.gate("o1") == Gate("pass")

@@ -60,6 +60,14 @@ class PoolKeys:
         since and until when the key rests (quarantine.py)."""
         return f"{self.tag}:keys:refused"
 
+    def outages(self) -> str:
+        """HASH of the models that are not up: model -> phase, since, next probe (outage_sync.py)."""
+        return f"{self.tag}:outages"
+
+    def probe_lock(self, model: str) -> str:
+        """STRING held by the sidecar whose request is a down model's probe (outage_sync.py)."""
+        return f"{self.tag}:probe:{model}"
+
     def wake_channel(self) -> str:
         """Pub/sub channel: a model's queue may move (a lease freed, a waiter admitted)."""
         return f"{self.tag}:wake"

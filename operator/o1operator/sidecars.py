@@ -36,7 +36,7 @@ from o1operator.kube import Kube
 from o1operator.render import REDIS_PASSWORD_FILE, Rendering
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.outage_sync import read_states
-from o1sidecar.outages import ModelState, ramp_share
+from o1sidecar.outages import ModelState
 from o1sidecar.quarantine import RefusedKey, read_refused
 
 log = logging.getLogger("o1operator.sidecars")
@@ -128,7 +128,7 @@ async def observe(probe: SidecarProbe) -> Observation:
         outages = tuple(
             (model, st)
             for model, st in sorted(read_states(outage_entries, now).items())
-            if st.phase == "down" or ramp_share(now - st.since) < 1.0
+            if st.share(now) < 1.0
         )
         current = dict(probe.fingerprints)
         refused = {e.label: e for e in read_refused(entries)}

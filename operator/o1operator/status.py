@@ -89,8 +89,8 @@ def models_condition(outages: Sequence[tuple[str, ModelState]] | None, generatio
     down = [(m, st) for m, st in outages if st.phase == "down"]
     ramping = [(m, st) for m, st in outages if st.phase == "ramp"]
     back = "; ".join(
-        f"{m} answering again since {_at(st.since)}, ramping back (10%, 25%, 50% of its requests a minute "
-        "each, then all)"
+        f"{m} answering again since {_at(st.since)}, ramping back (10%, 25%, 50% of its requests, "
+        f"{st.step_s:.0f} s each, then all)"
         for m, st in ramping
     )
     if down:

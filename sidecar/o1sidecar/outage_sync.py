@@ -32,13 +32,13 @@ def parse_state(value: str, redis_now: float, local_now: float) -> ModelState | 
     """An entry of the HASH on the local clock (``None`` if malformed)."""
     parts = value.split(";")
     try:
-        phase, since, probe_at = parts[0], float(parts[1]), float(parts[2])
+        phase, since, probe_at, step_s = parts[0], float(parts[1]), float(parts[2]), float(parts[3])
     except (IndexError, ValueError):
         return None
-    if phase not in ("down", "ramp"):
+    if phase not in ("down", "ramp") or step_s <= 0:
         return None
     offset = local_now - redis_now
-    return ModelState(phase, since + offset, probe_at + offset)  # type: ignore[arg-type]
+    return ModelState(phase, since + offset, probe_at + offset, step_s)  # type: ignore[arg-type]
 
 
 def read_states(entries: Mapping[str, str], redis_now: float) -> dict[str, ModelState]:
@@ -73,7 +73,15 @@ class SharedOutages:
         try:
             await self._script(
                 keys=[self._keys.outages(), self._keys.probe_lock(model)],
-                args=["set", model, state.phase, max(0.0, now - state.since), state.probe_at - now, KEEP_S],
+                args=[
+                    "set",
+                    model,
+                    state.phase,
+                    max(0.0, now - state.since),
+                    state.probe_at - now,
+                    KEEP_S,
+                    state.step_s,
+                ],
             )
         except (RedisError, OSError) as exc:
             log.warning("cannot share that %s is %s (%s); deciding alone", model, state.phase, exc)

@@ -6,9 +6,10 @@ random faults is not an outage; an answer, even a 400 or a 429, ends the run). T
 no request is sent to it; they go to the next model of their fallback chain, or are answered from
 the cache, or wait (protected priorities) or get 503 (the proxy decides). Every ``probe_s`` one
 request is the *probe*: if it is answered, the model is *ramping*: a growing share of its requests
-goes through (``RAMP``: 10%, then 25%, 50% and all, one step a minute), the rest are treated as
-down; a failure run during the ramp puts it down again. With Redis the state is the pool's
-(outage_sync.py): one probe for all sidecars, one ramp.
+goes through (``RAMP_SHARES``: 10%, then 25%, 50% and all, one step a minute, or as long as the
+outage lasted if that was shorter: a blip comes back in seconds, a long outage over three minutes),
+the rest are treated as down; a failure run during the ramp puts it down again. With Redis the
+state is the pool's (outage_sync.py): one probe for all sidecars, one ramp.
 """
 
 from __future__ import annotations
@@ -28,28 +29,35 @@ log = logging.getLogger(__name__)
 FAILURES = frozenset({Outcome.SERVER_ERROR, Outcome.TIMEOUT, Outcome.NETWORK_ERROR})
 ANSWERED = frozenset({Outcome.OK, Outcome.CLIENT_ERROR, Outcome.CONTEXT_LENGTH, Outcome.RATE_LIMITED})
 SPAN_S = 2.0
-RAMP: tuple[tuple[float, float], ...] = ((60.0, 0.10), (120.0, 0.25), (180.0, 0.50))  # (until s, share)
-RAMP_RETRY_S = 5.0  # what a request left out of the ramp is told to wait
+RAMP_SHARES = (0.10, 0.25, 0.50)  # then all
+RAMP_STEP_S = 60.0  # at most
+RAMP_RETRY_S = 5.0  # at most, what a request left out of the ramp is told to wait
 
 Phase = Literal["up", "down", "ramp"]
 
 
-def ramp_share(recovered_s: float) -> float:
+def ramp_share(recovered_s: float, step_s: float = RAMP_STEP_S) -> float:
     """The share of a model's requests let through ``recovered_s`` after its probe was answered."""
-    for until, share in RAMP:
-        if recovered_s < until:
-            return share
-    return 1.0
+    step = int(recovered_s // step_s) if step_s > 0 else len(RAMP_SHARES)
+    return RAMP_SHARES[step] if 0 <= step < len(RAMP_SHARES) else 1.0
 
 
 @dataclass(frozen=True)
 class ModelState:
     """One model's phase. ``since``: when it went down, or when its probe was answered (ramp);
-    ``probe_at``: while down, when the next probe may go. Times on the owner's clock."""
+    ``probe_at``: while down, when the next probe may go; ``step_s``: while ramping, how long each
+    step lasts. Times on the owner's clock."""
 
     phase: Phase = "up"
     since: float = 0.0
     probe_at: float = 0.0
+    step_s: float = RAMP_STEP_S
+
+    def share(self, now: float) -> float:
+        """The share of requests let through at ``now``."""
+        if self.phase == "down":
+            return 0.0
+        return ramp_share(now - self.since, self.step_s) if self.phase == "ramp" else 1.0
 
 
 UP = ModelState()
@@ -86,7 +94,7 @@ class ModelOutages:
     def state(self, model: str) -> ModelState:
         """``model``'s phase now (a ramp that has run its course is up)."""
         st = self._states.get(model, UP)
-        if st.phase == "ramp" and ramp_share(self._clock() - st.since) >= 1.0:
+        if st.phase == "ramp" and st.share(self._clock()) >= 1.0:
             self._states.pop(model, None)
             return UP
         return st
@@ -97,10 +105,7 @@ class ModelOutages:
 
     def availability(self, model: str) -> float:
         """1 up, the ramp's share while ramping, 0 down."""
-        st = self.state(model)
-        if st.phase == "down":
-            return 0.0
-        return ramp_share(self._clock() - st.since) if st.phase == "ramp" else 1.0
+        return self.state(model).share(self._clock())
 
     def down(self, model: str) -> bool:
         return self.state(model).phase == "down"
@@ -113,8 +118,8 @@ class ModelOutages:
         if st.phase == "up":
             return Gate("pass")
         if st.phase == "ramp":
-            share = ramp_share(now - st.since)
-            return Gate("pass") if self._rng() < share else Gate("down", RAMP_RETRY_S)
+            left_out = Gate("down", min(RAMP_RETRY_S, st.step_s))
+            return Gate("pass") if self._rng() < st.share(now) else left_out
         if now >= st.probe_at and model not in self._probing:
             self._probing.add(model)
             return Gate("probe")
@@ -142,10 +147,15 @@ class ModelOutages:
             if not probe:
                 return None  # sent before the outage was known: says nothing new
             if outcome in ANSWERED:
-                new = ModelState("ramp", since=now)
+                step = min(RAMP_STEP_S, max(1.0, now - st.since))
+                new = ModelState("ramp", since=now, step_s=step)
                 self._breakers.pop(model, None)
                 log.warning(
-                    "model %s answered its probe: ramping back (10%% of requests, more each minute)", model
+                    "model %s answered its probe after %.0fs down: ramping back (10%%, 25%%, 50%% of its "
+                    "requests, %.0fs each, then all)",
+                    model,
+                    now - st.since,
+                    step,
                 )
             elif outcome in FAILURES:
                 new = ModelState("down", since=st.since, probe_at=now + self.probe_s)

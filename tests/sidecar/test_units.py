@@ -624,9 +624,11 @@ def test_a_model_is_down_after_failures_in_a_row_over_a_span_probed_and_ramped_b
     assert outages.gate("o1") == Gate("probe")
     outages.probe_lost("o1")  # that request went elsewhere: the next one probes
     assert outages.gate("o1") == Gate("probe")
-    assert outages.record("o1", Outcome.CLIENT_ERROR, probe=True) == ModelState("ramp", since=63.5)
+    assert outages.record("o1", Outcome.CLIENT_ERROR, probe=True) == ModelState(
+        "ramp", since=63.5, step_s=60.0
+    )
 
-    # Ramping: 10%, 25%, 50% of requests a minute each, then all.
+    # Ramping: 10%, 25%, 50% of requests a minute each (it was down for a minute), then all.
     for offset, share in ((0, 0.10), (60, 0.25), (120, 0.50), (180, 1.0)):
         now[0] = 63.5 + offset
         assert outages.availability("o1") == share
@@ -635,6 +637,16 @@ def test_a_model_is_down_after_failures_in_a_row_over_a_span_probed_and_ramped_b
         draws[0] = share
         assert outages.gate("o1") == (Gate("pass") if share == 1.0 else Gate("down", RAMP_RETRY_S))
     assert outages.state("o1") == UP and outages.states() == {}
+
+    # A blip ramps back as fast as it went: down 4 s, steps of 4 s.
+    outages.adopt("o1", ModelState("down", since=now[0], probe_at=now[0] + 4))
+    now[0] += 4
+    assert outages.gate("o1") == Gate("probe")
+    assert outages.record("o1", Outcome.OK, probe=True) == ModelState("ramp", since=now[0], step_s=4.0)
+    now[0] += 4
+    assert outages.availability("o1") == 0.25
+    now[0] += 8
+    assert outages.state("o1") == UP
 
 
 def test_a_failure_run_while_ramping_puts_the_model_down_again() -> None:

@@ -217,12 +217,17 @@ async def start_sidecar(
     port) and return once both are listening."""
     app = create_app(config, limiter=limiter)
     # A client that hangs up cancels its handler: it leaves the queue instead of spending quota.
+    # aiohttp closes a connection whose handler waits for a request head longer than its keep-alive
+    # timeout, from the connection's start or its last answer: that bounds slow (slowloris) and idle
+    # clients alike.
     runner = web.AppRunner(
         app,
         access_log=None,
         handle_signals=False,
         handler_cancellation=True,
         shutdown_timeout=config.shutdown.grace_s,
+        keepalive_timeout=config.timeouts.request_head_s,
+        auto_decompress=False,  # inbound.py decodes gzip/deflate itself, bounded; other encodings: 415
     )
     await runner.setup()
     runners: list[web.AppRunner] = [runner]

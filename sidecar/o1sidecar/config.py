@@ -205,6 +205,12 @@ class Timeouts(_Strict):
     request_body_s: float = Field(
         default=30.0, gt=0, description="The app's request body must arrive within this (else 408)."
     )
+    request_head_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A connection must bring a whole request head within this of opening or of its last "
+        "answer, else it is closed (slow or idle clients do not hold connections).",
+    )
 
 
 class ContextPolicy(_Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,10 @@ from o1sidecar.errors import ProxyError, bad_request
 
 # Read and discard up to this much of an oversized body, so the client gets to read the 413.
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+# Content-Encoding -> zlib window bits. The server does not decode bodies itself (auto_decompress
+# off): these are decoded here, bounded by max_body_bytes after decoding; others are a 415.
+DECODED = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+IDENTITY = ("", "identity")
 # Deeper JSON than any OpenAI request needs (a tool's JSON schema nests a few levels per property).
 MAX_DEPTH = 64
 # Longer numbers than any parameter needs; Python refuses to convert integers over 4,300 digits.
@@ -52,11 +57,19 @@ def _too_large(size: int | str, limit: int) -> ProxyError:
 
 async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     """The whole body (gzip or deflate bodies decoded), 413 when it is over ``limit`` (by
-    Content-Length or while reading), 408 when it has not all arrived within ``timeout_s``, 400 when
-    it is cut short or its encoding is broken."""
+    Content-Length, while reading, or once decoded), 408 when it has not all arrived within
+    ``timeout_s``, 400 when it is cut short or its encoding is broken, 415 for other encodings."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in IDENTITY and encoding not in DECODED:
+        raise ProxyError(
+            415,
+            f"Content-Encoding {encoding!r} is not supported; send plain JSON, or gzip- or deflate-encoded "
+            "JSON.",
+            code="unsupported_content_encoding",
+        )
     try:
         async with asyncio.timeout(timeout_s):
-            return await _read(request, limit)
+            raw = await _read(request, limit)
     except TimeoutError:
         request.content.feed_eof()  # the rest is not waited for: answer, then close the connection
         raise ProxyError(
@@ -66,15 +79,55 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
             code="request_timeout",
             close_connection=True,
         ) from None
-    except web.RequestPayloadError:  # a broken gzip/deflate stream or chunk framing
+    except web.RequestPayloadError:  # broken chunk framing
         request.content.feed_eof()  # nothing more can be read: answer, then close the connection
-        encoding = request.headers.get("Content-Encoding", "")
         raise ProxyError(
             400,
-            f"The request body could not be read{f' as {encoding}' if encoding else ''}; send plain JSON "
-            "or valid gzip/deflate-encoded JSON with a matching Content-Encoding.",
+            "The request body could not be read (broken chunked encoding); send plain JSON.",
             close_connection=True,
         ) from None
+    return raw if encoding in IDENTITY else _decode(raw, encoding, limit)
+
+
+def _decode(raw: bytes, encoding: str, limit: int) -> bytes:
+    """``raw`` decoded, producing at most ``limit`` + 1 bytes (a small bomb stays small): 413 past
+    ``limit``, 400 when it is not one whole stream of ``encoding``."""
+    decoder = zlib.decompressobj(DECODED[encoding])
+    try:
+        data = decoder.decompress(raw, limit + 1)
+    except zlib.error:
+        if encoding != "deflate":
+            data, broken = b"", True
+        else:  # some clients send raw deflate, without the zlib wrapper the standard asks for
+            return _decode_raw_deflate(raw, limit)
+    else:
+        broken = not decoder.eof
+    if len(data) > limit:
+        raise _too_large(f"more than {limit} (decoded)", limit)
+    if broken or decoder.unused_data.strip():
+        raise ProxyError(
+            400,
+            f"The request body could not be read as {encoding}; send plain JSON or valid {encoding}-encoded "
+            "JSON with a matching Content-Encoding.",
+        )
+    return data
+
+
+def _decode_raw_deflate(raw: bytes, limit: int) -> bytes:
+    decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        data = decoder.decompress(raw, limit + 1)
+    except zlib.error:
+        data = b""
+    if len(data) > limit:
+        raise _too_large(f"more than {limit} (decoded)", limit)
+    if not decoder.eof:
+        raise ProxyError(
+            400,
+            "The request body could not be read as deflate; send plain JSON or valid deflate-encoded JSON "
+            "with a matching Content-Encoding.",
+        )
+    return data
 
 
 async def _read(request: web.Request, limit: int) -> bytes:

@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import logging
+import zlib
 from collections.abc import Iterator
 
 import aiohttp
@@ -210,6 +211,25 @@ async def test_gzip_body_is_read_and_a_broken_one_is_400(sidecar: SidecarHandle)
     assert "could not be read as gzip" in answer["error"]["message"]
 
 
+async def test_deflate_raw_or_wrapped_is_read_other_encodings_are_415_and_a_bomb_is_413(
+    sidecar: SidecarHandle, emulator: EmulatorHandle
+) -> None:
+    plain = json.dumps({"model": "o1", "messages": USER}).encode()
+    for body in (zlib.compress(plain), zlib.compress(plain)[2:-4]):  # zlib-wrapped, and raw deflate
+        status, answer = await post(f"{sidecar.url}/chat/completions", body, {"Content-Encoding": "deflate"})
+        assert status == 200 and answer["choices"]
+    for encoding in ("br", "zstd", "gzip, br"):
+        status, answer = await post(f"{sidecar.url}/chat/completions", plain, {"Content-Encoding": encoding})
+        assert status == 415 and answer["error"]["code"] == "unsupported_content_encoding"
+        assert repr(encoding) in answer["error"]["message"]
+    before = emulator.stats()["totals"].get("admitted", 0)
+    bomb = gzip.compress(b'{"model": "o1", "messages": [' + b" " * 200_000_000 + b"]}", compresslevel=9)
+    assert len(bomb) < 1_000_000  # small on the wire, 200 MB decoded
+    status, answer = await post(f"{sidecar.url}/chat/completions", bomb, {"Content-Encoding": "gzip"})
+    assert status == 413 and "(decoded)" in answer["error"]["message"]
+    assert emulator.stats()["totals"].get("admitted", 0) == before
+
+
 async def test_a_body_that_never_ends_is_408(
     make_sidecar: SidecarFactory, emulator: EmulatorHandle, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -226,6 +246,32 @@ async def test_a_body_that_never_ends_is_408(
     assert "timeouts.request_body_s" in json.loads(body)["error"]["message"]
     assert emulator.stats()["totals"].get("admitted", 0) == 0
     assert "Traceback" not in caplog.text
+
+
+async def test_a_head_that_trickles_in_is_cut_off(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle
+) -> None:
+    """Slowloris: a request head sent a byte at a time never completes; the connection is closed
+    after ``timeouts.request_head_s``, while a normal client on another connection is served."""
+    handle = await make_sidecar(timeouts={"request_head_s": 1.0})
+    reader, writer = await asyncio.open_connection("127.0.0.1", handle.port)
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+    loop = asyncio.get_running_loop()
+    started, closed_after = loop.time(), None
+    for byte in head:
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            if reader.at_eof():
+                raise ConnectionResetError
+        except (ConnectionResetError, BrokenPipeError):
+            closed_after = loop.time() - started
+            break
+    writer.close()
+    assert closed_after is not None and closed_after < 3.0, closed_after
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    await client.chat.completions.create(model="o1", messages=[{"role": "user", "content": "still here?"}])
 
 
 @pytest.fixture

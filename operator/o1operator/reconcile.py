@@ -8,7 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from o1operator.kube import Kube
-from o1operator.render import get_config_map, get_key_secret, referenced_secrets, render
+from o1operator.render import (
+    get_config_map,
+    get_key_secret,
+    key_secret_name,
+    referenced_secrets,
+    render,
+    with_salt,
+)
 from o1operator.sidecars import Probes, get_sidecar_probe
 from o1operator.status import KEYS_READY, MODELS_AVAILABLE, get_status
 from o1sidecar.outages import ModelState
@@ -62,7 +69,8 @@ def reconcile_pool(
     by sidecars.py); returns the status."""
     meta = pool["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    secrets = kube.read_secrets(namespace, referenced_secrets(pool["spec"]))
+    read = kube.read_secrets(namespace, referenced_secrets(pool["spec"]) | {key_secret_name(name)})
+    secrets = with_salt(read, name)  # the config hash's salt: kept in the pool's own key Secret
     rendering = render(pool, secrets)
     probe = get_sidecar_probe(rendering)  # None: no Redis, nothing to observe
     if rendering.error is None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Mapping
+import hmac
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
+from secrets import token_urlsafe
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -28,6 +30,9 @@ KEY_MOUNT = PurePosixPath("/etc/o1pool/keys")
 CONFIG_MOUNT = PurePosixPath("/etc/o1pool/config")
 CONFIG_FILE = "config.yaml"
 REDIS_PASSWORD_FILE = "redis-password"
+# A random value per pool, kept in the pool's key Secret: the key of the config hash's HMAC, so the
+# hash (on pods, in status, from the webhook) cannot be used to check guesses of a key offline.
+SALT_FILE = "config-hash-salt"
 
 HASH_ANNOTATION = f"{GROUP}/config-hash"
 POOL_LABEL = f"{GROUP}/pool"
@@ -296,11 +301,26 @@ def get_sidecar_config(
 
 
 def get_config_hash(config_yaml: str, key_data: Mapping[str, str]) -> str:
-    """sha256 of the config and the key Secret's data: changes on any config change or key rotation."""
-    digest = hashlib.sha256(config_yaml.encode())
+    """HMAC-SHA256, keyed by the pool's salt (``key_data[SALT_FILE]``), of the config and the key
+    Secret's data: changes on any config change or key rotation, and says nothing about a key to
+    whoever does not hold the salt."""
+    salt = _decode(key_data.get(SALT_FILE, "")) or ""
+    digest = hmac.new(salt.encode(), config_yaml.encode(), hashlib.sha256)
     for name in sorted(key_data):
-        digest.update(b"\0" + name.encode() + b"\0" + key_data[name].encode())
+        if name != SALT_FILE:
+            digest.update(b"\0" + name.encode() + b"\0" + key_data[name].encode())
     return digest.hexdigest()
+
+
+def with_salt(
+    secrets: SecretsData, pool_name: str, new_salt: Callable[[], str] = lambda: token_urlsafe(32)
+) -> SecretsData:
+    """``secrets`` with the pool's key Secret holding a salt: the one it has, or a new one."""
+    own = key_secret_name(pool_name)
+    data = secrets.get(own) or {}
+    if _decode(data.get(SALT_FILE, "")):
+        return secrets
+    return {**secrets, own: {**data, SALT_FILE: _encode(new_salt())}}
 
 
 def render(pool: Mapping[str, Any], secrets: SecretsData) -> Rendering:
@@ -334,7 +354,10 @@ def render(pool: Mapping[str, Any], secrets: SecretsData) -> Rendering:
     except ConfigError as exc:
         return failed("InvalidConfig", str(exc))
     config_yaml = config.to_yaml()
+    salt = (secrets.get(key_secret_name(base.name)) or {}).get(SALT_FILE)
     key_data = {k.file_name: secrets[k.secret][k.secret_key] for k in keys if k.ready} | extra
+    if salt:
+        key_data[SALT_FILE] = salt
     config_hash = get_config_hash(config_yaml, key_data)
     return replace(base, config_yaml=config_yaml, key_data=key_data, config_hash=config_hash)
 

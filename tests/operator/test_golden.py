@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from o1operator.render import get_config_map, get_key_secret, redact_secret, render
+from o1operator.render import get_config_map, get_key_secret, redact_secret, render, with_salt
 from tests.operator.conftest import EXAMPLES, assert_golden, fake_secrets, load_example
 
 
@@ -30,7 +30,8 @@ def dump(obj: object) -> str:
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_golden_rendering(example: Path) -> None:
     pool = load_example(example)
-    rendering = render(pool, fake_secrets(pool["spec"]))
+    secrets = with_salt(fake_secrets(pool["spec"]), pool["metadata"]["name"], lambda: "fake-salt")
+    rendering = render(pool, secrets)
     assert rendering.error is None, rendering.error
     assert rendering.config_yaml is not None
     assert_golden(f"{example.stem}.config.yaml", rendering.config_yaml)

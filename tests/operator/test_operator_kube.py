@@ -325,6 +325,7 @@ def test_pool_lifecycle_render_rotate_remove_update_delete(
     key_secret = core.read_namespaced_secret("research-o1pool-keys", ns)
     assert sorted(key_secret.data) == [
         "azure-east.key1",
+        "config-hash-salt",  # the HMAC key of the config hash, generated once per pool
         "org-main.primary",
         "org-main.secondary",
         "redis-password",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 
 import pytest
 import yaml
@@ -15,6 +16,7 @@ from o1operator.render import (
     get_key_secret,
     referenced_secrets,
     render,
+    with_salt,
 )
 from o1sidecar.config import SidecarConfig
 from tests.operator.conftest import EXAMPLES, REPO, b64, fake_secrets, load_example, secret_values
@@ -227,3 +229,21 @@ def test_referenced_secrets() -> None:
         "azure-openai",
         "o1pool-redis",
     }
+
+
+def test_the_config_hash_is_an_hmac_under_a_salt_kept_in_the_pools_secret() -> None:
+    """The hash shown on pods and in status cannot confirm a guess of a key without the pool's salt;
+    the salt is made once and kept."""
+    pool = load_example(REPO / "examples" / "o1pool-basic.yaml")
+    plain = fake_secrets(pool["spec"])
+    one = with_salt(plain, "basic", lambda: "salt-one")
+    assert with_salt(one, "basic", lambda: "another") is one  # an existing salt is kept
+    two = with_salt(plain, "basic", lambda: "salt-two")
+    first, second = render(pool, one), render(pool, two)
+    assert first.config_hash and second.config_hash and first.config_hash != second.config_hash
+    assert render(pool, one).config_hash == first.config_hash
+    assert first.key_data["config-hash-salt"] == one["basic-o1pool-keys"]["config-hash-salt"]
+    unsalted = hashlib.sha256(first.config_yaml.encode())  # what an offline guess would compute
+    for name in sorted(k for k in first.key_data if k != "config-hash-salt"):
+        unsalted.update(b"\0" + name.encode() + b"\0" + first.key_data[name].encode())
+    assert unsalted.hexdigest() != first.config_hash

@@ -30,6 +30,7 @@ KEY_MOUNT = PurePosixPath("/etc/o1pool/keys")
 CONFIG_MOUNT = PurePosixPath("/etc/o1pool/config")
 CONFIG_FILE = "config.yaml"
 REDIS_PASSWORD_FILE = "redis-password"
+REDIS_CA_FILE = "redis-ca.crt"
 # A random value per pool, kept in the pool's key Secret: the key of the config hash's HMAC, so the
 # hash (on pods, in status, from the webhook) cannot be used to check guesses of a key offline.
 SALT_FILE = "config-hash-salt"
@@ -121,7 +122,9 @@ def referenced_secrets(spec: Mapping[str, Any]) -> set[str]:
     """Names of every Secret the spec references (keys and Redis)."""
     names = {k["secretKeyRef"]["name"] for a in spec.get("accounts", []) for k in a.get("keys", [])}
     redis = spec.get("redis") or {}
-    names |= {redis[ref]["name"] for ref in ("urlSecretRef", "passwordSecretRef") if ref in redis}
+    names |= {
+        redis[ref]["name"] for ref in ("urlSecretRef", "passwordSecretRef", "caSecretRef") if ref in redis
+    }
     return names
 
 
@@ -220,6 +223,16 @@ def get_redis_config(redis: Mapping[str, Any], secrets: SecretsData) -> tuple[di
     if password:
         extra[REDIS_PASSWORD_FILE] = _encode(password)
         config["password_file"] = str(KEY_MOUNT / REDIS_PASSWORD_FILE)
+    if "caSecretRef" in redis:
+        if not url.startswith("rediss://"):
+            raise RenderError(
+                "RedisCAWithoutTLS",
+                "spec.redis.caSecretRef is only used over TLS: set spec.redis.tls: true or use a "
+                "rediss:// URL",
+            )
+        ca = _secret_value(redis["caSecretRef"], secrets, "spec.redis.caSecretRef")
+        extra[REDIS_CA_FILE] = _encode(ca + "\n")
+        config["tls_ca_file"] = str(KEY_MOUNT / REDIS_CA_FILE)
     return config, extra
 
 

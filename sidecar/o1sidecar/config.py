@@ -147,12 +147,25 @@ class RedisConfig(_Strict):
     )
     password_file: Path | None = None
     password_env: str | None = None
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA bundle that signs the Redis server's certificate (rediss:// only); unset: the "
+        "system's CAs.",
+    )
     key_prefix: Name = "o1pool"
     connect_timeout_ms: int = Field(default=250, gt=0)
     op_timeout_ms: int = Field(default=250, gt=0)
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     breaker_failures: int = Field(default=3, ge=1, description="Consecutive failures that open the breaker.")
     breaker_reset_s: float = Field(default=2.0, gt=0, description="How long the breaker stays open.")
+
+    @model_validator(mode="after")
+    def _ca_needs_tls(self) -> RedisConfig:
+        if self.tls_ca_file is not None and not (self.url or "").startswith("rediss://"):
+            raise ValueError(
+                "redis.tls_ca_file is only used with a rediss:// url; use rediss:// or remove it"
+            )
+        return self
 
 
 class TokenPolicy(_Strict):

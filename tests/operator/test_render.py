@@ -181,6 +181,25 @@ def test_redis_tls_and_password_secret() -> None:
     assert "'rp'" in missing.error.message
 
 
+def test_redis_ca_from_a_secret_is_mounted_for_a_tls_url_only() -> None:
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+    redis = {"url": "redis://redis:6380/0", "tls": True, "caSecretRef": {"name": "redis-ca", "key": "ca.crt"}}
+    pool = pool_with({"redis": redis})
+    assert "redis-ca" in referenced_secrets(pool["spec"])
+    keys_only = {"openai-keys": fake_secrets(pool["spec"])["openai-keys"]}
+    rendering = render(pool, keys_only | {"redis-ca": {"ca.crt": b64(ca)}})
+    config = yaml.safe_load(rendering.config_yaml)
+    assert config["redis"]["tls_ca_file"] == "/etc/o1pool/keys/redis-ca.crt"
+    assert base64.b64decode(rendering.key_data["redis-ca.crt"]).decode() == ca + "\n"
+    plain = render(
+        pool_with({"redis": {**redis, "tls": False}}), keys_only | {"redis-ca": {"ca.crt": b64(ca)}}
+    )
+    assert plain.error is not None and plain.error.reason == "RedisCAWithoutTLS"
+    assert "set spec.redis.tls: true" in plain.error.message
+    missing = render(pool, keys_only)
+    assert missing.error is not None and missing.error.reason == "RedisSecretNotFound"
+
+
 def test_redis_url_secret_that_is_not_a_url_is_rejected_without_echoing_it() -> None:
     pool = load_example(MULTI)
     secrets = fake_secrets(pool["spec"])

@@ -44,8 +44,10 @@ def redis_client(cfg: RedisConfig, *, decode_responses: bool = True) -> Redis:
     """A client that fails fast: short timeouts and no retries (a breaker decides what to do). The
     one way the sidecar connects to Redis: the limiter, and the cache (``decode_responses=False``)."""
     assert cfg.url is not None
+    tls = {} if cfg.tls_ca_file is None else {"ssl_ca_certs": str(cfg.tls_ca_file)}
     pool = BlockingConnectionPool.from_url(
         cfg.url,
+        **tls,
         password=redis_password(cfg),
         socket_timeout=cfg.op_timeout_ms / 1000,
         socket_connect_timeout=cfg.connect_timeout_ms / 1000,

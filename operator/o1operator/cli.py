@@ -69,6 +69,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often status.liveSidecars is counted from Redis heartbeats (default %(default)s)",
     )
+    p.add_argument(
+        "--allowed-upstream-hosts",
+        metavar="HOSTS",
+        help="comma-separated host patterns an O1Pool account's baseURL may name (e.g. "
+        "'api.openai.com,*.openai.azure.com'); a pool naming another host is not rendered "
+        "(UpstreamNotAllowed). Default: any host",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (never logs key values)")
     return p
 
@@ -99,7 +106,16 @@ async def run(count_interval_s: float, memo: kopf.Memo, **operator_options: Any)
             refused, outages = memo.observed.get((namespace, name), ((), None))
             logger = logging.getLogger("o1operator.sidecars")
             post = memo.kube.post_event
-            reconcile_pool(memo.kube, pool, post, logger, memo.probes, refused=refused, outages=outages)
+            reconcile_pool(
+                memo.kube,
+                pool,
+                post,
+                logger,
+                memo.probes,
+                refused=refused,
+                outages=outages,
+                allowed_hosts=memo.allowed_hosts,
+            )
 
     counter = asyncio.create_task(
         observe_forever(memo.kube, memo.probes, memo.observed, count_interval_s, observed_changed)
@@ -136,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"o1pool operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
     memo.probes = {}
+    memo.allowed_hosts = (
+        tuple(h.strip().lower() for h in args.allowed_upstream_hosts.split(",") if h.strip())
+        if args.allowed_upstream_hosts
+        else None
+    )
     memo.observed = {}
     try:
         asyncio.run(

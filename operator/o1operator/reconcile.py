@@ -63,15 +63,17 @@ def reconcile_pool(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     refused: Sequence[RefusedKey] = (),
     outages: Sequence[tuple[str, ModelState]] | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Bring the pool's ConfigMap, Secret and status in line with its spec and Secrets, and report the
     keys the upstream refused lately and the models not up (``refused``, ``outages``: read from Redis
-    by sidecars.py); returns the status."""
+    by sidecars.py); ``allowed_hosts``: the host patterns an account's baseURL may name (None: any).
+    Returns the status."""
     meta = pool["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     read = kube.read_secrets(namespace, referenced_secrets(pool["spec"]) | {key_secret_name(name)})
     secrets = with_salt(read, name)  # the config hash's salt: kept in the pool's own key Secret
-    rendering = render(pool, secrets)
+    rendering = render(pool, secrets, allowed_hosts)
     probe = get_sidecar_probe(rendering)  # None: no Redis, nothing to observe
     if rendering.error is None:
         kube.apply(get_config_map(pool, rendering))

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from secrets import token_urlsafe
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from o1sidecar.config import ConfigError, SidecarConfig
+from o1sidecar.config import Account, ConfigError, SidecarConfig
 
 GROUP = "o1pool.io"
 VERSION = "v1alpha1"
@@ -31,6 +32,7 @@ CONFIG_MOUNT = PurePosixPath("/etc/o1pool/config")
 CONFIG_FILE = "config.yaml"
 REDIS_PASSWORD_FILE = "redis-password"
 REDIS_CA_FILE = "redis-ca.crt"
+DEFAULT_BASE_URL = str(Account.model_fields["base_url"].default)  # the sidecar's, for accounts without one
 # A random value per pool, kept in the pool's key Secret: the key of the config hash's HMAC, so the
 # hash (on pods, in status, from the webhook) cannot be used to check guesses of a key offline.
 SALT_FILE = "config-hash-salt"
@@ -336,9 +338,26 @@ def with_salt(
     return {**secrets, own: {**data, SALT_FILE: _encode(new_salt())}}
 
 
-def render(pool: Mapping[str, Any], secrets: SecretsData) -> Rendering:
-    """Render ``pool`` given the data of the Secrets that exist. Never raises for a bad pool: the
-    problem is returned in ``Rendering.error``."""
+def check_upstreams(spec: Mapping[str, Any], allowed_hosts: Sequence[str]) -> None:
+    """Every account's baseURL names a host matching one of ``allowed_hosts`` (shell patterns, e.g.
+    ``*.openai.azure.com``): the sidecar sends the pool's keys there."""
+    for i, account in enumerate(spec.get("accounts", [])):
+        host = (urlsplit(account.get("baseURL") or DEFAULT_BASE_URL).hostname or "").lower()
+        if not any(fnmatch.fnmatchcase(host, pattern) for pattern in allowed_hosts):
+            raise RenderError(
+                "UpstreamNotAllowed",
+                f"spec.accounts[{i}].baseURL names host {host!r}, which this operator may not send keys to "
+                f"(allowed: {', '.join(allowed_hosts)}); use an allowed host, or ask the cluster admin to "
+                "add it (the chart's allowedUpstreamHosts, flag --allowed-upstream-hosts)",
+            )
+
+
+def render(
+    pool: Mapping[str, Any], secrets: SecretsData, allowed_hosts: Sequence[str] | None = None
+) -> Rendering:
+    """Render ``pool`` given the data of the Secrets that exist, its accounts' upstreams limited to
+    ``allowed_hosts`` (None: any). Never raises for a bad pool: the problem is returned in
+    ``Rendering.error``."""
     meta, spec = pool["metadata"], pool["spec"]
     keys = get_key_states(spec, secrets)
     accounts = spec.get("accounts", [])
@@ -358,6 +377,8 @@ def render(pool: Mapping[str, Any], secrets: SecretsData) -> Rendering:
         problems = "; ".join(k.describe_problem() for k in keys if not k.ready)
         return failed("NoUsableKeys", f"no account has a usable key: {problems}")
     try:
+        if allowed_hosts is not None:
+            check_upstreams(spec, allowed_hosts)
         redis, extra = get_redis_config(spec.get("redis") or {}, secrets)
     except RenderError as exc:
         return failed(exc.reason, exc.message)

@@ -266,3 +266,18 @@ def test_the_config_hash_is_an_hmac_under_a_salt_kept_in_the_pools_secret() -> N
     for name in sorted(k for k in first.key_data if k != "config-hash-salt"):
         unsalted.update(b"\0" + name.encode() + b"\0" + first.key_data[name].encode())
     assert unsalted.hexdigest() != first.config_hash
+
+
+def test_an_account_may_only_name_an_allowed_upstream_host() -> None:
+    """The sidecar sends the pool's keys to each account's baseURL: with an allowlist, whoever edits
+    an O1Pool cannot point them at another host."""
+    pool = load_example(REPO / "examples" / "o1pool-multi-account.yaml")
+    secrets = fake_secrets(pool["spec"])
+    allowed = ("api.openai.com", "*.openai.azure.com")
+    assert render(pool, secrets, allowed).error is None  # openai (default baseURL) and an Azure resource
+    pool["spec"]["accounts"][1]["baseURL"] = "https://collector.evil.example/v1"
+    refused = render(pool, secrets, allowed)
+    assert refused.error is not None and refused.error.reason == "UpstreamNotAllowed"
+    assert "spec.accounts[1].baseURL names host 'collector.evil.example'" in refused.error.message
+    assert refused.config_yaml is None and refused.key_data == {}
+    assert render(pool, secrets).error is None  # no allowlist: any host

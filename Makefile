@@ -27,11 +27,13 @@ testground:
 test: $(STAMP) sysdeps testground
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -ra
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Regenerate golden files (rendered sidecar config, injected pods) after an intended change.
 golden: $(STAMP)

@@ -98,14 +98,17 @@ _header_values = st.sampled_from(["", "9", "-1", "high", "urgent", "1e9", "5" * 
 
 def _mutate(raw: bytes, how: str, draw: Any) -> bytes:
     if how == "huge number":
-        return raw[:-1] + b',"max_tokens":' + b"9" * draw(st.integers(100, 6000)) + b"}"
+        digits: int = draw(st.integers(100, 6000))
+        return raw[:-1] + b',"max_tokens":' + b"9" * digits + b"}"
     if how == "deep":
-        depth = draw(st.integers(60, 5000))
+        depth: int = draw(st.integers(60, 5000))
         return raw[:-1] + b',"tools":' + b"[" * depth + b"]" * depth + b"}"
     if how == "cut short":
-        return raw[: draw(st.integers(0, max(0, len(raw) - 1)))]
+        cut: int = draw(st.integers(0, max(0, len(raw) - 1)))
+        return raw[:cut]
     if how == "random bytes":
-        return draw(st.binary(max_size=200))
+        junk: bytes = draw(st.binary(max_size=200))
+        return junk
     return raw
 
 

@@ -144,7 +144,9 @@ class CellResult:
     def real_rpm(self) -> float:
         """The binding limit the upstream really enforces, all accounts together, per minute (for a
         sub-minute window: whole requests per window)."""
-        return sum(a["models"][MODEL]["limits"]["rpm_enforced"] for a in self.at_end["accounts"].values())
+        return float(
+            sum(a["models"][MODEL]["limits"]["rpm_enforced"] for a in self.at_end["accounts"].values())
+        )
 
     @property
     def real_rps(self) -> float:
@@ -156,7 +158,9 @@ class CellResult:
 
     @property
     def real_tpm(self) -> float:
-        return sum(a["models"][MODEL]["limits"]["tpm_enforced"] for a in self.at_end["accounts"].values())
+        return float(
+            sum(a["models"][MODEL]["limits"]["tpm_enforced"] for a in self.at_end["accounts"].values())
+        )
 
     @property
     def utilisation(self) -> float:
@@ -230,7 +234,8 @@ def cell_configs(
     }
     if not cell.headers:
         limiter["retry_after_s"] = 1.0  # an upstream that says nothing useful
-    rpm, tpm, extra = settings.rpm_of(cell), settings.tpm, {}
+    rpm, tpm = settings.rpm_of(cell), settings.tpm
+    extra: dict[str, Any] = {}
     if cell.binding == "tokens":
         rpm, tpm = 10 * settings.rpm_of(cell), settings.rpm_of(cell) * TOKENS_PER_REQUEST
         extra = {"tokens": {"estimate": "json_chars"}}

@@ -129,7 +129,8 @@ class EmulatorThread:
         return self.handle.key(account, index)
 
     def stats(self) -> dict[str, Any]:
-        return self._call(self._in_loop(self.handle.stats))
+        stats: dict[str, Any] = self._call(self._in_loop(self.handle.stats))
+        return stats
 
     def reset(self, buckets: bool = False) -> None:
         self._call(self._in_loop(self.handle.reset, buckets))

@@ -652,7 +652,8 @@ class Emulator:
         if not request.path.startswith("/admin/"):
             self.totals["requests"] += 1
         try:
-            return await handler(request)
+            response: web.StreamResponse = await handler(request)
+            return response
         except ApiError as exc:
             self.totals[str(exc.status)] += 1
             return json_response(exc.status, exc.body, exc.headers)

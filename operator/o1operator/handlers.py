@@ -70,7 +70,7 @@ def secret_changed(
     type: str | None,
     namespace: str,
     name: str,
-    pools_by_secret: kopf.Index,
+    pools_by_secret: kopf.Index[tuple[str, str], str],
     memo: kopf.Memo,
     logger: logging.Logger,
     **_: Any,

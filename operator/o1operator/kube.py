@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client, config
@@ -71,7 +71,7 @@ class Kube:
                 if exc.status == 404:
                     continue
                 raise
-            found[name] = dict(secret.data or {})
+            found[name] = {str(k): str(v) for k, v in (secret.data or {}).items()}
         return found
 
     def apply(self, manifest: Mapping[str, Any]) -> None:
@@ -84,7 +84,7 @@ class Kube:
         patch(
             meta["name"],
             meta["namespace"],
-            manifest,
+            dict(manifest),
             field_manager=FIELD_MANAGER,
             force=True,
             _content_type=APPLY,
@@ -97,7 +97,7 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
-        return dict(pool)
+        return cast(dict[str, Any], pool)
 
     def post_event(self, pool: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about ``pool``, for changes seen outside a kopf handler (sidecars.py)."""

@@ -55,10 +55,9 @@ def merge_conditions(
     merged = []
     for cond in new:
         before = old.pop(cond["type"], None)
-        unchanged = before is not None and before.get("status") == cond["status"]
-        since = (
-            before["lastTransitionTime"] if unchanged and before.get("lastTransitionTime") else timestamp(now)
-        )
+        since = timestamp(now)
+        if before is not None and before.get("status") == cond["status"] and before.get("lastTransitionTime"):
+            since = before["lastTransitionTime"]
         merged.append({**cond, "lastTransitionTime": since})
     return merged + [dict(c) for c in old.values()]
 
@@ -114,7 +113,7 @@ def get_conditions(
     previous: Sequence[Mapping[str, Any]],
     refused: Sequence[RefusedKey] = (),
     outages: Sequence[tuple[str, ModelState]] | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """``refused``: keys the upstream refused lately (quarantine entries for current key values);
     ``outages``: models failing on every account or ramping back (o1sidecar.outage_sync; ``None`` when
     the pool has no Redis)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -133,7 +133,7 @@ def create_app(
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
 
-    def endpoint_handler(endpoint: Endpoint) -> Callable[[web.Request], object]:
+    def endpoint_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
             try:
                 controls = parse_controls(request.headers, config.queue)

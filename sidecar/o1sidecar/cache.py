@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from cachetools import LRUCache
@@ -82,7 +82,8 @@ class ResponseCache:
         if not self._l2_usable():
             return None
         try:
-            body = await self._redis.get(self._keys.cached(key))  # type: ignore[union-attr]
+            assert self._redis is not None  # _l2_usable
+            body = cast(bytes | None, await self._redis.get(self._keys.cached(key)))
         except (aioredis.RedisError, OSError) as exc:
             self._trip(exc)
             return None

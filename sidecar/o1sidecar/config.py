@@ -18,7 +18,7 @@ from o1common.configfiles import format_validation_error, read_yaml_mapping
 from o1common.models import CONTEXT_WINDOWS
 from o1common.tiers import TIER_PRESETS, tier_limits
 
-CONFIG_VERSION = "o1pool.io/sidecar/v1alpha1"
+CONFIG_VERSION: Literal["o1pool.io/sidecar/v1alpha1"] = "o1pool.io/sidecar/v1alpha1"
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")]
 
@@ -131,7 +131,7 @@ class Account(_Strict):
             merged.update({k: v for k, v in override.model_dump().items() if v is not None})
         if merged.get("rpm") is None or merged.get("tpm") is None:
             return None
-        return ResolvedLimits(**merged)
+        return ResolvedLimits.model_validate(merged)
 
     def serves(self) -> list[str]:
         """Models this account can serve, in a stable order."""

@@ -6,6 +6,7 @@ usage ratios and the limiter mode are read from the limiter at scrape time.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -186,7 +187,7 @@ class SidecarMetrics:
             registry=self.registry,
         )
         for model in models:
-            gauge.labels(model).set_function(lambda m=model: availability(m))
+            gauge.labels(model).set_function(functools.partial(availability, model))
 
     def scrape(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ enabled, then fail. A context-length error truncates the conversation once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -73,7 +74,7 @@ def classify(status: int, error_code: str | None = None) -> Outcome:
 
 def backoff_s(attempt: int, policy: RetryPolicy, jitter: float = 0.0) -> float:
     """Delay before try ``attempt + 1``: base * 2^(attempt-1), capped, stretched by ``jitter`` in [0, 1)."""
-    return min(policy.backoff_base_s * 2 ** (attempt - 1), policy.max_retry_after_s) * (1.0 + jitter)
+    return min(policy.backoff_base_s * math.pow(2, attempt - 1), policy.max_retry_after_s) * (1.0 + jitter)
 
 
 def next_step(

@@ -696,9 +696,9 @@ class Proxy:
         started: float,
     ) -> web.StreamResponse:
         if not body.get("stream"):
-            response = web.Response(body=data, content_type="application/json", headers=served.headers())
+            answer = web.Response(body=data, content_type="application/json", headers=served.headers())
             self._observe(200, served, started, cached=True)
-            return response
+            return answer
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         response = web.StreamResponse(status=200, headers=served.headers())

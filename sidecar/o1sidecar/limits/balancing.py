@@ -8,6 +8,7 @@ The Lua admission script (lua/admit.lua) implements the same rule; tests keep th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from o1sidecar.limits.api import UpstreamReport
@@ -39,7 +40,7 @@ class Health:
 def health_at(h: Health, now: float) -> float:
     """Health recovers toward 1 with time, so a sick account is retried once it has rested."""
     elapsed = max(0.0, now - h.updated)
-    return 1.0 - (1.0 - h.value) * 0.5 ** (elapsed / HEALTH_HALF_LIFE_S)
+    return 1.0 - (1.0 - h.value) * math.pow(0.5, elapsed / HEALTH_HALF_LIFE_S)
 
 
 def update_health(h: Health, report: UpstreamReport, now: float) -> Health:

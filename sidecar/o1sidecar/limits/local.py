@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from o1sidecar.config import SidecarConfig
 from o1sidecar.limits import rule
+from o1sidecar.limits.api import Usage
 from o1sidecar.limits.backend import (
     AccountLimits,
     Admitted,
@@ -25,7 +26,6 @@ from o1sidecar.limits.backend import (
     Mode,
     Settlement,
     Snapshot,
-    Usage,
     Waiting,
 )
 from o1sidecar.limits.balancing import score
@@ -43,7 +43,7 @@ class _Ticket:
 @dataclass
 class _Entry:
     limits: AccountLimits
-    rule: rule.Limits
+    held_to: rule.Limits
     state: rule.AccountModel
     block: rule.Block | None
     wait: float
@@ -120,13 +120,13 @@ class LocalBackend:
         entries = [self._entry(a, demand.model, demand.tokens, now) for a in attempt.accounts]
         free_r = free_t = free_s = 0.0
         for e in entries:
-            r, t, s = rule.free(e.state, e.rule, now)
+            r, t, s = rule.free(e.state, e.held_to, now)
             free_r, free_t, free_s = free_r + r, free_t + t, free_s + s
         ahead = self._ahead(tickets, attempt.ticket, my_rank)
         queued = blocked_by_queue([t.tokens for t in ahead], demand.tokens, free_r, free_t, free_s)
         best = None if queued else _best(entries)
         if best is not None:
-            rule.admit(best.state, best.rule, demand.tokens, attempt.lease_id, now)
+            rule.admit(best.state, best.held_to, demand.tokens, attempt.lease_id, now)
             self._held[attempt.lease_id] = Held(attempt.lease_id, best.limits, demand.model, demand.tokens)
             tickets.pop(attempt.ticket, None)
             return Admitted(account=best.limits.name, lease_id=attempt.lease_id)
@@ -232,7 +232,7 @@ def _best(entries: list[_Entry]) -> _Entry | None:
     for e in entries:
         if e.block is not None:
             continue
-        rpm_share, tpm_share = rule.headroom(e.state, e.rule)
+        rpm_share, tpm_share = rule.headroom(e.state, e.held_to)
         s = score(rpm_share, tpm_share, e.limits.health, e.limits.weight)
         if s > best_score:
             best, best_score = e, s
@@ -250,8 +250,8 @@ def _denial(entries: list[_Entry]) -> tuple[DenyReason, float]:
 
 def _eta(entries: list[_Entry], ahead: int, ahead_tokens: float) -> float:
     base = min((e.wait for e in entries), default=math.inf)
-    rate_r = sum(rule.effective(e.state, e.rule)[0] for e in entries) / rule.MINUTE_S
-    rate_t = sum(rule.effective(e.state, e.rule)[1] for e in entries) / rule.MINUTE_S
+    rate_r = sum(rule.effective(e.state, e.held_to)[0] for e in entries) / rule.MINUTE_S
+    rate_t = sum(rule.effective(e.state, e.held_to)[1] for e in entries) / rule.MINUTE_S
     if not entries:
         return math.inf
     return base + max(ahead / rate_r, ahead_tokens / rate_t)

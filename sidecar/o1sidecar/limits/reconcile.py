@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from o1sidecar.limits.api import UpstreamReport
-from o1sidecar.limits.backend import Settlement
+from o1sidecar.limits.backend import Settlement, SettleOutcome
 
 
 def extra_usage(charged_tokens: int, usage_tokens: int | None) -> int:
@@ -40,6 +40,7 @@ def trusted_limit(limit: int | None) -> int | None:
 
 def settlement(base: Settlement, charged_tokens: int, report: UpstreamReport) -> Settlement:
     """``base`` (lease, account, model, seconds since admission) with what ``report`` says."""
+    outcome: SettleOutcome
     if report.status == 429:
         outcome = "rate_limited"
     elif 200 <= report.status < 400:

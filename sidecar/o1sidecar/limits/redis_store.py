@@ -253,8 +253,8 @@ class RedisBackend:
         args.append(len(pairs))
         for limits, model in pairs:
             keys += self._account_keys(limits.name, model)
-            held = leases.get((limits.name, model), [])
-            args += [packed_limits(limits), len(held), *held]
+            lease_ids = leases.get((limits.name, model), [])
+            args += [packed_limits(limits), len(lease_ids), *lease_ids]
         result = await self.scripts.heartbeat(keys, args)
         usage = {}
         for i, (limits, model) in enumerate(pairs):

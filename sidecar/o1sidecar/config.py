@@ -271,7 +271,7 @@ class RetryPolicy(_Strict):
     max_retry_after_s: float = Field(default=300.0, gt=0)
 
 
-class Endpoint(_Strict):
+class Address(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
 
@@ -286,8 +286,8 @@ class SidecarConfig(_Strict):
 
     version: Literal["o1pool.io/sidecar/v1alpha1"] = CONFIG_VERSION
     pool: PoolRef = PoolRef()
-    listen: Endpoint = Endpoint()
-    metrics: Endpoint = Endpoint(host="0.0.0.0", port=9090)
+    listen: Address = Address()
+    metrics: Address = Address(host="0.0.0.0", port=9090)
     redis: RedisConfig = RedisConfig()
     accounts: list[Account] = Field(min_length=1)
     tokens: TokenPolicy = TokenPolicy()

@@ -73,7 +73,7 @@ PASSED_RESPONSE_HEADERS = (
 
 
 @dataclass
-class Attempt:
+class UpstreamCall:
     """One upstream answer that was read (non-stream) or is about to be streamed."""
 
     outcome: Outcome
@@ -243,7 +243,7 @@ class Proxy:
         ask = Ask(endpoint, body, models, controls, deadline)
         state = PlanState()
         truncated_prompt: list[Any] | None = None
-        attempt: Attempt | None = None
+        attempt: UpstreamCall | None = None
         while True:
             admission = await self._admit(ask, state.model_index, truncated_prompt, served)
             if isinstance(admission, Unavailable):
@@ -504,7 +504,7 @@ class Proxy:
         stream: bool,
         strip_usage: bool,
         collect_for: str | None = None,
-    ) -> tuple[Attempt, web.StreamResponse | None]:
+    ) -> tuple[UpstreamCall, web.StreamResponse | None]:
         """One upstream call under ``grant``; releases it. Returns the response when the client has
         been (or is being) answered, or ``None`` with the attempt for the plan to decide."""
         assert self.session is not None
@@ -527,7 +527,7 @@ class Proxy:
                         response, report = await self._relay_stream(
                             request, endpoint, up, served, strip_usage, collect_for
                         )
-                        return Attempt(Outcome.OK, 200), response
+                        return UpstreamCall(Outcome.OK, 200), response
                     data = await up.read()
                     error = error_from_body(data) if up.status >= 400 else None
                     usage = usage_from_body(data) if up.status < 300 else None
@@ -536,7 +536,7 @@ class Proxy:
                     reason = f"HTTP {up.status}"
                     if outcome is Outcome.AUTH_ERROR:
                         reason += f": the upstream refused key {key.label}"
-                    attempt = Attempt(
+                    attempt = UpstreamCall(
                         outcome,
                         status=up.status,
                         body=data,
@@ -547,10 +547,12 @@ class Proxy:
                     )
             except TimeoutError:
                 self._note_failure(key, model, "timeout")
-                return Attempt(Outcome.TIMEOUT, reason="timed out"), None
+                return UpstreamCall(Outcome.TIMEOUT, reason="timed out"), None
             except aiohttp.ClientError as exc:
                 self._note_failure(key, model, "connection")
-                return Attempt(Outcome.NETWORK_ERROR, reason=f"connection error ({type(exc).__name__})"), None
+                return UpstreamCall(
+                    Outcome.NETWORK_ERROR, reason=f"connection error ({type(exc).__name__})"
+                ), None
             except asyncio.CancelledError:
                 report = UpstreamReport(status=CLIENT_CLOSED)  # the client left; not the upstream's fault
                 raise
@@ -666,7 +668,7 @@ class Proxy:
         return ({**body, **changes} if changes else body), strip_usage
 
     def _truncate(
-        self, endpoint: Endpoint, upstream_body: dict[str, Any], model: str, attempt: Attempt
+        self, endpoint: Endpoint, upstream_body: dict[str, Any], model: str, attempt: UpstreamCall
     ) -> list[Any] | None:
         items = upstream_body.get(endpoint.prompt_field)
         if not isinstance(items, list):
@@ -678,7 +680,7 @@ class Proxy:
 
     # -- answers -------------------------------------------------------------------------------
 
-    def _upstream_response(self, attempt: Attempt, served: Served) -> web.Response:
+    def _upstream_response(self, attempt: UpstreamCall, served: Served) -> web.Response:
         return web.Response(
             status=attempt.status,
             body=attempt.body,
@@ -750,7 +752,7 @@ class Proxy:
         self.metrics.fallbacks.labels(from_model, to_model).inc()
         log.warning("falling back from %s to %s", from_model, to_model)
 
-    def _exhausted(self, attempt: Attempt | None, models: list[str]) -> ProxyError:
+    def _exhausted(self, attempt: UpstreamCall | None, models: list[str]) -> ProxyError:
         if attempt is not None and attempt.outcome is Outcome.RATE_LIMITED:
             return errors.upstream_rate_limited(models, attempt.headers.get("retry-after", "1"))
         return errors.upstream_unavailable(

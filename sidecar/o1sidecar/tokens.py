@@ -24,7 +24,7 @@ IMAGE_TOKENS = 85  # a low-detail image; high detail costs more, which the usage
 _O200K_PREFIXES = ("o1", "o3", "o4", "gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "chatgpt-4o", "omni")
 _CL100K_PREFIXES = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada-002")
 
-Counter = Callable[[str], int]
+CountTokens = Callable[[str], int]
 
 
 def encoding_name_for(model: str) -> str | None:
@@ -48,13 +48,13 @@ class TokenCounter:
     """Counts tokens per model. Call :meth:`load` at start so no request pays for loading encodings."""
 
     def __init__(self) -> None:
-        self._counters: dict[str, Counter] = {}
+        self._counters: dict[str, CountTokens] = {}
 
     def load(self, names: Iterable[str] = ("o200k_base", "cl100k_base")) -> None:
         for name in names:
             self._counters[name] = _counter(name)
 
-    def counter_for(self, model: str) -> Counter:
+    def counter_for(self, model: str) -> CountTokens:
         name = encoding_name_for(model)
         if name is None:
             return bytes_estimate
@@ -102,7 +102,7 @@ MEMO_MIN_CHARS = 256  # shorter texts are cheaper to encode than to remember
 MEMO_MAX_CHARS = 4_000_000  # total characters of remembered texts, per encoding
 
 
-def _counter(name: str) -> Counter:
+def _counter(name: str) -> CountTokens:
     """Token count of a text; long texts are remembered, because the same system prompts and
     documents come back request after request."""
     encode = get_encoding(name).encode_ordinary
@@ -123,7 +123,7 @@ def _counter(name: str) -> Counter:
     return count
 
 
-def _content_tokens(content: Any, count: Counter) -> int:
+def _content_tokens(content: Any, count: CountTokens) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
@@ -145,7 +145,7 @@ def _content_tokens(content: Any, count: Counter) -> int:
     return count(json.dumps(content))
 
 
-def count_messages(messages: list[Any], count: Counter) -> int:
+def count_messages(messages: list[Any], count: CountTokens) -> int:
     """Prompt tokens of chat ``messages`` per OpenAI's cookbook, reply primer included."""
     total = REPLY_PRIMER
     for message in messages:
@@ -165,7 +165,7 @@ def count_messages(messages: list[Any], count: Counter) -> int:
     return total
 
 
-def count_chat_prompt(body: dict[str, Any], count: Counter) -> int:
+def count_chat_prompt(body: dict[str, Any], count: CountTokens) -> int:
     messages = body.get("messages")
     total = count_messages(messages if isinstance(messages, list) else [], count)
     for field in ("tools", "functions", "response_format"):
@@ -174,7 +174,7 @@ def count_chat_prompt(body: dict[str, Any], count: Counter) -> int:
     return total
 
 
-def count_responses_prompt(body: dict[str, Any], count: Counter) -> int:
+def count_responses_prompt(body: dict[str, Any], count: CountTokens) -> int:
     total = 0
     instructions = body.get("instructions")
     if isinstance(instructions, str):
@@ -189,7 +189,7 @@ def count_responses_prompt(body: dict[str, Any], count: Counter) -> int:
     return total
 
 
-def count_embeddings_input(body: dict[str, Any], count: Counter) -> int:
+def count_embeddings_input(body: dict[str, Any], count: CountTokens) -> int:
     items = body.get("input")
     if isinstance(items, str):
         return count(items)

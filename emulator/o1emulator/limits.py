@@ -297,12 +297,12 @@ class SlidingWindow:
 
 
 @dataclass(frozen=True)
-class Admitted:
+class Allowed:
     charge: int
 
 
 @dataclass(frozen=True)
-class Rejected:
+class Refused:
     kind: RejectKind
     retry_after_s: float | None  # None: waiting does not help (too large, quota for the window)
     limit: int
@@ -310,7 +310,7 @@ class Rejected:
     requested: int
 
 
-Decision = Admitted | Rejected
+Decision = Allowed | Refused
 
 
 class AccountModelLimiter:
@@ -350,14 +350,14 @@ class AccountModelLimiter:
         """Admit a request costing ``charge`` TPM (taking RPM, TPM and a concurrency slot) or say why not."""
         limits = self.limits
         if charge > limits.tpm or self.tokens.wait_for(charge, now) == math.inf:
-            return Rejected("too_large", None, limits.tpm, 0, charge)
+            return Refused("too_large", None, limits.tpm, 0, charge)
         self._roll_caps(now)
         if now < self.blocked_until:
             return self._reject(self.blocked_kind, self.blocked_until - now, now, *self._used(charge, now))
         if limits.daily_requests is not None and self.day_count >= limits.daily_requests:
-            return Rejected("quota", None, limits.daily_requests, self.day_count, 1)
+            return Refused("quota", None, limits.daily_requests, self.day_count, 1)
         if limits.monthly_requests is not None and self.month_count >= limits.monthly_requests:
-            return Rejected("quota", None, limits.monthly_requests, self.month_count, 1)
+            return Refused("quota", None, limits.monthly_requests, self.month_count, 1)
         if limits.concurrency is not None and self.in_flight >= limits.concurrency:
             return self._reject(
                 "concurrency", self.concurrency_retry_after_s, now, limits.concurrency, self.in_flight, 1
@@ -375,7 +375,7 @@ class AccountModelLimiter:
         self.month_count += 1
         self.consecutive_429 = 0
         self.window.add(now, charge)
-        return Admitted(charge)
+        return Allowed(charge)
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -403,7 +403,7 @@ class AccountModelLimiter:
 
     def _reject(
         self, kind: RejectKind, wait: float, now: float, limit: int, used: int, requested: int
-    ) -> Rejected:
+    ) -> Refused:
         self.consecutive_429 += 1
         if self.count_rejected:
             self.requests.spend(1, now)
@@ -417,7 +417,7 @@ class AccountModelLimiter:
                 self.blocked_kind = kind
         if self.spec.retry_after_s is not None and kind in ("requests", "tokens", "concurrency"):
             wait = self.spec.retry_after_s  # an upstream that does not say how long
-        return Rejected(kind, wait, limit, used, requested)
+        return Refused(kind, wait, limit, used, requested)
 
     def _roll_caps(self, now: float) -> None:
         day = int((now - self.epoch) // DAY_S)
@@ -456,13 +456,13 @@ class SourceLimiter:
         bucket.refill(now)
         return bucket
 
-    def check(self, source: str, now: float) -> Rejected | None:
+    def check(self, source: str, now: float) -> Refused | None:
         """A refusal when ``source`` has no request left this hour, else ``None`` (nothing taken)."""
         bucket = self._bucket(source, now)
         if bucket.level >= 1:
             return None
         used = math.ceil(bucket.capacity - bucket.level)
-        return Rejected("source_ip", bucket.wait_for(1), self.per_hour, used, 1)
+        return Refused("source_ip", bucket.wait_for(1), self.per_hour, used, 1)
 
     def take(self, source: str, now: float) -> None:
         self._bucket(source, now).level -= 1

@@ -23,7 +23,7 @@ from o1emulator import content, errors
 from o1emulator.charge import BUDGET_FIELDS, admission_charge, prompt_estimate, requested_budget
 from o1emulator.config import Account, ApiKey, EmulatorConfig, EmulatorConfigError, ModelSpec, parse_faults
 from o1emulator.faults import FaultChoice, FaultPlan
-from o1emulator.limits import AccountModelLimiter, Admitted, Rejected, SourceLimiter
+from o1emulator.limits import AccountModelLimiter, Allowed, Refused, SourceLimiter
 from o1emulator.stats import Counters, Timeline, limiter_report
 
 Clock = Callable[[], float]
@@ -267,7 +267,7 @@ class Emulator:
         now = self.clock()
         refusal = self.sources.check(source, now) if self.sources is not None else None
         decision = refusal or limiter.admit(charge, now)
-        if isinstance(decision, Admitted):
+        if isinstance(decision, Allowed):
             if self.sources is not None:
                 self.sources.take(source, now)
             self.totals["admitted"] += 1
@@ -293,7 +293,7 @@ class Emulator:
             429, self.rejection_body(target, decision), self.rejection_headers(target, decision, fault)
         )
 
-    def rejection_body(self, target: Target, decision: Rejected) -> dict[str, Any]:
+    def rejection_body(self, target: Target, decision: Refused) -> dict[str, Any]:
         org = target.account.org
         if decision.kind == "too_large":
             return errors.request_too_large(target.model, org, decision.limit, decision.requested)
@@ -313,7 +313,7 @@ class Emulator:
             decision.retry_after_s,
         )
 
-    def rejection_headers(self, target: Target, decision: Rejected, fault: FaultChoice) -> dict[str, str]:
+    def rejection_headers(self, target: Target, decision: Refused, fault: FaultChoice) -> dict[str, str]:
         headers = self.rate_headers(target, fault)
         if decision.retry_after_s is not None:
             ms = max(1, math.ceil(decision.retry_after_s * 1000))

@@ -16,7 +16,7 @@ from o1common.durations import parse_duration
 from o1common.encodings import get_encoding
 from o1emulator import EmulatorHandle, start_emulator
 from o1emulator.config import Penalty, ResolvedLimits
-from o1emulator.limits import AccountModelLimiter, Admitted, Rejected
+from o1emulator.limits import AccountModelLimiter, Allowed, Refused
 
 KEY_A, KEY_A2, KEY_B = "sk-test-account-a-1", "sk-test-account-a-2", "sk-test-account-b-1"
 Post = Callable[..., Any]
@@ -53,26 +53,26 @@ async def serve(clock: Any, make_config: Any, **overrides: Any) -> EmulatorHandl
 def test_buckets_refill_continuously_and_take_both_or_neither() -> None:
     limiter = AccountModelLimiter(ResolvedLimits(rpm=60, tpm=1000), 1.0, Penalty(), now=0.0)
     for _ in range(60):
-        assert isinstance(limiter.admit(10, 0.0), Admitted)
+        assert isinstance(limiter.admit(10, 0.0), Allowed)
         limiter.release()
     refused = limiter.admit(10, 0.0)
-    assert isinstance(refused, Rejected) and refused.kind == "requests"
+    assert isinstance(refused, Refused) and refused.kind == "requests"
     assert refused.retry_after_s == pytest.approx(1.0)  # 60 RPM refills one request per second
-    assert isinstance(limiter.admit(10, 0.999), Rejected)
-    assert isinstance(limiter.admit(10, 1.0), Admitted)
+    assert isinstance(limiter.admit(10, 0.999), Refused)
+    assert isinstance(limiter.admit(10, 1.0), Allowed)
     limiter.release()
     # 61 requests of 10 tokens charged, two seconds of refill.
     tokens_left = limiter.snapshot(2.0)[1]
     assert tokens_left == pytest.approx(1000 - 610 + 2 * 1000 / 60)
     refused = limiter.admit(450, 2.0)
-    assert isinstance(refused, Rejected) and refused.kind == "tokens"
+    assert isinstance(refused, Refused) and refused.kind == "tokens"
     assert refused.retry_after_s == pytest.approx((450 - tokens_left) / (1000 / 60))
     assert limiter.snapshot(2.0)[0] == pytest.approx(1.0)  # the RPM token was not taken
 
 
 def test_burst_sets_capacity_and_window_bound() -> None:
     limiter = AccountModelLimiter(ResolvedLimits(rpm=10, tpm=10_000), 1.5, Penalty(), now=0.0)
-    admitted = sum(isinstance(limiter.admit(1, 0.0), Admitted) for _ in range(20))
+    admitted = sum(isinstance(limiter.admit(1, 0.0), Allowed) for _ in range(20))
     assert admitted == 15
     assert limiter.bounds() == (25.0, 25_000.0)
 
@@ -81,7 +81,7 @@ def test_sliding_window_never_exceeds_bucket_bound_under_saturation() -> None:
     limiter = AccountModelLimiter(ResolvedLimits(rpm=30, tpm=10**9), 1.0, Penalty(), now=0.0)
     t = 0.0
     while t < 300:
-        if isinstance(limiter.admit(1, t), Admitted):
+        if isinstance(limiter.admit(1, t), Allowed):
             limiter.release()
         t += 0.05
     # 30 at t=0, then one every 2 s: 29 more inside (0, 60); the bound is capacity + one minute of refill.
@@ -92,21 +92,21 @@ def test_sliding_window_never_exceeds_bucket_bound_under_saturation() -> None:
 def test_penalty_grows_exponentially_and_is_capped() -> None:
     penalty = Penalty(enabled=True, base_s=1.0, max_s=300.0)
     limiter = AccountModelLimiter(ResolvedLimits(rpm=1, tpm=1000), 1.0, penalty, now=0.0)
-    assert isinstance(limiter.admit(1, 0.0), Admitted)
+    assert isinstance(limiter.admit(1, 0.0), Allowed)
     waits = []
     now = 0.0
     for _ in range(12):
         decision = limiter.admit(1, now)
-        assert isinstance(decision, Rejected)
+        assert isinstance(decision, Refused)
         waits.append(decision.retry_after_s)
     assert waits[0] == pytest.approx(60.0)  # natural wait beats the 1 s penalty
     assert waits[7:9] == [pytest.approx(128.0), pytest.approx(256.0)]
     assert waits[-1] == pytest.approx(300.0)  # blocked until t=300
-    assert isinstance(limiter.admit(1, 300.0), Admitted)
+    assert isinstance(limiter.admit(1, 300.0), Allowed)
     assert limiter.consecutive_429 == 0
-    assert isinstance(limiter.admit(1, 300.0), Rejected)  # RPM empty again: 60 s natural wait
+    assert isinstance(limiter.admit(1, 300.0), Refused)  # RPM empty again: 60 s natural wait
     extended = limiter.admit(1, 301.0)  # a request during the block extends it
-    assert isinstance(extended, Rejected) and extended.retry_after_s == pytest.approx(59.0)
+    assert isinstance(extended, Refused) and extended.retry_after_s == pytest.approx(59.0)
 
 
 # --- served ---------------------------------------------------------------------------------------
@@ -346,15 +346,15 @@ async def test_bad_budget_is_a_clear_400(
 def test_count_rejected_makes_blind_retries_spend_quota() -> None:
     limiter = AccountModelLimiter(ResolvedLimits(rpm=60, tpm=10**6), 1.0, Penalty(), 0.0, count_rejected=True)
     for _ in range(60):
-        assert isinstance(limiter.admit(1, 0.0), Admitted)
+        assert isinstance(limiter.admit(1, 0.0), Allowed)
     waits = []
     for _ in range(3):  # three blind retries at once: each pushes the next free slot a second further
         decision = limiter.admit(1, 0.0)
-        assert isinstance(decision, Rejected)
+        assert isinstance(decision, Refused)
         waits.append(decision.retry_after_s)
     assert waits == [pytest.approx(2.0), pytest.approx(3.0), pytest.approx(4.0)]
-    assert isinstance(limiter.admit(1, 3.9), Rejected)  # the storm delayed everyone
-    assert isinstance(limiter.admit(1, 8.9), Admitted)
+    assert isinstance(limiter.admit(1, 3.9), Refused)  # the storm delayed everyone
+    assert isinstance(limiter.admit(1, 8.9), Allowed)
 
 
 async def test_reset_with_buckets_keeps_in_flight_requests_counted(make_config: Any) -> None:
@@ -391,7 +391,7 @@ def test_admissions_never_beat_the_buckets(
     for gap, charge, finishes in arrivals:
         now += gap
         decision = limiter.admit(charge, now)
-        if isinstance(decision, Admitted):
+        if isinstance(decision, Allowed):
             admitted.append((now, charge))
             if finishes:
                 limiter.release()

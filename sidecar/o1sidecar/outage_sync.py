@@ -11,7 +11,6 @@ decides alone.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from importlib.resources import files
@@ -20,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.mirror import PoolMirror
 from o1sidecar.outages import UP, ModelOutages, ModelState
 
 log = logging.getLogger("o1sidecar.outage_sync")
@@ -47,26 +47,19 @@ def read_states(entries: Mapping[str, str], redis_now: float) -> dict[str, Model
     return {model: st for model, st in parsed.items() if st is not None}
 
 
-class SharedOutages:
+class SharedOutages(PoolMirror):
+    """The pool's model outages in Redis, mirrored into this sidecar's ``outages``."""
+
+    what = "the pool's model outages"
+
     def __init__(
         self, client: Redis, keys: PoolKeys, outages: ModelOutages, models: Sequence[str], interval_s: float
     ) -> None:
-        self._client = client
+        super().__init__(client, interval_s)
         self._keys = keys
         self._outages = outages
         self._models = list(models)
-        self._interval_s = interval_s
         self._script = client.register_script(SCRIPT)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._mirror_forever())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._client.aclose()
 
     async def publish(self, model: str, state: ModelState, now: float) -> None:
         """This sidecar changed ``model``'s phase at ``now`` (its clock): tell the pool."""
@@ -98,8 +91,9 @@ class SharedOutages:
         except (RedisError, OSError):
             return True  # no pool to ask: this sidecar's own probe
 
-    async def mirror(self, local_now: float) -> None:
+    async def mirror(self) -> None:
         """Take the pool's state of every model this sidecar serves."""
+        local_now = self._outages.now()
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.time()
             pipe.hgetall(self._keys.outages())
@@ -109,11 +103,3 @@ class SharedOutages:
             value = entries.get(model)
             state = parse_state(value, redis_now, local_now) if value is not None else UP
             self._outages.adopt(model, state or UP)
-
-    async def _mirror_forever(self) -> None:
-        while True:
-            try:
-                await self.mirror(self._outages.now())
-            except (RedisError, OSError) as exc:
-                log.debug("cannot read the pool's model outages: %s", exc)
-            await asyncio.sleep(self._interval_s)

@@ -13,7 +13,6 @@ each sidecar rests keys by itself, as before.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.mirror import PoolMirror
 from o1sidecar.upstream import QUARANTINE_FIRST_S, QUARANTINE_MAX_S, AccountRoute, Quarantine, UpstreamKey
 
 log = logging.getLogger("o1sidecar.quarantine")
@@ -55,8 +55,10 @@ def read_refused(entries: Mapping[str, str]) -> list[RefusedKey]:
     return sorted((e for e in parsed if e is not None), key=lambda e: e.label)
 
 
-class SharedQuarantine:
+class SharedQuarantine(PoolMirror):
     """The pool's refused keys in Redis, mirrored into this sidecar's ``routes``."""
+
+    what = "the pool's refused keys"
 
     def __init__(
         self,
@@ -68,22 +70,11 @@ class SharedQuarantine:
         first_rest_s: float = QUARANTINE_FIRST_S,
         longest_rest_s: float = QUARANTINE_MAX_S,
     ) -> None:
-        self._client = client
+        super().__init__(client, interval_s)
         self._rests = (first_rest_s, longest_rest_s)
         self._hash = keys.refused_keys()
         self._routes = routes
-        self._interval_s = interval_s
         self._script = client.register_script(SCRIPT)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._mirror_forever())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._client.aclose()
 
     async def refused(self, route: AccountRoute, key: UpstreamKey) -> Quarantine:
         """Record the refusal for the pool and rest the key here as the pool decided (by this sidecar
@@ -122,11 +113,3 @@ class SharedQuarantine:
                     first, longest = self._rests
                     rest = min(first * 2 ** (entry.refusals - 1), longest)
                     route.adopt(key.name, entry.refusals, rest, entry.until - now)
-
-    async def _mirror_forever(self) -> None:
-        while True:
-            try:
-                await self.mirror()
-            except (RedisError, OSError) as exc:
-                log.debug("cannot read the pool's refused keys: %s", exc)
-            await asyncio.sleep(self._interval_s)

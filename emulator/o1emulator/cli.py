@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from o1common.signals import until_stopped
+from o1common.signals import serve_until_stopped
 from o1emulator.config import EmulatorConfig, EmulatorConfigError, default_config
 from o1emulator.embedded import start_emulator
 
@@ -110,12 +110,10 @@ def effective_config(args: argparse.Namespace) -> EmulatorConfig:
 
 
 async def serve(config: EmulatorConfig, host: str, port: int) -> None:
-    handle = await start_emulator(config, host=host, port=port)
-    print(f"o1pool emulator listening on {handle.url}", flush=True)
-    try:
-        await until_stopped()
-    finally:
-        await handle.close()
+    await serve_until_stopped(
+        lambda: start_emulator(config, host=host, port=port),
+        lambda h: f"o1pool emulator listening on {h.url}",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

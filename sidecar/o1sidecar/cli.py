@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from o1common.signals import until_stopped
+from o1common.signals import serve_until_stopped
 from o1sidecar.config import ConfigError, SidecarConfig
 
 log = logging.getLogger("o1sidecar")
@@ -29,14 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _serve(config: SidecarConfig) -> None:
-    from o1sidecar.app import start_sidecar
+    from o1sidecar.app import SidecarHandle, start_sidecar
 
-    handle = await start_sidecar(config)
-    print(f"o1pool sidecar: serving {handle.url} (metrics {handle.metrics_url})", flush=True)
-    try:
-        await until_stopped()
-    finally:
-        await handle.close()
+    def banner(handle: SidecarHandle) -> str:
+        return f"o1pool sidecar: serving {handle.url} (metrics {handle.metrics_url})"
+
+    await serve_until_stopped(lambda: start_sidecar(config), banner)
 
 
 def main(argv: list[str] | None = None) -> int:

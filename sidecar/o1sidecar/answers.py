@@ -1,0 +1,117 @@
+"""What the client gets back when the sidecar answers: a stored answer (replayed as a stream when it
+asked for one), the upstream's own answer, or an error of the sidecar's; each counted in the metrics
+with the exchange's ``x-o1pool-*`` headers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from aiohttp import web
+
+from o1sidecar import errors
+from o1sidecar.cache import ResponseCache
+from o1sidecar.calling import UpstreamCall
+from o1sidecar.config import SidecarConfig
+from o1sidecar.errors import ProxyError
+from o1sidecar.exchange import Exchange
+from o1sidecar.inbound import RESPONSES
+from o1sidecar.metrics import NO_KEY, SidecarMetrics
+from o1sidecar.plan import Outcome
+from o1sidecar.streaming import replay_chat_completion, replay_response
+
+log = logging.getLogger("o1sidecar.proxy")
+
+
+class Answers:
+    def __init__(self, config: SidecarConfig, cache: ResponseCache, metrics: SidecarMetrics) -> None:
+        self.config = config
+        self.cache = cache
+        self.metrics = metrics
+
+    async def cached(self, key: str) -> tuple[bytes, str] | None:
+        """The stored answer under ``key`` and the layer that had it (``l1``, ``l2``)."""
+        hit = await self.cache.get(key)
+        self.metrics.cache_lookups.labels(hit[1] if hit else "miss").inc()
+        return hit
+
+    async def from_cache(self, ex: Exchange, data: bytes) -> web.StreamResponse:
+        if not ex.stream:
+            answer = web.Response(body=data, content_type="application/json", headers=ex.headers())
+            self.observe(ex, 200, cached=True)
+            return answer
+        options = ex.body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        response = web.StreamResponse(status=200, headers=ex.headers())
+        response.content_type = "text/event-stream"
+        await response.prepare(ex.request)
+        stored = json.loads(data)
+        events = (
+            replay_response(stored)
+            if ex.endpoint is RESPONSES
+            else replay_chat_completion(stored, include_usage)
+        )
+        for event in events:
+            await response.write(event)
+        await response.write_eof()
+        self.observe(ex, 200, cached=True)
+        return response
+
+    async def cache_only(self, ex: Exchange) -> web.StreamResponse | None:
+        """The last resort when no model can answer: any stored answer to the same request."""
+        if ex.cache_key is None or not self.config.fallback.cache_only_last:
+            return None
+        hit = await self.cached(ex.cache_key)
+        if hit is None:
+            return None
+        ex.cache, ex.degraded, ex.account, ex.key, ex.model = hit[1], True, "", NO_KEY, ex.requested
+        return await self.from_cache(ex, hit[0])
+
+    async def unavailable(self, ex: Exchange, retry_after_s: float) -> web.StreamResponse:
+        """Every model left in the chain is down: a stored answer, or 503 with when to retry."""
+        cached = await self.cache_only(ex)
+        if cached is not None:
+            return cached
+        return self.finish(ex, errors.model_unavailable(ex.models, retry_after_s))
+
+    def upstream(self, ex: Exchange, call: UpstreamCall) -> web.Response:
+        """The upstream's answer as it came, with the exchange's headers."""
+        return web.Response(
+            status=call.status,
+            body=call.body,
+            content_type=call.content_type,
+            headers={**call.headers, **ex.headers()},
+        )
+
+    def exhausted(self, ex: Exchange, call: UpstreamCall | None) -> ProxyError:
+        """Every model of the chain failed (or kept answering 429) within the retry budget."""
+        if call is not None and call.outcome is Outcome.RATE_LIMITED:
+            return errors.upstream_rate_limited(ex.models, call.headers.get("retry-after", "1"))
+        return errors.upstream_unavailable(
+            ex.models,
+            self.config.retry.max_attempts,
+            call.reason if call else "no attempt",
+            timed_out=call is not None and call.outcome is Outcome.TIMEOUT,
+        )
+
+    def finish(self, ex: Exchange, response: web.Response | ProxyError) -> web.Response:
+        if isinstance(response, ProxyError):
+            response = response.response(ex.headers())
+        self.observe(ex, response.status)
+        return response
+
+    def observe(self, ex: Exchange, status: int, cached: bool = False) -> None:
+        elapsed = time.monotonic() - ex.started
+        self.metrics.answered(status, ex.model or NO_KEY, ex.key, cached, elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%d %s via %s in %.1f ms (queued %.1f ms, cache %s, degraded %s)",
+                status,
+                ex.model or "-",
+                ex.key,
+                elapsed * 1000,
+                ex.waited_s * 1000,
+                ex.cache,
+                ex.degraded,
+            )

@@ -1,0 +1,63 @@
+"""One request's exchange: what the client asked (and on what terms), what has been tried, and what the
+answer reports in its ``x-o1pool-*`` headers. Created by the proxy for each request and passed to
+each step (admission.py, calling.py, answers.py)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from o1sidecar.controls import RequestControls
+from o1sidecar.inbound import Endpoint
+from o1sidecar.metrics import NO_KEY
+from o1sidecar.plan import PlanState
+
+
+@dataclass
+class Exchange:
+    # What was asked, and on what terms.
+    request: web.Request
+    endpoint: Endpoint
+    raw: bytes  # forwarded as is when nothing in the body has to change
+    body: dict[str, Any]
+    controls: RequestControls
+    models: list[str]  # [requested, *fallback chain] that this pool serves
+    deadline: float  # wall-clock epoch seconds
+    cache_key: str | None  # None: the cache is off
+    started: float = field(default_factory=time.monotonic)
+    # What has been tried.
+    plan: PlanState = field(default_factory=PlanState)
+    prompt: list[Any] | None = None  # a shortened prompt, once the upstream said it was too long
+    # What the answer reports.
+    account: str = ""
+    model: str = ""
+    key: str = NO_KEY
+    waited_s: float = 0.0
+    degraded: bool = False
+    cache: str = "miss"
+
+    @property
+    def requested(self) -> str:
+        return str(self.body["model"])
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    def time_left_s(self) -> float:
+        return self.deadline - time.time()
+
+    def headers(self) -> dict[str, str]:
+        out = {
+            "x-o1pool-queue-wait-ms": str(round(self.waited_s * 1000)),
+            "x-o1pool-degraded": "true" if self.degraded else "false",
+            "x-o1pool-cache": self.cache,
+        }
+        if self.account:
+            out["x-o1pool-account"] = self.account
+        if self.model:
+            out["x-o1pool-model"] = self.model
+        return out

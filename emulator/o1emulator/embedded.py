@@ -14,7 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from o1emulator.config import EmulatorConfig, default_config
-from o1emulator.server import Clock, Emulator
+from o1emulator.server import app
+from o1emulator.state import Clock, Emulator
 
 ConfigSource = EmulatorConfig | dict[str, Any] | str | Path | None
 
@@ -87,7 +88,7 @@ async def start_emulator(
 ) -> EmulatorHandle:
     """Serve an emulator on ``host:port`` (0 = a free port) in the running loop and return its handle."""
     emulator = Emulator(load_config(config), clock=clock or time.monotonic)
-    runner = web.AppRunner(emulator.app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+    runner = web.AppRunner(app(emulator), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
     await site.start()

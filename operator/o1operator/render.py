@@ -98,6 +98,7 @@ class Rendering:
     key_data: dict[str, str] = field(default_factory=dict)
     config_hash: str | None = None
     error: RenderError | None = None
+    config: SidecarConfig | None = None  # the validated config that config_yaml is
 
     @property
     def keys_ready(self) -> int:
@@ -393,7 +394,7 @@ def render(
     if salt:
         key_data[SALT_FILE] = salt
     config_hash = get_config_hash(config_yaml, key_data)
-    return replace(base, config_yaml=config_yaml, key_data=key_data, config_hash=config_hash)
+    return replace(base, config_yaml=config_yaml, key_data=key_data, config_hash=config_hash, config=config)
 
 
 def owner_reference(pool: Mapping[str, Any]) -> dict[str, Any]:

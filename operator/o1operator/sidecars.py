@@ -2,7 +2,7 @@
 
 ``status.liveSidecars``: sidecars register in the pool's ZSET ``{<prefix>:<namespace>/<pool>}:sidecars``
 (member: sidecar id, score: Redis server time of its last heartbeat) and count as live for three
-heartbeat intervals, the same rule they use for their fair share (o1sidecar/limits/lua/heartbeat.lua).
+heartbeat intervals (``RedisConfig.live_for_s``, the rule the sidecars use for their fair share).
 
 ``status.refusedKeys`` and the ``KeysReady`` condition: the keys the upstream refused, from the pool's
 HASH of refused keys (o1sidecar/quarantine.py). An entry whose fingerprint is not that of the key's
@@ -26,7 +26,6 @@ import logging
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
-import yaml
 from kubernetes.client.exceptions import ApiException
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -52,7 +51,7 @@ class SidecarProbe:
     name: str
     url: str
     key: str
-    stale_after_s: float
+    stale_after_s: float  # o1sidecar.config.RedisConfig.live_for_s: the sidecars' own rule
     password: str | None = None
     refused_key: str = ""  # the pool's HASH of refused keys
     outages_key: str = ""  # the pool's HASH of models not up
@@ -78,16 +77,13 @@ Observed = MutableMapping[tuple[str, str], tuple[tuple[RefusedKey, ...], tuple[t
 
 def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
     """The probe for a rendered pool, or None if it has no config or no Redis. Pure."""
-    if rendering.config_yaml is None:
+    config = rendering.config
+    url = None if config is None else config.redis.url
+    if config is None or url is None:
         return None
-    config = yaml.safe_load(rendering.config_yaml)
-    redis = config.get("redis") or {}
-    if not redis.get("url"):
-        return None
+    redis = config.redis
     encoded = rendering.key_data.get(REDIS_PASSWORD_FILE)
-    keys = PoolKeys(
-        prefix=redis["key_prefix"], namespace=config["pool"]["namespace"], pool=config["pool"]["name"]
-    )
+    keys = PoolKeys(prefix=redis.key_prefix, namespace=config.pool.namespace, pool=config.pool.name)
     fingerprints = tuple(
         (label, key_fingerprint(label, base64.b64decode(rendering.key_data[k.file_name]).decode().strip()))
         for k in rendering.keys
@@ -97,9 +93,9 @@ def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
     return SidecarProbe(
         namespace=rendering.namespace,
         name=rendering.name,
-        url=redis["url"],
+        url=url,
         key=keys.sidecars(),
-        stale_after_s=3 * float(redis["heartbeat_interval_s"]),
+        stale_after_s=redis.live_for_s,
         password=base64.b64decode(encoded).decode().strip() if encoded else None,
         refused_key=keys.refused_keys(),
         outages_key=keys.outages(),

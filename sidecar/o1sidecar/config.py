@@ -159,6 +159,12 @@ class RedisConfig(_Strict):
     breaker_failures: int = Field(default=3, ge=1, description="Consecutive failures that open the breaker.")
     breaker_reset_s: float = Field(default=2.0, gt=0, description="How long the breaker stays open.")
 
+    @property
+    def live_for_s(self) -> float:
+        """A sidecar counts as live (for fair shares, and the O1Pool's liveSidecars) this long after
+        its last heartbeat: three heartbeat intervals."""
+        return 3 * self.heartbeat_interval_s
+
     @model_validator(mode="after")
     def _ca_needs_tls(self) -> RedisConfig:
         if self.tls_ca_file is not None and not (self.url or "").startswith("rediss://"):

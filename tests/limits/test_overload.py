@@ -15,7 +15,7 @@ import pytest
 
 from o1emulator.config import LimiterSpec, Penalty
 from o1emulator.config import ResolvedLimits as UpstreamLimits
-from o1emulator.limits import AccountModelLimiter, Admitted
+from o1emulator.limits import AccountModelLimiter, Allowed
 from o1pool.procs import RedisServer
 from o1sidecar.limits import Demand, UpstreamReport, build_limiter
 from o1sidecar.limits.shared import SharedLimiter
@@ -72,7 +72,7 @@ async def overload(
         grant = await limiter.acquire(Demand(MODEL, tokens, priority, time.time() + 60), ["a", "b"])
         await asyncio.sleep(rng.uniform(0, 0.005))  # on its way to the upstream
         decision = upstream[grant.account].admit(tokens, time.monotonic())
-        if not isinstance(decision, Admitted):
+        if not isinstance(decision, Allowed):
             rejected.append(decision.kind)
             await limiter.release(grant, UpstreamReport(status=429, limit_type="requests"))
             return

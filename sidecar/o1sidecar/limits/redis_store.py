@@ -227,7 +227,7 @@ class RedisBackend:
     async def heartbeat(
         self,
         sidecar_id: str,
-        interval_s: float,
+        live_for_s: float,
         waiting: list[Waiting],
         pairs: list[tuple[AccountLimits, str]],
     ) -> Beat:
@@ -242,7 +242,7 @@ class RedisBackend:
         args: list[str | int | float] = [
             self._now(),
             sidecar_id,
-            repr(interval_s),
+            repr(live_for_s),
             repr(self.lease_ttl_s),
             repr(self.ticket_ttl_s),
             len(by_model),

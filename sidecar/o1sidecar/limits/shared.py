@@ -102,7 +102,7 @@ class SharedLimiter(QueueingLimiter):
 
     async def _beat(self) -> None:
         beat = await self.redis_backend.heartbeat(
-            self.sidecar_id, self.config.redis.heartbeat_interval_s, self.waiting(), self._pairs
+            self.sidecar_id, self.config.redis.live_for_s, self.waiting(), self._pairs
         )
         self._live_count = max(1, beat.live_sidecars)
 

@@ -4,15 +4,15 @@
 --
 -- KEYS[1] sidecar ZSET (sidecar id -> last seen)
 -- then per model m: its ticket expiry ZSET;  then per account+model p: its HASH, lease ZSET, window ZSET
--- ARGV: now ('' = TIME), sidecar id, heartbeat interval s, lease ttl s, ticket ttl s,
+-- ARGV: now ('' = TIME), sidecar id, seconds a sidecar counts as live after its last heartbeat
+--       (config.RedisConfig.live_for_s), lease ttl s, ticket ttl s,
 --       number of models, then per model: number of tickets, ticket ids...,
 --       number of pairs, then per pair: the account (limits() in rule.lua), number of leases, lease ids...
 -- Returns {live sidecars, now, then per pair: requests used ratio, tokens used ratio, effective RPM,
 --          effective TPM, daily left, monthly left ('' = no cap)} (numbers as strings).
 
 local now = clock(ARGV[1])
-local interval, lease_ttl, ticket_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local stale = 3 * interval
+local stale, lease_ttl, ticket_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 10 * stale)

@@ -5,6 +5,7 @@ stream. Chat and Responses differ only in how the answer is rendered (``ChatRend
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -26,23 +27,27 @@ class Render(Protocol):
     def closing(self) -> list[bytes]: ...
 
 
+@dataclass(frozen=True)
+class Planned:
+    """One completion's answer, as planned before it is rendered."""
+
+    body: dict[str, Any]
+    target: Target
+    answer: content.Answer
+    prompt_tokens: int  # what usage reports
+    choices: int
+    ids: tuple[str, int]  # id, created
+
+
 class ChatRender:
     prefix = "chatcmpl-"
 
-    def __init__(
-        self,
-        body: dict[str, Any],
-        target: Target,
-        answer: content.Answer,
-        prompt_tokens: int,
-        choices: int,
-        ids: tuple[str, int],
-    ) -> None:
-        self.answer, self.choices, self.model, self.ids = answer, choices, target.model, ids
-        self.usage = content.chat_usage(prompt_tokens, answer, choices)
-        options = body.get("stream_options")
+    def __init__(self, p: Planned) -> None:
+        self.answer, self.choices, self.model, self.ids = p.answer, p.choices, p.target.model, p.ids
+        self.usage = content.chat_usage(p.prompt_tokens, p.answer, p.choices)
+        options = p.body.get("stream_options")
         self.include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        self.writer = content.ChunkWriter(ids[0], ids[1], target.model, self.include_usage)
+        self.writer = content.ChunkWriter(p.ids[0], p.ids[1], p.target.model, self.include_usage)
 
     def whole(self) -> dict[str, Any]:
         return content.chat_completion(*self.ids, self.model, self.answer, self.usage, self.choices)
@@ -63,18 +68,10 @@ class ChatRender:
 class ResponsesRender:
     prefix = "resp_"
 
-    def __init__(
-        self,
-        body: dict[str, Any],
-        target: Target,
-        answer: content.Answer,
-        prompt_tokens: int,
-        choices: int,
-        ids: tuple[str, int],
-    ) -> None:
-        self.answer = answer
-        self.usage = content.response_usage(prompt_tokens, answer)
-        self.builder = content.ResponseBuilder(ids[0], ids[1], target.model, body, target.spec)
+    def __init__(self, p: Planned) -> None:
+        self.answer = p.answer
+        self.usage = content.response_usage(p.prompt_tokens, p.answer)
+        self.builder = content.ResponseBuilder(p.ids[0], p.ids[1], p.target.model, p.body, p.target.spec)
 
     def whole(self) -> dict[str, Any]:
         return self.builder.response("completed", self.answer, self.usage)
@@ -108,7 +105,8 @@ async def complete(
         answer = content.plan_answer(seed, target.spec, budget)
         emu.count_completion(target, answer.completion_tokens * choices)
         ids = emu.new_ids(seed, kind.prefix)
-        render: Render = kind(body, target, answer, emu.prompt_tokens(body, target.model), choices, ids)
+        prompt_tokens = emu.prompt_tokens(body, target.model)
+        render: Render = kind(Planned(body, target, answer, prompt_tokens, choices, ids))
         await apply_outcome_fault(request, fault, headers)
         ttft, per_token = emu.latency(target.spec)
         if not stream:

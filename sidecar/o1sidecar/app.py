@@ -142,7 +142,7 @@ def create_app(
             except ProxyError as exc:
                 metrics.requests.labels(str(exc.status), NO_KEY, NO_KEY).inc()
                 return exc.response()
-            return await proxy.handle(request, endpoint, raw, body, controls)
+            return await proxy.handle(proxy.exchange(request, endpoint, raw, body, controls))
 
         return handler
 

@@ -77,23 +77,15 @@ class Proxy:
             await loop.close()
         await self.caller.close()
 
-    async def handle(
-        self,
-        request: web.Request,
-        endpoint: Endpoint,
-        raw: bytes,
-        body: dict[str, Any],
-        controls: RequestControls,
-    ) -> web.StreamResponse:
-        """Answer one parsed request; ``raw`` is forwarded as is when nothing in it has to change."""
-        ex = self._exchange(request, endpoint, raw, body, controls)
+    async def handle(self, ex: Exchange) -> web.StreamResponse:
+        """Answer one parsed request (``exchange`` makes its ``Exchange``)."""
         if not ex.models:
             ex.model = ""  # not a metric label: any string a client sends would become a series
             pool = f"{self.config.pool.namespace}/{self.config.pool.name}"
             return self.answers.finish(ex, errors.unknown_model(ex.requested, self.models, pool))
         # Every good answer is stored; only cacheable requests are answered from it up front. Any
         # stored answer may serve as the last resort (cache-only) once every model has failed.
-        if ex.cache_key is not None and is_cacheable(body, self.config.cache):
+        if ex.cache_key is not None and is_cacheable(ex.body, self.config.cache):
             hit = await self.answers.cached(ex.cache_key)
             if hit is not None:
                 ex.cache = hit[1]
@@ -111,7 +103,7 @@ class Proxy:
             if answer is not None:
                 return answer
 
-    def _exchange(
+    def exchange(
         self,
         request: web.Request,
         endpoint: Endpoint,
@@ -119,6 +111,8 @@ class Proxy:
         body: dict[str, Any],
         controls: RequestControls,
     ) -> Exchange:
+        """The exchange of one parsed request; ``raw`` is forwarded as is when nothing in it has to
+        change."""
         requested = body["model"]
         chain = [requested, *self.config.fallback.chains.get(requested, [])]
         models = [m for m in chain if m in self.models]

@@ -583,132 +583,134 @@ def test_webhook_injects_the_sidecar(
         stop_operator(running)
 
 
+@pytest.fixture
+def observing_operator(kube: Kube, chart: Chart, kube_namespace: str, tmp_path: Path) -> Iterator[Operator]:
+    """The operator, reading each pool's Redis every 0.3 s (live sidecars, refused keys, outages)."""
+    running = start_operator(
+        kube, chart.sa_kubeconfig, kube_namespace, tmp_path / "operator.log", "--sidecar-count-interval=0.3"
+    )
+    yield running
+    stop_operator(running)
+
+
+def apply_basic_pool_on(
+    kube: Kube, api: client.ApiClient, ns: str, redis_url: str
+) -> dict[str, dict[str, str]]:
+    """examples/o1pool-basic.yaml with its Redis at ``redis_url`` (key prefix ``t``) and fake keys;
+    returns the Secrets' data."""
+    pool = yaml.safe_load(BASIC.read_text())
+    pool["spec"]["redis"] = {"url": redis_url, "keyPrefix": "t"}
+    data = fake_secrets(pool["spec"])
+    create_secrets(api, ns, data)
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pool))
+    return data
+
+
 def test_live_sidecars_are_counted_from_redis_heartbeats(
     kube: Kube,
-    chart: Chart,
+    observing_operator: Operator,
     api: client.ApiClient,
     kube_namespace: str,
-    tmp_path: Path,
     redis_server: RedisServer,
 ) -> None:
-    ns = kube_namespace
-    running = start_operator(
-        kube, chart.sa_kubeconfig, ns, tmp_path / "operator.log", "--sidecar-count-interval=0.3"
-    )
+    ns, running = kube_namespace, observing_operator
+    apply_basic_pool_on(kube, api, ns, redis_server.url)
+
+    heartbeats = f"{{t:{ns}/basic}}:sidecars"  # as the sidecars write it (o1sidecar.limits.keys)
+    redis = Redis.from_url(redis_server.url)
+
+    def live_after_beats(live: list[str], count: int) -> Callable[[], bool]:
+        """Heartbeats (on Redis time) from ``live`` and one long-dead sidecar, then check the count."""
+
+        def probe() -> bool:
+            seconds, micros = redis.time()
+            now = seconds + micros / 1e6
+            redis.zadd(heartbeats, {**dict.fromkeys(live, now), "gone": now - 60})
+            return get_pool(api, ns, "basic").get("status", {}).get("liveSidecars") == count
+
+        return probe
+
     try:
-        pool = yaml.safe_load(BASIC.read_text())
-        pool["spec"]["redis"] = {"url": redis_server.url, "keyPrefix": "t"}
-        create_secrets(api, ns, fake_secrets(pool["spec"]))
-        kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pool))
-
-        heartbeats = f"{{t:{ns}/basic}}:sidecars"  # as the sidecars write it (o1sidecar.limits.keys)
-        redis = Redis.from_url(redis_server.url)
-
-        def live_after_beats(live: list[str], count: int) -> Callable[[], bool]:
-            """Heartbeats (on Redis time) from ``live`` and one long-dead sidecar, then check the count."""
-
-            def probe() -> bool:
-                seconds, micros = redis.time()
-                now = seconds + micros / 1e6
-                redis.zadd(heartbeats, {**dict.fromkeys(live, now), "gone": now - 60})
-                return get_pool(api, ns, "basic").get("status", {}).get("liveSidecars") == count
-
-            return probe
-
-        try:
-            wait_for("liveSidecars 2", live_after_beats(["sidecar-a", "sidecar-b"], 2), running)
-            wait_for("liveSidecars 3", live_after_beats(["sidecar-a", "sidecar-b", "sidecar-c"], 3), running)
-        finally:
-            redis.close()
-        row = kube.kubectl("get", "o1pool", "basic", "-n", ns, "--no-headers").stdout.split()
-        assert row[:4] == ["basic", "True", "1", "3"]
+        wait_for("liveSidecars 2", live_after_beats(["sidecar-a", "sidecar-b"], 2), running)
+        wait_for("liveSidecars 3", live_after_beats(["sidecar-a", "sidecar-b", "sidecar-c"], 3), running)
     finally:
-        stop_operator(running)
+        redis.close()
+    row = kube.kubectl("get", "o1pool", "basic", "-n", ns, "--no-headers").stdout.split()
+    assert row[:4] == ["basic", "True", "1", "3"]
 
 
 def test_refused_keys_and_model_outages_are_reported_and_a_rotation_lifts_a_key(
     kube: Kube,
-    chart: Chart,
+    observing_operator: Operator,
     api: client.ApiClient,
     kube_namespace: str,
-    tmp_path: Path,
     redis_server: RedisServer,
 ) -> None:
     """A sidecar records a refusal in the pool's Redis (its own code, quarantine.py); the operator
     reports it in status.refusedKeys, KeysReady and an event, and drops it when the key's Secret
-    value changes."""
-    ns = kube_namespace
-    running = start_operator(
-        kube, chart.sa_kubeconfig, ns, tmp_path / "operator.log", "--sidecar-count-interval=0.3"
+    value changes. A model outage a sidecar publishes (outage_sync.py) makes ModelsAvailable False."""
+    ns, running = kube_namespace, observing_operator
+    data = apply_basic_pool_on(kube, api, ns, redis_server.url)
+    wait_for(
+        "pool Ready",
+        lambda: condition(get_pool(api, ns, "basic"), "Ready").get("status") == "True",
+        running,
     )
+
+    value = base64.b64decode(data["openai-keys"]["primary"]).decode()
+    asyncio.run(refuse_key(redis_server.url, PoolKeys("t", ns, "basic"), "main", "primary", value))
+
+    def refused() -> dict[str, Any] | None:
+        status = get_pool(api, ns, "basic").get("status", {})
+        keys = condition({"status": status}, "KeysReady")
+        return status if keys.get("reason") == "KeysRefused" and status.get("refusedKeys") else None
+
+    status = wait_for("KeysReady False: KeysRefused", refused, running)
+    assert [(k["key"], k["refusals"]) for k in status["refusedKeys"]] == [("main/primary", 1)]
+    assert (
+        "key main/primary refused by the upstream since"
+        in condition({"status": status}, "KeysReady")["message"]
+    )
+    assert condition({"status": status}, "Ready")["reason"] == "DegradedKeys"
+
+    def event() -> bool:
+        out = kube.kubectl(
+            "get", "events", "-n", ns, "--field-selector", "involvedObject.name=basic", "-o", "json"
+        )
+        return any(
+            e["reason"] == "KeysRefused" and "main/primary" in e["message"]
+            for e in json.loads(out.stdout)["items"]
+        )
+
+    wait_for("a KeysRefused event", event, running)
+
+    asyncio.run(model_down(redis_server.url, PoolKeys("t", ns, "basic"), "o1"))
+
+    def models_down() -> dict[str, Any] | None:
+        models = condition(get_pool(api, ns, "basic"), "ModelsAvailable")
+        return models if models.get("reason") == "ModelsDown" else None
+
+    models = wait_for("ModelsAvailable False: ModelsDown", models_down, running)
+    assert models["status"] == "False" and "o1 failing on every account since" in models["message"]
+    assert value not in kube.kubectl("get", "events", "-n", ns, "-o", "yaml").stdout
+
+    client.CoreV1Api(api).patch_namespaced_secret(
+        "openai-keys", ns, {"data": {"primary": b64("sk-fake-rotated-after-refusal")}}
+    )
+
+    def lifted() -> bool:
+        status = get_pool(api, ns, "basic").get("status", {})
+        return (
+            condition({"status": status}, "KeysReady").get("status") == "True"
+            and status.get("refusedKeys") == []
+        )
+
+    wait_for("the rotation lifts the quarantine", lifted, running)
+    redis = Redis.from_url(redis_server.url)
     try:
-        pool = yaml.safe_load(BASIC.read_text())
-        pool["spec"]["redis"] = {"url": redis_server.url, "keyPrefix": "t"}
-        data = fake_secrets(pool["spec"])
-        create_secrets(api, ns, data)
-        kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pool))
-        wait_for(
-            "pool Ready",
-            lambda: condition(get_pool(api, ns, "basic"), "Ready").get("status") == "True",
-            running,
-        )
-
-        value = base64.b64decode(data["openai-keys"]["primary"]).decode()
-        asyncio.run(refuse_key(redis_server.url, PoolKeys("t", ns, "basic"), "main", "primary", value))
-
-        def refused() -> dict[str, Any] | None:
-            status = get_pool(api, ns, "basic").get("status", {})
-            keys = condition({"status": status}, "KeysReady")
-            return status if keys.get("reason") == "KeysRefused" and status.get("refusedKeys") else None
-
-        status = wait_for("KeysReady False: KeysRefused", refused, running)
-        assert [(k["key"], k["refusals"]) for k in status["refusedKeys"]] == [("main/primary", 1)]
-        assert (
-            "key main/primary refused by the upstream since"
-            in condition({"status": status}, "KeysReady")["message"]
-        )
-        assert condition({"status": status}, "Ready")["reason"] == "DegradedKeys"
-
-        def event() -> bool:
-            out = kube.kubectl(
-                "get", "events", "-n", ns, "--field-selector", "involvedObject.name=basic", "-o", "json"
-            )
-            return any(
-                e["reason"] == "KeysRefused" and "main/primary" in e["message"]
-                for e in json.loads(out.stdout)["items"]
-            )
-
-        wait_for("a KeysRefused event", event, running)
-
-        asyncio.run(model_down(redis_server.url, PoolKeys("t", ns, "basic"), "o1"))
-
-        def models_down() -> dict[str, Any] | None:
-            models = condition(get_pool(api, ns, "basic"), "ModelsAvailable")
-            return models if models.get("reason") == "ModelsDown" else None
-
-        models = wait_for("ModelsAvailable False: ModelsDown", models_down, running)
-        assert models["status"] == "False" and "o1 failing on every account since" in models["message"]
-        assert value not in kube.kubectl("get", "events", "-n", ns, "-o", "yaml").stdout
-
-        client.CoreV1Api(api).patch_namespaced_secret(
-            "openai-keys", ns, {"data": {"primary": b64("sk-fake-rotated-after-refusal")}}
-        )
-
-        def lifted() -> bool:
-            status = get_pool(api, ns, "basic").get("status", {})
-            return (
-                condition({"status": status}, "KeysReady").get("status") == "True"
-                and status.get("refusedKeys") == []
-            )
-
-        wait_for("the rotation lifts the quarantine", lifted, running)
-        redis = Redis.from_url(redis_server.url)
-        try:
-            assert redis.hgetall(PoolKeys("t", ns, "basic").refused_keys()) == {}
-        finally:
-            redis.close()
+        assert redis.hgetall(PoolKeys("t", ns, "basic").refused_keys()) == {}
     finally:
-        stop_operator(running)
+        redis.close()
 
 
 async def model_down(url: str, keys: PoolKeys, model: str) -> None:

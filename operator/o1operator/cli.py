@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -95,12 +96,13 @@ def _default_namespace(kubeconfig: str | None) -> str:
 
 
 async def run(count_interval_s: float, memo: kopf.Memo, **operator_options: Any) -> None:
-    """kopf's operator, plus the loop that reads live sidecars and refused keys from each pool's Redis,
-    until kopf stops (on a signal)."""
+    """kopf's operator, plus two operator-wide loops until kopf stops (on a signal): one reads live
+    sidecars, refused keys and model outages from each pool's Redis, one re-renders every pool every
+    ``resync_s`` (not kopf timers: a timer puts a finalizer on every pool)."""
     from o1operator.reconcile import reconcile_pool
     from o1operator.sidecars import observe_forever
 
-    def observed_changed(namespace: str, name: str) -> None:
+    def reconcile_by_name(namespace: str, name: str) -> None:
         pool = memo.kube.get_pool(namespace, name)
         if pool is not None:
             refused, outages = memo.observed.get((namespace, name), ((), None))
@@ -117,13 +119,38 @@ async def run(count_interval_s: float, memo: kopf.Memo, **operator_options: Any)
                 allowed_hosts=memo.allowed_hosts,
             )
 
-    counter = asyncio.create_task(
-        observe_forever(memo.kube, memo.probes, memo.observed, count_interval_s, observed_changed)
-    )
+    loops = [
+        asyncio.create_task(
+            observe_forever(memo.kube, memo.probes, memo.observed, count_interval_s, reconcile_by_name)
+        ),
+        asyncio.create_task(resync_forever(memo.kube, memo.namespaces, memo.resync_s, reconcile_by_name)),
+    ]
     try:
         await kopf.operator(memo=memo, **operator_options)
     finally:
-        counter.cancel()
+        for loop in loops:
+            loop.cancel()
+
+
+async def resync_forever(
+    kube: Any, namespaces: list[str], interval_s: float, reconcile: Callable[[str, str], None]
+) -> None:
+    """Every ``interval_s``: re-render every pool of ``namespaces`` (all when empty). Repairs edits to
+    the owned ConfigMap and Secret, and catches up on a Secret change whose event handler failed
+    (kopf does not retry event handlers)."""
+    log = logging.getLogger("o1operator.resync")
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            pools = await asyncio.to_thread(kube.list_pools, namespaces)
+        except Exception as exc:  # an API hiccup: try again next period
+            log.warning("cannot list O1Pools to re-render them: %s", exc)
+            continue
+        for namespace, name in pools:
+            try:
+                await asyncio.to_thread(reconcile, namespace, name)
+            except Exception:
+                log.exception("O1Pool %s/%s: re-render failed; next try in %gs", namespace, name, interval_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         else None
     )
     memo.observed = {}
+    memo.namespaces = namespaces
+    memo.resync_s = float(os.environ.get("O1POOL_RESYNC_SECONDS", "300"))
     try:
         asyncio.run(
             run(

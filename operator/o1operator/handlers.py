@@ -1,14 +1,16 @@
 """kopf handlers: thin glue from watch events to :func:`o1operator.reconcile.reconcile_pool`.
 
 Pools are (re)rendered when created, changed, or when the operator starts; a Secret event re-renders
-every pool that references that Secret (found through the ``pools_by_secret`` index); a timer
-re-renders every pool every ``O1POOL_RESYNC_SECONDS`` (300 by default).
+every pool that references that Secret (found through the ``pools_by_secret`` index). Every pool is
+also re-rendered every ``O1POOL_RESYNC_SECONDS`` (300 by default) by an operator-wide loop
+(cli.resync_forever), not a kopf timer: kopf puts a finalizer on the objects of any timer, and then
+deleting a pool (or its namespace) hangs while the operator is down. No handler needs a finalizer, so
+none is added, and one that an earlier version added is removed when the operator resumes a pool.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,9 +19,7 @@ import kopf
 from o1operator.kube import connection_info
 from o1operator.reconcile import reconcile_pool
 from o1operator.render import GROUP, PLURAL, VERSION, referenced_secrets
-from o1operator.settings import configure
-
-RESYNC_S = float(os.environ.get("O1POOL_RESYNC_SECONDS", "300"))
+from o1operator.settings import FINALIZER, configure
 
 
 @kopf.on.startup()
@@ -59,6 +59,12 @@ def pools_by_secret(
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
+def pool_resumed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    if memo.kube.remove_finalizer(body, FINALIZER):
+        logger.info("removed the finalizer %s an earlier version added", FINALIZER)
+    reconcile(memo, body, logger)
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def pool_changed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
@@ -82,10 +88,3 @@ def secret_changed(
         if pool is not None:
             logger.info("Secret %s %s: re-rendering O1Pool %s", name, type.lower(), pool_name)
             reconcile(memo, pool, logger)
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_S, initial_delay=RESYNC_S)
-def pool_resync(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    """Re-render every ``RESYNC_S`` seconds: repairs edits to the owned ConfigMap and Secret, and catches
-    up on a Secret change whose event handler failed (kopf does not retry event handlers)."""
-    reconcile(memo, body, logger)

@@ -8,6 +8,7 @@ passes its startup probe, before the app containers, and stops after them. The a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,39 @@ DEFAULT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"m
 JsonPatch = list[dict[str, Any]]
 
 
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def is_resource_name(name: str) -> bool:
+    return bool(_DNS_NAME.match(name))
+
+
+def refusal(pool_name: str, namespace: str | None, pool: Mapping[str, Any] | None) -> str | None:
+    """Why a pod annotated ``o1pool.io/inject: <pool_name>`` cannot get the sidecar (``None``: it can).
+    ``pool`` is the O1Pool of that name in the pod's namespace, if any. A pool that has never rendered
+    is refused rather than injected: the pod would mount a ConfigMap that does not exist."""
+    if not is_resource_name(pool_name):
+        return (
+            f"annotation {INJECT_ANNOTATION} must name an O1Pool of the pod's namespace; {pool_name!r} is "
+            "not a resource name"
+        )
+    if pool is None:
+        return (
+            f"annotation {INJECT_ANNOTATION}={pool_name!r}: no O1Pool {pool_name!r} in namespace {namespace}"
+        )
+    status = pool.get("status") or {}
+    if not status.get("configHash"):
+        ready: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+        )
+        why = f" ({ready.get('reason')}: {ready.get('message')})" if ready.get("message") else ""
+        return (
+            f"O1Pool {pool_name!r} has not been rendered yet{why}; fix it (kubectl describe o1pool "
+            f"{pool_name} -n {namespace}) and create the pod again"
+        )
+    return None
+
+
 def _pointer(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
@@ -49,6 +83,12 @@ def get_sidecar_container(pool: Mapping[str, Any], default_image: str) -> dict[s
             "periodSeconds": 1,
             "failureThreshold": 30,
         },
+        # The API listens on the pod's loopback; its readiness is also served on the metrics port.
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": metrics_port},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        },
         "resources": injection.get("resources") or DEFAULT_RESOURCES,
         "securityContext": {
             "runAsNonRoot": True,
@@ -56,6 +96,7 @@ def get_sidecar_container(pool: Mapping[str, Any], default_image: str) -> dict[s
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},  # Pod Security "restricted" asks for it
         },
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": str(CONFIG_MOUNT), "readOnly": True},

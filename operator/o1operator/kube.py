@@ -20,6 +20,7 @@ from o1operator.render import GROUP, KIND, PLURAL, VERSION
 FIELD_MANAGER = "o1pool-operator"
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 def load_configuration(kubeconfig: str | None = None) -> client.Configuration:
@@ -123,6 +124,40 @@ class Kube:
                 source=client.V1EventSource(component=FIELD_MANAGER),
             ),
         )
+
+    def list_pools(self, namespaces: list[str]) -> list[tuple[str, str]]:
+        """(namespace, name) of every O1Pool in ``namespaces`` (every namespace when empty)."""
+        lists: list[dict[str, Any]]
+        if not namespaces:
+            lists = [cast(dict[str, Any], self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))]
+        else:
+            lists = [
+                cast(dict[str, Any], self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))
+                for ns in namespaces
+            ]
+        items = [item for found in lists for item in found.get("items", [])]
+        return sorted((i["metadata"]["namespace"], i["metadata"]["name"]) for i in items)
+
+    def remove_finalizer(self, pool: Mapping[str, Any], finalizer: str) -> bool:
+        """Drop ``finalizer`` from ``pool`` if it has it (JSON patch, guarded by the list it tests)."""
+        finalizers = list(pool["metadata"].get("finalizers") or [])
+        if finalizer not in finalizers:
+            return False
+        meta = pool["metadata"]
+        index = finalizers.index(finalizer)
+        patch = [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ]
+        try:
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch, _content_type=JSON_PATCH
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):  # gone, or the list changed meanwhile (kopf removed it)
+                return False
+            raise
+        return True
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(

@@ -18,8 +18,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    # Only used if a handler ever needs one (no delete handler today: ownerReferences clean up, so
-    # deleting a pool never waits for the operator).
+    # No handler needs a finalizer (no delete handler, timer or daemon: ownerReferences clean up, so
+    # deleting a pool never waits for the operator); an earlier version's timer added this one, which
+    # the resume handler removes.
     settings.persistence.finalizer = FINALIZER
     # Handler logs at INFO and above become Kubernetes events on the object (never with key values).
     settings.posting.enabled = True

@@ -15,7 +15,7 @@ from typing import Any
 import jsonpatch
 import kopf
 
-from o1operator.inject import INJECT_ANNOTATION, get_injection_patch
+from o1operator.inject import INJECT_ANNOTATION, get_injection_patch, is_resource_name, refusal
 
 WEBHOOK_ID = "inject-sidecar"
 
@@ -44,14 +44,14 @@ def configure_webhook_server(settings: kopf.OperatorSettings, memo: kopf.Memo, *
 def inject_sidecar(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
 ) -> None:
-    pool_name = body["metadata"]["annotations"][INJECT_ANNOTATION]
+    pool_name = str(body["metadata"]["annotations"][INJECT_ANNOTATION])
     namespace = body["metadata"].get("namespace")
-    pool = memo.kube.get_pool(namespace, pool_name) if namespace else None
-    if pool is None:
-        raise kopf.AdmissionError(
-            f"annotation {INJECT_ANNOTATION}={pool_name!r}: no O1Pool {pool_name!r} in namespace {namespace}",
-            code=400,
-        )
+    named = namespace and is_resource_name(pool_name)
+    pool = memo.kube.get_pool(namespace, pool_name) if named else None
+    why = refusal(pool_name, namespace, pool)
+    if why is not None:
+        raise kopf.AdmissionError(why, code=400)
+    assert pool is not None
     config_hash = (pool.get("status") or {}).get("configHash")
     ops = get_injection_patch(body, pool, config_hash, memo.webhook.sidecar_image)
     if ops:

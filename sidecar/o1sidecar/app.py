@@ -41,6 +41,7 @@ from o1sidecar.upstream import load_routes
 log = logging.getLogger("o1sidecar")
 
 PROXY_KEY = web.AppKey("o1sidecar.proxy", Proxy)
+READY_KEY = web.AppKey("o1sidecar.ready", asyncio.Event)  # set while the sidecar takes requests
 
 
 def _default_limiter(config: SidecarConfig) -> Limiter:
@@ -87,7 +88,7 @@ def create_app(
         middlewares=[discard_unread_body(config.timeouts.request_body_s)],
     )
     app[PROXY_KEY] = proxy
-    ready = asyncio.Event()
+    ready = app[READY_KEY] = asyncio.Event()
 
     async def on_startup(_app: web.Application) -> None:
         await asyncio.get_running_loop().run_in_executor(None, proxy.counter.load)
@@ -238,9 +239,8 @@ async def start_sidecar(
         metrics_port = 0
         metrics_host = config.metrics.host
         if serve_metrics:
-            metrics_runner = web.AppRunner(
-                create_metrics_app(app[PROXY_KEY].metrics), access_log=None, handle_signals=False
-            )
+            metrics_app = create_metrics_app(app[PROXY_KEY].metrics, app[READY_KEY].is_set)
+            metrics_runner = web.AppRunner(metrics_app, access_log=None, handle_signals=False)
             await metrics_runner.setup()
             runners.append(metrics_runner)
             await web.TCPSite(metrics_runner, metrics_host, config.metrics.port, reuse_address=True).start()

@@ -193,12 +193,21 @@ class SidecarMetrics:
         return generate_latest(self.registry)
 
 
-def create_metrics_app(metrics: SidecarMetrics) -> web.Application:
-    """A tiny app serving ``GET /metrics`` for Prometheus."""
+def create_metrics_app(metrics: SidecarMetrics, ready: Callable[[], bool] | None = None) -> web.Application:
+    """A tiny app serving ``GET /metrics`` for Prometheus and, when ``ready`` is given, ``GET /readyz``
+    (200 while the sidecar takes requests, 503 starting or draining): the metrics port is the one the
+    kubelet can probe, as the API listens on the pod's loopback only."""
 
     async def handle(_request: web.Request) -> web.Response:
         return web.Response(body=metrics.scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def readyz(_request: web.Request) -> web.Response:
+        if ready is not None and ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready"}, status=503)
+
     app = web.Application()
     app.router.add_get("/metrics", handle)
+    if ready is not None:
+        app.router.add_get("/readyz", readyz)
     return app

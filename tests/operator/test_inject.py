@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from o1operator.inject import SIDECAR_NAME, get_injection_patch
+from o1operator.inject import SIDECAR_NAME, get_injection_patch, get_sidecar_container, refusal
 from o1operator.render import KEY_MOUNT
 from tests.operator.conftest import REPO, assert_golden, load_example
 
@@ -70,3 +70,33 @@ def test_injection_wires_sidecar_volumes_env_and_hash() -> None:
     assert injected["metadata"]["annotations"]["team"] == "research"
     assert sidecar["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
     assert "env" not in sidecar, "keys reach the sidecar as files only"
+
+
+def test_a_pod_is_refused_with_a_reason_for_a_bad_name_a_missing_or_an_unrendered_pool() -> None:
+    rendered = {"status": {"configHash": "abc"}}
+    assert refusal("basic", "team", rendered) is None
+    assert "'' is not a resource name" in (refusal("", "team", None) or "")
+    assert "'Basic!' is not a resource name" in (refusal("Basic!", "team", None) or "")
+    assert "no O1Pool 'basic' in namespace team" in (refusal("basic", "team", None) or "")
+    broken = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "NoUsableKeys",
+                    "message": "no account has a usable key",
+                }
+            ]
+        }
+    }
+    why = refusal("basic", "team", broken) or ""
+    assert "has not been rendered yet (NoUsableKeys: no account has a usable key)" in why
+    assert "kubectl describe o1pool basic -n team" in why
+
+
+def test_the_injected_sidecar_is_ready_checked_and_runs_under_the_restricted_profile() -> None:
+    pool = yaml.safe_load((REPO / "examples" / "o1pool-basic.yaml").read_text())
+    sidecar = get_sidecar_container(pool, "o1pool-sidecar:dev")
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9090}
+    assert sidecar["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -824,3 +824,36 @@ def test_resync_restores_an_owned_config_map_deleted_by_hand(
         assert restored.data == first.data
     finally:
         stop_operator(running)
+
+
+def test_pools_carry_no_finalizer_and_delete_with_the_operator_stopped(
+    kube: Kube, chart: Chart, api: client.ApiClient, kube_namespace: str, tmp_path: Path
+) -> None:
+    """Nothing waits for the operator to delete a pool; the finalizer an earlier release's resync timer
+    put on every pool is removed when the operator resumes it."""
+    ns = kube_namespace
+    create_secrets(api, ns, fake_secrets(yaml.safe_load(BASIC.read_text())["spec"]))
+    kube.kubectl("apply", "-n", ns, "-f", str(BASIC))
+    custom = client.CustomObjectsApi(api)
+    custom.patch_namespaced_custom_object(
+        "o1pool.io", "v1alpha1", ns, "o1pools", "basic", {"metadata": {"finalizers": ["o1pool.io/finalizer"]}}
+    )  # as the previous release left it
+    running = start_operator(
+        kube, chart.sa_kubeconfig, ns, tmp_path / "operator.log", "--sidecar-count-interval=0.3"
+    )
+    try:
+        wait_for(
+            "the pool rendered",
+            lambda: get_pool(api, ns, "basic").get("status", {}).get("configHash"),
+            running,
+        )
+        wait_for(
+            "the old finalizer removed",
+            lambda: not get_pool(api, ns, "basic")["metadata"].get("finalizers"),
+            running,
+        )
+    finally:
+        stop_operator(running)
+    kube.kubectl("delete", "o1pool", "basic", "-n", ns, "--timeout=10s")  # the operator is stopped
+    gone = kube.kubectl("get", "o1pool", "basic", "-n", ns, "--ignore-not-found", "-o", "name")
+    assert gone.stdout.strip() == ""

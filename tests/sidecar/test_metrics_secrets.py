@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from o1emulator.embedded import EmulatorHandle
+from o1sidecar.app import SidecarHandle
 from o1sidecar.config import ConfigError, SidecarConfig
 from o1sidecar.upstream import load_routes
 from tests.sidecar.conftest import KEYS, SidecarFactory, sidecar_config_dict
@@ -85,3 +86,10 @@ def test_unreadable_key_error_names_the_source_not_a_value(
     config = SidecarConfig.from_dict(sidecar_config_dict(emulator))
     with pytest.raises(ConfigError, match="O1T_A_1 is unset"):
         load_routes(config)
+
+
+async def test_the_metrics_port_serves_readiness_for_the_kubelet(sidecar: SidecarHandle) -> None:
+    """The API listens on the pod's loopback; the kubelet probes readiness on the metrics port."""
+    url = sidecar.metrics_url.replace("/metrics", "/readyz")
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200 and (await response.json())["status"] == "ready"

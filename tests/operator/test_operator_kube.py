@@ -247,6 +247,38 @@ def test_chart_rbac_is_least_privilege(kube: Kube, chart: Chart, kube_namespace:
     assert [d for d in denied if can(*d)] == []
 
 
+def test_the_built_in_view_and_edit_roles_cover_o1pools(
+    kube: Kube, chart: Chart, kube_namespace: str
+) -> None:
+    """The chart's aggregated ClusterRoles: a user bound to `view` reads O1Pools, one bound to `edit`
+    manages them; neither writes their status (the operator's)."""
+    ns = kube_namespace
+
+    def can(role: str, verb: str, resource: str) -> bool:
+        user = f"system:serviceaccount:{ns}:{role}-user"
+        result = kube.kubectl("auth", "can-i", verb, resource, "-n", ns, "--as", user, check=False)
+        return result.stdout.strip() == "yes"
+
+    for role in ("view", "edit"):
+        kube.kubectl(
+            "create",
+            "rolebinding",
+            f"{role}-user",
+            f"--clusterrole={role}",
+            f"--serviceaccount={ns}:{role}-user",
+            "-n",
+            ns,
+        )
+
+    def aggregated() -> bool:
+        return can("view", "list", "o1pools.o1pool.io") and can("edit", "patch", "o1pools.o1pool.io")
+
+    wait_for("the aggregation controller", aggregated)
+    assert not can("view", "patch", "o1pools.o1pool.io")
+    assert not can("edit", "patch", "o1pools.o1pool.io/status")
+    assert can("edit", "delete", "o1pools.o1pool.io")
+
+
 def test_crd_explains_fields_and_cel_rejects_invalid_pools(
     kube: Kube, chart: Chart, kube_namespace: str
 ) -> None:
@@ -636,7 +668,7 @@ def test_live_sidecars_are_counted_from_redis_heartbeats(
     finally:
         redis.close()
     row = kube.kubectl("get", "o1pool", "basic", "-n", ns, "--no-headers").stdout.split()
-    assert row[:4] == ["basic", "True", "1", "3"]
+    assert row[:5] == ["basic", "True", "Serving", "1", "3"]
 
 
 def test_refused_keys_and_model_outages_are_reported_and_a_rotation_lifts_a_key(

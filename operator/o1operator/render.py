@@ -220,7 +220,7 @@ def get_redis_config(redis: Mapping[str, Any], secrets: SecretsData) -> tuple[di
         password = _secret_value(redis["passwordSecretRef"], secrets, "spec.redis.passwordSecretRef")
     if redis.get("tls") and url.startswith("redis://"):
         url = "rediss://" + url.removeprefix("redis://")
-    config: dict[str, Any] = {"url": url}
+    config: dict[str, Any] = {"url": url, **_pick(redis, _REDIS_FIELDS)}
     if redis.get("keyPrefix"):
         config["key_prefix"] = redis["keyPrefix"]
     if password:
@@ -271,6 +271,33 @@ _CACHE_FIELDS = {
     "onlyDeterministic": "only_deterministic",
 }
 _TOKEN_FIELDS = {"charge": "charge", "defaultMaxTokens": "default_max_tokens"}
+_FALLBACK_FIELDS = {
+    "chains": "chains",
+    "cacheOnlyLast": "cache_only_last",
+    "outageFailures": "outage_failures",
+    "outageProbeSeconds": "outage_probe_s",
+}
+_TIMEOUT_FIELDS = {
+    "connectSeconds": "connect_s",
+    "readSeconds": "read_s",
+    "totalSeconds": "total_s",
+    "requestBodySeconds": "request_body_s",
+    "requestHeadSeconds": "request_head_s",
+}
+_RETRY_FIELDS = {
+    "maxAttempts": "max_attempts",
+    "backoffBaseSeconds": "backoff_base_s",
+    "maxRetryAfterSeconds": "max_retry_after_s",
+}
+_CONTEXT_FIELDS = {"windows": "windows", "onOverflow": "on_overflow"}
+_SHUTDOWN_FIELDS = {"graceSeconds": "grace_s", "queueSeconds": "queue_s"}
+_REDIS_FIELDS = {
+    "connectTimeoutMs": "connect_timeout_ms",
+    "opTimeoutMs": "op_timeout_ms",
+    "heartbeatIntervalSeconds": "heartbeat_interval_s",
+    "breakerFailures": "breaker_failures",
+    "breakerResetSeconds": "breaker_reset_s",
+}
 
 
 def _pick(source: Mapping[str, Any] | None, names: Mapping[str, str]) -> dict[str, Any]:
@@ -309,8 +336,14 @@ def get_sidecar_config(
             snake: queue[camel] * scale for camel, (snake, scale) in _QUEUE_FIELDS.items() if camel in queue
         },
         "cache": _pick(spec.get("cache"), _CACHE_FIELDS),
-        "fallback": _pick(spec.get("fallback"), {"chains": "chains", "cacheOnlyLast": "cache_only_last"}),
+        "fallback": _pick(spec.get("fallback"), _FALLBACK_FIELDS),
+        "timeouts": _pick(spec.get("timeouts"), _TIMEOUT_FIELDS),
+        "retry": _pick(spec.get("retry"), _RETRY_FIELDS),
+        "context": _pick(spec.get("context"), _CONTEXT_FIELDS),
+        "shutdown": _pick(spec.get("shutdown"), _SHUTDOWN_FIELDS),
     }
+    if "maxBodyBytes" in spec:
+        config["max_body_bytes"] = spec["maxBodyBytes"]
     if redis:
         config["redis"] = redis
     return config

@@ -281,3 +281,53 @@ def test_an_account_may_only_name_an_allowed_upstream_host() -> None:
     assert "spec.accounts[1].baseURL names host 'collector.evil.example'" in refused.error.message
     assert refused.config_yaml is None and refused.key_data == {}
     assert render(pool, secrets).error is None  # no allowlist: any host
+
+
+def test_every_sidecar_option_a_pool_needs_is_reachable_from_the_spec() -> None:
+    """Timeouts, retries, body size, context check, shutdown, outage policy and Redis timeouts set in
+    the O1Pool arrive in the rendered sidecar config."""
+    pool = load_example(REPO / "examples" / "o1pool-basic.yaml")
+    spec = pool["spec"]
+    spec["timeouts"] = {
+        "connectSeconds": 3,
+        "readSeconds": 90,
+        "totalSeconds": 600,
+        "requestBodySeconds": 10,
+        "requestHeadSeconds": 20,
+    }
+    spec["retry"] = {"maxAttempts": 5, "backoffBaseSeconds": 0.2, "maxRetryAfterSeconds": 60}
+    spec["maxBodyBytes"] = 2_000_000
+    spec["context"] = {"windows": {"o1": 100_000}, "onOverflow": "refuse"}
+    spec["shutdown"] = {"graceSeconds": 40, "queueSeconds": 10}
+    spec["fallback"] = {"outageFailures": 8, "outageProbeSeconds": 15}
+    spec["redis"] |= {
+        "connectTimeoutMs": 500,
+        "opTimeoutMs": 400,
+        "heartbeatIntervalSeconds": 1,
+        "breakerFailures": 4,
+        "breakerResetSeconds": 5,
+    }
+    rendering = render(pool, fake_secrets(spec))
+    assert rendering.error is None and rendering.config is not None, rendering.error
+    c = rendering.config
+    assert (c.timeouts.connect_s, c.timeouts.read_s, c.timeouts.total_s) == (3, 90, 600)
+    assert (c.timeouts.request_body_s, c.timeouts.request_head_s) == (10, 20)
+    assert (c.retry.max_attempts, c.retry.backoff_base_s, c.retry.max_retry_after_s) == (5, 0.2, 60)
+    assert c.max_body_bytes == 2_000_000
+    assert (c.context.windows, c.context.on_overflow) == ({"o1": 100_000}, "refuse")
+    assert (c.shutdown.grace_s, c.shutdown.queue_s) == (40, 10)
+    assert (c.fallback.outage_failures, c.fallback.outage_probe_s) == (8, 15)
+    r = c.redis
+    assert (
+        r.connect_timeout_ms,
+        r.op_timeout_ms,
+        r.heartbeat_interval_s,
+        r.breaker_failures,
+        r.breaker_reset_s,
+    ) == (
+        500,
+        400,
+        1,
+        4,
+        5,
+    )

@@ -105,7 +105,7 @@ async def run(count_interval_s: float, memo: kopf.Memo, **operator_options: Any)
     def reconcile_by_name(namespace: str, name: str) -> None:
         pool = memo.kube.get_pool(namespace, name)
         if pool is not None:
-            refused, outages = memo.observed.get((namespace, name), ((), None))
+            redis = memo.observed.get((namespace, name))
             logger = logging.getLogger("o1operator.sidecars")
             post = memo.kube.post_event
             reconcile_pool(
@@ -114,8 +114,7 @@ async def run(count_interval_s: float, memo: kopf.Memo, **operator_options: Any)
                 post,
                 logger,
                 memo.probes,
-                refused=refused,
-                outages=outages,
+                redis=redis,
                 allowed_hosts=memo.allowed_hosts,
             )
 

@@ -38,15 +38,14 @@ def post_event(pool: Mapping[str, Any], type_: str, reason: str, message: str) -
 
 def reconcile(memo: kopf.Memo, pool: Mapping[str, Any], logger: logging.Logger) -> None:
     meta = pool["metadata"]
-    refused, outages = memo.observed.get((meta["namespace"], meta["name"]), ((), None))
+    redis = memo.observed.get((meta["namespace"], meta["name"]))
     reconcile_pool(
         memo.kube,
         pool,
         post_event,
         logger,
         memo.probes,
-        refused=refused,
-        outages=outages,
+        redis=redis,
         allowed_hosts=memo.allowed_hosts,
     )
 

@@ -17,9 +17,7 @@ from o1operator.render import (
     with_salt,
 )
 from o1operator.sidecars import Probes, get_sidecar_probe
-from o1operator.status import KEYS_READY, MODELS_AVAILABLE, get_status
-from o1sidecar.outages import ModelState
-from o1sidecar.quarantine import RefusedKey
+from o1operator.status import KEYS_READY, MODELS_AVAILABLE, REDIS_REACHABLE, RedisView, get_status
 
 # (pool, type, reason, message) -> None: posts a Kubernetes event about the pool (kopf.event).
 PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
@@ -48,6 +46,9 @@ def get_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tupl
         events.append(("Warning", models_after["reason"], models_after["message"]))
     if models_after.get("reason") == "Answering" and models_before.get("status") == "False":
         events.append(("Normal", "ModelsAnswering", "every model answers again"))
+    redis_before, redis_after = _condition(before, REDIS_REACHABLE), _condition(after, REDIS_REACHABLE)
+    if redis_after.get("status") == "False" and redis_before.get("status") != "False":
+        events.append(("Warning", "RedisUnreachable", redis_after["message"]))
     ready = _condition(after, "Ready")
     if ready.get("status") == "False" and ready.get("message") != _condition(before, "Ready").get("message"):
         events.append(("Warning", ready["reason"], ready["message"]))
@@ -61,13 +62,12 @@ def reconcile_pool(
     logger: logging.Logger,
     probes: Probes | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
-    refused: Sequence[RefusedKey] = (),
-    outages: Sequence[tuple[str, ModelState]] | None = None,
+    redis: RedisView | None = None,
     allowed_hosts: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Bring the pool's ConfigMap, Secret and status in line with its spec and Secrets, and report the
-    keys the upstream refused lately and the models not up (``refused``, ``outages``: read from Redis
-    by sidecars.py); ``allowed_hosts``: the host patterns an account's baseURL may name (None: any).
+    keys the upstream refused lately, the models not up and whether Redis answers (``redis``: read by
+    sidecars.py); ``allowed_hosts``: the host patterns an account's baseURL may name (None: any).
     Returns the status."""
     meta = pool["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -83,7 +83,7 @@ def reconcile_pool(
                 probes.pop((namespace, name), None)
             else:
                 probes[namespace, name] = probe
-    status = get_status(pool, rendering, now(), refused, None if probe is None else outages)
+    status = get_status(pool, rendering, now(), None if probe is None else redis)
     kube.patch_status(namespace, name, status)
     for type_, reason, message in get_events(pool.get("status") or {}, status):
         post_event(pool, type_, reason, message)

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from o1common.keyprint import key_fingerprint
 from o1operator.kube import Kube
 from o1operator.render import REDIS_PASSWORD_FILE, Rendering
+from o1operator.status import RedisView
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.outage_sync import read_states
 from o1sidecar.outages import ModelState
@@ -70,9 +71,8 @@ class Observation:
 
 # (namespace, pool) -> probe; written by reconcile, read by the observing loop.
 Probes = MutableMapping[tuple[str, str], SidecarProbe]
-# (namespace, pool) -> its refused keys and models not up; written by the observing loop, read by
-# reconcile.
-Observed = MutableMapping[tuple[str, str], tuple[tuple[RefusedKey, ...], tuple[tuple[str, ModelState], ...]]]
+# (namespace, pool) -> what the observing loop last read from its Redis; read by reconcile.
+Observed = MutableMapping[tuple[str, str], RedisView]
 
 
 def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
@@ -137,6 +137,26 @@ async def observe(probe: SidecarProbe) -> Observation:
         await client.aclose()
 
 
+def redis_error(exc: BaseException) -> str:
+    """What went wrong, for the pool's status: the error's kind and its first line (no credentials:
+    redis-py's messages name the host and port, never the password)."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _report(
+    observed: Observed, ref: tuple[str, str], view: RedisView, on_change: Callable[[str, str], None]
+) -> None:
+    """Record ``view`` and re-reconcile the pool when it changed."""
+    if observed.get(ref) == view:
+        return
+    observed[ref] = view
+    try:
+        await asyncio.to_thread(on_change, *ref)
+    except ApiException as exc:
+        log.warning("O1Pool %s/%s: cannot report what its Redis says: HTTP %s", *ref, exc.status)
+
+
 async def observe_forever(
     kube: Kube,
     probes: Probes,
@@ -153,14 +173,12 @@ async def observe_forever(
             try:
                 seen = await observe(probe)
             except (TimeoutError, RedisError, OSError) as exc:
-                log.warning("O1Pool %s/%s: cannot read sidecars in Redis: %s", *ref, type(exc).__name__)
+                log.warning("O1Pool %s/%s: cannot read its Redis: %s", *ref, type(exc).__name__)
+                before = observed.get(ref, RedisView())
+                view = RedisView(before.refused, before.outages, error=redis_error(exc))
+                await _report(observed, ref, view, on_change)
                 continue
-            if observed.get(ref) != (seen.refused, seen.outages):
-                observed[ref] = (seen.refused, seen.outages)
-                try:
-                    await asyncio.to_thread(on_change, *ref)
-                except ApiException as exc:
-                    log.warning("O1Pool %s/%s: cannot report keys and outages: HTTP %s", *ref, exc.status)
+            await _report(observed, ref, RedisView(seen.refused, seen.outages), on_change)
             live = seen.live
             if reported.get(ref) == live:
                 continue

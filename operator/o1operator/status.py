@@ -11,6 +11,7 @@ config that rendered).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,19 @@ KEYS_READY = "KeysReady"
 CONFIG_RENDERED = "ConfigRendered"
 FORECASTING = "Forecasting"
 MODELS_AVAILABLE = "ModelsAvailable"
-CONDITION_TYPES = (READY, KEYS_READY, CONFIG_RENDERED, MODELS_AVAILABLE, FORECASTING)
+REDIS_REACHABLE = "RedisReachable"
+CONDITION_TYPES = (READY, KEYS_READY, CONFIG_RENDERED, MODELS_AVAILABLE, REDIS_REACHABLE, FORECASTING)
+
+
+@dataclass(frozen=True)
+class RedisView:
+    """What the operator last read from a pool's Redis (sidecars.py): the keys the upstream refused
+    (entries for the current key values), the models not up (on Redis time), or why it could not read."""
+
+    refused: tuple[RefusedKey, ...] = ()
+    outages: tuple[tuple[str, ModelState], ...] = ()
+    error: str | None = None
+
 
 MAX_MESSAGE = 2048
 
@@ -107,16 +120,33 @@ def models_condition(outages: Sequence[tuple[str, ModelState]] | None, generatio
     return condition(MODELS_AVAILABLE, True, "Answering", "no model is failing on every account", generation)
 
 
+def redis_condition(rendering: Rendering, redis: RedisView | None, generation: int) -> dict[str, Any]:
+    """``RedisReachable``: whether the operator reads the pool's Redis (sidecars share limits there)."""
+    if rendering.config is None or rendering.config.redis.url is None:
+        message = "the pool has no Redis: each sidecar limits alone on its configured limits"
+        return condition(REDIS_REACHABLE, None, "NoRedis", message, generation)
+    if redis is None:
+        message = "the operator has not read the pool's Redis yet"
+        return condition(REDIS_REACHABLE, None, "NotObservedYet", message, generation)
+    if redis.error is not None:
+        message = (
+            f"the operator cannot read the pool's Redis ({redis.error}); sidecars that cannot either "
+            "limit on their local share of each limit; check spec.redis and the Redis service"
+        )
+        return condition(REDIS_REACHABLE, False, "Unreachable", message, generation)
+    return condition(REDIS_REACHABLE, True, "Reachable", "the operator reads the pool's Redis", generation)
+
+
 def get_conditions(
     rendering: Rendering,
     generation: int,
     previous: Sequence[Mapping[str, Any]],
-    refused: Sequence[RefusedKey] = (),
-    outages: Sequence[tuple[str, ModelState]] | None = None,
+    redis: RedisView | None = None,
 ) -> list[dict[str, Any]]:
-    """``refused``: keys the upstream refused lately (quarantine entries for current key values);
-    ``outages``: models failing on every account or ramping back (o1sidecar.outage_sync; ``None`` when
-    the pool has no Redis)."""
+    """``redis``: what the operator last read from the pool's Redis (``None``: nothing yet, or the pool
+    has none): refused keys for ``KeysReady``, outages for ``ModelsAvailable``, ``RedisReachable``."""
+    refused = redis.refused if redis is not None else ()
+    outages = redis.outages if redis is not None and redis.error is None else None
     total = len(rendering.keys)
     missing = [k.describe_problem() for k in rendering.keys if not k.ready]
     refusals = [describe_refusal(k) for k in refused]
@@ -173,7 +203,8 @@ def get_conditions(
                 generation,
             )
 
-    conditions = [ready_cond, keys, rendered, models_condition(outages, generation)]
+    models = models_condition(outages, generation)
+    conditions = [ready_cond, keys, rendered, models, redis_condition(rendering, redis, generation)]
     if not any(c.get("type") == FORECASTING for c in previous):
         conditions.append(
             condition(FORECASTING, None, "NoPrediction", "no load prediction published yet", generation)
@@ -189,17 +220,13 @@ def get_refused_keys(refused: Sequence[RefusedKey]) -> list[dict[str, Any]]:
 
 
 def get_status(
-    pool: Mapping[str, Any],
-    rendering: Rendering,
-    now: datetime,
-    refused: Sequence[RefusedKey] = (),
-    outages: Sequence[tuple[str, ModelState]] | None = None,
+    pool: Mapping[str, Any], rendering: Rendering, now: datetime, redis: RedisView | None = None
 ) -> dict[str, Any]:
-    """The status patch for ``pool`` after ``rendering`` was applied (or failed to render), with the
-    keys the upstream refused lately (``refused``) and the models not up (``outages``)."""
+    """The status patch for ``pool`` after ``rendering`` was applied (or failed to render), with what
+    the operator last read from its Redis (``redis``)."""
     generation = int(pool["metadata"].get("generation", 0))
     previous = (pool.get("status") or {}).get("conditions") or []
-    conditions = get_conditions(rendering, generation, previous, refused, outages)
+    conditions = get_conditions(rendering, generation, previous, redis)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge_conditions(previous, conditions, now),
@@ -208,7 +235,7 @@ def get_status(
         "keys": f"{rendering.keys_ready}/{len(rendering.keys)}",
         "accountsReady": rendering.accounts_ready,
         "accountsTotal": rendering.accounts_total,
-        "refusedKeys": get_refused_keys(refused),
+        "refusedKeys": get_refused_keys(redis.refused if redis is not None else ()),
     }
     if rendering.error is None:
         status |= {

@@ -339,11 +339,13 @@ def test_pool_lifecycle_render_rotate_remove_update_delete(
     status = pool["status"]
     assert status["observedGeneration"] == 1
     assert (status["keysReady"], status["keysTotal"], status["accountsReady"]) == (4, 4, 3)
-    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+    by_type = {c["type"]: c["status"] for c in status["conditions"]}
+    assert by_type.pop("RedisReachable") in ("Unknown", "False")  # redis.example: not read yet, or cannot be
+    assert by_type == {
         "Ready": "True",
         "KeysReady": "True",
         "ConfigRendered": "True",
-        "ModelsAvailable": "Unknown",  # its Redis (redis.example) cannot be read
+        "ModelsAvailable": "Unknown",  # its Redis cannot be read
         "Forecasting": "Unknown",
     }
     assert all(c["observedGeneration"] == 1 for c in status["conditions"])

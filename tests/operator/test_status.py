@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from o1operator.reconcile import get_events
 from o1operator.render import render
-from o1operator.status import get_status
+from o1operator.status import RedisView, get_status
 from o1sidecar.outages import ModelState
 from o1sidecar.quarantine import RefusedKey
 from tests.operator.conftest import REPO, fake_secrets, load_example
@@ -28,6 +28,7 @@ def test_all_keys_present() -> None:
         "KeysReady": "True",
         "ConfigRendered": "True",
         "ModelsAvailable": "Unknown",
+        "RedisReachable": "Unknown",  # not read yet
         "Forecasting": "Unknown",
     }
     assert by_type["Ready"]["reason"] == "Serving"
@@ -97,8 +98,8 @@ def test_a_refused_key_is_named_with_since_when_and_the_pool_serves_degraded() -
     rendering = render(pool, fake_secrets(pool["spec"]))
     label = f"{rendering.keys[0].account}/{rendering.keys[0].name}"
     since = T0.timestamp() - 90
-    refused = [RefusedKey(label, "0badc0de", 2, since, T0.timestamp() + 30)]
-    status = get_status(pool, rendering, T0, refused)
+    refused = (RefusedKey(label, "0badc0de", 2, since, T0.timestamp() + 30),)
+    status = get_status(pool, rendering, T0, RedisView(refused=refused))
     by_type = conditions(status)
     keys = by_type["KeysReady"]
     assert (keys["status"], keys["reason"]) == ("False", "KeysRefused")
@@ -120,21 +121,40 @@ def test_models_down_and_ramping_are_reported_with_since_when_and_the_next_probe
     pool = load_example(MULTI)
     rendering = render(pool, fake_secrets(pool["spec"]))
     t = T0.timestamp()
-    down = [
+    down = (
         ("o1", ModelState("down", since=t - 120, probe_at=t + 20)),
         ("o1-mini", ModelState("ramp", since=t - 30)),
-    ]
-    status = get_status(pool, rendering, T0, outages=down)
+    )
+    status = get_status(pool, rendering, T0, RedisView(outages=down))
     models = conditions(status)["ModelsAvailable"]
     assert (models["status"], models["reason"]) == ("False", "ModelsDown")
     assert "o1 failing on every account since 2026-01-01T11:58:00Z" in models["message"]
     assert "next at 2026-01-01T12:00:20Z" in models["message"]
     assert "o1-mini answering again since 2026-01-01T11:59:30Z, ramping back" in models["message"]
-    assert [(t, r) for t, r, _ in get_events(get_status(pool, rendering, T0, outages=()), status)] == [
+    assert [(t, r) for t, r, _ in get_events(get_status(pool, rendering, T0, RedisView()), status)] == [
         ("Warning", "ModelsDown")
     ]
-    ramping = get_status({**pool, "status": status}, rendering, T0, outages=down[1:])
+    ramping = get_status({**pool, "status": status}, rendering, T0, RedisView(outages=down[1:]))
     assert conditions(ramping)["ModelsAvailable"]["reason"] == "Recovering"
-    answering = get_status({**pool, "status": ramping}, rendering, T0, outages=())
+    answering = get_status({**pool, "status": ramping}, rendering, T0, RedisView())
     assert conditions(answering)["ModelsAvailable"]["reason"] == "Answering"
     assert [(t, r) for t, r, _ in get_events(status, answering)] == [("Normal", "ModelsAnswering")]
+
+
+def test_redis_reachability_is_a_condition_with_an_event_when_it_goes() -> None:
+    pool = load_example(MULTI)
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    fine = get_status(pool, rendering, T0, RedisView())
+    reachable = conditions(fine)["RedisReachable"]
+    assert (reachable["status"], reachable["reason"]) == ("True", "Reachable")
+    error = "ConnectionError: Error 111 connecting"
+    gone = get_status({**pool, "status": fine}, rendering, T0, RedisView(error=error))
+    redis = conditions(gone)["RedisReachable"]
+    assert (redis["status"], redis["reason"]) == ("False", "Unreachable")
+    assert error in redis["message"]
+    assert conditions(gone)["ModelsAvailable"]["status"] == "Unknown"  # outages cannot be read either
+    assert ("Warning", "RedisUnreachable") in [(t, r) for t, r, _ in get_events(fine, gone)]
+    basic = load_example(REPO / "examples" / "o1pool-basic.yaml")
+    del basic["spec"]["redis"]
+    alone = conditions(get_status(basic, render(basic, fake_secrets(basic["spec"])), T0))["RedisReachable"]
+    assert (alone["status"], alone["reason"]) == ("Unknown", "NoRedis")

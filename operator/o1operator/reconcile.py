@@ -88,7 +88,9 @@ def reconcile_pool(
     for type_, reason, message in get_events(pool.get("status") or {}, status):
         post_event(pool, type_, reason, message)
     logger.info(
-        "reconciled: keys %d/%d, accounts %d/%d, %s",
+        "O1Pool %s/%s reconciled: keys %d/%d, accounts %d/%d, %s",
+        namespace,
+        name,
         rendering.keys_ready,
         len(rendering.keys),
         rendering.accounts_ready,

@@ -254,9 +254,9 @@ def test_the_built_in_view_and_edit_roles_cover_o1pools(
     manages them; neither writes their status (the operator's)."""
     ns = kube_namespace
 
-    def can(role: str, verb: str, resource: str) -> bool:
+    def can(role: str, verb: str, resource: str, *extra: str) -> bool:
         user = f"system:serviceaccount:{ns}:{role}-user"
-        result = kube.kubectl("auth", "can-i", verb, resource, "-n", ns, "--as", user, check=False)
+        result = kube.kubectl("auth", "can-i", verb, resource, *extra, "-n", ns, "--as", user, check=False)
         return result.stdout.strip() == "yes"
 
     for role in ("view", "edit"):
@@ -275,7 +275,7 @@ def test_the_built_in_view_and_edit_roles_cover_o1pools(
 
     wait_for("the aggregation controller", aggregated)
     assert not can("view", "patch", "o1pools.o1pool.io")
-    assert not can("edit", "patch", "o1pools.o1pool.io/status")
+    assert not can("edit", "patch", "o1pools.o1pool.io", "--subresource=status")
     assert can("edit", "delete", "o1pools.o1pool.io")
 
 
@@ -479,7 +479,8 @@ def test_missing_secret_then_created(
     assert all(f.manager != "o1pool-operator" for f in user_secret.managed_fields or [])
     printed = kube.kubectl("get", "o1pools", "-n", ns).stdout
     header, row = printed.splitlines()[:2]
-    assert header.split()[:3] == ["NAME", "READY", "ACCOUNTS"] and row.split()[:3] == ["basic", "True", "1"]
+    assert header.split()[:4] == ["NAME", "READY", "REASON", "ACCOUNTS"]
+    assert row.split()[:4] == ["basic", "True", "Serving", "1"]
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=5) as probe:
         assert probe.status == 200
 

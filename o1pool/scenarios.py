@@ -6,6 +6,7 @@ for the latency comparison a bare pass-through proxy). The load comes from this 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import tempfile
@@ -189,9 +190,22 @@ def cluster(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def emulator_stats(url: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session, session.get(url + "/admin/stats") as resp:
-        return dict(await resp.json())
+async def emulator_stats(url: str, attempts: int = 3) -> dict[str, Any]:
+    """The emulator's counters (``GET /admin/stats``). A connection not made within 10 s is tried again
+    (twice): with a dozen processes on two cores, a connect can lose its first SYNs for a while."""
+    timeout = aiohttp.ClientTimeout(total=120, sock_connect=10)
+    for attempt in range(attempts):
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(url + "/admin/stats") as resp,
+            ):
+                return dict(await resp.json())
+        except aiohttp.ClientConnectionError:
+            if attempt + 1 == attempts:
+                raise
+            await asyncio.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 # --- added latency at a fixed rate --------------------------------------------------------------

@@ -42,7 +42,8 @@ TICKET_TTL = 7.0
 
 @pytest.fixture
 async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    c = redis_client(RedisConfig(url=redis_server.url))
+    # Generous timeouts: this checks the rule, not latency (CI runs it next to a control plane).
+    c = redis_client(RedisConfig(url=redis_server.url, op_timeout_ms=5000, connect_timeout_ms=5000))
     yield c
     await c.aclose()
 

@@ -32,7 +32,7 @@ pytestmark = [
 # configured without headers (two refusal episodes; docs/limits.md).
 SETTINGS = MatrixSettings(sidecars=2, rpm=120, warmup_s=150.0, measure_s=60.0, bucket_burst=0.1)
 BOUNDS = {True: (0.02, 0.90), False: (0.05, 0.80)}  # known limit: (max 429 rate, min use of real limit)
-# A 1 s window holds 5 requests (4 at 80%): with eight cells sharing two cores, the sidecars' timing
+# A 1 s window holds 5 requests (4 at 80%): with six cells sharing two cores, the sidecars' timing
 # jitter costs a quarter of it (69-78% measured here, 90-96% in `o1pool bench`); refusals stay rare.
 ONE_SECOND_BOUNDS = (0.02, 0.60)
 # The same jitter lets some high-priority requests miss their second: 83-86% of their fair share
@@ -52,9 +52,9 @@ CELLS = [
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def results(redis_server_session: RedisServer) -> AsyncIterator[dict[Cell, CellResult]]:
-    """Every cell, eight at a time (three batches of about 3.5 minutes)."""
+    """Every cell, six at a time (four batches of about 3.5 minutes)."""
     redis_server_session.flush()
-    done = await run_matrix(CELLS, SETTINGS, redis_server_session, parallel=8, progress=False)
+    done = await run_matrix(CELLS, SETTINGS, redis_server_session, parallel=6, progress=False)
     yield {r.cell: r for r in done}
 
 

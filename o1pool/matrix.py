@@ -256,9 +256,9 @@ def cell_body(cell: Cell, planned: Planned, settings: MatrixSettings) -> dict[st
     return chat_body(planned, MODEL, max_tokens=settings.max_tokens)
 
 
-async def _snapshot_at(url: str, delay_s: float) -> dict[str, Any]:
+async def _snapshot_at(url: str, delay_s: float, session: Any) -> dict[str, Any]:
     await asyncio.sleep(delay_s)
-    return await emulator_stats(url)
+    return await emulator_stats(url, session=session)
 
 
 async def _timeline(url: str) -> dict[str, Any]:
@@ -319,17 +319,24 @@ async def run_cells(
             plan = plan_arrivals(
                 settings.offered_rps(cell), settings.warmup_s + settings.measure_s, settings.priority_mix
             )
-            started = (await emulator_stats(c.emulator_url))["uptime_s"]
-            warm = asyncio.create_task(_snapshot_at(c.emulator_url, settings.warmup_s))
-            end = asyncio.create_task(_snapshot_at(c.emulator_url, settings.warmup_s + settings.measure_s))
-            outcomes = await drive(
-                c.sidecar_urls,
-                plan,
-                lambda p: cell_body(cell, p, settings),
-                headers_for=lambda _p: headers,
-                client="openai",
-            )
-            return outcomes, await warm, await end, await _timeline(c.emulator_url), started
+            import aiohttp
+
+            # One kept-alive connection per emulator for the snapshots: none is a new connect at the
+            # edge of the measured period, when a loaded machine can delay new connects for seconds.
+            connector = aiohttp.TCPConnector(limit=2, keepalive_timeout=3600)
+            async with aiohttp.ClientSession(connector=connector) as stats:
+                started = (await emulator_stats(c.emulator_url, session=stats))["uptime_s"]
+                end_s = settings.warmup_s + settings.measure_s
+                warm = asyncio.create_task(_snapshot_at(c.emulator_url, settings.warmup_s, stats))
+                end = asyncio.create_task(_snapshot_at(c.emulator_url, end_s, stats))
+                outcomes = await drive(
+                    c.sidecar_urls,
+                    plan,
+                    lambda p: cell_body(cell, p, settings),
+                    headers_for=lambda _p: headers,
+                    client="openai",
+                )
+                return outcomes, await warm, await end, await _timeline(c.emulator_url), started
 
         runs = await asyncio.gather(*(one(c, cell) for c, cell in zip(clusters, cells, strict=True)))
     return [CellResult(cell, settings, *run) for cell, run in zip(cells, runs, strict=True)]

@@ -64,14 +64,13 @@ def create_app(
     limiter = limiter if limiter is not None else _default_limiter(config)
     metrics = SidecarMetrics(limiter.state)
     outages = ModelOutages(config.fallback.outage_failures, config.fallback.outage_probe_s)
-    metrics.watch_models(sorted({m for a in config.accounts for m in a.serves()}), outages.availability)
+    metrics.watch_models(config.served_models(), outages.availability)
     quarantine, outage_sync = None, None
     if config.redis.url is not None:
         keys = PoolKeys(config.redis.key_prefix, config.pool.namespace, config.pool.name)
         every = config.redis.heartbeat_interval_s
         quarantine = SharedQuarantine(redis_client(config.redis), keys, routes, every)
-        served = sorted({m for a in config.accounts for m in a.serves()})
-        outage_sync = SharedOutages(redis_client(config.redis), keys, outages, served, every)
+        outage_sync = SharedOutages(redis_client(config.redis), keys, outages, config.served_models(), every)
     proxy = Proxy(
         config,
         limiter,

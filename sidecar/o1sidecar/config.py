@@ -318,6 +318,10 @@ class SidecarConfig(_Strict):
                 raise ValueError(f"fallback.chains[{model!r}] must not contain {model!r} itself")
         return self
 
+    def served_models(self) -> list[str]:
+        """Every model some account serves, sorted."""
+        return sorted({m for a in self.accounts for m in a.serves()})
+
     def accounts_for(self, model: str) -> list[Account]:
         return [a for a in self.accounts if a.limits_for(model) is not None]
 

@@ -59,7 +59,7 @@ class Proxy:
         self.outages = outages or ModelOutages(
             config.fallback.outage_failures, config.fallback.outage_probe_s
         )
-        self.models = sorted({m for a in config.accounts for m in a.serves()})
+        self.models = config.served_models()
         accounts_for = {m: [a.name for a in config.accounts_for(m)] for m in self.models}
         self.admitter = Admitter(config, limiter, counter, metrics, self.outages, outage_sync, accounts_for)
         self.caller = UpstreamCaller(config, routes, limiter, cache, metrics, quarantine)

@@ -247,6 +247,7 @@ ACCOUNTS = (
     AccountLimits("a", rpm=600, tpm=60_000, concurrency=2, daily=3, max_cooldown_s=20.0, weight=3.0),
     AccountLimits("b", rpm=120, tpm=3_000, concurrency=None, burst_s=5.0, monthly=6, weight=2.0),
     AccountLimits("c", rpm=30, tpm=50_000, concurrency=None, adaptive=False, health=0.5),
+    AccountLimits("d", rpm=12, tpm=12_000, concurrency=None, burst_s=60.0),
 )
 TICKETS = {f"t{i}": p for i, p in enumerate((9, 5, 5, 2))}  # ticket -> priority
 
@@ -300,6 +301,21 @@ EPISODES = [
     ("attempt", "t2", [1], 100, True),
     ("settle", 0, "ok", None, None, 3, 90, 500),  # the probe got in: the run ends; a lower limit header
 ]
+FIRST_MINUTE = [
+    *[("attempt", "t1", [3], 100, False)] * 6,  # a minute's burst allowed: 6 at once
+    ("settle", 5, "rate_limited", "requests", None, None, None, 0),  # young window: a plain cut
+    *[
+        op
+        for _ in range(rule.PROBES_TO_ESTIMATE)
+        for op in (
+            ("advance", 9.0),
+            ("attempt", "t1", [3], 100, False),  # the probe...
+            ("settle", 5, "rate_limited", "requests", None, None, None, 0),  # ...refused again
+        )
+    ],  # the last cuts to what the window holds (8 of 12)
+    ("advance", 9.0),
+    ("attempt", "t1", [3], 100, False),
+]
 CAPS = [
     *[op for i in range(3) for op in (("attempt", "t0", [0], 1, False), ("settle", 0, "ok", *[None] * 4, 0))],
     ("attempt", "t0", [0], 1, False),  # the daily cap (3) is spent: quota
@@ -313,6 +329,7 @@ CAPS = [
 @given(operations)
 @example(EPISODES)
 @example(CAPS)
+@example(FIRST_MINUTE)
 async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple[object, ...]]) -> None:
     await client.flushall()
     clock = Clock(1_780_000_000.0)  # 2026-05-28: calendar caps roll over within the run

@@ -231,6 +231,54 @@ def test_a_young_window_says_nothing_about_a_minute() -> None:
     assert p.state.fr == pytest.approx(1 - rule.FIRST_CUT) and p.state.mr == 1.0
 
 
+def refused_in_the_first_minute(p: Pool, until_s: float) -> list[str]:
+    """Admit every 0.1 s until ``until_s`` after T0, then have the last admitted refused."""
+    leases = []
+    while p.now < T0 + until_s:
+        lease = p.admit()
+        if lease:
+            leases.append(lease)
+        p.now += 0.1
+    p.settle(leases[-1], p.now, outcome="rate_limited", limit_type="requests")
+    return leases
+
+
+def refuse_probes(p: Pool, count: int) -> None:
+    for _ in range(count):
+        p.wait_out()
+        probe = p.admit()
+        assert probe
+        p.settle(probe, p.now, outcome="rate_limited", limit_type="requests")
+
+
+def test_probes_refused_in_a_row_within_the_first_minute_cut_to_what_the_window_holds() -> None:
+    p = Pool(limits(rpm=600.0))
+    leases = refused_in_the_first_minute(p, 40.0)  # a per-minute limit of ~400, or a shorter window's
+    assert p.state.fr == pytest.approx(1 - rule.FIRST_CUT)  # the refusal alone cannot tell
+    refuse_probes(p, rule.PROBES_TO_ESTIMATE - 1)
+    assert p.state.fr == pytest.approx(1 - rule.FIRST_CUT)
+    refuse_probes(p, 1)  # still refused after rests: the upstream counts all the pool sent so far
+    held = len(leases) + rule.PROBES_TO_ESTIMATE
+    assert p.state.wn == held and p.state.mr == pytest.approx(held / 600)
+    assert p.effective()[0] == pytest.approx(0.98 * held)
+
+
+def test_probes_refused_after_the_first_minute_or_soon_let_through_do_not_cut() -> None:
+    late = Pool(limits(rpm=600.0))
+    refused_in_the_first_minute(late, 58.0)  # the window covers a minute: the refusal's own cut...
+    cut = late.state.fr
+    refuse_probes(late, rule.PROBES_TO_ESTIMATE)
+    assert late.state.fr == cut  # ...is all: the probes say only that the rests were too short
+    soon = Pool(limits(rpm=600.0))
+    refused_in_the_first_minute(soon, 40.0)
+    refuse_probes(soon, rule.PROBES_TO_ESTIMATE - 1)
+    soon.wait_out()
+    probe = soon.admit()
+    assert probe
+    soon.settle(probe, soon.now, outcome="ok")  # a shorter window, or a bucket, let it through
+    assert soon.state.fr == pytest.approx(1 - rule.FIRST_CUT) and soon.state.en == 0
+
+
 def test_a_cut_limit_recovers_quickly_to_just_below_the_refusal() -> None:
     low = 0.99 * 0.9
     assert rule._raised(0.6, 0.9, rule.RECOVER_S, 1.0) == pytest.approx(low - (low - 0.6) * math.exp(-1))

@@ -36,7 +36,10 @@ limit is cut (``FIRST_CUT``; twice as deep as the previous cut when refused agai
 ``IN_A_ROW_REQUESTS`` requests' time of the last cooldown's end; at most ``MAX_CUT``; and to just
 under what the window held when, after the pool's first minute on the account, that says the
 upstream's limit is lower) unless
-the refused request was the probe (which says the rest was too short, not the rate too high); the
+the refused request was the probe (which says the rest was too short, not the rate too high —
+except within the pool's first minute, where ``PROBES_TO_ESTIMATE`` probes refused in a row say the
+upstream still counts everything sent so far, and the limit is cut to just under what the window
+holds); the
 cooldown is set to ``max(Retry-After, backoff)`` where the backoff doubles per episode in a row
 (0.5 s; 1 s for tokens; capped by ``retry.max_retry_after_s``); and the next admission after the
 cooldown is a **probe**: the only one in flight until it is answered or ``PROBE_HOLD_S`` passed.
@@ -70,6 +73,7 @@ ESTIMATE_MARGIN = 0.98  # an estimate from the window keeps this share of what t
 ESTIMATE_MIN_SHARE = 0.5  # ...and is trusted only when the window held at least this share of E
 ESTIMATE_SPAN_S = 57.0  # ...once the pool has used the account for nearly a minute (before that,
 #                         the window says nothing of a minute)
+PROBES_TO_ESTIMATE = 2  # refused probes in a row after which a young window estimates the limit
 IN_A_ROW_REQUESTS = 10  # refused within this many requests' time of the last cooldown's end: that
 #                        cut was not enough
 RECOVER_S = 20.0  # below where the upstream last refused, a limit closes the gap with this time constant
@@ -372,8 +376,10 @@ def _after_429(
     else:
         st.en += 1
         st.es = now
-        if lim.adaptive and not probe:  # a refused probe says the rest was too short, not the rate too high
+        if lim.adaptive and not probe:
             _cut(st, lim, requests, tokens, now)
+        elif lim.adaptive and st.en > PROBES_TO_ESTIMATE and not _first_minute_over(st, now):
+            _cut_to_window(st, lim, requests, tokens)
         factor = TOKEN_LIMIT_FACTOR if s.limit_type == "tokens" else 1.0
         backoff = BASE_BACKOFF_S * factor * 2.0 ** (st.en - 1)
         st.cd = max(st.cd, now + min(lim.max_cooldown_s, max(retry, backoff)))
@@ -392,11 +398,29 @@ def _cut(st: AccountModel, lim: Limits, requests: bool, tokens: bool, now: float
     # In a row: refused again soon after the last cooldown ended, so that cut was not enough.
     st.cn = st.cn + 1 if now - st.cd < IN_A_ROW_REQUESTS * MINUTE_S / er else 1
     factor = max(1.0 - MAX_CUT, 1.0 - FIRST_CUT * 2.0 ** (st.cn - 1))
-    full = st.bt > 0 and now - st.bt >= ESTIMATE_SPAN_S  # the upstream's last minute: what the window holds
+    full = _first_minute_over(st, now)  # the upstream's last minute: what the window holds
     if requests:
         st.fr, st.mr = _cut_factor(st.fr, factor, st.wn if full else 0.0, er, lim.rpm)
     if tokens:
         st.ft, st.mt = _cut_factor(st.ft, factor, st.wt if full else 0.0, et, lim.tpm)
+
+
+def _first_minute_over(st: AccountModel, now: float) -> bool:
+    """Whether the pool has used the account for (nearly) a minute: only then does the window say what
+    an upstream counted over a minute."""
+    return st.bt > 0 and now - st.bt >= ESTIMATE_SPAN_S
+
+
+def _cut_to_window(st: AccountModel, lim: Limits, requests: bool, tokens: bool) -> None:
+    """Probes refused in a row within the pool's first minute on the account. A refused probe says the
+    rest was too short, not the rate too high; but this early, an upstream that still refuses after
+    rests counts everything the pool sent so far (a shorter window, or a bucket, would have let a
+    probe through): its limit is about what the window holds, and the limit is cut to just under it."""
+    er, et = effective(st, lim)
+    if requests and st.wn >= ESTIMATE_MIN_SHARE * er:
+        st.fr, st.mr = _cut_factor(st.fr, 1.0, st.wn, er, lim.rpm)
+    if tokens and st.wt >= ESTIMATE_MIN_SHARE * et:
+        st.ft, st.mt = _cut_factor(st.ft, 1.0, st.wt, et, lim.tpm)
 
 
 def _cut_factor(f: float, factor: float, held: float, e: float, configured: float) -> tuple[float, float]:

@@ -17,6 +17,7 @@ local MAX_CUT = 0.5
 local ESTIMATE_MARGIN = 0.98
 local ESTIMATE_MIN_SHARE = 0.5
 local ESTIMATE_SPAN = 57.0
+local PROBES_TO_ESTIMATE = 2
 local IN_A_ROW_REQUESTS = 10
 local RECOVER = 20.0
 local RAISE_PER_MIN = 0.05
@@ -258,6 +259,11 @@ local function raise(a, now, waiting)
   if a.ft < ct and (waiting or a.wt >= PRESSURE * et) then a.ft = raised(a.ft, a.mt, elapsed, ct) end
 end
 
+-- rule._first_minute_over
+local function first_minute_over(a, now)
+  return a.bt > 0 and now - a.bt >= ESTIMATE_SPAN
+end
+
 local function cut_factor(f, factor, held, e, configured)
   local new, refused_at = f * factor, f
   if held >= ESTIMATE_MIN_SHARE * e then
@@ -267,13 +273,20 @@ local function cut_factor(f, factor, held, e, configured)
   return math.max(MIN_FACTOR, new), refused_at
 end
 
+-- rule._cut_to_window: a probe refused within the pool's first minute on the account.
+local function cut_to_window(a, requests, tokens)
+  local er, et = effective(a)
+  if requests and a.wn >= ESTIMATE_MIN_SHARE * er then a.fr, a.mr = cut_factor(a.fr, 1.0, a.wn, er, a.rpm) end
+  if tokens and a.wt >= ESTIMATE_MIN_SHARE * et then a.ft, a.mt = cut_factor(a.ft, 1.0, a.wt, et, a.tpm) end
+end
+
 -- In a row: refused again soon after the last cooldown ended, so that cut was not enough. The window
 -- estimates the upstream's limit only once the pool has used the account for nearly a minute.
 local function cut(a, requests, tokens, now)
   local er, et = effective(a)
   if now - a.cd < IN_A_ROW_REQUESTS * MINUTE / er then a.cn = a.cn + 1 else a.cn = 1 end
   local factor = math.max(1.0 - MAX_CUT, 1.0 - FIRST_CUT * 2.0 ^ (a.cn - 1))
-  local full = a.bt > 0 and now - a.bt >= ESTIMATE_SPAN
+  local full = first_minute_over(a, now)
   local held_r, held_t = 0.0, 0.0
   if full then held_r, held_t = a.wn, a.wt end
   if requests then a.fr, a.mr = cut_factor(a.fr, factor, held_r, er, a.rpm) end
@@ -297,7 +310,11 @@ local function after_429(a, s, admitted_at, probe, now)
   else
     a.en = a.en + 1
     a.es = now
-    if a.adaptive and not probe then cut(a, requests, tokens, now) end
+    if a.adaptive and not probe then
+      cut(a, requests, tokens, now)
+    elseif a.adaptive and a.en > PROBES_TO_ESTIMATE and not first_minute_over(a, now) then
+      cut_to_window(a, requests, tokens)
+    end
     local factor = 1.0
     if s.limit_type == 'tokens' then factor = TOKEN_LIMIT_FACTOR end
     local backoff = BASE_BACKOFF * factor * 2.0 ^ (a.en - 1)

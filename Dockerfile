@@ -1,6 +1,9 @@
+# syntax=docker/dockerfile:1
 # The two o1pool images, from one wheel of this repository. Build from the repository root:
 #   docker build --target operator -t o1pool-operator:dev .
 #   docker build --target sidecar -t o1pool-sidecar:dev .
+# The sidecar image carries only the sidecar's dependencies; the operator's (kopf, the Kubernetes
+# client) are the package's extra `operator`.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -9,20 +12,22 @@ COPY operator operator
 COPY sidecar sidecar
 COPY emulator emulator
 COPY common common
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[operator]'
 
-FROM python:3.11-slim AS runtime
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
-# Non-root, matching the chart's podSecurityContext and the injected sidecar (runAsUser 65532).
+FROM python:3.11-slim AS operator
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links /wheels 'o1pool[operator]'
+# Non-root, matching the chart's podSecurityContext.
 USER 65532:65532
 ENTRYPOINT ["o1pool"]
-
-FROM runtime AS operator
 CMD ["operator", "--all-namespaces", "--liveness=http://0.0.0.0:8081/healthz"]
 
 # Injected next to app containers; the operator mounts the pool's ConfigMap at /etc/o1pool/config and
 # its key Secret at /etc/o1pool/keys.
-FROM runtime AS sidecar
+FROM python:3.11-slim AS sidecar
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links /wheels o1pool
+# Non-root, matching the injected sidecar (runAsUser 65532).
+USER 65532:65532
 ENTRYPOINT ["o1pool", "sidecar"]
 CMD ["--config", "/etc/o1pool/config/config.yaml"]

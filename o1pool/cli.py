@@ -19,6 +19,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("o1pool.bench", "Benchmark limits against many upstreams, and added latency, side by side."),
 }
 
+# top-level module -> the extra that installs it
+EXTRAS = {"kopf": "operator", "kubernetes": "operator"}
+
 
 def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
@@ -43,7 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     if command not in SUBCOMMANDS:
         print(f"o1pool: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[command][0])
+    try:
+        module = importlib.import_module(SUBCOMMANDS[command][0])
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"o1pool {command}: needs {exc.name}, which this installation lacks (the sidecar image carries "
+            f"only the sidecar's dependencies): pip install 'o1pool[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
     return int(module.main(rest) or 0)
 
 

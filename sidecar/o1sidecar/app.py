@@ -27,6 +27,7 @@ from o1sidecar.inbound import (
     parse_body,
     read_body,
 )
+from o1sidecar.keyfiles import KeyFiles
 from o1sidecar.limits.api import Limiter
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.limits.redis_store import redis_client
@@ -88,11 +89,13 @@ def create_app(
     )
     app[PROXY_KEY] = proxy
     ready = app[READY_KEY] = asyncio.Event()
+    key_files = KeyFiles(config, routes, lambda label: metrics.key_renewals.labels(label).inc())
 
     async def on_startup(_app: web.Application) -> None:
         await asyncio.get_running_loop().run_in_executor(None, proxy.counter.load)
         await proxy.start()
         await limiter.start()
+        await key_files.start()
         ready.set()
         log.info(
             "sidecar ready: pool %s/%s, %d account(s) at %s, models %s, limiter %s",
@@ -125,6 +128,7 @@ def create_app(
     async def on_cleanup(_app: web.Application) -> None:
         for task in draining:
             task.cancel()
+        await key_files.close()
         await limiter.close()
         await proxy.close()
         await proxy.cache.close()

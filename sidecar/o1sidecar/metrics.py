@@ -142,6 +142,12 @@ class SidecarMetrics:
         self.cache_lookups = Counter(
             "o1_api_cache_lookups", "Cache lookups by result (l1, l2, miss)", ["result"], registry=r
         )
+        self.key_renewals = Counter(
+            "o1_api_key_renewals",
+            "New values of file-mounted keys read without a restart (a rotation), by account/key",
+            ["key"],
+            registry=r,
+        )
         self.queue_rejections = Counter(
             "o1_api_queue_rejections",
             "Requests answered 429 by the queue (timeout or full)",

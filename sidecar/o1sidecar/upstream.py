@@ -1,6 +1,6 @@
 """Where a request goes once an account is chosen: URL and auth header per account kind, and the
 round-robin over the account's keys, skipping keys the upstream refused lately. Key values are read
-once at start and held only here."""
+at start (and again when a mounted key file changes: keyfiles.py) and held only here."""
 
 from __future__ import annotations
 
@@ -94,6 +94,18 @@ class AccountRoute:
     def in_quarantine(self) -> list[str]:
         now = self._clock()
         return sorted(name for name, held in self._quarantine.items() if held.until > now)
+
+    def rekey(self, name: str, value: str) -> bool:
+        """Key ``name`` has ``value`` from now on (a rotation: keyfiles.py), out of quarantine; whether
+        that is a new value."""
+        for i, key in enumerate(self.keys):
+            if key.name == name:
+                if key.value == value:
+                    return False
+                self.keys[i] = UpstreamKey(key.account, name, value)
+                self._quarantine.pop(name, None)
+                return True
+        raise KeyError(name)
 
     def url(self, endpoint: str, model: str) -> str:
         """Full URL of ``endpoint`` (``chat/completions``, ``responses``, ``embeddings``, ``models``)."""

@@ -216,9 +216,11 @@ async def start_sidecar(
     *,
     limiter: Limiter | None = None,
     serve_metrics: bool = True,
+    reuse_port: bool = False,
 ) -> SidecarHandle:
     """Serve the proxy on ``config.listen`` and metrics on ``config.metrics`` (port 0 picks a free
-    port) and return once both are listening."""
+    port) and return once both are listening. ``reuse_port``: another sidecar of this process may
+    listen on the same ports at the same time (a config reload: reload.py)."""
     app = create_app(config, limiter=limiter)
     # A client that hangs up cancels its handler: it leaves the queue instead of spending quota.
     # aiohttp closes a connection whose handler waits for a request head longer than its keep-alive
@@ -236,7 +238,9 @@ async def start_sidecar(
     await runner.setup()
     runners: list[web.AppRunner] = [runner]
     try:
-        site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, config.listen.host, config.listen.port, reuse_address=True, reuse_port=reuse_port
+        )
         await site.start()
         port = _bound_port(runner)
         metrics_port = 0
@@ -246,7 +250,9 @@ async def start_sidecar(
             metrics_runner = web.AppRunner(metrics_app, access_log=None, handle_signals=False)
             await metrics_runner.setup()
             runners.append(metrics_runner)
-            await web.TCPSite(metrics_runner, metrics_host, config.metrics.port, reuse_address=True).start()
+            await web.TCPSite(
+                metrics_runner, metrics_host, config.metrics.port, reuse_address=True, reuse_port=reuse_port
+            ).start()
             metrics_port = _bound_port(metrics_runner)
     except BaseException:
         for r in reversed(runners):

@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
-from o1common.signals import serve_until_stopped
 from o1sidecar.config import ConfigError, SidecarConfig
 
 log = logging.getLogger("o1sidecar")
@@ -20,7 +20,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Point the app's OPENAI_BASE_URL at http://<listen>/v1; any API key works, the sidecar supplies "
         "the real one.",
     )
-    parser.add_argument("--config", required=True, help="sidecar config YAML (see docs/sidecar-config.md)")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="sidecar config YAML (see docs/sidecar-config.md); a change of the file is taken up without a "
+        "restart",
+    )
     parser.add_argument(
         "--check", action="store_true", help="validate the config and read the keys, then exit"
     )
@@ -28,13 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(config: SidecarConfig) -> None:
-    from o1sidecar.app import SidecarHandle, start_sidecar
+async def _serve(path: Path, config: SidecarConfig) -> None:
+    from o1sidecar.app import SidecarHandle
+    from o1sidecar.reload import serve_reloading
 
     def banner(handle: SidecarHandle) -> str:
         return f"o1pool sidecar: serving {handle.url} (metrics {handle.metrics_url})"
 
-    await serve_until_stopped(lambda: start_sidecar(config), banner)
+    await serve_reloading(path, config, banner)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             keys = sum(len(r.keys) for r in routes.values())
             print(f"{args.config}: valid; {len(routes)} account(s), {keys} key(s) readable")
             return 0
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(Path(args.config), config))
     except ConfigError as exc:
         print(f"o1pool sidecar: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from o1sidecar.config import ConfigError, KeyRef, SidecarConfig
 from o1sidecar.upstream import AccountRoute
@@ -87,8 +88,13 @@ class KeyFiles:
 
 def _stamp(ref: KeyRef) -> Stamp | None:
     assert ref.file is not None
+    return file_stamp(ref.file)
+
+
+def file_stamp(path: Path) -> Stamp | None:
+    """What tells a file from its next version (following symlinks); None if it cannot be found."""
     try:
-        st = ref.file.stat()
+        st = path.stat()
     except OSError:
-        return None  # read() says why
+        return None  # reading it says why
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns

@@ -142,6 +142,11 @@ class SidecarMetrics:
         self.cache_lookups = Counter(
             "o1_api_cache_lookups", "Cache lookups by result (l1, l2, miss)", ["result"], registry=r
         )
+        self.config_rejections = Counter(
+            "o1_api_config_rejections",
+            "Changed config files not applied (invalid, or a key unreadable): the sidecar keeps its config",
+            registry=r,
+        )
         self.key_renewals = Counter(
             "o1_api_key_renewals",
             "New values of file-mounted keys read without a restart (a rotation), by account/key",

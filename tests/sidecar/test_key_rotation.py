@@ -4,7 +4,6 @@ sidecar reads the new value and uses it, without a restart (keyfiles.py)."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import openai
@@ -16,31 +15,10 @@ from o1sidecar.keyfiles import KeyFiles
 from o1sidecar.upstream import AccountRoute, UpstreamKey
 from tests.polling import until
 from tests.sidecar.conftest import KEYS, EmulatorHandle, sidecar_config_dict
+from tests.sidecar.volumes import MountedVolume
 
 REVOKED = "sk-revoked-rotation-test-0000000000"
 VALID = KEYS["acct-a"][0]
-
-
-class SecretVolume:
-    """A Secret volume as the kubelet writes it: ``<key>`` -> ``..data/<key>``, and ``..data`` a
-    symlink swapped atomically to a new timestamped directory on every update."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.version = 0
-
-    def write(self, **files: str) -> None:
-        self.version += 1
-        target = self.root / f"..2026_12_03_{self.version:02d}"
-        target.mkdir()
-        for name, value in files.items():
-            (target / name).write_text(value)
-            link = self.root / name
-            if not link.is_symlink():
-                link.symlink_to(Path("..data") / name)
-        staged = self.root / "..data_tmp"
-        staged.symlink_to(target.name)
-        os.replace(staged, self.root / "..data")
 
 
 def config_with_file_key(emulator: EmulatorHandle, path: Path) -> SidecarConfig:
@@ -54,7 +32,7 @@ async def test_a_rotated_key_is_used_without_a_restart(
     emulator: EmulatorHandle, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    volume = SecretVolume(tmp_path)
+    volume = MountedVolume(tmp_path)
     volume.write(a1=REVOKED)
     handle = await start_sidecar(config_with_file_key(emulator, tmp_path / "a1"))
     try:

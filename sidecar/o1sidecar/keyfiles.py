@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from o1sidecar.config import ConfigError, KeyRef, SidecarConfig
+from o1sidecar.config import ConfigError, SidecarConfig
 from o1sidecar.upstream import AccountRoute
 
 log = logging.getLogger("o1sidecar.keys")
@@ -54,7 +54,8 @@ class KeyFiles:
         renewed = []
         for route, ref in self._watched:
             label = f"{route.account.name}/{ref.name}"
-            stamp = _stamp(ref)
+            assert ref.file is not None
+            stamp = file_stamp(ref.file)
             if label in self._stamps and stamp == self._stamps[label]:
                 continue
             self._stamps[label] = stamp
@@ -84,11 +85,6 @@ class KeyFiles:
         while True:
             await asyncio.sleep(self._every_s)
             self.check()
-
-
-def _stamp(ref: KeyRef) -> Stamp | None:
-    assert ref.file is not None
-    return file_stamp(ref.file)
 
 
 def file_stamp(path: Path) -> Stamp | None:

@@ -17,7 +17,7 @@ from tests.polling import until
 from tests.sidecar.conftest import KEYS, EmulatorHandle, sidecar_config_dict
 from tests.sidecar.volumes import MountedVolume
 
-REVOKED = "sk-revoked-rotation-test-0000000000"
+REVOKED = "revoked-value-of-the-rotation-test"
 VALID = KEYS["acct-a"][0]
 
 

@@ -273,7 +273,7 @@ local function cut_factor(f, factor, held, e, configured)
   return math.max(MIN_FACTOR, new), refused_at
 end
 
--- rule._cut_to_window: a probe refused within the pool's first minute on the account.
+-- rule._cut_to_window: probes refused in a row within the pool's first minute on the account.
 local function cut_to_window(a, requests, tokens)
   local er, et = effective(a)
   if requests and a.wn >= ESTIMATE_MIN_SHARE * er then a.fr, a.mr = cut_factor(a.fr, 1.0, a.wn, er, a.rpm) end

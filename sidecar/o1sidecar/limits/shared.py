@@ -153,4 +153,4 @@ class SharedLimiter(QueueingLimiter):
                 await asyncio.sleep(self.config.redis.breaker_reset_s)
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                    await pubsub.aclose()

@@ -15,12 +15,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "emulator": ("o1emulator.cli", "Serve an OpenAI-compatible upstream that enforces rate limits."),
     "sidecar": ("o1sidecar.cli", "Serve the OpenAI-compatible proxy on loopback, with shared limits."),
     "operator": ("o1operator.cli", "Run the kopf operator that reconciles O1Pool resources."),
+    "load": ("o1pool.load", "Call OPENAI_BASE_URL with the openai SDK at a fixed rate (an app for pods)."),
     "fuzz": ("o1pool.fuzz", "Send hostile requests to a sidecar: no 5xx, no traceback, bounded memory."),
     "bench": ("o1pool.bench", "Benchmark limits against many upstreams, and added latency, side by side."),
 }
 
 # top-level module -> the extra that installs it
-EXTRAS = {"kopf": "operator", "kubernetes": "operator"}
+EXTRAS = {"kopf": "operator", "kubernetes": "operator", "openai": "load"}
 
 
 def usage() -> str:

@@ -19,6 +19,11 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels 'o1pool[operator]'
 # Non-root, matching the chart's podSecurityContext.
 USER 65532:65532
+# The same labels as the offline build's (tests/kube/images.py; tests/kube/test_images.py compares them).
+LABEL org.opencontainers.image.title="o1pool-operator" \
+      org.opencontainers.image.description="o1pool operator: reconciles O1Pool resources and injects the o1pool sidecar" \
+      org.opencontainers.image.source="https://github.com/o1pool/o1pool" \
+      org.opencontainers.image.licenses="Apache-2.0"
 ENTRYPOINT ["o1pool"]
 CMD ["operator", "--all-namespaces", "--liveness=http://0.0.0.0:8081/healthz"]
 
@@ -29,5 +34,9 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels o1pool
 # Non-root, matching the injected sidecar (runAsUser 65532).
 USER 65532:65532
+LABEL org.opencontainers.image.title="o1pool-sidecar" \
+      org.opencontainers.image.description="o1pool sidecar: the OpenAI-compatible proxy that shares a pool's rate limits through Redis" \
+      org.opencontainers.image.source="https://github.com/o1pool/o1pool" \
+      org.opencontainers.image.licenses="Apache-2.0"
 ENTRYPOINT ["o1pool", "sidecar"]
 CMD ["--config", "/etc/o1pool/config/config.yaml"]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -37,11 +39,14 @@ def parse_priorities(text: str) -> list[tuple[int, float]]:
     return mix
 
 
-def window_report(window: int, outcomes: Sequence[Outcome]) -> str:
-    """One JSON line: the window's number and, per priority, sent/ok/429/errors and queue waits."""
+def window_report(window: int, outcomes: Sequence[Outcome], elapsed_s: float) -> str:
+    """One JSON line: the window's number, how long it took until its last answer, every call's
+    ``[priority, status, queue wait s, latency s, model]`` and, per priority, sent/ok/429/errors and
+    queue waits."""
     return json.dumps(
         {
             "window": window,
+            "elapsed_s": round(elapsed_s, 3),
             "sent": len(outcomes),
             "outcomes": [
                 [o.planned.priority, o.status, round(o.queue_wait_s, 3), round(o.latency_s, 3), o.model]
@@ -61,9 +66,11 @@ async def run(base_url: str, rate: float, window_s: float, windows: int, model: 
     failed = False
     while not stop.is_set() and (windows == 0 or window < windows):
         plan = plan_arrivals(rate, window_s, parse_priorities(mix), seed=window + os.getpid())
-        run_window = asyncio.ensure_future(
-            drive([base_url], plan, lambda p: chat_body(p, model, max_tokens=256), client="openai")
-        )
+        # Every call's prompt differs (across windows and pods), so the pool's cache answers none.
+        sender = f"{socket.gethostname()}/{os.getpid()}/{window}/"
+        started = loop.time()
+        body = functools.partial(chat_body, model=model, max_tokens=256, sender=sender)
+        run_window = asyncio.ensure_future(drive([base_url], plan, body, client="openai"))
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([run_window, stopped], return_when=asyncio.FIRST_COMPLETED)
         if not run_window.done():
@@ -72,7 +79,7 @@ async def run(base_url: str, rate: float, window_s: float, windows: int, model: 
         outcomes = await run_window
         stopped.cancel()
         failed = failed or any(o.status != 200 for o in outcomes)
-        print(window_report(window, outcomes), flush=True)
+        print(window_report(window, outcomes, loop.time() - started), flush=True)
         window += 1
     return 1 if failed else 0
 

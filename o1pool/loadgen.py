@@ -51,8 +51,12 @@ def plan_arrivals(
     ]
 
 
-def chat_body(planned: Planned, model: str, max_tokens: int, unique: bool = True) -> dict[str, object]:
-    text = f"Request {planned.index}: summarise the plan." if unique else "Summarise the plan."
+def chat_body(
+    planned: Planned, model: str, max_tokens: int, unique: bool = True, sender: str = ""
+) -> dict[str, object]:
+    """A chat completion request; ``unique`` ones differ by the planned index (and ``sender``, for
+    load from several processes), so no cache answers them."""
+    text = f"Request {sender}{planned.index}: summarise the plan." if unique else "Summarise the plan."
     return {
         "model": model,
         "messages": [{"role": "user", "content": text}],

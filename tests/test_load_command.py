@@ -62,4 +62,6 @@ async def test_each_window_reports_every_request_it_sent_through_a_sidecar() -> 
         assert window["sent"] == 4 and len(window["outcomes"]) == 4
         assert {status for _, status, *_ in window["outcomes"]} == {200}
         assert sum(row["sent"] for row in window["by_priority"]) == 4
+        # The window lasts until its last answer: at least the planned second of arrivals.
+        assert window["elapsed_s"] >= 0.75
     assert emulator.stats()["totals"]["admitted"] == 8

@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint golden bench testground sysdeps clean
+.PHONY: demo cluster-demo test lint golden bench testground sysdeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) sysdeps
 	$(VENV)/bin/o1pool demo
 
-# System packages the tests use: redis-server from Debian.
+# The same burst from real pods: a one-node cluster on this machine (Linux, root), the chart installed,
+# the app as a Job whose pods get the injected sidecar; torn down at the end (tests/kube/cluster_demo.py).
+cluster-demo: $(STAMP) sysdeps testground
+	$(PY) -m tests.kube.cluster_demo
+
+# System packages the tests use, from Debian: redis-server; for the real node (tests/kube/node.py)
+# containerd, runc and the CNI plugins, and debootstrap for the images' base (tests/kube/images.py).
+SYSDEPS := redis-server containerd runc containernetworking-plugins debootstrap
 sysdeps:
-	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@missing=$$(for p in $(SYSDEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing $$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 testground:
 	bash hack/kube-testground.sh build

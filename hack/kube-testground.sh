@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds (once per machine, cached) the real Kubernetes control plane the tests run against:
-# kube-apiserver, kube-controller-manager and kubectl from the k8s.io/kubernetes Go module, etcd from
-# go.etcd.io/etcd/server/v3/etcdmain, and helm. Everything comes from the Go module proxy.
+# Builds (once per machine, cached) the real Kubernetes the tests run against: the control plane
+# (kube-apiserver, kube-controller-manager, kubectl) and a node's components (kubelet,
+# kube-scheduler, kube-proxy) from the k8s.io/kubernetes Go module, etcd from
+# go.etcd.io/etcd/server/v3/etcdmain, helm, CoreDNS, and the pause binary of hack/node/pause.
+# Everything comes from the Go module proxy. The node's runtime (containerd, runc, CNI plugins) comes
+# from Debian packages (make sysdeps); tests/kube/node.py runs the node.
 #
 #   bash hack/kube-testground.sh build   build what is missing (seconds when everything is cached)
 #   bash hack/kube-testground.sh path    print the bin dir (exit 1 if not built yet)
@@ -16,14 +19,16 @@ set -euo pipefail
 K8S_VERSION="v1.36.3"
 ETCD_VERSION="v3.6.16"
 HELM_VERSION="v3.22.0"
+COREDNS_VERSION="v1.15.0"
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_ROOT="${O1POOL_CACHE:-${HOME}/.cache/o1pool}/kube"
-VERSION_TAG="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}"
+VERSION_TAG="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}"
 PREFIX="${CACHE_ROOT}/${VERSION_TAG}"
 BIN_DIR="${PREFIX}/bin"
 SRC_DIR="${PREFIX}/src"
-BINARIES=(kube-apiserver kube-controller-manager kubectl etcd helm)
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy)
+BINARIES=("${K8S_COMMANDS[@]}" etcd helm coredns pause)
 
 log() { printf '[kube-testground] %s\n' "$*" >&2; }
 die() { printf '[kube-testground] error: %s\n' "$*" >&2; exit 1; }
@@ -141,8 +146,24 @@ build() {
         mv "${gobin}/helm" "${BIN_DIR}/helm"
     fi
 
+    if [[ ! -x "${BIN_DIR}/coredns" ]]; then
+        log "building coredns ${COREDNS_VERSION}"
+        local gobin="${SRC_DIR}/coredns-bin"
+        mkdir -p "$gobin"
+        GOBIN="$gobin" GOFLAGS='' "$go" install -trimpath -ldflags="-s -w" \
+            "github.com/coredns/coredns@${COREDNS_VERSION}"
+        mv "${gobin}/coredns" "${BIN_DIR}/coredns"
+    fi
+
+    if [[ ! -x "${BIN_DIR}/pause" ]]; then
+        log "building pause"
+        (cd "${REPO_ROOT}/hack/node/pause" && GOFLAGS='' "$go" build -trimpath -ldflags="-s -w" \
+            -o "${BIN_DIR}/pause.tmp" .)
+        mv "${BIN_DIR}/pause.tmp" "${BIN_DIR}/pause"
+    fi
+
     local k8s_cmds=() b
-    for b in kube-apiserver kube-controller-manager kubectl; do
+    for b in "${K8S_COMMANDS[@]}"; do
         [[ -x "${BIN_DIR}/${b}" ]] || k8s_cmds+=("k8s.io/kubernetes/cmd/${b}")
     done
     if ((${#k8s_cmds[@]})); then
@@ -166,7 +187,8 @@ case "${1:-}" in
         printf '%s\n' "$BIN_DIR" ;;
     check) all_built ;;
     versions)
-        printf 'kubernetes %s\netcd %s\nhelm %s\nbin %s\n' "$K8S_VERSION" "$ETCD_VERSION" "$HELM_VERSION" "$BIN_DIR" ;;
+        printf 'kubernetes %s\netcd %s\nhelm %s\ncoredns %s\nbin %s\n' "$K8S_VERSION" "$ETCD_VERSION" "$HELM_VERSION" \
+        "$COREDNS_VERSION" "$BIN_DIR" ;;
     up)
         all_built || die "not built yet; run: bash hack/kube-testground.sh build"
         cd "$REPO_ROOT"

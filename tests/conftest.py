@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from o1pool.procs import RedisServer, free_port
-from tests.kube.fixtures import kube, kube_namespace  # noqa: F401
+from tests.kube.fixtures import cluster, kube, kube_namespace  # noqa: F401
 
 __all__ = ["IN_CI", "RedisServer", "free_port", "require_binary"]
 

@@ -2,8 +2,10 @@
 
 ``kube`` (session) starts etcd + kube-apiserver + kube-controller-manager once and yields a
 :class:`Kube` handle; ``kube_namespace`` (function) is a fresh namespace, deleted afterwards.
-Without the binaries the fixtures skip with the build command, except in CI (CI=true), where
-they fail: there the build step must have run.
+``cluster`` (session) is a second control plane with a real node (tests/kube/node.py) where pods
+run, the project's images imported (tests/kube/images.py). Without the binaries (or, for the node,
+root and its Debian packages) the fixtures skip saying how to get them, except in CI (CI=true),
+where they fail: there the build step must have run.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ import secrets
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
+from tests.kube.images import build_images, default_out_dir
 from tests.kube.kubeconfig import write_token_kubeconfig
+from tests.kube.node import Node, NodeUnavailable, check_host
 from tests.kube.testground import (
     Binaries,
     ControlPlane,
@@ -96,14 +100,20 @@ class Kube:
         )
 
     def _run(
-        self, argv: list[str], input: str | None, kubeconfig: Path | None, check: bool, timeout: float
+        self,
+        argv: list[str],
+        input: str | None,
+        kubeconfig: Path | None,
+        check: bool,
+        timeout: float,
+        extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             argv,
             input=input,
             capture_output=True,
             text=True,
-            env=self.env(kubeconfig),
+            env={**self.env(kubeconfig), **(extra_env or {})},
             timeout=timeout,
             check=False,
         )
@@ -118,10 +128,11 @@ class Kube:
         kubeconfig: Path | None = None,
         check: bool = True,
         timeout: float = COMMAND_TIMEOUT,
+        extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run kubectl (as admin unless ``kubeconfig`` is given); raises KubeCommandError if it fails
-        and ``check`` is true."""
-        return self._run([str(self.kubectl_path), *args], input, kubeconfig, check, timeout)
+        """Run kubectl (as admin unless ``kubeconfig`` is given; ``extra_env`` e.g. ``KUBE_EDITOR``);
+        raises KubeCommandError if it fails and ``check`` is true."""
+        return self._run([str(self.kubectl_path), *args], input, kubeconfig, check, timeout, extra_env)
 
     def helm(
         self,
@@ -185,6 +196,38 @@ def kube() -> Iterator[Kube]:
             yield Kube(plane=plane, binaries=binaries, helm_home=Path(helm_home))
     finally:
         plane.stop()
+
+
+@dataclass
+class Cluster(Kube):
+    """A control plane with one real node: pods run, Services resolve by name."""
+
+    node: Node
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The session's one-node cluster with the project's images (built offline, cached)."""
+    try:
+        binaries = find_binaries()
+        binaries.node_binary("kubelet")
+        check_host()
+    except (ControlPlaneNotBuilt, NodeUnavailable) as missing:
+        if IN_CI:
+            pytest.fail(str(missing))
+        pytest.skip(str(missing))
+    archives = build_images(default_out_dir())
+    node = Node(
+        binaries=binaries,
+        images=list(archives.values()),
+        keep_workdir=bool(os.environ.get("O1POOL_KUBE_KEEP")),
+    )
+    node.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="o1pool-helm-") as helm_home:
+            yield Cluster(plane=node.plane, binaries=binaries, helm_home=Path(helm_home), node=node)
+    finally:
+        node.stop()
 
 
 def _namespace_name(test_name: str) -> str:

@@ -45,6 +45,7 @@ class ControlPlanePki:
     apiserver_serving: CertPair
     admin_client: CertPair
     controller_manager_client: CertPair
+    apiserver_kubelet_client: CertPair
     service_account_private_key: Path
     service_account_public_key: Path
 
@@ -121,8 +122,11 @@ def _leaf(
     )
 
 
-def generate_pki(directory: Path) -> ControlPlanePki:
-    """Write a fresh CA, serving and client certificates and service-account keys into ``directory``."""
+def generate_pki(directory: Path, extra_serving_ips: tuple[str, ...] = ()) -> ControlPlanePki:
+    """Write a fresh CA, serving and client certificates and service-account keys into ``directory``.
+
+    ``extra_serving_ips`` are further IP SANs of the apiserver's serving certificate (a node's IP).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("o1pool-testground-ca")
@@ -152,6 +156,7 @@ def generate_pki(directory: Path) -> ControlPlanePki:
     serving_sans: list[x509.GeneralName] = [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address(KUBERNETES_SERVICE_IP)),
+        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_serving_ips),
         *(x509.DNSName(name) for name in SERVING_DNS_NAMES),
     ]
     serving = _leaf(
@@ -174,6 +179,15 @@ def generate_pki(directory: Path) -> ControlPlanePki:
         _name("system:kube-controller-manager", "system:masters"),
         ExtendedKeyUsageOID.CLIENT_AUTH,
     )
+    # The apiserver's client certificate for the kubelet API (logs, exec) when a node joins.
+    apiserver_kubelet_client = _leaf(
+        directory,
+        "apiserver-kubelet-client",
+        ca_cert,
+        ca_key,
+        _name("kube-apiserver-kubelet-client", "system:masters"),
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sa_private = _write(directory / "sa.key", _key_pem(sa_key))
     sa_public = _write(
@@ -187,6 +201,51 @@ def generate_pki(directory: Path) -> ControlPlanePki:
         apiserver_serving=serving,
         admin_client=admin,
         controller_manager_client=controller_manager,
+        apiserver_kubelet_client=apiserver_kubelet_client,
         service_account_private_key=sa_private,
         service_account_public_key=sa_public,
+    )
+
+
+@dataclass(frozen=True)
+class NodePki:
+    """The certificates of a node's components, signed by the control plane's CA."""
+
+    kubelet_client: CertPair
+    kubelet_serving: CertPair
+    scheduler_client: CertPair
+    proxy_client: CertPair
+    coredns_client: CertPair
+
+
+def generate_node_pki(directory: Path, ca: CertPair, node_name: str, node_ip: str) -> NodePki:
+    """Certificates for one node's components, signed by the control plane's CA: the kubelet's
+    client (``system:node:NAME`` in ``system:nodes``, as the Node authorizer expects) and serving
+    certificate (its IP), kube-scheduler's and kube-proxy's clients (users the default RBAC bindings
+    name) and CoreDNS's (bound to a ClusterRole by the node)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    client = ExtendedKeyUsageOID.CLIENT_AUTH
+
+    def leaf(
+        stem: str,
+        subject: x509.Name,
+        usage: x509.ObjectIdentifier = client,
+        sans: list[x509.GeneralName] | None = None,
+    ) -> CertPair:
+        return _leaf(directory, stem, ca_cert, ca_key, subject, usage, sans)
+
+    return NodePki(
+        kubelet_client=leaf("kubelet-client", _name(f"system:node:{node_name}", "system:nodes")),
+        kubelet_serving=leaf(
+            "kubelet-serving",
+            _name(node_name),
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            sans=[x509.IPAddress(ipaddress.ip_address(node_ip)), x509.DNSName(node_name)],
+        ),
+        scheduler_client=leaf("scheduler-client", _name("system:kube-scheduler")),
+        proxy_client=leaf("proxy-client", _name("system:kube-proxy")),
+        coredns_client=leaf("coredns-client", _name("system:coredns")),
     )

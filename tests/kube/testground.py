@@ -35,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "kube-testground.sh"
 BUILD_COMMAND = "bash hack/kube-testground.sh build"
 BINARY_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
+NODE_BINARY_NAMES = ("kubelet", "kube-scheduler", "kube-proxy", "coredns", "pause")
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Controllers that make the API behave like a cluster's for objects (no pods ever run here).
 CONTROLLERS = (
@@ -57,6 +58,9 @@ class ControlPlaneStartError(RuntimeError):
     """A control-plane process failed to start; the message carries its log tail."""
 
 
+WORKDIR_PREFIX = "o1pool-kube-"  # a control plane's temporary directory
+
+
 @dataclass(frozen=True)
 class Binaries:
     """Paths of the built control-plane binaries."""
@@ -67,6 +71,13 @@ class Binaries:
     kube_controller_manager: Path
     kubectl: Path
     helm: Path
+
+    def node_binary(self, name: str) -> Path:
+        """A node component's binary (one of NODE_BINARY_NAMES), which the same build makes."""
+        path = self.bin_dir / name
+        if not os.access(path, os.X_OK):
+            raise ControlPlaneNotBuilt(f"{path} is missing; run `{BUILD_COMMAND}` first")
+        return path
 
 
 def find_binaries() -> Binaries:
@@ -122,7 +133,9 @@ def _die_with_parent() -> None:
 
 
 @dataclass
-class _Process:
+class ManagedProcess:
+    """A child process with its log file; killed with its parent (the test run)."""
+
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
@@ -146,25 +159,36 @@ class _Process:
 
 @dataclass
 class ControlPlane:
-    """etcd + kube-apiserver + kube-controller-manager in ``workdir`` (a fresh temp dir by default)."""
+    """etcd + kube-apiserver + kube-controller-manager in ``workdir`` (a fresh temp dir by default).
+
+    With ``node_ip`` set, the control plane is one a node can join (tests/kube/node.py): the
+    apiserver serves on that address (pods reach it through the ``kubernetes`` Service), authorizes
+    kubelets with the Node authorizer and runs every default controller under its own
+    ServiceAccount. Without it, it serves on 127.0.0.1 and runs only the controllers objects need.
+    """
 
     binaries: Binaries
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="o1pool-kube-")))
+    node_ip: str | None = None
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX)))
     keep_workdir: bool = False
     etcd_port: int = 0
     apiserver_port: int = 0
     pki: ControlPlanePki | None = None
     admin_kubeconfig: Path | None = None
-    _processes: list[_Process] = field(default_factory=list)
+    _processes: list[ManagedProcess] = field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        return self.node_ip or "127.0.0.1"
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.host}:{self.apiserver_port}"
 
     def start(self) -> None:
         """Start every process and return once the API is ready and controllers are running."""
         try:
-            self.pki = generate_pki(self.workdir / "pki")
+            self.pki = generate_pki(self.workdir / "pki", (self.node_ip,) if self.node_ip else ())
             self.admin_kubeconfig = self.workdir / "admin.kubeconfig"
             self._retry_on_port_clash(self._start_etcd)
             self._retry_on_port_clash(self._start_apiserver)
@@ -193,37 +217,13 @@ class ControlPlane:
                     raise
                 self._processes.pop().stop()
 
-    def _spawn(self, name: str, argv: list[str]) -> _Process:
-        log_path = self.workdir / f"{name}.log"
-        log_file = log_path.open("ab")
-        popen = subprocess.Popen(
-            argv,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=clean_env(),
-            cwd=self.workdir,
-            preexec_fn=_die_with_parent,
-        )
-        process = _Process(name=name, popen=popen, log_path=log_path, log_file=log_file)
+    def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
+        process = start_process(name, argv, self.workdir)
         self._processes.append(process)
         return process
 
-    def _wait(self, process: _Process, what: str, ready: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if process.popen.poll() is not None:
-                raise ControlPlaneStartError(
-                    f"{process.name} exited with code {process.popen.returncode} before {what}; "
-                    f"log tail ({process.log_path}):\n{process.log_tail()}"
-                )
-            if ready():
-                return
-            time.sleep(0.2)
-        raise ControlPlaneStartError(
-            f"{process.name}: no {what} within {START_TIMEOUT:.0f}s; log tail ({process.log_path}):\n"
-            f"{process.log_tail()}"
-        )
+    def _wait(self, process: ManagedProcess, what: str, ready: Callable[[], bool]) -> None:
+        wait_until_ready(process, what, ready)
 
     def _start_etcd(self) -> None:
         self.etcd_port = free_port()
@@ -245,19 +245,35 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        self._wait(process, "etcd /health", lambda: _http_ok(f"{client_url}/health"))
+        self._wait(process, "etcd /health", lambda: http_ok(f"{client_url}/health"))
 
     def _start_apiserver(self) -> None:
         assert self.pki is not None and self.admin_kubeconfig is not None
         self.apiserver_port = free_port()
         pki = self.pki
+        if self.node_ip:
+            mode_flags = [
+                "--authorization-mode=Node,RBAC",
+                f"--kubelet-client-certificate={pki.apiserver_kubelet_client.cert}",
+                f"--kubelet-client-key={pki.apiserver_kubelet_client.key}",
+                f"--kubelet-certificate-authority={pki.ca.cert}",
+                # kubectl logs/exec: reach the kubelet at its IP (the node's name resolves nowhere).
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            mode_flags = [
+                "--authorization-mode=RBAC",
+                # The endpoint reconciler would publish 127.0.0.1 for the kubernetes Service, which
+                # Endpoints validation rejects (loopback) every 10 s; nothing here needs that Service.
+                "--endpoint-reconciler-type=none",
+            ]
         process = self._spawn(
             "kube-apiserver",
             [
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki.apiserver_serving.cert}",
@@ -267,11 +283,8 @@ class ControlPlane:
                 f"--service-account-signing-key-file={pki.service_account_private_key}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                "--authorization-mode=RBAC",
+                *mode_flags,
                 "--allow-privileged=true",
-                # The endpoint reconciler would publish 127.0.0.1 for the kubernetes Service, which
-                # Endpoints validation rejects (loopback) every 10 s; nothing here needs that Service.
-                "--endpoint-reconciler-type=none",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -286,7 +299,7 @@ class ControlPlane:
         )
         context = ssl.create_default_context(cafile=str(pki.ca.cert))
         context.load_cert_chain(str(pki.admin_client.cert), str(pki.admin_client.key))
-        self._wait(process, "/readyz", lambda: _http_ok(f"{self.server}/readyz", context))
+        self._wait(process, "/readyz", lambda: http_ok(f"{self.server}/readyz", context))
 
     def _start_controller_manager(self) -> None:
         assert self.pki is not None
@@ -306,8 +319,11 @@ class ControlPlane:
                 f"--kubeconfig={kubeconfig}",
                 "--secure-port=0",
                 "--leader-elect=false",
-                f"--controllers={','.join(CONTROLLERS)}",
-                "--use-service-account-credentials=false",
+                # With a node: every default controller (Deployments, ReplicaSets, EndpointSlices,
+                # node lifecycle...), each under its own ServiceAccount (with one shared identity
+                # the node keeps its not-ready taint: see ../shared/OFFLINE.md).
+                f"--controllers={'*' if self.node_ip else ','.join(CONTROLLERS)}",
+                f"--use-service-account-credentials={'true' if self.node_ip else 'false'}",
                 f"--service-account-private-key-file={pki.service_account_private_key}",
                 f"--root-ca-file={pki.ca.cert}",
                 "--v=1",
@@ -336,7 +352,44 @@ class ControlPlane:
         self._wait(process, "default ServiceAccount", exists)
 
 
-def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+def start_process(name: str, argv: list[str], workdir: Path) -> ManagedProcess:
+    """Start ``argv`` in ``workdir`` with its output in ``workdir/NAME.log`` and a clean environment."""
+    log_path = workdir / f"{name}.log"
+    log_file = log_path.open("ab")
+    popen = subprocess.Popen(
+        argv,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=clean_env(),
+        cwd=workdir,
+        preexec_fn=_die_with_parent,
+    )
+    return ManagedProcess(name=name, popen=popen, log_path=log_path, log_file=log_file)
+
+
+def wait_until_ready(
+    process: ManagedProcess, what: str, ready: Callable[[], bool], timeout: float = START_TIMEOUT
+) -> None:
+    """Return once ``ready()``; raise ControlPlaneStartError with the log tail if the process exits
+    first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.popen.poll() is not None:
+            raise ControlPlaneStartError(
+                f"{process.name} exited with code {process.popen.returncode} before {what}; "
+                f"log tail ({process.log_path}):\n{process.log_tail()}"
+            )
+        if ready():
+            return
+        time.sleep(0.2)
+    raise ControlPlaneStartError(
+        f"{process.name}: no {what} within {timeout:.0f}s; log tail ({process.log_path}):\n"
+        f"{process.log_tail()}"
+    )
+
+
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
     )

@@ -1,0 +1,442 @@
+"""End to end on a real node, through the user's path: ``helm install`` the chart (the operator runs
+as its Deployment, the webhook is served through its Service), Redis and the emulator as pods
+behind Services, an O1Pool and its Secret applied with kubectl, and an app Deployment annotated
+``o1pool.io/inject`` whose pods call the pool with the openai SDK (``o1pool load``) through their
+injected sidecars. The emulator's own counters are the referee.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.kube.fixtures import Cluster
+from tests.kube.workloads import EMULATOR_PORT, app_deployment, chart_values, dump, emulator, pool, redis
+from tests.polling import eventually
+
+pytestmark = pytest.mark.timeout(900)
+
+CHART = Path(__file__).resolve().parents[2] / "helm" / "o1pool"
+RELEASE = "o1pool"
+SYSTEM_NAMESPACE = "o1pool-system"
+NAMESPACE = "e2e"
+POOL = "e2e"
+MODEL = "o1-mini"
+# The emulator's embedded default account acct-a and its key; the pool's limits are the account's.
+ACCOUNT = "acct-a"
+EMULATOR_KEY = "sk-emu-acct-a-key-1"
+RPM = 100
+EDITED_RPM = 60  # kubectl edit lowers the pool's limit to this
+RETURN_RPM = 50  # and a patch made while the operator is gone to this
+ROTATED_KEY = "sk-emu-acct-a-key-2"  # the emulator's second key of acct-a ...
+ROTATED_KEY_NAME = "a2"  # ... and its name in the emulator's stats
+METRICS_PORT = 9090  # the injected sidecar's metrics port (the pool's injection.metricsPort default)
+POD_READY_TIMEOUT = 120.0
+
+
+def workloads(namespace: str) -> str:
+    """Redis and the emulator (its embedded default config) behind Services, the pool and its Secret."""
+    accounts = {ACCOUNT: {MODEL: {"rpm": RPM, "tpm": 800000, "concurrency": 10}}}
+    docs = [
+        *redis(),
+        *emulator(latency_scale=0.02),
+        *pool(POOL, namespace, accounts, {ACCOUNT: EMULATOR_KEY}),
+    ]
+    return dump(docs)
+
+
+def app(replicas: int, rate: float) -> str:
+    """The app: ``o1pool load`` at ``rate`` requests per second per pod, annotated for injection."""
+    return dump([app_deployment(POOL, replicas, ["--rate", str(rate), "--window-seconds", "5"])])
+
+
+@dataclass
+class Installed:
+    cluster: Cluster
+    namespace: str
+
+    def pods(self, selector: str) -> list[dict[str, Any]]:
+        out = self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", selector, "-o", "json").stdout
+        return list(json.loads(out)["items"])
+
+    def emulator_stats(self) -> dict[str, Any]:
+        ip = self.cluster.kubectl(
+            "get", "service", "emulator", "-n", self.namespace, "-o", "jsonpath={.spec.clusterIP}"
+        ).stdout
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://{ip}:{EMULATOR_PORT}/admin/stats", timeout=10) as response:
+            return dict(json.load(response))
+
+    def model_stats(self) -> dict[str, Any]:
+        return dict(self.emulator_stats()["accounts"][ACCOUNT]["models"][MODEL])
+
+    def app_pods(self) -> list[dict[str, Any]]:
+        return [p for p in self.pods("app=app") if not p["metadata"].get("deletionTimestamp")]
+
+    def sidecar_samples(self, pod: dict[str, Any], metric: str) -> list[tuple[dict[str, str], float]]:
+        """The samples of ``metric`` a pod's sidecar exports (its metrics port, on the pod's IP)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        url = f"http://{pod['status']['podIP']}:{METRICS_PORT}/metrics"
+        with opener.open(url, timeout=10) as response:
+            text = response.read().decode()
+        return [
+            (sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == metric
+        ]
+
+    def every_sidecar(self, metric: str, labels: dict[str, str], holds: Callable[[float], bool]) -> bool:
+        """Whether ``holds`` is true of ``metric{labels}`` in every running app pod's sidecar."""
+        pods = self.app_pods()
+        return bool(pods) and all(
+            any(
+                holds(value)
+                for found, value in self.sidecar_samples(pod, metric)
+                if labels.items() <= found.items()
+            )
+            for pod in pods
+        )
+
+    def restarts(self) -> dict[str, int]:
+        """Container restarts of the app pods, by pod/container (a reload must not restart anything)."""
+        return {
+            f"{pod['metadata']['name']}/{status['name']}": status["restartCount"]
+            for pod in self.app_pods()
+            for status in [
+                *pod["status"].get("initContainerStatuses", []),
+                *pod["status"]["containerStatuses"],
+            ]
+        }
+
+    def app_outcomes(self, since: str) -> list[list[Any]]:
+        """Every call the app pods reported (``[priority, status, wait, latency, model]``) since ``since``
+        (an RFC 3339 time), from their logs: one JSON line per window."""
+        outcomes: list[list[Any]] = []
+        for pod in self.app_pods():
+            log = self.cluster.kubectl(
+                "logs", pod["metadata"]["name"], "-n", self.namespace, "-c", "app", f"--since-time={since}"
+            ).stdout
+            for line in log.splitlines():
+                if line.startswith("{"):
+                    outcomes += json.loads(line)["outcomes"]
+        return outcomes
+
+    def diagnostics(self) -> str:
+        """Pods, recent events and the tail of every container's log, for a failed run's report."""
+        parts = [
+            self.cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout,
+            self.cluster.kubectl("get", "events", "-A", "--sort-by=.lastTimestamp", check=False).stdout[
+                -6000:
+            ],
+        ]
+        for namespace in (self.namespace, SYSTEM_NAMESPACE):
+            for pod in self.cluster.kubectl(
+                "get", "pods", "-n", namespace, "-o", "name", check=False
+            ).stdout.split():
+                logs = self.cluster.kubectl(
+                    "logs", pod, "-n", namespace, "--all-containers", "--prefix", "--tail=40", check=False
+                )
+                parts.append(logs.stdout + logs.stderr)
+        return "\n".join(parts)
+
+    def admitted(self) -> int:
+        return int(self.model_stats()["admitted"])
+
+    def keeps_serving(self, calls: int, what: str) -> None:
+        """Wait until the emulator admitted ``calls`` more of the app's calls."""
+        start = self.admitted()
+        eventually(lambda: self.admitted() >= start + calls, what, 90)
+
+
+def running_and_ready(pods: list[dict[str, Any]], count: int) -> bool:
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    return len(live) == count and all(
+        p["status"].get("phase") == "Running"
+        and all(c.get("ready") for c in p["status"].get("containerStatuses", []))
+        for p in live
+    )
+
+
+def pool_ready(cluster: Cluster, namespace: str) -> bool:
+    ready = cluster.kubectl(
+        "get",
+        "o1pool",
+        POOL,
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+    ).stdout
+    return ready == "True"
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Installed]:
+    """The chart installed with the offline images; Redis, the emulator and the pool applied."""
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    cluster.wait_for_service_account(NAMESPACE)
+    cluster.helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        SYSTEM_NAMESPACE,
+        "--create-namespace",
+        "--values",
+        "-",
+        "--wait",
+        "--timeout",
+        "180s",
+        input=yaml.safe_dump(chart_values()),
+        timeout=240,
+    )
+    cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=workloads(NAMESPACE))
+    installed = Installed(cluster, NAMESPACE)
+    eventually(
+        lambda: running_and_ready(installed.pods("app in (redis,emulator)"), 2),
+        "Redis and the emulator Running and ready",
+        POD_READY_TIMEOUT,
+    )
+    eventually(lambda: pool_ready(cluster, NAMESPACE), "the pool Ready", 60)
+    failed_before = request.session.testsfailed
+    yield installed
+    if request.session.testsfailed > failed_before:
+        # What the cluster looked like, past pytest's capture (the node is gone once the session ends).
+        print(f"\n--- cluster state after a failed test ---\n{installed.diagnostics()}", file=sys.__stderr__)
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def test_injected_sidecars_serve_app_pods_and_hold_the_pools_limit_while_the_app_scales(
+    installed: Installed,
+) -> None:
+    cluster = installed.cluster
+    ns = installed.namespace
+    operator = cluster.kubectl(
+        "get", "deployment", RELEASE, "-n", SYSTEM_NAMESPACE, "-o", "jsonpath={.status.readyReplicas}"
+    ).stdout
+    assert operator == "1", "the operator runs as the chart's Deployment"
+
+    # 3 pods x 1 rps = 180 RPM offered against the account's 100: the sidecars must share the limit.
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=app(3, 1.0))
+    eventually(
+        lambda: running_and_ready(installed.pods("app=app"), 3), "3 app pods Running", POD_READY_TIMEOUT
+    )
+    for pod in installed.pods("app=app"):
+        [sidecar] = pod["spec"]["initContainers"]
+        assert sidecar["name"] == "o1pool-sidecar" and sidecar["restartPolicy"] == "Always"
+        [sidecar_status] = pod["status"]["initContainerStatuses"]
+        [app_status] = pod["status"]["containerStatuses"]
+        assert sidecar_status["ready"] and sidecar_status["started"]
+        # Native sidecar: the kubelet starts the app only once the sidecar is started (and ready).
+        assert sidecar_status["state"]["running"]["startedAt"] <= app_status["state"]["running"]["startedAt"]
+        [app_container] = pod["spec"]["containers"]
+        assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:8080/v1"} in app_container["env"]
+
+    started = time.monotonic()
+    eventually(
+        lambda: installed.model_stats()["admitted"] >= 20, "calls from the app pods reaching the emulator", 90
+    )
+    cluster.kubectl("scale", "deployment", "app", "-n", ns, "--replicas=6")
+    eventually(
+        lambda: running_and_ready(installed.pods("app=app"), 6), "6 app pods Running", POD_READY_TIMEOUT
+    )
+    admitted_at_six = installed.model_stats()["admitted"]
+    eventually(
+        lambda: installed.model_stats()["admitted"] >= admitted_at_six + 20, "the 6 pods' calls admitted", 90
+    )
+    cluster.kubectl("scale", "deployment", "app", "-n", ns, "--replicas=2")
+    eventually(lambda: running_and_ready(installed.pods("app=app"), 2), "2 app pods left", POD_READY_TIMEOUT)
+    admitted_at_two = installed.model_stats()["admitted"]
+    eventually(
+        lambda: installed.model_stats()["admitted"] >= admitted_at_two + 10, "the 2 pods' calls admitted", 90
+    )
+    elapsed_min = (time.monotonic() - started) / 60
+
+    stats = installed.model_stats()
+    # The referee: the upstream never refused, no 60 s window held more than the account's limit.
+    assert stats["rejected_total"] == 0, stats
+    assert not any(stats["exceeded"].values()), stats
+    assert stats["window_60s"]["max_requests"] <= RPM, stats
+    assert stats["admitted"] <= RPM * (elapsed_min + 1), stats
+
+
+def _now() -> str:
+    """Now, a second early, as RFC 3339 (for ``kubectl logs --since-time``; the node is this host)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+
+
+def effective_rpm(installed: Installed, rpm: int) -> bool:
+    return installed.every_sidecar(
+        "o1_api_effective_limit", {"model": MODEL, "type": "requests"}, lambda value: value == rpm
+    )
+
+
+def test_kubectl_edit_of_the_pools_limits_reaches_running_sidecars_without_a_restart(
+    installed: Installed,
+) -> None:
+    cluster = installed.cluster
+    assert effective_rpm(installed, RPM)
+    before = installed.restarts()
+    cluster.kubectl(
+        "edit",
+        "o1pool",
+        POOL,
+        "-n",
+        installed.namespace,
+        extra_env={"KUBE_EDITOR": f"sed -i -e 's/rpm: {RPM}$/rpm: {EDITED_RPM}/'"},
+    )
+    # The operator renders the ConfigMap, the kubelet updates the mounted file, the sidecar reloads.
+    eventually(
+        lambda: effective_rpm(installed, EDITED_RPM), f"every sidecar limiting at {EDITED_RPM} RPM", 120
+    )
+    assert installed.restarts() == before
+    installed.keeps_serving(10, "the app served after the reload")
+
+
+def test_a_rotated_key_reaches_running_sidecars_without_a_restart(installed: Installed) -> None:
+    cluster = installed.cluster
+    before = installed.restarts()
+    rotated = cluster.kubectl(
+        "create",
+        "secret",
+        "generic",
+        f"{POOL}-keys",
+        f"--from-literal={ACCOUNT}={ROTATED_KEY}",
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ).stdout
+    cluster.kubectl("apply", "-n", installed.namespace, "-f", "-", input=rotated)
+    eventually(
+        lambda: installed.every_sidecar(
+            "o1_api_key_renewals_total", {"key": f"{ACCOUNT}/k1"}, lambda n: n >= 1
+        ),
+        "every sidecar reading the rotated key",
+        120,
+    )
+
+    # The emulator sees the new key: its calls are counted under the key's name there (a2).
+    def new_key_calls() -> int:
+        return int(installed.emulator_stats()["accounts"][ACCOUNT]["keys"][ROTATED_KEY_NAME]["admitted"])
+
+    start = new_key_calls()
+    eventually(lambda: new_key_calls() >= start + 10, "calls made with the rotated key", 90)
+    assert installed.restarts() == before
+
+
+def test_redis_killed_and_restarted_the_sidecars_share_again_and_no_call_is_lost(
+    installed: Installed,
+) -> None:
+    cluster = installed.cluster
+    since = _now()
+    cluster.kubectl("delete", "pod", "-n", installed.namespace, "-l", "app=redis", "--wait=false")
+    installed.keeps_serving(10, "the app served while Redis restarts")
+    eventually(lambda: running_and_ready(installed.pods("app=redis"), 1), "a new Redis pod Running", 60)
+    eventually(
+        lambda: installed.every_sidecar("o1_api_limiter_mode", {"mode": "shared"}, lambda on: on == 1),
+        "every sidecar back on the shared limiter",
+        120,
+    )
+    installed.keeps_serving(10, "the app served with the new Redis")
+    # Every call got an answer: a completion or the queue's 429 with retry-after (the app offers more
+    # than the pool's limit), never a connection error or a 5xx.
+    outcomes = installed.app_outcomes(since)
+    assert outcomes
+    assert {status for _, status, *_ in outcomes} <= {200, 429}, outcomes
+    assert installed.model_stats()["rejected_total"] == 0
+
+
+def test_the_data_plane_serves_while_the_operator_is_gone_and_the_operator_converges_on_return(
+    installed: Installed,
+) -> None:
+    cluster = installed.cluster
+    ns = installed.namespace
+    cluster.kubectl("scale", "deployment", RELEASE, "-n", SYSTEM_NAMESPACE, "--replicas=0")
+    cluster.kubectl(
+        "delete",
+        "pod",
+        "-n",
+        SYSTEM_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/name=o1pool",
+        "--wait=true",
+        "--timeout=60s",
+    )
+    assert not cluster.kubectl("get", "pods", "-n", SYSTEM_NAMESPACE, "-o", "name").stdout.strip()
+    # A change made while no operator runs is picked up when it comes back.
+    cluster.kubectl(
+        "patch",
+        "o1pool",
+        POOL,
+        "-n",
+        ns,
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "replace", "path": f"/spec/accounts/0/models/{MODEL}/rpm", "value": RETURN_RPM}]),
+    )
+    installed.keeps_serving(10, "the app served with no operator running")
+    assert effective_rpm(installed, EDITED_RPM)
+    cluster.kubectl("scale", "deployment", RELEASE, "-n", SYSTEM_NAMESPACE, "--replicas=1")
+    cluster.kubectl(
+        "rollout", "status", "deployment", RELEASE, "-n", SYSTEM_NAMESPACE, "--timeout=120s", timeout=150
+    )
+    eventually(
+        lambda: effective_rpm(installed, RETURN_RPM), f"every sidecar limiting at {RETURN_RPM} RPM", 120
+    )
+    assert installed.model_stats()["rejected_total"] == 0
+
+
+def test_helm_upgrade_keeps_serving_and_helm_uninstall_leaves_pools_deletable(installed: Installed) -> None:
+    cluster = installed.cluster
+    ns = installed.namespace
+    before = installed.restarts()
+    cluster.helm(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        SYSTEM_NAMESPACE,
+        "--reuse-values",
+        "--set",
+        "verbose=true",
+        "--wait",
+        "--timeout",
+        "180s",
+        timeout=240,
+    )
+    args = cluster.kubectl(
+        "get",
+        "deployment",
+        RELEASE,
+        "-n",
+        SYSTEM_NAMESPACE,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].args}",
+    ).stdout
+    assert "--verbose" in args, args
+    eventually(lambda: pool_ready(cluster, ns), "the pool Ready under the upgraded operator", 60)
+    installed.keeps_serving(10, "the app served after the upgrade")
+    assert installed.restarts() == before
+
+    cluster.helm("uninstall", RELEASE, "-n", SYSTEM_NAMESPACE, "--wait", "--timeout", "120s", timeout=180)
+    assert not cluster.kubectl("get", "deployment", "-n", SYSTEM_NAMESPACE, "-o", "name").stdout.strip()
+    webhooks = cluster.kubectl("get", "mutatingwebhookconfigurations", "-o", "name").stdout
+    assert "o1pool" not in webhooks, webhooks
+    installed.keeps_serving(10, "the app served with the chart uninstalled")
+    # No finalizer: a pool is deleted at once with no operator to release it.
+    assert not cluster.kubectl(
+        "get", "o1pool", POOL, "-n", ns, "-o", "jsonpath={.metadata.finalizers}"
+    ).stdout.strip()
+    cluster.kubectl("delete", "o1pool", POOL, "-n", ns, "--timeout=30s")
+    assert installed.model_stats()["rejected_total"] == 0

@@ -92,7 +92,8 @@ def run(s: DemoSettings, binaries: Binaries) -> int:
     _step(f"images ready ({', '.join(sorted(archives))})", started)
     node = Node(binaries=binaries, images=list(archives.values()))
     node.start()
-    _step(f"node Ready at {node.plane.server}", started)
+    stages = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in node.timings.items())
+    _step(f"node Ready at {node.plane.server} ({stages})", started)
     try:
         with tempfile.TemporaryDirectory(prefix="o1pool-helm-") as helm_home:
             cluster = Cluster(plane=node.plane, binaries=binaries, helm_home=Path(helm_home), node=node)

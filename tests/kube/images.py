@@ -18,7 +18,8 @@ They match the Dockerfile's images (entrypoint, command, user 65532, labels), fr
 * ``o1pool``: this repository's wheel (built from the same files the Dockerfile copies) and the
   ``/usr/local/bin/o1pool`` console script. Rebuilt on every build (about two seconds).
 * ``redis``: the host's Debian redis-server and redis-cli with the libraries the base lacks.
-* ``pause`` / ``coredns``: the static binaries ``hack/kube-testground.sh build`` puts in its bin dir.
+* ``pause``: the static binary ``hack/kube-testground.sh build`` puts in its bin dir (the sandbox
+  image; CoreDNS runs on the node as a host process, so it needs no image).
 
     python -m tests.kube.images build [--out DIR] [NAME ...]   build (all by default), print a table
     python -m tests.kube.images sizes [--out DIR]               layers and sizes of the built archives
@@ -58,7 +59,6 @@ SIDECAR_REFERENCE = "ghcr.io/o1pool/o1pool-sidecar:dev"
 OPERATOR_REFERENCE = "ghcr.io/o1pool/o1pool-operator:dev"
 REDIS_REFERENCE = "o1pool.local/redis:7"
 PAUSE_REFERENCE = "o1pool.local/pause:3.10"
-COREDNS_REFERENCE = "o1pool.local/coredns:dev"
 APP_REFERENCE = "o1pool.local/app:dev"
 
 # The Dockerfile's LABELs of its final stages, the same here (tests/kube/test_images.py compares them).
@@ -200,8 +200,6 @@ IMAGES: dict[str, ImageSpec] = {
             entrypoint=("/pause",),
             user="65535:65535",
         ),
-        # Root, as it binds :53 and the layer carries no file capabilities.
-        ImageSpec(name="coredns", reference=COREDNS_REFERENCE, layers=("coredns",), entrypoint=("/coredns",)),
     )
 }
 # Left out of the dependency layers (relative to dist-packages): kubernetes' asyncio client, as big as
@@ -885,7 +883,7 @@ def o1pool_layer(base: Layer) -> Layer:
         return write_layer("o1pool", layers / "o1pool.tar", tree_entries(root))
 
 
-# --- redis, pause, coredns -----------------------------------------------------------------------
+# --- redis, pause --------------------------------------------------------------------------------
 
 
 def _canonical(path: str) -> str:
@@ -1003,7 +1001,7 @@ class _Layers:
             return o1pool_layer(self.get("base"))
         if name == "redis":
             return redis_layer(self.get("base"))
-        if name in ("pause", "coredns"):
+        if name == "pause":
             return binary_layer(name)
         raise ValueError(f"unknown layer {name!r}")
 

@@ -130,6 +130,7 @@ class Node:
     pki: NodePki | None = None
     _processes: list[ManagedProcess] = field(default_factory=list)
     _ip_forward: str = "0"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per bring-up stage
 
     def __post_init__(self) -> None:
         self.plane = ControlPlane(binaries=self.binaries, node_ip=NODE_IP, keep_workdir=self.keep_workdir)
@@ -146,19 +147,26 @@ class Node:
         """Bring the control plane and the node up; return once the node is Ready and schedulable."""
         check_host()
         clean_host()
+        started = time.monotonic()
         try:
             self._configure_host()
             self.plane.start()
+            self.timings["control plane"] = time.monotonic() - started
             assert self.plane.pki is not None
             self.pki = generate_node_pki(self.workdir / "pki", self.plane.pki.ca, NODE_NAME, NODE_IP)
             self._write_cni_config()
             self._start_containerd()
+            mark = time.monotonic()
             self.import_images(self.images)
+            self.timings["image import"] = time.monotonic() - mark
+            mark = time.monotonic()
             self._start_kubelet()
             self._start_scheduler()
             self._start_proxy()
             self._start_coredns()
             self._wait_for_ready_node()
+            self.timings["node Ready"] = time.monotonic() - mark
+            self.timings["total"] = time.monotonic() - started
         except BaseException:
             self.stop()
             raise

@@ -65,3 +65,14 @@ def test_crd_defaults_render_like_sidecar_defaults(example: Path) -> None:
     defaulted["spec"] = apply_defaults(schema()["properties"]["spec"], defaulted["spec"])
     assert defaulted["spec"] != pool["spec"], "the example should rely on some defaults"
     assert render(defaulted, secrets).config_yaml == render(pool, secrets).config_yaml
+
+
+def test_shutdown_queue_seconds_takes_zero_as_the_sidecar_does() -> None:
+    """0 hands waiting requests back at once on SIGTERM; the CRD must not refuse what the sidecar takes."""
+    queue_seconds = dict(walk(schema()))[".spec.shutdown.queueSeconds"]
+    assert queue_seconds["minimum"] == 0 and not queue_seconds.get("exclusiveMinimum")
+    pool = load_example(EXAMPLES[0])
+    pool["spec"]["shutdown"] = {"graceSeconds": 10, "queueSeconds": 0}
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    assert rendering.config is not None, rendering.error
+    assert rendering.config.shutdown.queue_s == 0

@@ -105,6 +105,8 @@ def get_sidecar_container(pool: Mapping[str, Any], default_image: str) -> dict[s
     }
     if injection.get("imagePullPolicy"):
         container["imagePullPolicy"] = injection["imagePullPolicy"]
+    if injection.get("logLevel"):
+        container["args"] += ["--log-level", injection["logLevel"]]
     return container
 
 

@@ -100,3 +100,19 @@ def test_the_injected_sidecar_is_ready_checked_and_runs_under_the_restricted_pro
     sidecar = get_sidecar_container(pool, "o1pool-sidecar:dev")
     assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9090}
     assert sidecar["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_the_pools_log_level_reaches_the_sidecars_command_line() -> None:
+    pool = yaml.safe_load((REPO / "examples" / "o1pool-basic.yaml").read_text())
+    assert "--log-level" not in get_sidecar_container(pool, "o1pool-sidecar:dev")["args"]
+    pool["spec"]["injection"] = {"logLevel": "DEBUG"}
+    args = get_sidecar_container(pool, "o1pool-sidecar:dev")["args"]
+    assert args[-2:] == ["--log-level", "DEBUG"]
+    # The sidecar's own parser takes exactly these levels.
+    from o1sidecar.cli import build_parser
+
+    crd = yaml.safe_load((REPO / "crds" / "o1pool.io_o1pools.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    levels = spec["injection"]["properties"]["logLevel"]["enum"]
+    for level in levels:
+        assert build_parser().parse_args(["--config", "c.yaml", "--log-level", level]).log_level == level

@@ -17,6 +17,7 @@ import redis
 
 from o1pool.procs import free_port
 from tests.kube.pki import generate_pki
+from tests.polling import until
 from tests.sidecar.conftest import SidecarFactory
 
 pytestmark = pytest.mark.redis
@@ -88,7 +89,8 @@ async def test_sidecars_share_limits_over_tls_as_an_acl_user(
         client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
         await client.chat.completions.create(model="o1", messages=[{"role": "user", "content": "over TLS?"}])
         assert handle.proxy.limiter.state().mode == "shared"
-    assert one.proxy.limiter.state().live_sidecars == 2
+    # Each counts the pool's live sidecars from their heartbeats, refreshed every heartbeat interval.
+    await until(lambda: one.proxy.limiter.state().live_sidecars == 2, "sidecar one seeing both over TLS")
 
 
 async def test_a_server_certificate_from_another_ca_is_refused(

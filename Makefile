@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - emulator, Redis, two sidecars and a mixed-priority burst, with a summary table
-#   make test   - every test: unit, real redis-server, real kube-apiserver + etcd (built once, cached)
+#   make test   - every test: unit, real redis-server, real kube-apiserver + etcd, a real node (built once, cached)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -16,7 +16,6 @@ import json
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from tests.kube.fixtures import Cluster
 from tests.kube.images import REPO_ROOT, build_images, default_out_dir
 from tests.kube.node import Node, NodeUnavailable, check_host
 from tests.kube.testground import Binaries, ControlPlaneNotBuilt, find_binaries
-from tests.kube.workloads import EMULATOR_PORT, app_job, chart_values, dump, emulator, pool, redis
+from tests.kube.workloads import app_job, chart_values, dump, emulator, emulator_stats, pool, redis
 
 NAMESPACE = "demo"
 POOL = "demo"
@@ -57,15 +56,6 @@ def _wait_for_job(cluster: Cluster, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the app's Job did not finish within {timeout_s:.0f}s: {status}")
         time.sleep(1)
-
-
-def emulator_stats(cluster: Cluster) -> dict[str, Any]:
-    ip = cluster.kubectl(
-        "get", "service", "emulator", "-n", NAMESPACE, "-o", "jsonpath={.spec.clusterIP}"
-    ).stdout
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://{ip}:{EMULATOR_PORT}/admin/stats", timeout=10) as response:
-        return dict(json.load(response))
 
 
 def app_reports(cluster: Cluster) -> list[dict[str, Any]]:
@@ -138,7 +128,7 @@ def run(s: DemoSettings, binaries: Binaries) -> int:
             outcomes = outcomes_of(reports)
             elapsed = max(report["elapsed_s"] for report in reports)
             print()
-            print(summary(outcomes, emulator_stats(cluster), elapsed, s))
+            print(summary(outcomes, emulator_stats(cluster, NAMESPACE), elapsed, s))
             return 0 if outcomes and all(o.status == 200 for o in outcomes) else 1
     finally:
         node.stop()

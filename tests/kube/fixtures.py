@@ -16,6 +16,7 @@ import secrets
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,18 @@ class Cluster(Kube):
     """A control plane with one real node: pods run, Services resolve by name."""
 
     node: Node
+
+    def service_ip(self, namespace: str, name: str) -> str:
+        return self.kubectl(
+            "get", "service", name, "-n", namespace, "-o", "jsonpath={.spec.clusterIP}"
+        ).stdout
+
+    def http_get(self, url: str, timeout: float = 10.0) -> bytes:
+        """GET from a pod or ClusterIP address: the node is this host, so both are routed from here
+        (directly: no proxy variables apply)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=timeout) as response:
+            return bytes(response.read())
 
 
 @pytest.fixture(scope="session")

@@ -109,8 +109,8 @@ def check_host() -> None:
         )
 
 
-def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, capture_output=True, text=True, env=clean_env(), check=False)
+def _run(argv: list[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, input=input, capture_output=True, text=True, env=clean_env(), check=False)
     if check and result.returncode != 0:
         raise ControlPlaneStartError(
             f"`{' '.join(argv)}` exited {result.returncode}: {result.stderr.strip()}"
@@ -384,14 +384,7 @@ disabled_plugins = [
 
     def _start_coredns(self) -> None:
         assert self.pki is not None and self.plane.admin_kubeconfig is not None
-        subprocess.run(
-            [str(self.binaries.kubectl), f"--kubeconfig={self.plane.admin_kubeconfig}", "apply", "-f", "-"],
-            input=COREDNS_RBAC,
-            capture_output=True,
-            text=True,
-            env=clean_env(),
-            check=True,
-        )
+        self._kubectl("apply", "-f", "-", input=COREDNS_RBAC)
         kubeconfig = self._kubeconfig(
             "coredns", "system:coredns", self.pki.coredns_client.cert, self.pki.coredns_client.key
         )
@@ -417,10 +410,9 @@ disabled_plugins = [
 
     def _wait_for_ready_node(self) -> None:
         assert self.plane.admin_kubeconfig is not None
-        kubectl = [str(self.binaries.kubectl), f"--kubeconfig={self.plane.admin_kubeconfig}"]
 
         def ready() -> bool:
-            result = _run([*kubectl, "get", "node", NODE_NAME, "-o", "json"], check=False)
+            result = self._kubectl("get", "node", NODE_NAME, "-o", "json", check=False)
             if result.returncode != 0:
                 return False
             node = json.loads(result.stdout)
@@ -440,18 +432,8 @@ disabled_plugins = [
                 process.stop()
         kubelet = next((p for p in self._processes if p.name == "kubelet"), None)
         if kubelet is not None and kubelet.popen.poll() is None and self.plane.admin_kubeconfig is not None:
-            _run(
-                [
-                    str(self.binaries.kubectl),
-                    f"--kubeconfig={self.plane.admin_kubeconfig}",
-                    "delete",
-                    "pods",
-                    "--all",
-                    "--all-namespaces",
-                    "--grace-period=1",
-                    "--wait=false",
-                ],
-                check=False,
+            self._kubectl(
+                "delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--wait=false", check=False
             )
             deadline = time.monotonic() + DRAIN_TIMEOUT
             while time.monotonic() < deadline and self._running_tasks():
@@ -461,6 +443,14 @@ disabled_plugins = [
                 self.ctr("tasks", "kill", "--signal", "SIGKILL", task)
             for task in self._running_tasks():
                 self.ctr("tasks", "delete", "--force", task)
+
+    def _kubectl(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """kubectl as the control plane's admin."""
+        assert self.plane.admin_kubeconfig is not None
+        kubectl = [str(self.binaries.kubectl), f"--kubeconfig={self.plane.admin_kubeconfig}"]
+        return _run([*kubectl, *args], check=check, input=input)
 
     def _running_tasks(self) -> list[str]:
         if not self.containerd_socket.exists():

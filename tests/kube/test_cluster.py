@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.kube.fixtures import Cluster
-from tests.kube.workloads import EMULATOR_PORT, app_deployment, chart_values, dump, emulator, pool, redis
+from tests.kube.workloads import app_deployment, chart_values, dump, emulator, emulator_stats, pool, redis
 from tests.polling import eventually
 
 pytestmark = pytest.mark.timeout(900)
@@ -70,12 +69,7 @@ class Installed:
         return list(json.loads(out)["items"])
 
     def emulator_stats(self) -> dict[str, Any]:
-        ip = self.cluster.kubectl(
-            "get", "service", "emulator", "-n", self.namespace, "-o", "jsonpath={.spec.clusterIP}"
-        ).stdout
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(f"http://{ip}:{EMULATOR_PORT}/admin/stats", timeout=10) as response:
-            return dict(json.load(response))
+        return emulator_stats(self.cluster, self.namespace)
 
     def model_stats(self) -> dict[str, Any]:
         return dict(self.emulator_stats()["accounts"][ACCOUNT]["models"][MODEL])
@@ -85,10 +79,7 @@ class Installed:
 
     def sidecar_samples(self, pod: dict[str, Any], metric: str) -> list[tuple[dict[str, str], float]]:
         """The samples of ``metric`` a pod's sidecar exports (its metrics port, on the pod's IP)."""
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        url = f"http://{pod['status']['podIP']}:{METRICS_PORT}/metrics"
-        with opener.open(url, timeout=10) as response:
-            text = response.read().decode()
+        text = self.cluster.http_get(f"http://{pod['status']['podIP']}:{METRICS_PORT}/metrics").decode()
         return [
             (sample.labels, sample.value)
             for family in text_string_to_metric_families(text)
@@ -244,23 +235,17 @@ def test_injected_sidecars_serve_app_pods_and_hold_the_pools_limit_while_the_app
         assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:8080/v1"} in app_container["env"]
 
     started = time.monotonic()
-    eventually(
-        lambda: installed.model_stats()["admitted"] >= 20, "calls from the app pods reaching the emulator", 90
-    )
+    eventually(lambda: installed.admitted() >= 20, "calls from the app pods reaching the emulator", 90)
     cluster.kubectl("scale", "deployment", "app", "-n", ns, "--replicas=6")
     eventually(
         lambda: running_and_ready(installed.pods("app=app"), 6), "6 app pods Running", POD_READY_TIMEOUT
     )
-    admitted_at_six = installed.model_stats()["admitted"]
-    eventually(
-        lambda: installed.model_stats()["admitted"] >= admitted_at_six + 20, "the 6 pods' calls admitted", 90
-    )
+    admitted_at_six = installed.admitted()
+    eventually(lambda: installed.admitted() >= admitted_at_six + 20, "the 6 pods' calls admitted", 90)
     cluster.kubectl("scale", "deployment", "app", "-n", ns, "--replicas=2")
     eventually(lambda: running_and_ready(installed.pods("app=app"), 2), "2 app pods left", POD_READY_TIMEOUT)
-    admitted_at_two = installed.model_stats()["admitted"]
-    eventually(
-        lambda: installed.model_stats()["admitted"] >= admitted_at_two + 10, "the 2 pods' calls admitted", 90
-    )
+    admitted_at_two = installed.admitted()
+    eventually(lambda: installed.admitted() >= admitted_at_two + 10, "the 2 pods' calls admitted", 90)
     elapsed_min = (time.monotonic() - started) / 60
 
     stats = installed.model_stats()

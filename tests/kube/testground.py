@@ -35,7 +35,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "kube-testground.sh"
 BUILD_COMMAND = "bash hack/kube-testground.sh build"
 BINARY_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
-NODE_BINARY_NAMES = ("kubelet", "kube-scheduler", "kube-proxy", "coredns", "pause")
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Controllers that make the API behave like a cluster's for objects (no pods ever run here).
 CONTROLLERS = (
@@ -73,7 +72,8 @@ class Binaries:
     helm: Path
 
     def node_binary(self, name: str) -> Path:
-        """A node component's binary (one of NODE_BINARY_NAMES), which the same build makes."""
+        """A node component's binary (kubelet, kube-scheduler, kube-proxy, coredns, pause), which the
+        same build makes."""
         path = self.bin_dir / name
         if not os.access(path, os.X_OK):
             raise ControlPlaneNotBuilt(f"{path} is missing; run `{BUILD_COMMAND}` first")
@@ -222,9 +222,6 @@ class ControlPlane:
         self._processes.append(process)
         return process
 
-    def _wait(self, process: ManagedProcess, what: str, ready: Callable[[], bool]) -> None:
-        wait_until_ready(process, what, ready)
-
     def _start_etcd(self) -> None:
         self.etcd_port = free_port()
         peer_port = free_port()
@@ -245,7 +242,7 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        self._wait(process, "etcd /health", lambda: http_ok(f"{client_url}/health"))
+        wait_until_ready(process, "etcd /health", lambda: http_ok(f"{client_url}/health"))
 
     def _start_apiserver(self) -> None:
         assert self.pki is not None and self.admin_kubeconfig is not None
@@ -299,7 +296,7 @@ class ControlPlane:
         )
         context = ssl.create_default_context(cafile=str(pki.ca.cert))
         context.load_cert_chain(str(pki.admin_client.cert), str(pki.admin_client.key))
-        self._wait(process, "/readyz", lambda: http_ok(f"{self.server}/readyz", context))
+        wait_until_ready(process, "/readyz", lambda: http_ok(f"{self.server}/readyz", context))
 
     def _start_controller_manager(self) -> None:
         assert self.pki is not None
@@ -349,7 +346,7 @@ class ControlPlane:
             result = subprocess.run(kubectl, capture_output=True, env=clean_env(), check=False)
             return result.returncode == 0
 
-        self._wait(process, "default ServiceAccount", exists)
+        wait_until_ready(process, "default ServiceAccount", exists)
 
 
 def start_process(name: str, argv: list[str], workdir: Path) -> ManagedProcess:

@@ -1,16 +1,21 @@
 """Manifests of what runs on the real node besides the chart: Redis and the emulator behind Services,
 an O1Pool with its key Secret, and the app (``o1pool load``) annotated for injection. Pure builders
-(dicts for ``kubectl apply``), shared by the end-to-end tests and the cluster demo.
+(dicts for ``kubectl apply``), shared by the end-to-end tests and the cluster demo, and
+:func:`emulator_stats`, the referee both read.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from tests.kube.images import APP_REFERENCE, OPERATOR_REFERENCE, REDIS_REFERENCE, SIDECAR_REFERENCE
+
+if TYPE_CHECKING:
+    from tests.kube.fixtures import Cluster
 
 EMULATOR_PORT = 8000
 REDIS_PORT = 6379
@@ -189,3 +194,9 @@ def app_job(pool_name: str, pods: int, load_args: Sequence[str]) -> dict[str, An
 
 def dump(docs: Sequence[Mapping[str, Any]]) -> str:
     return yaml.safe_dump_all([dict(d) for d in docs], sort_keys=False)
+
+
+def emulator_stats(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    """The emulator's own counters (``/admin/stats``), through its Service."""
+    ip = cluster.service_ip(namespace, "emulator")
+    return dict(json.loads(cluster.http_get(f"http://{ip}:{EMULATOR_PORT}/admin/stats")))

@@ -56,11 +56,10 @@ async def test_a_key_refused_through_one_sidecar_is_not_tried_by_another(
     for i in range(6):
         await other.chat.completions.create(model="o1", messages=[{"role": "user", "content": f"r{i}"}])
     assert emulator.stats()["totals"]["401"] == 1  # the second sidecar never tried the refused key
-    entries = read_refused(
-        await aioredis.from_url(redis_server.url, decode_responses=True).hgetall(
-            PoolKeys("o1pool", "tests", "test").refused_keys()
-        )
-    )
+    await client.close()
+    await other.close()
+    async with aioredis.from_url(redis_server.url, decode_responses=True) as reader:
+        entries = read_refused(await reader.hgetall(PoolKeys("o1pool", "tests", "test").refused_keys()))
     assert [(e.label, e.refusals) for e in entries] == [("acct-a/a1", 1)]
     assert "0000" not in repr(entries) and entries[0].fingerprint == key_fingerprint(
         "acct-a/a1", "sk-revoked-key-0000000000000000"

@@ -27,6 +27,7 @@ from o1sidecar.limits.queueing import QueueingLimiter
 from o1sidecar.limits.redis_store import RedisBackend, redis_client
 
 log = logging.getLogger("o1sidecar.limits")
+CLOSE_TIMEOUT_S = 5.0  # the longest close() waits for its tasks, then for the Redis client
 
 
 def lease_ttl_s(cfg: RedisConfig) -> float:
@@ -95,10 +96,16 @@ class SharedLimiter(QueueingLimiter):
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=5.0)
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
         await super().close()
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self.client.aclose()
+        # Bounded: a connection a cancelled task still holds must not keep the sidecar from exiting.
+        closing = asyncio.ensure_future(self.client.aclose())
+        done, _ = await asyncio.wait({closing}, timeout=CLOSE_TIMEOUT_S)
+        if not done:
+            closing.cancel()
+            log.warning("limits: the Redis client did not close within %.0f s; leaving it", CLOSE_TIMEOUT_S)
+        elif (exc := closing.exception()) is not None and not isinstance(exc, REDIS_ERRORS):
+            raise exc
 
     async def _beat(self) -> None:
         beat = await self.redis_backend.heartbeat(

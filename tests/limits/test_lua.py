@@ -270,6 +270,8 @@ settle = st.tuples(
     st.sampled_from([None, 0, 3]),  # remaining requests
     st.sampled_from([None, 10, 90, 1_000]),  # upstream's limit header (requests)
     st.sampled_from([0, 500]),  # extra tokens
+    st.sampled_from([None, 0.5, 60.0]),  # x-ratelimit-reset-* (long: a per-minute count)
+    st.booleans(),  # the same remaining and limit headers for tokens (x 100)
 )
 estimate = st.tuples(st.just("eta"), st.sampled_from(sorted(TICKETS)))
 operations = st.lists(
@@ -316,6 +318,13 @@ FIRST_MINUTE = [
     ("advance", 9.0),
     ("attempt", "t1", [3], 100, False),
 ]
+# The upstream counts about twice the requests and tokens the pool logged, per minute (a long reset):
+# both ceilings go to what the pool logged of the upstream's count.
+CALIBRATION = [
+    *[("attempt", "t1", [3], 100, False)] * 6,
+    ("settle", 5, "ok", None, None, 0, 12, 0, 60.0, True),  # 12 counted, 6 logged
+    ("attempt", "t1", [3], 100, False),
+]
 CAPS = [
     *[op for i in range(3) for op in (("attempt", "t0", [0], 1, False), ("settle", 0, "ok", *[None] * 4, 0))],
     ("attempt", "t0", [0], 1, False),  # the daily cap (3) is spent: quota
@@ -330,6 +339,7 @@ CAPS = [
 @example(EPISODES)
 @example(CAPS)
 @example(FIRST_MINUTE)
+@example(CALIBRATION)
 async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple[object, ...]]) -> None:
     await client.flushall()
     clock = Clock(1_780_000_000.0)  # 2026-05-28: calendar caps roll over within the run
@@ -359,16 +369,23 @@ async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple
                 assert theirs.wait_s == pytest.approx(ours.wait_s, abs=0.0011)
                 assert theirs.rank == pytest.approx(ours.rank)
         elif op[0] == "settle" and held:
-            _, index, outcome, limit_type, retry, remaining, limit, extra = op
-            lease, account, admitted_at, _tokens = held.pop(int(index) % len(held))  # type: ignore[arg-type]
+            _, index, outcome, limit_type, retry, remaining, limit, extra, *more = op
+            reset, tokens_too = more if more else (None, False)  # EPISODES and CAPS leave them out
+            scaled = {"remaining": remaining, "limit": limit} if tokens_too else {}
+            lease, account, admitted_at, tokens = held.pop(int(index) % len(held))  # type: ignore[arg-type]
             s = Settlement(
                 account,
                 "m",
                 lease,
                 outcome=outcome,
                 extra_tokens=extra,
+                charged_tokens=tokens,
                 remaining_requests=remaining,  # type: ignore[arg-type]
                 limit_requests=limit,
+                remaining_tokens=None if scaled.get("remaining") is None else 100 * scaled["remaining"],  # type: ignore[operator]
+                limit_tokens=None if scaled.get("limit") is None else 100 * scaled["limit"],  # type: ignore[operator]
+                reset_requests_s=reset,  # type: ignore[arg-type]
+                reset_tokens_s=reset,  # type: ignore[arg-type]
                 elapsed_s=clock.t - admitted_at,
                 retry_after_s=retry,  # type: ignore[arg-type]
                 limit_type=limit_type if outcome == "rate_limited" else None,  # type: ignore[arg-type]

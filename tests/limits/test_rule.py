@@ -327,6 +327,71 @@ def test_the_upstreams_limit_header_sets_the_ceiling_directly() -> None:
     assert p.effective()[0] == pytest.approx(96.0)  # raises stop at the ceiling
 
 
+def test_usage_beyond_the_charge_counts_in_the_window_as_in_the_bucket() -> None:
+    p = Pool(limits(burst_s=60.0))
+    lease = p.admit(1_000)
+    assert lease and p.state.wt == 1_000
+    p.settle(lease, p.now, outcome="ok", extra_tokens=300, charged_tokens=1_000)
+    assert p.state.wt == 1_300 and p.state.window[0][2] == 1_300
+    p.now += rule.WINDOW_S  # the entry ages out with what was added to it
+    p.check()
+    assert p.state.wt == 0
+
+
+def test_an_upstream_counting_twice_what_we_logged_per_minute_halves_the_ceiling() -> None:
+    # TPM 120,000 configured and at the upstream, which charges each call twice our 1,000 (another
+    # estimate of the prompt). Its headers say so: remaining falls twice as fast as our window fills.
+    p = Pool(limits(burst_s=60.0))
+    leases = [p.admit(1_000) for _ in range(10)]  # 10,000 logged: over 5% of E, enough to compare
+    assert all(leases)
+    p.settle(
+        leases[0] or "", p.now, outcome="ok",
+        limit_tokens=120_000, remaining_tokens=100_000, reset_tokens_s=59.0,  # 20,000 counted
+    )  # fmt: skip
+    assert p.effective()[1] == pytest.approx(60_000.0)  # our share of its limit, in our units
+    assert p.effective()[0] == 120.0  # requests: no headers, no change
+
+
+def test_an_upstream_count_that_is_not_per_minute_or_close_to_ours_changes_nothing() -> None:
+    cases = [
+        # a 1 s window says "remaining 0 of 120" every second: not a minute's count (reset 1 s)
+        dict(limit_requests=120, remaining_requests=1, reset_requests_s=1.0),
+        # per minute, but within 10% of what we logged: lag and rounding
+        dict(limit_requests=120, remaining_requests=109, reset_requests_s=55.0),
+        # no reset header: the count's period is unknown
+        dict(limit_requests=120, remaining_requests=60),
+    ]
+    for headers in cases:
+        p = Pool(limits(burst_s=60.0))
+        leases = [p.admit() for _ in range(10)]
+        p.settle(leases[0] or "", p.now, outcome="ok", **headers)
+        assert p.effective()[0] == 120.0, headers
+    p = Pool(limits(burst_s=60.0))  # too few calls logged to compare (under 5% of E)
+    lease = p.admit()
+    p.settle(
+        lease or "", p.now, outcome="ok", limit_requests=120, remaining_requests=60, reset_requests_s=60.0
+    )
+    assert p.effective()[0] == 120.0
+
+
+def test_the_ceiling_follows_the_upstreams_count_back_up() -> None:
+    p = Pool(limits(burst_s=60.0))
+    leases = [p.admit() for _ in range(12)]
+    p.settle(
+        leases[0] or "", p.now, outcome="ok", limit_requests=120, remaining_requests=96, reset_requests_s=60.0
+    )
+    assert rule.ceilings(p.state, p.lim)[0] == pytest.approx(0.5)  # 24 counted, 12 logged
+    p.settle(
+        leases[1] or "",
+        p.now,
+        outcome="ok",
+        limit_requests=120,
+        remaining_requests=108,
+        reset_requests_s=60.0,
+    )
+    assert rule.ceilings(p.state, p.lim)[0] == 1.0  # the other client stopped: the whole limit again
+
+
 def test_not_adaptive_keeps_the_configured_limit_but_still_cools_down() -> None:
     p = Pool(limits(adaptive=False))
     lease = p.admit()

@@ -68,11 +68,16 @@ class Settlement:
     model: str
     lease_id: str
     outcome: SettleOutcome = "other"  # "other": no call, a client error, a failure: no limit news
-    extra_tokens: int = 0
+    extra_tokens: int = (
+        0  # usage beyond the charge: paid from the bucket and added to the call's window entry
+    )
+    charged_tokens: int = 0  # what the admission charged (names the call's window entry)
     remaining_requests: int | None = None  # trusted values only
     remaining_tokens: int | None = None
     limit_requests: int | None = None  # the upstream's own limits, from x-ratelimit-limit-*
     limit_tokens: int | None = None
+    reset_requests_s: float | None = None  # x-ratelimit-reset-*: when the upstream's count is whole again
+    reset_tokens_s: float | None = None
     elapsed_s: float = 0.0  # since admission: the upstream's remaining counts refilled meanwhile
     retry_after_s: float | None = None  # a 429's Retry-After
     limit_type: Literal["requests", "tokens", "concurrency", "quota"] | None = None  # a 429's limit

@@ -100,6 +100,9 @@ def packed_settlement(s: Settlement) -> str:
             repr(float(s.elapsed_s)),
             _num(s.retry_after_s),
             s.limit_type or "",
+            _num(s.reset_requests_s),
+            _num(s.reset_tokens_s),
+            str(s.charged_tokens),
         )
     )
 

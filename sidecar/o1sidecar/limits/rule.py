@@ -10,7 +10,8 @@ rule allowed lowers ``f`` (the model of the upstream was wrong); successes under
 waiting for the model, or the window nearly full) raise it back: quickly (time constant
 ``RECOVER_S``) to just below where the upstream last refused, then by ``RAISE_NEAR_PER_MIN`` of the
 ceiling per minute near that level, then by ``RAISE_PER_MIN`` past it. The ceiling is 1, or lower
-when the upstream's ``x-ratelimit-limit-*`` header says the limit is lower than configured.
+when the upstream's ``x-ratelimit-limit-*`` header says the limit is lower than configured, or its
+remaining count says it has counted more than the pool logged (``upstream_ceiling``).
 
 **Admission** of a request costing ``c`` tokens needs all of:
 
@@ -82,6 +83,9 @@ RAISE_NEAR_PER_MIN = 0.005  # ...and only this near where the upstream last refu
 NEAR_LOW, NEAR_HIGH = 0.99, 1.01  # "near": this band around that level
 PRESSURE = 0.9  # the window is under pressure when it holds this share of E
 MIN_FACTOR = 0.01
+CALIBRATE_MIN_SHARE = 0.05  # the upstream's count is compared with our window once it holds this share of E
+CALIBRATE_SLACK = 1.1  # the upstream counting up to this much more than our window is lag and rounding
+PER_MINUTE_RESET = 0.9  # a count is per minute when it takes this share of a per-minute drain to reset
 WALK_LIMIT = 64  # window entries a tokens wait looks at (the same bound in Lua)
 DAY_S = 86_400.0
 NEVER = -1e18  # "no episode or cut yet" (finite: Redis stores it and Lua reads it back)
@@ -327,15 +331,17 @@ def settle(st: AccountModel, lim: Limits, s: Settlement, now: float, waiting: in
     probe = s.lease_id == st.pl
     if probe:
         st.pl, st.pu = "", 0.0
+    er, et = effective(st, lim)
     if s.limit_requests is not None and s.limit_requests >= 1:
-        st.hr = float(s.limit_requests)
+        st.hr = upstream_ceiling(s.limit_requests, s.remaining_requests, s.reset_requests_s, st.wn, er)
     if s.limit_tokens is not None and s.limit_tokens >= 1:
-        st.ht = float(s.limit_tokens)
+        st.ht = upstream_ceiling(s.limit_tokens, s.remaining_tokens, s.reset_tokens_s, st.wt, et)
     cr, ct = ceilings(st, lim)
     st.fr, st.ft = min(st.fr, cr), min(st.ft, ct)
     er, et = effective(st, lim)
     if s.extra_tokens > 0:
         st.t = max(-et, st.t - s.extra_tokens)
+        _add_to_entry(st, s.lease_id, s.charged_tokens, s.extra_tokens)
     elapsed = max(0.0, s.elapsed_s)
     if s.remaining_requests is not None:
         st.r = min(
@@ -353,6 +359,37 @@ def settle(st: AccountModel, lim: Limits, s: Settlement, now: float, waiting: in
             st.en = 0
         if lim.adaptive:
             _raise(st, lim, now, waiting > 0)
+
+
+def _add_to_entry(st: AccountModel, lease: str, charged: float, extra: float) -> None:
+    """Usage beyond the charge counts in the window as in the bucket: on the call's entry (its lease and
+    charge), if it is still there (a call longer than the window pays it from the bucket only)."""
+    for i, (at, entry_lease, tokens) in enumerate(st.window):
+        if entry_lease == lease and tokens == charged:
+            st.window[i] = (at, lease, tokens + extra)
+            st.wt += extra
+            return
+
+
+def upstream_ceiling(
+    limit: float, remaining: float | None, reset_s: float | None, held: float, e: float
+) -> float:
+    """The upstream's limit (``x-ratelimit-limit-*``) in our units, given what it says it has counted.
+
+    An upstream whose count is per minute (it takes at least ``PER_MINUTE_RESET`` of the time a
+    per-minute limit needs to clear it: a sliding minute, a bucket refilling over a minute; not a
+    sub-minute window, whose remaining count is of another unit) and exceeds what our window logged by
+    more than ``CALIBRATE_SLACK`` charges more than we count (another estimate of the prompt) or also
+    serves other clients of the account. Either way our share of its limit, in our units, is the limit
+    times what we logged over what it counted. Our window must hold ``CALIBRATE_MIN_SHARE`` of ``e``
+    first (a few calls say little)."""
+    if remaining is None or reset_s is None or held < CALIBRATE_MIN_SHARE * e:
+        return float(limit)
+    used = limit - remaining
+    per_minute = reset_s >= PER_MINUTE_RESET * used * MINUTE_S / limit
+    if not per_minute or used <= CALIBRATE_SLACK * held:
+        return float(limit)
+    return limit * held / used
 
 
 def _kinds(limit_type: str | None) -> tuple[bool, bool]:

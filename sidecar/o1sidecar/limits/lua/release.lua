@@ -5,7 +5,9 @@
 -- KEYS[1] account HASH   KEYS[2] lease ZSET   KEYS[3] window ZSET   KEYS[4] the model's queue ZSET
 -- ARGV[1] now ('' = TIME)  ARGV[2] wake channel  ARGV[3] model  ARGV[4] the account (limits() in rule.lua)
 -- ARGV[5] "lease;outcome;extra tokens;remaining requests;remaining tokens;limit requests;limit tokens;
---          seconds since admission;retry-after seconds;limit type" ('' = unknown / none)
+--          seconds since admission;retry-after seconds;limit type;reset requests s;reset tokens s;
+--          charged tokens"
+--          ('' = unknown / none)
 -- Returns 1 if the lease was still held, else 0.
 
 local now = clock(ARGV[1])
@@ -18,7 +20,8 @@ prune(a, now)
 settle(a, {
   lease = f[1], outcome = f[2], extra = tonumber(f[3]), rem_r = tonumber(f[4]), rem_t = tonumber(f[5]),
   lim_r = tonumber(f[6]), lim_t = tonumber(f[7]), elapsed = tonumber(f[8]), retry = tonumber(f[9]),
-  limit_type = f[10],
+  limit_type = f[10], reset_r = tonumber(f[11]), reset_t = tonumber(f[12]),
+  charged = tonumber(f[13]),
 }, now, redis.call('ZCARD', KEYS[4]) > 0)
 save(a, now)
 if redis.call('ZCARD', KEYS[4]) > 0 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end

@@ -25,6 +25,9 @@ local RAISE_NEAR_PER_MIN = 0.005
 local NEAR_LOW, NEAR_HIGH = 0.99, 1.01
 local PRESSURE = 0.9
 local MIN_FACTOR = 0.01
+local CALIBRATE_MIN_SHARE = 0.05
+local CALIBRATE_SLACK = 1.1
+local PER_MINUTE_RESET = 0.9
 local WALK_LIMIT = 64
 local DAY = 86400.0
 local NEVER = -1e18
@@ -328,18 +331,38 @@ local function after_429(a, s, admitted_at, probe, now)
   if tokens then a.t = math.min(a.t, math.max(-et, -rest * et / MINUTE)) end
 end
 
--- rule.settle; ``s``: lease, outcome, extra, rem_r, rem_t, lim_r, lim_t, elapsed, retry, limit_type
+-- rule.upstream_ceiling: the upstream's limit in our units, given what it says it has counted.
+local function upstream_ceiling(limit, remaining, reset, held, e)
+  if remaining == nil or reset == nil or held < CALIBRATE_MIN_SHARE * e then return limit end
+  local used = limit - remaining
+  local per_minute = reset >= PER_MINUTE_RESET * used * MINUTE / limit
+  if not per_minute or used <= CALIBRATE_SLACK * held then return limit end
+  return limit * held / used
+end
+
+-- rule.settle; ``s``: lease, outcome, extra, rem_r, rem_t, lim_r, lim_t, elapsed, retry, limit_type,
+-- reset_r, reset_t, charged
 -- (numbers nil when unknown); ``waiting``: whether requests are queued for the model.
 local function settle(a, s, now, waiting)
   redis.call('ZREM', a.leases, s.lease)
   local probe = s.lease == a.pl
   if probe then a.pl, a.pu = '', 0.0 end
-  if s.lim_r ~= nil and s.lim_r >= 1 then a.hr = s.lim_r end
-  if s.lim_t ~= nil and s.lim_t >= 1 then a.ht = s.lim_t end
+  local er0, et0 = effective(a)
+  if s.lim_r ~= nil and s.lim_r >= 1 then a.hr = upstream_ceiling(s.lim_r, s.rem_r, s.reset_r, a.wn, er0) end
+  if s.lim_t ~= nil and s.lim_t >= 1 then a.ht = upstream_ceiling(s.lim_t, s.rem_t, s.reset_t, a.wt, et0) end
   local cr, ct = ceilings(a)
   a.fr, a.ft = math.min(a.fr, cr), math.min(a.ft, ct)
   local er, et = effective(a)
-  if s.extra > 0 then a.t = math.max(-et, a.t - s.extra) end
+  if s.extra > 0 then
+    a.t = math.max(-et, a.t - s.extra)
+    local entry = s.charged .. ':' .. s.lease
+    local at = redis.call('ZSCORE', a.window, entry)
+    if at then
+      redis.call('ZREM', a.window, entry)
+      redis.call('ZADD', a.window, at, (s.charged + s.extra) .. ':' .. s.lease)
+      a.wt = a.wt + s.extra
+    end
+  end
   local elapsed = math.max(0.0, s.elapsed)
   if s.rem_r ~= nil then
     a.r = math.min(a.r, math.max(-er, math.min(capacity(er, a.burst), s.rem_r + elapsed * er / MINUTE)))

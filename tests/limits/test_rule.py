@@ -342,7 +342,7 @@ def test_an_upstream_counting_twice_what_we_logged_per_minute_halves_the_ceiling
     # TPM 120,000 configured and at the upstream, which charges each call twice our 1,000 (another
     # estimate of the prompt). Its headers say so: remaining falls twice as fast as our window fills.
     p = Pool(limits(burst_s=60.0))
-    leases = [p.admit(1_000) for _ in range(10)]  # 10,000 logged: over 5% of E, enough to compare
+    leases = [p.admit(1_000) for _ in range(10)]  # 10,000 logged: over 2% of E, enough to compare
     assert all(leases)
     p.settle(
         leases[0] or "", p.now, outcome="ok",
@@ -366,7 +366,7 @@ def test_an_upstream_count_that_is_not_per_minute_or_close_to_ours_changes_nothi
         leases = [p.admit() for _ in range(10)]
         p.settle(leases[0] or "", p.now, outcome="ok", **headers)
         assert p.effective()[0] == 120.0, headers
-    p = Pool(limits(burst_s=60.0))  # too few calls logged to compare (under 5% of E)
+    p = Pool(limits(burst_s=60.0))  # too few calls logged to compare (under 2% of E)
     lease = p.admit()
     p.settle(
         lease or "", p.now, outcome="ok", limit_requests=120, remaining_requests=60, reset_requests_s=60.0

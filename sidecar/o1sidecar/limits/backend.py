@@ -68,10 +68,8 @@ class Settlement:
     model: str
     lease_id: str
     outcome: SettleOutcome = "other"  # "other": no call, a client error, a failure: no limit news
-    extra_tokens: int = (
-        0  # usage beyond the charge: paid from the bucket and added to the call's window entry
-    )
-    charged_tokens: int = 0  # what the admission charged (names the call's window entry)
+    extra_tokens: int = 0  # usage beyond the charge: from the bucket, and on the call's window entry
+    charged_tokens: int = 0  # what the admission charged (it names the call's window entry)
     remaining_requests: int | None = None  # trusted values only
     remaining_tokens: int | None = None
     limit_requests: int | None = None  # the upstream's own limits, from x-ratelimit-limit-*

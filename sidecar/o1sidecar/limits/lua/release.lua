@@ -6,8 +6,7 @@
 -- ARGV[1] now ('' = TIME)  ARGV[2] wake channel  ARGV[3] model  ARGV[4] the account (limits() in rule.lua)
 -- ARGV[5] "lease;outcome;extra tokens;remaining requests;remaining tokens;limit requests;limit tokens;
 --          seconds since admission;retry-after seconds;limit type;reset requests s;reset tokens s;
---          charged tokens"
---          ('' = unknown / none)
+--          charged tokens" ('' = unknown / none)
 -- Returns 1 if the lease was still held, else 0.
 
 local now = clock(ARGV[1])

@@ -355,7 +355,7 @@ local function settle(a, s, now, waiting)
   local er, et = effective(a)
   if s.extra > 0 then
     a.t = math.max(-et, a.t - s.extra)
-    local entry = s.charged .. ':' .. s.lease
+    local entry = (s.charged or 0) .. ':' .. s.lease
     local at = redis.call('ZSCORE', a.window, entry)
     if at then
       redis.call('ZREM', a.window, entry)

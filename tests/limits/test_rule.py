@@ -354,7 +354,7 @@ def test_an_upstream_counting_twice_what_we_logged_per_minute_halves_the_ceiling
 
 def test_an_upstream_count_that_is_not_per_minute_or_close_to_ours_changes_nothing() -> None:
     cases = [
-        # a 1 s window says "remaining 0 of 120" every second: not a minute's count (reset 1 s)
+        # a 1 s window says "1 of 120 remain" every second: not a minute's count (reset 1 s)
         dict(limit_requests=120, remaining_requests=1, reset_requests_s=1.0),
         # per minute, but within 10% of what we logged: lag and rounding
         dict(limit_requests=120, remaining_requests=109, reset_requests_s=55.0),

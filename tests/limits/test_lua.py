@@ -371,7 +371,9 @@ async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple
         elif op[0] == "settle" and held:
             _, index, outcome, limit_type, retry, remaining, limit, extra, *more = op
             reset, tokens_too = more if more else (None, False)  # EPISODES and CAPS leave them out
-            scaled = {"remaining": remaining, "limit": limit} if tokens_too else {}
+            # tokens_too: the same headers for tokens, x 100
+            tokens_left = 100 * remaining if tokens_too and remaining is not None else None  # type: ignore[operator]
+            tokens_limit = 100 * limit if tokens_too and limit is not None else None  # type: ignore[operator]
             lease, account, admitted_at, tokens = held.pop(int(index) % len(held))  # type: ignore[arg-type]
             s = Settlement(
                 account,
@@ -382,8 +384,8 @@ async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple
                 charged_tokens=tokens,
                 remaining_requests=remaining,  # type: ignore[arg-type]
                 limit_requests=limit,
-                remaining_tokens=None if scaled.get("remaining") is None else 100 * scaled["remaining"],  # type: ignore[operator]
-                limit_tokens=None if scaled.get("limit") is None else 100 * scaled["limit"],  # type: ignore[operator]
+                remaining_tokens=tokens_left,
+                limit_tokens=tokens_limit,
                 reset_requests_s=reset,  # type: ignore[arg-type]
                 reset_tokens_s=reset,  # type: ignore[arg-type]
                 elapsed_s=clock.t - admitted_at,

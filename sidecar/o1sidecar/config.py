@@ -92,7 +92,8 @@ class Account(_Strict):
         default=1.0,
         gt=0,
         le=60,
-        description="Pacing: at most this many seconds' worth of quota goes out at once (60: a minute).",
+        description="Pacing: at most this many seconds' worth of quota goes out at once or within any "
+        "span of this many seconds (60: a minute).",
     )
     adaptive: bool = Field(
         default=True,

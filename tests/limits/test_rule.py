@@ -67,12 +67,31 @@ class Pool:
 def test_pacing_lets_one_seconds_worth_out_then_the_rate() -> None:
     p = Pool(limits())  # 120 RPM: 2 per second, a burst of 2
     assert p.admit() and p.admit()
-    block, wait = p.check()
-    assert block == "capacity" and wait == pytest.approx(0.5)
-    p.now += 0.499
+    block, wait = p.check()  # no third within the burst's second: the bucket's refill waits for it
+    assert block == "capacity" and wait == pytest.approx(1.0)
+    p.now += 0.999
     assert p.admit() is None
     p.now += 0.001
     assert p.admit()
+    block, wait = p.check()  # then the paced rate, not another burst
+    assert block == "capacity" and wait == pytest.approx(0.5)
+
+
+def test_a_late_admission_catches_up_but_no_second_holds_more_than_a_burst() -> None:
+    p = Pool(limits(rpm=300.0))  # 5 per second, a burst of 5
+    start = p.now
+    for _ in range(5):
+        assert p.admit()
+    p.now += 1.0
+    times = []
+    while p.now < start + 10.0:  # every admission as soon as allowed, except that some are 50 ms late
+        p.wait_out(tokens=1)
+        if len(times) % 7 == 3:
+            p.now += 0.05
+        assert p.admit(tokens=1)
+        times.append(p.now)
+    assert max(sum(1 for t in times if s <= t < s + 1.0) for s in times) == 5
+    assert len(times) == pytest.approx(45, abs=1)  # late ones cost nothing: the next ones catch up
 
 
 def test_the_window_holds_a_minute_burst_to_the_limit() -> None:

@@ -20,15 +20,19 @@ remaining count says it has counted more than the pool logged (``upstream_ceilin
 - a free concurrency slot;
 - **pacing**: the RPM and TPM buckets, refilled continuously at ``E / 60`` per second up to a
   capacity of ``burst_s`` seconds' worth (at least 1), hold 1 request and ``min(c, capacity)``
-  tokens. Quota goes out evenly instead of a minute's worth at once, so an upstream that enforces
-  its limit over any window length sees at most its rate plus one small burst;
+  tokens; and fewer than the RPM capacity (rounded up) were admitted in the last ``burst_s``
+  seconds (a bucket alone lets a late admission's catch-up put a refill on top of its capacity).
+  Quota goes out evenly instead of a minute's worth at once, so an upstream that enforces its limit
+  over any window of at least ``burst_s`` sees no more than its rate;
 - **the window**: the requests and tokens admitted in the last ``WINDOW_S`` (60 s plus the upstream's
   lag) plus this one stay within ``E`` (a request larger than ``E`` tokens may go alone into an empty
   window). Against an upstream that counts per minute — a sliding log, fixed minute windows, a
   token bucket — this alone keeps every call inside its limit.
 
 Admission charges both buckets (levels may go negative: a debt the refill pays back, at most a
-minute's worth), logs the request in the window and counts it against the caps.
+minute's worth), logs the request in the window and counts it against the caps. An admission that
+fills the ``burst_s`` log leaves the RPM bucket no more than it refills by the time the log frees a
+slot: after a burst the pool goes on at the paced rate, not with a burst each time the log frees.
 
 **After a 429** for a request the rule admitted: the bucket of that limit is emptied through the
 cooldown (a debt the cooldown repays, so the pool resumes at the paced rate with no burst). A 429
@@ -245,6 +249,16 @@ def _window_wait_requests(st: AccountModel, er: float, now: float) -> float:
     return max(0.0, st.window[min(excess, st.wn) - 1][0] + WINDOW_S - now)
 
 
+def _burst_wait(st: AccountModel, er: float, burst_s: float, now: float) -> float:
+    """Seconds until one more request keeps the last ``burst_s`` seconds within the RPM bucket's
+    capacity (rounded up): a bucket alone lets a late admission's catch-up add a refill to its
+    capacity, up to twice a burst's worth in ``burst_s``."""
+    most = math.ceil(capacity(er, burst_s))
+    if st.wn < most:
+        return 0.0
+    return max(0.0, st.window[st.wn - most][0] + burst_s - now)
+
+
 def _window_wait_tokens(st: AccountModel, et: float, tokens: float, now: float) -> float:
     """Seconds until ``tokens`` more fit the window (or the window is empty, for a request > E)."""
     if st.wn == 0:
@@ -280,7 +294,11 @@ def check(st: AccountModel, lim: Limits, tokens: float, now: float) -> tuple[Blo
         waits.append((CONCURRENCY_POLL_S, "concurrency"))
     need_t = min(tokens, capacity(et, lim.burst_s))
     pace = max((1.0 - st.r) * MINUTE_S / er, (need_t - st.t) * MINUTE_S / et, 0.0)
-    window = max(_window_wait_requests(st, er, now), _window_wait_tokens(st, et, tokens, now))
+    window = max(
+        _window_wait_requests(st, er, now),
+        _burst_wait(st, er, lim.burst_s, now),
+        _window_wait_tokens(st, et, tokens, now),
+    )
     blocked = st.r < 1.0 or st.t < need_t or window > 0
     if blocked:
         waits.append((max(pace, window), "capacity"))
@@ -315,6 +333,9 @@ def admit(st: AccountModel, lim: Limits, tokens: float, lease: str, now: float) 
     st.window.append((now, lease, float(tokens)))
     st.wn += 1
     st.wt += tokens
+    full = _burst_wait(st, er, lim.burst_s, now)
+    if full > 0:  # the bucket holds no more than refills until the burst log frees a slot: the pool
+        st.r = min(st.r, 1.0 - full * er / MINUTE_S)  # goes on at the paced rate, not a burst then
     st.leases.add(lease)
     st.dc += 1
     st.mc += 1

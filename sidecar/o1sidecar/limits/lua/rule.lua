@@ -175,6 +175,14 @@ local function window_wait_requests(a, er, now)
   return math.max(0.0, e[1][1] + WINDOW - now)
 end
 
+-- rule._burst_wait
+local function burst_wait(a, er, now)
+  local most = math.ceil(capacity(er, a.burst))
+  if a.wn < most then return 0.0 end
+  local e = entries(a, a.skip + a.wn - most, 1)
+  return math.max(0.0, e[1][1] + a.burst - now)
+end
+
 local function window_wait_tokens(a, et, tokens, now)
   if a.wn == 0 then return 0.0 end
   local excess
@@ -201,7 +209,8 @@ local function check(a, tokens, now)
   if a.slots > 0 and a.inflight >= a.slots then block(POLL, 'concurrency') end
   local need_t = math.min(tokens, capacity(et, a.burst))
   local pace = math.max((1.0 - a.r) * MINUTE / er, (need_t - a.t) * MINUTE / et, 0.0)
-  local window = math.max(window_wait_requests(a, er, now), window_wait_tokens(a, et, tokens, now))
+  local window = math.max(window_wait_requests(a, er, now), burst_wait(a, er, now),
+    window_wait_tokens(a, et, tokens, now))
   if a.r < 1.0 or a.t < need_t or window > 0 then block(math.max(pace, window), 'capacity') end
   if reason == nil then return nil, 0.0 end
   return reason, wait
@@ -231,6 +240,8 @@ local function admit(a, tokens, lease, now, lease_ttl)
   redis.call('ZADD', a.window, now, tokens .. ':' .. lease)
   a.wn = a.wn + 1
   a.wt = a.wt + tokens
+  local full = burst_wait(a, er, now)
+  if full > 0 then a.r = math.min(a.r, 1.0 - full * er / MINUTE) end
   redis.call('ZADD', a.leases, now + lease_ttl, lease)
   redis.call('PEXPIRE', a.leases, math.ceil(2 * lease_ttl * 1000))
   a.dc = a.dc + 1

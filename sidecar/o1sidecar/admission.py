@@ -219,6 +219,7 @@ class Admitter:
     ) -> tuple[Demand, dict[str, Any], bool]:
         body, strip_usage = upstream_body(ex.endpoint, ex.body, model, fitted.prompt)
         tokens = self.counter.charge(ex.endpoint.path, model, body, self.config.tokens, fitted.prompt_tokens)
+        ex.tokens = tokens
         return Demand(model, tokens, ex.controls.priority, deadline), body, strip_usage
 
     def fit(self, ex: Exchange, model: str) -> Fitted | ProxyError:

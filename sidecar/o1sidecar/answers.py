@@ -14,6 +14,7 @@ from o1sidecar import errors
 from o1sidecar.cache import ResponseCache
 from o1sidecar.calling import UpstreamCall
 from o1sidecar.config import SidecarConfig
+from o1sidecar.demand import DemandCounts
 from o1sidecar.errors import ProxyError
 from o1sidecar.exchange import Exchange
 from o1sidecar.inbound import RESPONSES
@@ -25,10 +26,17 @@ log = logging.getLogger("o1sidecar.proxy")
 
 
 class Answers:
-    def __init__(self, config: SidecarConfig, cache: ResponseCache, metrics: SidecarMetrics) -> None:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        cache: ResponseCache,
+        metrics: SidecarMetrics,
+        demand: DemandCounts | None = None,
+    ) -> None:
         self.config = config
         self.cache = cache
         self.metrics = metrics
+        self.demand = demand
 
     async def cached(self, key: str) -> tuple[bytes, str] | None:
         """The stored answer under ``key`` and the layer that had it (``l1``, ``l2``)."""
@@ -104,6 +112,18 @@ class Answers:
     def observe(self, ex: Exchange, status: int, cached: bool = False) -> None:
         elapsed = time.monotonic() - ex.started
         self.metrics.answered(status, ex.model or NO_KEY, ex.key, cached, elapsed)
+        if self.demand is not None and ex.models:  # (a model the pool serves: not any client's string)
+            admitted = bool(ex.account)
+            self.demand.record(
+                ex.requested,
+                ex.controls.priority,
+                admitted=admitted,
+                queued=ex.waited_s > 0,
+                refused=not admitted and status in (429, 503),
+                cached=ex.cache != "miss",
+                tokens=ex.tokens,
+                arrived=time.time() - elapsed,
+            )
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%d %s via %s in %.1f ms (queued %.1f ms, cache %s, degraded %s)",

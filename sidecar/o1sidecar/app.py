@@ -16,6 +16,7 @@ from aiohttp import web
 from o1sidecar.cache import ResponseCache
 from o1sidecar.config import SidecarConfig
 from o1sidecar.controls import parse_controls
+from o1sidecar.demand import DemandCounts, DemandRecorder
 from o1sidecar.errors import ProxyError
 from o1sidecar.httplog import quiet_malformed_http
 from o1sidecar.inbound import (
@@ -66,12 +67,15 @@ def create_app(
     metrics = SidecarMetrics(limiter.state)
     outages = ModelOutages(config.fallback.outage_failures, config.fallback.outage_probe_s)
     metrics.watch_models(config.served_models(), outages.availability)
-    quarantine, outage_sync = None, None
+    quarantine, outage_sync, demand = None, None, None
     if config.redis.url is not None:
         keys = PoolKeys(config.redis.key_prefix, config.pool.namespace, config.pool.name)
         every = config.redis.heartbeat_interval_s
         quarantine = SharedQuarantine(redis_client(config.redis), keys, routes, every)
         outage_sync = SharedOutages(redis_client(config.redis), keys, outages, config.served_models(), every)
+        demand = DemandRecorder(
+            redis_client(config.redis), keys, every, DemandCounts(), config.served_models()
+        )
     proxy = Proxy(
         config,
         limiter,
@@ -82,6 +86,7 @@ def create_app(
         quarantine,
         outages,
         outage_sync,
+        demand,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes + 1,

@@ -36,6 +36,7 @@ class Exchange:
     model: str = ""
     key: str = NO_KEY
     waited_s: float = 0.0
+    tokens: int = 0  # what admission charged for the last model tried (0: not counted)
     degraded: bool = False
     cache: str = "miss"
 

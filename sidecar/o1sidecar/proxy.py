@@ -20,6 +20,7 @@ from o1sidecar.cache import ResponseCache, cache_key, is_cacheable
 from o1sidecar.calling import UpstreamCall, UpstreamCaller
 from o1sidecar.config import SidecarConfig
 from o1sidecar.controls import RequestControls
+from o1sidecar.demand import DemandRecorder
 from o1sidecar.errors import ProxyError
 from o1sidecar.exchange import Exchange
 from o1sidecar.inbound import Endpoint
@@ -49,6 +50,7 @@ class Proxy:
         quarantine: SharedQuarantine | None = None,
         outages: ModelOutages | None = None,
         outage_sync: SharedOutages | None = None,
+        demand: DemandRecorder | None = None,
     ) -> None:
         self.config = config
         self.limiter = limiter
@@ -63,8 +65,8 @@ class Proxy:
         accounts_for = {m: [a.name for a in config.accounts_for(m)] for m in self.models}
         self.admitter = Admitter(config, limiter, counter, metrics, self.outages, outage_sync, accounts_for)
         self.caller = UpstreamCaller(config, routes, limiter, cache, metrics, quarantine)
-        self.answers = Answers(config, cache, metrics)
-        self._background = [s for s in (quarantine, outage_sync) if s is not None]
+        self.answers = Answers(config, cache, metrics, demand.counts if demand is not None else None)
+        self._background = [s for s in (quarantine, outage_sync, demand) if s is not None]
         self._random = random.Random()
 
     async def start(self) -> None:

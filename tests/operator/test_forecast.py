@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from o1operator import demand
 from o1operator.forecast import (
     DAY_H,
     WEEK_H,
@@ -115,3 +116,26 @@ def test_mape_ignores_hours_far_below_the_mean() -> None:
     scored = [Scored(Forecast(0, 110.0, 110.0), 100.0), Scored(Forecast(1, 5.0, 5.0), 1.0)]
     assert mape(scored) == pytest.approx(0.10)  # the 1-token hour (400% off) is below 10% of the mean
     assert math.isnan(mape([]))
+
+
+# -- reading the sidecars' demand HASHes ------------------------------------------------------------------
+
+
+def test_recorded_demand_becomes_hours_with_gaps_and_minutes() -> None:
+    day = 20_000
+    days = {
+        day: {
+            "h12:live": "1",
+            "720:t": "100",
+            "721:t": "50",
+            "779:t": "10",
+            "720:r": "2",
+            "h13:live": "1",  # counted, nobody asked: no demand
+            "800:t": "junk",  # not a number: not demand
+        }
+    }
+    history = demand.hourly(days, day * 24 + 11, day * 24 + 15)
+    assert history.values == (None, 160.0, 0.0, None)  # 11:00 and 14:00 were not recorded: gaps
+    assert demand.hourly(days, day * 24 + 12, day * 24 + 13, "r").values == (2.0,)
+    minutes = demand.per_minute(days, day * 1440 + 719, day * 1440 + 722)
+    assert minutes == [0.0, 100.0, 50.0]

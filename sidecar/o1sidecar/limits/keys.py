@@ -68,6 +68,11 @@ class PoolKeys:
         """STRING held by the sidecar whose request is a down model's probe (outage_sync.py)."""
         return f"{self.tag}:probe:{model}"
 
+    def demand(self, model: str, day: int) -> str:
+        """HASH of what clients asked of ``model`` on one UTC day (days since the epoch): per minute and
+        per hour and priority (demand.py). The operator's forecasts read it."""
+        return f"{self.tag}:demand:{model}:{day}"
+
     def wake_channel(self) -> str:
         """Pub/sub channel: a model's queue may move (a lease freed, a waiter admitted)."""
         return f"{self.tag}:wake"

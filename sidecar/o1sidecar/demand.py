@@ -1,0 +1,170 @@
+"""What the pool's clients asked for, per minute, kept in Redis for the operator's forecasts.
+
+Every answered request counts once, under the model the client asked for (its demand, whichever model
+served it), at the minute it arrived (UTC): offered; and, by priority, whether it was admitted to an
+upstream, waited in the queue, was refused for lack of capacity (429/503 from the sidecar) or was
+answered from the cache, with the tokens it was charged where admission counted them. Counts gather
+in memory and go to Redis in one pipeline every ``redis.heartbeat_interval_s`` (no round trip per
+request), into one HASH per model and UTC day (``PoolKeys.demand``) kept for ``RETENTION_DAYS``:
+
+- ``<minute of day>:r`` / ``:t`` — requests and tokens offered in that minute (the forecast's input
+  and the spread of minutes within an hour);
+- ``h<hour>:<priority>:<kind>`` — per hour and priority: ``r`` offered, ``a`` admitted, ``q`` queued,
+  ``x`` refused, ``c`` cached, ``t`` tokens offered, ``at`` tokens admitted;
+- ``h<hour>:live`` — set by every flush, requests or not: some sidecar was counting in that hour, so
+  an hour without requests had no demand (an hour without the mark is a gap in the history).
+
+While Redis is unreachable the counts stay in memory (at most ``MAX_PENDING_MINUTES`` minutes of them;
+older ones are dropped with a warning) and go with the next flush that succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from redis.asyncio import Redis
+
+from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.mirror import PoolMirror
+
+log = logging.getLogger("o1sidecar.demand")
+
+RETENTION_DAYS = 36  # five weeks of history and the day under way
+MAX_PENDING_MINUTES = 1440  # a day
+DAY_S = 86_400
+
+
+def fields_of(
+    minute: int, priority: int, admitted: bool, queued: bool, refused: bool, cached: bool, tokens: int
+) -> dict[str, int]:
+    """The increments of one request that arrived at ``minute`` (minutes since the epoch)."""
+    of_day, hour = minute % 1440, (minute % 1440) // 60
+    h = f"h{hour}:{priority}:"
+    out = {f"{of_day}:r": 1, f"{h}r": 1}
+    if tokens:
+        out[f"{of_day}:t"] = tokens
+        out[f"{h}t"] = tokens
+    for kind, happened in (("a", admitted), ("q", queued), ("x", refused), ("c", cached)):
+        if happened:
+            out[h + kind] = 1
+    if admitted and tokens:
+        out[f"{h}at"] = tokens
+    return out
+
+
+class DemandCounts:
+    """Counts not yet in Redis: (model, UTC day) -> field -> increment. Pure; the clock is injected."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._counts: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._minutes: set[int] = set()
+        self.dropped = 0  # requests whose counts were dropped while Redis was away
+
+    def record(
+        self,
+        model: str,
+        priority: int,
+        *,
+        admitted: bool,
+        queued: bool,
+        refused: bool,
+        cached: bool,
+        tokens: int,
+        arrived: float | None = None,
+    ) -> None:
+        minute = int((self._clock() if arrived is None else arrived) // 60)
+        counts = self._counts[(model, minute // 1440)]
+        for name, value in fields_of(minute, priority, admitted, queued, refused, cached, tokens).items():
+            counts[name] += value
+        self._minutes.add(minute)
+        if len(self._minutes) > MAX_PENDING_MINUTES:
+            self._drop_oldest()
+
+    def take(self) -> dict[tuple[str, int], dict[str, int]]:
+        """Everything counted so far, to be written; the counts start again from nothing."""
+        out = {k: dict(v) for k, v in self._counts.items()}
+        self._counts.clear()
+        self._minutes.clear()
+        return out
+
+    def give_back(self, counts: dict[tuple[str, int], dict[str, int]]) -> None:
+        """Counts a flush could not write: they go with the next one."""
+        for key, fields in counts.items():
+            mine = self._counts[key]
+            for name, value in fields.items():
+                mine[name] += value
+            day = key[1]
+            self._minutes.update(day * 1440 + int(n.split(":")[0]) for n in fields if not n.startswith("h"))
+        while len(self._minutes) > MAX_PENDING_MINUTES:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        oldest = min(self._minutes)
+        self._minutes.discard(oldest)
+        day, of_day = divmod(oldest, 1440)
+        for (_, d), fields in self._counts.items():
+            if d == day:
+                self.dropped += fields.pop(f"{of_day}:r", 0)
+                fields.pop(f"{of_day}:t", None)
+
+
+class DemandRecorder(PoolMirror):
+    """Writes this sidecar's :class:`DemandCounts` to the pool's demand HASHes every interval."""
+
+    what = "the pool's demand counts"
+
+    def __init__(
+        self,
+        client: Redis,
+        keys: PoolKeys,
+        interval_s: float,
+        counts: DemandCounts,
+        models: Sequence[str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(client, interval_s)
+        self._keys = keys
+        self.counts = counts
+        self._models = list(models)
+        self._clock = clock
+        self._warned_drops = 0
+
+    async def mirror(self) -> None:
+        await self.flush()
+
+    async def flush(self) -> None:
+        batch = self.counts.take()
+        day, of_day = divmod(int(self._clock() // 60), 1440)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for model in self._models:
+                    key = self._keys.demand(model, day)
+                    pipe.hset(key, f"h{of_day // 60}:live", 1)
+                    pipe.expire(key, RETENTION_DAYS * DAY_S)
+                for (model, day), fields in batch.items():
+                    key = self._keys.demand(model, day)
+                    for name, value in fields.items():
+                        pipe.hincrby(key, name, value)
+                    pipe.expire(key, RETENTION_DAYS * DAY_S)
+                await pipe.execute()
+        except BaseException:
+            self.counts.give_back(batch)
+            if self.counts.dropped > self._warned_drops:
+                log.warning(
+                    "Redis unreachable: %d requests' demand counts dropped (kept in memory for %d minutes)",
+                    self.counts.dropped,
+                    MAX_PENDING_MINUTES,
+                )
+                self._warned_drops = self.counts.dropped
+            raise
+
+    async def close(self) -> None:
+        try:
+            await self.flush()  # what the last interval counted
+        except Exception as exc:
+            log.debug("could not write the last demand counts: %s", exc)
+        await super().close()

@@ -18,6 +18,7 @@ import kopf
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
 SIDECAR_COUNT_INTERVAL_S = 15.0
+FORECAST_INTERVAL_S = 300.0
 DEFAULT_SIDECAR_IMAGE = "ghcr.io/o1pool/o1pool-sidecar:0.1.0"
 
 
@@ -71,6 +72,13 @@ def parser() -> argparse.ArgumentParser:
         help="how often status.liveSidecars is counted from Redis heartbeats (default %(default)s)",
     )
     p.add_argument(
+        "--forecast-interval",
+        type=float,
+        default=FORECAST_INTERVAL_S,
+        metavar="SECONDS",
+        help="how often each pool's recorded demand is read and forecast (default %(default)s)",
+    )
+    p.add_argument(
         "--allowed-upstream-hosts",
         metavar="HOSTS",
         help="comma-separated host patterns an O1Pool account's baseURL may name (e.g. "
@@ -95,10 +103,14 @@ def _default_namespace(kubeconfig: str | None) -> str:
     return str(context.get("context", {}).get("namespace") or "default")
 
 
-async def run(count_interval_s: float, memo: kopf.Memo, **operator_options: Any) -> None:
-    """kopf's operator, plus two operator-wide loops until kopf stops (on a signal): one reads live
-    sidecars, refused keys and model outages from each pool's Redis, one re-renders every pool every
+async def run(
+    count_interval_s: float, forecast_interval_s: float, memo: kopf.Memo, **operator_options: Any
+) -> None:
+    """kopf's operator, plus three operator-wide loops until kopf stops (on a signal): one reads live
+    sidecars, refused keys and model outages from each pool's Redis, one assesses each pool's recorded
+    demand every ``forecast_interval_s`` (forecasting.py), one re-renders every pool every
     ``resync_s`` (not kopf timers: a timer puts a finalizer on every pool)."""
+    from o1operator.forecasting import forecast_forever
     from o1operator.reconcile import reconcile_pool
     from o1operator.sidecars import observe_forever
 
@@ -116,6 +128,7 @@ async def run(count_interval_s: float, memo: kopf.Memo, **operator_options: Any)
                 memo.probes,
                 redis=redis,
                 allowed_hosts=memo.allowed_hosts,
+                forecast=memo.forecasts.get((namespace, name)),
             )
 
     loops = [
@@ -123,6 +136,9 @@ async def run(count_interval_s: float, memo: kopf.Memo, **operator_options: Any)
             observe_forever(memo.kube, memo.probes, memo.observed, count_interval_s, reconcile_by_name)
         ),
         asyncio.create_task(resync_forever(memo.kube, memo.namespaces, memo.resync_s, reconcile_by_name)),
+        asyncio.create_task(
+            forecast_forever(memo.probes, memo.forecasts, forecast_interval_s, reconcile_by_name)
+        ),
     ]
     try:
         await kopf.operator(memo=memo, **operator_options)
@@ -184,12 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         else None
     )
     memo.observed = {}
+    memo.forecasts = {}
     memo.namespaces = namespaces
     memo.resync_s = float(os.environ.get("O1POOL_RESYNC_SECONDS", "300"))
     try:
         asyncio.run(
             run(
                 args.sidecar_count_interval,
+                args.forecast_interval,
                 memo,
                 clusterwide=args.all_namespaces,
                 namespaces=namespaces,

@@ -221,10 +221,12 @@ def backtest(model: Model, history: History, hours: int) -> list[Scored]:
 
 
 def mape(scored: Sequence[Scored], floor_share: float = 0.1) -> float:
-    """Mean absolute percentage error over the hours whose demand is at least ``floor_share`` of the
-    mean hour (night hours of a few calls would otherwise weigh as much as the peak); NaN if none."""
+    """Mean absolute percentage error over the hours with demand of at least ``floor_share`` of the mean
+    hour (night hours of a few calls would otherwise weigh as much as the peak); NaN if none."""
     if not scored:
         return math.nan
-    mean = sum(s.actual for s in scored) / len(scored)
-    errors = [abs(s.forecast.mean - s.actual) / s.actual for s in scored if s.actual >= floor_share * mean]
+    floor = floor_share * sum(s.actual for s in scored) / len(scored)
+    errors = [
+        abs(s.forecast.mean - s.actual) / s.actual for s in scored if s.actual > 0 and s.actual >= floor
+    ]
     return sum(errors) / len(errors) if errors else math.nan

@@ -38,15 +38,16 @@ def post_event(pool: Mapping[str, Any], type_: str, reason: str, message: str) -
 
 def reconcile(memo: kopf.Memo, pool: Mapping[str, Any], logger: logging.Logger) -> None:
     meta = pool["metadata"]
-    redis = memo.observed.get((meta["namespace"], meta["name"]))
+    ref = (meta["namespace"], meta["name"])
     reconcile_pool(
         memo.kube,
         pool,
         post_event,
         logger,
         memo.probes,
-        redis=redis,
+        redis=memo.observed.get(ref),
         allowed_hosts=memo.allowed_hosts,
+        forecast=memo.forecasts.get(ref),
     )
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from o1operator.kube import Kube
+from o1operator.prediction import Assessment
 from o1operator.render import (
     get_config_map,
     get_key_secret,
@@ -64,10 +65,12 @@ def reconcile_pool(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     redis: RedisView | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    forecast: Assessment | None = None,
 ) -> dict[str, Any]:
     """Bring the pool's ConfigMap, Secret and status in line with its spec and Secrets, and report the
     keys the upstream refused lately, the models not up and whether Redis answers (``redis``: read by
-    sidecars.py); ``allowed_hosts``: the host patterns an account's baseURL may name (None: any).
+    sidecars.py) and its forecast (``forecast``: forecasting.py); ``allowed_hosts``: the host patterns
+    an account's baseURL may name (None: any).
     Returns the status."""
     meta = pool["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -83,7 +86,9 @@ def reconcile_pool(
                 probes.pop((namespace, name), None)
             else:
                 probes[namespace, name] = probe
-    status = get_status(pool, rendering, now(), None if probe is None else redis)
+    status = get_status(
+        pool, rendering, now(), None if probe is None else redis, None if probe is None else forecast
+    )
     kube.patch_status(namespace, name, status)
     for type_, reason, message in get_events(pool.get("status") or {}, status):
         post_event(pool, type_, reason, message)

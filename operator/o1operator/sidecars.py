@@ -53,6 +53,8 @@ class SidecarProbe:
     url: str
     key: str
     stale_after_s: float  # o1sidecar.config.RedisConfig.live_for_s: the sidecars' own rule
+    pool_keys: PoolKeys  # every key of the pool (the demand HASHes: forecasting.py)
+    models: tuple[str, ...] = ()  # the models the pool serves
     password: str | None = None
     refused_key: str = ""  # the pool's HASH of refused keys
     outages_key: str = ""  # the pool's HASH of models not up
@@ -96,6 +98,8 @@ def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
         url=url,
         key=keys.sidecars(),
         stale_after_s=redis.live_for_s,
+        pool_keys=keys,
+        models=tuple(config.served_models()),
         password=base64.b64decode(encoded).decode().strip() if encoded else None,
         refused_key=keys.refused_keys(),
         outages_key=keys.outages(),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from o1operator.prediction import Assessment
 from o1operator.render import Rendering
 from o1sidecar.outages import ModelState
 from o1sidecar.quarantine import RefusedKey
@@ -142,9 +143,11 @@ def get_conditions(
     generation: int,
     previous: Sequence[Mapping[str, Any]],
     redis: RedisView | None = None,
+    forecast: Assessment | None = None,
 ) -> list[dict[str, Any]]:
     """``redis``: what the operator last read from the pool's Redis (``None``: nothing yet, or the pool
-    has none): refused keys for ``KeysReady``, outages for ``ModelsAvailable``, ``RedisReachable``."""
+    has none): refused keys for ``KeysReady``, outages for ``ModelsAvailable``, ``RedisReachable``;
+    ``forecast``: the last assessment of its recorded demand, for ``Forecasting``."""
     refused = redis.refused if redis is not None else ()
     outages = redis.outages if redis is not None and redis.error is None else None
     total = len(rendering.keys)
@@ -205,7 +208,11 @@ def get_conditions(
 
     models = models_condition(outages, generation)
     conditions = [ready_cond, keys, rendered, models, redis_condition(rendering, redis, generation)]
-    if not any(c.get("type") == FORECASTING for c in previous):
+    if forecast is not None:
+        conditions.append(
+            condition(FORECASTING, forecast.status, forecast.reason, forecast.message, generation)
+        )
+    elif not any(c.get("type") == FORECASTING for c in previous):
         conditions.append(
             condition(FORECASTING, None, "NoPrediction", "no load prediction published yet", generation)
         )
@@ -220,13 +227,18 @@ def get_refused_keys(refused: Sequence[RefusedKey]) -> list[dict[str, Any]]:
 
 
 def get_status(
-    pool: Mapping[str, Any], rendering: Rendering, now: datetime, redis: RedisView | None = None
+    pool: Mapping[str, Any],
+    rendering: Rendering,
+    now: datetime,
+    redis: RedisView | None = None,
+    forecast: Assessment | None = None,
 ) -> dict[str, Any]:
     """The status patch for ``pool`` after ``rendering`` was applied (or failed to render), with what
-    the operator last read from its Redis (``redis``)."""
+    the operator last read from its Redis (``redis``) and its forecast (``forecast``; a forecast
+    without a prediction clears the one published)."""
     generation = int(pool["metadata"].get("generation", 0))
     previous = (pool.get("status") or {}).get("conditions") or []
-    conditions = get_conditions(rendering, generation, previous, redis)
+    conditions = get_conditions(rendering, generation, previous, redis, forecast)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge_conditions(previous, conditions, now),
@@ -237,6 +249,8 @@ def get_status(
         "accountsTotal": rendering.accounts_total,
         "refusedKeys": get_refused_keys(redis.refused if redis is not None else ()),
     }
+    if forecast is not None:
+        status["prediction"] = forecast.prediction  # None: removed (a merge patch)
     if rendering.error is None:
         status |= {
             "configMap": rendering.config_map_name,

@@ -30,6 +30,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from o1operator import cli as operator_cli
 from o1sidecar.config import Account, SidecarConfig
+from o1sidecar.demand import DemandCounts, DemandRecorder
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages, ModelState
@@ -899,3 +900,94 @@ def test_pools_carry_no_finalizer_and_delete_with_the_operator_stopped(
     kube.kubectl("delete", "o1pool", "basic", "-n", ns, "--timeout=10s")  # the operator is stopped
     gone = kube.kubectl("get", "o1pool", "basic", "-n", ns, "--ignore-not-found", "-o", "name")
     assert gone.stdout.strip() == ""
+
+
+@pytest.fixture
+def forecasting_operator(kube: Kube, chart: Chart, kube_namespace: str, tmp_path: Path) -> Iterator[Operator]:
+    """The operator, reading each pool's recorded demand every 0.5 s."""
+    log = tmp_path / "operator.log"
+    running = start_operator(
+        kube,
+        chart.sa_kubeconfig,
+        kube_namespace,
+        log,
+        "--sidecar-count-interval=0.5",
+        "--forecast-interval=0.5",
+    )
+    yield running
+    stop_operator(running)
+
+
+def weekly_tokens(hour: int) -> int:
+    """Tokens offered per minute in ``hour`` (hours since the recording began): a working week."""
+    day, of_day = divmod(hour, 24)
+    return 100 * (1 if day % 7 >= 5 else 4) * (5 if 9 <= of_day < 18 else 1)
+
+
+async def record_weeks(url: str, keys: PoolKeys, models: list[str], hours: range, start_s: float) -> None:
+    """Demand for ``models[0]`` in ``hours`` (since ``start_s``), counted and flushed hour by hour by
+    the sidecars' own recorder (every model gets its hours marked as counted)."""
+
+    class Clock:
+        t = start_s
+
+        def __call__(self) -> float:
+            return self.t
+
+    clock = Clock()
+    counts = DemandCounts(clock)
+    recorder = DemandRecorder(AsyncRedis.from_url(url), keys, 60.0, counts, models, clock)
+    try:
+        for hour in hours:
+            for minute in range(60):
+                clock.t = start_s + hour * 3600 + minute * 60
+                tokens = weekly_tokens(hour)
+                counts.record(
+                    models[0], 5, admitted=True, queued=False, refused=False, cached=False, tokens=tokens
+                )
+            await recorder.flush()
+    finally:
+        await recorder.close()
+
+
+def test_recorded_demand_becomes_the_pools_prediction(
+    kube: Kube,
+    forecasting_operator: Operator,
+    api: client.ApiClient,
+    kube_namespace: str,
+    redis_server: RedisServer,
+) -> None:
+    """Too little recorded demand: the Forecasting condition says so and nothing is published; four
+    weeks of it (written by the sidecars' own recorder): a prediction in the status, a printer column,
+    Forecasting True."""
+    ns, running = kube_namespace, forecasting_operator
+    apply_basic_pool_on(kube, api, ns, redis_server.url)
+    keys = PoolKeys("t", ns, "basic")
+    models = ["o1", "o1-mini", "o1-preview"]  # what a tier-5 account serves
+    this_hour = int(time.time() // 3600) * 3600
+    start, weeks = this_hour - 28 * 86_400, 28 * 24  # four weeks up to the hour under way
+    asyncio.run(record_weeks(redis_server.url, keys, models, range(weeks - 10, weeks), start))
+    wait_for(
+        "Forecasting InsufficientHistory",
+        lambda: condition(get_pool(api, ns, "basic"), "Forecasting").get("reason") == "InsufficientHistory",
+        running,
+    )
+    pool = get_pool(api, ns, "basic")
+    assert "10 hours of demand recorded" in condition(pool, "Forecasting")["message"]
+    assert condition(pool, "Forecasting")["status"] == "Unknown" and not pool["status"].get("prediction")
+
+    asyncio.run(record_weeks(redis_server.url, keys, models, range(weeks - 10), start))
+    wait_for(
+        "Forecasting True",
+        lambda: condition(get_pool(api, ns, "basic"), "Forecasting").get("status") == "True",
+        running,
+    )
+    prediction = get_pool(api, ns, "basic")["status"]["prediction"]
+    assert prediction["tokensPerHour"] == pytest.approx(60 * weekly_tokens(weeks), rel=0.05)
+    assert [m["model"] for m in prediction["models"]] == models
+    assert [m["tokensPerHour"] for m in prediction["models"][1:]] == [0, 0]  # counted, never asked
+    upper = prediction["upperTokensPerHour"]
+    load = "high" if upper > 100_000 else "medium" if upper > 50_000 else "low"
+    assert prediction["load"] == load
+    columns = kube.kubectl("get", "o1pool", "basic", "-n", ns, "-o", "wide").stdout
+    assert "LOAD" in columns and load in columns.splitlines()[1]

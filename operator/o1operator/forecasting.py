@@ -1,0 +1,100 @@
+"""The operator's forecasting loop: every ``interval_s``, for every pool with Redis, read the demand its
+sidecars recorded (up to five weeks), assess it (prediction.py) and, when the assessment changed,
+re-reconcile the pool so that its status carries the prediction and the ``Forecasting`` condition.
+
+One operator-wide loop (like sidecars.py), not a kopf timer: a timer puts a finalizer on every pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from o1operator import demand
+from o1operator.forecast import History
+from o1operator.prediction import Assessment, assess
+from o1operator.sidecars import REDIS_TIMEOUT_S, Probes, SidecarProbe, redis_error
+
+log = logging.getLogger("o1operator.forecasting")
+
+HISTORY_DAYS = 35
+
+# (namespace, pool) -> the last assessment; read by reconcile.
+Forecasts = MutableMapping[tuple[str, str], Assessment]
+
+
+async def read_histories(probe: SidecarProbe, now_s: float) -> dict[str, History]:
+    """Tokens offered per hour for each of the pool's models, from ``HISTORY_DAYS`` ago up to the hour
+    under way (excluded); models nobody has recorded are left out."""
+    client = Redis.from_url(
+        probe.url,
+        password=probe.password,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        decode_responses=True,
+    )
+    today = int(now_s // 86_400)
+    days = range(today - HISTORY_DAYS, today + 1)
+    try:
+        async with client.pipeline(transaction=False) as pipe:
+            for model in probe.models:
+                for day in days:
+                    pipe.hgetall(probe.pool_keys.demand(model, day))
+            raw = await pipe.execute()
+    finally:
+        await client.aclose()
+    end_hour = int(now_s // 3600)
+    out = {}
+    for i, model in enumerate(probe.models):
+        recorded = {day: raw[i * len(days) + j] for j, day in enumerate(days) if raw[i * len(days) + j]}
+        if recorded:
+            first_hour = min(recorded) * 24
+            out[model] = demand.hourly(recorded, first_hour, end_hour)
+    return out
+
+
+async def forecast_forever(
+    probes: Probes,
+    forecasts: Forecasts,
+    interval_s: float,
+    on_change: Callable[[str, str], None],
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Every ``interval_s``: assess each probed pool's recorded demand; record it in ``forecasts`` and
+    call ``on_change(namespace, name)`` (in a thread) when it changed."""
+    while True:
+        for ref, probe in list(probes.items()):
+            now = clock()
+            try:
+                histories = await read_histories(probe, now)
+                assessment = assess(histories, datetime.fromtimestamp(now, UTC))
+            except (TimeoutError, RedisError, OSError) as exc:
+                assessment = Assessment(
+                    None, "RedisUnreachable", f"cannot read the recorded demand: {redis_error(exc)}", None
+                )
+            if _same(forecasts.get(ref), assessment):
+                continue
+            forecasts[ref] = assessment
+            try:
+                await asyncio.to_thread(on_change, *ref)
+            except Exception as exc:
+                log.warning("O1Pool %s/%s: cannot report its forecast: %s", *ref, exc)
+        await asyncio.sleep(interval_s)
+
+
+def _same(before: Assessment | None, after: Assessment) -> bool:
+    """Equal but for when the prediction was computed."""
+    if before is None:
+        return False
+
+    def strip(a: Assessment) -> tuple[object, ...]:
+        p = None if a.prediction is None else {k: v for k, v in a.prediction.items() if k != "updatedAt"}
+        return a.status, a.reason, a.message, p
+
+    return strip(before) == strip(after)

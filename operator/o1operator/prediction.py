@@ -1,0 +1,122 @@
+"""A pool's prediction and its ``Forecasting`` condition, from the recorded demand of its models. Pure.
+
+Per model the model forecasts the next hour (mean and upper quantile) from the hourly history of
+tokens offered; the pool's prediction adds them up and maps the total to the brief's load level and
+the actions that go with it. Too little history, or a model whose one-hour-ahead forecasts over the
+last day were too far off (its own back-test), publishes nothing and says why in the condition, so
+everything stays as configured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from o1operator.forecast import History, Model, SeasonalRatio, backtest, mape
+
+MIN_HISTORY_H = 72  # three days of recorded hours before anything is forecast
+BACKTEST_H = 24  # the back-test: one-hour-ahead forecasts of the last day...
+MAX_ERROR = 0.5  # ...must be within this MAPE
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The brief's load levels: tokens per hour above which the load is medium / high, and what each
+    level suggests (keys available, cache TTL, the lowest queue priority protected under it)."""
+
+    medium: float = 50_000.0
+    high: float = 100_000.0
+    keys: tuple[int, int, int] = (1, 3, 5)
+    cache_ttl_s: tuple[int, int, int] = (1800, 3600, 7200)
+    priority_threshold: tuple[int, int, int] = (3, 5, 7)
+
+    def index(self, tokens_per_hour: float) -> int:
+        return 2 if tokens_per_hour > self.high else 1 if tokens_per_hour > self.medium else 0
+
+
+LEVEL_NAMES = ("low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class Assessment:
+    status: bool | None  # the Forecasting condition's status
+    reason: str
+    message: str
+    prediction: dict[str, Any] | None  # status.prediction, when there is one
+
+
+def assess(
+    histories: Mapping[str, History],
+    now: datetime,
+    model: Model | None = None,
+    levels: Levels | None = None,
+    min_history_h: int = MIN_HISTORY_H,
+) -> Assessment:
+    """The prediction for the hour after ``histories`` (each model's tokens offered per hour, ending
+    with the hour under way excluded), or why there is none."""
+    model = model or SeasonalRatio()
+    levels = levels or Levels()
+    if not histories:
+        return Assessment(None, "NoDemand", "no demand recorded yet (needs sidecars with Redis)", None)
+    recorded = min(h.recorded_hours() for h in histories.values())
+    if recorded < min_history_h:
+        short = min(histories, key=lambda m: histories[m].recorded_hours())
+        return Assessment(
+            None,
+            "InsufficientHistory",
+            f"{recorded} hours of demand recorded for {short}; forecasts start after {min_history_h} "
+            f"({min_history_h / 24:g} days); until then everything stays as configured",
+            None,
+        )
+    per_model = []
+    for name, history in sorted(histories.items()):
+        (forecast,) = model.predict(history, 1)
+        scored = backtest(model, history, BACKTEST_H)
+        error = mape(scored)
+        if math.isnan(error) and scored and not any(s.actual for s in scored):
+            error = 0.0  # a model nobody asked for lately: nothing to be wrong about
+        if math.isnan(error) or error > MAX_ERROR:
+            shown = "no hour busy enough to judge" if math.isnan(error) else f"{error:.0%} off"
+            return Assessment(
+                False,
+                "BacktestFailed",
+                f"{name}: the forecasts of the last {BACKTEST_H} hours were {shown} (at most "
+                f"{MAX_ERROR:.0%}); nothing is published, everything stays as configured",
+                None,
+            )
+        per_model.append((name, forecast, error))
+    mean = sum(f.mean for _, f, _ in per_model)
+    upper = sum(f.upper for _, f, _ in per_model)
+    level = levels.index(upper)
+    hour = datetime.fromtimestamp(per_model[0][1].hour * 3600, UTC)
+    worst = max(e for _, _, e in per_model)
+    prediction = {
+        "load": LEVEL_NAMES[level],
+        "hour": hour.strftime("%Y-%m-%dT%H:00:00Z"),
+        "tokensPerHour": round(mean),
+        "upperTokensPerHour": round(upper),
+        "recentError": f"{worst:.1%}",
+        "suggestedKeys": levels.keys[level],
+        "cacheTTLSeconds": levels.cache_ttl_s[level],
+        "priorityThreshold": levels.priority_threshold[level],
+        "models": [
+            {
+                "model": name,
+                "tokensPerHour": round(f.mean),
+                "upperTokensPerHour": round(f.upper),
+                "recentError": f"{e:.1%}",
+            }
+            for name, f, e in per_model
+        ],
+        "updatedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return Assessment(
+        True,
+        "Forecasting",
+        f"{LEVEL_NAMES[level]} load expected at {hour:%H:00} UTC: about {mean:,.0f} tokens "
+        f"(upper {upper:,.0f}); recent error {worst:.0%}",
+        prediction,
+    )

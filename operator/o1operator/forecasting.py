@@ -1,5 +1,7 @@
 """The operator's forecasting loop: every ``interval_s``, for every pool with Redis, read the demand its
-sidecars recorded (up to five weeks), assess it (prediction.py) and, when the assessment changed,
+sidecars recorded (up to five weeks), assess it (prediction.py), publish the prediction to the pool's
+Redis for its sidecars (``PoolKeys.prediction``, JSON, expiring after ``PUBLISHED_TTL_S`` unless
+refreshed; removed when there is none: o1sidecar/prediction.py) and, when the assessment changed,
 re-reconcile the pool so that its status carries the prediction and the ``Forecasting`` condition.
 
 One operator-wide loop (like sidecars.py), not a kopf timer: a timer puts a finalizer on every pool.
@@ -8,6 +10,7 @@ One operator-wide loop (like sidecars.py), not a kopf timer: a timer puts a fina
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, MutableMapping
@@ -24,21 +27,26 @@ from o1operator.sidecars import REDIS_TIMEOUT_S, Probes, SidecarProbe, redis_err
 log = logging.getLogger("o1operator.forecasting")
 
 HISTORY_DAYS = 35
+PUBLISHED_TTL_S = 7200  # a prediction the operator stopped refreshing is gone within two hours
 
 # (namespace, pool) -> the last assessment; read by reconcile.
 Forecasts = MutableMapping[tuple[str, str], Assessment]
 
 
-async def read_histories(probe: SidecarProbe, now_s: float) -> dict[str, History]:
-    """Tokens offered per hour for each of the pool's models, from ``HISTORY_DAYS`` ago up to the hour
-    under way (excluded); models nobody has recorded are left out."""
-    client = Redis.from_url(
+def _client(probe: SidecarProbe) -> Redis:
+    return Redis.from_url(
         probe.url,
         password=probe.password,
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
         decode_responses=True,
     )
+
+
+async def read_histories(probe: SidecarProbe, now_s: float) -> dict[str, History]:
+    """Tokens offered per hour for each of the pool's models, from ``HISTORY_DAYS`` ago up to the hour
+    under way (excluded); models nobody has recorded are left out."""
+    client = _client(probe)
     today = int(now_s // 86_400)
     days = range(today - HISTORY_DAYS, today + 1)
     try:
@@ -59,6 +67,19 @@ async def read_histories(probe: SidecarProbe, now_s: float) -> dict[str, History
     return out
 
 
+async def publish(probe: SidecarProbe, assessment: Assessment) -> None:
+    """The prediction for the pool's sidecars, or none."""
+    client = _client(probe)
+    try:
+        key = probe.pool_keys.prediction()
+        if assessment.prediction is None:
+            await client.delete(key)
+        else:
+            await client.set(key, json.dumps(assessment.prediction), ex=PUBLISHED_TTL_S)
+    finally:
+        await client.aclose()
+
+
 async def forecast_forever(
     probes: Probes,
     forecasts: Forecasts,
@@ -74,6 +95,7 @@ async def forecast_forever(
             try:
                 histories = await read_histories(probe, now)
                 assessment = assess(histories, datetime.fromtimestamp(now, UTC))
+                await publish(probe, assessment)
             except (TimeoutError, RedisError, OSError) as exc:
                 assessment = Assessment(
                     None, "RedisUnreachable", f"cannot read the recorded demand: {redis_error(exc)}", None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,7 @@ class Admitter:
         outages: ModelOutages,
         outage_sync: SharedOutages | None,
         accounts_for: Mapping[str, Sequence[str]],
+        peak: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
         self.limiter = limiter
@@ -107,12 +108,16 @@ class Admitter:
         self.outages = outages
         self.outage_sync = outage_sync
         self.accounts_for = accounts_for
+        self.peak = peak
 
     async def admit(self, ex: Exchange) -> Admission | ProxyError | Unavailable:
         """Wait for a grant on the plan's model; a model that is down or can never admit the request
         moves on along the chain. When the last model is down, a protected priority waits for it (up
-        to its deadline); others are ``Unavailable`` at once."""
+        to its deadline); others are ``Unavailable`` at once. Under a predicted peak, a request below
+        the protected priority starts at its fallback model (prediction.py)."""
         index = ex.plan.model_index
+        if index == 0 and len(ex.models) > 1 and self._yields_to_peak(ex):
+            index = self.fall_back(ex, index, expected=True)
         while True:
             model = ex.model = ex.models[index]
             gate = await self.gate(model)
@@ -189,15 +194,21 @@ class Admitter:
                 return Admission(later, model, body, strip_usage, grant)
         return None
 
-    def fall_back(self, ex: Exchange, index: int) -> int:
-        """Move ``ex`` from model ``index`` of its chain to the next; returns the next index."""
-        self.note_fallback(ex.models[index], ex.models[index + 1])
+    def _yields_to_peak(self, ex: Exchange) -> bool:
+        return ex.controls.priority < self.config.queue.peak_min_priority and self.peak()
+
+    def fall_back(self, ex: Exchange, index: int, expected: bool = False) -> int:
+        """Move ``ex`` from model ``index`` of its chain to the next; returns the next index.
+        ``expected``: by the pool's policy (a predicted peak), not a failure: logged at debug."""
+        self.note_fallback(ex.models[index], ex.models[index + 1], expected)
         ex.degraded = True
         return index + 1
 
-    def note_fallback(self, from_model: str, to_model: str) -> None:
+    def note_fallback(self, from_model: str, to_model: str, expected: bool = False) -> None:
         self.metrics.fallbacks.labels(from_model, to_model).inc()
-        log.warning("falling back from %s to %s", from_model, to_model)
+        log.log(
+            logging.DEBUG if expected else logging.WARNING, "falling back from %s to %s", from_model, to_model
+        )
 
     async def gate(self, model: str) -> Gate:
         """Whether a request may go to ``model`` now (outages.py); a probe is claimed for the pool."""

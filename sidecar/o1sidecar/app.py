@@ -35,6 +35,7 @@ from o1sidecar.limits.redis_store import redis_client
 from o1sidecar.metrics import NO_KEY, SidecarMetrics, create_metrics_app
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages
+from o1sidecar.prediction import PredictionMirror
 from o1sidecar.proxy import Proxy
 from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.tokens import TokenCounter
@@ -67,7 +68,7 @@ def create_app(
     metrics = SidecarMetrics(limiter.state)
     outages = ModelOutages(config.fallback.outage_failures, config.fallback.outage_probe_s)
     metrics.watch_models(config.served_models(), outages.availability)
-    quarantine, outage_sync, demand = None, None, None
+    quarantine, outage_sync, demand, prediction = None, None, None, None
     if config.redis.url is not None:
         keys = PoolKeys(config.redis.key_prefix, config.pool.namespace, config.pool.name)
         every = config.redis.heartbeat_interval_s
@@ -76,6 +77,7 @@ def create_app(
         demand = DemandRecorder(
             redis_client(config.redis), keys, every, DemandCounts(), config.served_models()
         )
+        prediction = PredictionMirror(redis_client(config.redis), keys, every)
     proxy = Proxy(
         config,
         limiter,
@@ -87,6 +89,7 @@ def create_app(
         outages,
         outage_sync,
         demand,
+        prediction,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes + 1,

@@ -191,7 +191,13 @@ class QueuePolicy(_Strict):
     default_deadline_ms: int = Field(default=120_000, gt=0)
     max_deadline_ms: int = Field(default=600_000, gt=0)
     aging_s_per_level: float = Field(default=30.0, gt=0, description="Wait that raises priority by one.")
-    peak_min_priority: int = Field(default=7, ge=0, le=9, description="Protected priority under peaks.")
+    peak_min_priority: int = Field(
+        default=7,
+        ge=0,
+        le=9,
+        description="The protected priority: under a predicted peak, lower ones start at their fallback "
+        "model; when the last model of a chain is down, it and higher ones wait for it.",
+    )
 
 
 class CachePolicy(_Strict):

@@ -29,6 +29,7 @@ from o1sidecar.metrics import SidecarMetrics
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages
 from o1sidecar.plan import Action, Outcome, PlanState, Step, next_step
+from o1sidecar.prediction import PredictionMirror
 from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.tokens import TokenCounter
 from o1sidecar.upstream import AccountRoute
@@ -51,6 +52,7 @@ class Proxy:
         outages: ModelOutages | None = None,
         outage_sync: SharedOutages | None = None,
         demand: DemandRecorder | None = None,
+        prediction: PredictionMirror | None = None,
     ) -> None:
         self.config = config
         self.limiter = limiter
@@ -63,10 +65,13 @@ class Proxy:
         )
         self.models = config.served_models()
         accounts_for = {m: [a.name for a in config.accounts_for(m)] for m in self.models}
-        self.admitter = Admitter(config, limiter, counter, metrics, self.outages, outage_sync, accounts_for)
+        peak = prediction.peak if prediction is not None else (lambda: False)
+        self.admitter = Admitter(
+            config, limiter, counter, metrics, self.outages, outage_sync, accounts_for, peak
+        )
         self.caller = UpstreamCaller(config, routes, limiter, cache, metrics, quarantine)
         self.answers = Answers(config, cache, metrics, demand.counts if demand is not None else None)
-        self._background = [s for s in (quarantine, outage_sync, demand) if s is not None]
+        self._background = [s for s in (quarantine, outage_sync, demand, prediction) if s is not None]
         self._random = random.Random()
 
     async def start(self) -> None:

@@ -975,6 +975,8 @@ def test_recorded_demand_becomes_the_pools_prediction(
     pool = get_pool(api, ns, "basic")
     assert "10 hours of demand recorded" in condition(pool, "Forecasting")["message"]
     assert condition(pool, "Forecasting")["status"] == "Unknown" and not pool["status"].get("prediction")
+    redis = Redis.from_url(redis_server.url)
+    assert redis.get(keys.prediction()) is None  # nothing for the sidecars either
 
     asyncio.run(record_weeks(redis_server.url, keys, models, range(weeks - 10), start))
     wait_for(
@@ -989,5 +991,9 @@ def test_recorded_demand_becomes_the_pools_prediction(
     upper = prediction["upperTokensPerHour"]
     load = "high" if upper > 100_000 else "medium" if upper > 50_000 else "low"
     assert prediction["load"] == load
+    sidecars_see = json.loads(redis.get(keys.prediction()) or "{}")  # what o1sidecar.prediction reads
+    assert sidecars_see["load"] == load and sidecars_see["hour"] == prediction["hour"]
+    assert 0 < redis.ttl(keys.prediction()) <= 7200
+    redis.close()
     columns = kube.kubectl("get", "o1pool", "basic", "-n", ns, "-o", "wide").stdout
     assert "LOAD" in columns and load in columns.splitlines()[1]

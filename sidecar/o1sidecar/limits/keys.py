@@ -73,6 +73,11 @@ class PoolKeys:
         per hour and priority (demand.py). The operator's forecasts read it."""
         return f"{self.tag}:demand:{model}:{day}"
 
+    def prediction(self) -> str:
+        """STRING: the operator's prediction for the pool (JSON; o1operator/forecasting.py), expiring
+        unless refreshed (prediction.py)."""
+        return f"{self.tag}:prediction"
+
     def wake_channel(self) -> str:
         """Pub/sub channel: a model's queue may move (a lease freed, a waiter admitted)."""
         return f"{self.tag}:wake"

@@ -1,0 +1,68 @@
+"""The pool's published prediction, mirrored from Redis into this sidecar (written by the operator:
+o1operator/forecasting.py; its fields: docs/forecast.md).
+
+``peak()``: the operator predicts a high load for the hour under way. Then requests below
+``queue.peak_min_priority`` start at the next model of their fallback chain (admission.py), leaving
+the requested model to the protected priorities; without a fallback they queue as usual. The
+prediction expires in Redis if the operator stops refreshing it, and a malformed one counts as none:
+the sidecar then works as configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from redis.asyncio import Redis
+
+from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.mirror import PoolMirror
+
+log = logging.getLogger("o1sidecar.prediction")
+
+LOADS = ("low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class Published:
+    load: str
+    hour: datetime  # the hour the prediction is for (UTC)
+
+
+def parse(raw: str | bytes | None) -> Published | None:
+    """The prediction the operator published, or None (absent or malformed)."""
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        load, hour = data["load"], datetime.strptime(data["hour"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return Published(load, hour) if load in LOADS else None
+
+
+class PredictionMirror(PoolMirror):
+    """The pool's prediction, read every interval; ``peak()`` says whether it is a high load now."""
+
+    what = "the pool's prediction"
+
+    def __init__(self, client: Redis, keys: PoolKeys, interval_s: float) -> None:
+        super().__init__(client, interval_s)
+        self._keys = keys
+        self.current: Published | None = None
+
+    async def mirror(self) -> None:
+        published = parse(await self._client.get(self._keys.prediction()))
+        if published != self.current:
+            log.info("pool prediction: %s", "none" if published is None else f"{published.load} load")
+        self.current = published
+
+    def peak(self, now: datetime | None = None) -> bool:
+        """A high load predicted for the hour under way (a prediction of another hour does not count)."""
+        p = self.current
+        if p is None or p.load != "high":
+            return False
+        now = now or datetime.now(UTC)
+        return p.hour <= now < p.hour + timedelta(hours=1)

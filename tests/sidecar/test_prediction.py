@@ -1,0 +1,74 @@
+"""The operator's published prediction, read by the sidecars without a restart: under a predicted peak,
+requests below the protected priority start at their fallback model (prediction.py)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import openai
+from redis.asyncio import Redis
+
+from o1emulator.embedded import EmulatorHandle
+from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.prediction import PredictionMirror, Published, parse
+from tests.conftest import RedisServer
+from tests.polling import until
+from tests.sidecar.conftest import SidecarFactory
+
+KEYS = PoolKeys("o1pool", "tests", "test")
+HOUR = datetime(2026, 12, 6, 10, tzinfo=UTC)
+
+
+def published(load: str, hour: datetime) -> str:
+    """What the operator writes (o1operator/forecasting.py: the status's prediction as JSON)."""
+    return json.dumps({"load": load, "hour": hour.strftime("%Y-%m-%dT%H:%M:%SZ"), "tokensPerHour": 1})
+
+
+def test_only_a_well_formed_prediction_counts() -> None:
+    assert parse(published("high", HOUR)) == Published("high", HOUR)
+    for bad in (None, "", "{", "[]", json.dumps({"load": "extreme", "hour": "2026-12-06T10:00:00Z"})):
+        assert parse(bad) is None
+    assert parse(json.dumps({"load": "high", "hour": "noon"})) is None
+
+
+def test_a_peak_counts_only_in_its_own_hour() -> None:
+    mirror = PredictionMirror.__new__(PredictionMirror)  # (no Redis needed to judge the hour)
+    mirror.current = Published("high", HOUR)
+    assert mirror.peak(HOUR + timedelta(minutes=59))
+    assert not mirror.peak(HOUR + timedelta(hours=1)) and not mirror.peak(HOUR - timedelta(seconds=1))
+    mirror.current = Published("medium", HOUR)
+    assert not mirror.peak(HOUR)
+
+
+async def test_under_a_predicted_peak_low_priorities_take_the_fallback_model(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle, redis_server: RedisServer
+) -> None:
+    handle = await make_sidecar(
+        redis={"url": redis_server.url, "heartbeat_interval_s": 0.1},
+        fallback={"chains": {"o1": ["o1-mini"]}},
+        cache={"enabled": False},
+    )
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    redis = Redis.from_url(redis_server.url)
+
+    async def served(priority: int) -> tuple[str, str]:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="o1",
+            messages=[{"role": "user", "content": "Busy?"}],
+            extra_headers={"x-o1pool-priority": str(priority)},
+        )
+        return raw.headers["x-o1pool-model"], raw.headers["x-o1pool-degraded"]
+
+    try:
+        assert await served(2) == ("o1", "false")
+        now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        await redis.set(KEYS.prediction(), published("high", now))
+        await until(handle.proxy.admitter.peak, "the sidecar sees the predicted peak")
+        assert await served(2) == ("o1-mini", "true")  # below queue.peak_min_priority (7)
+        assert await served(7) == ("o1", "false")  # protected
+        await redis.set(KEYS.prediction(), published("low", now))
+        await until(lambda: not handle.proxy.admitter.peak(), "the peak is over")
+        assert await served(2) == ("o1", "false")
+    finally:
+        await redis.aclose()

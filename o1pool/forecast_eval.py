@@ -227,7 +227,7 @@ def write_plot(path: Path, results: Sequence[TraceResult]) -> Path:
     axes[0][1].legend(fontsize=7)
     fig.suptitle(f"o1pool forecast-eval ({machine()})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=70)
     plt.close(fig)
     return path
 

@@ -94,12 +94,16 @@ async def forecast_forever(
             now = clock()
             try:
                 histories = await read_histories(probe, now)
-                assessment = assess(histories, datetime.fromtimestamp(now, UTC))
+                # (a thread: weeks of history per model are CPU work, not for the operator's event loop)
+                assessment = await asyncio.to_thread(assess, histories, datetime.fromtimestamp(now, UTC))
                 await publish(probe, assessment)
             except (TimeoutError, RedisError, OSError) as exc:
                 assessment = Assessment(
                     None, "RedisUnreachable", f"cannot read the recorded demand: {redis_error(exc)}", None
                 )
+            except Exception:  # a defect here must not stop forecasting for every other pool
+                log.exception("O1Pool %s/%s: forecasting failed; next try in %gs", *ref, interval_s)
+                continue
             if _same(forecasts.get(ref), assessment):
                 continue
             forecasts[ref] = assessment

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from o1operator import demand
 from o1operator.forecast import History
 from o1operator.prediction import Assessment, assess
-from o1operator.sidecars import REDIS_TIMEOUT_S, Probes, SidecarProbe, redis_error
+from o1operator.sidecars import Probes, SidecarProbe, probe_client, redis_error
 
 log = logging.getLogger("o1operator.forecasting")
 
@@ -33,30 +33,16 @@ PUBLISHED_TTL_S = 7200  # a prediction the operator stopped refreshing is gone w
 Forecasts = MutableMapping[tuple[str, str], Assessment]
 
 
-def _client(probe: SidecarProbe) -> Redis:
-    return Redis.from_url(
-        probe.url,
-        password=probe.password,
-        socket_timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-        decode_responses=True,
-    )
-
-
-async def read_histories(probe: SidecarProbe, now_s: float) -> dict[str, History]:
+async def read_histories(client: Redis, probe: SidecarProbe, now_s: float) -> dict[str, History]:
     """Tokens offered per hour for each of the pool's models, from ``HISTORY_DAYS`` ago up to the hour
     under way (excluded); models nobody has recorded are left out."""
-    client = _client(probe)
     today = int(now_s // 86_400)
     days = range(today - HISTORY_DAYS, today + 1)
-    try:
-        async with client.pipeline(transaction=False) as pipe:
-            for model in probe.models:
-                for day in days:
-                    pipe.hgetall(probe.pool_keys.demand(model, day))
-            raw = await pipe.execute()
-    finally:
-        await client.aclose()
+    async with client.pipeline(transaction=False) as pipe:
+        for model in probe.models:
+            for day in days:
+                pipe.hgetall(probe.pool_keys.demand(model, day))
+        raw = await pipe.execute()
     end_hour = int(now_s // 3600)
     out = {}
     for i, model in enumerate(probe.models):
@@ -67,17 +53,13 @@ async def read_histories(probe: SidecarProbe, now_s: float) -> dict[str, History
     return out
 
 
-async def publish(probe: SidecarProbe, assessment: Assessment) -> None:
+async def publish(client: Redis, probe: SidecarProbe, assessment: Assessment) -> None:
     """The prediction for the pool's sidecars, or none."""
-    client = _client(probe)
-    try:
-        key = probe.pool_keys.prediction()
-        if assessment.prediction is None:
-            await client.delete(key)
-        else:
-            await client.set(key, json.dumps(assessment.prediction), ex=PUBLISHED_TTL_S)
-    finally:
-        await client.aclose()
+    key = probe.pool_keys.prediction()
+    if assessment.prediction is None:
+        await client.delete(key)
+    else:
+        await client.set(key, json.dumps(assessment.prediction), ex=PUBLISHED_TTL_S)
 
 
 async def forecast_forever(
@@ -92,11 +74,12 @@ async def forecast_forever(
     while True:
         for ref, probe in list(probes.items()):
             now = clock()
+            client = probe_client(probe)
             try:
-                histories = await read_histories(probe, now)
+                histories = await read_histories(client, probe, now)
                 # (a thread: weeks of history per model are CPU work, not for the operator's event loop)
                 assessment = await asyncio.to_thread(assess, histories, datetime.fromtimestamp(now, UTC))
-                await publish(probe, assessment)
+                await publish(client, probe, assessment)
             except (TimeoutError, RedisError, OSError) as exc:
                 assessment = Assessment(
                     None, "RedisUnreachable", f"cannot read the recorded demand: {redis_error(exc)}", None
@@ -104,6 +87,8 @@ async def forecast_forever(
             except Exception:  # a defect here must not stop forecasting for every other pool
                 log.exception("O1Pool %s/%s: forecasting failed; next try in %gs", *ref, interval_s)
                 continue
+            finally:
+                await client.aclose()
             if _same(forecasts.get(ref), assessment):
                 continue
             forecasts[ref] = assessment

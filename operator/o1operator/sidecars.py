@@ -107,16 +107,21 @@ def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
     )
 
 
-async def observe(probe: SidecarProbe) -> Observation:
-    """Sidecars whose last heartbeat is newer than ``stale_after_s`` (on Redis server time), and the
-    refused keys of the values the pool holds now (entries of other values are deleted)."""
-    client = Redis.from_url(
+def probe_client(probe: SidecarProbe) -> Redis:
+    """A client of the pool's Redis for the operator's reads (short timeouts; the caller closes it)."""
+    return Redis.from_url(
         probe.url,
         password=probe.password,
         socket_timeout=REDIS_TIMEOUT_S,
         socket_connect_timeout=REDIS_TIMEOUT_S,
         decode_responses=True,
     )
+
+
+async def observe(probe: SidecarProbe) -> Observation:
+    """Sidecars whose last heartbeat is newer than ``stale_after_s`` (on Redis server time), and the
+    refused keys of the values the pool holds now (entries of other values are deleted)."""
+    client = probe_client(probe)
     try:
         seconds, micros = await client.time()
         now = seconds + micros / 1e6

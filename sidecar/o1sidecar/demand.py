@@ -11,8 +11,9 @@ request), into one HASH per model and UTC day (``PoolKeys.demand``) kept for ``R
   and the spread of minutes within an hour);
 - ``h<hour>:<priority>:<kind>`` — per hour and priority: ``r`` offered, ``a`` admitted, ``q`` queued,
   ``x`` refused, ``c`` cached, ``t`` tokens offered, ``at`` tokens admitted;
-- ``h<hour>:live`` — set by every flush, requests or not: some sidecar was counting in that hour, so
-  an hour without requests had no demand (an hour without the mark is a gap in the history).
+- ``h<hour>:live`` — set by each sidecar's first flush of the hour, requests or not: some sidecar was
+  counting in that hour, so an hour without requests had no demand (an hour without the mark is a
+  gap in the history).
 
 While Redis is unreachable the counts stay in memory (at most ``MAX_PENDING_MINUTES`` minutes of them;
 older ones are dropped with a warning) and go with the next flush that succeeds.
@@ -132,25 +133,30 @@ class DemandRecorder(PoolMirror):
         self._models = list(models)
         self._clock = clock
         self._warned_drops = 0
+        self._marked = -1  # the last hour (since the epoch) this sidecar's live marks went out for
 
     async def mirror(self) -> None:
         await self.flush()
 
     async def flush(self) -> None:
         batch = self.counts.take()
-        day, of_day = divmod(int(self._clock() // 60), 1440)
+        hour = int(self._clock() // 3600)
+        if not batch and hour == self._marked:
+            return
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for model in self._models:
-                    key = self._keys.demand(model, day)
-                    pipe.hset(key, f"h{of_day // 60}:live", 1)
-                    pipe.expire(key, RETENTION_DAYS * DAY_S)
+                if hour != self._marked:
+                    for model in self._models:
+                        key = self._keys.demand(model, hour // 24)
+                        pipe.hset(key, f"h{hour % 24}:live", 1)
+                        pipe.expire(key, RETENTION_DAYS * DAY_S)
                 for (model, day), fields in batch.items():
                     key = self._keys.demand(model, day)
                     for name, value in fields.items():
                         pipe.hincrby(key, name, value)
                     pipe.expire(key, RETENTION_DAYS * DAY_S)
                 await pipe.execute()
+            self._marked = hour
         except BaseException:
             self.counts.give_back(batch)
             if self.counts.dropped > self._warned_drops:

@@ -8,7 +8,8 @@ For every trace of :mod:`o1pool.traces` (seeded, 5 weeks per minute), over its l
   *Reactive* is an HPA on the last minute's demand at 80% target utilisation, scaling up at once and
   down after a 5-minute stabilisation window, whose new pods are ready ``--startup`` minutes later.
   *Predictive* is the same HPA with a floor raised ahead of each hour from o1pool's forecast (its
-  mean per minute times a busy factor learned over the last week, ``scaling.replica_floor``)
+  mean per minute times a busy factor learned over the last day, ``scaling.replica_floor``, as the
+  operator does)
   ``--startup`` + 1 minutes before the hour. Reported: minutes with fewer ready replicas than the
   demand needs (at 100% utilisation) and replica-hours.
 
@@ -36,14 +37,14 @@ from o1operator.forecast import (
     backtest,
     mape,
 )
-from o1operator.scaling import Capacity, busy_factor, floor_hour, replica_floor
+from o1operator.prediction import BACKTEST_H
+from o1operator.scaling import BUSY_Q, Capacity, busy_factor, floor_hour, replica_floor
 from o1pool.loadgen import table
 from o1pool.matrix import machine
 from o1pool.traces import SPECS, TraceSpec, generate, hourly
 
 EVAL_WEEKS = 2
 HPA_STABILISE_MIN = 5
-BUSY_Q = 0.85  # a busy minute: this quantile of the last week's minutes over their hour's forecast
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,9 @@ def evaluate(spec: TraceSpec, cap: Capacity, startup_min: int) -> TraceResult:
     history = History(spec.start_hour, tuple(hours))
     eval_h = EVAL_WEEKS * 168
     model = SeasonalRatio()
-    # o1pool's one-hour-ahead forecasts from a week before the evaluated weeks on: the last eval_h are
-    # its score, the week before them is what the busy factor first learns from
-    learned = backtest(model, history, eval_h + 168)
+    # o1pool's one-hour-ahead forecasts from a day before the evaluated weeks on: the last eval_h are
+    # its score, the day before them is what the busy factor first learns from
+    learned = backtest(model, history, eval_h + BACKTEST_H)
     scores = {m.name: mape(backtest(m, history, eval_h)) for m in MODELS if m.name != model.name}
     scores[model.name] = mape(learned[-eval_h:])
     scores[ORACLE] = mape(oracle(spec, history, eval_h))
@@ -116,9 +117,10 @@ def evaluate(spec: TraceSpec, cap: Capacity, startup_min: int) -> TraceResult:
     floor_of: dict[int, int] = {}  # hour index -> the floor for that hour
     for h in range(first_h, len(hours) + 1):
         # Set `lead` minutes before hour h begins: hour h - 1 is under way, so the forecast is the
-        # second hour after what is known, and the factor learns from the week before hour h - 1.
+        # second hour after what is known, and the factor learns from the day before hour h - 1 (the
+        # operator's back-test: prediction.assess).
         _, ahead = model.predict(history.until(spec.start_hour + h - 1), 2)
-        lo, hi = max(offset, h - 1 - 168), h - 1
+        lo, hi = max(offset, h - 1 - BACKTEST_H), h - 1
         factor = busy_factor(per_minute[lo * 60 : hi * 60], means[lo - offset : hi - offset], BUSY_Q)
         floor_of[h] = replica_floor(ahead, factor, cap)
     first = first_h * 60

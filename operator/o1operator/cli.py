@@ -108,8 +108,10 @@ async def run(
 ) -> None:
     """kopf's operator, plus three operator-wide loops until kopf stops (on a signal): one reads live
     sidecars, refused keys and model outages from each pool's Redis, one assesses each pool's recorded
-    demand every ``forecast_interval_s`` (forecasting.py), one re-renders every pool every
+    demand every ``forecast_interval_s`` and sets the replica floors of its autoscaling targets
+    (forecasting.py, autoscale.py), one re-renders every pool every
     ``resync_s`` (not kopf timers: a timer puts a finalizer on every pool)."""
+    from o1operator.autoscale import Scaler
     from o1operator.forecasting import forecast_forever
     from o1operator.reconcile import reconcile_pool
     from o1operator.sidecars import observe_forever
@@ -137,7 +139,13 @@ async def run(
         ),
         asyncio.create_task(resync_forever(memo.kube, memo.namespaces, memo.resync_s, reconcile_by_name)),
         asyncio.create_task(
-            forecast_forever(memo.probes, memo.forecasts, forecast_interval_s, reconcile_by_name)
+            forecast_forever(
+                memo.probes,
+                memo.forecasts,
+                forecast_interval_s,
+                reconcile_by_name,
+                act=Scaler(memo.kube, forecast_interval_s).act,
+            )
         ),
     ]
     try:

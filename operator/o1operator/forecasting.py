@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from o1operator import demand
 from o1operator.forecast import History
-from o1operator.prediction import Assessment, assess
+from o1operator.prediction import BACKTEST_H, Assessment, assess
 from o1operator.sidecars import Probes, SidecarProbe, probe_client, redis_error
 
 log = logging.getLogger("o1operator.forecasting")
@@ -33,9 +33,12 @@ PUBLISHED_TTL_S = 7200  # a prediction the operator stopped refreshing is gone w
 Forecasts = MutableMapping[tuple[str, str], Assessment]
 
 
-async def read_histories(client: Redis, probe: SidecarProbe, now_s: float) -> dict[str, History]:
+async def read_demand(
+    client: Redis, probe: SidecarProbe, now_s: float
+) -> tuple[dict[str, History], dict[str, list[float]]]:
     """Tokens offered per hour for each of the pool's models, from ``HISTORY_DAYS`` ago up to the hour
-    under way (excluded); models nobody has recorded are left out."""
+    under way (excluded), and per minute over the last ``BACKTEST_H`` of those hours; models nobody has
+    recorded are left out."""
     today = int(now_s // 86_400)
     days = range(today - HISTORY_DAYS, today + 1)
     async with client.pipeline(transaction=False) as pipe:
@@ -44,13 +47,14 @@ async def read_histories(client: Redis, probe: SidecarProbe, now_s: float) -> di
                 pipe.hgetall(probe.pool_keys.demand(model, day))
         raw = await pipe.execute()
     end_hour = int(now_s // 3600)
-    out = {}
+    hours, minutes = {}, {}
     for i, model in enumerate(probe.models):
         recorded = {day: raw[i * len(days) + j] for j, day in enumerate(days) if raw[i * len(days) + j]}
         if recorded:
             first_hour = min(recorded) * 24
-            out[model] = demand.hourly(recorded, first_hour, end_hour)
-    return out
+            hours[model] = demand.hourly(recorded, first_hour, end_hour)
+            minutes[model] = demand.per_minute(recorded, (end_hour - BACKTEST_H) * 60, end_hour * 60)
+    return hours, minutes
 
 
 async def publish(client: Redis, probe: SidecarProbe, assessment: Assessment) -> None:
@@ -68,17 +72,20 @@ async def forecast_forever(
     interval_s: float,
     on_change: Callable[[str, str], None],
     clock: Callable[[], float] = time.time,
+    act: Callable[[tuple[str, str], Assessment, float], None] | None = None,
 ) -> None:
     """Every ``interval_s``: assess each probed pool's recorded demand; record it in ``forecasts`` and
-    call ``on_change(namespace, name)`` (in a thread) when it changed."""
+    call ``on_change(namespace, name)`` (in a thread) when it changed; then ``act(ref, assessment,
+    now)`` on it (in a thread; autoscale.Scaler.act)."""
     while True:
         for ref, probe in list(probes.items()):
             now = clock()
             client = probe_client(probe)
             try:
-                histories = await read_histories(client, probe, now)
+                histories, minutes = await read_demand(client, probe, now)
                 # (a thread: weeks of history per model are CPU work, not for the operator's event loop)
-                assessment = await asyncio.to_thread(assess, histories, datetime.fromtimestamp(now, UTC))
+                at = datetime.fromtimestamp(now, UTC)
+                assessment = await asyncio.to_thread(assess, histories, at, minutes=minutes)
                 await publish(client, probe, assessment)
             except (TimeoutError, RedisError, OSError) as exc:
                 assessment = Assessment(
@@ -89,13 +96,17 @@ async def forecast_forever(
                 continue
             finally:
                 await client.aclose()
-            if _same(forecasts.get(ref), assessment):
-                continue
-            forecasts[ref] = assessment
-            try:
-                await asyncio.to_thread(on_change, *ref)
-            except Exception as exc:
-                log.warning("O1Pool %s/%s: cannot report its forecast: %s", *ref, exc)
+            if not _same(forecasts.get(ref), assessment):
+                forecasts[ref] = assessment
+                try:
+                    await asyncio.to_thread(on_change, *ref)
+                except Exception as exc:
+                    log.warning("O1Pool %s/%s: cannot report its forecast: %s", *ref, exc)
+            if act is not None:
+                try:
+                    await asyncio.to_thread(act, ref, assessment, now)
+                except Exception:  # an API hiccup or a defect: next round tries again
+                    log.exception("O1Pool %s/%s: autoscaling failed; next try in %gs", *ref, interval_s)
         await asyncio.sleep(interval_s)
 
 

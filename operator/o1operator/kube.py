@@ -59,8 +59,11 @@ class Kube:
     def __init__(self, configuration: client.Configuration) -> None:
         self.configuration = configuration
         api = client.ApiClient(configuration)
+        self.api = api
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
+        self.autoscaling = client.AutoscalingV2Api(api)
 
     def read_secrets(self, namespace: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
         """``data`` (base64 values) of each named Secret that exists; missing ones are left out."""
@@ -163,3 +166,44 @@ class Kube:
         self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE
         )
+
+    # -- the scaler's calls (autoscale.py) ----------------------------------------------------------
+
+    def get_workload(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        """A Deployment or StatefulSet as plain JSON (camelCase), or None when there is none."""
+        read = {
+            "Deployment": self.apps.read_namespaced_deployment,
+            "StatefulSet": self.apps.read_namespaced_stateful_set,
+        }[kind]
+        try:
+            found = read(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return {**self._json(found), "kind": kind}
+
+    def list_hpas(self, namespace: str) -> list[dict[str, Any]]:
+        found = self.autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace)
+        return [self._json(item) for item in found.items]
+
+    def list_pods(self, namespace: str, match_labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
+        found = self.core.list_namespaced_pod(namespace, label_selector=selector)
+        return [self._json(item) for item in found.items]
+
+    def patch_hpa(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        self.autoscaling.patch_namespaced_horizontal_pod_autoscaler(
+            name, namespace, dict(patch), _content_type=MERGE
+        )
+
+    def scale_workload(self, namespace: str, kind: str, name: str, replicas: int) -> None:
+        """Set the replicas of a Deployment or StatefulSet through its scale subresource."""
+        patch = {
+            "Deployment": self.apps.patch_namespaced_deployment_scale,
+            "StatefulSet": self.apps.patch_namespaced_stateful_set_scale,
+        }[kind]
+        patch(name, namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE)
+
+    def _json(self, obj: Any) -> dict[str, Any]:
+        return cast(dict[str, Any], self.api.sanitize_for_serialization(obj))

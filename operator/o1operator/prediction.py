@@ -10,12 +10,13 @@ everything stays as configured.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from o1operator.forecast import History, Model, SeasonalRatio, backtest, mape
+from o1operator.forecast import Forecast, History, Model, SeasonalRatio, backtest, mape
+from o1operator.scaling import BUSY_Q, busy_factor
 
 MIN_HISTORY_H = 72  # three days of recorded hours before anything is forecast
 BACKTEST_H = 24  # the back-test: one-hour-ahead forecasts of the last day...
@@ -46,6 +47,10 @@ class Assessment:
     reason: str
     message: str
     prediction: dict[str, Any] | None  # status.prediction, when there is one
+    # With a prediction: the pool's forecast (all models) of the hour under way and of the next, and
+    # the busy factor learned over the back-test (scaling.busy_factor; 1 without minutes to learn from).
+    ahead: tuple[Forecast, ...] = ()
+    busy: float = 1.0
 
 
 def assess(
@@ -54,9 +59,12 @@ def assess(
     model: Model | None = None,
     levels: Levels | None = None,
     min_history_h: int = MIN_HISTORY_H,
+    minutes: Mapping[str, Sequence[float]] | None = None,
 ) -> Assessment:
     """The prediction for the hour after ``histories`` (each model's tokens offered per hour, ending
-    with the hour under way excluded), or why there is none."""
+    with the hour under way excluded), or why there is none. ``minutes``: each model's tokens offered
+    per minute over the last ``BACKTEST_H`` hours of its history (``BACKTEST_H * 60`` values), for the
+    busy factor."""
     model = model or SeasonalRatio()
     levels = levels or Levels()
     if not histories:
@@ -72,9 +80,18 @@ def assess(
             None,
         )
     per_model = []
+    ahead: list[Forecast] = []
+    hour_means: dict[int, float] = {}  # the back-test's one-hour-ahead means, all models
     for name, history in sorted(histories.items()):
-        (forecast,) = model.predict(history, 1)
+        forecast, after = model.predict(history, 2)
+        ahead = (
+            [_plus(a, b) for a, b in zip(ahead, (forecast, after), strict=True)]
+            if ahead
+            else [forecast, after]
+        )
         scored = backtest(model, history, BACKTEST_H)
+        for s in scored:
+            hour_means[s.forecast.hour] = hour_means.get(s.forecast.hour, 0.0) + s.forecast.mean
         error = mape(scored)
         if math.isnan(error) and scored and not any(s.actual for s in scored):
             error = 0.0  # a model nobody asked for lately: nothing to be wrong about
@@ -119,4 +136,21 @@ def assess(
         f"{LEVEL_NAMES[level]} load expected at {hour:%H:00} UTC: about {mean:,.0f} tokens "
         f"(upper {upper:,.0f}); recent error {worst:.0%}",
         prediction,
+        tuple(ahead),
+        _busy(histories, minutes or {}, hour_means),
     )
+
+
+def _plus(a: Forecast, b: Forecast) -> Forecast:
+    return Forecast(a.hour, a.mean + b.mean, a.upper + b.upper)
+
+
+def _busy(
+    histories: Mapping[str, History], minutes: Mapping[str, Sequence[float]], hour_means: Mapping[int, float]
+) -> float:
+    """The busy factor of the pool's minutes (all models) over the back-test's hours."""
+    end = min(h.end for h in histories.values())
+    total = [sum(x) for x in zip(*minutes.values(), strict=True)] if minutes else []
+    if len(total) != BACKTEST_H * 60 or not any(total):
+        return 1.0
+    return busy_factor(total, [hour_means.get(h, 0.0) for h in range(end - BACKTEST_H, end)], BUSY_Q)

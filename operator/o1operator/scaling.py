@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from o1operator.forecast import Forecast, quantile
 
+BUSY_Q = 0.85  # a busy minute: this quantile of minutes over their hour's forecast per minute
+
 
 @dataclass(frozen=True)
 class Capacity:

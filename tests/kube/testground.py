@@ -44,6 +44,7 @@ CONTROLLERS = (
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
     "clusterrole-aggregation-controller",
+    "horizontal-pod-autoscaler-controller",  # raises a Deployment to an HPA's minReplicas (autoscale.py)
 )
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY")
 START_TIMEOUT = 90.0
@@ -316,6 +317,7 @@ class ControlPlane:
                 f"--kubeconfig={kubeconfig}",
                 "--secure-port=0",
                 "--leader-elect=false",
+                "--horizontal-pod-autoscaler-sync-period=2s",
                 # With a node: every default controller (Deployments, ReplicaSets, EndpointSlices,
                 # node lifecycle...), each under its own ServiceAccount (with one shared identity
                 # the node keeps its not-ready taint: see ../shared/OFFLINE.md).

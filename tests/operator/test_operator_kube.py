@@ -229,9 +229,9 @@ def test_chart_lints_and_its_manifests_pass_server_side_dry_run(kube: Kube, kube
 
 def test_chart_rbac_is_least_privilege(kube: Kube, chart: Chart, kube_namespace: str) -> None:
     def can(verb: str, resource: str) -> bool:
-        result = kube.kubectl(
-            "auth", "can-i", verb, resource, "-n", kube_namespace, kubeconfig=chart.sa_kubeconfig, check=False
-        )
+        kind, _, sub = resource.partition("/")  # ("TYPE/NAME" would name an object to can-i)
+        args = ["auth", "can-i", verb, kind, "-n", kube_namespace] + ([f"--subresource={sub}"] if sub else [])
+        result = kube.kubectl(*args, kubeconfig=chart.sa_kubeconfig, check=False)
         return result.stdout.strip() == "yes"
 
     allowed = [
@@ -241,13 +241,20 @@ def test_chart_rbac_is_least_privilege(kube: Kube, chart: Chart, kube_namespace:
         ("create", "configmaps"),
         ("patch", "configmaps"),
         ("create", "events"),
+        ("get", "deployments.apps"),  # autoscaling targets
+        ("patch", "deployments.apps/scale"),
+        ("patch", "horizontalpodautoscalers.autoscaling"),
+        ("list", "pods"),  # a target's pods' start-up
     ]
     denied = [
         ("delete", "secrets"),
         ("update", "o1pools.o1pool.io"),
         ("delete", "o1pools.o1pool.io"),
         ("get", "configmaps"),
-        ("list", "pods"),
+        ("update", "o1pools.o1pool.io/status"),
+        ("get", "pods"),
+        ("patch", "deployments.apps"),  # only the scale subresource
+        ("delete", "horizontalpodautoscalers.autoscaling"),
         ("list", "customresourcedefinitions"),
         ("list", "namespaces"),
     ]
@@ -317,6 +324,10 @@ def test_crd_explains_fields_and_cel_rejects_invalid_pools(
         (lambda s: s["accounts"][0].update(tier=7), "should be less than or equal to 5"),
         (lambda s: s["accounts"][0].pop("tier"), "set a tier or list the account's models"),
         (lambda s: s.update(autoscaling={"mode": "scale"}), "need at least one target"),
+        (
+            lambda s: s.update(autoscaling={"mode": "scale", "targets": [{"name": "app"}]}),
+            "tokensPerReplicaPerMinute: Required value",
+        ),
     ]
     for mutate, message in cases:
         assert message in rejected(mutate)
@@ -924,9 +935,17 @@ def weekly_tokens(hour: int) -> int:
     return 100 * (1 if day % 7 >= 5 else 4) * (5 if 9 <= of_day < 18 else 1)
 
 
-async def record_weeks(url: str, keys: PoolKeys, models: list[str], hours: range, start_s: float) -> None:
-    """Demand for ``models[0]`` in ``hours`` (since ``start_s``), counted and flushed hour by hour by
-    the sidecars' own recorder (every model gets its hours marked as counted)."""
+async def record_weeks(
+    url: str,
+    keys: PoolKeys,
+    models: list[str],
+    hours: range,
+    start_s: float,
+    per_minute: Callable[[int], int] = weekly_tokens,
+) -> None:
+    """Demand for ``models[0]`` in ``hours`` (since ``start_s``; ``per_minute(hour)`` tokens a minute),
+    counted and flushed hour by hour by the sidecars' own recorder (every model gets its hours marked
+    as counted)."""
 
     class Clock:
         t = start_s
@@ -941,7 +960,7 @@ async def record_weeks(url: str, keys: PoolKeys, models: list[str], hours: range
         for hour in hours:
             for minute in range(60):
                 clock.t = start_s + hour * 3600 + minute * 60
-                tokens = weekly_tokens(hour)
+                tokens = per_minute(hour)
                 counts.record(
                     models[0], 5, admitted=True, queued=False, refused=False, cached=False, tokens=tokens
                 )
@@ -997,3 +1016,150 @@ def test_recorded_demand_becomes_the_pools_prediction(
     redis.close()
     columns = kube.kubectl("get", "o1pool", "basic", "-n", ns, "-o", "wide").stdout
     assert "LOAD" in columns and load in columns.splitlines()[1]
+
+
+WORKLOADS = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: app, image: example.invalid/web:1}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: worker}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: worker}}
+  template:
+    metadata: {labels: {app: worker}}
+    spec: {containers: [{name: app, image: example.invalid/worker:1}]}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 1
+  maxReplicas: 10
+  metrics:
+    - type: Resource
+      resource: {name: cpu, target: {type: Utilization, averageUtilization: 80}}
+"""
+
+
+def test_predicted_load_raises_the_replica_floor_of_the_pools_workloads(
+    kube: Kube,
+    forecasting_operator: Operator,
+    api: client.ApiClient,
+    kube_namespace: str,
+    redis_server: RedisServer,
+) -> None:
+    """``scale``: the forecast floor becomes the HPA's minReplicas (and the controller-manager's HPA
+    controller scales the Deployment to it) and the replicas of a Deployment without an HPA, with
+    events and status.autoscaling; a lower forecast puts the HPA's own minReplicas back (the other
+    Deployment is the owner's to scale in); ``observe`` changes nothing and says what it would do."""
+    ns, running = kube_namespace, forecasting_operator
+    apply_basic_pool_on(kube, api, ns, redis_server.url)
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=WORKLOADS)
+    keys = PoolKeys("t", ns, "basic")
+    this_hour = int(time.time() // 3600) * 3600
+    start = this_hour - 28 * 86_400
+    # Every minute of four weeks: 1,000 tokens. At 250 per replica (80% of it used) that is 5 replicas.
+    asyncio.run(record_weeks(redis_server.url, keys, ["o1"], range(28 * 24), start, lambda _: 1000))
+    targets = [
+        {"name": "web", "tokensPerReplicaPerMinute": 250},
+        {"name": "worker", "tokensPerReplicaPerMinute": 250},
+    ]
+    autoscaling = {"mode": "scale", "stabilizationSeconds": 0, "targets": targets}
+    kube.kubectl(
+        "patch",
+        "o1pool",
+        "basic",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"autoscaling": autoscaling}}),
+    )
+    apps, hpas = client.AppsV1Api(api), client.AutoscalingV2Api(api)
+
+    def replicas(name: str) -> int:
+        return int(apps.read_namespaced_deployment(name, ns).spec.replicas)
+
+    wait_for(
+        "the HPA raised to the floor",
+        lambda: hpas.read_namespaced_horizontal_pod_autoscaler("web", ns).spec.min_replicas == 5,
+        running,
+    )
+    wait_for("the HPA controller scaling web to it", lambda: replicas("web") == 5, running)
+    assert replicas("worker") == 5  # no HPA: its replicas, by the operator
+    note = hpas.read_namespaced_horizontal_pod_autoscaler("web", ns).metadata.annotations[
+        "o1pool.io/replica-floor"
+    ]
+    assert json.loads(note) == {"pool": "basic", "minReplicas": 1, "floor": 5}
+    report = wait_for(
+        "status.autoscaling", lambda: get_pool(api, ns, "basic")["status"].get("autoscaling"), running
+    )
+    assert [(t["via"], t["floor"], t["replicas"]) for t in report["targets"]] == [
+        ("HorizontalPodAutoscaler/web", 5, 5),
+        ("Deployment/worker", 5, 5),
+    ]
+
+    def events() -> list[tuple[str, str]]:
+        out = kube.kubectl(
+            "get", "events", "-n", ns, "--field-selector", "involvedObject.name=basic", "-o", "json"
+        )
+        return [(e["reason"], e["message"]) for e in json.loads(out.stdout)["items"]]
+
+    raised = [m for r, m in events() if r == "FloorRaised"]
+    assert any(m.startswith("set HorizontalPodAutoscaler/web minReplicas 1 -> 5 for ") for m in raised)
+    assert any(m.startswith("set Deployment/worker replicas 1 -> 5 for ") for m in raised)
+
+    # Each replica now keeps up with 4x as much: the floor is 2, and web's HPA comes down to it.
+    for t in targets:
+        t["tokensPerReplicaPerMinute"] = 1000
+    kube.kubectl(
+        "patch",
+        "o1pool",
+        "basic",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"autoscaling": autoscaling}}),
+    )
+    wait_for(
+        "the HPA's own minReplicas back",
+        lambda: hpas.read_namespaced_horizontal_pod_autoscaler("web", ns).spec.min_replicas == 2,
+        running,
+    )
+    assert replicas("worker") == 5  # never lowered: the owner scales in
+
+    # observe: the plan for 10 replicas is reported and told, nothing changes.
+    for t in targets:
+        t["tokensPerReplicaPerMinute"] = 125
+    autoscaling["mode"] = "observe"
+    kube.kubectl(
+        "patch",
+        "o1pool",
+        "basic",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"autoscaling": autoscaling}}),
+    )
+    wait_for(
+        "an observe plan",
+        lambda: any(r == "WouldFloorRaised" and "minReplicas 1 -> 10" in m for r, m in events()),
+        running,
+    )
+    hpa = hpas.read_namespaced_horizontal_pod_autoscaler("web", ns)
+    assert hpa.spec.min_replicas == 1 and "o1pool.io/replica-floor" not in (hpa.metadata.annotations or {})
+    assert replicas("worker") == 5
+    assert get_pool(api, ns, "basic")["status"]["autoscaling"]["targets"][0]["floor"] == 10

@@ -269,6 +269,7 @@ _CACHE_FIELDS = {
     "l1Entries": "l1_entries",
     "l2TTLSeconds": "l2_ttl_s",
     "onlyDeterministic": "only_deterministic",
+    "ttlFollowsLoad": "ttl_follows_load",
 }
 _TOKEN_FIELDS = {"charge": "charge", "defaultMaxTokens": "default_max_tokens"}
 _FALLBACK_FIELDS = {

@@ -83,7 +83,12 @@ def create_app(
         limiter,
         routes,
         counter or TokenCounter(),
-        ResponseCache(config.cache, config.redis, config.pool),
+        ResponseCache(
+            config.cache,
+            config.redis,
+            config.pool,
+            suggested_ttl_s=prediction.cache_ttl_s if prediction is not None else lambda: None,
+        ),
         metrics,
         quarantine,
         outages,

@@ -1,5 +1,6 @@
 """Response cache: L1 in process memory (LRU), L2 in Redis shared by the pool's sidecars (and only
-by them: L2 keys carry the pool's tag, ``PoolKeys.cached``).
+by them: L2 keys carry the pool's tag, ``PoolKeys.cached``). L2 entries live ``l2_ttl_s``, or with
+``ttl_follows_load`` what the pool's published prediction suggests for the hour under way.
 
 The key covers the endpoint, the model and every request field that can change the answer; fields
 that only change delivery or bookkeeping (``stream``, ``stream_options``, ``user``, ``metadata``,
@@ -56,8 +57,10 @@ class ResponseCache:
         pool: PoolRef,
         *,
         clock: Callable[[], float] = time.monotonic,
+        suggested_ttl_s: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.policy = policy
+        self._suggested_ttl_s = suggested_ttl_s  # the published prediction's (prediction.py)
         self._l1: LRUCache[str, bytes] | None = (
             LRUCache(maxsize=policy.l1_entries) if policy.l1_entries > 0 else None
         )
@@ -112,7 +115,7 @@ class ResponseCache:
 
     async def _put_l2(self, key: str, body: bytes) -> None:
         try:
-            await self._redis.set(self._keys.cached(key), body, ex=self.policy.l2_ttl_s)  # type: ignore[union-attr]
+            await self._redis.set(self._keys.cached(key), body, ex=self.l2_ttl_s())  # type: ignore[union-attr]
         except (aioredis.RedisError, OSError) as exc:
             self._trip(exc)
             return
@@ -127,6 +130,11 @@ class ResponseCache:
         await self.flush()
         if self._redis is not None:
             await self._redis.aclose()
+
+    def l2_ttl_s(self) -> int:
+        """The lifetime of a new L2 entry: ``l2_ttl_s``, or the prediction's with ``ttl_follows_load``."""
+        suggested = self._suggested_ttl_s() if self.policy.ttl_follows_load else None
+        return suggested if suggested is not None else self.policy.l2_ttl_s
 
     def _l2_usable(self) -> bool:
         return self._redis is not None and self.breaker.allow()

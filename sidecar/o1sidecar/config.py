@@ -207,6 +207,11 @@ class CachePolicy(_Strict):
     only_deterministic: bool = Field(
         default=False, description="Cache only requests with temperature 0 or a seed."
     )
+    ttl_follows_load: bool = Field(
+        default=False,
+        description="While the operator publishes a prediction for the hour under way, new L2 entries "
+        "live for its cacheTTLSeconds (1800/3600/7200 s at low/medium/high load) instead of l2_ttl_s.",
+    )
 
 
 class FallbackPolicy(_Strict):

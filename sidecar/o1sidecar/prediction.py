@@ -3,7 +3,9 @@ o1operator/forecasting.py; its fields: docs/forecast.md).
 
 ``peak()``: the operator predicts a high load for the hour under way. Then requests below
 ``queue.peak_min_priority`` start at the next model of their fallback chain (admission.py), leaving
-the requested model to the protected priorities; without a fallback they queue as usual. The
+the requested model to the protected priorities; without a fallback they queue as usual.
+``cache_ttl_s()``: the L2 lifetime the prediction suggests for the hour under way (with
+``cache.ttl_follows_load``: cache.py). The
 prediction expires in Redis if the operator stops refreshing it, and a malformed one counts as none:
 the sidecar then works as configured.
 """
@@ -23,12 +25,14 @@ from o1sidecar.mirror import PoolMirror
 log = logging.getLogger("o1sidecar.prediction")
 
 LOADS = ("low", "medium", "high")
+MAX_TTL_S = 30 * 86_400  # a cache TTL beyond this is not one the operator publishes
 
 
 @dataclass(frozen=True)
 class Published:
     load: str
     hour: datetime  # the hour the prediction is for (UTC)
+    cache_ttl_s: int | None = None  # cacheTTLSeconds, when present and sane
 
 
 def parse(raw: str | bytes | None) -> Published | None:
@@ -40,7 +44,9 @@ def parse(raw: str | bytes | None) -> Published | None:
         load, hour = data["load"], datetime.strptime(data["hour"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except (ValueError, KeyError, TypeError):
         return None
-    return Published(load, hour) if load in LOADS else None
+    ttl = data.get("cacheTTLSeconds")
+    ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl <= MAX_TTL_S else None
+    return Published(load, hour, ttl) if load in LOADS else None
 
 
 class PredictionMirror(PoolMirror):
@@ -61,8 +67,15 @@ class PredictionMirror(PoolMirror):
 
     def peak(self, now: datetime | None = None) -> bool:
         """A high load predicted for the hour under way (a prediction of another hour does not count)."""
+        p = self._now(now)
+        return p is not None and p.load == "high"
+
+    def cache_ttl_s(self, now: datetime | None = None) -> int | None:
+        """The cache TTL the prediction for the hour under way suggests, if any."""
+        p = self._now(now)
+        return None if p is None else p.cache_ttl_s
+
+    def _now(self, now: datetime | None) -> Published | None:
         p = self.current
-        if p is None or p.load != "high":
-            return False
         now = now or datetime.now(UTC)
-        return p.hour <= now < p.hour + timedelta(hours=1)
+        return p if p is not None and p.hour <= now < p.hour + timedelta(hours=1) else None

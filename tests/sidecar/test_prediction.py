@@ -1,5 +1,6 @@
 """The operator's published prediction, read by the sidecars without a restart: under a predicted peak,
-requests below the protected priority start at their fallback model (prediction.py)."""
+requests below the protected priority start at their fallback model, and with ``ttl_follows_load``
+new cache entries live as long as the prediction suggests (prediction.py, cache.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ KEYS = PoolKeys("o1pool", "tests", "test")
 HOUR = datetime(2026, 12, 6, 10, tzinfo=UTC)
 
 
-def published(load: str, hour: datetime) -> str:
+def published(load: str, hour: datetime, ttl: object = None) -> str:
     """What the operator writes (o1operator/forecasting.py: the status's prediction as JSON)."""
-    return json.dumps({"load": load, "hour": hour.strftime("%Y-%m-%dT%H:%M:%SZ"), "tokensPerHour": 1})
+    data = {"load": load, "hour": hour.strftime("%Y-%m-%dT%H:%M:%SZ"), "tokensPerHour": 1}
+    return json.dumps(data if ttl is None else data | {"cacheTTLSeconds": ttl})
 
 
 def test_only_a_well_formed_prediction_counts() -> None:
@@ -30,6 +32,9 @@ def test_only_a_well_formed_prediction_counts() -> None:
     for bad in (None, "", "{", "[]", json.dumps({"load": "extreme", "hour": "2026-12-06T10:00:00Z"})):
         assert parse(bad) is None
     assert parse(json.dumps({"load": "high", "hour": "noon"})) is None
+    assert parse(published("high", HOUR, 7200)) == Published("high", HOUR, 7200)
+    for odd in (0, -5, "7200", 1.5, True, 10**9):  # a TTL that is no TTL: the configured one applies
+        assert parse(published("high", HOUR, odd)) == Published("high", HOUR)
 
 
 def test_a_peak_counts_only_in_its_own_hour() -> None:
@@ -70,5 +75,41 @@ async def test_under_a_predicted_peak_low_priorities_take_the_fallback_model(
         await redis.set(KEYS.prediction(), published("low", now))
         await until(lambda: not handle.proxy.admitter.peak(), "the peak is over")
         assert await served(2) == ("o1", "false")
+    finally:
+        await redis.aclose()
+
+
+async def test_with_ttl_follows_load_new_cache_entries_live_as_long_as_the_prediction_says(
+    make_sidecar: SidecarFactory, emulator: EmulatorHandle, redis_server: RedisServer
+) -> None:
+    handle = await make_sidecar(
+        redis={"url": redis_server.url, "heartbeat_interval_s": 0.1},
+        cache={"l2_ttl_s": 86_400, "ttl_follows_load": True},
+    )
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    redis = Redis.from_url(redis_server.url)
+
+    async def ttl_of_a_new_answer(question: str) -> int:
+        await client.chat.completions.create(model="o1", messages=[{"role": "user", "content": question}])
+        await handle.proxy.cache.flush()  # (L2 is written in the background)
+        keys = [k async for k in redis.scan_iter(match=KEYS.cached("*"))]
+        ttls = {k: await redis.ttl(k) for k in keys}
+        fresh = [k for k in keys if k not in seen]
+        seen.update(fresh)
+        assert len(fresh) == 1
+        return int(ttls[fresh[0]])
+
+    seen: set[bytes] = set()
+    try:
+        assert 86_000 < await ttl_of_a_new_answer("No prediction yet?") <= 86_400  # l2_ttl_s
+        now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        await redis.set(KEYS.prediction(), published("high", now, 7200))
+        await until(lambda: handle.proxy.cache.l2_ttl_s() == 7200, "the sidecar sees the prediction")
+        assert 7100 < await ttl_of_a_new_answer("Busy hour?") <= 7200
+        await redis.set(KEYS.prediction(), published("low", now, 1800))
+        await until(lambda: handle.proxy.cache.l2_ttl_s() == 1800, "the quiet prediction")
+        assert 1700 < await ttl_of_a_new_answer("Quiet hour?") <= 1800
+        await redis.set(KEYS.prediction(), published("high", now - timedelta(hours=1), 7200))  # stale
+        await until(lambda: handle.proxy.cache.l2_ttl_s() == 86_400, "a stale prediction ignored")
     finally:
         await redis.aclose()

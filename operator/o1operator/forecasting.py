@@ -85,7 +85,15 @@ async def forecast_forever(
                 histories, minutes = await read_demand(client, probe, now)
                 # (a thread: weeks of history per model are CPU work, not for the operator's event loop)
                 at = datetime.fromtimestamp(now, UTC)
-                assessment = await asyncio.to_thread(assess, histories, at, minutes=minutes)
+                settings = probe.forecasting
+                assessment = await asyncio.to_thread(
+                    assess,
+                    histories,
+                    at,
+                    levels=settings.levels,
+                    min_history_h=settings.min_history_h,
+                    minutes=minutes,
+                )
                 await publish(client, probe, assessment)
             except (TimeoutError, RedisError, OSError) as exc:
                 assessment = Assessment(

@@ -1,10 +1,11 @@
 """A pool's prediction and its ``Forecasting`` condition, from the recorded demand of its models. Pure.
 
-Per model the model forecasts the next hour (mean and upper quantile) from the hourly history of
-tokens offered; the pool's prediction adds them up and maps the total to the brief's load level and
-the actions that go with it. Too little history, or a model whose one-hour-ahead forecasts over the
-last day were too far off (its own back-test), publishes nothing and says why in the condition, so
-everything stays as configured.
+Per model the model forecasts the hour under way and the 24 after it (mean and upper quantile) from
+the hourly history of tokens offered; the pool's prediction adds them up and maps the total to a load
+level (``spec.forecasting``'s thresholds, the brief's by default) and the actions that go with it, and
+names the busiest hour ahead with the keys the brief suggests for it (status.py: ``PeakCovered``).
+Too little history, or a model whose one-hour-ahead forecasts over the last day were too far off (its
+own back-test), publishes nothing and says why in the condition, so everything stays as configured.
 """
 
 from __future__ import annotations
@@ -39,6 +40,27 @@ class Levels:
 
 
 LEVEL_NAMES = ("low", "medium", "high")
+DAY_AHEAD_H = 24  # the prediction also covers the hours after the hour under way, up to this many
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``spec.forecasting``: the load levels' thresholds and the history needed before forecasts."""
+
+    levels: Levels = Levels()
+    min_history_h: int = MIN_HISTORY_H
+
+
+def get_settings(spec: Mapping[str, Any]) -> Settings:
+    """``spec.forecasting`` with the CRD's defaults (the brief's thresholds, three days)."""
+    f = spec.get("forecasting") or {}
+    return Settings(
+        Levels(
+            medium=float(f.get("mediumTokensPerHour", Levels.medium)),
+            high=float(f.get("highTokensPerHour", Levels.high)),
+        ),
+        int(f.get("minHistoryHours", MIN_HISTORY_H)),
+    )
 
 
 @dataclass(frozen=True)
@@ -83,12 +105,9 @@ def assess(
     ahead: list[Forecast] = []
     hour_means: dict[int, float] = {}  # the back-test's one-hour-ahead means, all models
     for name, history in sorted(histories.items()):
-        forecast, after = model.predict(history, 2)
-        ahead = (
-            [_plus(a, b) for a, b in zip(ahead, (forecast, after), strict=True)]
-            if ahead
-            else [forecast, after]
-        )
+        hours = model.predict(history, 1 + DAY_AHEAD_H)
+        forecast = hours[0]
+        ahead = [_plus(a, b) for a, b in zip(ahead, hours, strict=True)] if ahead else hours
         scored = backtest(model, history, BACKTEST_H)
         for s in scored:
             hour_means[s.forecast.hour] = hour_means.get(s.forecast.hour, 0.0) + s.forecast.mean
@@ -128,6 +147,11 @@ def assess(
             }
             for name, f, e in per_model
         ],
+        "peak": _peak(ahead[1:], levels),
+        "nextHours": [
+            {"hour": _hour(f.hour), "tokensPerHour": round(f.mean), "upperTokensPerHour": round(f.upper)}
+            for f in ahead[1:]
+        ],
         "updatedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     return Assessment(
@@ -136,9 +160,26 @@ def assess(
         f"{LEVEL_NAMES[level]} load expected at {hour:%H:00} UTC: about {mean:,.0f} tokens "
         f"(upper {upper:,.0f}); recent error {worst:.0%}",
         prediction,
-        tuple(ahead),
+        tuple(ahead[:2]),
         _busy(histories, minutes or {}, hour_means),
     )
+
+
+def _peak(hours: Sequence[Forecast], levels: Levels) -> dict[str, Any]:
+    """The busiest of ``hours`` by its upper quantile, its level and the keys the brief suggests."""
+    busiest = max(hours, key=lambda f: f.upper)
+    level = levels.index(busiest.upper)
+    return {
+        "hour": _hour(busiest.hour),
+        "tokensPerHour": round(busiest.mean),
+        "upperTokensPerHour": round(busiest.upper),
+        "load": LEVEL_NAMES[level],
+        "suggestedKeys": levels.keys[level],
+    }
+
+
+def _hour(hour: int) -> str:
+    return datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y-%m-%dT%H:00:00Z")
 
 
 def _plus(a: Forecast, b: Forecast) -> Forecast:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from o1operator.kube import Kube
-from o1operator.prediction import Assessment
+from o1operator.prediction import Assessment, get_settings
 from o1operator.render import (
     get_config_map,
     get_key_secret,
@@ -18,7 +18,14 @@ from o1operator.render import (
     with_salt,
 )
 from o1operator.sidecars import Probes, get_sidecar_probe
-from o1operator.status import KEYS_READY, MODELS_AVAILABLE, REDIS_REACHABLE, RedisView, get_status
+from o1operator.status import (
+    KEYS_READY,
+    MODELS_AVAILABLE,
+    PEAK_COVERED,
+    REDIS_REACHABLE,
+    RedisView,
+    get_status,
+)
 
 # (pool, type, reason, message) -> None: posts a Kubernetes event about the pool (kopf.event).
 PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
@@ -50,6 +57,9 @@ def get_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tupl
     redis_before, redis_after = _condition(before, REDIS_REACHABLE), _condition(after, REDIS_REACHABLE)
     if redis_after.get("status") == "False" and redis_before.get("status") != "False":
         events.append(("Warning", "RedisUnreachable", redis_after["message"]))
+    peak_before, peak_after = _condition(before, PEAK_COVERED), _condition(after, PEAK_COVERED)
+    if peak_after.get("status") == "False" and peak_after.get("message") != peak_before.get("message"):
+        events.append(("Warning", peak_after["reason"], peak_after["message"]))
     ready = _condition(after, "Ready")
     if ready.get("status") == "False" and ready.get("message") != _condition(before, "Ready").get("message"):
         events.append(("Warning", ready["reason"], ready["message"]))
@@ -77,7 +87,7 @@ def reconcile_pool(
     read = kube.read_secrets(namespace, referenced_secrets(pool["spec"]) | {key_secret_name(name)})
     secrets = with_salt(read, name)  # the config hash's salt: kept in the pool's own key Secret
     rendering = render(pool, secrets, allowed_hosts)
-    probe = get_sidecar_probe(rendering)  # None: no Redis, nothing to observe
+    probe = get_sidecar_probe(rendering, get_settings(pool["spec"]))  # None: no Redis, nothing to observe
     if rendering.error is None:
         kube.apply(get_config_map(pool, rendering))
         kube.apply(get_key_secret(pool, rendering))

@@ -24,7 +24,7 @@ import asyncio
 import base64
 import logging
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kubernetes.client.exceptions import ApiException
 from redis.asyncio import Redis
@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from o1common.keyprint import key_fingerprint
 from o1operator.kube import Kube
+from o1operator.prediction import Settings
 from o1operator.render import REDIS_PASSWORD_FILE, Rendering
 from o1operator.status import RedisView
 from o1sidecar.limits.keys import PoolKeys
@@ -59,6 +60,7 @@ class SidecarProbe:
     refused_key: str = ""  # the pool's HASH of refused keys
     outages_key: str = ""  # the pool's HASH of models not up
     fingerprints: tuple[tuple[str, str], ...] = ()  # (account/key, fingerprint of its value) per key
+    forecasting: Settings = field(default_factory=Settings)  # spec.forecasting: how demand is judged
 
     def __repr__(self) -> str:
         return f"SidecarProbe({self.namespace}/{self.name}, {self.key})"
@@ -77,7 +79,7 @@ Probes = MutableMapping[tuple[str, str], SidecarProbe]
 Observed = MutableMapping[tuple[str, str], RedisView]
 
 
-def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
+def get_sidecar_probe(rendering: Rendering, forecasting: Settings | None = None) -> SidecarProbe | None:
     """The probe for a rendered pool, or None if it has no config or no Redis. Pure."""
     config = rendering.config
     url = None if config is None else config.redis.url
@@ -104,6 +106,7 @@ def get_sidecar_probe(rendering: Rendering) -> SidecarProbe | None:
         refused_key=keys.refused_keys(),
         outages_key=keys.outages(),
         fingerprints=fingerprints,
+        forecasting=forecasting or Settings(),
     )
 
 

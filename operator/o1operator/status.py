@@ -26,7 +26,16 @@ CONFIG_RENDERED = "ConfigRendered"
 FORECASTING = "Forecasting"
 MODELS_AVAILABLE = "ModelsAvailable"
 REDIS_REACHABLE = "RedisReachable"
-CONDITION_TYPES = (READY, KEYS_READY, CONFIG_RENDERED, MODELS_AVAILABLE, REDIS_REACHABLE, FORECASTING)
+PEAK_COVERED = "PeakCovered"
+CONDITION_TYPES = (
+    READY,
+    KEYS_READY,
+    CONFIG_RENDERED,
+    MODELS_AVAILABLE,
+    REDIS_REACHABLE,
+    FORECASTING,
+    PEAK_COVERED,
+)
 
 
 @dataclass(frozen=True)
@@ -212,11 +221,39 @@ def get_conditions(
         conditions.append(
             condition(FORECASTING, forecast.status, forecast.reason, forecast.message, generation)
         )
+        conditions.append(peak_condition(forecast, ready, generation))
     elif not any(c.get("type") == FORECASTING for c in previous):
         conditions.append(
             condition(FORECASTING, None, "NoPrediction", "no load prediction published yet", generation)
         )
     return conditions
+
+
+def peak_condition(forecast: Assessment, usable_keys: int, generation: int) -> dict[str, Any]:
+    """``PeakCovered``: whether the pool's usable keys are as many as the brief suggests for the busiest
+    hour of the next day (status.prediction.peak)."""
+    peak = (forecast.prediction or {}).get("peak")
+    if not peak:
+        return condition(PEAK_COVERED, None, "NoPrediction", "no prediction of the next day", generation)
+    at = f"{peak['hour'][11:16]} UTC"
+    need, load = peak["suggestedKeys"], peak["load"]
+    if usable_keys >= need:
+        return condition(
+            PEAK_COVERED,
+            True,
+            "KeysCoverPeak",
+            f"the busiest hour ahead, {at} ({load} load, up to {peak['upperTokensPerHour']:,} tokens), "
+            f"needs about {need} keys' worth of quota; the pool has {usable_keys} usable",
+            generation,
+        )
+    return condition(
+        PEAK_COVERED,
+        False,
+        "PeakNeedsMoreKeys",
+        f"peak at {at} ({load} load, up to {peak['upperTokensPerHour']:,} tokens) needs about {need} "
+        f"keys' worth of quota, pool has {usable_keys} usable: add keys or accounts before then",
+        generation,
+    )
 
 
 def get_refused_keys(refused: Sequence[RefusedKey]) -> list[dict[str, Any]]:

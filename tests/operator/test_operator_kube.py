@@ -328,6 +328,10 @@ def test_crd_explains_fields_and_cel_rejects_invalid_pools(
             lambda s: s.update(autoscaling={"mode": "scale", "targets": [{"name": "app"}]}),
             "tokensPerReplicaPerMinute: Required value",
         ),
+        (
+            lambda s: s.update(forecasting={"mediumTokensPerHour": 10, "highTokensPerHour": 5}),
+            "highTokensPerHour must be above mediumTokensPerHour",
+        ),
     ]
     for mutate, message in cases:
         assert message in rejected(mutate)
@@ -1016,6 +1020,16 @@ def test_recorded_demand_becomes_the_pools_prediction(
     redis.close()
     columns = kube.kubectl("get", "o1pool", "basic", "-n", ns, "-o", "wide").stdout
     assert "LOAD" in columns and load in columns.splitlines()[1]
+    # The next day: weekday hours at 120,000 tokens (and more, upper): a high peak the brief gives 5
+    # keys, and the pool has 1 - a condition and a warning event.
+    assert len(prediction["nextHours"]) == 24 and prediction["peak"]["load"] == "high"
+    peak = condition(get_pool(api, ns, "basic"), "PeakCovered")
+    assert (peak["status"], peak["reason"]) == ("False", "PeakNeedsMoreKeys")
+    assert "needs about 5 keys' worth of quota, pool has 1 usable" in peak["message"]
+    out = kube.kubectl(
+        "get", "events", "-n", ns, "--field-selector", "involvedObject.name=basic", "-o", "json"
+    )
+    assert any(e["reason"] == "PeakNeedsMoreKeys" for e in json.loads(out.stdout)["items"])
 
 
 WORKLOADS = """

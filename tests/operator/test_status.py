@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from o1operator.prediction import Assessment
 from o1operator.reconcile import get_events
 from o1operator.render import render
 from o1operator.status import RedisView, get_status
@@ -158,3 +159,32 @@ def test_redis_reachability_is_a_condition_with_an_event_when_it_goes() -> None:
     del basic["spec"]["redis"]
     alone = conditions(get_status(basic, render(basic, fake_secrets(basic["spec"])), T0))["RedisReachable"]
     assert (alone["status"], alone["reason"]) == ("Unknown", "NoRedis")
+
+
+def test_the_keys_a_predicted_peak_needs_are_a_condition_with_an_event_when_short() -> None:
+    pool = load_example(MULTI)  # 4 keys
+    rendering = render(pool, fake_secrets(pool["spec"]))
+
+    def forecast(keys: int, load: str) -> Assessment:
+        peak = {
+            "hour": "2026-01-01T14:00:00Z",
+            "upperTokensPerHour": 180_000,
+            "load": load,
+            "suggestedKeys": keys,
+        }
+        return Assessment(True, "Forecasting", "", {"load": "low", "peak": peak})
+
+    covered = get_status(pool, rendering, T0, RedisView(), forecast(3, "medium"))
+    peak = conditions(covered)["PeakCovered"]
+    assert (peak["status"], peak["reason"]) == ("True", "KeysCoverPeak")
+    short = get_status({**pool, "status": covered}, rendering, T0, RedisView(), forecast(5, "high"))
+    peak = conditions(short)["PeakCovered"]
+    assert (peak["status"], peak["reason"]) == ("False", "PeakNeedsMoreKeys")
+    assert peak["message"] == (
+        "peak at 14:00 UTC (high load, up to 180,000 tokens) needs about 5 keys' worth of quota, pool has "
+        "4 usable: add keys or accounts before then"
+    )
+    assert ("Warning", "PeakNeedsMoreKeys", peak["message"]) in get_events(covered, short)
+    assert get_events(short, short) == []  # told once
+    none = get_status(pool, rendering, T0, RedisView(), Assessment(None, "InsufficientHistory", "", None))
+    assert conditions(none)["PeakCovered"]["status"] == "Unknown"

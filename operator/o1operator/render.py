@@ -252,6 +252,7 @@ _ACCOUNT_FIELDS = {
     "weight": "weight",
     "burstSeconds": "burst_s",
     "adaptiveLimits": "adaptive",
+    "reserve": "reserve",
     "tier": "tier",
     "apiVersion": "api_version",
     "deployments": "deployments",

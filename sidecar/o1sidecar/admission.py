@@ -100,6 +100,7 @@ class Admitter:
         outage_sync: SharedOutages | None,
         accounts_for: Mapping[str, Sequence[str]],
         peak: Callable[[], bool] = lambda: False,
+        reserves: frozenset[str] = frozenset(),
     ) -> None:
         self.config = config
         self.limiter = limiter
@@ -107,8 +108,9 @@ class Admitter:
         self.metrics = metrics
         self.outages = outages
         self.outage_sync = outage_sync
-        self.accounts_for = accounts_for
+        self._accounts = accounts_for
         self.peak = peak
+        self.reserves = reserves  # accounts that serve only under a predicted peak
 
     async def admit(self, ex: Exchange) -> Admission | ProxyError | Unavailable:
         """Wait for a grant on the plan's model; a model that is down or can never admit the request
@@ -150,7 +152,7 @@ class Admitter:
 
     async def _acquire(self, demand: Demand, probe: bool) -> Grant:
         try:
-            return await self.limiter.acquire(demand, self.accounts_for[demand.model])
+            return await self.limiter.acquire(demand, self.accounts_for(demand.model))
         except BaseException:
             if probe:
                 self.outages.probe_lost(demand.model)
@@ -187,12 +189,19 @@ class Admitter:
             if isinstance(fitted, ProxyError):
                 continue
             demand, body, strip_usage = self.demand(ex, model, fitted, time.time())
-            grant = await self.limiter.try_acquire(demand, self.accounts_for[model])
+            grant = await self.limiter.try_acquire(demand, self.accounts_for(model))
             if grant is not None:
                 self.note_fallback(ex.models[index], model)
                 ex.model, ex.degraded = model, True
                 return Admission(later, model, body, strip_usage, grant)
         return None
+
+    def accounts_for(self, model: str) -> Sequence[str]:
+        """The accounts a request for ``model`` may use now: reserve accounts only under a predicted peak."""
+        accounts = self._accounts[model]
+        if not self.reserves or self.peak():
+            return accounts
+        return [a for a in accounts if a not in self.reserves]
 
     def _yields_to_peak(self, ex: Exchange) -> bool:
         return ex.controls.priority < self.config.queue.peak_min_priority and self.peak()

@@ -100,6 +100,11 @@ class Account(_Strict):
         description="Lower the effective limits when the upstream refuses what they allowed; raise them "
         "back while calls succeed.",
     )
+    reserve: bool = Field(
+        default=False,
+        description="Take traffic only while the operator predicts a high load for the hour under way "
+        "(needs redis.url and a published prediction); idle otherwise.",
+    )
     tier: int | None = Field(default=None, ge=1, le=5)
     api_version: str | None = Field(default=None, description="Azure OpenAI api-version query value.")
     deployments: dict[str, str] = Field(default_factory=dict, description="Azure: model -> deployment.")
@@ -328,6 +333,12 @@ class SidecarConfig(_Strict):
         for model, chain in self.fallback.chains.items():
             if model in chain:
                 raise ValueError(f"fallback.chains[{model!r}] must not contain {model!r} itself")
+        for model in self.served_models():
+            if all(a.reserve for a in self.accounts_for(model)):
+                raise ValueError(
+                    f"model {model!r} is served only by reserve accounts, which idle unless a peak is "
+                    "predicted: make one of its accounts not a reserve"
+                )
         return self
 
     def served_models(self) -> list[str]:

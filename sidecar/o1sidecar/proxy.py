@@ -66,8 +66,9 @@ class Proxy:
         self.models = config.served_models()
         accounts_for = {m: [a.name for a in config.accounts_for(m)] for m in self.models}
         peak = prediction.peak if prediction is not None else (lambda: False)
+        reserves = frozenset(a.name for a in config.accounts if a.reserve)
         self.admitter = Admitter(
-            config, limiter, counter, metrics, self.outages, outage_sync, accounts_for, peak
+            config, limiter, counter, metrics, self.outages, outage_sync, accounts_for, peak, reserves
         )
         self.caller = UpstreamCaller(config, routes, limiter, cache, metrics, quarantine)
         self.answers = Answers(config, cache, metrics, demand.counts if demand is not None else None)

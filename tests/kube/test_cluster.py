@@ -7,6 +7,7 @@ injected sidecars. The emulator's own counters are the referee.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -18,10 +19,23 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
 
+from o1sidecar.limits.keys import PoolKeys
 from tests.kube.fixtures import Cluster
-from tests.kube.workloads import app_deployment, chart_values, dump, emulator, emulator_stats, pool, redis
+from tests.kube.images import REDIS_REFERENCE
+from tests.kube.workloads import (
+    REDIS_PORT,
+    app_deployment,
+    chart_values,
+    dump,
+    emulator,
+    emulator_stats,
+    pool,
+    redis,
+)
 from tests.polling import eventually
+from tests.recorded_demand import record_weeks
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -380,6 +394,102 @@ def test_the_data_plane_serves_while_the_operator_is_gone_and_the_operator_conve
         lambda: effective_rpm(installed, RETURN_RPM), f"every sidecar limiting at {RETURN_RPM} RPM", 120
     )
     assert installed.model_stats()["rejected_total"] == 0
+
+
+def floor_workload() -> str:
+    """A small Deployment (Redis's image: quick to start, a TCP readiness probe) with an HPA, not
+    injected: the pool's autoscaling target."""
+    container = {
+        "name": "floor",
+        "image": REDIS_REFERENCE,
+        "readinessProbe": {"tcpSocket": {"port": REDIS_PORT}, "periodSeconds": 1},
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "floor"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "floor"}},
+            "template": {"metadata": {"labels": {"app": "floor"}}, "spec": {"containers": [container]}},
+        },
+    }
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "floor"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "floor"},
+            "minReplicas": 1,
+            "maxReplicas": 6,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+                }
+            ],
+        },
+    }
+    return dump([deployment, hpa])
+
+
+def test_a_predicted_peak_raises_the_replica_floor_and_its_pods_run_on_the_node(installed: Installed) -> None:
+    """Four weeks of demand, written into the pool's Redis (a pod) by the sidecars' own recorder, predict
+    a busy hour: the operator (the chart's Deployment) raises the target's HPA to the floor, the
+    controller-manager scales the Deployment, and the floor's pods run on the node; the pool's status
+    shows the floor and the start-up the operator measured from them."""
+    cluster, ns = installed.cluster, installed.namespace
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=floor_workload())
+    redis_ip = installed.pods("app=redis")[0]["status"]["podIP"]
+    start = int(time.time() // 3600) * 3600 - 28 * 86_400
+    # 1,000,000 tokens a minute for four weeks (the app pods' own calls are a few percent of it); at
+    # 277,778 per replica, 80% used, that is 4.5 replicas: a floor of 5 with room for noise either way.
+    keys = PoolKeys("o1pool", ns, POOL)
+    asyncio.run(
+        record_weeks(
+            f"redis://{redis_ip}:{REDIS_PORT}/0", keys, [MODEL], range(28 * 24), start, lambda _: 1_000_000
+        )
+    )
+    target = {"name": "floor", "tokensPerReplicaPerMinute": 277_778}
+    autoscaling = {"mode": "scale", "maxReplicas": 6, "stabilizationSeconds": 0, "targets": [target]}
+    patch = json.dumps({"spec": {"autoscaling": autoscaling}})
+    cluster.kubectl("patch", "o1pool", POOL, "-n", ns, "--type=merge", "-p", patch)
+    try:
+
+        def hpa_min() -> int:
+            out = cluster.kubectl(
+                "get", "hpa", "floor", "-n", ns, "-o", "jsonpath={.spec.minReplicas}"
+            ).stdout
+            return int(out or 0)
+
+        eventually(lambda: hpa_min() == 5, "the HPA's minReplicas raised to the floor", 90)
+        eventually(
+            lambda: running_and_ready(installed.pods("app=floor"), 5),
+            "the floor's 5 pods Running and ready on the node",
+            POD_READY_TIMEOUT,
+        )
+
+        def measured() -> dict[str, Any] | None:
+            out = cluster.kubectl(
+                "get", "o1pool", POOL, "-n", ns, "-o", "jsonpath={.status.autoscaling}"
+            ).stdout
+            rows = json.loads(out or "{}").get("targets") or [{}]
+            return rows[0] if rows[0].get("startupSeconds", 60) != 60 else None  # 60: none measured yet
+
+        eventually(lambda: measured() is not None, "the pods' start-up measured by the operator", 60)
+        row = measured()
+        assert row is not None
+        assert (row["via"], row["floor"], row["replicas"]) == ("HorizontalPodAutoscaler/floor", 5, 5)
+        assert 0 <= row["startupSeconds"] < POD_READY_TIMEOUT
+    finally:
+        off = json.dumps({"spec": {"autoscaling": {"mode": "off"}}})
+        cluster.kubectl("patch", "o1pool", POOL, "-n", ns, "--type=merge", "-p", off)
+        cluster.kubectl("delete", "deployment,hpa", "floor", "-n", ns, "--wait=false", check=False)
+        first_day = start // 86_400
+        with Redis.from_url(
+            f"redis://{redis_ip}:{REDIS_PORT}/0"
+        ) as client:  # (the operator's reads stay light)
+            client.delete(*(keys.demand(MODEL, day) for day in range(first_day, first_day + 30)))
 
 
 def test_helm_upgrade_keeps_serving_and_helm_uninstall_leaves_pools_deletable(installed: Installed) -> None:

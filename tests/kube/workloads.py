@@ -34,6 +34,7 @@ def chart_values(**extra: Any) -> dict[str, Any]:
         "image": {**image_values(OPERATOR_REFERENCE), "pullPolicy": "Never"},
         "sidecarImage": image_values(SIDECAR_REFERENCE),
         "allowedUpstreamHosts": ["*.svc.cluster.local"],
+        "forecastIntervalSeconds": 2,  # (the autoscaling test waits for the operator's rounds)
         **extra,
     }
 

@@ -30,7 +30,6 @@ from redis.asyncio import Redis as AsyncRedis
 
 from o1operator import cli as operator_cli
 from o1sidecar.config import Account, SidecarConfig
-from o1sidecar.demand import DemandCounts, DemandRecorder
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages, ModelState
@@ -41,6 +40,7 @@ from tests.kube.fixtures import Kube
 from tests.kube.pki import generate_pki
 from tests.kube.testground import free_port
 from tests.operator.conftest import REPO, b64, fake_secrets, secret_values
+from tests.recorded_demand import record_weeks, weekly_tokens
 
 pytestmark = pytest.mark.kube
 
@@ -931,46 +931,6 @@ def forecasting_operator(kube: Kube, chart: Chart, kube_namespace: str, tmp_path
     )
     yield running
     stop_operator(running)
-
-
-def weekly_tokens(hour: int) -> int:
-    """Tokens offered per minute in ``hour`` (hours since the recording began): a working week."""
-    day, of_day = divmod(hour, 24)
-    return 100 * (1 if day % 7 >= 5 else 4) * (5 if 9 <= of_day < 18 else 1)
-
-
-async def record_weeks(
-    url: str,
-    keys: PoolKeys,
-    models: list[str],
-    hours: range,
-    start_s: float,
-    per_minute: Callable[[int], int] = weekly_tokens,
-) -> None:
-    """Demand for ``models[0]`` in ``hours`` (since ``start_s``; ``per_minute(hour)`` tokens a minute),
-    counted and flushed hour by hour by the sidecars' own recorder (every model gets its hours marked
-    as counted)."""
-
-    class Clock:
-        t = start_s
-
-        def __call__(self) -> float:
-            return self.t
-
-    clock = Clock()
-    counts = DemandCounts(clock)
-    recorder = DemandRecorder(AsyncRedis.from_url(url), keys, 60.0, counts, models, clock)
-    try:
-        for hour in hours:
-            for minute in range(60):
-                clock.t = start_s + hour * 3600 + minute * 60
-                tokens = per_minute(hour)
-                counts.record(
-                    models[0], 5, admitted=True, queued=False, refused=False, cached=False, tokens=tokens
-                )
-            await recorder.flush()
-    finally:
-        await recorder.close()
 
 
 def test_recorded_demand_becomes_the_pools_prediction(

@@ -8,14 +8,17 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import openai
+import pytest
 from redis.asyncio import Redis
 
 from o1emulator.embedded import EmulatorHandle
+from o1sidecar.app import start_sidecar
+from o1sidecar.config import ConfigError, SidecarConfig
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.prediction import PredictionMirror, Published, parse
 from tests.conftest import RedisServer
 from tests.polling import until
-from tests.sidecar.conftest import SidecarFactory
+from tests.sidecar.conftest import SidecarFactory, sidecar_config_dict
 
 KEYS = PoolKeys("o1pool", "tests", "test")
 HOUR = datetime(2026, 12, 6, 10, tzinfo=UTC)
@@ -113,3 +116,49 @@ async def test_with_ttl_follows_load_new_cache_entries_live_as_long_as_the_predi
         await until(lambda: handle.proxy.cache.l2_ttl_s() == 86_400, "a stale prediction ignored")
     finally:
         await redis.aclose()
+
+
+def reserve_config(emulator: EmulatorHandle, redis_url: str, *reserve: str) -> dict[str, object]:
+    data = sidecar_config_dict(emulator, ("acct-a", "acct-b"))
+    for account in data["accounts"]:  # type: ignore[union-attr]
+        account["reserve"] = account["name"] in reserve
+    data["redis"] = {"url": redis_url, "heartbeat_interval_s": 0.1}
+    data["cache"] = {"enabled": False}
+    return data
+
+
+async def test_a_reserve_account_serves_only_under_a_predicted_peak(
+    emulator: EmulatorHandle, redis_server: RedisServer, key_env: None
+) -> None:
+    handle = await start_sidecar(
+        SidecarConfig.from_dict(reserve_config(emulator, redis_server.url, "acct-b"))
+    )
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    redis = Redis.from_url(redis_server.url)
+
+    async def accounts_used(n: int) -> set[str]:
+        used = set()
+        for i in range(n):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="o1", messages=[{"role": "user", "content": f"Which account? {i}"}]
+            )
+            used.add(raw.headers["x-o1pool-account"])
+        return used
+
+    try:
+        assert await accounts_used(8) == {"acct-a"}  # no prediction: the reserve idles
+        now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        await redis.set(KEYS.prediction(), published("high", now))
+        await until(handle.proxy.admitter.peak, "the sidecar sees the predicted peak")
+        assert "acct-b" in await accounts_used(8)  # under the peak the reserve serves (most headroom)
+        await redis.set(KEYS.prediction(), published("medium", now))
+        await until(lambda: not handle.proxy.admitter.peak(), "the peak is over")
+        assert await accounts_used(8) == {"acct-a"}
+    finally:
+        await redis.aclose()
+        await handle.close()
+
+
+def test_a_model_served_only_by_reserve_accounts_is_refused(emulator: EmulatorHandle) -> None:
+    with pytest.raises(ConfigError, match="served only by reserve accounts"):
+        SidecarConfig.from_dict(reserve_config(emulator, "redis://127.0.0.1:1", "acct-a", "acct-b"))

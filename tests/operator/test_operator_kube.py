@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -1033,55 +1034,64 @@ def test_predicted_load_raises_the_replica_floor_of_the_pools_workloads(
     kube_namespace: str,
     redis_server: RedisServer,
 ) -> None:
-    """``scale``: the forecast floor becomes the HPA's minReplicas (and the controller-manager's HPA
-    controller scales the Deployment to it) and the replicas of a Deployment without an HPA, with
-    events and status.autoscaling; a lower forecast puts the HPA's own minReplicas back (the other
-    Deployment is the owner's to scale in); ``observe`` changes nothing and says what it would do."""
+    """``scale``: ahead of a predicted busy hour the forecast floor becomes the HPA's minReplicas (and
+    the controller-manager's HPA controller scales the Deployment to it) and the replicas of a
+    Deployment without an HPA, with events and status.autoscaling; a lower floor brings the HPA down
+    (never the other Deployment: the owner scales in); ``observe`` puts the HPA's own minReplicas back,
+    changes nothing and says what it would do."""
     ns, running = kube_namespace, forecasting_operator
     apply_basic_pool_on(kube, api, ns, redis_server.url)
     kube.kubectl("apply", "-n", ns, "-f", "-", input=WORKLOADS)
     keys = PoolKeys("t", ns, "basic")
-    this_hour = int(time.time() // 3600) * 3600
+    now = time.time()
+    this_hour = int(now // 3600) * 3600
     start = this_hour - 28 * 86_400
-    # Every minute of four weeks: 1,000 tokens. At 250 per replica (80% of it used) that is 5 replicas.
-    asyncio.run(record_weeks(redis_server.url, keys, ["o1"], range(28 * 24), start, lambda _: 1000))
+    # Four weeks in which the hour after this one (of the day) is busy: 1,000 tokens a minute (at 250 per
+    # replica, 80% of it used: 5 replicas), every other hour 100 (1 replica).
+    busy_next = lambda hour: 1000 if hour % 24 == 1 else 100  # noqa: E731
+    asyncio.run(record_weeks(redis_server.url, keys, ["o1"], range(28 * 24), start, busy_next))
     targets = [
         {"name": "web", "tokensPerReplicaPerMinute": 250},
         {"name": "worker", "tokensPerReplicaPerMinute": 250},
     ]
-    autoscaling = {"mode": "scale", "stabilizationSeconds": 0, "targets": targets}
-    kube.kubectl(
-        "patch",
-        "o1pool",
-        "basic",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"autoscaling": autoscaling}}),
-    )
+    autoscaling = {"mode": "scale", "stabilizationSeconds": 0, "leadSeconds": 0, "targets": targets}
+
+    def set_autoscaling() -> None:
+        patch = json.dumps({"spec": {"autoscaling": autoscaling}})
+        kube.kubectl("patch", "o1pool", "basic", "-n", ns, "--type=merge", "-p", patch)
+
+    def report() -> dict[str, Any]:
+        return dict(get_pool(api, ns, "basic")["status"].get("autoscaling") or {})
+
+    def hour(at: float) -> str:
+        return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:00:00Z")
+
     apps, hpas = client.AppsV1Api(api), client.AutoscalingV2Api(api)
 
     def replicas(name: str) -> int:
         return int(apps.read_namespaced_deployment(name, ns).spec.replicas)
 
-    wait_for(
-        "the HPA raised to the floor",
-        lambda: hpas.read_namespaced_horizontal_pod_autoscaler("web", ns).spec.min_replicas == 5,
-        running,
-    )
+    def hpa_min() -> int:
+        return int(hpas.read_namespaced_horizontal_pod_autoscaler("web", ns).spec.min_replicas)
+
+    set_autoscaling()
+    wait_for("a plan", lambda: report().get("targets"), running)
+    if now % 3600 < 55 * 60:  # (lead: a minute's start-up + the 0.5 s round; later it is the next hour)
+        assert [(t["floor"], t["forHour"]) for t in report()["targets"]] == [(1, hour(now))] * 2
+        assert hpa_min() == 1 and replicas("worker") == 1  # the quiet hour under way: nothing to raise
+    autoscaling["leadSeconds"] = 3600  # the next hour's floor applies an hour (and a minute) ahead
+    set_autoscaling()
+    wait_for("the HPA raised to the floor", lambda: hpa_min() == 5, running)
     wait_for("the HPA controller scaling web to it", lambda: replicas("web") == 5, running)
     assert replicas("worker") == 5  # no HPA: its replicas, by the operator
     note = hpas.read_namespaced_horizontal_pod_autoscaler("web", ns).metadata.annotations[
         "o1pool.io/replica-floor"
     ]
     assert json.loads(note) == {"pool": "basic", "minReplicas": 1, "floor": 5}
-    report = wait_for(
-        "status.autoscaling", lambda: get_pool(api, ns, "basic")["status"].get("autoscaling"), running
-    )
-    assert [(t["via"], t["floor"], t["replicas"]) for t in report["targets"]] == [
-        ("HorizontalPodAutoscaler/web", 5, 5),
-        ("Deployment/worker", 5, 5),
+    wait_for("status.autoscaling", lambda: report()["targets"][0].get("floor") == 5, running)
+    assert [(t["via"], t["floor"], t["replicas"], t["forHour"]) for t in report()["targets"]] == [
+        ("HorizontalPodAutoscaler/web", 5, 5, hour(now + 3600)),
+        ("Deployment/worker", 5, 5, hour(now + 3600)),
     ]
 
     def events() -> list[tuple[str, str]]:
@@ -1091,43 +1101,21 @@ def test_predicted_load_raises_the_replica_floor_of_the_pools_workloads(
         return [(e["reason"], e["message"]) for e in json.loads(out.stdout)["items"]]
 
     raised = [m for r, m in events() if r == "FloorRaised"]
-    assert any(m.startswith("set HorizontalPodAutoscaler/web minReplicas 1 -> 5 for ") for m in raised)
-    assert any(m.startswith("set Deployment/worker replicas 1 -> 5 for ") for m in raised)
+    assert f"set HorizontalPodAutoscaler/web minReplicas 1 -> 5 for {hour(now + 3600)}" in raised
+    assert f"set Deployment/worker replicas 1 -> 5 for {hour(now + 3600)}" in raised
 
     # Each replica now keeps up with 4x as much: the floor is 2, and web's HPA comes down to it.
     for t in targets:
         t["tokensPerReplicaPerMinute"] = 1000
-    kube.kubectl(
-        "patch",
-        "o1pool",
-        "basic",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"autoscaling": autoscaling}}),
-    )
-    wait_for(
-        "the HPA's own minReplicas back",
-        lambda: hpas.read_namespaced_horizontal_pod_autoscaler("web", ns).spec.min_replicas == 2,
-        running,
-    )
+    set_autoscaling()
+    wait_for("the HPA down to the lower floor", lambda: hpa_min() == 2, running)
     assert replicas("worker") == 5  # never lowered: the owner scales in
 
     # observe: the plan for 10 replicas is reported and told, nothing changes.
     for t in targets:
         t["tokensPerReplicaPerMinute"] = 125
     autoscaling["mode"] = "observe"
-    kube.kubectl(
-        "patch",
-        "o1pool",
-        "basic",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"autoscaling": autoscaling}}),
-    )
+    set_autoscaling()
     wait_for(
         "an observe plan",
         lambda: any(r == "WouldFloorRaised" and "minReplicas 1 -> 10" in m for r, m in events()),
@@ -1136,4 +1124,4 @@ def test_predicted_load_raises_the_replica_floor_of_the_pools_workloads(
     hpa = hpas.read_namespaced_horizontal_pod_autoscaler("web", ns)
     assert hpa.spec.min_replicas == 1 and "o1pool.io/replica-floor" not in (hpa.metadata.annotations or {})
     assert replicas("worker") == 5
-    assert get_pool(api, ns, "basic")["status"]["autoscaling"]["targets"][0]["floor"] == 10
+    assert report()["targets"][0]["floor"] == 10 and report()["mode"] == "observe"

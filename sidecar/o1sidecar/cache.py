@@ -1,6 +1,8 @@
 """Response cache: L1 in process memory (LRU), L2 in Redis shared by the pool's sidecars (and only
-by them: L2 keys carry the pool's tag, ``PoolKeys.cached``). L2 entries live ``l2_ttl_s``, or with
-``ttl_follows_load`` what the pool's published prediction suggests for the hour under way.
+by them: L2 keys carry the pool's tag, ``PoolKeys.cached``). Entries live ``l2_ttl_s``, or with
+``ttl_follows_load`` what the pool's published prediction suggests for the hour under way, in both
+layers: an L1 entry stored with an answer expires with it, one filled from L2 when the L2 entry does
+(with ``l2_ttl_s: 0``, no L2, L1 entries stay until evicted).
 
 The key covers the endpoint, the model and every request field that can change the answer; fields
 that only change delivery or bookkeeping (``stream``, ``stream_options``, ``user``, ``metadata``,
@@ -14,6 +16,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -61,9 +64,11 @@ class ResponseCache:
     ) -> None:
         self.policy = policy
         self._suggested_ttl_s = suggested_ttl_s  # the published prediction's (prediction.py)
-        self._l1: LRUCache[str, bytes] | None = (
+        # key -> (expires at on ``clock``, body)
+        self._l1: LRUCache[str, tuple[float, bytes]] | None = (
             LRUCache(maxsize=policy.l1_entries) if policy.l1_entries > 0 else None
         )
+        self._clock = clock
         self._keys = PoolKeys(redis_config.key_prefix, pool.namespace, pool.name)
         # One failure opens it: a cache lookup is worth less than the time a dead Redis would cost.
         self.breaker = CircuitBreaker(failures=1, reset_s=redis_config.breaker_reset_s, clock=clock)
@@ -79,28 +84,31 @@ class ResponseCache:
     async def get(self, key: str) -> tuple[bytes, str] | None:
         """``(body, "l1"|"l2")`` or ``None`` on a miss."""
         if self._l1 is not None:
-            body = self._l1.get(key)
-            if body is not None:
-                return body, "l1"
+            entry = self._l1.get(key)
+            if entry is not None:
+                if self._clock() < entry[0]:
+                    return entry[1], "l1"
+                del self._l1[key]  # expired
         if not self._l2_usable():
             return None
         try:
             assert self._redis is not None  # _l2_usable
-            body = cast(bytes | None, await self._redis.get(self._keys.cached(key)))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self._keys.cached(key))
+                pipe.pttl(self._keys.cached(key))
+                body, left_ms = cast(tuple[bytes | None, int], tuple(await pipe.execute()))
         except (aioredis.RedisError, OSError) as exc:
             self._trip(exc)
             return None
         self.breaker.success()
         if body is None:
             return None
-        if self._l1 is not None:
-            self._l1[key] = body
+        self._put_l1(key, body, left_ms / 1000 if left_ms > 0 else self.l2_ttl_s())
         return body, "l2"
 
     def store(self, key: str, body: bytes) -> None:
         """Put in L1 now and in L2 in the background, so no answer waits for Redis."""
-        if self._l1 is not None:
-            self._l1[key] = body
+        self._put_l1(key, body, self.l2_ttl_s())
         if self._l2_usable():
             task = asyncio.get_running_loop().create_task(self._put_l2(key, body))
             self._pending.add(task)
@@ -108,10 +116,13 @@ class ResponseCache:
 
     async def put(self, key: str, body: bytes) -> None:
         """Put in both layers and wait for L2."""
-        if self._l1 is not None:
-            self._l1[key] = body
+        self._put_l1(key, body, self.l2_ttl_s())
         if self._l2_usable():
             await self._put_l2(key, body)
+
+    def _put_l1(self, key: str, body: bytes, ttl_s: float) -> None:
+        if self._l1 is not None:
+            self._l1[key] = (self._clock() + ttl_s if ttl_s > 0 else math.inf, body)
 
     async def _put_l2(self, key: str, body: bytes) -> None:
         try:

@@ -65,3 +65,41 @@ async def test_failing_redis_is_a_miss_and_pauses(redis_server: RedisServer) -> 
         assert await cache.get("k") == (b"v2", "l2")
     finally:
         await cache.close()
+
+
+async def test_entries_expire_in_l1_as_in_l2(redis_server: RedisServer) -> None:
+    clock = Clock()
+    config = RedisConfig(url=redis_server.url, key_prefix="t")
+    cache = ResponseCache(CachePolicy(l2_ttl_s=5), config, POOL, clock=clock)
+    alone = ResponseCache(CachePolicy(l2_ttl_s=5), RedisConfig(), POOL, clock=clock)  # L1 only
+    try:
+        await cache.put("k", b"answer")
+        await alone.put("k", b"answer")
+        clock.now += 4.9
+        assert await cache.get("k") == (b"answer", "l1") and await alone.get("k") == (b"answer", "l1")
+        clock.now += 0.2  # past the TTL: not from memory (L2 keeps it on Redis's own clock)
+        assert await alone.get("k") is None
+        assert await cache.get("k") == (b"answer", "l2")
+        # Filled from L2, the L1 copy expires when the L2 entry does (about 5 s from its store).
+        assert await cache.get("k") == (b"answer", "l1")
+        clock.now += 5.1
+        assert await cache.get("k") == (b"answer", "l2")  # (L2's own clock has not moved on)
+    finally:
+        await cache.close()
+        await alone.close()
+
+
+async def test_an_l1_entry_lives_as_long_as_the_ttl_it_was_stored_with() -> None:
+    clock = Clock()
+    ttl = [60]
+    cache = ResponseCache(
+        CachePolicy(l2_ttl_s=60, ttl_follows_load=True), RedisConfig(), POOL, clock=clock,
+        suggested_ttl_s=lambda: ttl[0],
+    )  # fmt: skip
+    await cache.put("short", b"1")
+    ttl[0] = 600
+    await cache.put("long", b"2")
+    clock.now += 61
+    assert await cache.get("short") is None and await cache.get("long") == (b"2", "l1")
+    clock.now += 540
+    assert await cache.get("long") is None

@@ -214,7 +214,7 @@ class CachePolicy(_Strict):
     )
     ttl_follows_load: bool = Field(
         default=False,
-        description="While the operator publishes a prediction for the hour under way, new L2 entries "
+        description="While the operator publishes a prediction for the hour under way, new cache entries "
         "live for its cacheTTLSeconds (1800/3600/7200 s at low/medium/high load) instead of l2_ttl_s.",
     )
 

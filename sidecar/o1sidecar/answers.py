@@ -68,7 +68,7 @@ class Answers:
 
     async def cache_only(self, ex: Exchange) -> web.StreamResponse | None:
         """The last resort when no model can answer: any stored answer to the same request."""
-        if ex.cache_key is None or not self.config.fallback.cache_only_last:
+        if ex.cache_key is None or not ex.reads_cache or not self.config.fallback.cache_only_last:
             return None
         hit = await self.cached(ex.cache_key)
         if hit is None:

@@ -197,7 +197,7 @@ class UpstreamCaller:
     ) -> tuple[web.StreamResponse, UpstreamReport]:
         """Relay the upstream's stream event by event; a streamed answer from the requested model is
         stored in the cache too."""
-        collect_for = ex.cache_key if not ex.degraded else None
+        collect_for = ex.cache_key if ex.stores_answer else None
         relay: ChatStreamRelay | ResponsesStreamRelay
         relay = ResponsesStreamRelay() if ex.endpoint is RESPONSES else ChatStreamRelay(strip_usage)
         collector = ChatStreamCollector() if collect_for is not None and ex.endpoint is CHAT else None

@@ -1,4 +1,11 @@
-"""Per-request controls carried in headers: priority and deadline. Pure parsing, clear errors."""
+"""Per-request controls carried in headers: priority, deadline and the cache. Pure parsing, clear errors.
+
+The cache: ``x-o1pool-cache-mode`` is ``use`` (the default: answered from the cache when it can be,
+the answer stored), ``bypass`` (neither), ``refresh`` (not answered from the cache; the fresh answer
+stored) or ``only`` (answered from the cache or not at all: 504 ``cache_miss``, no upstream call).
+The standard ``Cache-Control`` request directives mean the same: ``no-cache`` reads nothing,
+``no-store`` stores nothing, ``only-if-cached`` is ``only``; other directives are ignored.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +17,24 @@ from o1sidecar.errors import ProxyError, bad_request
 
 PRIORITY_HEADER = "x-o1pool-priority"
 DEADLINE_HEADER = "x-o1pool-deadline-ms"
+CACHE_MODE_HEADER = "x-o1pool-cache-mode"
+CACHE_MODES = ("use", "bypass", "refresh", "only")
 PRIORITY_NAMES = {"high": 8, "normal": 5, "low": 2}
 _ALLOWED_PRIORITIES = "an integer 0-9 (9 is served first) or one of high (8), normal (5), low (2)"
+
+
+@dataclass(frozen=True)
+class CacheControls:
+    read: bool = True  # may be answered from the cache (up front, or as the last resort)
+    store: bool = True  # its answer may be stored
+    only: bool = False  # answered from the cache or not at all
 
 
 @dataclass(frozen=True)
 class RequestControls:
     priority: int
     deadline_ms: int
+    cache: CacheControls = CacheControls()
 
 
 def parse_priority(value: str | None, default: int) -> int:
@@ -53,12 +70,42 @@ def parse_deadline_ms(value: str | None, policy: QueuePolicy) -> int:
     return deadline
 
 
+def parse_cache(mode_value: str | None, cache_control: str | None) -> CacheControls:
+    mode = (mode_value or "").strip().lower() or "use"
+    if mode not in CACHE_MODES:
+        raise bad_request(
+            f"Invalid {CACHE_MODE_HEADER} header {(mode_value or '')[:40]!r}: use one of "
+            f"{', '.join(CACHE_MODES)} (default use).",
+            param=CACHE_MODE_HEADER,
+        )
+    directives = {d.split("=", 1)[0].strip().lower() for d in (cache_control or "").split(",")}
+    only = mode == "only" or "only-if-cached" in directives
+    read = mode in ("use", "only") and "no-cache" not in directives
+    if only and not read:
+        raise bad_request(
+            f"The request asks for a cached answer only ({CACHE_MODE_HEADER}: only or Cache-Control: "
+            "only-if-cached) and not to read the cache (no-cache, bypass or refresh): drop one of them.",
+            param=CACHE_MODE_HEADER,
+        )
+    store = mode in ("use", "refresh") and "no-store" not in directives
+    return CacheControls(read=read, store=store, only=only)
+
+
 def parse_controls(headers: Mapping[str, str], policy: QueuePolicy) -> RequestControls:
-    """Both controls from request headers; raises :class:`ProxyError` (400) naming the bad header."""
+    """The controls from request headers; raises :class:`ProxyError` (400) naming the bad header."""
     return RequestControls(
         priority=parse_priority(headers.get(PRIORITY_HEADER), policy.default_priority),
         deadline_ms=parse_deadline_ms(headers.get(DEADLINE_HEADER), policy),
+        cache=parse_cache(headers.get(CACHE_MODE_HEADER), headers.get("cache-control")),
     )
 
 
-__all__ = ["DEADLINE_HEADER", "PRIORITY_HEADER", "ProxyError", "RequestControls", "parse_controls"]
+__all__ = [
+    "CACHE_MODE_HEADER",
+    "DEADLINE_HEADER",
+    "PRIORITY_HEADER",
+    "CacheControls",
+    "ProxyError",
+    "RequestControls",
+    "parse_controls",
+]

@@ -56,6 +56,18 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def not_cached(cache_on: bool) -> ProxyError:
+    """The request asked for a cached answer only, and there is none."""
+    why = "no stored answer matches it" if cache_on else "this pool's cache is off (cache.enabled)"
+    return ProxyError(
+        504,
+        f"The request asked for a cached answer only (x-o1pool-cache-mode: only, or Cache-Control: "
+        f"only-if-cached), and {why}; the model was not called. Send it without that to get an answer.",
+        type="cache_miss",
+        code="cache_miss",
+    )
+
+
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> ProxyError:
     return ProxyError(400, message, param=param, code=code)
 

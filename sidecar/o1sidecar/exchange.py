@@ -45,6 +45,17 @@ class Exchange:
         return str(self.body["model"])
 
     @property
+    def reads_cache(self) -> bool:
+        """Whether a stored answer may answer this request (the pool's cache is on, the request allows it)."""
+        return self.cache_key is not None and self.controls.cache.read
+
+    @property
+    def stores_answer(self) -> bool:
+        """Whether this request's answer may be stored: the cache is on, the request allows it, and the
+        answer is the requested model's (not a fallback's)."""
+        return self.cache_key is not None and self.controls.cache.store and not self.degraded
+
+    @property
     def stream(self) -> bool:
         return bool(self.body.get("stream"))
 

@@ -93,11 +93,13 @@ class Proxy:
             return self.answers.finish(ex, errors.unknown_model(ex.requested, self.models, pool))
         # Every good answer is stored; only cacheable requests are answered from it up front. Any
         # stored answer may serve as the last resort (cache-only) once every model has failed.
-        if ex.cache_key is not None and is_cacheable(ex.body, self.config.cache):
+        if ex.cache_key is not None and ex.reads_cache and is_cacheable(ex.body, self.config.cache):
             hit = await self.answers.cached(ex.cache_key)
             if hit is not None:
                 ex.cache = hit[1]
                 return await self.answers.from_cache(ex, hit[0])
+        if ex.controls.cache.only:
+            return self.answers.finish(ex, errors.not_cached(self.config.cache.enabled))
         while True:
             admission = await self.admitter.admit(ex)
             if isinstance(admission, Unavailable):
@@ -150,7 +152,7 @@ class Proxy:
         if call.streamed is not None:
             self.answers.observe(ex, call.streamed.status)
             return call.streamed
-        if ex.cache_key is not None and not ex.degraded and not ex.stream:
+        if ex.cache_key is not None and ex.stores_answer and not ex.stream:
             self.cache.store(ex.cache_key, call.body)
         response = self.answers.upstream(ex, call)
         self.answers.observe(ex, response.status)

@@ -72,6 +72,41 @@ def test_bad_controls_are_400(headers: dict[str, str]) -> None:
     assert next(iter(headers)) in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("headers", "read", "store", "only"),
+    [
+        ({}, True, True, False),
+        ({"x-o1pool-cache-mode": "bypass"}, False, False, False),
+        ({"x-o1pool-cache-mode": " Refresh "}, False, True, False),
+        ({"x-o1pool-cache-mode": "only"}, True, False, True),  # (never calls the model)
+        ({"cache-control": "no-store"}, True, False, False),
+        ({"cache-control": "no-cache, max-age=0"}, False, True, False),
+        ({"cache-control": "only-if-cached"}, True, True, True),
+        ({"x-o1pool-cache-mode": "refresh", "cache-control": "no-store"}, False, False, False),
+        ({"cache-control": "private, x-unknown=1"}, True, True, False),  # others are ignored
+    ],
+)
+def test_cache_controls(headers: dict[str, str], read: bool, store: bool, only: bool) -> None:
+    cache = parse_controls(headers, QueuePolicy()).cache
+    assert (cache.read, cache.store, cache.only) == (read, store, only)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-o1pool-cache-mode": "sometimes"},
+        {"x-o1pool-cache-mode": "x" * 5000},
+        {"x-o1pool-cache-mode": "only", "cache-control": "no-cache"},
+        {"x-o1pool-cache-mode": "bypass", "cache-control": "only-if-cached"},
+    ],
+)
+def test_bad_cache_controls_are_400_naming_the_header(headers: dict[str, str]) -> None:
+    with pytest.raises(ProxyError) as err:
+        parse_controls(headers, QueuePolicy())
+    assert err.value.status == 400 and err.value.param == "x-o1pool-cache-mode"
+    assert len(err.value.message) < 400
+
+
 # -- rate-limit headers ------------------------------------------------------------------------
 
 

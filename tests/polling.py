@@ -39,3 +39,11 @@ def eventually(
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not happen within {timeout_s:.0f}s")
         time.sleep(every_s)
+
+
+def clear_of_the_hour_boundary(margin_s: float = 120.0) -> None:
+    """Wait for the next UTC hour when fewer than ``margin_s`` seconds of this one are left: a test of
+    what holds "for the hour under way" must not see the hour change halfway."""
+    left = 3600 - time.time() % 3600
+    if left < margin_s:
+        time.sleep(left + 1)

@@ -144,7 +144,7 @@ async def run(
                 memo.forecasts,
                 forecast_interval_s,
                 reconcile_by_name,
-                act=Scaler(memo.kube, forecast_interval_s).act,
+                scaler=Scaler(memo.kube, forecast_interval_s),
             )
         ),
     ]

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
+from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -31,6 +32,13 @@ PUBLISHED_TTL_S = 7200  # a prediction the operator stopped refreshing is gone w
 
 # (namespace, pool) -> the last assessment; read by reconcile.
 Forecasts = MutableMapping[tuple[str, str], Assessment]
+
+
+class Acting(Protocol):
+    """What acts on the assessments (autoscale.Scaler)."""
+
+    def act(self, ref: tuple[str, str], assessment: Assessment, now_s: float) -> None: ...
+    def release(self, ref: tuple[str, str]) -> None: ...
 
 
 async def read_demand(
@@ -72,13 +80,24 @@ async def forecast_forever(
     interval_s: float,
     on_change: Callable[[str, str], None],
     clock: Callable[[], float] = time.time,
-    act: Callable[[tuple[str, str], Assessment, float], None] | None = None,
+    scaler: Acting | None = None,
 ) -> None:
     """Every ``interval_s``: assess each probed pool's recorded demand; record it in ``forecasts`` and
-    call ``on_change(namespace, name)`` (in a thread) when it changed; then ``act(ref, assessment,
-    now)`` on it (in a thread; autoscale.Scaler.act)."""
+    call ``on_change(namespace, name)`` (in a thread) when it changed; then ``scaler.act(ref,
+    assessment, now)`` on it, and ``scaler.release(ref)`` for a pool no longer probed (deleted, or
+    without Redis now) that it acted on (in threads; autoscale.Scaler)."""
+    acted: set[tuple[str, str]] = set()
     while True:
+        for ref in acted - set(probes):
+            acted.discard(ref)
+            forecasts.pop(ref, None)
+            if scaler is not None:
+                try:
+                    await asyncio.to_thread(scaler.release, ref)
+                except Exception as exc:  # (its namespace may be gone with it)
+                    log.warning("O1Pool %s/%s: cannot put back what autoscaling raised: %s", *ref, exc)
         for ref, probe in list(probes.items()):
+            acted.add(ref)
             now = clock()
             client = probe_client(probe)
             try:
@@ -110,9 +129,9 @@ async def forecast_forever(
                     await asyncio.to_thread(on_change, *ref)
                 except Exception as exc:
                     log.warning("O1Pool %s/%s: cannot report its forecast: %s", *ref, exc)
-            if act is not None:
+            if scaler is not None:
                 try:
-                    await asyncio.to_thread(act, ref, assessment, now)
+                    await asyncio.to_thread(scaler.act, ref, assessment, now)
                 except Exception:  # an API hiccup or a defect: next round tries again
                     log.exception("O1Pool %s/%s: autoscaling failed; next try in %gs", *ref, interval_s)
         await asyncio.sleep(interval_s)

@@ -44,17 +44,17 @@ DAY_AHEAD_H = 24  # the prediction also covers the hours after the hour under wa
 
 
 @dataclass(frozen=True)
-class Settings:
+class ForecastSettings:
     """``spec.forecasting``: the load levels' thresholds and the history needed before forecasts."""
 
     levels: Levels = Levels()
     min_history_h: int = MIN_HISTORY_H
 
 
-def get_settings(spec: Mapping[str, Any]) -> Settings:
+def get_forecast_settings(spec: Mapping[str, Any]) -> ForecastSettings:
     """``spec.forecasting`` with the CRD's defaults (the brief's thresholds, three days)."""
     f = spec.get("forecasting") or {}
-    return Settings(
+    return ForecastSettings(
         Levels(
             medium=float(f.get("mediumTokensPerHour", Levels.medium)),
             high=float(f.get("highTokensPerHour", Levels.high)),
@@ -69,7 +69,7 @@ class Assessment:
     reason: str
     message: str
     prediction: dict[str, Any] | None  # status.prediction, when there is one
-    # With a prediction: the pool's forecast (all models) of the hour under way and of the next, and
+    # With a prediction: the pool's forecast (all models) of the hour under way and the 24 after it, and
     # the busy factor learned over the back-test (scaling.busy_factor; 1 without minutes to learn from).
     ahead: tuple[Forecast, ...] = ()
     busy: float = 1.0
@@ -149,7 +149,7 @@ def assess(
         ],
         "peak": _peak(ahead[1:], levels),
         "nextHours": [
-            {"hour": _hour(f.hour), "tokensPerHour": round(f.mean), "upperTokensPerHour": round(f.upper)}
+            {"hour": hour_text(f.hour), "tokensPerHour": round(f.mean), "upperTokensPerHour": round(f.upper)}
             for f in ahead[1:]
         ],
         "updatedAt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -160,7 +160,7 @@ def assess(
         f"{LEVEL_NAMES[level]} load expected at {hour:%H:00} UTC: about {mean:,.0f} tokens "
         f"(upper {upper:,.0f}); recent error {worst:.0%}",
         prediction,
-        tuple(ahead[:2]),
+        tuple(ahead),
         _busy(histories, minutes or {}, hour_means),
     )
 
@@ -170,7 +170,7 @@ def _peak(hours: Sequence[Forecast], levels: Levels) -> dict[str, Any]:
     busiest = max(hours, key=lambda f: f.upper)
     level = levels.index(busiest.upper)
     return {
-        "hour": _hour(busiest.hour),
+        "hour": hour_text(busiest.hour),
         "tokensPerHour": round(busiest.mean),
         "upperTokensPerHour": round(busiest.upper),
         "load": LEVEL_NAMES[level],
@@ -178,7 +178,8 @@ def _peak(hours: Sequence[Forecast], levels: Levels) -> dict[str, Any]:
     }
 
 
-def _hour(hour: int) -> str:
+def hour_text(hour: int) -> str:
+    """An hour since the epoch as the status writes it (RFC 3339, UTC)."""
     return datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y-%m-%dT%H:00:00Z")
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from o1operator.kube import Kube
-from o1operator.prediction import Assessment, get_settings
+from o1operator.prediction import Assessment, get_forecast_settings
 from o1operator.render import (
     get_config_map,
     get_key_secret,
@@ -25,6 +25,10 @@ from o1operator.status import (
     REDIS_REACHABLE,
     RedisView,
     get_status,
+)
+
+NO_REDIS = Assessment(
+    None, "NoRedis", "the pool has no Redis: its sidecars record no demand to forecast", None
 )
 
 # (pool, type, reason, message) -> None: posts a Kubernetes event about the pool (kopf.event).
@@ -58,7 +62,7 @@ def get_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tupl
     if redis_after.get("status") == "False" and redis_before.get("status") != "False":
         events.append(("Warning", "RedisUnreachable", redis_after["message"]))
     peak_before, peak_after = _condition(before, PEAK_COVERED), _condition(after, PEAK_COVERED)
-    if peak_after.get("status") == "False" and peak_after.get("message") != peak_before.get("message"):
+    if peak_after.get("status") == "False" and peak_before.get("status") != "False":  # (not hourly)
         events.append(("Warning", peak_after["reason"], peak_after["message"]))
     ready = _condition(after, "Ready")
     if ready.get("status") == "False" and ready.get("message") != _condition(before, "Ready").get("message"):
@@ -87,7 +91,9 @@ def reconcile_pool(
     read = kube.read_secrets(namespace, referenced_secrets(pool["spec"]) | {key_secret_name(name)})
     secrets = with_salt(read, name)  # the config hash's salt: kept in the pool's own key Secret
     rendering = render(pool, secrets, allowed_hosts)
-    probe = get_sidecar_probe(rendering, get_settings(pool["spec"]))  # None: no Redis, nothing to observe
+    probe = get_sidecar_probe(
+        rendering, get_forecast_settings(pool["spec"])
+    )  # None: no Redis, nothing to observe
     if rendering.error is None:
         kube.apply(get_config_map(pool, rendering))
         kube.apply(get_key_secret(pool, rendering))
@@ -96,9 +102,9 @@ def reconcile_pool(
                 probes.pop((namespace, name), None)
             else:
                 probes[namespace, name] = probe
-    status = get_status(
-        pool, rendering, now(), None if probe is None else redis, None if probe is None else forecast
-    )
+    if probe is None:  # no Redis: no demand recorded, nothing forecast (and a past prediction is cleared)
+        redis, forecast = None, NO_REDIS
+    status = get_status(pool, rendering, now(), redis, forecast)
     kube.patch_status(namespace, name, status)
     for type_, reason, message in get_events(pool.get("status") or {}, status):
         post_event(pool, type_, reason, message)

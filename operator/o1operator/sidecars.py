@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from o1common.keyprint import key_fingerprint
 from o1operator.kube import Kube
-from o1operator.prediction import Settings
+from o1operator.prediction import ForecastSettings
 from o1operator.render import REDIS_PASSWORD_FILE, Rendering
 from o1operator.status import RedisView
 from o1sidecar.limits.keys import PoolKeys
@@ -60,7 +60,9 @@ class SidecarProbe:
     refused_key: str = ""  # the pool's HASH of refused keys
     outages_key: str = ""  # the pool's HASH of models not up
     fingerprints: tuple[tuple[str, str], ...] = ()  # (account/key, fingerprint of its value) per key
-    forecasting: Settings = field(default_factory=Settings)  # spec.forecasting: how demand is judged
+    forecasting: ForecastSettings = field(
+        default_factory=ForecastSettings
+    )  # spec.forecasting: how demand is judged
 
     def __repr__(self) -> str:
         return f"SidecarProbe({self.namespace}/{self.name}, {self.key})"
@@ -79,7 +81,9 @@ Probes = MutableMapping[tuple[str, str], SidecarProbe]
 Observed = MutableMapping[tuple[str, str], RedisView]
 
 
-def get_sidecar_probe(rendering: Rendering, forecasting: Settings | None = None) -> SidecarProbe | None:
+def get_sidecar_probe(
+    rendering: Rendering, forecasting: ForecastSettings | None = None
+) -> SidecarProbe | None:
     """The probe for a rendered pool, or None if it has no config or no Redis. Pure."""
     config = rendering.config
     url = None if config is None else config.redis.url
@@ -106,7 +110,7 @@ def get_sidecar_probe(rendering: Rendering, forecasting: Settings | None = None)
         refused_key=keys.refused_keys(),
         outages_key=keys.outages(),
         fingerprints=fingerprints,
-        forecasting=forecasting or Settings(),
+        forecasting=forecasting or ForecastSettings(),
     )
 
 

@@ -221,7 +221,7 @@ def get_conditions(
         conditions.append(
             condition(FORECASTING, forecast.status, forecast.reason, forecast.message, generation)
         )
-        conditions.append(peak_condition(forecast, ready, generation))
+        conditions.append(peak_condition(forecast, ready, _reserve_keys(rendering, refused), generation))
     elif not any(c.get("type") == FORECASTING for c in previous):
         conditions.append(
             condition(FORECASTING, None, "NoPrediction", "no load prediction published yet", generation)
@@ -229,21 +229,26 @@ def get_conditions(
     return conditions
 
 
-def peak_condition(forecast: Assessment, usable_keys: int, generation: int) -> dict[str, Any]:
+def peak_condition(
+    forecast: Assessment, usable_keys: int, reserve_keys: int, generation: int
+) -> dict[str, Any]:
     """``PeakCovered``: whether the pool's usable keys are as many as the brief suggests for the busiest
-    hour of the next day (status.prediction.peak)."""
+    hour of the next day (status.prediction.peak); keys of reserve accounts count only for a high
+    load, the only one they serve under."""
     peak = (forecast.prediction or {}).get("peak")
     if not peak:
         return condition(PEAK_COVERED, None, "NoPrediction", "no prediction of the next day", generation)
     at = f"{peak['hour'][11:16]} UTC"
     need, load = peak["suggestedKeys"], peak["load"]
-    if usable_keys >= need:
+    have = usable_keys if load == "high" else usable_keys - reserve_keys
+    counted = "usable" if load == "high" or not reserve_keys else "usable outside reserve accounts"
+    if have >= need:
         return condition(
             PEAK_COVERED,
             True,
             "KeysCoverPeak",
             f"the busiest hour ahead, {at} ({load} load, up to {peak['upperTokensPerHour']:,} tokens), "
-            f"needs about {need} keys' worth of quota; the pool has {usable_keys} usable",
+            f"needs about {need} keys' worth of quota; the pool has {have} {counted}",
             generation,
         )
     return condition(
@@ -251,8 +256,17 @@ def peak_condition(forecast: Assessment, usable_keys: int, generation: int) -> d
         False,
         "PeakNeedsMoreKeys",
         f"peak at {at} ({load} load, up to {peak['upperTokensPerHour']:,} tokens) needs about {need} "
-        f"keys' worth of quota, pool has {usable_keys} usable: add keys or accounts before then",
+        f"keys' worth of quota, pool has {have} {counted}: add keys or accounts before then",
         generation,
+    )
+
+
+def _reserve_keys(rendering: Rendering, refused: Sequence[RefusedKey]) -> int:
+    """Usable keys of reserve accounts."""
+    reserves = {a.name for a in rendering.config.accounts if a.reserve} if rendering.config else set()
+    gone = {k.label for k in refused}
+    return sum(
+        1 for k in rendering.keys if k.ready and k.account in reserves and f"{k.account}/{k.name}" not in gone
     )
 
 

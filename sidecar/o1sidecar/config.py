@@ -333,6 +333,18 @@ class SidecarConfig(_Strict):
         for model, chain in self.fallback.chains.items():
             if model in chain:
                 raise ValueError(f"fallback.chains[{model!r}] must not contain {model!r} itself")
+        if self.redis.url is None:  # the prediction they follow comes through the pool's Redis
+            for account in self.accounts:
+                if account.reserve:
+                    raise ValueError(
+                        f"account {account.name!r} is a reserve, which serves only under a prediction "
+                        "published through Redis: set redis.url, or make it not a reserve"
+                    )
+            if self.cache.ttl_follows_load:
+                raise ValueError(
+                    "cache.ttl_follows_load follows a prediction published through Redis: set redis.url, "
+                    "or turn it off"
+                )
         for model in self.served_models():
             if all(a.reserve for a in self.accounts_for(model)):
                 raise ValueError(

@@ -12,10 +12,9 @@ import pytest
 
 from o1operator.autoscale import (
     ANNOTATION,
-    DEFAULT_STARTUP_S,
     Floor,
     Scaler,
-    get_settings,
+    get_autoscaling_settings,
     hpa_change,
     stabilised,
     startup_s,
@@ -37,8 +36,17 @@ def test_the_next_hours_floor_applies_the_lead_before_it_and_not_earlier() -> No
     assert before == Floor(1, H)
     at_lead = wanted_floor((QUIET, PEAK), 1.0, CAP, H * 3600 + 53 * 60, lead)
     assert at_lead == Floor(10, H + 1)
-    # Ahead of a quieter hour the floor of the hour under way holds until that hour is under way.
-    assert wanted_floor((PEAK, QUIET), 1.0, CAP, H * 3600 + 59 * 60, lead) == Floor(10, H + 1)
+    # Ahead of a quieter hour the busy hour under way keeps its floor to its end.
+    busy_now, quiet_next = Forecast(H, 48_000.0, 60_000.0), Forecast(H + 1, 4_800.0, 6_000.0)
+    assert wanted_floor((busy_now, quiet_next), 1.0, CAP, H * 3600 + 59 * 60, lead) == Floor(10, H)
+
+
+def test_a_lead_longer_than_an_hour_reaches_the_hours_after_the_next() -> None:
+    quiet = Forecast(H + 1, 4_800.0, 6_000.0)
+    later = Forecast(H + 2, 48_000.0, 60_000.0)
+    t = H * 3600 + 30 * 60  # 90 min before H + 2
+    assert wanted_floor((QUIET, quiet, later), 1.0, CAP, t, 89 * 60.0) == Floor(1, H)
+    assert wanted_floor((QUIET, quiet, later), 1.0, CAP, t, 90 * 60.0) == Floor(10, H + 2)
 
 
 def test_a_higher_floor_applies_at_once_a_lower_one_after_the_stabilisation_window() -> None:
@@ -53,17 +61,21 @@ def test_a_higher_floor_applies_at_once_a_lower_one_after_the_stabilisation_wind
 
 
 def test_start_up_is_the_slowest_ready_pods_creation_to_ready() -> None:
-    def pod(created: str, ready: str | None) -> dict[str, Any]:
+    def pod(created: str, ready: str | None, restarts: int = 0) -> dict[str, Any]:
         conditions = [{"type": "Ready", "status": "True", "lastTransitionTime": ready}] if ready else []
-        return {"metadata": {"creationTimestamp": created}, "status": {"conditions": conditions}}
+        status = {"conditions": conditions, "containerStatuses": [{"restartCount": restarts}]}
+        return {"metadata": {"creationTimestamp": created}, "status": status}
 
     pods = [
         pod("2026-12-06T10:00:00Z", "2026-12-06T10:00:40Z"),
         pod("2026-12-06T10:01:00Z", "2026-12-06T10:02:30Z"),
     ]
     assert startup_s(pods) == 90.0
-    assert startup_s([pod("2026-12-06T10:00:00Z", None)]) == DEFAULT_STARTUP_S  # not ready: nothing measured
-    assert startup_s([]) == DEFAULT_STARTUP_S
+    flapped = pod("2026-12-06T08:00:00Z", "2026-12-06T10:00:00Z")  # Ready again two hours in
+    restarted = pod("2026-12-06T10:00:00Z", "2026-12-06T10:04:00Z", restarts=1)
+    assert startup_s([*pods, flapped, restarted]) == 90.0  # neither says how long a start-up takes
+    assert startup_s([pod("2026-12-06T10:00:00Z", None)]) is None  # not ready: nothing measured
+    assert startup_s([]) is None
 
 
 def hpa(min_replicas: int, max_replicas: int = 10, note: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -107,6 +119,8 @@ def test_an_hpas_max_and_its_owners_changes_win() -> None:
     )  # type: ignore[index]
     other_pool = {"pool": "other", "minReplicas": 1, "floor": 4}
     assert hpa_change(hpa(4, note=other_pool), None, "pool").patch is None  # not this pool's to put back
+    owner_back = hpa_change(hpa(2, note={"pool": "pool", "minReplicas": 2, "floor": 6}), None, "pool")
+    assert owner_back.patch is not None and owner_back.reason == ""  # only the note goes: no event
 
 
 def test_a_workload_without_an_hpa_is_raised_never_lowered() -> None:
@@ -194,6 +208,8 @@ def test_scale_raises_floors_ahead_of_the_peak_and_puts_the_hpa_back_after() -> 
     scaler.act(("ns", "pool"), forecast(QUIET, PEAK), H * 3600 + 57 * 60)  # 3 min before the peak
     assert api.calls == [("hpa", 10), ("worker", 10)]
     assert [r for r, _ in api.events] == ["FloorRaised", "FloorRaised"]
+    scaler.act(("ns", "pool"), forecast(QUIET, PEAK), H * 3600 + 58 * 60)
+    assert len(api.calls) == 2 and len(api.events) == 2  # in place: no call, no event
     report = api.pool["status"]["autoscaling"]
     assert [(t["via"], t["floor"], t["replicas"]) for t in report["targets"]] == [
         ("HorizontalPodAutoscaler/web", 10, 10),
@@ -253,14 +269,50 @@ def test_a_missing_target_is_a_warning_not_a_failure() -> None:
 
 
 def test_settings_take_the_crds_defaults() -> None:
-    s = get_settings(
+    s = get_autoscaling_settings(
         {"autoscaling": {"mode": "scale", "targets": [{"name": "a", "tokensPerReplicaPerMinute": 7}]}}
     )
     assert (s.min_replicas, s.max_replicas, s.lead_s, s.stabilization_s) == (1, 10, 120.0, 600.0)
     assert s.targets[0].kind == "Deployment" and s.targets[0].tokens_per_replica_per_min == 7.0
-    assert get_settings({}).mode == "off"
+    assert get_autoscaling_settings({}).mode == "off"
 
 
 @pytest.mark.parametrize("busy", [1.0, 1.5])
 def test_the_busy_factor_sizes_the_floor(busy: float) -> None:
     assert wanted_floor((PEAK, PEAK), busy, CAP, (H + 1) * 3600, 0).value == (10 if busy == 1.0 else 15)
+
+
+def test_a_pool_no_longer_forecast_puts_the_hpa_back_and_is_forgotten() -> None:
+    api = FakeApi(autoscaling("scale"))
+    scaler = Scaler(api, interval_s=60.0)
+    scaler.act(("ns", "pool"), forecast(PEAK, PEAK), (H + 1) * 3600)
+    assert api.hpas[0]["spec"]["minReplicas"] == 10
+    scaler.release(("ns", "pool"))  # deleted, or its Redis removed
+    assert api.hpas[0]["spec"]["minReplicas"] == 2 and api.hpas[0]["metadata"]["annotations"] == {}
+    assert not scaler.floors and not scaler.reported and not scaler.told
+
+
+def test_after_a_restart_the_floor_an_hpa_carries_is_the_one_in_place() -> None:
+    api = FakeApi(autoscaling("scale"))
+    Scaler(api, interval_s=60.0).act(("ns", "pool"), forecast(PEAK, PEAK), (H + 1) * 3600)
+    restarted = Scaler(api, interval_s=60.0)  # nothing in memory
+    none = Assessment(None, "InsufficientHistory", "", None)
+    restarted.act(("ns", "pool"), none, (H + 1) * 3600 + 60)
+    assert api.hpas[0]["spec"]["minReplicas"] == 10  # held for the stabilisation window
+    restarted.act(("ns", "pool"), none, (H + 1) * 3600 + 660)
+    assert api.hpas[0]["spec"]["minReplicas"] == 2
+
+
+def test_an_api_failure_on_one_target_leaves_the_others_and_the_status() -> None:
+    api = FakeApi(autoscaling("scale"))
+
+    def broken(namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        if name == "web":
+            raise RuntimeError("500 Internal Server Error")
+        return api.workloads.get((kind, name))
+
+    api.get_workload = broken  # type: ignore[method-assign]
+    Scaler(api, interval_s=60.0).act(("ns", "pool"), forecast(PEAK, PEAK), (H + 1) * 3600)
+    assert api.calls == [("worker", 10)]
+    rows = api.pool["status"]["autoscaling"]["targets"]
+    assert rows[0]["message"] == "cannot read it: 500 Internal Server Error" and rows[1]["floor"] == 10

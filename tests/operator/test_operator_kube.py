@@ -41,6 +41,7 @@ from tests.kube.fixtures import Kube
 from tests.kube.pki import generate_pki
 from tests.kube.testground import free_port
 from tests.operator.conftest import REPO, b64, fake_secrets, secret_values
+from tests.polling import clear_of_the_hour_boundary
 from tests.recorded_demand import record_weeks, weekly_tokens
 
 pytestmark = pytest.mark.kube
@@ -1039,6 +1040,7 @@ def test_predicted_load_raises_the_replica_floor_of_the_pools_workloads(
     Deployment without an HPA, with events and status.autoscaling; a lower floor brings the HPA down
     (never the other Deployment: the owner scales in); ``observe`` puts the HPA's own minReplicas back,
     changes nothing and says what it would do."""
+    clear_of_the_hour_boundary()
     ns, running = kube_namespace, forecasting_operator
     apply_basic_pool_on(kube, api, ns, redis_server.url)
     kube.kubectl("apply", "-n", ns, "-f", "-", input=WORKLOADS)
@@ -1124,4 +1126,5 @@ def test_predicted_load_raises_the_replica_floor_of_the_pools_workloads(
     hpa = hpas.read_namespaced_horizontal_pod_autoscaler("web", ns)
     assert hpa.spec.min_replicas == 1 and "o1pool.io/replica-floor" not in (hpa.metadata.annotations or {})
     assert replicas("worker") == 5
-    assert report()["targets"][0]["floor"] == 10 and report()["mode"] == "observe"
+    wait_for("the observe plan in the status", lambda: report().get("mode") == "observe", running)
+    assert report()["targets"][0]["floor"] == 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from o1operator.forecast import WEEK_H, History
-from o1operator.prediction import MIN_HISTORY_H, Levels, Settings, assess, get_settings
+from o1operator.prediction import MIN_HISTORY_H, ForecastSettings, Levels, assess, get_forecast_settings
 from tests.operator.test_forecast import START, weekly
 
 NOW = datetime(2026, 12, 6, 10, 30, tzinfo=UTC)
@@ -80,14 +80,14 @@ def test_the_prediction_covers_the_next_day_and_names_its_peak() -> None:
     busiest = max(p["nextHours"], key=lambda h: h["upperTokensPerHour"])
     assert p["peak"]["hour"] == busiest["hour"] and p["peak"]["tokensPerHour"] == round(weekly(9) * 150)
     assert (p["peak"]["load"], p["peak"]["suggestedKeys"]) == ("high", 5)  # 150,000 an hour
-    assert [f.hour for f in a.ahead] == [START + 4 * WEEK_H, START + 4 * WEEK_H + 1]
+    assert [f.hour for f in a.ahead] == list(range(START + 4 * WEEK_H, START + 4 * WEEK_H + 25))
 
 
 def test_the_thresholds_and_the_history_needed_are_pool_settings() -> None:
-    s = get_settings(
+    s = get_forecast_settings(
         {"forecasting": {"mediumTokensPerHour": 10, "highTokensPerHour": 20, "minHistoryHours": 48}}
     )
     assert (s.levels.medium, s.levels.high, s.min_history_h) == (10.0, 20.0, 48)
-    assert get_settings({}) == Settings()
+    assert get_forecast_settings({}) == ForecastSettings()
     a = assess({"o1": History(START, (1000.0,) * 50)}, NOW, levels=s.levels, min_history_h=s.min_history_h)
     assert a.status is True and a.prediction is not None and a.prediction["load"] == "high"

@@ -186,5 +186,29 @@ def test_the_keys_a_predicted_peak_needs_are_a_condition_with_an_event_when_shor
     )
     assert ("Warning", "PeakNeedsMoreKeys", peak["message"]) in get_events(covered, short)
     assert get_events(short, short) == []  # told once
+    later = get_status({**pool, "status": short}, rendering, T0, RedisView(), forecast(6, "high"))
+    assert get_events(short, later) == []  # the window slides, the peak moves: not news every hour
     none = get_status(pool, rendering, T0, RedisView(), Assessment(None, "InsufficientHistory", "", None))
     assert conditions(none)["PeakCovered"]["status"] == "Unknown"
+
+
+def test_keys_of_reserve_accounts_cover_only_a_high_peak() -> None:
+    pool = load_example(MULTI)  # 4 keys on 3 accounts
+    pool["spec"]["accounts"][0]["reserve"] = True
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    reserve = sum(1 for k in rendering.keys if k.account == pool["spec"]["accounts"][0]["name"])
+    assert reserve >= 1
+
+    def peak(load: str, keys: int) -> dict:
+        p = {"hour": "2026-01-01T14:00:00Z", "upperTokensPerHour": 1, "load": load, "suggestedKeys": keys}
+        status = get_status(
+            pool, rendering, T0, RedisView(), Assessment(True, "Forecasting", "", {"peak": p})
+        )
+        return conditions(status)["PeakCovered"]
+
+    assert peak("high", 4)["status"] == "True"  # a high peak: the reserve serves
+    medium = peak("medium", 4)
+    assert (
+        medium["status"] == "False"
+        and f"pool has {4 - reserve} usable outside reserve accounts" in medium["message"]
+    )

@@ -17,7 +17,7 @@ from o1sidecar.config import ConfigError, SidecarConfig
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.prediction import PredictionMirror, Published, parse
 from tests.conftest import RedisServer
-from tests.polling import until
+from tests.polling import clear_of_the_hour_boundary, until
 from tests.sidecar.conftest import SidecarFactory, sidecar_config_dict
 
 KEYS = PoolKeys("o1pool", "tests", "test")
@@ -52,6 +52,7 @@ def test_a_peak_counts_only_in_its_own_hour() -> None:
 async def test_under_a_predicted_peak_low_priorities_take_the_fallback_model(
     make_sidecar: SidecarFactory, emulator: EmulatorHandle, redis_server: RedisServer
 ) -> None:
+    clear_of_the_hour_boundary(30.0)
     handle = await make_sidecar(
         redis={"url": redis_server.url, "heartbeat_interval_s": 0.1},
         fallback={"chains": {"o1": ["o1-mini"]}},
@@ -85,6 +86,7 @@ async def test_under_a_predicted_peak_low_priorities_take_the_fallback_model(
 async def test_with_ttl_follows_load_new_cache_entries_live_as_long_as_the_prediction_says(
     make_sidecar: SidecarFactory, emulator: EmulatorHandle, redis_server: RedisServer
 ) -> None:
+    clear_of_the_hour_boundary(30.0)
     handle = await make_sidecar(
         redis={"url": redis_server.url, "heartbeat_interval_s": 0.1},
         cache={"l2_ttl_s": 86_400, "ttl_follows_load": True},
@@ -130,6 +132,7 @@ def reserve_config(emulator: EmulatorHandle, redis_url: str, *reserve: str) -> d
 async def test_a_reserve_account_serves_only_under_a_predicted_peak(
     emulator: EmulatorHandle, redis_server: RedisServer, key_env: None
 ) -> None:
+    clear_of_the_hour_boundary(30.0)
     handle = await start_sidecar(
         SidecarConfig.from_dict(reserve_config(emulator, redis_server.url, "acct-b"))
     )
@@ -159,6 +162,15 @@ async def test_a_reserve_account_serves_only_under_a_predicted_peak(
         await handle.close()
 
 
-def test_a_model_served_only_by_reserve_accounts_is_refused(emulator: EmulatorHandle) -> None:
+def test_config_that_could_never_act_on_a_prediction_is_refused(emulator: EmulatorHandle) -> None:
     with pytest.raises(ConfigError, match="served only by reserve accounts"):
         SidecarConfig.from_dict(reserve_config(emulator, "redis://127.0.0.1:1", "acct-a", "acct-b"))
+    without_redis = reserve_config(emulator, "redis://127.0.0.1:1", "acct-b")
+    del without_redis["redis"]
+    with pytest.raises(ConfigError, match=r"acct-b.* is a reserve.*set redis\.url"):
+        SidecarConfig.from_dict(without_redis)
+    without_redis = reserve_config(emulator, "redis://127.0.0.1:1")
+    del without_redis["redis"]
+    without_redis["cache"] = {"ttl_follows_load": True}
+    with pytest.raises(ConfigError, match="ttl_follows_load follows a prediction published through Redis"):
+        SidecarConfig.from_dict(without_redis)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from o1sidecar.cache import ResponseCache
+from o1sidecar.coalescing import Coalescer
 from o1sidecar.config import SidecarConfig
 from o1sidecar.controls import parse_controls
 from o1sidecar.demand import DemandCounts, DemandRecorder
@@ -78,23 +80,29 @@ def create_app(
             redis_client(config.redis), keys, every, DemandCounts(), config.served_models()
         )
         prediction = PredictionMirror(redis_client(config.redis), keys, every)
+    cache = ResponseCache(
+        config.cache,
+        config.redis,
+        config.pool,
+        suggested_ttl_s=prediction.cache_ttl_s if prediction is not None else lambda: None,
+    )
+    coalescer = Coalescer(cache, None, None, "")
+    if config.redis.url is not None and cache.has_l2:  # (across sidecars through the pool's cache)
+        pool_keys = PoolKeys(config.redis.key_prefix, config.pool.namespace, config.pool.name)
+        coalescer = Coalescer(cache, redis_client(config.redis), pool_keys, uuid.uuid4().hex)
     proxy = Proxy(
         config,
         limiter,
         routes,
         counter or TokenCounter(),
-        ResponseCache(
-            config.cache,
-            config.redis,
-            config.pool,
-            suggested_ttl_s=prediction.cache_ttl_s if prediction is not None else lambda: None,
-        ),
+        cache,
         metrics,
         quarantine,
         outages,
         outage_sync,
         demand,
         prediction,
+        coalescer,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes + 1,

@@ -18,6 +18,7 @@ from o1sidecar.admission import Admission, Admitter, Unavailable
 from o1sidecar.answers import Answers
 from o1sidecar.cache import ResponseCache, cache_key, is_cacheable
 from o1sidecar.calling import UpstreamCall, UpstreamCaller
+from o1sidecar.coalescing import ALONE, Coalescer
 from o1sidecar.config import SidecarConfig
 from o1sidecar.controls import RequestControls
 from o1sidecar.demand import DemandRecorder
@@ -53,6 +54,7 @@ class Proxy:
         outage_sync: SharedOutages | None = None,
         demand: DemandRecorder | None = None,
         prediction: PredictionMirror | None = None,
+        coalescer: Coalescer | None = None,
     ) -> None:
         self.config = config
         self.limiter = limiter
@@ -72,6 +74,7 @@ class Proxy:
         )
         self.caller = UpstreamCaller(config, routes, limiter, cache, metrics, quarantine)
         self.answers = Answers(config, cache, metrics, demand.counts if demand is not None else None)
+        self.coalescer = coalescer or Coalescer(cache, None, None, "")
         self._background = [s for s in (quarantine, outage_sync, demand, prediction) if s is not None]
         self._random = random.Random()
 
@@ -83,6 +86,7 @@ class Proxy:
     async def close(self) -> None:
         for loop in self._background:
             await loop.close()
+        await self.coalescer.close()
         await self.caller.close()
 
     async def handle(self, ex: Exchange) -> web.StreamResponse:
@@ -93,13 +97,27 @@ class Proxy:
             return self.answers.finish(ex, errors.unknown_model(ex.requested, self.models, pool))
         # Every good answer is stored; only cacheable requests are answered from it up front. Any
         # stored answer may serve as the last resort (cache-only) once every model has failed.
+        lead = ALONE
         if ex.cache_key is not None and ex.reads_cache and is_cacheable(ex.body, self.config.cache):
             hit = await self.answers.cached(ex.cache_key)
             if hit is not None:
                 ex.cache = hit[1]
                 return await self.answers.from_cache(ex, hit[0])
+            if not ex.controls.cache.only and ex.stores_answer:  # an identical request in flight?
+                joined = await self.coalescer.join(ex.cache_key, ex.deadline)
+                if isinstance(joined, bytes):
+                    ex.cache = "coalesced"
+                    return await self.answers.from_cache(ex, joined)
+                lead = joined
         if ex.controls.cache.only:
             return self.answers.finish(ex, errors.not_cached(self.config.cache.enabled))
+        try:
+            return await self._answer(ex)
+        finally:
+            await lead.done()  # (its answer stored: the identical requests waiting for it go)
+
+    async def _answer(self, ex: Exchange) -> web.StreamResponse:
+        """Admission, the call, and what follows, until there is an answer."""
         while True:
             admission = await self.admitter.admit(ex)
             if isinstance(admission, Unavailable):

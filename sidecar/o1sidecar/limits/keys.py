@@ -55,6 +55,11 @@ class PoolKeys:
         pool's tag like every other key, so no other pool on the same Redis can read or write it."""
         return f"{self.tag}:cache:{key}"
 
+    def inflight(self, key: str) -> str:
+        """STRING: the sidecar whose request with this cache key is calling the model now (coalescing.py),
+        expiring with that request's deadline."""
+        return f"{self.tag}:inflight:{key}"
+
     def refused_keys(self) -> str:
         """HASH of the keys the upstream refused: ``account/key`` -> fingerprint, refusals in a row,
         since and until when the key rests (quarantine.py)."""

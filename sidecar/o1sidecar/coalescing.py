@@ -1,0 +1,129 @@
+"""Request coalescing: identical cacheable requests in flight at the same time make one upstream call,
+in one sidecar and across the pool's sidecars.
+
+The first request for a cache key leads: it calls the model as usual, and when it is done (its answer
+stored in both cache layers) it lets the others go. A request that finds the key in flight waits for
+the leader and is answered from the cache (``x-o1pool-cache: coalesced``, replayed as SSE when it
+streams). Within a sidecar the first request holds the key in memory and the others wait on it; across
+sidecars it also takes the pool's Redis key ``{tag}:inflight:<cache key>`` (SET NX, expiring with the
+request's deadline), and a sidecar that finds it taken sends one of its requests to wait on the
+pool's cache (polling, from 20 ms up to 250 ms) while its others wait on that one.
+
+A leader that ends without a stored answer (an error, a fallback model's answer) lets the others go
+on their own, each calling the model as if alone: a failure is not repeated one request after
+another. Redis down, slow or unreachable: coalescing within the sidecar only (fail open), never an
+error. A follower never waits past its own deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from o1sidecar.cache import ResponseCache
+from o1sidecar.limits.keys import PoolKeys
+
+log = logging.getLogger("o1sidecar.coalescing")
+
+FIRST_POLL_S = 0.02
+MAX_POLL_S = 0.25
+MAX_HOLD_S = 600.0  # the Redis key outlives no leader by more than this (a leader that died)
+
+
+@dataclass
+class Lead:
+    """This request calls the model; ``done`` lets the requests waiting for it go."""
+
+    coalescer: Coalescer | None
+    key: str
+    event: asyncio.Event | None = None
+    remote: bool = False  # holds the pool's Redis key
+
+    async def done(self) -> None:
+        if self.coalescer is not None:
+            await self.coalescer.release(self)
+
+
+ALONE = Lead(None, "")  # call the model as if no identical request were in flight
+
+
+class Coalescer:
+    def __init__(self, cache: ResponseCache, client: Redis | None, keys: PoolKeys | None, owner: str) -> None:
+        self._cache = cache
+        self._client = client
+        self._keys = keys
+        self._owner = owner
+        self._local: dict[str, asyncio.Event] = {}
+
+    async def join(self, key: str, deadline: float) -> bytes | Lead:
+        """The answer of an identical request that was in flight, or the :class:`Lead` to call the model
+        under (``ALONE`` when a leader ended without an answer, or the deadline came first)."""
+        event = self._local.get(key)
+        if event is None:
+            event = self._local[key] = asyncio.Event()
+            taken = await self._take(key, deadline)
+            if taken != "waited":
+                return Lead(self, key, event, remote=taken == "remote")
+            # Another sidecar led; its answer (if any) is in the cache now, for this one's followers too.
+            await self.release(Lead(self, key, event))
+            hit = await self._cache.get(key)
+            return hit[0] if hit is not None else ALONE
+        try:
+            await asyncio.wait_for(event.wait(), max(0.0, deadline - time.time()))
+        except TimeoutError:
+            return ALONE
+        hit = await self._cache.get(key)
+        return hit[0] if hit is not None else ALONE
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def release(self, lead: Lead) -> None:
+        """The leader is done: its answer (if any) is in the cache. Let the others go."""
+        if lead.remote and self._client is not None and self._keys is not None:
+            await self._cache.flush()  # (the answer in L2 before the other sidecars look)
+            try:
+                await self._client.delete(self._keys.inflight(lead.key))
+            except (RedisError, OSError):
+                pass  # it expires with the leader's deadline
+        if lead.event is not None:
+            lead.event.set()
+            if self._local.get(lead.key) is lead.event:
+                del self._local[lead.key]
+
+    async def _take(self, key: str, deadline: float) -> Literal["remote", "local", "waited"]:
+        """``remote``: this sidecar took the pool's key and calls the model; ``local``: it calls the model
+        without asking the pool (no Redis, or Redis failed); ``waited``: a leader elsewhere is done (or
+        the deadline came), and this sidecar waited for it."""
+        if self._client is None or self._keys is None:
+            return "local"
+        inflight = self._keys.inflight(key)
+        hold_ms = max(1, round(min(MAX_HOLD_S, max(1.0, deadline - time.time())) * 1000))
+        try:
+            if await self._client.set(inflight, self._owner, nx=True, px=hold_ms):
+                return "remote"
+            await self._wait_elsewhere(inflight, key, deadline)
+        except (RedisError, OSError) as exc:
+            log.debug("coalescing across sidecars unavailable: %s", exc)
+            return "local"
+        return "waited"
+
+    async def _wait_elsewhere(self, inflight: str, key: str, deadline: float) -> None:
+        """Poll the pool's cache until another sidecar's leader is done (its answer stored, or its key
+        gone) or the deadline; the answer lands in this sidecar's L1 on the way."""
+        assert self._client is not None
+        pause = FIRST_POLL_S
+        while time.time() + pause < deadline:
+            await asyncio.sleep(pause)
+            if await self._cache.get(key) is not None:
+                return
+            if not await self._client.exists(inflight):
+                return
+            pause = min(MAX_POLL_S, pause * 2)

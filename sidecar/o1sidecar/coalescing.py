@@ -1,8 +1,9 @@
 """Request coalescing: identical cacheable requests in flight at the same time make one upstream call,
 in one sidecar and across the pool's sidecars.
 
-The first request for a cache key leads: it calls the model as usual, and when it is done (its answer
-stored in both cache layers) it lets the others go. A request that finds the key in flight waits for
+The first request for a cache key leads: it calls the model as usual, and when it is done it lets the
+others go (those in its sidecar at once, its answer being in L1; the pool's key once the answer is in
+L2, in the background: the leader's own answer never waits for it). A request that finds the key in flight waits for
 the leader and is answered from the cache (``x-o1pool-cache: coalesced``, replayed as SSE when it
 streams). Within a sidecar the first request holds the key in memory and the others wait on it; across
 sidecars it also takes the pool's Redis key ``{tag}:inflight:<cache key>`` (SET NX, expiring with the
@@ -45,9 +46,9 @@ class Lead:
     event: asyncio.Event | None = None
     remote: bool = False  # holds the pool's Redis key
 
-    async def done(self) -> None:
+    def done(self) -> None:
         if self.coalescer is not None:
-            await self.coalescer.release(self)
+            self.coalescer.release(self)
 
 
 ALONE = Lead(None, "")  # call the model as if no identical request were in flight
@@ -60,6 +61,7 @@ class Coalescer:
         self._keys = keys
         self._owner = owner
         self._local: dict[str, asyncio.Event] = {}
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def join(self, key: str, deadline: float) -> bytes | Lead:
         """The answer of an identical request that was in flight, or the :class:`Lead` to call the model
@@ -71,7 +73,7 @@ class Coalescer:
             if taken != "waited":
                 return Lead(self, key, event, remote=taken == "remote")
             # Another sidecar led; its answer (if any) is in the cache now, for this one's followers too.
-            await self.release(Lead(self, key, event))
+            self.release(Lead(self, key, event))
             hit = await self._cache.get(key)
             return hit[0] if hit is not None else ALONE
         try:
@@ -82,21 +84,31 @@ class Coalescer:
         return hit[0] if hit is not None else ALONE
 
     async def close(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
 
-    async def release(self, lead: Lead) -> None:
-        """The leader is done: its answer (if any) is in the cache. Let the others go."""
-        if lead.remote and self._client is not None and self._keys is not None:
-            await self._cache.flush()  # (the answer in L2 before the other sidecars look)
-            try:
-                await self._client.delete(self._keys.inflight(lead.key))
-            except (RedisError, OSError):
-                pass  # it expires with the leader's deadline
+    def release(self, lead: Lead) -> None:
+        """The leader is done: its answer (if any) is in L1 now, and on its way to L2. The followers in
+        this sidecar go at once; the pool's key goes once the answer is in L2, in the background (the
+        leader's own answer does not wait for it)."""
         if lead.event is not None:
             lead.event.set()
             if self._local.get(lead.key) is lead.event:
                 del self._local[lead.key]
+        if lead.remote:
+            task = asyncio.get_running_loop().create_task(self._release_remote(lead.key))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _release_remote(self, key: str) -> None:
+        assert self._client is not None and self._keys is not None
+        await self._cache.flush()  # (the answer in L2 before the other sidecars look)
+        try:
+            await self._client.delete(self._keys.inflight(key))
+        except (RedisError, OSError):
+            pass  # it expires with the leader's deadline
 
     async def _take(self, key: str, deadline: float) -> Literal["remote", "local", "waited"]:
         """``remote``: this sidecar took the pool's key and calls the model; ``local``: it calls the model

@@ -114,7 +114,7 @@ class Proxy:
         try:
             return await self._answer(ex)
         finally:
-            await lead.done()  # (its answer stored: the identical requests waiting for it go)
+            lead.done()  # (its answer stored: the identical requests waiting for it go)
 
     async def _answer(self, ex: Exchange) -> web.StreamResponse:
         """Admission, the call, and what follows, until there is an answer."""

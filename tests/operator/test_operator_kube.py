@@ -994,27 +994,26 @@ def test_recorded_demand_becomes_the_pools_prediction(
     assert any(e["reason"] == "PeakNeedsMoreKeys" for e in json.loads(out.stdout)["items"])
 
 
-WORKLOADS = """
+def deployment_yaml(name: str) -> str:
+    """A Deployment of one replica whose pods never need to run (no node here)."""
+    return f"""
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: web}
+metadata: {{name: {name}}}
 spec:
   replicas: 1
-  selector: {matchLabels: {app: web}}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {labels: {app: web}}
-    spec: {containers: [{name: app, image: example.invalid/web:1}]}
+    metadata: {{labels: {{app: {name}}}}}
+    spec: {{containers: [{{name: app, image: example.invalid/{name}:1}}]}}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: worker}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: worker}}
-  template:
-    metadata: {labels: {app: worker}}
-    spec: {containers: [{name: app, image: example.invalid/worker:1}]}
----
+"""
+
+
+WORKLOADS = (
+    deployment_yaml("web")
+    + deployment_yaml("worker")
+    + """
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
 metadata: {name: web}
@@ -1026,6 +1025,7 @@ spec:
     - type: Resource
       resource: {name: cpu, target: {type: Utilization, averageUtilization: 80}}
 """
+)
 
 
 def test_predicted_load_raises_the_replica_floor_of_the_pools_workloads(

@@ -3,12 +3,13 @@ in one sidecar and across the pool's sidecars.
 
 The first request for a cache key leads: it calls the model as usual, and when it is done it lets the
 others go (those in its sidecar at once, its answer being in L1; the pool's key once the answer is in
-L2, in the background: the leader's own answer never waits for it). A request that finds the key in flight waits for
-the leader and is answered from the cache (``x-o1pool-cache: coalesced``, replayed as SSE when it
-streams). Within a sidecar the first request holds the key in memory and the others wait on it; across
-sidecars it also takes the pool's Redis key ``{tag}:inflight:<cache key>`` (SET NX, expiring with the
-request's deadline), and a sidecar that finds it taken sends one of its requests to wait on the
-pool's cache (polling, from 20 ms up to 250 ms) while its others wait on that one.
+L2, in the background: the leader's own answer never waits for it). A request that finds the key in
+flight waits for the leader and is answered from the cache (``x-o1pool-cache: coalesced``, replayed
+as SSE when it streams). Within a sidecar the first request holds the key in memory and the others
+wait on it; across sidecars it also takes the pool's Redis key ``{tag}:inflight:<cache key>`` (SET
+NX, expiring with the request's deadline), and a sidecar that finds it taken sends one of its
+requests to wait on the pool's cache (polling, from 20 ms up to 250 ms) while its others wait on that
+one.
 
 A leader that ends without a stored answer (an error, a fallback model's answer) lets the others go
 on their own, each calling the model as if alone: a failure is not repeated one request after

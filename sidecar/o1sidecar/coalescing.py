@@ -70,7 +70,11 @@ class Coalescer:
         event = self._local.get(key)
         if event is None:
             event = self._local[key] = asyncio.Event()
-            taken = await self._take(key, deadline)
+            try:
+                taken = await self._take(key, deadline)
+            except BaseException:  # (cancelled: the client went away) the followers here go on alone
+                self.release(Lead(self, key, event))
+                raise
             if taken != "waited":
                 return Lead(self, key, event, remote=taken == "remote")
             # Another sidecar led; its answer (if any) is in the cache now, for this one's followers too.

@@ -67,15 +67,15 @@ class PredictionMirror(PoolMirror):
 
     def peak(self, now: datetime | None = None) -> bool:
         """A high load predicted for the hour under way (a prediction of another hour does not count)."""
-        p = self._now(now)
+        p = self._under_way(now)
         return p is not None and p.load == "high"
 
     def cache_ttl_s(self, now: datetime | None = None) -> int | None:
         """The cache TTL the prediction for the hour under way suggests, if any."""
-        p = self._now(now)
+        p = self._under_way(now)
         return None if p is None else p.cache_ttl_s
 
-    def _now(self, now: datetime | None) -> Published | None:
+    def _under_way(self, now: datetime | None) -> Published | None:
         p = self.current
         now = now or datetime.now(UTC)
         return p if p is not None and p.hour <= now < p.hour + timedelta(hours=1) else None

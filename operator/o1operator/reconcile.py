@@ -102,8 +102,8 @@ def reconcile_pool(
                 probes.pop((namespace, name), None)
             else:
                 probes[namespace, name] = probe
-    if probe is None:  # no Redis: no demand recorded, nothing forecast (and a past prediction is cleared)
-        redis, forecast = None, NO_REDIS
+    if probe is None:  # not rendered (keep what was said), or no Redis: nothing recorded or forecast
+        redis, forecast = None, (NO_REDIS if rendering.config is not None else None)
     status = get_status(pool, rendering, now(), redis, forecast)
     kube.patch_status(namespace, name, status)
     for type_, reason, message in get_events(pool.get("status") or {}, status):

@@ -1077,7 +1077,9 @@ def test_predicted_load_raises_the_replica_floor_of_the_pools_workloads(
         return int(hpas.read_namespaced_horizontal_pod_autoscaler("web", ns).spec.min_replicas)
 
     set_autoscaling()
-    wait_for("a plan", lambda: report().get("targets"), running)
+    wait_for(  # (a plan made before the forecast of the recorded weeks has no floor yet)
+        "a plan with floors", lambda: all("floor" in t for t in report().get("targets") or [{}]), running
+    )
     if now % 3600 < 55 * 60:  # (lead: a minute's start-up + the 0.5 s round; later it is the next hour)
         assert [(t["floor"], t["forHour"]) for t in report()["targets"]] == [(1, hour(now))] * 2
         assert hpa_min() == 1 and replicas("worker") == 1  # the quiet hour under way: nothing to raise

@@ -12,7 +12,7 @@ from o1emulator.embedded import EmulatorHandle
 from tests.conftest import RedisServer
 from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
 
-SLOW = {"models": {"o1": {"latency": {"ttft_ms": 400}}}, "latency_scale": 1.0}  # in flight together
+SLOW = {"models": {"o1": {"latency": {"ttft_ms": 1500}}}, "latency_scale": 1.0}  # in flight together
 
 
 def calls(emulator: EmulatorHandle) -> int:

@@ -86,18 +86,15 @@ async def forecast_forever(
     call ``on_change(namespace, name)`` (in a thread) when it changed; then ``scaler.act(ref,
     assessment, now)`` on it, and ``scaler.release(ref)`` for a pool no longer probed (deleted, or
     without Redis now) that it acted on (in threads; autoscale.Scaler)."""
-    acted: set[tuple[str, str]] = set()
     while True:
-        for ref in acted - set(probes):
-            acted.discard(ref)
-            forecasts.pop(ref, None)
+        for ref in set(forecasts) - set(probes):  # (every pool acted on was assessed first)
+            del forecasts[ref]
             if scaler is not None:
                 try:
                     await asyncio.to_thread(scaler.release, ref)
                 except Exception as exc:  # (its namespace may be gone with it)
                     log.warning("O1Pool %s/%s: cannot put back what autoscaling raised: %s", *ref, exc)
         for ref, probe in list(probes.items()):
-            acted.add(ref)
             now = clock()
             client = probe_client(probe)
             try:

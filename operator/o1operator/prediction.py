@@ -131,7 +131,7 @@ def assess(
     worst = max(e for _, _, e in per_model)
     prediction = {
         "load": LEVEL_NAMES[level],
-        "hour": hour.strftime("%Y-%m-%dT%H:00:00Z"),
+        "hour": hour_text(per_model[0][1].hour),
         "tokensPerHour": round(mean),
         "upperTokensPerHour": round(upper),
         "recentError": f"{worst:.1%}",

@@ -97,8 +97,9 @@ class Account(_Strict):
     )
     adaptive: bool = Field(
         default=True,
-        description="Lower the effective limits when the upstream refuses what they allowed; raise them "
-        "back while calls succeed.",
+        description="Treat the configured limits as a guess: start at half of them for the first minute "
+        "unless the upstream's limit headers say the limit (slow start), lower them when the upstream "
+        "refuses what they allowed, raise them back while calls succeed.",
     )
     reserve: bool = Field(
         default=False,

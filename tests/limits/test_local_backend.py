@@ -14,8 +14,10 @@ from o1sidecar.limits.local import LocalBackend
 
 from .helpers import Clock
 
-A = AccountLimits("a", rpm=60, tpm=6_000, concurrency=2)
-B = AccountLimits("b", rpm=60, tpm=6_000, concurrency=None)
+# The configured limits stand (adaptive: false, so no slow start): these tests are about the store;
+# what adapts is test_rule.py's.
+A = AccountLimits("a", rpm=60, tpm=6_000, concurrency=2, adaptive=False)
+B = AccountLimits("b", rpm=60, tpm=6_000, concurrency=None, adaptive=False)
 
 
 def attempt(

@@ -89,7 +89,8 @@ async def test_low_priority_ages_and_is_not_starved() -> None:
 
 
 async def test_deadline_passing_in_the_queue_raises_queue_timeout_with_an_honest_retry_after() -> None:
-    limiter = LocalLimiter(config({"a": {"rpm": 6, "tpm": 1_000_000}}))  # one request per 10 s
+    # one request per 10 s, as configured (no slow start: the retry-after figures below are exact)
+    limiter = LocalLimiter(config({"a": {"rpm": 6, "tpm": 1_000_000}}, account={"adaptive": False}))
     await limiter.start()
     await drain_local(limiter)
     with pytest.raises(QueueTimeout) as info:
@@ -182,7 +183,8 @@ async def test_a_cancelled_waiter_leaves_and_blocks_nobody() -> None:
 
 
 async def test_pacing_spreads_a_burst_at_the_limits_rate() -> None:
-    limiter = LocalLimiter(config({"a": {"rpm": 600, "tpm": 1_000_000}}))  # 10/s, a burst of 10
+    # 10/s, a burst of 10 (as configured: a new adaptive account's slow start is test_rule's)
+    limiter = LocalLimiter(config({"a": {"rpm": 600, "tpm": 1_000_000}}, account={"adaptive": False}))
     await limiter.start()
     grants = await asyncio.gather(*(limiter.acquire(demand(), ["a"]) for _ in range(15)))
     waits = sorted(g.waited_s for g in grants)

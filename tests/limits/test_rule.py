@@ -22,12 +22,16 @@ def limits(**changes: object) -> rule.Limits:
 
 
 class Pool:
-    """One account+model and a clock, with the steps a store takes."""
+    """One account+model and a clock, with the steps a store takes. ``new``: the pool has never used the
+    account, so its first admission begins the slow start; otherwise the limits are known from
+    elsewhere (as when a sidecar takes over from Redis) and admission starts at the whole rate."""
 
-    def __init__(self, lim: rule.Limits, now: float = T0) -> None:
+    def __init__(self, lim: rule.Limits, now: float = T0, new: bool = False) -> None:
         self.lim = lim
         self.now = now
         self.state = rule.new_state(lim, now)
+        if not new:
+            self.state.ss = rule.NO_SLOW_START
         self.n = 0
 
     def check(self, tokens: float = 100) -> tuple[rule.Block | None, float]:
@@ -62,6 +66,72 @@ class Pool:
 
 
 # -- pacing and the window -------------------------------------------------------------------------
+
+
+def admitted_greedily(p: Pool, until_s: float, step_s: float = 0.01) -> int:
+    """Admissions when every request is tried every ``step_s`` until ``until_s`` after T0."""
+    n = 0
+    while p.now < T0 + until_s:
+        while p.admit():
+            n += 1
+        p.now += step_s
+    return n
+
+
+def test_a_new_adaptive_account_starts_at_half_its_rate_and_reaches_all_of_it_in_a_minute() -> None:
+    new = Pool(limits(rpm=600.0), new=True)  # 10 per second once the slow start is over
+    assert admitted_greedily(new, 1.0) == 6  # no second holds more than half its burst (5), rounded up
+    assert rule.effective(new.state, new.lim)[0] == pytest.approx(600 * (0.5 + 0.5 / 60), rel=1e-3)
+    first_minute = admitted_greedily(new, 60.0)
+    assert first_minute == pytest.approx(600 * 0.75, abs=6)  # 5/s rising to 10/s: 75% of the minute
+    assert rule.effective(new.state, new.lim) == pytest.approx((600.0, 120_000.0), rel=1e-5)
+    assert admitted_greedily(new, 70.0) == pytest.approx(100, abs=1)  # the whole rate since
+    fixed = Pool(limits(rpm=600.0, adaptive=False), new=True)  # configured limits stand: no slow start
+    assert 590 <= admitted_greedily(fixed, 60.0) <= 610
+
+
+def test_the_slow_start_refills_the_same_however_often_the_state_is_refreshed() -> None:
+    often, once = (Pool(limits(rpm=600.0, burst_s=60.0), new=True) for _ in range(2))
+    for p in (often, once):
+        assert p.admit()
+        p.state.r = -500.0  # a debt, so that the bucket's capacity caps nothing below
+    for _ in range(300):
+        often.now += 0.1
+        often.check()
+    once.now += 30.0
+    once.check()
+    assert often.state.r == pytest.approx(once.state.r)
+    assert once.state.r == pytest.approx(-500.0 + 187.5)  # 30 s at 5/s rising by 5/s a minute: 150 + 37.5
+
+
+def test_a_429_ends_the_slow_start_where_it_was_and_cuts_from_there() -> None:
+    p = Pool(limits(rpm=600.0), new=True)
+    leases = []
+    while p.now < T0 + 36.0:  # a sub-minute upstream allowing 80% of the rate refuses when the ramp
+        lease = p.admit()  # passes 80%, 36 s in
+        if lease:
+            leases.append(lease)
+        p.now += 0.01
+    assert rule.slow_start_share(p.state.ss, p.now) == pytest.approx(0.8, abs=0.01)
+    # what a window of up to 10 s saw: the share 5 s ago
+    share = rule.slow_start_share(p.state.ss, p.now - rule.SLOW_START_LOOKBACK_S)
+    p.settle(leases[-1], p.now, outcome="rate_limited", limit_type="requests")
+    assert p.state.ss == p.now and p.state.mr == pytest.approx(share)  # over, where it was refused
+    assert p.state.fr == pytest.approx(share * (1 - rule.FIRST_CUT))
+    assert p.state.ft == pytest.approx(share)  # tokens were not refused: they stay, and recover
+
+
+def test_the_upstreams_limit_header_ends_the_slow_start() -> None:
+    p = Pool(limits(rpm=600.0), new=True)
+    lease = p.admit()
+    assert lease and rule.effective(p.state, p.lim)[0] == pytest.approx(300.0)
+    p.now += 0.5
+    p.settle(lease, p.now - 0.5, outcome="ok", limit_requests=600)
+    p.check()
+    assert p.state.ss == p.now and rule.effective(p.state, p.lim)[0] == 600.0  # the limit is known
+    later = Pool(limits(rpm=600.0), new=True)  # a pool that has seen the header never starts slowly
+    later.state.hr = 600.0
+    assert later.admit() and rule.effective(later.state, later.lim)[0] == 600.0
 
 
 def test_pacing_lets_one_seconds_worth_out_then_the_rate() -> None:

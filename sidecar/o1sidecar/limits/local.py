@@ -100,6 +100,7 @@ class LocalBackend:
         if seen is not None:
             st.fr = min(1.0, seen.effective_rpm / limits.rpm)
             st.ft = min(1.0, seen.effective_tpm / limits.tpm)
+            st.ss = rule.NO_SLOW_START  # the limits as Redis had them, slow start included
             rule.refresh(st, lim, now)
             share = min(1.0, max(0.0, self._share()))
             if limits.daily is not None and seen.daily_left is not None:

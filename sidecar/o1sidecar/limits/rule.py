@@ -11,7 +11,9 @@ waiting for the model, or the window nearly full) raise it back: quickly (time c
 ``RECOVER_S``) to just below where the upstream last refused, then by ``RAISE_NEAR_PER_MIN`` of the
 ceiling per minute near that level, then by ``RAISE_PER_MIN`` past it. The ceiling is 1, or lower
 when the upstream's ``x-ratelimit-limit-*`` header says the limit is lower than configured, or its
-remaining count says it has counted more than the pool logged (``upstream_ceiling``).
+remaining count says it has counted more than the pool logged (``upstream_ceiling``). Within the
+**slow start** (an adaptive account+model's first ``SLOW_START_S`` in the pool, until a limit header or
+a 429 ends it) ``E`` is scaled by a share rising from ``SLOW_START_FROM`` to 1 (``slow_start_share``).
 
 **Admission** of a request costing ``c`` tokens needs all of:
 
@@ -83,7 +85,8 @@ IN_A_ROW_REQUESTS = 10  # refused within this many requests' time of the last co
 #                        cut was not enough
 RECOVER_S = 20.0  # below where the upstream last refused, a limit closes the gap with this time constant
 RAISE_PER_MIN = 0.05  # (and at least this share of the ceiling per minute), under pressure...
-RAISE_NEAR_PER_MIN = 0.005  # ...and only this near where the upstream last refused
+RAISE_NEAR_PER_MIN = 0.001  # ...and only this near where the upstream last refused (each crossing
+#                            of the real limit is an episode: a stall that high priorities wait out)
 NEAR_LOW, NEAR_HIGH = 0.99, 1.01  # "near": this band around that level
 PRESSURE = 0.9  # the window is under pressure when it holds this share of E
 MIN_FACTOR = 0.01
@@ -93,10 +96,14 @@ PER_MINUTE_RESET = 0.9  # a count is per minute when it takes this share of a pe
 WALK_LIMIT = 64  # window entries a tokens wait looks at (the same bound in Lua)
 DAY_S = 86_400.0
 NEVER = -1e18  # "no episode or cut yet" (finite: Redis stores it and Lua reads it back)
+SLOW_START_S = 60.0  # an adaptive account's limits start at SLOW_START_FROM of the effective ones at the
+SLOW_START_FROM = 0.5  # pool's first admission and rise linearly to all of them over SLOW_START_S
+NO_SLOW_START = -1.0  # ``ss`` of a state whose limits are known from elsewhere (a past end)
+SLOW_START_LOOKBACK_S = 5.0  # a refusal within it: windows up to 10 s averaged the share this long ago
 
 # The fields of AccountModel that the Redis hash keeps, under the same names (rule.lua's FIELDS).
 LUA_FIELDS = tuple(
-    "r t ts bt fr ft hr ht ra cd es en cn mr mt pn pl pu wn wt day dc month mc".split()
+    "r t ts bt ss fr ft hr ht ra cd es en cn mr mt pn pl pu wn wt day dc month mc".split()
 )  # fmt: skip
 
 Block = Literal["cooldown", "quota", "concurrency", "capacity"]
@@ -112,6 +119,7 @@ class AccountModel:
     t: float  # TPM pacing level, as of ts
     ts: float
     bt: float = 0.0  # when the pool first admitted a call on this account+model (0: never)
+    ss: float = 0.0  # when the slow start ends, or ended (0: never began; see slow_start_share)
     fr: float = 1.0  # effective-limit factors
     ft: float = 1.0
     hr: float = 0.0  # the upstream's own limits from x-ratelimit-limit-* (0: none seen)
@@ -184,8 +192,30 @@ def capacity(effective: float, burst_s: float) -> float:
 
 
 def effective(st: AccountModel, lim: Limits) -> tuple[float, float]:
-    """The effective RPM and TPM."""
-    return max(1.0, st.fr * lim.rpm), max(1.0, st.ft * lim.tpm)
+    """The effective RPM and TPM (as of ``st.ts``: within the slow start, its share of them)."""
+    g = slow_start_share(st.ss, st.ts)
+    return max(1.0, st.fr * g * lim.rpm), max(1.0, st.ft * g * lim.tpm)
+
+
+def slow_start_share(ends: float, now: float) -> float:
+    """The **slow start**: without the upstream's limit headers, the pool does not know whether the
+    configured limits are the real ones, and a whole minute at a limit the upstream does not grant has
+    it refuse everything for the rest of its minute. So an adaptive account+model starts at
+    ``SLOW_START_FROM`` of its effective limits at the pool's first admission on it and rises linearly to
+    all of them over ``SLOW_START_S``: the first minute sends 75% of a minute's worth. It ends early at
+    the first 429 (the limits stay about where the refusal found them, then cut) or the first limit
+    header (the limit is known)."""
+    if now >= ends:
+        return 1.0
+    return 1.0 - (1.0 - SLOW_START_FROM) * (ends - now) / SLOW_START_S
+
+
+def paced_s(ends: float, since: float, now: float) -> float:
+    """``since``..``now`` (``since`` not before the slow start began) weighted by the slow start's share
+    of the rate: the bucket refill over it, in seconds of the full rate (exact, so the same however
+    often the state is refreshed)."""
+    gone = max(0.0, ends - since) ** 2 - max(0.0, ends - now) ** 2
+    return (now - since) - (1.0 - SLOW_START_FROM) * gone / (2.0 * SLOW_START_S)
 
 
 def ceilings(st: AccountModel, lim: Limits) -> tuple[float, float]:
@@ -221,13 +251,13 @@ def next_month_s(now: float) -> float:
 def refresh(st: AccountModel, lim: Limits, now: float) -> None:
     """Bring the state to ``now``: refill the buckets, age the window, expire leases-free probes, roll
     the calendar. (Time never runs backwards: an earlier ``now`` refills nothing.)"""
-    er, et = effective(st, lim)
-    br, bt = capacity(er, lim.burst_s), capacity(et, lim.burst_s)
     if now > st.ts:
-        st.r = st.r + (now - st.ts) * er / MINUTE_S
-        st.t = st.t + (now - st.ts) * et / MINUTE_S
+        paced = paced_s(st.ss, st.ts, now)
+        st.r = st.r + paced * max(1.0, st.fr * lim.rpm) / MINUTE_S
+        st.t = st.t + paced * max(1.0, st.ft * lim.tpm) / MINUTE_S
         st.ts = now
-    st.r, st.t = min(st.r, br), min(st.t, bt)
+    er, et = effective(st, lim)
+    st.r, st.t = min(st.r, capacity(er, lim.burst_s)), min(st.t, capacity(et, lim.burst_s))
     while st.window and st.window[0][0] <= now - WINDOW_S:
         _, _, tokens = st.window.popleft()
         st.wn -= 1
@@ -341,6 +371,8 @@ def admit(st: AccountModel, lim: Limits, tokens: float, lease: str, now: float) 
     st.mc += 1
     if st.bt <= 0:
         st.bt = now
+        if lim.adaptive and st.ss == 0.0 and st.hr <= 0 and st.ht <= 0:
+            st.ss = now + SLOW_START_S
     if st.pn:
         st.pn, st.pl, st.pu = False, lease, now + PROBE_HOLD_S
 
@@ -357,6 +389,8 @@ def settle(st: AccountModel, lim: Limits, s: Settlement, now: float, waiting: in
         st.hr = upstream_ceiling(s.limit_requests, s.remaining_requests, s.reset_requests_s, st.wn, er)
     if s.limit_tokens is not None and s.limit_tokens >= 1:
         st.ht = upstream_ceiling(s.limit_tokens, s.remaining_tokens, s.reset_tokens_s, st.wt, et)
+    if (st.hr > 0 or st.ht > 0) and st.ss > now:  # the upstream says its limit: no need to find it
+        st.ss = now
     cr, ct = ceilings(st, lim)
     st.fr, st.ft = min(st.fr, cr), min(st.ft, ct)
     er, et = effective(st, lim)
@@ -434,6 +468,7 @@ def _after_429(
     else:
         st.en += 1
         st.es = now
+        _end_slow_start(st, now)
         if lim.adaptive and not probe:
             _cut(st, lim, requests, tokens, now)
         elif lim.adaptive and st.en > PROBES_TO_ESTIMATE and not _first_minute_over(st, now):
@@ -449,6 +484,15 @@ def _after_429(
         st.r = min(st.r, max(-er, -rest * er / MINUTE_S))
     if tokens:
         st.t = min(st.t, max(-et, -rest * et / MINUTE_S))
+
+
+def _end_slow_start(st: AccountModel, now: float) -> None:
+    """A 429 within the slow start: the limits stay at the share it had reached, as an upstream window
+    of up to 10 s saw it (``SLOW_START_LOOKBACK_S`` ago; the cut starts there)."""
+    if st.ss <= now:
+        return
+    g = slow_start_share(st.ss, now - SLOW_START_LOOKBACK_S)
+    st.fr, st.ft, st.ss = max(MIN_FACTOR, st.fr * g), max(MIN_FACTOR, st.ft * g), now
 
 
 def _cut(st: AccountModel, lim: Limits, requests: bool, tokens: bool, now: float) -> None:

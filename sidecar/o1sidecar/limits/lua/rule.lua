@@ -21,7 +21,7 @@ local PROBES_TO_ESTIMATE = 2
 local IN_A_ROW_REQUESTS = 10
 local RECOVER = 20.0
 local RAISE_PER_MIN = 0.05
-local RAISE_NEAR_PER_MIN = 0.005
+local RAISE_NEAR_PER_MIN = 0.001
 local NEAR_LOW, NEAR_HIGH = 0.99, 1.01
 local PRESSURE = 0.9
 local MIN_FACTOR = 0.01
@@ -32,9 +32,12 @@ local WALK_LIMIT = 64
 local DAY = 86400.0
 local NEVER = -1e18
 local STATE_TTL = 3600.0
+local SLOW_START = 60.0
+local SLOW_START_FROM = 0.5
+local SLOW_START_LOOKBACK = 5.0
 
-local FIELDS = {'r', 't', 'ts', 'bt', 'fr', 'ft', 'hr', 'ht', 'ra', 'cd', 'es', 'en', 'cn', 'mr', 'mt', 'pn',
-                'pl', 'pu', 'wn', 'wt', 'day', 'dc', 'month', 'mc'}
+local FIELDS = {'r', 't', 'ts', 'bt', 'ss', 'fr', 'ft', 'hr', 'ht', 'ra', 'cd', 'es', 'en', 'cn', 'mr', 'mt',
+                'pn', 'pl', 'pu', 'wn', 'wt', 'day', 'dc', 'month', 'mc'}
 
 local function clock(arg)
   if arg ~= '' then return tonumber(arg) end
@@ -91,7 +94,22 @@ end
 
 local function capacity(e, burst) return math.max(1.0, e * burst / MINUTE) end
 
-local function effective(a) return math.max(1.0, a.fr * a.rpm), math.max(1.0, a.ft * a.tpm) end
+-- rule.slow_start_share
+local function slow_start_share(ends, now)
+  if now >= ends then return 1.0 end
+  return 1.0 - (1.0 - SLOW_START_FROM) * (ends - now) / SLOW_START
+end
+
+-- rule.paced_s
+local function paced_s(ends, since, now)
+  local gone = math.max(0.0, ends - since) ^ 2 - math.max(0.0, ends - now) ^ 2
+  return (now - since) - (1.0 - SLOW_START_FROM) * gone / (2.0 * SLOW_START)
+end
+
+local function effective(a)
+  local g = slow_start_share(a.ss, a.ts)
+  return math.max(1.0, a.fr * g * a.rpm), math.max(1.0, a.ft * g * a.tpm)
+end
 
 local function ceilings(a)
   local cr, ct = 1.0, 1.0
@@ -115,27 +133,27 @@ end
 local function load(a, now)
   local h = redis.call('HMGET', a.key, unpack(FIELDS))
   local function n(i, default) return tonumber(h[i]) or default end
-  a.fr, a.ft = n(5, 1.0), n(6, 1.0)
-  local er, et = effective(a)
+  a.fr, a.ft, a.ss = n(6, 1.0), n(7, 1.0), n(5, 0.0)
+  local er, et = math.max(1.0, a.fr * a.rpm), math.max(1.0, a.ft * a.tpm)
   a.r, a.t, a.ts, a.bt = n(1, capacity(er, a.burst)), n(2, capacity(et, a.burst)), n(3, now), n(4, 0.0)
-  a.hr, a.ht, a.ra, a.cd = n(7, 0.0), n(8, 0.0), n(9, 0.0), n(10, 0.0)
-  a.es, a.en, a.cn = n(11, NEVER), n(12, 0), n(13, 0)
-  a.mr, a.mt = n(14, 1.0), n(15, 1.0)
-  a.pn, a.pl, a.pu = n(16, 0), h[17] or '', n(18, 0.0)
-  a.wn, a.wt = n(19, 0), n(20, 0.0)
-  a.day, a.dc, a.month, a.mc = n(21, -1), n(22, 0), n(23, -1), n(24, 0)
+  a.hr, a.ht, a.ra, a.cd = n(8, 0.0), n(9, 0.0), n(10, 0.0), n(11, 0.0)
+  a.es, a.en, a.cn = n(12, NEVER), n(13, 0), n(14, 0)
+  a.mr, a.mt = n(15, 1.0), n(16, 1.0)
+  a.pn, a.pl, a.pu = n(17, 0), h[18] or '', n(19, 0.0)
+  a.wn, a.wt = n(20, 0), n(21, 0.0)
+  a.day, a.dc, a.month, a.mc = n(22, -1), n(23, 0), n(24, -1), n(25, 0)
 end
 
 -- rule.refresh, in memory: prune() writes what it dropped (aged-out window entries, expired leases).
 local function refresh(a, now)
-  local er, et = effective(a)
-  local br, bt = capacity(er, a.burst), capacity(et, a.burst)
   if now > a.ts then
-    a.r = a.r + (now - a.ts) * er / MINUTE
-    a.t = a.t + (now - a.ts) * et / MINUTE
+    local paced = paced_s(a.ss, a.ts, now)
+    a.r = a.r + paced * math.max(1.0, a.fr * a.rpm) / MINUTE
+    a.t = a.t + paced * math.max(1.0, a.ft * a.tpm) / MINUTE
     a.ts = now
   end
-  a.r, a.t = math.min(a.r, br), math.min(a.t, bt)
+  local er, et = effective(a)
+  a.r, a.t = math.min(a.r, capacity(er, a.burst)), math.min(a.t, capacity(et, a.burst))
   local old = redis.call('ZRANGEBYSCORE', a.window, '-inf', now - WINDOW)
   for _, member in ipairs(old) do
     a.wn = a.wn - 1
@@ -246,7 +264,10 @@ local function admit(a, tokens, lease, now, lease_ttl)
   redis.call('PEXPIRE', a.leases, math.ceil(2 * lease_ttl * 1000))
   a.dc = a.dc + 1
   a.mc = a.mc + 1
-  if a.bt <= 0 then a.bt = now end
+  if a.bt <= 0 then
+    a.bt = now
+    if a.adaptive and a.ss == 0 and a.hr <= 0 and a.ht <= 0 then a.ss = now + SLOW_START end
+  end
   if a.pn == 1 then a.pn, a.pl, a.pu = 0, lease, now + PROBE_HOLD end
 end
 
@@ -307,6 +328,13 @@ local function cut(a, requests, tokens, now)
   if tokens then a.ft, a.mt = cut_factor(a.ft, factor, held_t, et, a.tpm) end
 end
 
+-- rule._end_slow_start: a 429 within the slow start; the limits stay at the share it had reached.
+local function end_slow_start(a, now)
+  if a.ss <= now then return end
+  local g = slow_start_share(a.ss, now - SLOW_START_LOOKBACK)
+  a.fr, a.ft, a.ss = math.max(MIN_FACTOR, a.fr * g), math.max(MIN_FACTOR, a.ft * g), now
+end
+
 local function after_429(a, s, admitted_at, probe, now)
   local retry = 0.0
   if s.retry ~= nil and s.retry > 0 then retry = s.retry end
@@ -324,6 +352,7 @@ local function after_429(a, s, admitted_at, probe, now)
   else
     a.en = a.en + 1
     a.es = now
+    end_slow_start(a, now)
     if a.adaptive and not probe then
       cut(a, requests, tokens, now)
     elseif a.adaptive and a.en > PROBES_TO_ESTIMATE and not first_minute_over(a, now) then
@@ -361,6 +390,7 @@ local function settle(a, s, now, waiting)
   local er0, et0 = effective(a)
   if s.lim_r ~= nil and s.lim_r >= 1 then a.hr = upstream_ceiling(s.lim_r, s.rem_r, s.reset_r, a.wn, er0) end
   if s.lim_t ~= nil and s.lim_t >= 1 then a.ht = upstream_ceiling(s.lim_t, s.rem_t, s.reset_t, a.wt, et0) end
+  if (a.hr > 0 or a.ht > 0) and a.ss > now then a.ss = now end
   local cr, ct = ceilings(a)
   a.fr, a.ft = math.min(a.fr, cr), math.min(a.ft, ct)
   local er, et = effective(a)

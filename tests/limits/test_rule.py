@@ -48,10 +48,10 @@ class Pool:
         rule.admit(self.state, self.lim, tokens, lease, self.now)
         return lease
 
-    def settle(self, lease: str, admitted_at: float, **report: object) -> None:
+    def settle(self, lease: str, admitted_at: float, waiting: int = 0, **report: object) -> None:
         rule.refresh(self.state, self.lim, self.now)
         s = Settlement(ACCOUNT, "m", lease, elapsed_s=self.now - admitted_at, **report)  # type: ignore[arg-type]
-        rule.settle(self.state, self.lim, s, self.now)
+        rule.settle(self.state, self.lim, s, self.now, waiting)
 
     def effective(self) -> tuple[float, float]:
         return rule.effective(self.state, self.lim)
@@ -119,6 +119,16 @@ def test_a_429_ends_the_slow_start_where_it_was_and_cuts_from_there() -> None:
     assert p.state.ss == p.now and p.state.mr == pytest.approx(share)  # over, where it was refused
     assert p.state.fr == pytest.approx(share * (1 - rule.FIRST_CUT))
     assert p.state.ft == pytest.approx(share)  # tokens were not refused: they stay, and recover
+
+
+def test_a_refusal_in_the_first_seconds_of_the_slow_start_only_cools_down() -> None:
+    p = Pool(limits(rpm=600.0), new=True)
+    lease = p.admit()
+    assert lease
+    ends = p.state.ss
+    p.now += 3.0  # the first calls bunched up at the upstream: it says nothing of a rate
+    p.settle(lease, p.now - 3.0, outcome="rate_limited", limit_type="requests")
+    assert p.state.ss == ends and p.state.fr == 1.0 and p.state.cd > p.now
 
 
 def test_the_upstreams_limit_header_ends_the_slow_start() -> None:

@@ -28,8 +28,8 @@ pytestmark = [
 
 # 120 RPM per account (16 per 10 s at 80%; 300 for 1 s windows, whole requests a second at 80% too);
 # a token bucket of 6 s, not a minute, so that a bucket 20% smaller than configured is spent within
-# the run. The warm-up covers what the pool learns in its first two minutes of a limit lower than
-# configured without headers (two refusal episodes; docs/limits.md).
+# the run. The warm-up covers the slow start and what the pool then learns of a limit lower than
+# configured without headers (the first refusal episodes; docs/limits.md).
 SETTINGS = MatrixSettings(sidecars=2, rpm=120, warmup_s=150.0, measure_s=60.0, bucket_burst=0.1)
 BOUNDS = {True: (0.02, 0.90), False: (0.05, 0.80)}  # known limit: (max 429 rate, min use of real limit)
 # A 1 s window holds 5 requests (4 at 80%): with six cells sharing two cores, the sidecars' timing

@@ -100,6 +100,7 @@ SLOW_START_S = 60.0  # an adaptive account's limits start at SLOW_START_FROM of 
 SLOW_START_FROM = 0.5  # pool's first admission and rise linearly to all of them over SLOW_START_S
 NO_SLOW_START = -1.0  # ``ss`` of a state whose limits are known from elsewhere (a past end)
 SLOW_START_LOOKBACK_S = 5.0  # a refusal within it: windows up to 10 s averaged the share this long ago
+SLOW_START_GRACE_S = 10.0  # a refusal this early in it says nothing of a rate (only cools down)
 
 # The fields of AccountModel that the Redis hash keeps, under the same names (rule.lua's FIELDS).
 LUA_FIELDS = tuple(
@@ -468,8 +469,9 @@ def _after_429(
     else:
         st.en += 1
         st.es = now
-        _end_slow_start(st, now)
-        if lim.adaptive and not probe:
+        if st.ss - SLOW_START_S <= now < st.ss - SLOW_START_S + SLOW_START_GRACE_S:
+            pass  # the pool's first calls bunch up at the upstream (connections being set up)
+        elif _end_slow_start(st, now) or (lim.adaptive and not probe):
             _cut(st, lim, requests, tokens, now)
         elif lim.adaptive and st.en > PROBES_TO_ESTIMATE and not _first_minute_over(st, now):
             _cut_to_window(st, lim, requests, tokens)
@@ -486,13 +488,15 @@ def _after_429(
         st.t = min(st.t, max(-et, -rest * et / MINUTE_S))
 
 
-def _end_slow_start(st: AccountModel, now: float) -> None:
-    """A 429 within the slow start: the limits stay at the share it had reached, as an upstream window
-    of up to 10 s saw it (``SLOW_START_LOOKBACK_S`` ago; the cut starts there)."""
+def _end_slow_start(st: AccountModel, now: float) -> bool:
+    """A 429 within the slow start (``True``; only adaptive accounts have one): the limits stay at the
+    share it had reached, as an upstream window of up to 10 s saw it (``SLOW_START_LOOKBACK_S`` ago),
+    and the cut starts there. (A 429 in its first ``SLOW_START_GRACE_S`` neither ends nor cuts it.)"""
     if st.ss <= now:
-        return
-    g = slow_start_share(st.ss, now - SLOW_START_LOOKBACK_S)
+        return False
+    g = slow_start_share(st.ss, max(now - SLOW_START_LOOKBACK_S, st.ss - SLOW_START_S))
     st.fr, st.ft, st.ss = max(MIN_FACTOR, st.fr * g), max(MIN_FACTOR, st.ft * g), now
+    return True
 
 
 def _cut(st: AccountModel, lim: Limits, requests: bool, tokens: bool, now: float) -> None:

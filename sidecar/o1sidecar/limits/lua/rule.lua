@@ -35,6 +35,7 @@ local STATE_TTL = 3600.0
 local SLOW_START = 60.0
 local SLOW_START_FROM = 0.5
 local SLOW_START_LOOKBACK = 5.0
+local SLOW_START_GRACE = 10.0
 
 local FIELDS = {'r', 't', 'ts', 'bt', 'ss', 'fr', 'ft', 'hr', 'ht', 'ra', 'cd', 'es', 'en', 'cn', 'mr', 'mt',
                 'pn', 'pl', 'pu', 'wn', 'wt', 'day', 'dc', 'month', 'mc'}
@@ -330,9 +331,10 @@ end
 
 -- rule._end_slow_start: a 429 within the slow start; the limits stay at the share it had reached.
 local function end_slow_start(a, now)
-  if a.ss <= now then return end
-  local g = slow_start_share(a.ss, now - SLOW_START_LOOKBACK)
+  if a.ss <= now then return false end
+  local g = slow_start_share(a.ss, math.max(now - SLOW_START_LOOKBACK, a.ss - SLOW_START))
   a.fr, a.ft, a.ss = math.max(MIN_FACTOR, a.fr * g), math.max(MIN_FACTOR, a.ft * g), now
+  return true
 end
 
 local function after_429(a, s, admitted_at, probe, now)
@@ -352,8 +354,9 @@ local function after_429(a, s, admitted_at, probe, now)
   else
     a.en = a.en + 1
     a.es = now
-    end_slow_start(a, now)
-    if a.adaptive and not probe then
+    if a.ss - SLOW_START <= now and now < a.ss - SLOW_START + SLOW_START_GRACE then
+      -- the pool's first calls bunch up at the upstream (connections being set up)
+    elseif end_slow_start(a, now) or (a.adaptive and not probe) then
       cut(a, requests, tokens, now)
     elseif a.adaptive and a.en > PROBES_TO_ESTIMATE and not first_minute_over(a, now) then
       cut_to_window(a, requests, tokens)

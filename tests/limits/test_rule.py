@@ -131,6 +131,19 @@ def test_a_refusal_in_the_first_seconds_of_the_slow_start_only_cools_down() -> N
     assert p.state.ss == ends and p.state.fr == 1.0 and p.state.cd > p.now
 
 
+def test_turning_adaptive_off_ends_the_slow_start() -> None:
+    p = Pool(limits(rpm=600.0), new=True)
+    assert p.admit() and rule.effective(p.state, p.lim)[0] == pytest.approx(300.0)
+    p.lim = limits(rpm=600.0, adaptive=False)  # a config reload: the configured limits stand
+    p.check()
+    assert rule.effective(p.state, p.lim)[0] == 600.0
+    lease = p.admit()
+    p.now += 20.0
+    assert lease
+    p.settle(lease, p.now - 20.0, outcome="rate_limited", limit_type="requests")
+    assert p.state.fr == 1.0  # and a 429 cuts nothing
+
+
 def test_the_upstreams_limit_header_ends_the_slow_start() -> None:
     p = Pool(limits(rpm=600.0), new=True)
     lease = p.admit()

@@ -194,7 +194,7 @@ def capacity(effective: float, burst_s: float) -> float:
 
 def effective(st: AccountModel, lim: Limits) -> tuple[float, float]:
     """The effective RPM and TPM (as of ``st.ts``: within the slow start, its share of them)."""
-    g = slow_start_share(st.ss, st.ts)
+    g = slow_start_share(st.ss, st.ts) if lim.adaptive else 1.0
     return max(1.0, st.fr * g * lim.rpm), max(1.0, st.ft * g * lim.tpm)
 
 
@@ -253,7 +253,7 @@ def refresh(st: AccountModel, lim: Limits, now: float) -> None:
     """Bring the state to ``now``: refill the buckets, age the window, expire leases-free probes, roll
     the calendar. (Time never runs backwards: an earlier ``now`` refills nothing.)"""
     if now > st.ts:
-        paced = paced_s(st.ss, st.ts, now)
+        paced = paced_s(st.ss, st.ts, now) if lim.adaptive else now - st.ts
         st.r = st.r + paced * max(1.0, st.fr * lim.rpm) / MINUTE_S
         st.t = st.t + paced * max(1.0, st.ft * lim.tpm) / MINUTE_S
         st.ts = now
@@ -471,7 +471,7 @@ def _after_429(
         st.es = now
         if st.ss - SLOW_START_S <= now < st.ss - SLOW_START_S + SLOW_START_GRACE_S:
             pass  # the pool's first calls bunch up at the upstream (connections being set up)
-        elif _end_slow_start(st, now) or (lim.adaptive and not probe):
+        elif lim.adaptive and (_end_slow_start(st, now) or not probe):
             _cut(st, lim, requests, tokens, now)
         elif lim.adaptive and st.en > PROBES_TO_ESTIMATE and not _first_minute_over(st, now):
             _cut_to_window(st, lim, requests, tokens)

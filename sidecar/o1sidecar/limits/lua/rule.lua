@@ -108,7 +108,8 @@ local function paced_s(ends, since, now)
 end
 
 local function effective(a)
-  local g = slow_start_share(a.ss, a.ts)
+  local g = 1.0
+  if a.adaptive then g = slow_start_share(a.ss, a.ts) end
   return math.max(1.0, a.fr * g * a.rpm), math.max(1.0, a.ft * g * a.tpm)
 end
 
@@ -148,7 +149,8 @@ end
 -- rule.refresh, in memory: prune() writes what it dropped (aged-out window entries, expired leases).
 local function refresh(a, now)
   if now > a.ts then
-    local paced = paced_s(a.ss, a.ts, now)
+    local paced = now - a.ts
+    if a.adaptive then paced = paced_s(a.ss, a.ts, now) end
     a.r = a.r + paced * math.max(1.0, a.fr * a.rpm) / MINUTE
     a.t = a.t + paced * math.max(1.0, a.ft * a.tpm) / MINUTE
     a.ts = now
@@ -356,7 +358,7 @@ local function after_429(a, s, admitted_at, probe, now)
     a.es = now
     if a.ss - SLOW_START <= now and now < a.ss - SLOW_START + SLOW_START_GRACE then
       -- the pool's first calls bunch up at the upstream (connections being set up)
-    elseif end_slow_start(a, now) or (a.adaptive and not probe) then
+    elseif a.adaptive and (end_slow_start(a, now) or not probe) then
       cut(a, requests, tokens, now)
     elseif a.adaptive and a.en > PROBES_TO_ESTIMATE and not first_minute_over(a, now) then
       cut_to_window(a, requests, tokens)

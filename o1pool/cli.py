@@ -14,6 +14,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("o1pool.demo", "Run emulator, Redis, two sidecars and a mixed-priority burst; print a summary."),
     "emulator": ("o1emulator.cli", "Serve an OpenAI-compatible upstream that enforces rate limits."),
     "sidecar": ("o1sidecar.cli", "Serve the OpenAI-compatible proxy on loopback, with shared limits."),
+    "cache-service": (
+        "o1sidecar.cachesvc.server",
+        "Serve a pool's persistent answer cache (L3) to its sidecars.",
+    ),
     "operator": ("o1operator.cli", "Run the kopf operator that reconciles O1Pool resources."),
     "load": ("o1pool.load", "Call OPENAI_BASE_URL with the openai SDK at a fixed rate (an app for pods)."),
     "fuzz": ("o1pool.fuzz", "Send hostile requests to a sidecar: no 5xx, no traceback, bounded memory."),

@@ -39,7 +39,7 @@ class Answers:
         self.demand = demand
 
     async def cached(self, key: str) -> tuple[bytes, str] | None:
-        """The stored answer under ``key`` and the layer that had it (``l1``, ``l2``)."""
+        """The stored answer under ``key`` and the layer that had it (``l1``, ``l2``, ``l3``)."""
         hit = await self.cache.get(key)
         self.metrics.cache_lookups.labels(hit[1] if hit else "miss").inc()
         return hit

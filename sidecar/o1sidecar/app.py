@@ -85,6 +85,7 @@ def create_app(
         config.redis,
         config.pool,
         suggested_ttl_s=prediction.cache_ttl_s if prediction is not None else lambda: None,
+        observe=metrics.cache_layer,
     )
     coalescer = Coalescer(cache, None, None, "")
     if config.redis.url is not None and cache.has_l2:  # (across sidecars through the pool's cache)

@@ -8,6 +8,10 @@ The key covers the endpoint, the model and every request field that can change t
 that only change delivery or bookkeeping (``stream``, ``stream_options``, ``user``, ``metadata``,
 ``store``) are left out. L2 is best effort: a slow or failed Redis is a miss, never an error, and a
 short breaker stops asking a Redis that keeps failing.
+
+With ``cache.service`` set, the pool's cache service (``cachesvc``) is L3: consulted after an L2 miss
+within ``budget_ms``, filled with every stored answer (its entries live ``service.ttl_s``), and an L3
+hit refills L1 and L2. Like L2, it is best effort: slow or down is a miss.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 from cachetools import LRUCache
 
+from o1sidecar.cachesvc.client import BreakerOpen, CacheServiceClient, ServiceUnavailable
 from o1sidecar.config import CachePolicy, PoolRef, RedisConfig
 from o1sidecar.limits.breaker import CircuitBreaker
 from o1sidecar.limits.keys import PoolKeys
@@ -31,6 +36,7 @@ from o1sidecar.limits.redis_store import redis_client
 
 log = logging.getLogger(__name__)
 
+LookupObserver = Callable[[str, str, float], None]  # (layer, hit|miss|error|skipped, seconds)
 NOT_IN_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store"})
 
 
@@ -61,8 +67,10 @@ class ResponseCache:
         *,
         clock: Callable[[], float] = time.monotonic,
         suggested_ttl_s: Callable[[], int | None] = lambda: None,
+        observe: LookupObserver = lambda layer, result, seconds: None,
     ) -> None:
         self.policy = policy
+        self._observe = observe
         self._suggested_ttl_s = suggested_ttl_s  # the published prediction's (prediction.py)
         # key -> (expires at on ``clock``, body)
         self._l1: LRUCache[str, tuple[float, bytes]] | None = (
@@ -76,57 +84,93 @@ class ResponseCache:
         self._pending: set[asyncio.Task[None]] = set()
         if redis_config.url and policy.l2_ttl_s > 0:
             self._redis = redis_client(redis_config, decode_responses=False)
+        self._l3 = CacheServiceClient(policy.service, clock) if policy.service is not None else None
 
     @property
     def has_l2(self) -> bool:
         return self._redis is not None
 
     async def get(self, key: str) -> tuple[bytes, str] | None:
-        """``(body, "l1"|"l2")`` or ``None`` on a miss."""
+        """``(body, "l1"|"l2"|"l3")`` or ``None`` on a miss."""
         if self._l1 is not None:
             entry = self._l1.get(key)
             if entry is not None:
                 if self._clock() < entry[0]:
                     return entry[1], "l1"
                 del self._l1[key]  # expired
-        if not self._l2_usable():
+        found = await self._get_l2(key)
+        if found is not None:
+            self._put_l1(key, *found)
+            return found[0], "l2"
+        found = await self._get_l3(key)
+        if found is not None:
+            body, left_s = found
+            self._put_l1(key, body, left_s)
+            if self._l2_usable():  # the pool's other sidecars find it in Redis from now on
+                self._background(self._put_l2(key, body, max(1, min(int(left_s), self.l2_ttl_s()))))
+            return body, "l3"
+        return None
+
+    async def _get_l2(self, key: str) -> tuple[bytes, float] | None:
+        if self._redis is None:
             return None
+        if not self.breaker.allow():
+            self._observe("l2", "skipped", 0.0)
+            return None
+        started = time.perf_counter()
         try:
-            assert self._redis is not None  # _l2_usable
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.get(self._keys.cached(key))
                 pipe.pttl(self._keys.cached(key))
                 body, left_ms = cast(tuple[bytes | None, int], tuple(await pipe.execute()))
         except (aioredis.RedisError, OSError) as exc:
+            self._observe("l2", "error", time.perf_counter() - started)
             self._trip(exc)
             return None
         self.breaker.success()
+        self._observe("l2", "miss" if body is None else "hit", time.perf_counter() - started)
         if body is None:
             return None
-        self._put_l1(key, body, left_ms / 1000 if left_ms > 0 else self.l2_ttl_s())
-        return body, "l2"
+        return body, left_ms / 1000 if left_ms > 0 else self.l2_ttl_s()
+
+    async def _get_l3(self, key: str) -> tuple[bytes, float] | None:
+        if self._l3 is None:
+            return None
+        started = time.perf_counter()
+        try:
+            found = await self._l3.get(key)
+        except ServiceUnavailable as exc:
+            result = "skipped" if isinstance(exc, BreakerOpen) else "error"
+            self._observe("l3", result, time.perf_counter() - started)
+            return None
+        self._observe("l3", "miss" if found is None else "hit", time.perf_counter() - started)
+        return found
 
     def store(self, key: str, body: bytes) -> None:
         """Put in L1 now and in L2 in the background, so no answer waits for Redis."""
         self._put_l1(key, body, self.l2_ttl_s())
         if self._l2_usable():
-            task = asyncio.get_running_loop().create_task(self._put_l2(key, body))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._background(self._put_l2(key, body, self.l2_ttl_s()))
+        if self._l3 is not None:
+            self._background(self._l3.put(key, body, self.policy.service.ttl_s))  # type: ignore[union-attr]
 
     async def put(self, key: str, body: bytes) -> None:
-        """Put in both layers and wait for L2."""
-        self._put_l1(key, body, self.l2_ttl_s())
-        if self._l2_usable():
-            await self._put_l2(key, body)
+        """Put in every layer and wait for them."""
+        self.store(key, body)
+        await self.flush()
+
+    def _background(self, write: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(write)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def _put_l1(self, key: str, body: bytes, ttl_s: float) -> None:
         if self._l1 is not None:
             self._l1[key] = (self._clock() + ttl_s if ttl_s > 0 else math.inf, body)
 
-    async def _put_l2(self, key: str, body: bytes) -> None:
+    async def _put_l2(self, key: str, body: bytes, ttl_s: int) -> None:
         try:
-            await self._redis.set(self._keys.cached(key), body, ex=self.l2_ttl_s())  # type: ignore[union-attr]
+            await self._redis.set(self._keys.cached(key), body, ex=ttl_s)  # type: ignore[union-attr]
         except (aioredis.RedisError, OSError) as exc:
             self._trip(exc)
             return
@@ -141,6 +185,8 @@ class ResponseCache:
         await self.flush()
         if self._redis is not None:
             await self._redis.aclose()
+        if self._l3 is not None:
+            await self._l3.close()
 
     def l2_ttl_s(self) -> int:
         """The lifetime of a new L2 entry: ``l2_ttl_s``, or the prediction's with ``ttl_follows_load``."""

@@ -206,6 +206,21 @@ class QueuePolicy(_Strict):
     )
 
 
+class CacheServiceConfig(_Strict):
+    """The pool's cache service (``o1pool cache-service``): the persistent layer, L3, after an L2 miss."""
+
+    url: str = Field(
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="Base URL of the pool's cache service, e.g. http://o1pool-cache-mypool.team.svc:8470.",
+    )
+    budget_ms: int = Field(
+        default=30, gt=0, le=5_000, description="Longest an L3 lookup may take; a slower one is a miss."
+    )
+    ttl_s: int = Field(
+        default=604_800, gt=0, description="Lifetime of an L3 entry (the service may cap it lower)."
+    )
+
+
 class CachePolicy(_Strict):
     enabled: bool = True
     l1_entries: int = Field(default=1000, ge=0)
@@ -217,6 +232,9 @@ class CachePolicy(_Strict):
         default=False,
         description="While the operator publishes a prediction for the hour under way, new cache entries "
         "live for its cacheTTLSeconds (1800/3600/7200 s at low/medium/high load) instead of l2_ttl_s.",
+    )
+    service: CacheServiceConfig | None = Field(
+        default=None, description="The pool's cache service (L3); without it, L1 and L2 only."
     )
 
 

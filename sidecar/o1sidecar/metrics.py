@@ -27,6 +27,7 @@ from o1sidecar.limits.api import LimiterState
 NO_KEY = "-"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+CACHE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
 REPORTED_PRIORITIES = (2, 5, 8)  # low/normal/high always present, so dashboards see zeros
 
 
@@ -140,7 +141,21 @@ class SidecarMetrics:
             registry=r,
         )
         self.cache_lookups = Counter(
-            "o1_api_cache_lookups", "Cache lookups by result (l1, l2, miss)", ["result"], registry=r
+            "o1_api_cache_lookups", "Cache lookups by result (l1, l2, l3, miss)", ["result"], registry=r
+        )
+        self.cache_layer_lookups = Counter(
+            "o1_api_cache_layer_lookups",
+            "Lookups in the shared cache layers (l2 Redis, l3 the cache service) by result: hit, miss, "
+            "error (slow or failed: a miss to the request) or skipped (the layer's breaker is open)",
+            ["layer", "result"],
+            registry=r,
+        )
+        self.cache_lookup_seconds = Histogram(
+            "o1_api_cache_lookup_seconds",
+            "How long a lookup in a shared cache layer took",
+            ["layer"],
+            buckets=CACHE_BUCKETS,
+            registry=r,
         )
         self.config_rejections = Counter(
             "o1_api_config_rejections",
@@ -164,6 +179,12 @@ class SidecarMetrics:
         # Label sets are bounded: statuses x configured models x key names (never client input).
         self._answer_children: dict[tuple[int, str, str, bool], tuple[Any, Any]] = {}
         self._admit_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def cache_layer(self, layer: str, result: str, seconds: float) -> None:
+        """One lookup in L2 or L3 (``cache.LookupObserver``)."""
+        self.cache_layer_lookups.labels(layer, result).inc()
+        if result != "skipped":
+            self.cache_lookup_seconds.labels(layer).observe(seconds)
 
     def answered(self, status: int, model: str, key: str, cached: bool, seconds: float) -> None:
         """One answered request (hot path: label children are looked up once and kept)."""

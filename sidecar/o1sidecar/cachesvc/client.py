@@ -1,0 +1,93 @@
+"""The sidecar's side of the pool's cache service (L3): a lookup gets ``budget_ms`` and no more, writes
+go in the background, and a slow, failing or absent service is a miss, never an error. Three failures
+in a row open a breaker: lookups skip the service for ``BREAKER_RESET_S``, then one probes it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from o1sidecar.cachesvc.server import TTL_HEADER
+from o1sidecar.config import CacheServiceConfig
+from o1sidecar.limits.breaker import CircuitBreaker
+
+log = logging.getLogger(__name__)
+
+BREAKER_FAILURES = 3
+BREAKER_RESET_S = 5.0
+WRITE_TIMEOUT_S = 2.0  # a write is in the background: it may take longer than a lookup's budget
+
+
+class ServiceUnavailable(Exception):
+    """The service did not answer in time, or not sanely."""
+
+
+class BreakerOpen(ServiceUnavailable):
+    """Not asked: it failed lately, and the breaker's pause is not over."""
+
+
+class CacheServiceClient:
+    def __init__(self, config: CacheServiceConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._base = config.url.rstrip("/") + "/v1/entries/"
+        self.breaker = CircuitBreaker(failures=BREAKER_FAILURES, reset_s=BREAKER_RESET_S, clock=clock)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made on first use, inside the running loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30), raise_for_status=False
+            )
+        return self._session
+
+    async def get(self, key: str) -> tuple[bytes, float] | None:
+        """``(body, seconds left)``, or ``None`` when the service holds no live entry. Raises
+        ``ServiceUnavailable`` when it cannot say within the budget."""
+        if not self.breaker.allow():
+            raise BreakerOpen()
+        try:
+            async with asyncio.timeout(self.config.budget_ms / 1000):
+                async with self._client().get(self._base + key) as resp:
+                    if resp.status == 404:
+                        found = None
+                    elif resp.status == 200:
+                        found = await resp.read(), float(resp.headers.get(TTL_HEADER, "1"))
+                    else:
+                        raise ServiceUnavailable(f"HTTP {resp.status}")
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError, ServiceUnavailable) as exc:
+            self._failed(exc)
+            raise ServiceUnavailable(type(exc).__name__) from None
+        self.breaker.success()
+        return found
+
+    async def put(self, key: str, body: bytes, ttl_s: int) -> None:
+        """Store an entry; a failure is logged and counted by the breaker, never raised."""
+        if not self.breaker.allow():
+            return
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                url = f"{self._base}{key}?ttl_s={ttl_s}"
+                async with self._client().put(url, data=body) as resp:
+                    if resp.status != 204:
+                        raise ServiceUnavailable(f"HTTP {resp.status}")
+        except (TimeoutError, aiohttp.ClientError, OSError, ServiceUnavailable) as exc:
+            self._failed(exc)
+            return
+        self.breaker.success()
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.breaker.failure():
+            log.warning(
+                "cache service %s unavailable, skipping L3 for %.1fs: %s",
+                self.config.url,
+                self.breaker.reset_s,
+                exc if isinstance(exc, ServiceUnavailable) else type(exc).__name__,
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

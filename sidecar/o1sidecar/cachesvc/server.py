@@ -1,0 +1,195 @@
+"""``o1pool cache-service``: one pool's persistent cache (L3) over HTTP, for the pool's sidecars.
+
+- ``GET /v1/entries/{key}``: 200 with the stored answer and ``x-o1pool-ttl-s`` (seconds left), or 404.
+- ``PUT /v1/entries/{key}?ttl_s=N``: store the body for N seconds (capped by ``--max-ttl-s``); 204.
+- ``GET /healthz`` (entries and bytes held), ``GET /metrics`` (Prometheus).
+
+Keys are the sidecar's cache keys (64 hex digits). SQLite calls run on one worker thread, so the event
+loop never waits on the disk and the store has a single writer. Bad requests get a 4xx that says what
+was wrong; nothing a client sends can make a 500.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import sqlite3
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from o1sidecar.cachesvc.store import EntryStore
+
+log = logging.getLogger("o1sidecar.cachesvc")
+
+KEY = re.compile(r"^[0-9a-f]{64}$")
+TTL_HEADER = "x-o1pool-ttl-s"
+DEFAULT_PORT = 8470
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _error(status: int, message: str, code: str) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": "invalid_request_error", "code": code}}, status=status
+    )
+
+
+class CacheService:
+    """The HTTP face of an ``EntryStore``."""
+
+    def __init__(self, store: EntryStore, max_ttl_s: int, max_entry_bytes: int) -> None:
+        self.store = store
+        self.max_ttl_s = max_ttl_s
+        self.max_entry_bytes = max_entry_bytes
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "o1_cache_service_requests",
+            "Requests to the cache service by operation and result (hit, miss, stored, refused)",
+            ["op", "result"],
+            registry=self.registry,
+        )
+        self.evictions = Counter(
+            "o1_cache_service_evictions",
+            "Entries dropped to make room, by reason (expired, least_used)",
+            ["reason"],
+            registry=self.registry,
+        )
+        entries = Gauge("o1_cache_service_entries", "Entries held", registry=self.registry)
+        entries.set_function(lambda: self.store.entries)
+        held = Gauge("o1_cache_service_bytes", "Bytes of answers held", registry=self.registry)
+        held.set_function(lambda: self.store.bytes)
+        limit = Gauge(
+            "o1_cache_service_max_bytes", "Bytes of answers the store may hold", registry=self.registry
+        )
+        limit.set(store.max_bytes)
+
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, lambda: fn(*args, **kwargs))
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        if not KEY.match(key):
+            self.requests.labels("get", "refused").inc()
+            return _error(400, "the key must be 64 lowercase hex digits (a sidecar cache key)", "bad_key")
+        found = await self._run(self.store.get, key)
+        if found is None:
+            self.requests.labels("get", "miss").inc()
+            return _error(404, "no live entry for this key", "not_cached")
+        self.requests.labels("get", "hit").inc()
+        body, left_s = found
+        return web.Response(
+            body=body, content_type="application/octet-stream", headers={TTL_HEADER: str(max(1, int(left_s)))}
+        )
+
+    async def put(self, request: web.Request) -> web.StreamResponse:
+        key = request.match_info["key"]
+        if not KEY.match(key):
+            self.requests.labels("put", "refused").inc()
+            return _error(400, "the key must be 64 lowercase hex digits (a sidecar cache key)", "bad_key")
+        raw = request.query.get("ttl_s", "")
+        if not raw.isdigit() or int(raw) <= 0:
+            self.requests.labels("put", "refused").inc()
+            return _error(400, f"ttl_s must be a positive whole number of seconds, got {raw!r}", "bad_ttl")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.requests.labels("put", "refused").inc()
+            return _error(413, f"an entry may hold at most {self.max_entry_bytes} bytes", "too_large")
+        try:
+            evicted = await self._run(self.store.put, key, body, min(int(raw), self.max_ttl_s))
+        except ValueError as exc:
+            self.requests.labels("put", "refused").inc()
+            return _error(413, str(exc), "too_large")
+        self.requests.labels("put", "stored").inc()
+        self.evictions.labels("expired").inc(evicted.expired)
+        self.evictions.labels("least_used").inc(evicted.least_used)
+        return web.Response(status=204)
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"entries": self.store.entries, "bytes": self.store.bytes})
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def close(self) -> None:
+        await self._run(self.store.close)
+        self._worker.shutdown()
+
+
+def build_app(service: CacheService) -> web.Application:
+    app = web.Application(client_max_size=service.max_entry_bytes)
+    app.router.add_get("/v1/entries/{key}", service.get)
+    app.router.add_put("/v1/entries/{key}", service.put)
+    app.router.add_get("/healthz", service.health)
+    app.router.add_get("/metrics", service.metrics)
+
+    async def close(_: web.Application) -> None:
+        await service.close()
+
+    app.on_cleanup.append(close)
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="o1pool cache-service",
+        description="Serve one pool's persistent answer cache (L3) to its sidecars, from a SQLite file.",
+    )
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    parser.add_argument("--path", type=Path, required=True, help="the SQLite file (created if absent)")
+    parser.add_argument("--max-bytes", type=int, default=1 << 30, help="bytes of answers the file may hold")
+    parser.add_argument("--max-entry-bytes", type=int, default=8 << 20, help="the largest answer stored")
+    parser.add_argument("--max-ttl-s", type=int, default=30 * 86_400, help="the longest an entry lives")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    service = CacheService(EntryStore(args.path, args.max_bytes), args.max_ttl_s, args.max_entry_bytes)
+    runner = web.AppRunner(build_app(service), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    print(
+        f"o1pool cache-service: serving http://{args.host}:{args.port} from {args.path} "
+        f"({service.store.entries} entries, {service.store.bytes} bytes)",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits = ("max_bytes", "max_entry_bytes", "max_ttl_s")
+    problems = [f"--{name.replace('_', '-')} must be positive" for name in limits if getattr(args, name) <= 0]
+    if problems:
+        print("o1pool cache-service: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(args))
+    except (OSError, sqlite3.Error) as exc:
+        print(f"o1pool cache-service: cannot serve from {args.path}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

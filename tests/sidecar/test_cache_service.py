@@ -1,0 +1,255 @@
+"""The pool's cache service (L3): the SQLite store on a real file, the service as a process, and
+sidecars that use it after an L2 miss, on a real redis-server, with the openai SDK as the client. A
+stopped, frozen or absent service is a miss within the lookup budget, never an error."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+
+from o1emulator.embedded import EmulatorHandle
+from o1pool.procs import free_port, spawn_module, stop_all, wait_for_port
+from o1sidecar.cache import ResponseCache
+from o1sidecar.cachesvc.store import EntryStore
+from o1sidecar.config import CachePolicy, CacheServiceConfig, PoolRef, RedisConfig
+from tests.conftest import RedisServer
+from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
+
+POOL = PoolRef(name="pool", namespace="ns")
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# The store, on a real SQLite file.
+
+
+def test_entries_live_until_their_deadline_and_survive_a_reopen(tmp_path: Path) -> None:
+    clock = Clock()
+    store = EntryStore(tmp_path / "l3.db", max_bytes=1000, clock=clock)
+    store.put("a", b"answer a", ttl_s=10)
+    store.put("b", b"answer b", ttl_s=100)
+    clock.now += 5
+    assert store.get("a") == (b"answer a", 5.0)
+    store.close()
+    reopened = EntryStore(tmp_path / "l3.db", max_bytes=1000, clock=clock)
+    assert (reopened.entries, reopened.bytes) == (2, 16)
+    clock.now += 6
+    assert reopened.get("a") is None  # expired, and dropped
+    assert reopened.get("b") == (b"answer b", 89.0)
+    assert (reopened.entries, reopened.bytes) == (1, 8)
+
+
+def test_a_full_store_drops_expired_entries_then_the_least_used(tmp_path: Path) -> None:
+    clock = Clock()
+    store = EntryStore(tmp_path / "l3.db", max_bytes=30, clock=clock)
+    for name, ttl in (("old", 1), ("x", 100), ("y", 100)):
+        store.put(name, b"0123456789", ttl_s=ttl)
+        clock.now += 2  # "old" has expired after this
+    assert store.get("x") is not None  # now the most recently used
+    evicted = store.put("z", b"0123456789", ttl_s=100)
+    assert (evicted.expired, evicted.least_used) == (1, 0)
+    evicted = store.put("w", b"0123456789", ttl_s=100)
+    assert (evicted.expired, evicted.least_used) == (0, 1)
+    assert store.get("y") is None and store.get("x") is not None  # y was the least recently used
+    assert (store.entries, store.bytes) == (3, 30)
+    store.put("x", b"01234", ttl_s=100)  # a replacement counts its old size out
+    assert (store.entries, store.bytes) == (3, 25)
+    with pytest.raises(ValueError, match="larger than the store"):
+        store.put("huge", b"x" * 31, ttl_s=100)
+
+
+# The service, as a process.
+
+
+@dataclass
+class Service:
+    path: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *args: str) -> None:
+        self.proc = spawn_module(
+            "o1pool.cli",
+            "cache-service",
+            *("--host", "127.0.0.1", "--port", str(self.port), "--path", str(self.path), *args),
+        )
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_all([self.proc])
+            self.proc = None
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    svc = Service(tmp_path / "cache" / "l3.db", free_port())
+    svc.start("--max-entry-bytes", "1000")
+    yield svc
+    if svc.proc is not None:
+        svc.proc.send_signal(signal.SIGCONT)  # in case a test froze it
+    svc.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_the_service_stores_answers_and_keeps_them_across_a_restart(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    k = key("q")
+    async with http.put(f"{service.url}/v1/entries/{k}?ttl_s=60", data=b"the answer") as resp:
+        assert resp.status == 204
+    service.stop()
+    service.start()
+    async with http.get(f"{service.url}/v1/entries/{k}") as resp:
+        assert resp.status == 200 and await resp.read() == b"the answer"
+        assert 0 < int(resp.headers["x-o1pool-ttl-s"]) <= 60
+    async with http.get(f"{service.url}/healthz") as resp:
+        assert await resp.json() == {"entries": 1, "bytes": 10}
+    async with http.get(f"{service.url}/metrics") as resp:
+        text = await resp.text()
+    assert 'o1_cache_service_requests_total{op="get",result="hit"} 1.0' in text
+    assert "o1_cache_service_bytes 10.0" in text
+
+
+async def test_the_service_refuses_bad_requests_with_what_was_wrong(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    cases = [
+        ("GET", "/v1/entries/not-a-key", b"", 400, "64 lowercase hex"),
+        ("GET", f"/v1/entries/{key('absent')}", b"", 404, "no live entry"),
+        ("PUT", f"/v1/entries/{key('q')}", b"x", 400, "ttl_s must be a positive whole number"),
+        ("PUT", f"/v1/entries/{key('q')}?ttl_s=-3", b"x", 400, "ttl_s must be a positive whole number"),
+        ("PUT", f"/v1/entries/{key('q')}?ttl_s=abc", b"x", 400, "ttl_s must be a positive whole number"),
+        ("PUT", f"/v1/entries/{key('q')}?ttl_s=60", b"x" * 1001, 413, "at most 1000 bytes"),
+    ]
+    for method, path, body, status, message in cases:
+        async with http.request(method, service.url + path, data=body) as resp:
+            assert resp.status == status, path
+            assert message in (await resp.json())["error"]["message"]
+    async with http.get(f"{service.url}/healthz") as resp:
+        assert (await resp.json())["entries"] == 0  # nothing stored by any of them
+
+
+def test_the_service_refuses_bad_options(tmp_path: Path) -> None:
+    proc = spawn_module("o1sidecar.cachesvc", "--path", str(tmp_path / "x.db"), "--max-bytes", "0")
+    assert proc.wait(timeout=30) == 2
+
+
+# Sidecars using it.
+
+
+def l3_policy(service: Service, **extra: int) -> CachePolicy:
+    return CachePolicy(service=CacheServiceConfig(url=service.url, **extra))
+
+
+async def test_l3_answers_after_redis_is_flushed_and_refills_l2(
+    service: Service, redis_server: RedisServer
+) -> None:
+    redis = RedisConfig(url=redis_server.url, key_prefix="t")
+    seen: list[tuple[str, str]] = []
+    writer = ResponseCache(l3_policy(service), redis, POOL)
+    reader = ResponseCache(
+        l3_policy(service), redis, POOL, observe=lambda layer, result, _: seen.append((layer, result))
+    )
+    late = ResponseCache(l3_policy(service), redis, POOL)
+    try:
+        await writer.put(key("q"), b"answer")
+        redis_server.flush()
+        assert await reader.get(key("q")) == (b"answer", "l3")
+        assert seen == [("l2", "miss"), ("l3", "hit")]
+        await reader.flush()
+        assert await late.get(key("q")) == (b"answer", "l2")  # the L3 hit was put back in Redis
+        assert await reader.get(key("absent")) is None
+        assert seen[-2:] == [("l2", "miss"), ("l3", "miss")]
+    finally:
+        for cache in (writer, reader, late):
+            await cache.close()
+
+
+async def test_a_frozen_or_stopped_service_is_a_miss_within_the_budget(service: Service) -> None:
+    clock = Clock()
+    seen: list[str] = []
+    cache = ResponseCache(
+        CachePolicy(l1_entries=0, service=CacheServiceConfig(url=service.url, budget_ms=50)),
+        RedisConfig(),
+        POOL,
+        clock=clock,
+        observe=lambda layer, result, seconds: seen.append(f"{layer} {result}"),
+    )
+    try:
+        await cache.put(key("q"), b"answer")
+        assert await cache.get(key("q")) == (b"answer", "l3")
+        assert service.proc is not None
+        service.proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+        lookups = [asyncio.create_task(cache.get(key("q"))) for _ in range(3)]
+        done, _ = await asyncio.wait(lookups, timeout=5)
+        assert len(done) == 3 and all(t.result() is None for t in done)
+        assert seen[1:] == ["l3 error"] * 3
+        assert await cache.get(key("q")) is None
+        assert seen[-1] == "l3 skipped"  # the breaker opened: no more waiting on it
+        service.proc.send_signal(signal.SIGCONT)
+        clock.now += 10  # past the breaker's pause: one probe, which succeeds
+        assert await cache.get(key("q")) == (b"answer", "l3")
+        service.stop()
+        assert await cache.get(key("q")) is None
+        assert seen[-1] == "l3 error"
+    finally:
+        await cache.close()
+
+
+async def test_a_sidecar_answers_from_l3_through_the_sdk(
+    service: Service,
+    redis_server: RedisServer,
+    make_emulator: EmulatorFactory,
+    make_sidecar: SidecarFactory,
+) -> None:
+    emulator: EmulatorHandle = await make_emulator()
+    options = {"redis": {"url": redis_server.url}, "cache": {"service": {"url": service.url}}}
+    first = await make_sidecar(upstream=emulator, **options)
+    messages = [{"role": "user", "content": "What is a pulsar?"}]
+
+    async def ask(url: str) -> tuple[str, str]:
+        client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
+        raw = await client.chat.completions.with_raw_response.create(model="o1", messages=messages)  # type: ignore[arg-type]
+        return raw.headers["x-o1pool-cache"], raw.parse().choices[0].message.content or ""
+
+    layer, text = await ask(first.url)
+    assert layer == "miss"
+    await first.close()  # waits for the background writes
+    redis_server.flush()
+    second = await make_sidecar(upstream=emulator, **options)  # an empty L1, an empty Redis
+    assert await ask(second.url) == ("l3", text)
+    assert int(emulator.stats()["totals"]["admitted"]) == 1
+    async with aiohttp.ClientSession() as http, http.get(second.metrics_url) as resp:
+        scrape = await resp.text()
+    assert 'o1_api_cache_layer_lookups_total{layer="l3",result="hit"} 1.0' in scrape
+    assert 'o1_api_cache_lookups_total{result="l3"} 1.0' in scrape
+    assert 'o1_api_cache_lookup_seconds_count{layer="l3"} 1.0' in scrape

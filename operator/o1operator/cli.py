@@ -59,10 +59,11 @@ def parser() -> argparse.ArgumentParser:
     )
     hook.add_argument("--webhook-cert", metavar="FILE", help="TLS certificate of the webhook (PEM)")
     hook.add_argument("--webhook-key", metavar="FILE", help="TLS private key of the webhook (PEM)")
-    hook.add_argument(
+    p.add_argument(
         "--sidecar-image",
         default=os.environ.get("O1POOL_SIDECAR_IMAGE", DEFAULT_SIDECAR_IMAGE),
-        help="image injected when a pool sets none (default: $O1POOL_SIDECAR_IMAGE or %(default)s)",
+        help="image of injected sidecars and of pools' cache services, when a pool sets none in "
+        "spec.injection.image (default: $O1POOL_SIDECAR_IMAGE or %(default)s)",
     )
     p.add_argument(
         "--sidecar-count-interval",
@@ -131,6 +132,7 @@ async def run(
                 redis=redis,
                 allowed_hosts=memo.allowed_hosts,
                 forecast=memo.forecasts.get((namespace, name)),
+                image=memo.sidecar_image,
             )
 
     loops = [
@@ -202,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"o1pool operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
     memo.probes = {}
+    memo.sidecar_image = args.sidecar_image
     memo.allowed_hosts = (
         tuple(h.strip().lower() for h in args.allowed_upstream_hosts.split(",") if h.strip())
         if args.allowed_upstream_hosts

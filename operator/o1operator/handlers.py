@@ -17,8 +17,9 @@ from typing import Any
 import kopf
 
 from o1operator.kube import connection_info
+from o1operator.objects import GROUP, PLURAL, VERSION
 from o1operator.reconcile import reconcile_pool
-from o1operator.render import GROUP, PLURAL, VERSION, referenced_secrets
+from o1operator.render import referenced_secrets
 from o1operator.settings import FINALIZER, configure
 
 
@@ -48,6 +49,7 @@ def reconcile(memo: kopf.Memo, pool: Mapping[str, Any], logger: logging.Logger) 
         redis=memo.observed.get(ref),
         allowed_hosts=memo.allowed_hosts,
         forecast=memo.forecasts.get(ref),
+        image=memo.sidecar_image,
     )
 
 

@@ -3,7 +3,8 @@
 
 The sidecar is a native sidecar (an init container with ``restartPolicy: Always``): it starts, and
 passes its startup probe, before the app containers, and stops after them. The app containers get
-``OPENAI_BASE_URL`` pointing at the sidecar on loopback unless they set it themselves.
+``OPENAI_BASE_URL`` pointing at the sidecar on loopback unless they set it themselves. The pod gets
+the label ``o1pool.io/pool: <pool name>``.
 """
 
 from __future__ import annotations
@@ -12,15 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from o1operator.render import (
-    CONFIG_FILE,
-    CONFIG_MOUNT,
-    GROUP,
-    HASH_ANNOTATION,
-    KEY_MOUNT,
-    config_map_name,
-    key_secret_name,
-)
+from o1operator.objects import GROUP, HASH_ANNOTATION, POOL_LABEL
+from o1operator.render import CONFIG_FILE, CONFIG_MOUNT, KEY_MOUNT, config_map_name, key_secret_name
 
 INJECT_ANNOTATION = f"{GROUP}/inject"
 SIDECAR_NAME = "o1pool-sidecar"
@@ -147,6 +141,11 @@ def get_injection_patch(
         env = container.get("env")
         if not any(e.get("name") == BASE_URL_ENV for e in env or []):
             patch += _append(f"/spec/containers/{index}/env", env, [base_url])
+    labels = (pod.get("metadata") or {}).get("labels")
+    if labels is None:  # the pool's pods: what its cache service's NetworkPolicy lets in
+        patch.append({"op": "add", "path": "/metadata/labels", "value": {POOL_LABEL: pool_name}})
+    else:
+        patch.append({"op": "add", "path": f"/metadata/labels/{_pointer(POOL_LABEL)}", "value": pool_name})
     annotations = (pod.get("metadata") or {}).get("annotations")
     if config_hash:
         if annotations is None:

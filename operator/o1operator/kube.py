@@ -15,7 +15,7 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from o1operator.render import GROUP, KIND, PLURAL, VERSION
+from o1operator.objects import GROUP, KIND, PLURAL, VERSION
 
 FIELD_MANAGER = "o1pool-operator"
 APPLY = "application/apply-patch+yaml"
@@ -64,6 +64,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.apps = client.AppsV1Api(api)
         self.autoscaling = client.AutoscalingV2Api(api)
+        self.networking = client.NetworkingV1Api(api)
 
     def read_secrets(self, namespace: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
         """``data`` (base64 values) of each named Secret that exists; missing ones are left out."""
@@ -84,6 +85,9 @@ class Kube:
         patch = {
             "ConfigMap": self.core.patch_namespaced_config_map,
             "Secret": self.core.patch_namespaced_secret,
+            "Service": self.core.patch_namespaced_service,
+            "Deployment": self.apps.patch_namespaced_deployment,
+            "NetworkPolicy": self.networking.patch_namespaced_network_policy,
         }[manifest["kind"]]
         patch(
             meta["name"],
@@ -93,6 +97,19 @@ class Kube:
             force=True,
             _content_type=APPLY,
         )
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete an object the operator made (one that is already gone is fine)."""
+        delete = {
+            "Service": self.core.delete_namespaced_service,
+            "Deployment": self.apps.delete_namespaced_deployment,
+            "NetworkPolicy": self.networking.delete_namespaced_network_policy,
+        }[kind]
+        try:
+            delete(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

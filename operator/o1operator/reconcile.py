@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from o1operator import cacheservice
 from o1operator.kube import Kube
 from o1operator.prediction import Assessment, get_forecast_settings
 from o1operator.render import (
@@ -70,6 +71,20 @@ def get_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tupl
     return events
 
 
+def apply_cache_service(
+    kube: Kube, pool: Mapping[str, Any], persistent: cacheservice.Persistent | None, image: str
+) -> None:
+    """The pool's cache service as its spec says: applied, or deleted if the status says it had one."""
+    meta = pool["metadata"]
+    if persistent is not None:
+        own = (pool["spec"].get("injection") or {}).get("image")
+        for manifest in cacheservice.get_manifests(pool, persistent, own or image):
+            kube.apply(manifest)
+    elif (pool.get("status") or {}).get("cacheService"):
+        for kind in cacheservice.KINDS:
+            kube.delete(kind, meta["namespace"], pool["status"]["cacheService"])
+
+
 def reconcile_pool(
     kube: Kube,
     pool: Mapping[str, Any],
@@ -80,8 +95,10 @@ def reconcile_pool(
     redis: RedisView | None = None,
     allowed_hosts: Sequence[str] | None = None,
     forecast: Assessment | None = None,
+    image: str = "",
 ) -> dict[str, Any]:
-    """Bring the pool's ConfigMap, Secret and status in line with its spec and Secrets, and report the
+    """Bring the pool's ConfigMap, Secret, cache service (in ``image`` unless the pool names its own)
+    and status in line with its spec and Secrets, and report the
     keys the upstream refused lately, the models not up and whether Redis answers (``redis``: read by
     sidecars.py) and its forecast (``forecast``: forecasting.py); ``allowed_hosts``: the host patterns
     an account's baseURL may name (None: any).
@@ -97,6 +114,7 @@ def reconcile_pool(
     if rendering.error is None:
         kube.apply(get_config_map(pool, rendering))
         kube.apply(get_key_secret(pool, rendering))
+        apply_cache_service(kube, pool, rendering.cache_service, image)
         if probes is not None:
             if probe is None:
                 probes.pop((namespace, name), None)

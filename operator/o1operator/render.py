@@ -19,13 +19,9 @@ from secrets import token_urlsafe
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from o1operator import cacheservice
+from o1operator.objects import object_metadata
 from o1sidecar.config import Account, ConfigError, SidecarConfig
-
-GROUP = "o1pool.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "O1Pool"
-PLURAL = "o1pools"
 
 KEY_MOUNT = PurePosixPath("/etc/o1pool/keys")
 CONFIG_MOUNT = PurePosixPath("/etc/o1pool/config")
@@ -37,9 +33,6 @@ DEFAULT_BASE_URL = str(Account.model_fields["base_url"].default)  # the sidecar'
 # hash (on pods, in status, from the webhook) cannot be used to check guesses of a key offline.
 SALT_FILE = "config-hash-salt"
 
-HASH_ANNOTATION = f"{GROUP}/config-hash"
-POOL_LABEL = f"{GROUP}/pool"
-MANAGED_BY = "o1pool-operator"
 
 # Secret name -> that Secret's ``data`` exactly as the API returns it (values base64-encoded).
 # A Secret that does not exist is simply absent.
@@ -99,6 +92,7 @@ class Rendering:
     config_hash: str | None = None
     error: RenderError | None = None
     config: SidecarConfig | None = None  # the validated config that config_yaml is
+    cache_service: cacheservice.Persistent | None = None  # the pool's cache service, if it has one
 
     @property
     def keys_ready(self) -> int:
@@ -316,6 +310,16 @@ def get_account_config(account: Mapping[str, Any], keys: list[KeyState]) -> dict
     return config
 
 
+def get_cache_config(pool: Mapping[str, Any]) -> dict[str, Any]:
+    """The sidecar config's ``cache``; with ``spec.cache.persistent``, ``service`` names the pool's cache
+    service (``ValueError`` if the pool's name cannot make one)."""
+    cache = _pick(pool["spec"].get("cache"), _CACHE_FIELDS)
+    persistent = cacheservice.get_persistent(pool["spec"])
+    if persistent is not None:
+        cache["service"] = cacheservice.get_sidecar_settings(pool, persistent)
+    return cache
+
+
 def get_sidecar_config(
     pool: Mapping[str, Any], keys: tuple[KeyState, ...], redis: dict[str, Any]
 ) -> dict[str, Any]:
@@ -337,7 +341,7 @@ def get_sidecar_config(
         "queue": {
             snake: queue[camel] * scale for camel, (snake, scale) in _QUEUE_FIELDS.items() if camel in queue
         },
-        "cache": _pick(spec.get("cache"), _CACHE_FIELDS),
+        "cache": get_cache_config(pool),
         "fallback": _pick(spec.get("fallback"), _FALLBACK_FIELDS),
         "timeouts": _pick(spec.get("timeouts"), _TIMEOUT_FIELDS),
         "retry": _pick(spec.get("retry"), _RETRY_FIELDS),
@@ -418,10 +422,10 @@ def render(
         redis, extra = get_redis_config(spec.get("redis") or {}, secrets)
     except RenderError as exc:
         return failed(exc.reason, exc.message)
-    raw = get_sidecar_config(pool, keys, redis)
     try:
+        raw = get_sidecar_config(pool, keys, redis)
         config = SidecarConfig.from_dict(raw, source=f"O1Pool {base.namespace}/{base.name}")
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         return failed("InvalidConfig", str(exc))
     config_yaml = config.to_yaml()
     salt = (secrets.get(key_secret_name(base.name)) or {}).get(SALT_FILE)
@@ -429,34 +433,14 @@ def render(
     if salt:
         key_data[SALT_FILE] = salt
     config_hash = get_config_hash(config_yaml, key_data)
-    return replace(base, config_yaml=config_yaml, key_data=key_data, config_hash=config_hash, config=config)
-
-
-def owner_reference(pool: Mapping[str, Any]) -> dict[str, Any]:
-    meta = pool["metadata"]
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-    }
-
-
-def _metadata(pool: Mapping[str, Any], name: str, component: str, config_hash: str) -> dict[str, Any]:
-    meta = pool["metadata"]
-    return {
-        "name": name,
-        "namespace": meta.get("namespace", "default"),
-        "labels": {
-            "app.kubernetes.io/name": "o1pool",
-            "app.kubernetes.io/component": component,
-            "app.kubernetes.io/managed-by": MANAGED_BY,
-            POOL_LABEL: meta["name"],
-        },
-        "annotations": {HASH_ANNOTATION: config_hash},
-        "ownerReferences": [owner_reference(pool)],
-    }
+    return replace(
+        base,
+        config_yaml=config_yaml,
+        key_data=key_data,
+        config_hash=config_hash,
+        config=config,
+        cache_service=cacheservice.get_persistent(spec),
+    )
 
 
 def get_config_map(pool: Mapping[str, Any], rendering: Rendering) -> dict[str, Any]:
@@ -464,7 +448,7 @@ def get_config_map(pool: Mapping[str, Any], rendering: Rendering) -> dict[str, A
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(pool, rendering.config_map_name, "sidecar-config", rendering.config_hash),
+        "metadata": object_metadata(pool, rendering.config_map_name, "sidecar-config", rendering.config_hash),
         "data": {CONFIG_FILE: rendering.config_yaml},
     }
 
@@ -474,7 +458,7 @@ def get_key_secret(pool: Mapping[str, Any], rendering: Rendering) -> dict[str, A
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(pool, rendering.secret_name, "sidecar-keys", rendering.config_hash),
+        "metadata": object_metadata(pool, rendering.secret_name, "sidecar-keys", rendering.config_hash),
         "type": "Opaque",
         "data": dict(sorted(rendering.key_data.items())),
     }

@@ -6,7 +6,7 @@ import logging
 
 import kopf
 
-from o1operator.render import GROUP
+from o1operator.objects import GROUP
 
 FINALIZER = f"{GROUP}/finalizer"
 

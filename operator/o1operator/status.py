@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from o1operator.cacheservice import cache_service_name
 from o1operator.prediction import Assessment
 from o1operator.render import Rendering
 from o1sidecar.outages import ModelState
@@ -303,9 +304,11 @@ def get_status(
     if forecast is not None:
         status["prediction"] = forecast.prediction  # None: removed (a merge patch)
     if rendering.error is None:
+        service = rendering.cache_service
         status |= {
             "configMap": rendering.config_map_name,
             "keySecret": rendering.secret_name,
             "configHash": rendering.config_hash,
+            "cacheService": None if service is None else cache_service_name(rendering.name),
         }
     return status

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from o1operator import cacheservice
 from o1operator.render import get_config_map, get_key_secret, redact_secret, render, with_salt
 from tests.operator.conftest import EXAMPLES, assert_golden, fake_secrets, load_example
 
@@ -37,10 +38,14 @@ def test_golden_rendering(example: Path) -> None:
     assert_golden(f"{example.stem}.config.yaml", rendering.config_yaml)
     assert_golden(f"{example.stem}.configmap.yaml", dump(get_config_map(pool, rendering)))
     assert_golden(f"{example.stem}.secret.yaml", dump(redact_secret(get_key_secret(pool, rendering))))
+    if rendering.cache_service is not None:
+        manifests = cacheservice.get_manifests(pool, rendering.cache_service, "o1pool-sidecar:golden")
+        assert_golden(f"{example.stem}.cache-service.yaml", yaml.dump_all(manifests, sort_keys=False))
 
 
 def test_golden_files_have_no_strays() -> None:
     expected = {f"{p.stem}.{kind}.yaml" for p in EXAMPLES for kind in ("config", "configmap", "secret")}
+    expected |= {f"{p.stem}.cache-service.yaml" for p in EXAMPLES if "persistent:" in p.read_text()}
     expected |= {f"injected-{p.stem}.yaml" for p in Path(__file__).parent.joinpath("pods").glob("*.yaml")}
     present = {p.name for p in Path(__file__).parent.joinpath("golden").glob("*.yaml")}
     assert present == expected, "remove golden files of deleted examples or pods"

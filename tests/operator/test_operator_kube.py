@@ -247,6 +247,11 @@ def test_chart_rbac_is_least_privilege(kube: Kube, chart: Chart, kube_namespace:
         ("patch", "deployments.apps/scale"),
         ("patch", "horizontalpodautoscalers.autoscaling"),
         ("list", "pods"),  # a target's pods' start-up
+        ("patch", "deployments.apps"),  # a pool's cache service (and deleted when turned off)
+        ("delete", "deployments.apps"),
+        ("create", "services"),
+        ("delete", "services"),
+        ("patch", "networkpolicies.networking.k8s.io"),
     ]
     denied = [
         ("delete", "secrets"),
@@ -255,7 +260,9 @@ def test_chart_rbac_is_least_privilege(kube: Kube, chart: Chart, kube_namespace:
         ("get", "configmaps"),
         ("update", "o1pools.o1pool.io/status"),
         ("get", "pods"),
-        ("patch", "deployments.apps"),  # only the scale subresource
+        ("update", "deployments.apps"),  # server-side apply only
+        ("get", "services"),
+        ("patch", "statefulsets.apps"),  # only the scale subresource
         ("delete", "horizontalpodautoscalers.autoscaling"),
         ("list", "customresourcedefinitions"),
         ("list", "namespaces"),
@@ -393,6 +400,19 @@ def test_pool_lifecycle_render_rotate_remove_update_delete(
     assert key_secret.data["org-main.primary"] == data["openai-keys"]["primary"]
     assert key_secret.metadata.owner_references[0].uid == pool["metadata"]["uid"]
 
+    # spec.cache.persistent: the pool's cache service, owned by the pool, and the sidecars pointed at it.
+    apps, networking = client.AppsV1Api(api), client.NetworkingV1Api(api)
+    assert status["cacheService"] == "research-o1pool-cache"
+    deployment = apps.read_namespaced_deployment("research-o1pool-cache", ns)
+    assert deployment.metadata.owner_references[0].uid == pool["metadata"]["uid"]
+    assert deployment.spec.template.spec.containers[0].image == operator_cli.DEFAULT_SIDECAR_IMAGE
+    assert core.read_namespaced_service("research-o1pool-cache", ns).spec.ports[0].port == 8470
+    assert networking.read_namespaced_network_policy("research-o1pool-cache", ns).spec.policy_types == [
+        "Ingress"
+    ]
+    assert config.cache.service is not None
+    assert config.cache.service.url == f"http://research-o1pool-cache.{ns}.svc:8470"
+
     # Rotating a key re-renders: new hash, new Secret data, same config.
     first_hash = status["configHash"]
     rotated = b64("sk-fake-rotated-5ecret")
@@ -446,6 +466,20 @@ def test_pool_lifecycle_render_rotate_remove_update_delete(
         yaml.safe_load(core.read_namespaced_config_map("research-o1pool-config", ns).data["config.yaml"])
     )
     assert config.queue.default_priority == 3
+
+    # Turning the persistent cache off removes the cache service and points the sidecars away from it.
+    patch = {"spec": {"cache": {"persistent": {"enabled": False}}}}
+    kube.kubectl("patch", "o1pool", "research", "-n", ns, "--type=merge", "-p", json.dumps(patch))
+    pool = wait_for("cache service gone", ready_with(lambda p: "cacheService" not in p["status"]), operator)
+    assert read_optional(lambda: apps.read_namespaced_deployment("research-o1pool-cache", ns)) is None
+    assert read_optional(lambda: core.read_namespaced_service("research-o1pool-cache", ns)) is None
+    assert (
+        read_optional(lambda: networking.read_namespaced_network_policy("research-o1pool-cache", ns)) is None
+    )
+    config = SidecarConfig.from_dict(
+        yaml.safe_load(core.read_namespaced_config_map("research-o1pool-config", ns).data["config.yaml"])
+    )
+    assert config.cache.service is None
 
     # Nothing secret in the ConfigMap, the status, the events or the operator's (debug) log.
     values = [*secret_values(data), rotated, base64.b64decode(rotated).decode()]

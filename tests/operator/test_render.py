@@ -5,24 +5,21 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+from datetime import UTC, datetime
 
 import pytest
 import yaml
 
-from o1operator.render import (
-    HASH_ANNOTATION,
-    KEY_MOUNT,
-    get_config_map,
-    get_key_secret,
-    referenced_secrets,
-    render,
-    with_salt,
-)
+from o1operator import cacheservice
+from o1operator.objects import HASH_ANNOTATION, POOL_LABEL
+from o1operator.render import KEY_MOUNT, get_config_map, get_key_secret, referenced_secrets, render, with_salt
+from o1operator.status import get_status
 from o1sidecar.config import SidecarConfig
 from tests.operator.conftest import EXAMPLES, REPO, b64, fake_secrets, load_example, secret_values
 
 BASIC = REPO / "examples" / "o1pool-basic.yaml"
 MULTI = REPO / "examples" / "o1pool-multi-account.yaml"
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def pool_with(spec_patch: dict, base=BASIC) -> dict:
@@ -331,3 +328,48 @@ def test_every_sidecar_option_a_pool_needs_is_reachable_from_the_spec() -> None:
         4,
         5,
     )
+
+
+def test_a_persistent_cache_renders_a_cache_service_the_sidecars_use() -> None:
+    persistent = {"enabled": True, "claimName": "answers", "lookupBudgetMilliseconds": 40, "ttlSeconds": 600}
+    pool = pool_with({"cache": {"persistent": persistent}})
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    assert rendering.error is None and rendering.config is not None
+    service = rendering.config.cache.service
+    assert service is not None
+    assert (service.url, service.budget_ms, service.ttl_s) == (
+        "http://basic-o1pool-cache.default.svc:8470",
+        40,
+        600,
+    )
+    policy, svc, deployment = cacheservice.get_manifests(pool, rendering.cache_service, "img:1")  # type: ignore[arg-type]
+    assert [m["kind"] for m in (policy, svc, deployment)] == ["NetworkPolicy", "Service", "Deployment"]
+    assert {m["metadata"]["name"] for m in (policy, svc, deployment)} == {"basic-o1pool-cache"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "answers"}}]
+    assert "--max-ttl-s=600" in pod["containers"][0]["args"]
+    # The pool's own pods (labelled by the webhook) reach the entries; nobody else does.
+    assert policy["spec"]["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {POOL_LABEL: "basic"}}}]
+    assert get_status(pool, rendering, NOW)["cacheService"] == "basic-o1pool-cache"
+
+
+def test_without_a_persistent_cache_there_is_no_cache_service() -> None:
+    for cache in (
+        {},
+        {"persistent": {"enabled": False}},
+        {"enabled": False, "persistent": {"enabled": True}},
+    ):
+        pool = pool_with({"cache": cache})
+        rendering = render(pool, fake_secrets(pool["spec"]))
+        assert rendering.config is not None and rendering.config.cache.service is None
+        assert rendering.cache_service is None
+        assert get_status(pool, rendering, NOW)["cacheService"] is None  # (removes it: a merge patch)
+
+
+def test_a_pool_name_too_long_for_a_cache_service_says_so() -> None:
+    pool = pool_with({"cache": {"persistent": {"enabled": True}}})
+    pool["metadata"]["name"] = "p" * 51
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    assert rendering.error is not None and rendering.error.reason == "InvalidConfig"
+    assert "at most 50 characters" in rendering.error.message
+    assert "spec.cache.persistent off" in rendering.error.message

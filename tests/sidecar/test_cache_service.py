@@ -84,6 +84,7 @@ def test_a_full_store_drops_expired_entries_then_the_least_used(tmp_path: Path) 
 class Service:
     path: Path
     port: int
+    metrics_port: int
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -94,9 +95,11 @@ class Service:
         self.proc = spawn_module(
             "o1pool.cli",
             "cache-service",
-            *("--host", "127.0.0.1", "--port", str(self.port), "--path", str(self.path), *args),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port)),
+            *("--path", str(self.path), "--max-entry-bytes", "1000", *args),
         )
         wait_for_port(self.port, proc=self.proc)
+        wait_for_port(self.metrics_port, proc=self.proc)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -106,8 +109,8 @@ class Service:
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
-    svc = Service(tmp_path / "cache" / "l3.db", free_port())
-    svc.start("--max-entry-bytes", "1000")
+    svc = Service(tmp_path / "cache" / "l3.db", free_port(), free_port())
+    svc.start()
     yield svc
     if svc.proc is not None:
         svc.proc.send_signal(signal.SIGCONT)  # in case a test froze it
@@ -134,6 +137,8 @@ async def test_the_service_stores_answers_and_keeps_them_across_a_restart(
     async with http.get(f"{service.url}/healthz") as resp:
         assert await resp.json() == {"entries": 1, "bytes": 10}
     async with http.get(f"{service.url}/metrics") as resp:
+        assert resp.status == 404  # on its own port, which a NetworkPolicy may leave open
+    async with http.get(f"http://127.0.0.1:{service.metrics_port}/metrics") as resp:
         text = await resp.text()
     assert 'o1_cache_service_requests_total{op="get",result="hit"} 1.0' in text
     assert "o1_cache_service_bytes 10.0" in text

@@ -2,7 +2,9 @@
 
 - ``GET /v1/entries/{key}``: 200 with the stored answer and ``x-o1pool-ttl-s`` (seconds left), or 404.
 - ``PUT /v1/entries/{key}?ttl_s=N``: store the body for N seconds (capped by ``--max-ttl-s``); 204.
-- ``GET /healthz`` (entries and bytes held), ``GET /metrics`` (Prometheus).
+- ``GET /healthz`` (entries and bytes held); on ``--metrics-port`` (default: the same port) also
+  ``GET /metrics`` (Prometheus). A separate port lets a NetworkPolicy keep the entries to the pool's
+  pods and the metrics open to scrapers.
 
 Keys are the sidecar's cache keys (64 hex digits). SQLite calls run on one worker thread, so the event
 loop never waits on the disk and the store has a single writer. Bad requests get a 4xx that says what
@@ -128,17 +130,26 @@ class CacheService:
         self._worker.shutdown()
 
 
-def build_app(service: CacheService) -> web.Application:
+def build_app(service: CacheService, with_metrics: bool) -> web.Application:
+    """The entries (and health); with ``with_metrics`` also ``/metrics``. Closing it closes the store."""
     app = web.Application(client_max_size=service.max_entry_bytes)
     app.router.add_get("/v1/entries/{key}", service.get)
     app.router.add_put("/v1/entries/{key}", service.put)
     app.router.add_get("/healthz", service.health)
-    app.router.add_get("/metrics", service.metrics)
+    if with_metrics:
+        app.router.add_get("/metrics", service.metrics)
 
     async def close(_: web.Application) -> None:
         await service.close()
 
     app.on_cleanup.append(close)
+    return app
+
+
+def build_metrics_app(service: CacheService) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/healthz", service.health)
+    app.router.add_get("/metrics", service.metrics)
     return app
 
 
@@ -148,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve one pool's persistent answer cache (L3) to its sidecars, from a SQLite file.",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the entries")
+    parser.add_argument("--metrics-port", type=int, help="port of /metrics and /healthz (default: --port)")
     parser.add_argument("--path", type=Path, required=True, help="the SQLite file (created if absent)")
     parser.add_argument("--max-bytes", type=int, default=1 << 30, help="bytes of answers the file may hold")
     parser.add_argument("--max-entry-bytes", type=int, default=8 << 20, help="the largest answer stored")
@@ -159,9 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _serve(args: argparse.Namespace) -> None:
     service = CacheService(EntryStore(args.path, args.max_bytes), args.max_ttl_s, args.max_entry_bytes)
-    runner = web.AppRunner(build_app(service), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, args.host, args.port).start()
+    separate = args.metrics_port is not None and args.metrics_port != args.port
+    runners = [web.AppRunner(build_app(service, with_metrics=not separate), access_log=None)]
+    if separate:
+        runners.append(web.AppRunner(build_metrics_app(service), access_log=None))
+    for runner, port in zip(runners, (args.port, args.metrics_port), strict=False):
+        await runner.setup()
+        await web.TCPSite(runner, args.host, port).start()
     print(
         f"o1pool cache-service: serving http://{args.host}:{args.port} from {args.path} "
         f"({service.store.entries} entries, {service.store.bytes} bytes)",
@@ -172,7 +188,8 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await runner.cleanup()
+    for runner in reversed(runners):
+        await runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:

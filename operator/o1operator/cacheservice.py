@@ -1,0 +1,185 @@
+"""A pool's cache service (L3): what ``spec.cache.persistent`` renders into. Pure builders.
+
+One Deployment + Service per pool, not one shared by a namespace's pools: an answer must never cross
+pools (their accounts, models and policies differ, and the pools may belong to different teams), a
+pool chooses its own volume and size, and a pool's service goes away with the pool (owner
+reference). It is one replica with the ``Recreate`` strategy: the SQLite file has one writer. A
+NetworkPolicy lets only the pool's own pods (the webhook labels them ``o1pool.io/pool``) reach the
+entries; the metrics port stays open to scrapers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from o1operator.objects import POOL_LABEL, object_metadata
+
+PORT = 8470
+METRICS_PORT = 8471
+COMPONENT = "cache-service"
+CONTAINER = "cache-service"
+DATA_VOLUME = "data"
+DATA_DIR = PurePosixPath("/var/lib/o1pool-cache")
+SUFFIX = "-o1pool-cache"
+MAX_NAME = 63  # a Service's name is a DNS label
+RUN_AS = 65532  # the image's non-root user, as the sidecar's
+DEFAULT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
+
+
+@dataclass(frozen=True)
+class Persistent:
+    """``spec.cache.persistent`` with its defaults (the CRD's)."""
+
+    claim_name: str | None = None
+    max_bytes: int = 1 << 30
+    ttl_s: int = 604_800
+    budget_ms: int = 30
+    resources: Mapping[str, Any] | None = None
+
+
+def get_persistent(spec: Mapping[str, Any]) -> Persistent | None:
+    """The pool's cache service settings, or ``None`` when it has none."""
+    persistent = (spec.get("cache") or {}).get("persistent") or {}
+    if not persistent.get("enabled", False) or not (spec.get("cache") or {}).get("enabled", True):
+        return None
+    return Persistent(
+        claim_name=persistent.get("claimName"),
+        max_bytes=persistent.get("maxBytes", Persistent.max_bytes),
+        ttl_s=persistent.get("ttlSeconds", Persistent.ttl_s),
+        budget_ms=persistent.get("lookupBudgetMilliseconds", Persistent.budget_ms),
+        resources=persistent.get("resources"),
+    )
+
+
+def cache_service_name(pool: str) -> str:
+    """The Deployment's and the Service's name; ``ValueError`` (saying what to do) if it cannot be one."""
+    name = pool + SUFFIX
+    if len(name) > MAX_NAME or not name[0].isalpha():
+        raise ValueError(
+            f"spec.cache.persistent needs a Service named {name!r}, which must be a DNS label (at most "
+            f"{MAX_NAME} characters, starting with a letter): use a pool name of at most "
+            f"{MAX_NAME - len(SUFFIX)} characters that starts with a letter, or turn "
+            "spec.cache.persistent off"
+        )
+    return name
+
+
+def get_sidecar_settings(pool: Mapping[str, Any], persistent: Persistent) -> dict[str, Any]:
+    """The sidecar config's ``cache.service``."""
+    meta = pool["metadata"]
+    host = f"{cache_service_name(meta['name'])}.{meta.get('namespace', 'default')}.svc"
+    return {"url": f"http://{host}:{PORT}", "budget_ms": persistent.budget_ms, "ttl_s": persistent.ttl_s}
+
+
+def _selector(pool: Mapping[str, Any]) -> dict[str, str]:
+    return {"app.kubernetes.io/component": COMPONENT, POOL_LABEL: pool["metadata"]["name"]}
+
+
+def get_deployment(pool: Mapping[str, Any], persistent: Persistent, image: str) -> dict[str, Any]:
+    name = cache_service_name(pool["metadata"]["name"])
+    metadata = object_metadata(pool, name, COMPONENT)
+    volume: dict[str, Any] = (
+        {"persistentVolumeClaim": {"claimName": persistent.claim_name}}
+        if persistent.claim_name
+        else {"emptyDir": {}}
+    )
+    container = {
+        "name": CONTAINER,
+        "image": image,
+        "command": ["o1pool", "cache-service"],
+        "args": [
+            f"--port={PORT}",
+            f"--metrics-port={METRICS_PORT}",
+            f"--path={DATA_DIR / 'l3.db'}",
+            f"--max-bytes={persistent.max_bytes}",
+            f"--max-ttl-s={persistent.ttl_s}",
+        ],
+        "ports": [
+            {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": METRICS_PORT}, "periodSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": METRICS_PORT},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": dict(persistent.resources or DEFAULT_RESOURCES),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": DATA_VOLUME, "mountPath": str(DATA_DIR)}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},  # one writer of the SQLite file
+            "selector": {"matchLabels": _selector(pool)},
+            "template": {
+                "metadata": {"labels": dict(metadata["labels"])},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {"fsGroup": RUN_AS, "runAsNonRoot": True},
+                    "containers": [container],
+                    "volumes": [{"name": DATA_VOLUME, **volume}],
+                },
+            },
+        },
+    }
+
+
+def get_service(pool: Mapping[str, Any]) -> dict[str, Any]:
+    name = cache_service_name(pool["metadata"]["name"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_metadata(pool, name, COMPONENT),
+        "spec": {
+            "selector": _selector(pool),
+            "ports": [
+                {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def get_network_policy(pool: Mapping[str, Any]) -> dict[str, Any]:
+    """Entries only to the pool's pods; metrics and health to anyone who can reach the namespace."""
+    name = cache_service_name(pool["metadata"]["name"])
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": object_metadata(pool, name, COMPONENT),
+        "spec": {
+            "podSelector": {"matchLabels": _selector(pool)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": {POOL_LABEL: pool["metadata"]["name"]}}}],
+                    "ports": [{"port": PORT, "protocol": "TCP"}],
+                },
+                {"ports": [{"port": METRICS_PORT, "protocol": "TCP"}]},
+            ],
+        },
+    }
+
+
+def get_manifests(pool: Mapping[str, Any], persistent: Persistent, image: str) -> list[dict[str, Any]]:
+    """What the operator applies for a pool with a cache service, in order."""
+    return [get_network_policy(pool), get_service(pool), get_deployment(pool, persistent, image)]
+
+
+KINDS = ("Deployment", "Service", "NetworkPolicy")  # what it deletes when the pool turns it off

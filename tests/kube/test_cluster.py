@@ -23,7 +23,7 @@ from redis import Redis
 
 from o1sidecar.limits.keys import PoolKeys
 from tests.kube.fixtures import Cluster
-from tests.kube.images import REDIS_REFERENCE
+from tests.kube.images import APP_REFERENCE, REDIS_REFERENCE
 from tests.kube.workloads import (
     REDIS_PORT,
     app_deployment,
@@ -394,6 +394,93 @@ def test_the_data_plane_serves_while_the_operator_is_gone_and_the_operator_conve
         lambda: effective_rpm(installed, RETURN_RPM), f"every sidecar limiting at {RETURN_RPM} RPM", 120
     )
     assert installed.model_stats()["rejected_total"] == 0
+
+
+ASK = """
+import json, sys, urllib.request
+body = json.dumps({"model": "o1-mini", "messages": [{"role": "user", "content": sys.argv[1]}]}).encode()
+url = "http://127.0.0.1:8080/v1/chat/completions"
+request = urllib.request.Request(url, body, {"content-type": "application/json"})
+with urllib.request.urlopen(request, timeout=60) as answer:
+    text = json.load(answer)["choices"][0]["message"]["content"]
+    print(json.dumps([answer.headers["x-o1pool-cache"], text]))
+"""
+
+
+def asker(name: str) -> dict[str, Any]:
+    """A pod of the pool that only waits: the test asks through its sidecar with ``kubectl exec``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "asker"}, "annotations": {"o1pool.io/inject": POOL}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "asker",
+                    "image": APP_REFERENCE,
+                    "command": ["python3", "-c", "import time; time.sleep(1e6)"],
+                }
+            ],
+        },
+    }
+
+
+def test_a_persistent_cache_runs_as_the_pools_cache_service_and_answers_after_redis_is_flushed(
+    installed: Installed,
+) -> None:
+    cluster, ns = installed.cluster, installed.namespace
+    persistent = {"spec": {"cache": {"persistent": {"enabled": True}}}}
+    cluster.kubectl("patch", "o1pool", POOL, "-n", ns, "--type=merge", "-p", json.dumps(persistent))
+    service = f"{POOL}-o1pool-cache"
+    eventually(
+        lambda: running_and_ready(installed.pods("app.kubernetes.io/component=cache-service"), 1),
+        "the pool's cache service Running and ready",
+        POD_READY_TIMEOUT,
+    )
+    status = cluster.kubectl("get", "o1pool", POOL, "-n", ns, "-o", "jsonpath={.status.cacheService}").stdout
+    assert status == service
+    # Pods made now mount the config that names it (and the webhook labels them as the pool's).
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=dump([asker("asker-1"), asker("asker-2")]))
+    eventually(
+        lambda: running_and_ready(installed.pods("app=asker"), 2), "2 asker pods Running", POD_READY_TIMEOUT
+    )
+    assert all(p["metadata"]["labels"]["o1pool.io/pool"] == POOL for p in installed.pods("app=asker"))
+
+    def ask(pod: str, question: str) -> tuple[str, str]:
+        out = cluster.kubectl(
+            "exec", pod, "-n", ns, "-c", "asker", "--", "python3", "-c", ASK, question
+        ).stdout
+        layer, text = json.loads(out)
+        return layer, text
+
+    layer, text = ask("asker-1", "What does a persistent cache keep?")
+    assert layer == "miss"
+    eventually(
+        lambda: (
+            json.loads(cluster.http_get(f"http://{cluster.service_ip(ns, service)}:8471/healthz"))["entries"]
+            >= 1
+        ),
+        "the answer written to the cache service",
+        30,
+    )
+    Redis(host=cluster.service_ip(ns, "redis"), port=REDIS_PORT).flushall()  # L2 gone; asker-2 has no L1
+    assert ask("asker-2", "What does a persistent cache keep?") == ("l3", text)
+    [pod] = installed.pods("app.kubernetes.io/component=cache-service")
+    scrape = cluster.http_get(f"http://{pod['status']['podIP']}:8471/metrics").decode()
+    assert 'o1_cache_service_requests_total{op="get",result="hit"} 1.0' in scrape
+
+    # Off again: the cache service goes. A sidecar still pointed at it (until its config reloads)
+    # finds it gone: a miss, and the model answers.
+    off = {"spec": {"cache": {"persistent": {"enabled": False}}}}
+    cluster.kubectl("patch", "o1pool", POOL, "-n", ns, "--type=merge", "-p", json.dumps(off))
+    eventually(
+        lambda: not installed.pods("app.kubernetes.io/component=cache-service"), "the cache service gone", 60
+    )
+    assert not cluster.kubectl("get", "deployment,service", "-n", ns, "-o", "name").stdout.count(service)
+    layer, text = ask("asker-1", "And with the cache service gone?")
+    assert layer == "miss" and text
+    cluster.kubectl("delete", "pod", "-n", ns, "-l", "app=asker", "--wait=false")
 
 
 def floor_workload() -> str:

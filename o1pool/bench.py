@@ -7,6 +7,9 @@
     release (``--previous``, a git ref) against the same upstream.
 (b) Added latency: at a fixed request rate against a zero-latency emulator, the latency of calls made
     directly, through a bare aiohttp pass-through proxy, and through an o1pool sidecar.
+(c) The cache (cachebench.py): hits per second and per CPU-second of one sidecar from each layer (L1
+    memory, L2 Redis, L3 the pool's cache service), hit and miss latency at a fixed rate, and the
+    upstream calls a burst of identical requests makes with coalescing and with the cache bypassed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from o1pool.cachebench import CacheResults, CacheSettings, burst_table, layer_table, run_cache_bench
 from o1pool.loadgen import table
 from o1pool.matrix import (
     UPSTREAMS,
@@ -82,6 +86,7 @@ async def run(args: argparse.Namespace) -> int:
     redis.start()
     results = None
     rows: list[LatencyRow] | None = None
+    cached: CacheResults | None = None
     try:
         if not args.skip_matrix:
             settings = MatrixSettings(
@@ -120,16 +125,27 @@ async def run(args: argparse.Namespace) -> int:
             )
             rows = await run_latency(lat, redis)
             print(latency_table(rows), flush=True)
+        if not args.skip_cache:
+            cache_settings = CacheSettings()
+            print(f"\n(c) cache: {cache_settings.describe()} ...", flush=True)
+            redis.flush()
+            cached = await run_cache_bench(
+                cache_settings, redis, Path(tempfile.mkdtemp(prefix="o1pool-cache-"))
+            )
+            print(layer_table(cached.layers, cache_settings), flush=True)
+            print(burst_table(cached.burst), flush=True)
     finally:
         redis.close()
     if args.plot:
-        from o1pool.plots import write_latency_plot, write_matrix_plot
+        from o1pool.plots import write_cache_plot, write_latency_plot, write_matrix_plot
 
         path = Path(args.plot)
         if results:
             print(f"\nplot: {write_matrix_plot(path, results)}")
         if rows:
             print(f"plot: {write_latency_plot(path.with_name(path.stem + '-latency.png'), rows)}")
+        if cached:
+            print(f"plot: {write_cache_plot(path.with_name(path.stem + '-cache.png'), cached)}")
     return 0
 
 
@@ -161,5 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-duration", type=float, default=10.0, help="(b) seconds per path and round")
     parser.add_argument("--skip-matrix", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-cache", action="store_true")
     parser.add_argument("--plot", metavar="PNG", help="also write PNG plots (needs matplotlib)")
     return asyncio.run(run(parser.parse_args(argv)))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from o1pool.cachebench import CacheResults
     from o1pool.matrix import CellResult
     from o1pool.scenarios import LatencyRow
 
@@ -84,6 +85,43 @@ def write_latency_plot(path: Path, latency: Sequence[LatencyRow]) -> Path:
     ax.set_title("added latency at a fixed rate, zero-latency upstream")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_cache_plot(path: Path, results: CacheResults) -> Path:
+    """Left: hits per CPU-second of one sidecar by layer. Right: the latency CDF of hits by layer and of
+    misses (zero-latency upstream), at a fixed rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    layers = [r.layer for r in results.layers]
+    left.bar(layers, [r.hits_per_cpu_s for r in results.layers], color="tab:blue")
+    left.set_ylabel("hits per sidecar CPU-second")
+    left.set_title("cache hits one sidecar serves on one core")
+    left.grid(True, axis="y", alpha=0.3)
+    for r in results.layers:
+        for label, values in (
+            (f"{r.layer} hit", r.rate_hits_s),
+            (f"miss ({r.layer} sidecar)", r.rate_miss_s),
+        ):
+            ordered = sorted(v * 1000 for v in values)
+            if ordered:
+                style = "-" if label.endswith("hit") else ":"
+                fractions = [(i + 1) / len(ordered) for i in range(len(ordered))]
+                right.plot(ordered, fractions, style, label=label)
+    right.set_xscale("log")
+    right.set_xlabel("latency, ms (log)")
+    right.set_ylabel("fraction of answers")
+    right.set_title(f"hit and miss latency at {results.settings.rate_rps:.0f} rps")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

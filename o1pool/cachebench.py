@@ -1,0 +1,275 @@
+"""``o1pool bench`` (c): the response cache, layer by layer, side by side in one run.
+
+- Hits: one sidecar process per layer (L1 memory; L2 Redis with L1 off; L3 the pool's cache service
+  with L1 and L2 off) answers a closed loop of repeated cacheable requests. Reported: hits per second,
+  and the sidecar's own CPU per hit (from ``/proc``), so "hits per second on one core" does not depend
+  on how fast this machine's load generator is.
+- Lookup latency: the same sidecars at a fixed rate (open loop), p50/p99 of a hit as the client sees
+  it, next to a miss that goes to a zero-latency upstream.
+- Coalescing: a burst of identical requests (several prompts, many copies of each, spread over two
+  sidecars sharing Redis) against an upstream whose answers take a while; the emulator's own counter
+  says how many calls reached the model, with coalescing and with the cache bypassed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from o1pool.loadgen import Planned, percentile, plan_arrivals, table
+from o1pool.procs import RedisServer, free_port, spawn_module, stop_all, wait_for_port
+from o1pool.scenarios import MODEL, cluster, emulator_config, emulator_stats
+
+BIG = 10_000_000
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    hit_seconds: float = 10.0
+    concurrency: int = 16
+    prompts: int = 200
+    rate_rps: float = 100.0
+    rate_seconds: float = 10.0
+    burst_prompts: int = 10
+    burst_copies: int = 30
+    burst_latency_s: float = 2.0  # how long the upstream takes to answer each call of the burst
+
+    def describe(self) -> str:
+        loop = f"a closed loop of {self.concurrency} clients for {self.hit_seconds:.0f} s"
+        rate = f"{self.rate_rps:.0f} rps for {self.rate_seconds:.0f} s"
+        burst = f"a burst of {self.burst_prompts} prompts x {self.burst_copies} copies over 2 sidecars"
+        return f"one sidecar per layer, {loop}, then {rate}; {burst}"
+
+
+@dataclass
+class LayerRow:
+    layer: str
+    hits: int
+    others: int  # answers not from the layer measured (misses after a slow lookup, and the like)
+    seconds: float
+    cpu_s: float  # the sidecar process's CPU over the closed loop
+    rate_hits_s: list[float]
+    rate_miss_s: list[float]
+
+    @property
+    def hits_per_s(self) -> float:
+        return self.hits / self.seconds
+
+    @property
+    def hits_per_cpu_s(self) -> float:
+        return self.hits / self.cpu_s if self.cpu_s > 0 else float("nan")
+
+
+@dataclass
+class BurstRow:
+    mode: str
+    requests: int
+    upstream_calls: int
+    answered: int
+    seconds: float
+
+
+@dataclass
+class CacheResults:
+    settings: CacheSettings
+    layers: list[LayerRow]
+    burst: list[BurstRow]
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def _body(prompt: int) -> dict[str, object]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Cached question {prompt}: what is the plan?"}],
+        "max_completion_tokens": 16,
+    }
+
+
+async def _ask(
+    session: aiohttp.ClientSession, url: str, body: dict[str, object], headers: dict[str, str] | None = None
+) -> tuple[int, str, float]:
+    started = time.monotonic()
+    async with session.post(url + "/chat/completions", json=body, headers=headers or {}) as resp:
+        await resp.read()
+        return resp.status, resp.headers.get("x-o1pool-cache", ""), time.monotonic() - started
+
+
+async def _closed_loop(
+    session: aiohttp.ClientSession, url: str, layer: str, settings: CacheSettings
+) -> tuple[int, int, float]:
+    hits = others = 0
+    deadline = time.monotonic() + settings.hit_seconds
+    started = time.monotonic()
+
+    async def worker(offset: int) -> None:
+        nonlocal hits, others
+        i = offset
+        while time.monotonic() < deadline:
+            status, served, _ = await _ask(session, url, _body(i % settings.prompts))
+            if status == 200 and served == layer:
+                hits += 1
+            else:
+                others += 1
+            i += settings.concurrency
+
+    await asyncio.gather(*(worker(n) for n in range(settings.concurrency)))
+    return hits, others, time.monotonic() - started
+
+
+async def _open_loop(
+    session: aiohttp.ClientSession, url: str, settings: CacheSettings, fresh: bool
+) -> list[float]:
+    """Latencies of answers at ``rate_rps``: repeated prompts (hits), or ``fresh`` ones (misses)."""
+    plan = plan_arrivals(settings.rate_rps, settings.rate_seconds, ((5, 1.0),))
+    start = time.monotonic()
+
+    async def fire(p: Planned) -> float | None:
+        await asyncio.sleep(max(0.0, start + p.at_s - time.monotonic()))
+        prompt = BIG + p.index if fresh else p.index % settings.prompts
+        status, _, latency = await _ask(session, url, _body(prompt))
+        return latency if status == 200 else None
+
+    return [x for x in await asyncio.gather(*(fire(p) for p in plan)) if x is not None]
+
+
+def _cache_service(workdir: Path, stack: ExitStack) -> str:
+    port = free_port()
+    proc = spawn_module(
+        "o1pool.cli",
+        "cache-service",
+        *("--host", "127.0.0.1", "--port", str(port), "--path", str(workdir / "l3.db")),
+        log=workdir / "cache-service.log",
+    )
+    stack.callback(stop_all, [proc])
+    wait_for_port(port, proc=proc)
+    return f"http://127.0.0.1:{port}"
+
+
+LAYERS = ("l1", "l2", "l3")
+
+
+async def _layers(settings: CacheSettings, redis: RedisServer, workdir: Path) -> list[LayerRow]:
+    rows = []
+    emu_cfg = emulator_config(BIG, BIG * 100, latency_scale=0.0)
+    limits = {"rpm": BIG, "tpm": BIG * 100}
+    with ExitStack() as stack:
+        service_url = _cache_service(workdir, stack)
+        caches = {
+            "l1": {"enabled": True},
+            "l2": {"enabled": True, "l1_entries": 0},
+            "l3": {"enabled": True, "l1_entries": 0, "l2_ttl_s": 0, "service": {"url": service_url}},
+        }
+        for layer in LAYERS:
+            redis.flush()
+            extra = {"cache": caches[layer]}
+            with cluster(emu_cfg, 1, limits, redis, cache=True, sidecar_extra=extra) as c:
+                url, pid = c.sidecar_urls[0], c.procs[1].pid
+                connector = aiohttp.TCPConnector(limit=settings.concurrency * 2)
+                async with aiohttp.ClientSession(connector=connector) as session:
+                    for prompt in range(settings.prompts):  # fill the layers (and warm the connections)
+                        await _ask(session, url, _body(prompt))
+                    await asyncio.sleep(0.5)  # background writes to L2/L3 land
+                    cpu_before = _cpu_s(pid)
+                    hits, others, seconds = await _closed_loop(session, url, layer, settings)
+                    cpu = _cpu_s(pid) - cpu_before
+                    rate_hits = await _open_loop(session, url, settings, fresh=False)
+                    rate_miss = await _open_loop(session, url, settings, fresh=True)
+                rows.append(LayerRow(layer, hits, others, seconds, cpu, rate_hits, rate_miss))
+    return rows
+
+
+async def _burst(settings: CacheSettings, redis: RedisServer) -> list[BurstRow]:
+    # The model's answer takes burst_latency_s: long enough that the copies arrive while it is in flight.
+    emu_cfg = emulator_config(BIG, BIG * 100, latency_scale=1.0)
+    emu_cfg["models"][MODEL] = {
+        **emu_cfg["models"][MODEL],
+        "latency": {"ttft_ms": int(settings.burst_latency_s * 1000), "tokens_per_s": 1000},
+    }
+    rows = []
+    for mode, headers in (
+        ("coalesced (cache on)", {}),
+        ("cache bypassed", {"x-o1pool-cache-mode": "bypass"}),
+    ):
+        redis.flush()
+        with cluster(emu_cfg, 2, {"rpm": BIG, "tpm": BIG * 100}, redis, cache=True) as c:
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                before = (await emulator_stats(c.emulator_url))["totals"].get("admitted", 0)
+                started = time.monotonic()
+                asks = [
+                    _ask(session, c.sidecar_urls[copy % 2], _body(BIG * 2 + prompt), headers)
+                    for prompt in range(settings.burst_prompts)
+                    for copy in range(settings.burst_copies)
+                ]
+                answers = await asyncio.gather(*asks)
+                seconds = time.monotonic() - started
+                after = (await emulator_stats(c.emulator_url))["totals"].get("admitted", 0)
+        ok = sum(status == 200 for status, _, _ in answers)
+        rows.append(BurstRow(mode, len(answers), int(after - before), ok, seconds))
+    return rows
+
+
+async def run_cache_bench(settings: CacheSettings, redis: RedisServer, workdir: Path) -> CacheResults:
+    return CacheResults(settings, await _layers(settings, redis, workdir), await _burst(settings, redis))
+
+
+def layer_table(rows: Sequence[LayerRow], settings: CacheSettings) -> str:
+    l1 = rows[0]
+    return table(
+        [
+            "layer",
+            "hits/s (closed loop)",
+            "other answers",
+            "sidecar CPU µs/hit",
+            "hits per CPU-s",
+            "vs L1",
+            f"hit p50 ms @{settings.rate_rps:.0f}/s",
+            "hit p99 ms",
+            "miss p50 ms",
+            "miss p99 ms",
+        ],
+        [
+            (
+                r.layer,
+                r.hits_per_s,
+                r.others,
+                r.cpu_s / max(1, r.hits) * 1e6,
+                r.hits_per_cpu_s,
+                r.hits_per_cpu_s / l1.hits_per_cpu_s,
+                percentile(r.rate_hits_s, 0.5) * 1000,
+                percentile(r.rate_hits_s, 0.99) * 1000,
+                percentile(r.rate_miss_s, 0.5) * 1000,
+                percentile(r.rate_miss_s, 0.99) * 1000,
+            )
+            for r in rows
+        ],
+    )
+
+
+def burst_table(rows: Sequence[BurstRow]) -> str:
+    base = rows[-1]
+    return table(
+        ["burst", "requests", "answered", "upstream calls", "calls saved", "seconds"],
+        [
+            (
+                r.mode,
+                r.requests,
+                r.answered,
+                r.upstream_calls,
+                f"{1 - r.upstream_calls / max(1, base.upstream_calls):.1%}",
+                r.seconds,
+            )
+            for r in rows
+        ],
+    )

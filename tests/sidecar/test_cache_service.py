@@ -258,3 +258,22 @@ async def test_a_sidecar_answers_from_l3_through_the_sdk(
     assert 'o1_api_cache_layer_lookups_total{layer="l3",result="hit"} 1.0' in scrape
     assert 'o1_api_cache_lookups_total{result="l3"} 1.0' in scrape
     assert 'o1_api_cache_lookup_seconds_count{layer="l3"} 1.0' in scrape
+
+
+async def test_an_answer_too_large_for_the_service_is_not_held_against_it(service: Service) -> None:
+    seen: list[str] = []
+    cache = ResponseCache(
+        CachePolicy(l1_entries=0, service=CacheServiceConfig(url=service.url)),
+        RedisConfig(),
+        POOL,
+        observe=lambda layer, result, seconds: seen.append(result),
+    )
+    try:
+        for i in range(5):  # more than the breaker's failures
+            await cache.put(key(f"big {i}"), b"x" * 1001)  # the service keeps at most 1000 bytes
+        await cache.put(key("small"), b"answer")
+        assert await cache.get(key("big 0")) is None
+        assert await cache.get(key("small")) == (b"answer", "l3")
+        assert seen == ["miss", "hit"]  # asked both times: the breaker stayed closed
+    finally:
+        await cache.close()

@@ -72,7 +72,9 @@ class CacheServiceClient:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 url = f"{self._base}{key}?ttl_s={ttl_s}"
                 async with self._client().put(url, data=body) as resp:
-                    if resp.status != 204:
+                    if resp.status == 413:  # an answer larger than the service keeps: not a fault
+                        log.debug("cache service keeps no answer of %d bytes", len(body))
+                    elif resp.status != 204:
                         raise ServiceUnavailable(f"HTTP {resp.status}")
         except (TimeoutError, aiohttp.ClientError, OSError, ServiceUnavailable) as exc:
             self._failed(exc)

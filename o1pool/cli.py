@@ -22,11 +22,22 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "load": ("o1pool.load", "Call OPENAI_BASE_URL with the openai SDK at a fixed rate (an app for pods)."),
     "fuzz": ("o1pool.fuzz", "Send hostile requests to a sidecar: no 5xx, no traceback, bounded memory."),
     "bench": ("o1pool.bench", "Benchmark limits against many upstreams, and added latency, side by side."),
+    "cache-eval": (
+        "o1pool.cacheeval",
+        "Judge the semantic cache on paraphrases and near misses (precision, recall).",
+    ),
     "forecast-eval": ("o1pool.forecast_eval", "Judge demand forecasts and predictive scaling on traces."),
 }
 
 # top-level module -> the extra that installs it
-EXTRAS = {"kopf": "operator", "kubernetes": "operator", "openai": "load"}
+EXTRAS = {
+    "kopf": "operator",
+    "kubernetes": "operator",
+    "openai": "load",
+    "numpy": "semantic",
+    "tokenizers": "semantic",
+    "safetensors": "semantic",
+}
 
 
 def usage() -> str:

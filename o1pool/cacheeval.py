@@ -176,38 +176,6 @@ def rows(judged: list[Judged]) -> list[Row]:
     return out
 
 
-def write_plot(path: Path, table_rows: list[Row], near: int) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    xs = [r.threshold for r in table_rows]
-    ax.plot(xs, [r.recall for r in table_rows], "o-", label="paraphrase recall (with the check)")
-    ax.plot(
-        xs, [r.recall_without_guard for r in table_rows], "o:", label="paraphrase recall (similarity alone)"
-    )
-    ax.plot(xs, [r.false_hits / near for r in table_rows], "s-", label="near misses matched (with the check)")
-    ax.plot(
-        xs,
-        [r.false_hits_without_guard / near for r in table_rows],
-        "s:",
-        label="near misses matched (similarity alone)",
-    )
-    ax.axvline(DEFAULT_THRESHOLD, color="grey", alpha=0.5)
-    ax.set_xlabel("similarity threshold")
-    ax.set_ylabel("share of pairs")
-    ax.set_title("semantic cache: all-MiniLM-L6-v2 + the check after the match")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="o1pool cache-eval", description=__doc__)
     parser.add_argument(
@@ -256,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         f"targets (0 false hits, >= 70% recall) {'met' if met else 'missed'}"
     )
     if args.plot:
-        print(f"plot: {write_plot(Path(args.plot), table_rows, near)}")
+        from o1pool.plots import write_cache_eval_plot
+
+        print(f"plot: {write_cache_eval_plot(Path(args.plot), table_rows, near, DEFAULT_THRESHOLD)}")
     return 0 if met else 1
 
 

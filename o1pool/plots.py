@@ -4,24 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from o1pool.cachebench import CacheResults
+    from o1pool.cacheeval import Row
     from o1pool.matrix import CellResult
     from o1pool.scenarios import LatencyRow
 
 SMOOTH_S = 5  # admitted per second, averaged over this many seconds
 
 
-def write_matrix_plot(path: Path, results: Sequence[CellResult]) -> Path:
-    """One small chart per cell: calls the upstream admitted per second per account over time (5 s
-    average), the upstream's real limit, the end of the warm-up, and every refused call."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig: Any, path: Path, dpi: int = 110) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def write_matrix_plot(path: Path, results: Sequence[CellResult]) -> Path:
+    """One small chart per cell: calls the upstream admitted per second per account over time (5 s
+    average), the upstream's real limit, the end of the warm-up, and every refused call."""
+    plt = _pyplot()
     columns = 4
     rows = -(-len(results) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.6 * rows), squeeze=False)
@@ -60,20 +77,12 @@ def write_matrix_plot(path: Path, results: Sequence[CellResult]) -> Path:
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.supxlabel("seconds since the load began (dashed: end of warm-up; dotted: the real limit; v: a 429)")
     fig.supylabel(f"calls admitted per second per account ({SMOOTH_S} s average)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def write_latency_plot(path: Path, latency: Sequence[LatencyRow]) -> Path:
     """The latency distribution of each path (a CDF on a log axis: the tail shows)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for row in latency:
         values = sorted(v * 1000 for v in row.latencies_s)
@@ -85,21 +94,13 @@ def write_latency_plot(path: Path, latency: Sequence[LatencyRow]) -> Path:
     ax.set_title("added latency at a fixed rate, zero-latency upstream")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_cache_plot(path: Path, results: CacheResults) -> Path:
     """Left: hits per CPU-second of one sidecar by layer. Right: the latency CDF of hits by layer and of
     misses (zero-latency upstream), at a fixed rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     layers = [r.layer for r in results.layers]
     left.bar(layers, [r.hits_per_cpu_s for r in results.layers], color="tab:blue")
@@ -122,8 +123,28 @@ def write_cache_plot(path: Path, results: CacheResults) -> Path:
     right.set_title(f"hit and miss latency at {results.settings.rate_rps:.0f} rps")
     right.grid(True, which="both", alpha=0.3)
     right.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def write_cache_eval_plot(path: Path, rows: Sequence[Row], near: int, threshold: float) -> Path:
+    """Paraphrase recall and near misses matched, by similarity threshold, with and without the check
+    after the match (``o1pool cache-eval``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    xs = [r.threshold for r in rows]
+    ax.plot(xs, [r.recall for r in rows], "o-", label="paraphrase recall (with the check)")
+    ax.plot(xs, [r.recall_without_guard for r in rows], "o:", label="paraphrase recall (similarity alone)")
+    ax.plot(xs, [r.false_hits / near for r in rows], "s-", label="near misses matched (with the check)")
+    ax.plot(
+        xs,
+        [r.false_hits_without_guard / near for r in rows],
+        "s:",
+        label="near misses matched (similarity alone)",
+    )
+    ax.axvline(threshold, color="grey", alpha=0.5)
+    ax.set_xlabel("similarity threshold")
+    ax.set_ylabel("share of pairs")
+    ax.set_title("semantic cache: all-MiniLM-L6-v2 + the check after the match")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -147,12 +147,12 @@ class ResponseCache:
         return found
 
     def store(self, key: str, body: bytes) -> None:
-        """Put in L1 now and in L2 in the background, so no answer waits for Redis."""
+        """Put in L1 now, and in L2 and L3 in the background, so no answer waits for them."""
         self._put_l1(key, body, self.l2_ttl_s())
         if self._l2_usable():
             self._background(self._put_l2(key, body, self.l2_ttl_s()))
         if self._l3 is not None:
-            self._background(self._l3.put(key, body, self.policy.service.ttl_s))  # type: ignore[union-attr]
+            self._background(self._l3.put(key, body))
 
     async def put(self, key: str, body: bytes) -> None:
         """Put in every layer and wait for them."""

@@ -64,13 +64,13 @@ class CacheServiceClient:
         self.breaker.success()
         return found
 
-    async def put(self, key: str, body: bytes, ttl_s: int) -> None:
-        """Store an entry; a failure is logged and counted by the breaker, never raised."""
+    async def put(self, key: str, body: bytes) -> None:
+        """Store an entry for ``ttl_s``; a failure is logged and counted by the breaker, never raised."""
         if not self.breaker.allow():
             return
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
-                url = f"{self._base}{key}?ttl_s={ttl_s}"
+                url = f"{self._base}{key}?ttl_s={self.config.ttl_s}"
                 async with self._client().put(url, data=body) as resp:
                     if resp.status == 413:  # an answer larger than the service keeps: not a fault
                         log.debug("cache service keeps no answer of %d bytes", len(body))

@@ -153,6 +153,8 @@ async def test_the_service_refuses_bad_requests_with_what_was_wrong(
         ("PUT", f"/v1/entries/{key('q')}", b"x", 400, "ttl_s must be a positive whole number"),
         ("PUT", f"/v1/entries/{key('q')}?ttl_s=-3", b"x", 400, "ttl_s must be a positive whole number"),
         ("PUT", f"/v1/entries/{key('q')}?ttl_s=abc", b"x", 400, "ttl_s must be a positive whole number"),
+        ("PUT", f"/v1/entries/{key('q')}?ttl_s=%C2%B2", b"x", 400, "ttl_s must be a positive whole number"),
+        ("GET", f"/v1/entries/{key('q')}%0A", b"", 400, "64 lowercase hex"),
         ("PUT", f"/v1/entries/{key('q')}?ttl_s=60", b"x" * 1001, 413, "at most 1000 bytes"),
     ]
     for method, path, body, status, message in cases:
@@ -275,5 +277,25 @@ async def test_an_answer_too_large_for_the_service_is_not_held_against_it(servic
         assert await cache.get(key("big 0")) is None
         assert await cache.get(key("small")) == (b"answer", "l3")
         assert seen == ["miss", "hit"]  # asked both times: the breaker stayed closed
+    finally:
+        await cache.close()
+
+
+async def test_a_damaged_store_file_is_a_503_that_sidecars_take_as_a_miss(
+    service: Service, http: aiohttp.ClientSession
+) -> None:
+    async with http.put(f"{service.url}/v1/entries/{key('q')}?ttl_s=60", data=b"the answer") as resp:
+        assert resp.status == 204
+    for part in service.path.parent.glob(service.path.name + "*"):  # the file and its WAL, overwritten
+        with part.open("r+b") as damaged:
+            damaged.write(b"\xff" * part.stat().st_size)
+    async with http.get(f"{service.url}/v1/entries/{key('q')}") as resp:
+        assert resp.status == 503
+        assert "the cache store failed" in (await resp.json())["error"]["message"]
+    cache = ResponseCache(
+        CachePolicy(l1_entries=0, service=CacheServiceConfig(url=service.url)), RedisConfig(), POOL
+    )
+    try:
+        assert await cache.get(key("q")) is None
     finally:
         await cache.close()

@@ -32,7 +32,8 @@ from o1sidecar.cachesvc.store import EntryStore
 
 log = logging.getLogger("o1sidecar.cachesvc")
 
-KEY = re.compile(r"^[0-9a-f]{64}$")
+KEY = re.compile(r"[0-9a-f]{64}")  # (fullmatch)
+TTL = re.compile(r"[0-9]{1,12}")
 TTL_HEADER = "x-o1pool-ttl-s"
 DEFAULT_PORT = 8470
 P = ParamSpec("P")
@@ -56,7 +57,7 @@ class CacheService:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "o1_cache_service_requests",
-            "Requests to the cache service by operation and result (hit, miss, stored, refused)",
+            "Requests to the cache service by operation and result (hit, miss, stored, refused, failed)",
             ["op", "result"],
             registry=self.registry,
         )
@@ -80,10 +81,13 @@ class CacheService:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
-        if not KEY.match(key):
+        if not KEY.fullmatch(key):
             self.requests.labels("get", "refused").inc()
             return _error(400, "the key must be 64 lowercase hex digits (a sidecar cache key)", "bad_key")
-        found = await self._run(self.store.get, key)
+        try:
+            found = await self._run(self.store.get, key)
+        except sqlite3.Error as exc:
+            return self._store_failed("get", exc)
         if found is None:
             self.requests.labels("get", "miss").inc()
             return _error(404, "no live entry for this key", "not_cached")
@@ -95,11 +99,11 @@ class CacheService:
 
     async def put(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
-        if not KEY.match(key):
+        if not KEY.fullmatch(key):
             self.requests.labels("put", "refused").inc()
             return _error(400, "the key must be 64 lowercase hex digits (a sidecar cache key)", "bad_key")
         raw = request.query.get("ttl_s", "")
-        if not raw.isdigit() or int(raw) <= 0:
+        if not TTL.fullmatch(raw) or int(raw) <= 0:
             self.requests.labels("put", "refused").inc()
             return _error(400, f"ttl_s must be a positive whole number of seconds, got {raw!r}", "bad_ttl")
         try:
@@ -112,10 +116,27 @@ class CacheService:
         except ValueError as exc:
             self.requests.labels("put", "refused").inc()
             return _error(413, str(exc), "too_large")
+        except sqlite3.Error as exc:
+            return self._store_failed("put", exc)
         self.requests.labels("put", "stored").inc()
         self.evictions.labels("expired").inc(evicted.expired)
         self.evictions.labels("least_used").inc(evicted.least_used)
         return web.Response(status=204)
+
+    def _store_failed(self, op: str, exc: sqlite3.Error) -> web.Response:
+        """The file failed (full disk, damage): 503, which the sidecars treat as a miss."""
+        self.requests.labels(op, "failed").inc()
+        log.warning("cache store %s failed on %s: %s", op, self.store.path, exc)
+        return web.json_response(
+            {
+                "error": {
+                    "message": f"the cache store failed: {exc}",
+                    "type": "server_error",
+                    "code": "store_failed",
+                }
+            },
+            status=503,
+        )
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"entries": self.store.entries, "bytes": self.store.bytes})

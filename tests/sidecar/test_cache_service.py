@@ -22,6 +22,7 @@ from o1sidecar.cache import ResponseCache
 from o1sidecar.cachesvc.store import EntryStore
 from o1sidecar.config import CachePolicy, CacheServiceConfig, PoolRef, RedisConfig
 from tests.conftest import RedisServer
+from tests.polling import until
 from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
 
 POOL = PoolRef(name="pool", namespace="ns")
@@ -299,3 +300,27 @@ async def test_a_damaged_store_file_is_a_503_that_sidecars_take_as_a_miss(
         assert await cache.get(key("q")) is None
     finally:
         await cache.close()
+
+
+async def test_when_every_model_fails_the_cache_only_answer_may_come_from_l3(
+    service: Service,
+    http: aiohttp.ClientSession,
+    make_emulator: EmulatorFactory,
+    make_sidecar: SidecarFactory,
+) -> None:
+    emulator: EmulatorHandle = await make_emulator()
+    cache = {"l1_entries": 0, "only_deterministic": True, "service": {"url": service.url}}  # no L1, no Redis
+    handle = await make_sidecar(upstream=emulator, cache=cache)
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    messages = [{"role": "user", "content": "What is kept when the model is down?"}]
+    first = await client.chat.completions.create(model="o1", messages=messages)  # type: ignore[arg-type]
+
+    async def stored() -> bool:
+        async with http.get(f"http://127.0.0.1:{service.metrics_port}/healthz") as resp:
+            return bool((await resp.json())["entries"] == 1)
+
+    await until(stored, "the answer written to the cache service", timeout_s=10)
+    emulator.set_faults([{"kind": "error_5xx", "model": "o1"}])
+    raw = await client.chat.completions.with_raw_response.create(model="o1", messages=messages)  # type: ignore[arg-type]
+    assert (raw.headers["x-o1pool-cache"], raw.headers["x-o1pool-degraded"]) == ("l3", "true")
+    assert raw.parse().choices[0].message.content == first.choices[0].message.content

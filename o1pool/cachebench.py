@@ -1,9 +1,10 @@
 """``o1pool bench`` (c): the response cache, layer by layer, side by side in one run.
 
 - Hits: one sidecar process per layer (L1 memory; L2 Redis with L1 off; L3 the pool's cache service
-  with L1 and L2 off) answers a closed loop of repeated cacheable requests. Reported: hits per second,
-  and the sidecar's own CPU per hit (from ``/proc``), so "hits per second on one core" does not depend
-  on how fast this machine's load generator is.
+  with L1 and L2 off; the service's semantic layer, asked the same questions in other words) answers a
+  closed loop of cacheable requests. Reported: hits per second, and the sidecar's own CPU per hit
+  (from ``/proc``), so "hits per second on one core" does not depend on how fast this machine's load
+  generator is, and the cache service's CPU per hit (L3, semantic: the embedding is there).
 - Lookup latency: the same sidecars at a fixed rate (open loop), p50/p99 of a hit as the client sees
   it, next to a miss that goes to a zero-latency upstream.
 - Coalescing: a burst of identical requests (several prompts, many copies of each, spread over two
@@ -28,6 +29,7 @@ from o1pool.procs import RedisServer, free_port, spawn_module, stop_all, wait_fo
 from o1pool.scenarios import MODEL, cluster, emulator_config, emulator_stats
 
 BIG = 10_000_000
+SEMANTIC_QUESTIONS = 1_000_000  # the semantic row's questions are numbered from here
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -58,6 +60,7 @@ class LayerRow:
     cpu_s: float  # the sidecar process's CPU over the closed loop
     rate_hits_s: list[float]
     rate_miss_s: list[float]
+    service_cpu_s: float = 0.0  # the cache service's CPU over the closed loop (L3, semantic)
 
     @property
     def hits_per_s(self) -> float:
@@ -89,12 +92,14 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def _body(prompt: int) -> dict[str, object]:
-    return {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": f"Cached question {prompt}: what is the plan?"}],
-        "max_completion_tokens": 16,
-    }
+def _body(prompt: int, layer: str = "", asked: bool = False) -> dict[str, object]:
+    """A cacheable question. The semantic row has questions of its own (L3 keeps the other rows'
+    answers), and ``asked`` them again in other words, which only the semantic layer can answer."""
+    if layer == "semantic":
+        prompt += SEMANTIC_QUESTIONS
+    verb = "What's" if asked and layer == "semantic" else "What is"
+    text = f"{verb} the plan for cached question {prompt}?"
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_completion_tokens": 16}
 
 
 async def _ask(
@@ -117,7 +122,7 @@ async def _closed_loop(
         nonlocal hits, others
         i = offset
         while time.monotonic() < deadline:
-            status, served, _ = await _ask(session, url, _body(i % settings.prompts))
+            status, served, _ = await _ask(session, url, _body(i % settings.prompts, layer, asked=True))
             if status == 200 and served == layer:
                 hits += 1
             else:
@@ -129,7 +134,7 @@ async def _closed_loop(
 
 
 async def _open_loop(
-    session: aiohttp.ClientSession, url: str, settings: CacheSettings, fresh: bool
+    session: aiohttp.ClientSession, url: str, settings: CacheSettings, fresh: bool, layer: str = ""
 ) -> list[float]:
     """Latencies of answers at ``rate_rps``: repeated prompts (hits), or ``fresh`` ones (misses)."""
     plan = plan_arrivals(settings.rate_rps, settings.rate_seconds, ((5, 1.0),))
@@ -138,26 +143,37 @@ async def _open_loop(
     async def fire(p: Planned) -> float | None:
         await asyncio.sleep(max(0.0, start + p.at_s - time.monotonic()))
         prompt = BIG + p.index if fresh else p.index % settings.prompts
-        status, _, latency = await _ask(session, url, _body(prompt))
+        status, _, latency = await _ask(session, url, _body(prompt, layer, asked=not fresh))
         return latency if status == 200 else None
 
     return [x for x in await asyncio.gather(*(fire(p) for p in plan)) if x is not None]
 
 
-def _cache_service(workdir: Path, stack: ExitStack) -> str:
+def _cache_service(workdir: Path, stack: ExitStack) -> tuple[str, int]:
+    """The cache service with its semantic layer: its URL and process id."""
     port = free_port()
     proc = spawn_module(
         "o1pool.cli",
         "cache-service",
-        *("--host", "127.0.0.1", "--port", str(port), "--path", str(workdir / "l3.db")),
+        *("--host", "127.0.0.1", "--port", str(port), "--path", str(workdir / "l3.db"), "--semantic"),
         log=workdir / "cache-service.log",
     )
     stack.callback(stop_all, [proc])
-    wait_for_port(port, proc=proc)
-    return f"http://127.0.0.1:{port}"
+    wait_for_port(port, proc=proc, timeout_s=120)
+    return f"http://127.0.0.1:{port}", proc.pid
 
 
-LAYERS = ("l1", "l2", "l3")
+LAYERS = ("l1", "l2", "l3", "semantic")
+
+
+async def _settled(session: aiohttp.ClientSession, service_url: str, questions: int) -> None:
+    """Let the background writes land: half a second, and until the semantic index holds ``questions``."""
+    await asyncio.sleep(0.5)
+    for _ in range(600):
+        async with session.get(service_url + "/healthz") as resp:
+            if (await resp.json()).get("questions", 0) >= questions:
+                return
+        await asyncio.sleep(0.1)
 
 
 async def _layers(settings: CacheSettings, redis: RedisServer, workdir: Path) -> list[LayerRow]:
@@ -165,11 +181,14 @@ async def _layers(settings: CacheSettings, redis: RedisServer, workdir: Path) ->
     emu_cfg = emulator_config(BIG, BIG * 100, latency_scale=0.0)
     limits = {"rpm": BIG, "tpm": BIG * 100}
     with ExitStack() as stack:
-        service_url = _cache_service(workdir, stack)
+        service_url, service_pid = _cache_service(workdir, stack)
+        l3 = {"url": service_url}
+        semantic = {**l3, "semantic": {"requests": "all"}}
         caches = {
             "l1": {"enabled": True},
             "l2": {"enabled": True, "l1_entries": 0},
-            "l3": {"enabled": True, "l1_entries": 0, "l2_ttl_s": 0, "service": {"url": service_url}},
+            "l3": {"enabled": True, "l1_entries": 0, "l2_ttl_s": 0, "service": l3},
+            "semantic": {"enabled": True, "l1_entries": 0, "l2_ttl_s": 0, "service": semantic},
         }
         for layer in LAYERS:
             redis.flush()
@@ -179,14 +198,15 @@ async def _layers(settings: CacheSettings, redis: RedisServer, workdir: Path) ->
                 connector = aiohttp.TCPConnector(limit=settings.concurrency * 2)
                 async with aiohttp.ClientSession(connector=connector) as session:
                     for prompt in range(settings.prompts):  # fill the layers (and warm the connections)
-                        await _ask(session, url, _body(prompt))
-                    await asyncio.sleep(0.5)  # background writes to L2/L3 land
-                    cpu_before = _cpu_s(pid)
+                        await _ask(session, url, _body(prompt, layer))
+                    await _settled(session, service_url, settings.prompts if layer == "semantic" else 0)
+                    cpu_before, service_before = _cpu_s(pid), _cpu_s(service_pid)
                     hits, others, seconds = await _closed_loop(session, url, layer, settings)
-                    cpu = _cpu_s(pid) - cpu_before
-                    rate_hits = await _open_loop(session, url, settings, fresh=False)
+                    cpu, service_cpu = _cpu_s(pid) - cpu_before, _cpu_s(service_pid) - service_before
+                    rate_hits = await _open_loop(session, url, settings, fresh=False, layer=layer)
                     rate_miss = await _open_loop(session, url, settings, fresh=True)
-                rows.append(LayerRow(layer, hits, others, seconds, cpu, rate_hits, rate_miss))
+                service_cpu = service_cpu if layer in ("l3", "semantic") else 0.0
+                rows.append(LayerRow(layer, hits, others, seconds, cpu, rate_hits, rate_miss, service_cpu))
     return rows
 
 
@@ -232,6 +252,7 @@ def layer_table(rows: Sequence[LayerRow], settings: CacheSettings) -> str:
             "hits/s (closed loop)",
             "other answers",
             "sidecar CPU µs/hit",
+            "service CPU µs/hit",
             "hits per CPU-s",
             "vs L1",
             f"hit p50 ms @{settings.rate_rps:.0f}/s",
@@ -245,6 +266,7 @@ def layer_table(rows: Sequence[LayerRow], settings: CacheSettings) -> str:
                 r.hits_per_s,
                 r.others,
                 r.cpu_s / max(1, r.hits) * 1e6,
+                r.service_cpu_s / max(1, r.hits) * 1e6,
                 r.hits_per_cpu_s,
                 r.hits_per_cpu_s / l1.hits_per_cpu_s,
                 percentile(r.rate_hits_s, 0.5) * 1000,

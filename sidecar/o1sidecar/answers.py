@@ -11,7 +11,7 @@ import time
 from aiohttp import web
 
 from o1sidecar import errors
-from o1sidecar.cache import ResponseCache
+from o1sidecar.cache import Hit, ResponseCache
 from o1sidecar.calling import UpstreamCall
 from o1sidecar.config import SidecarConfig
 from o1sidecar.demand import DemandCounts
@@ -38,10 +38,14 @@ class Answers:
         self.metrics = metrics
         self.demand = demand
 
-    async def cached(self, key: str) -> tuple[bytes, str] | None:
-        """The stored answer under ``key`` and the layer that had it (``l1``, ``l2``, ``l3``)."""
-        hit = await self.cache.get(key)
-        self.metrics.cache_lookups.labels(hit[1] if hit else "miss").inc()
+    async def cached(self, ex: Exchange) -> Hit | None:
+        """The stored answer to the exchange's request and the layer that had it (``l1``, ``l2``,
+        ``l3``, or ``semantic`` when it asked a question that one answers)."""
+        assert ex.cache_key is not None
+        hit = await self.cache.get(ex.cache_key, ex.question)
+        self.metrics.cache_lookups.labels(hit.layer if hit else "miss").inc()
+        if hit is not None:
+            ex.cache, ex.similarity = hit.layer, hit.similarity
         return hit
 
     async def from_cache(self, ex: Exchange, data: bytes) -> web.StreamResponse:
@@ -70,11 +74,11 @@ class Answers:
         """The last resort when no model can answer: any stored answer to the same request."""
         if ex.cache_key is None or not ex.reads_cache or not self.config.fallback.cache_only_last:
             return None
-        hit = await self.cached(ex.cache_key)
+        hit = await self.cached(ex)
         if hit is None:
             return None
-        ex.cache, ex.degraded, ex.account, ex.key, ex.model = hit[1], True, "", NO_KEY, ex.requested
-        return await self.from_cache(ex, hit[0])
+        ex.degraded, ex.account, ex.key, ex.model = True, "", NO_KEY, ex.requested
+        return await self.from_cache(ex, hit.body)
 
     async def unavailable(self, ex: Exchange, retry_after_s: float) -> web.StreamResponse:
         """Every model left in the chain is down: a stored answer, or 503 with when to retry."""

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import redis.asyncio as aioredis
 from cachetools import LRUCache
@@ -34,9 +34,20 @@ from o1sidecar.limits.breaker import CircuitBreaker
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.limits.redis_store import redis_client
 
+if TYPE_CHECKING:
+    from o1sidecar.semantic import SemanticQuery
+
 log = logging.getLogger(__name__)
 
 LookupObserver = Callable[[str, str, float], None]  # (layer, hit|miss|error|skipped, seconds)
+
+
+class Hit(NamedTuple):
+    body: bytes
+    layer: str  # l1, l2, l3 or semantic
+    similarity: float | None = None  # (semantic)
+
+
 NOT_IN_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store"})
 
 
@@ -90,25 +101,33 @@ class ResponseCache:
     def has_l2(self) -> bool:
         return self._redis is not None
 
-    async def get(self, key: str) -> tuple[bytes, str] | None:
-        """``(body, "l1"|"l2"|"l3")`` or ``None`` on a miss."""
+    @property
+    def has_semantic(self) -> bool:
+        return self._l3 is not None and self._l3.config.semantic is not None
+
+    async def get(self, key: str, question: SemanticQuery | None = None) -> Hit | None:
+        """The answer stored under ``key`` (L1, L2, L3), else with a ``question`` the answer to a near
+        enough question of its scope (the semantic layer), else ``None``."""
         if self._l1 is not None:
             entry = self._l1.get(key)
             if entry is not None:
                 if self._clock() < entry[0]:
-                    return entry[1], "l1"
+                    return Hit(entry[1], "l1")
                 del self._l1[key]  # expired
         found = await self._get_l2(key)
         if found is not None:
             self._put_l1(key, *found)
-            return found[0], "l2"
+            return Hit(found[0], "l2")
         found = await self._get_l3(key)
         if found is not None:
             body, left_s = found
             self._put_l1(key, body, left_s)
             if self._l2_usable():  # the pool's other sidecars find it in Redis from now on
                 self._background(self._put_l2(key, body, max(1, min(int(left_s), self.l2_ttl_s()))))
-            return body, "l3"
+            return Hit(body, "l3")
+        if question is not None and self.has_semantic:
+            # Not copied into L1-L3 under this request's key: an exact hit must stay an exact one.
+            return await self._get_l4(question)
         return None
 
     async def _get_l2(self, key: str) -> tuple[bytes, float] | None:
@@ -146,17 +165,33 @@ class ResponseCache:
         self._observe("l3", "miss" if found is None else "hit", time.perf_counter() - started)
         return found
 
-    def store(self, key: str, body: bytes) -> None:
-        """Put in L1 now, and in L2 and L3 in the background, so no answer waits for them."""
+    async def _get_l4(self, question: SemanticQuery) -> Hit | None:
+        assert self._l3 is not None  # (has_semantic)
+        started = time.perf_counter()
+        try:
+            found = await self._l3.semantic_get(question.scope, question.text)
+        except ServiceUnavailable as exc:
+            result = "skipped" if isinstance(exc, BreakerOpen) else "error"
+            self._observe("semantic", result, time.perf_counter() - started)
+            return None
+        self._observe("semantic", "miss" if found is None else "hit", time.perf_counter() - started)
+        return None if found is None else Hit(found[0], "semantic", found[1])
+
+    def store(self, key: str, body: bytes, question: SemanticQuery | None = None) -> None:
+        """Put in L1 now, and in L2 and L3 in the background, so no answer waits for them; with a
+        ``question``, the semantic layer indexes it too."""
         self._put_l1(key, body, self.l2_ttl_s())
         if self._l2_usable():
             self._background(self._put_l2(key, body, self.l2_ttl_s()))
         if self._l3 is not None:
-            self._background(self._l3.put(key, body))
+            if question is not None and self.has_semantic:
+                self._background(self._l3.put_with_question(key, body, question.scope, question.text))
+            else:
+                self._background(self._l3.put(key, body))
 
-    async def put(self, key: str, body: bytes) -> None:
+    async def put(self, key: str, body: bytes, question: SemanticQuery | None = None) -> None:
         """Put in every layer and wait for them."""
-        self.store(key, body)
+        self.store(key, body, question)
         await self.flush()
 
     def _background(self, write: Coroutine[Any, Any, None]) -> None:

@@ -206,6 +206,20 @@ class QueuePolicy(_Strict):
     )
 
 
+class SemanticConfig(_Strict):
+    """The semantic layer (L4) of the pool's cache service: an answer to a question asked in other
+    words, in the same setting (model, system prompt, earlier turns, tools, parameters)."""
+
+    requests: Literal["opt_in", "deterministic", "all"] = Field(
+        default="opt_in",
+        description="Which requests use it: opt_in (those sending x-o1pool-cache-semantic: on), "
+        "deterministic (also those with temperature 0 or a seed), all (unless they send off).",
+    )
+    budget_ms: int = Field(
+        default=60, gt=0, le=5_000, description="Longest a semantic lookup may take; a slower one is a miss."
+    )
+
+
 class CacheServiceConfig(_Strict):
     """The pool's cache service (``o1pool cache-service``): the persistent layer, L3, after an L2 miss."""
 
@@ -218,6 +232,9 @@ class CacheServiceConfig(_Strict):
     )
     ttl_s: int = Field(
         default=604_800, gt=0, description="Lifetime of an L3 entry (the service may cap it lower)."
+    )
+    semantic: SemanticConfig | None = Field(
+        default=None, description="The service's semantic layer (L4; it runs with --semantic). Unset: none."
     )
 
 

@@ -5,12 +5,14 @@ the answer stored), ``bypass`` (neither), ``refresh`` (not answered from the cac
 stored) or ``only`` (answered from the cache or not at all: 504 ``cache_miss``, no upstream call).
 The standard ``Cache-Control`` request directives mean the same: ``no-cache`` reads nothing,
 ``no-store`` stores nothing, ``only-if-cached`` is ``only``; other directives are ignored.
+``x-o1pool-cache-semantic: on|off`` says whether the semantic layer may answer (default: the pool's
+``cache.service.semantic.requests``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from o1sidecar.config import QueuePolicy
 from o1sidecar.errors import ProxyError, bad_request
@@ -19,6 +21,8 @@ PRIORITY_HEADER = "x-o1pool-priority"
 DEADLINE_HEADER = "x-o1pool-deadline-ms"
 CACHE_MODE_HEADER = "x-o1pool-cache-mode"
 CACHE_MODES = ("use", "bypass", "refresh", "only")
+SEMANTIC_HEADER = "x-o1pool-cache-semantic"
+SEMANTIC_VALUES = {"on": True, "true": True, "off": False, "false": False}
 PRIORITY_NAMES = {"high": 8, "normal": 5, "low": 2}
 _ALLOWED_PRIORITIES = "an integer 0-9 (9 is served first) or one of high (8), normal (5), low (2)"
 
@@ -28,6 +32,7 @@ class CacheControls:
     read: bool = True  # may be answered from the cache (up front, or as the last resort)
     store: bool = True  # its answer may be stored
     only: bool = False  # answered from the cache or not at all
+    semantic: bool | None = None  # the request's own say on the semantic layer (None: the pool's policy)
 
 
 @dataclass(frozen=True)
@@ -91,12 +96,27 @@ def parse_cache(mode_value: str | None, cache_control: str | None) -> CacheContr
     return CacheControls(read=read, store=store, only=only)
 
 
+def parse_semantic(value: str | None) -> bool | None:
+    if value is None or not value.strip():
+        return None
+    asked = SEMANTIC_VALUES.get(value.strip().lower())
+    if asked is None:
+        raise bad_request(
+            f"Invalid {SEMANTIC_HEADER} header {value[:40]!r}: use on or off (default: the pool's policy).",
+            param=SEMANTIC_HEADER,
+        )
+    return asked
+
+
 def parse_controls(headers: Mapping[str, str], policy: QueuePolicy) -> RequestControls:
     """The controls from request headers; raises :class:`ProxyError` (400) naming the bad header."""
     return RequestControls(
         priority=parse_priority(headers.get(PRIORITY_HEADER), policy.default_priority),
         deadline_ms=parse_deadline_ms(headers.get(DEADLINE_HEADER), policy),
-        cache=parse_cache(headers.get(CACHE_MODE_HEADER), headers.get("cache-control")),
+        cache=replace(
+            parse_cache(headers.get(CACHE_MODE_HEADER), headers.get("cache-control")),
+            semantic=parse_semantic(headers.get(SEMANTIC_HEADER)),
+        ),
     )
 
 
@@ -104,6 +124,7 @@ __all__ = [
     "CACHE_MODE_HEADER",
     "DEADLINE_HEADER",
     "PRIORITY_HEADER",
+    "SEMANTIC_HEADER",
     "CacheControls",
     "ProxyError",
     "RequestControls",

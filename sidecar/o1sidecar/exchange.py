@@ -14,6 +14,7 @@ from o1sidecar.controls import RequestControls
 from o1sidecar.inbound import Endpoint
 from o1sidecar.metrics import NO_KEY
 from o1sidecar.plan import PlanState
+from o1sidecar.semantic import SemanticQuery
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Exchange:
     tokens: int = 0  # what admission charged for the last model tried (0: not counted)
     degraded: bool = False
     cache: str = "miss"
+    question: SemanticQuery | None = None  # what the semantic layer matches on, if this request uses it
+    similarity: float | None = None  # of the question a semantic hit answered
 
     @property
     def requested(self) -> str:
@@ -68,6 +71,8 @@ class Exchange:
             "x-o1pool-degraded": "true" if self.degraded else "false",
             "x-o1pool-cache": self.cache,
         }
+        if self.similarity is not None:
+            out["x-o1pool-cache-similarity"] = f"{self.similarity:.4f}"
         if self.account:
             out["x-o1pool-account"] = self.account
         if self.model:

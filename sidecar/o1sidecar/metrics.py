@@ -141,12 +141,15 @@ class SidecarMetrics:
             registry=r,
         )
         self.cache_lookups = Counter(
-            "o1_api_cache_lookups", "Cache lookups by result (l1, l2, l3, miss)", ["result"], registry=r
+            "o1_api_cache_lookups",
+            "Cache lookups by result (l1, l2, l3, semantic, miss)",
+            ["result"],
+            registry=r,
         )
         self.cache_layer_lookups = Counter(
             "o1_api_cache_layer_lookups",
-            "Lookups in the shared cache layers (l2 Redis, l3 the cache service) by result: hit, miss, "
-            "error (slow or failed: a miss to the request) or skipped (the layer's breaker is open)",
+            "Lookups in the shared cache layers (l2: Redis; l3 and semantic: the cache service) by result: "
+            "hit, miss, error (slow or failed: a miss to the request) or skipped (its breaker is open)",
             ["layer", "result"],
             registry=r,
         )

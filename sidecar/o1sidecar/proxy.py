@@ -32,6 +32,7 @@ from o1sidecar.outages import ModelOutages
 from o1sidecar.plan import Action, Outcome, PlanState, Step, next_step
 from o1sidecar.prediction import PredictionMirror
 from o1sidecar.quarantine import SharedQuarantine
+from o1sidecar.semantic import semantic_query, uses_semantic
 from o1sidecar.tokens import TokenCounter
 from o1sidecar.upstream import AccountRoute
 
@@ -99,10 +100,9 @@ class Proxy:
         # stored answer may serve as the last resort (cache-only) once every model has failed.
         lead = ALONE
         if ex.cache_key is not None and ex.reads_cache and is_cacheable(ex.body, self.config.cache):
-            hit = await self.answers.cached(ex.cache_key)
+            hit = await self.answers.cached(ex)
             if hit is not None:
-                ex.cache = hit[1]
-                return await self.answers.from_cache(ex, hit[0])
+                return await self.answers.from_cache(ex, hit.body)
             if not ex.controls.cache.only and ex.stores_answer:  # an identical request in flight?
                 joined = await self.coalescer.join(ex.cache_key, ex.deadline)
                 if isinstance(joined, bytes):
@@ -148,6 +148,13 @@ class Proxy:
         deadline = time.time() + controls.deadline_ms / 1000
         ex = Exchange(request, endpoint, raw, body, controls, models, deadline, key, model=requested)
         ex.degraded = bool(models) and models[0] != requested
+        semantic = self.config.cache.service.semantic if self.config.cache.service is not None else None
+        if (
+            key is not None
+            and semantic is not None
+            and uses_semantic(semantic, controls.cache.semantic, body)
+        ):
+            ex.question = semantic_query(endpoint.path, body)
         return ex
 
     async def _call(self, ex: Exchange, admission: Admission) -> UpstreamCall:
@@ -171,7 +178,7 @@ class Proxy:
             self.answers.observe(ex, call.streamed.status)
             return call.streamed
         if ex.cache_key is not None and ex.stores_answer and not ex.stream:
-            self.cache.store(ex.cache_key, call.body)
+            self.cache.store(ex.cache_key, call.body, ex.question)
         response = self.answers.upstream(ex, call)
         self.answers.observe(ex, response.status)
         return response

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from o1emulator.embedded import EmulatorHandle
 from o1pool.procs import free_port, spawn_module, stop_all, wait_for_port
-from o1sidecar.cache import ResponseCache
+from o1sidecar.cache import Hit, ResponseCache
 from o1sidecar.cachesvc.store import EntryStore
 from o1sidecar.config import CachePolicy, CacheServiceConfig, PoolRef, RedisConfig
 from tests.conftest import RedisServer
@@ -191,10 +192,10 @@ async def test_l3_answers_after_redis_is_flushed_and_refills_l2(
     try:
         await writer.put(key("q"), b"answer")
         redis_server.flush()
-        assert await reader.get(key("q")) == (b"answer", "l3")
+        assert await reader.get(key("q")) == Hit(b"answer", "l3")
         assert seen == [("l2", "miss"), ("l3", "hit")]
         await reader.flush()
-        assert await late.get(key("q")) == (b"answer", "l2")  # the L3 hit was put back in Redis
+        assert await late.get(key("q")) == Hit(b"answer", "l2")  # the L3 hit was put back in Redis
         assert await reader.get(key("absent")) is None
         assert seen[-2:] == [("l2", "miss"), ("l3", "miss")]
     finally:
@@ -214,7 +215,7 @@ async def test_a_frozen_or_stopped_service_is_a_miss_within_the_budget(service: 
     )
     try:
         await cache.put(key("q"), b"answer")
-        assert await cache.get(key("q")) == (b"answer", "l3")
+        assert await cache.get(key("q")) == Hit(b"answer", "l3")
         assert service.proc is not None
         service.proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
         lookups = [asyncio.create_task(cache.get(key("q"))) for _ in range(3)]
@@ -225,7 +226,7 @@ async def test_a_frozen_or_stopped_service_is_a_miss_within_the_budget(service: 
         assert seen[-1] == "l3 skipped"  # the breaker opened: no more waiting on it
         service.proc.send_signal(signal.SIGCONT)
         clock.now += 10  # past the breaker's pause: one probe, which succeeds
-        assert await cache.get(key("q")) == (b"answer", "l3")
+        assert await cache.get(key("q")) == Hit(b"answer", "l3")
         service.stop()
         assert await cache.get(key("q")) is None
         assert seen[-1] == "l3 error"
@@ -276,7 +277,7 @@ async def test_an_answer_too_large_for_the_service_is_not_held_against_it(servic
             await cache.put(key(f"big {i}"), b"x" * 1001)  # the service keeps at most 1000 bytes
         await cache.put(key("small"), b"answer")
         assert await cache.get(key("big 0")) is None
-        assert await cache.get(key("small")) == (b"answer", "l3")
+        assert await cache.get(key("small")) == Hit(b"answer", "l3")
         assert seen == ["miss", "hit"]  # asked both times: the breaker stayed closed
     finally:
         await cache.close()
@@ -324,3 +325,82 @@ async def test_when_every_model_fails_the_cache_only_answer_may_come_from_l3(
     raw = await client.chat.completions.with_raw_response.create(model="o1", messages=messages)  # type: ignore[arg-type]
     assert (raw.headers["x-o1pool-cache"], raw.headers["x-o1pool-degraded"]) == ("l3", "true")
     assert raw.parse().choices[0].message.content == first.choices[0].message.content
+
+
+# The semantic layer (L4): the service with --semantic (the real model), and a sidecar using it.
+
+
+@pytest.fixture
+def semantic_service(tmp_path: Path) -> Iterator[Service]:
+    svc = Service(tmp_path / "semantic" / "l3.db", free_port(), free_port())
+    svc.start("--semantic")
+    yield svc
+    svc.stop()
+
+
+async def test_the_semantic_endpoints_check_what_they_are_sent(
+    semantic_service: Service, service: Service, http: aiohttp.ClientSession
+) -> None:
+    cases: list[tuple[object, str]] = [
+        ("not json", "the body must be a JSON object"),
+        ({"scope": "x", "text": "hi"}, "scope must be 64 lowercase hex digits"),
+        ({"scope": key("s"), "text": ""}, "text must be a non-empty string"),
+        ({"scope": key("s"), "text": 3}, "text must be a non-empty string"),
+    ]
+    for body, message in cases:
+        data = body if isinstance(body, str) else json.dumps(body)
+        async with http.post(f"{semantic_service.url}/v1/semantic/lookup", data=data) as resp:
+            assert resp.status == 400 and message in (await resp.json())["error"]["message"]
+    entry = {"scope": key("s"), "key": key("k"), "text": "hi", "ttl_s": True}
+    async with http.post(f"{semantic_service.url}/v1/semantic/entries", json=entry) as resp:
+        assert resp.status == 400 and "ttl_s must be" in (await resp.json())["error"]["message"]
+    async with http.post(f"{service.url}/v1/semantic/lookup", json={"scope": key("s"), "text": "hi"}) as resp:
+        assert resp.status == 501 and "--semantic" in (await resp.json())["error"]["message"]
+
+
+async def test_a_sidecar_answers_a_paraphrase_from_the_semantic_layer_and_nothing_else(
+    semantic_service: Service,
+    http: aiohttp.ClientSession,
+    make_emulator: EmulatorFactory,
+    make_sidecar: SidecarFactory,
+) -> None:
+    emulator: EmulatorHandle = await make_emulator()
+    cache = {"service": {"url": semantic_service.url, "semantic": {"requests": "opt_in"}}}
+    handle = await make_sidecar(upstream=emulator, cache=cache)
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+
+    async def ask(question: str, semantic: str | None = "on") -> tuple[str, str | None, str]:
+        headers = {"x-o1pool-cache-semantic": semantic} if semantic else {}
+        raw = await client.chat.completions.with_raw_response.create(
+            model="o1", messages=[{"role": "user", "content": question}], extra_headers=headers
+        )
+        text = raw.parse().choices[0].message.content or ""
+        return raw.headers["x-o1pool-cache"], raw.headers.get("x-o1pool-cache-similarity"), text
+
+    layer, _, answer = await ask("How do I reset my password?")
+    assert layer == "miss"
+
+    async def indexed() -> bool:
+        async with http.get(f"http://127.0.0.1:{semantic_service.metrics_port}/healthz") as resp:
+            return bool((await resp.json())["questions"] == 1)
+
+    await until(indexed, "the question indexed", timeout_s=10)
+    layer, similarity, text = await ask("What is the way to reset my password?")
+    assert (layer, text) == ("semantic", answer)
+    assert similarity is not None and 0.95 <= float(similarity) <= 1.0
+    assert int(emulator.stats()["totals"]["admitted"]) == 1
+    # Not for a request that does not opt in, nor for a near miss, nor for the same words elsewhere.
+    assert (await ask("What is the way to reset my password?", semantic=None))[0] == "miss"
+    assert (await ask("How do I not reset my password?"))[0] == "miss"
+    raw = await client.chat.completions.with_raw_response.create(
+        model="o1-mini",
+        messages=[{"role": "user", "content": "What is the way to reset my password?"}],
+        extra_headers={"x-o1pool-cache-semantic": "on"},
+    )
+    assert raw.headers["x-o1pool-cache"] == "miss"  # another model: another scope
+    with pytest.raises(openai.BadRequestError, match="x-o1pool-cache-semantic"):
+        await ask("Hello?", semantic="maybe")
+    async with http.get(handle.metrics_url) as resp:
+        scrape = await resp.text()
+    assert 'o1_api_cache_lookups_total{result="semantic"} 1.0' in scrape
+    assert 'o1_api_cache_layer_lookups_total{layer="semantic",result="hit"} 1.0' in scrape

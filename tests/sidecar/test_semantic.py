@@ -15,6 +15,9 @@ import pytest
 from o1pool.cacheeval import DEFAULT_THRESHOLD, judge, pairs, rows
 from o1sidecar.cachesvc.embedding import DIMENSIONS, Embedder
 from o1sidecar.cachesvc.guard import conflict
+from o1sidecar.cachesvc.semantic import SemanticIndex
+from o1sidecar.config import SemanticConfig
+from o1sidecar.semantic import semantic_query, uses_semantic
 
 REFERENCE = Path(__file__).parent / "data" / "minilm-reference.json"
 
@@ -72,3 +75,74 @@ def test_no_false_hit_on_the_evaluation_set_at_the_default_threshold() -> None:
     assert row.false_hits == 0
     assert row.false_hits_without_guard > 0  # (the check is what holds them off)
     assert row.recall >= 0.70
+
+
+# What the sidecar matches on (pure).
+
+CHAT = "/v1/chat/completions"
+
+
+def chat(question: object, **extra: object) -> dict[str, object]:
+    system = {"role": "system", "content": "You answer briefly."}
+    return {"model": "o1", "messages": [system, {"role": "user", "content": question}], **extra}
+
+
+def test_the_question_is_the_last_user_message_and_the_rest_is_its_scope() -> None:
+    one = semantic_query(CHAT, chat("How do I reset my password?"))
+    two = semantic_query(CHAT, chat([{"type": "text", "text": "What is the way to reset my password?"}]))
+    assert one is not None and two is not None
+    assert one.text == "How do I reset my password?" and two.text == "What is the way to reset my password?"
+    assert one.scope == two.scope  # only the question differs
+    assert one.scope == semantic_query(CHAT, chat("Anything", stream=True, user="u1")).scope  # type: ignore[union-attr]
+    for other in (
+        chat("x", temperature=0.2),
+        {**chat("x"), "model": "o1-mini"},
+        chat("x", tools=[{"type": "function"}]),
+    ):
+        assert semantic_query(CHAT, other).scope != one.scope  # type: ignore[union-attr]
+    assert (
+        semantic_query("/v1/responses", {"model": "o1", "input": "How do I reset my password?"}) is not None
+    )
+
+
+def test_requests_without_a_plain_question_have_none() -> None:
+    image = [{"type": "image_url", "image_url": {"url": "data:,"}}]
+    assistant_last = {"model": "o1", "messages": [{"role": "assistant", "content": "Hi"}]}
+    for body in (chat(image), chat("x" * 801), chat("   "), assistant_last, {"model": "o1", "input": [1]}):
+        assert semantic_query(CHAT, body) is None
+
+
+def test_which_requests_use_the_semantic_layer() -> None:
+    deterministic, everyone, opt_in = (SemanticConfig(requests=r) for r in ("deterministic", "all", "opt_in"))
+    assert not uses_semantic(opt_in, None, chat("x")) and uses_semantic(opt_in, True, chat("x"))
+    assert uses_semantic(deterministic, None, chat("x", temperature=0))
+    assert uses_semantic(deterministic, None, chat("x", seed=3)) and not uses_semantic(
+        deterministic, None, chat("x")
+    )
+    assert uses_semantic(everyone, None, chat("x")) and not uses_semantic(everyone, False, chat("x"))
+
+
+# The index in the cache service (the real model).
+
+
+def test_the_index_answers_paraphrases_of_its_scope_only(embedder: Embedder) -> None:
+    clock = [1000.0]
+    index = SemanticIndex(embedder, 0.95, max_entries=3, clock=lambda: clock[0])
+    scope, other = "a" * 64, "b" * 64
+    assert index.add(scope, "k1", "How do I reset my password?", ttl_s=60)
+    assert [c.key for c in index.candidates(scope, "What is the way to reset my password?")] == ["k1"]
+    assert index.candidates(other, "What is the way to reset my password?") == []  # another scope
+    assert index.candidates(scope, "How do I not reset my password?") == []  # near, but a negation
+    assert index.candidates(scope, "How do I bake bread?") == []  # not near
+    assert not index.add(scope, "long", "word " * 300, ttl_s=60)  # past the model's 256 tokens
+    clock[0] += 61
+    assert index.candidates(scope, "What is the way to reset my password?") == []  # expired
+    for i, question in enumerate(("How do I rename a git branch?", "How do I rotate an API key?")):
+        index.add(scope, f"n{i}", question, ttl_s=60)
+    index.add(other, "x", "How do I deploy a Helm chart?", ttl_s=60)
+    index.add(other, "y", "How do I read a CSV file?", ttl_s=60)
+    assert index.entries == 3  # the oldest (k1, then n0) went first
+    assert index.candidates(scope, "How can I rename a git branch?") == []
+    assert [c.key for c in index.candidates(scope, "How can I rotate an API key?")] == ["n1"]
+    index.forget(scope, "n1")
+    assert index.candidates(scope, "How can I rotate an API key?") == []

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from o1sidecar.cachesvc.server import TTL_HEADER
+from o1sidecar.cachesvc.server import SIMILARITY_HEADER, TTL_HEADER
 from o1sidecar.config import CacheServiceConfig
 from o1sidecar.limits.breaker import CircuitBreaker
 
@@ -34,6 +34,7 @@ class CacheServiceClient:
     def __init__(self, config: CacheServiceConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._base = config.url.rstrip("/") + "/v1/entries/"
+        self._semantic = config.url.rstrip("/") + "/v1/semantic/"
         self.breaker = CircuitBreaker(failures=BREAKER_FAILURES, reset_s=BREAKER_RESET_S, clock=clock)
         self._session: aiohttp.ClientSession | None = None
 
@@ -74,6 +75,50 @@ class CacheServiceClient:
                 async with self._client().put(url, data=body) as resp:
                     if resp.status == 413:  # an answer larger than the service keeps: not a fault
                         log.debug("cache service keeps no answer of %d bytes", len(body))
+                    elif resp.status != 204:
+                        raise ServiceUnavailable(f"HTTP {resp.status}")
+        except (TimeoutError, aiohttp.ClientError, OSError, ServiceUnavailable) as exc:
+            self._failed(exc)
+            return
+        self.breaker.success()
+
+    async def semantic_get(self, scope: str, text: str) -> tuple[bytes, float, float] | None:
+        """``(answer, similarity, seconds left)`` of the nearest question of ``scope`` near enough to
+        ``text``, or ``None``. Raises ``ServiceUnavailable`` when it cannot say within the semantic
+        budget."""
+        assert self.config.semantic is not None, "semantic_get without cache.service.semantic"
+        if not self.breaker.allow():
+            raise BreakerOpen()
+        try:
+            async with asyncio.timeout(self.config.semantic.budget_ms / 1000):
+                payload = {"scope": scope, "text": text}
+                async with self._client().post(self._semantic + "lookup", json=payload) as resp:
+                    if resp.status == 404:
+                        found = None
+                    elif resp.status == 200:
+                        headers = resp.headers
+                        similarity = float(headers.get(SIMILARITY_HEADER, "nan"))
+                        found = await resp.read(), similarity, float(headers.get(TTL_HEADER, "1"))
+                    else:
+                        raise ServiceUnavailable(f"HTTP {resp.status}")
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError, ServiceUnavailable) as exc:
+            self._failed(exc)
+            raise ServiceUnavailable(type(exc).__name__) from None
+        self.breaker.success()
+        return found
+
+    async def put_with_question(self, key: str, body: bytes, scope: str, text: str) -> None:
+        """Store an entry, then index its question for the semantic layer (in that order: a lookup
+        that finds the question finds the answer). Failures as ``put``."""
+        await self.put(key, body)
+        if not self.breaker.allow():
+            return
+        payload = {"scope": scope, "key": key, "text": text, "ttl_s": self.config.ttl_s}
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                async with self._client().post(self._semantic + "entries", json=payload) as resp:
+                    if resp.status == 422:  # too long to index: not a fault
+                        log.debug("cache service does not index a question that long")
                     elif resp.status != 204:
                         raise ServiceUnavailable(f"HTTP {resp.status}")
         except (TimeoutError, aiohttp.ClientError, OSError, ServiceUnavailable) as exc:

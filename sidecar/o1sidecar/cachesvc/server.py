@@ -2,6 +2,10 @@
 
 - ``GET /v1/entries/{key}``: 200 with the stored answer and ``x-o1pool-ttl-s`` (seconds left), or 404.
 - ``PUT /v1/entries/{key}?ttl_s=N``: store the body for N seconds (capped by ``--max-ttl-s``); 204.
+- With ``--semantic`` (the semantic layer, L4; needs ``o1pool[semantic]``):
+  ``POST /v1/semantic/entries`` ``{"scope", "key", "text", "ttl_s"}`` indexes the question whose answer
+  L3 holds under ``key``; ``POST /v1/semantic/lookup`` ``{"scope", "text"}`` answers 200 with the
+  answer of the nearest such question of the scope (``x-o1pool-similarity``), or 404.
 - ``GET /healthz`` (entries and bytes held); on ``--metrics-port`` (default: the same port) also
   ``GET /metrics`` (Prometheus). A separate port lets a NetworkPolicy keep the entries to the pool's
   pods and the metrics open to scrapers.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import signal
 import sqlite3
@@ -23,18 +28,23 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from o1sidecar.cachesvc.store import EntryStore
 
+if TYPE_CHECKING:
+    from o1sidecar.cachesvc.semantic import SemanticIndex
+
 log = logging.getLogger("o1sidecar.cachesvc")
 
 KEY = re.compile(r"[0-9a-f]{64}")  # (fullmatch)
 TTL = re.compile(r"[0-9]{1,12}")
 TTL_HEADER = "x-o1pool-ttl-s"
+SIMILARITY_HEADER = "x-o1pool-similarity"
+MAX_QUESTION_CHARS = 4000
 DEFAULT_PORT = 8470
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -49,11 +59,15 @@ def _error(status: int, message: str, code: str) -> web.Response:
 class CacheService:
     """The HTTP face of an ``EntryStore``."""
 
-    def __init__(self, store: EntryStore, max_ttl_s: int, max_entry_bytes: int) -> None:
+    def __init__(
+        self, store: EntryStore, max_ttl_s: int, max_entry_bytes: int, index: SemanticIndex | None = None
+    ) -> None:
         self.store = store
         self.max_ttl_s = max_ttl_s
         self.max_entry_bytes = max_entry_bytes
+        self.index = index
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding")
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "o1_cache_service_requests",
@@ -75,9 +89,49 @@ class CacheService:
             "o1_cache_service_max_bytes", "Bytes of answers the store may hold", registry=self.registry
         )
         limit.set(store.max_bytes)
+        questions = Gauge(
+            "o1_cache_service_semantic_entries", "Questions in the semantic index", registry=self.registry
+        )
+        questions.set_function(lambda: self.index.entries if self.index is not None else 0)
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, lambda: fn(*args, **kwargs))
+
+    async def _embed(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """On the embedding thread: the index, and the model's CPU time, away from the file's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._embedding, lambda: fn(*args, **kwargs))
+
+    async def _question(
+        self, request: web.Request, op: str, fields: tuple[str, ...]
+    ) -> dict[str, Any] | web.Response:
+        """The checked JSON of a semantic request, or the 4xx that says what is wrong with it."""
+        if self.index is None:
+            self.requests.labels(op, "refused").inc()
+            return _error(
+                501, "this cache service has no semantic layer: start it with --semantic", "no_semantic"
+            )
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        problems = []
+        if not isinstance(body, dict):
+            problems.append("the body must be a JSON object")
+            body = {}
+        for name in fields:
+            value = body.get(name)
+            if name in ("scope", "key") and not (isinstance(value, str) and KEY.fullmatch(value)):
+                problems.append(f"{name} must be 64 lowercase hex digits")
+            elif name == "text" and not (isinstance(value, str) and 0 < len(value) <= MAX_QUESTION_CHARS):
+                problems.append(f"text must be a non-empty string of at most {MAX_QUESTION_CHARS} characters")
+            elif name == "ttl_s" and not (
+                isinstance(value, int) and not isinstance(value, bool) and value > 0
+            ):
+                problems.append("ttl_s must be a positive whole number of seconds")
+        if problems:
+            self.requests.labels(op, "refused").inc()
+            return _error(400, "; ".join(problems), "bad_request")
+        return body
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
@@ -123,6 +177,38 @@ class CacheService:
         self.evictions.labels("least_used").inc(evicted.least_used)
         return web.Response(status=204)
 
+    async def semantic_put(self, request: web.Request) -> web.StreamResponse:
+        body = await self._question(request, "semantic_put", ("scope", "key", "text", "ttl_s"))
+        if isinstance(body, web.Response):
+            return body
+        assert self.index is not None  # (_question)
+        ttl_s = min(body["ttl_s"], self.max_ttl_s)
+        if not await self._embed(self.index.add, body["scope"], body["key"], body["text"], ttl_s):
+            self.requests.labels("semantic_put", "refused").inc()
+            return _error(422, "the question is too long for the semantic layer (256 tokens)", "too_long")
+        self.requests.labels("semantic_put", "stored").inc()
+        return web.Response(status=204)
+
+    async def semantic_lookup(self, request: web.Request) -> web.StreamResponse:
+        body = await self._question(request, "semantic_get", ("scope", "text"))
+        if isinstance(body, web.Response):
+            return body
+        assert self.index is not None  # (_question)
+        for candidate in await self._embed(self.index.candidates, body["scope"], body["text"]):
+            try:
+                found = await self._run(self.store.get, candidate.key)
+            except sqlite3.Error as exc:
+                return self._store_failed("semantic_get", exc)
+            if found is None:  # the answer is gone from L3: so is the question
+                await self._embed(self.index.forget, body["scope"], candidate.key)
+                continue
+            self.requests.labels("semantic_get", "hit").inc()
+            answer, left_s = found
+            headers = {TTL_HEADER: str(max(1, int(left_s))), SIMILARITY_HEADER: f"{candidate.similarity:.4f}"}
+            return web.Response(body=answer, content_type="application/octet-stream", headers=headers)
+        self.requests.labels("semantic_get", "miss").inc()
+        return _error(404, "no question of this scope is near enough", "not_cached")
+
     def _store_failed(self, op: str, exc: sqlite3.Error) -> web.Response:
         """The file failed (full disk, damage): 503, which the sidecars treat as a miss."""
         self.requests.labels(op, "failed").inc()
@@ -139,7 +225,10 @@ class CacheService:
         )
 
     async def health(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"entries": self.store.entries, "bytes": self.store.bytes})
+        held = {"entries": self.store.entries, "bytes": self.store.bytes}
+        if self.index is not None:
+            held["questions"] = self.index.entries
+        return web.json_response(held)
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         return web.Response(
@@ -149,6 +238,7 @@ class CacheService:
     async def close(self) -> None:
         await self._run(self.store.close)
         self._worker.shutdown()
+        self._embedding.shutdown()
 
 
 def build_app(service: CacheService, with_metrics: bool) -> web.Application:
@@ -156,6 +246,8 @@ def build_app(service: CacheService, with_metrics: bool) -> web.Application:
     app = web.Application(client_max_size=service.max_entry_bytes)
     app.router.add_get("/v1/entries/{key}", service.get)
     app.router.add_put("/v1/entries/{key}", service.put)
+    app.router.add_post("/v1/semantic/entries", service.semantic_put)
+    app.router.add_post("/v1/semantic/lookup", service.semantic_lookup)
     app.router.add_get("/healthz", service.health)
     if with_metrics:
         app.router.add_get("/metrics", service.metrics)
@@ -186,12 +278,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-bytes", type=int, default=1 << 30, help="bytes of answers the file may hold")
     parser.add_argument("--max-entry-bytes", type=int, default=8 << 20, help="the largest answer stored")
     parser.add_argument("--max-ttl-s", type=int, default=30 * 86_400, help="the longest an entry lives")
+    parser.add_argument(
+        "--semantic", action="store_true", help="also serve the semantic layer (L4; needs o1pool[semantic])"
+    )
+    parser.add_argument(
+        "--semantic-threshold", type=float, default=0.95, help="similarity a match needs (default 0.95)"
+    )
+    parser.add_argument(
+        "--semantic-max-entries", type=int, default=50_000, help="questions the index holds (oldest go first)"
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    service = CacheService(EntryStore(args.path, args.max_bytes), args.max_ttl_s, args.max_entry_bytes)
+    index = None
+    if args.semantic:
+        from o1sidecar.cachesvc.embedding import Embedder
+        from o1sidecar.cachesvc.semantic import SemanticIndex
+
+        index = SemanticIndex(Embedder(), args.semantic_threshold, args.semantic_max_entries)
+    store = EntryStore(args.path, args.max_bytes)
+    service = CacheService(store, args.max_ttl_s, args.max_entry_bytes, index)
     separate = args.metrics_port is not None and args.metrics_port != args.port
     runners = [web.AppRunner(build_app(service, with_metrics=not separate), access_log=None)]
     if separate:
@@ -216,8 +324,11 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = ("max_bytes", "max_entry_bytes", "max_ttl_s")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy (embedding.py says why)
+    limits = ("max_bytes", "max_entry_bytes", "max_ttl_s", "semantic_max_entries")
     problems = [f"--{name.replace('_', '-')} must be positive" for name in limits if getattr(args, name) <= 0]
+    if not 0 < args.semantic_threshold <= 1:
+        problems.append("--semantic-threshold must be above 0 and at most 1")
     if problems:
         print("o1pool cache-service: " + "; ".join(problems), file=sys.stderr)
         return 2
@@ -226,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, sqlite3.Error) as exc:
         print(f"o1pool cache-service: cannot serve from {args.path}: {exc}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:  # the semantic layer without its model
+        print(f"o1pool cache-service: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,0 +1,133 @@
+"""The semantic layer's index (L4), in the cache service: per scope, the questions whose answers L3
+holds, as unit vectors. A lookup embeds the question, takes the nearest questions of the same scope at
+or above the threshold, and returns the first whose entry is still live and that the check after a
+match (``guard.conflict``) lets through.
+
+A scope is a hash the sidecar makes of everything but the question (model, system prompt, earlier
+turns, tools, the parameters that change the answer): only questions asked in the same setting can
+share an answer. The index lives in memory, bounded by ``max_entries`` (the oldest go first); after a
+restart it fills again from new answers (the answers themselves stay in L3's file).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from o1sidecar.cachesvc.embedding import DIMENSIONS, F32, MAX_TOKENS, Embedder
+from o1sidecar.cachesvc.guard import conflict
+
+CANDIDATES = 8  # nearest questions checked, in order, before a lookup is a miss
+
+
+@dataclass
+class _Scope:
+    """Rows of vectors; a removed row is marked dead and the rows are compacted once half are dead."""
+
+    vectors: F32 = field(default_factory=lambda: np.zeros((0, DIMENSIONS), dtype=np.float32))
+    keys: list[str | None] = field(default_factory=list)  # None: a dead row
+    texts: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)  # key -> its live row
+
+    def add(self, key: str, text: str, vector: F32) -> None:
+        self.remove(key)
+        self.rows[key] = len(self.keys)
+        self.vectors = np.vstack([self.vectors, vector[None, :]])
+        self.keys.append(key)
+        self.texts.append(text)
+
+    def remove(self, key: str) -> None:
+        row = self.rows.pop(key, None)
+        if row is None:
+            return
+        self.keys[row] = None
+        self.vectors[row] = 0.0  # similarity 0 to anything: never a candidate
+        if len(self.rows) * 2 < len(self.keys):
+            live = [i for i, k in enumerate(self.keys) if k is not None]
+            self.vectors = self.vectors[live]
+            self.keys = [self.keys[i] for i in live]
+            self.texts = [self.texts[i] for i in live]
+            self.rows = {k: i for i, k in enumerate(self.keys) if k is not None}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key: str  # the L3 key of the answer
+    similarity: float
+
+
+class SemanticIndex:
+    """Not thread-safe: one caller (the service's embedding thread)."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        threshold: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.embedder = embedder
+        self.threshold = threshold
+        self.max_entries = max_entries
+        self._clock = clock
+        self._scopes: dict[str, _Scope] = {}
+        self._expires: OrderedDict[tuple[str, str], float] = OrderedDict()  # (scope, key), oldest first
+
+    @property
+    def entries(self) -> int:
+        return len(self._expires)
+
+    def fits(self, text: str) -> bool:
+        """Whether the model sees all of ``text`` (a longer one is cut at 256 tokens, and two questions
+        that differ only after the cut would match)."""
+        return 0 < len(self.embedder.tokenizer.encode(text).ids) < MAX_TOKENS
+
+    def add(self, scope: str, key: str, text: str, ttl_s: float) -> bool:
+        """Index ``text`` as the question whose answer is L3's ``key``; False if it cannot be (too long)."""
+        if not self.fits(text):
+            return False
+        self._scopes.setdefault(scope, _Scope()).add(key, text, self.embedder.embed([text])[0])
+        self._expires.pop((scope, key), None)
+        self._expires[(scope, key)] = self._clock() + ttl_s
+        while len(self._expires) > self.max_entries:
+            (old_scope, old_key), _ = self._expires.popitem(last=False)
+            self._drop(old_scope, old_key)
+        return True
+
+    def candidates(self, scope: str, text: str) -> list[Candidate]:
+        """The live questions of ``scope`` at or above the threshold that the check lets through, nearest
+        first (at most ``CANDIDATES`` looked at)."""
+        index = self._scopes.get(scope)
+        if index is None or not index.rows or not self.fits(text):
+            return []
+        similarities = index.vectors @ self.embedder.embed([text])[0]
+        order = np.argsort(-similarities)[:CANDIDATES]
+        now = self._clock()
+        found = []
+        for i in order:
+            similarity = float(similarities[i])
+            if similarity < self.threshold:
+                break
+            key = index.keys[i]
+            if key is None or self._expires.get((scope, key), 0.0) <= now:
+                continue
+            if conflict(text, index.texts[i]) is not None:
+                continue
+            found.append(Candidate(key, similarity))
+        return found
+
+    def forget(self, scope: str, key: str) -> None:
+        """Drop an entry whose answer L3 no longer holds."""
+        self._expires.pop((scope, key), None)
+        self._drop(scope, key)
+
+    def _drop(self, scope: str, key: str) -> None:
+        index = self._scopes.get(scope)
+        if index is not None:
+            index.remove(key)
+            if not index.rows:
+                del self._scopes[scope]

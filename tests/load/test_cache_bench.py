@@ -10,7 +10,14 @@ from o1pool.cachebench import LAYERS, CacheSettings, burst_table, layer_table, r
 from tests.conftest import RedisServer
 
 SMALL = CacheSettings(
-    hit_seconds=1.0, concurrency=2, prompts=5, rate_rps=20, rate_seconds=1.0, burst_prompts=3, burst_copies=4
+    hit_seconds=1.0,
+    concurrency=2,
+    semantic_concurrency=1,
+    prompts=5,
+    rate_rps=20,
+    rate_seconds=1.0,
+    burst_prompts=3,
+    burst_copies=4,
 )
 
 
@@ -21,7 +28,9 @@ async def test_each_layer_answers_and_coalescing_saves_the_copies(
     assert [r.layer for r in results.layers] == list(LAYERS)
     for row in results.layers:
         assert row.hits > 0, row.layer  # answered by the layer measured (x-o1pool-cache says which)
-        assert len(row.rate_hits_s) == len(row.rate_miss_s) == 20, row.layer  # every answer a 200
+        assert len(row.rate_miss_s) == 20, row.layer  # every answer a 200
+        if row.layer != "semantic":  # (the semantic layer may be too busy for some: a miss)
+            assert len(row.rate_hits_s) == 20, row.layer
     coalesced, bypassed = results.burst
     assert (coalesced.answered, bypassed.answered) == (12, 12)
     assert coalesced.upstream_calls == 3

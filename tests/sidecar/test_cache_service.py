@@ -22,6 +22,7 @@ from o1pool.procs import free_port, spawn_module, stop_all, wait_for_port
 from o1sidecar.cache import Hit, ResponseCache
 from o1sidecar.cachesvc.store import EntryStore
 from o1sidecar.config import CachePolicy, CacheServiceConfig, PoolRef, RedisConfig
+from o1sidecar.semantic import SemanticQuery
 from tests.conftest import RedisServer
 from tests.polling import until
 from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
@@ -404,3 +405,31 @@ async def test_a_sidecar_answers_a_paraphrase_from_the_semantic_layer_and_nothin
         scrape = await resp.text()
     assert 'o1_api_cache_lookups_total{result="semantic"} 1.0' in scrape
     assert 'o1_api_cache_layer_lookups_total{layer="semantic",result="hit"} 1.0' in scrape
+
+
+async def test_a_semantic_layer_too_slow_for_its_budget_is_a_miss_and_leaves_l3_open(
+    semantic_service: Service,
+) -> None:
+    seen: list[str] = []
+    slow = {"url": semantic_service.url, "semantic": {"budget_ms": 1}}  # an embedding takes ~10 ms
+    cache = ResponseCache(
+        CachePolicy(l1_entries=0, service=CacheServiceConfig.model_validate(slow)),
+        RedisConfig(),
+        POOL,
+        observe=lambda layer, result, seconds: seen.append(f"{layer} {result}"),
+    )
+    question = SemanticQuery("a" * 64, "How do I reset my password?")
+    try:
+        await cache.put(key("q"), b"answer", question)  # indexed: a lookup in its scope embeds
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{semantic_service.url}/healthz") as resp:
+                assert (await resp.json())["questions"] == 1
+        for i in range(5):
+            other = SemanticQuery(question.scope, "What is the way to reset my password?")
+            assert await cache.get(key(f"other {i}"), other) is None
+        semantic = [s for s in seen if s.startswith("semantic")]
+        assert len(semantic) == 5 and set(semantic) <= {"semantic error", "semantic busy"}  # late, or queued
+        assert "l3 skipped" not in seen  # its breaker stayed closed
+        assert await cache.get(key("q"), question) == Hit(b"answer", "l3")  # L3 still asked
+    finally:
+        await cache.close()

@@ -30,6 +30,10 @@ class BreakerOpen(ServiceUnavailable):
     """Not asked: it failed lately, and the breaker's pause is not over."""
 
 
+class ServiceBusy(ServiceUnavailable):
+    """It answered at once that too many lookups were waiting (429): a miss, not a fault."""
+
+
 class CacheServiceClient:
     def __init__(self, config: CacheServiceConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -85,46 +89,49 @@ class CacheServiceClient:
     async def semantic_get(self, scope: str, text: str) -> tuple[bytes, float, float] | None:
         """``(answer, similarity, seconds left)`` of the nearest question of ``scope`` near enough to
         ``text``, or ``None``. Raises ``ServiceUnavailable`` when it cannot say within the semantic
-        budget."""
+        budget, ``ServiceBusy`` when too many lookups wait there.
+
+        The semantic layer follows the breaker but never moves it: its lookups are CPU-bound and may
+        run late when the service is merely busy, which must not close the service's L3 to the pool
+        (the L3 calls, made first, say whether it is down)."""
         assert self.config.semantic is not None, "semantic_get without cache.service.semantic"
-        if not self.breaker.allow():
+        if self.breaker.state != "closed":
             raise BreakerOpen()
         try:
             async with asyncio.timeout(self.config.semantic.budget_ms / 1000):
                 payload = {"scope": scope, "text": text}
                 async with self._client().post(self._semantic + "lookup", json=payload) as resp:
+                    if resp.status == 429:
+                        raise ServiceBusy()
                     if resp.status == 404:
-                        found = None
-                    elif resp.status == 200:
-                        headers = resp.headers
-                        similarity = float(headers.get(SIMILARITY_HEADER, "nan"))
-                        found = await resp.read(), similarity, float(headers.get(TTL_HEADER, "1"))
-                    else:
+                        return None
+                    if resp.status != 200:
                         raise ServiceUnavailable(f"HTTP {resp.status}")
+                    similarity = float(resp.headers.get(SIMILARITY_HEADER, "nan"))
+                    return await resp.read(), similarity, float(resp.headers.get(TTL_HEADER, "1"))
+        except ServiceBusy:
+            raise
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError, ServiceUnavailable) as exc:
-            self._failed(exc)
+            log.debug("semantic lookup at %s failed: %s", self.config.url, type(exc).__name__)
             raise ServiceUnavailable(type(exc).__name__) from None
-        self.breaker.success()
-        return found
 
     async def put_with_question(self, key: str, body: bytes, scope: str, text: str) -> None:
         """Store an entry, then index its question for the semantic layer (in that order: a lookup
-        that finds the question finds the answer). Failures as ``put``."""
+        that finds the question finds the answer). Failures are logged, never raised; as with lookups,
+        indexing follows the breaker but does not move it."""
         await self.put(key, body)
-        if not self.breaker.allow():
+        if self.breaker.state != "closed":
             return
         payload = {"scope": scope, "key": key, "text": text, "ttl_s": self.config.ttl_s}
         try:
             async with asyncio.timeout(WRITE_TIMEOUT_S):
                 async with self._client().post(self._semantic + "entries", json=payload) as resp:
-                    if resp.status == 422:  # too long to index: not a fault
-                        log.debug("cache service does not index a question that long")
+                    if resp.status in (422, 429):  # too long to index, or too many waiting: not a fault
+                        log.debug("cache service did not index a question (HTTP %d)", resp.status)
                     elif resp.status != 204:
                         raise ServiceUnavailable(f"HTTP {resp.status}")
         except (TimeoutError, aiohttp.ClientError, OSError, ServiceUnavailable) as exc:
-            self._failed(exc)
-            return
-        self.breaker.success()
+            log.info("cache service %s did not index a question: %s", self.config.url, exc)
 
     def _failed(self, exc: BaseException) -> None:
         if self.breaker.failure():

@@ -11,6 +11,7 @@ restart it fills again from new answers (the answers themselves stay in L3's fil
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -61,7 +62,8 @@ class Candidate:
 
 
 class SemanticIndex:
-    """Not thread-safe: one caller (the service's embedding thread)."""
+    """Thread-safe: questions are embedded outside the lock (numpy lets go of the GIL), so a lookup
+    never waits behind another question's embedding, only behind the short search or insert."""
 
     def __init__(
         self,
@@ -75,11 +77,12 @@ class SemanticIndex:
         self.max_entries = max_entries
         self._clock = clock
         self._scopes: dict[str, _Scope] = {}
+        self._lock = threading.Lock()
         self._expires: OrderedDict[tuple[str, str], float] = OrderedDict()  # (scope, key), oldest first
 
     @property
     def entries(self) -> int:
-        return len(self._expires)
+        return len(self._expires)  # (a racy read is fine for a gauge)
 
     def fits(self, text: str) -> bool:
         """Whether the model sees all of ``text`` (a longer one is cut at 256 tokens, and two questions
@@ -90,40 +93,45 @@ class SemanticIndex:
         """Index ``text`` as the question whose answer is L3's ``key``; False if it cannot be (too long)."""
         if not self.fits(text):
             return False
-        self._scopes.setdefault(scope, _Scope()).add(key, text, self.embedder.embed([text])[0])
-        self._expires.pop((scope, key), None)
-        self._expires[(scope, key)] = self._clock() + ttl_s
-        while len(self._expires) > self.max_entries:
-            (old_scope, old_key), _ = self._expires.popitem(last=False)
-            self._drop(old_scope, old_key)
+        vector = self.embedder.embed([text])[0]
+        with self._lock:
+            self._scopes.setdefault(scope, _Scope()).add(key, text, vector)
+            self._expires.pop((scope, key), None)
+            self._expires[(scope, key)] = self._clock() + ttl_s
+            while len(self._expires) > self.max_entries:
+                (old_scope, old_key), _ = self._expires.popitem(last=False)
+                self._drop(old_scope, old_key)
         return True
 
     def candidates(self, scope: str, text: str) -> list[Candidate]:
         """The live questions of ``scope`` at or above the threshold that the check lets through, nearest
         first (at most ``CANDIDATES`` looked at)."""
-        index = self._scopes.get(scope)
-        if index is None or not index.rows or not self.fits(text):
+        if scope not in self._scopes or not self.fits(text):
             return []
-        similarities = index.vectors @ self.embedder.embed([text])[0]
-        order = np.argsort(-similarities)[:CANDIDATES]
+        vector = self.embedder.embed([text])[0]
+        with self._lock:
+            index = self._scopes.get(scope)
+            if index is None:
+                return []
+            similarities = index.vectors @ vector
+            order = np.argsort(-similarities)[:CANDIDATES]
+            near = [(float(similarities[i]), index.keys[i], index.texts[i]) for i in order]
+            expires = {key: self._expires.get((scope, key), 0.0) for _, key, _ in near if key is not None}
         now = self._clock()
         found = []
-        for i in order:
-            similarity = float(similarities[i])
+        for similarity, key, other in near:
             if similarity < self.threshold:
                 break
-            key = index.keys[i]
-            if key is None or self._expires.get((scope, key), 0.0) <= now:
-                continue
-            if conflict(text, index.texts[i]) is not None:
+            if key is None or expires[key] <= now or conflict(text, other) is not None:
                 continue
             found.append(Candidate(key, similarity))
         return found
 
     def forget(self, scope: str, key: str) -> None:
         """Drop an entry whose answer L3 no longer holds."""
-        self._expires.pop((scope, key), None)
-        self._drop(scope, key)
+        with self._lock:
+            self._expires.pop((scope, key), None)
+            self._drop(scope, key)
 
     def _drop(self, scope: str, key: str) -> None:
         index = self._scopes.get(scope)

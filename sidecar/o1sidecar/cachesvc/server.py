@@ -45,6 +45,10 @@ TTL = re.compile(r"[0-9]{1,12}")
 TTL_HEADER = "x-o1pool-ttl-s"
 SIMILARITY_HEADER = "x-o1pool-similarity"
 MAX_QUESTION_CHARS = 4000
+MAX_INDEXING = 1024  # questions waiting to be indexed (about 10 s of work); past it, 429 and not indexed
+# Lookups waiting for the model: each takes about 10 ms, and a sidecar waits 60 ms by default, so a
+# lookup queued behind more would answer no one. Past it, 429 at once: a miss, not a fault.
+MAX_LOOKUPS = 4
 DEFAULT_PORT = 8470
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -67,11 +71,17 @@ class CacheService:
         self.max_entry_bytes = max_entry_bytes
         self.index = index
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._embedding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding")
+        # Lookups and indexing each on a thread of their own: a backlog of questions to index never
+        # delays a lookup, and past MAX_INDEXING waiting ones new questions are not indexed (best effort).
+        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantic-lookup")
+        self._indexing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantic-index")
+        self._indexing_waiting = 0
+        self._lookups_waiting = 0
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "o1_cache_service_requests",
-            "Requests to the cache service by operation and result (hit, miss, stored, refused, failed)",
+            "Requests to the cache service by operation and result (hit, miss, stored, refused, failed, "
+            "dropped)",
             ["op", "result"],
             registry=self.registry,
         )
@@ -97,9 +107,9 @@ class CacheService:
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, lambda: fn(*args, **kwargs))
 
-    async def _embed(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """On the embedding thread: the index, and the model's CPU time, away from the file's thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._embedding, lambda: fn(*args, **kwargs))
+    async def _lookup(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """On the lookup thread: the model's CPU time away from the file's thread and the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._lookups, lambda: fn(*args, **kwargs))
 
     async def _question(
         self, request: web.Request, op: str, fields: tuple[str, ...]
@@ -181,9 +191,20 @@ class CacheService:
         body = await self._question(request, "semantic_put", ("scope", "key", "text", "ttl_s"))
         if isinstance(body, web.Response):
             return body
-        assert self.index is not None  # (_question)
+        index = self.index
+        assert index is not None  # (_question)
+        if self._indexing_waiting >= MAX_INDEXING:
+            self.requests.labels("semantic_put", "dropped").inc()
+            return _error(429, f"{MAX_INDEXING} questions are waiting to be indexed: this one is not", "busy")
         ttl_s = min(body["ttl_s"], self.max_ttl_s)
-        if not await self._embed(self.index.add, body["scope"], body["key"], body["text"], ttl_s):
+        self._indexing_waiting += 1
+        try:
+            added = await asyncio.get_running_loop().run_in_executor(
+                self._indexing, lambda: index.add(body["scope"], body["key"], body["text"], ttl_s)
+            )
+        finally:
+            self._indexing_waiting -= 1
+        if not added:
             self.requests.labels("semantic_put", "refused").inc()
             return _error(422, "the question is too long for the semantic layer (256 tokens)", "too_long")
         self.requests.labels("semantic_put", "stored").inc()
@@ -194,13 +215,21 @@ class CacheService:
         if isinstance(body, web.Response):
             return body
         assert self.index is not None  # (_question)
-        for candidate in await self._embed(self.index.candidates, body["scope"], body["text"]):
+        if self._lookups_waiting >= MAX_LOOKUPS:
+            self.requests.labels("semantic_get", "dropped").inc()
+            return _error(429, f"{MAX_LOOKUPS} questions are waiting for the model: ask again later", "busy")
+        self._lookups_waiting += 1
+        try:
+            candidates = await self._lookup(self.index.candidates, body["scope"], body["text"])
+        finally:
+            self._lookups_waiting -= 1
+        for candidate in candidates:
             try:
                 found = await self._run(self.store.get, candidate.key)
             except sqlite3.Error as exc:
                 return self._store_failed("semantic_get", exc)
             if found is None:  # the answer is gone from L3: so is the question
-                await self._embed(self.index.forget, body["scope"], candidate.key)
+                await self._lookup(self.index.forget, body["scope"], candidate.key)
                 continue
             self.requests.labels("semantic_get", "hit").inc()
             answer, left_s = found
@@ -227,7 +256,7 @@ class CacheService:
     async def health(self, request: web.Request) -> web.StreamResponse:
         held = {"entries": self.store.entries, "bytes": self.store.bytes}
         if self.index is not None:
-            held["questions"] = self.index.entries
+            held |= {"questions": self.index.entries, "indexing": self._indexing_waiting}
         return web.json_response(held)
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
@@ -238,7 +267,8 @@ class CacheService:
     async def close(self) -> None:
         await self._run(self.store.close)
         self._worker.shutdown()
-        self._embedding.shutdown()
+        self._lookups.shutdown()
+        self._indexing.shutdown()
 
 
 def build_app(service: CacheService, with_metrics: bool) -> web.Application:

@@ -347,6 +347,7 @@ async def test_the_semantic_endpoints_check_what_they_are_sent(
         ({"scope": "x", "text": "hi"}, "scope must be 64 lowercase hex digits"),
         ({"scope": key("s"), "text": ""}, "text must be a non-empty string"),
         ({"scope": key("s"), "text": 3}, "text must be a non-empty string"),
+        ({"scope": key("s"), "text": "a \ud800 b"}, "no lone surrogates"),  # (json.dumps escapes it)
     ]
     for body, message in cases:
         data = body if isinstance(body, str) else json.dumps(body)

@@ -54,6 +54,14 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _error(status: int, message: str, code: str) -> web.Response:
     return web.json_response(
         {"error": {"message": message, "type": "invalid_request_error", "code": code}}, status=status
@@ -134,6 +142,8 @@ class CacheService:
                 problems.append(f"{name} must be 64 lowercase hex digits")
             elif name == "text" and not (isinstance(value, str) and 0 < len(value) <= MAX_QUESTION_CHARS):
                 problems.append(f"text must be a non-empty string of at most {MAX_QUESTION_CHARS} characters")
+            elif name == "text" and isinstance(value, str) and not _is_unicode(value):
+                problems.append("text must be valid Unicode (no lone surrogates)")
             elif name == "ttl_s" and not (
                 isinstance(value, int) and not isinstance(value, bool) and value > 0
             ):

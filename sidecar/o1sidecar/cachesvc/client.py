@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from o1sidecar.cachesvc.server import SIMILARITY_HEADER, TTL_HEADER
+from o1sidecar.cachesvc import SIMILARITY_HEADER, TTL_HEADER
 from o1sidecar.config import CacheServiceConfig
 from o1sidecar.limits.breaker import CircuitBreaker
 

@@ -27,17 +27,27 @@ CANDIDATES = 8  # nearest questions checked, in order, before a lookup is a miss
 
 @dataclass
 class _Scope:
-    """Rows of vectors; a removed row is marked dead and the rows are compacted once half are dead."""
+    """Rows of vectors in a buffer that doubles when full (an insert copies nothing, amortised); a
+    removed row is marked dead and the rows are compacted once half are dead."""
 
-    vectors: F32 = field(default_factory=lambda: np.zeros((0, DIMENSIONS), dtype=np.float32))
     keys: list[str | None] = field(default_factory=list)  # None: a dead row
     texts: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)  # key -> its live row
+    buffer: F32 = field(default_factory=lambda: np.zeros((16, DIMENSIONS), dtype=np.float32))
+
+    @property
+    def vectors(self) -> F32:
+        return self.buffer[: len(self.keys)]
 
     def add(self, key: str, text: str, vector: F32) -> None:
         self.remove(key)
-        self.rows[key] = len(self.keys)
-        self.vectors = np.vstack([self.vectors, vector[None, :]])
+        row = len(self.keys)
+        if row == len(self.buffer):
+            grown = np.zeros((max(16, 2 * row), DIMENSIONS), dtype=np.float32)
+            grown[:row] = self.buffer
+            self.buffer = grown
+        self.buffer[row] = vector
+        self.rows[key] = row
         self.keys.append(key)
         self.texts.append(text)
 
@@ -46,10 +56,10 @@ class _Scope:
         if row is None:
             return
         self.keys[row] = None
-        self.vectors[row] = 0.0  # similarity 0 to anything: never a candidate
+        self.buffer[row] = 0.0  # similarity 0 to anything: never a candidate
         if len(self.rows) * 2 < len(self.keys):
             live = [i for i, k in enumerate(self.keys) if k is not None]
-            self.vectors = self.vectors[live]
+            self.buffer = np.ascontiguousarray(self.buffer[live])
             self.keys = [self.keys[i] for i in live]
             self.texts = [self.texts[i] for i in live]
             self.rows = {k: i for i, k in enumerate(self.keys) if k is not None}

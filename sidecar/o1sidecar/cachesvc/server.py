@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from o1sidecar.cachesvc import SIMILARITY_HEADER, TTL_HEADER
 from o1sidecar.cachesvc.store import EntryStore
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ log = logging.getLogger("o1sidecar.cachesvc")
 
 KEY = re.compile(r"[0-9a-f]{64}")  # (fullmatch)
 TTL = re.compile(r"[0-9]{1,12}")
-TTL_HEADER = "x-o1pool-ttl-s"
-SIMILARITY_HEADER = "x-o1pool-similarity"
 MAX_QUESTION_CHARS = 4000
 MAX_INDEXING = 1024  # questions waiting to be indexed (about 10 s of work); past it, 429 and not indexed
 # Lookups waiting for the model: each takes about 10 ms, and a sidecar waits 60 ms by default, so a

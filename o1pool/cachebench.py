@@ -94,14 +94,37 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def _body(prompt: int, layer: str = "", asked: bool = False) -> dict[str, object]:
+def _body(prompt: int, layer: str = "", asked: bool = False, variant: int = 0) -> dict[str, object]:
     """A cacheable question. The semantic row has questions of its own (L3 keeps the other rows'
-    answers), and ``asked`` them again in other words, which only the semantic layer can answer."""
+    answers), and ``asked`` them again in other words, which only the semantic layer can answer: each
+    time in a ``variant`` of those words the service has not seen (``_spaced``), so that every lookup
+    embeds its question, as a new wording does (the service keeps the vectors of recent questions)."""
     if layer == "semantic":
         prompt += SEMANTIC_QUESTIONS
-    verb = "What's" if asked and layer == "semantic" else "What is"
-    text = f"{verb} the plan for cached question {prompt}?"
+    text = f"What is the plan for cached question {prompt}?"
+    if asked and layer == "semantic":
+        text = _spaced(f"What's the plan for cached question {prompt}?", variant)
     return {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_completion_tokens": 16}
+
+
+def _spaced(text: str, variant: int) -> str:
+    """``text`` with each gap between its words one space or two, by the bits of ``variant``: another
+    string, which the model's tokenizer reads as the same words."""
+    words = text.split(" ")
+    if not 0 <= variant < 2 ** (len(words) - 1):
+        raise ValueError(f"{text!r} has only {2 ** (len(words) - 1)} spacings")
+    return words[0] + "".join(("  " if variant >> i & 1 else " ") + w for i, w in enumerate(words[1:]))
+
+
+class _Variants:
+    """The next unused variant of each prompt's wording."""
+
+    def __init__(self) -> None:
+        self.used: dict[int, int] = {}
+
+    def next(self, prompt: int) -> int:
+        self.used[prompt] = self.used.get(prompt, -1) + 1
+        return self.used[prompt]
 
 
 # The semantic row asks its questions again with no-store: a miss (the service too busy) must not put
@@ -119,7 +142,7 @@ async def _ask(
 
 
 async def _closed_loop(
-    session: aiohttp.ClientSession, url: str, layer: str, settings: CacheSettings
+    session: aiohttp.ClientSession, url: str, layer: str, settings: CacheSettings, variants: _Variants
 ) -> tuple[int, int, float]:
     hits = others = 0
     # The semantic layer is CPU-bound in the service (an embedding per lookup): more clients than it
@@ -132,7 +155,8 @@ async def _closed_loop(
         nonlocal hits, others
         i = offset
         while time.monotonic() < deadline:
-            body = _body(i % settings.prompts, layer, asked=True)
+            prompt = i % settings.prompts
+            body = _body(prompt, layer, asked=True, variant=variants.next(prompt))
             status, served, _ = await _ask(session, url, body, ASKED_AGAIN if layer == "semantic" else None)
             if status == 200 and served == layer:
                 hits += 1
@@ -145,7 +169,12 @@ async def _closed_loop(
 
 
 async def _open_loop(
-    session: aiohttp.ClientSession, url: str, settings: CacheSettings, fresh: bool, layer: str = ""
+    session: aiohttp.ClientSession,
+    url: str,
+    settings: CacheSettings,
+    fresh: bool,
+    layer: str = "",
+    variants: _Variants | None = None,
 ) -> list[float]:
     """Latencies of answers at ``rate_rps``: repeated prompts (hits), or ``fresh`` ones (misses)."""
     plan = plan_arrivals(settings.rate_rps, settings.rate_seconds, ((5, 1.0),))
@@ -155,7 +184,9 @@ async def _open_loop(
         await asyncio.sleep(max(0.0, start + p.at_s - time.monotonic()))
         prompt = BIG + p.index if fresh else p.index % settings.prompts
         headers = ASKED_AGAIN if layer == "semantic" and not fresh else None
-        status, served, latency = await _ask(session, url, _body(prompt, layer, asked=not fresh), headers)
+        variant = variants.next(prompt) if variants is not None and not fresh else 0
+        body = _body(prompt, layer, asked=not fresh, variant=variant)
+        status, served, latency = await _ask(session, url, body, headers)
         return latency if status == 200 and (fresh or served == layer) else None  # hits: from that layer
 
     return [x for x in await asyncio.gather(*(fire(p) for p in plan)) if x is not None]
@@ -215,10 +246,11 @@ async def _layers(settings: CacheSettings, redis: RedisServer, workdir: Path) ->
                         await _ask(session, url, _body(prompt, layer))
                     await _settled(session, service_url, settings.prompts if layer == "semantic" else 0)
                     cpu_before, service_before = _cpu_s(pid), _cpu_s(service_pid)
-                    hits, others, seconds = await _closed_loop(session, url, layer, settings)
+                    variants = _Variants()
+                    hits, others, seconds = await _closed_loop(session, url, layer, settings, variants)
                     cpu, service_cpu = _cpu_s(pid) - cpu_before, _cpu_s(service_pid) - service_before
                     await _settled(session, service_url)  # what the closed loop left to index
-                    rate_hits = await _open_loop(session, url, settings, fresh=False, layer=layer)
+                    rate_hits = await _open_loop(session, url, settings, False, layer, variants)
                     rate_miss = await _open_loop(session, url, settings, fresh=True)
                 service_cpu = service_cpu if layer in ("l3", "semantic") else 0.0
                 rows.append(LayerRow(layer, hits, others, seconds, cpu, rate_hits, rate_miss, service_cpu))

@@ -1,4 +1,5 @@
-"""A pool's cache service (L3): what ``spec.cache.persistent`` renders into. Pure builders.
+"""A pool's cache service (L3, and L4 with ``spec.cache.semantic``): what ``spec.cache.persistent``
+renders into. Pure builders.
 
 One Deployment + Service per pool, not one shared by a namespace's pools: an answer must never cross
 pools (their accounts, models and policies differ, and the pools may belong to different teams), a
@@ -6,6 +7,10 @@ pool chooses its own volume and size, and a pool's service goes away with the po
 reference). It is one replica with the ``Recreate`` strategy: the SQLite file has one writer. A
 NetworkPolicy lets only the pool's own pods (the webhook labels them ``o1pool.io/pool``) reach the
 entries; the metrics port stays open to scrapers.
+
+With ``spec.cache.semantic`` the service also runs the semantic layer (``--semantic``), in the cache
+image (``--cache-image``): the embedding model and numpy live there, not in the sidecar image that
+every pod of the pool pulls. Without it the service runs in the sidecar image, which has all L3 needs.
 """
 
 from __future__ import annotations
@@ -27,6 +32,19 @@ SUFFIX = "-o1pool-cache"
 MAX_NAME = 63  # a Service's name is a DNS label
 RUN_AS = 65532  # the image's non-root user, as the sidecar's
 DEFAULT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
+# The model (90 MB of weights), numpy and an index of up to maxEntries vectors (1.5 KB each), and a
+# core's share for the embeddings (about 10 ms of CPU per question).
+SEMANTIC_RESOURCES = {"requests": {"cpu": "250m", "memory": "384Mi"}, "limits": {"memory": "1Gi"}}
+
+
+@dataclass(frozen=True)
+class Semantic:
+    """``spec.cache.semantic`` with its defaults (the CRD's)."""
+
+    threshold: float = 0.95
+    max_entries: int = 50_000
+    requests: str = "opt_in"
+    budget_ms: int = 60
 
 
 @dataclass(frozen=True)
@@ -38,12 +56,23 @@ class Persistent:
     ttl_s: int = 604_800
     budget_ms: int = 30
     resources: Mapping[str, Any] | None = None
+    semantic: Semantic | None = None
 
 
 def get_persistent(spec: Mapping[str, Any]) -> Persistent | None:
-    """The pool's cache service settings, or ``None`` when it has none."""
-    persistent = (spec.get("cache") or {}).get("persistent") or {}
-    if not persistent.get("enabled", False) or not (spec.get("cache") or {}).get("enabled", True):
+    """The pool's cache service settings, or ``None`` when it has none; ``ValueError`` (saying what to
+    do) for a semantic layer without the service it lives in."""
+    cache = spec.get("cache") or {}
+    persistent = cache.get("persistent") or {}
+    semantic = cache.get("semantic") or {}
+    if not cache.get("enabled", True):
+        return None
+    if not persistent.get("enabled", False):
+        if semantic.get("enabled", False):
+            raise ValueError(
+                "spec.cache.semantic needs the pool's cache service, where the semantic layer runs and its "
+                "answers live: set spec.cache.persistent.enabled: true, or spec.cache.semantic.enabled: false"
+            )
         return None
     return Persistent(
         claim_name=persistent.get("claimName"),
@@ -51,6 +80,16 @@ def get_persistent(spec: Mapping[str, Any]) -> Persistent | None:
         ttl_s=persistent.get("ttlSeconds", Persistent.ttl_s),
         budget_ms=persistent.get("lookupBudgetMilliseconds", Persistent.budget_ms),
         resources=persistent.get("resources"),
+        semantic=_get_semantic(semantic) if semantic.get("enabled", False) else None,
+    )
+
+
+def _get_semantic(semantic: Mapping[str, Any]) -> Semantic:
+    return Semantic(
+        threshold=semantic.get("threshold", Semantic.threshold),
+        max_entries=semantic.get("maxEntries", Semantic.max_entries),
+        requests=semantic.get("requests", Semantic.requests),
+        budget_ms=semantic.get("lookupBudgetMilliseconds", Semantic.budget_ms),
     )
 
 
@@ -71,11 +110,38 @@ def get_sidecar_settings(pool: Mapping[str, Any], persistent: Persistent) -> dic
     """The sidecar config's ``cache.service``."""
     meta = pool["metadata"]
     host = f"{cache_service_name(meta['name'])}.{meta.get('namespace', 'default')}.svc"
-    return {"url": f"http://{host}:{PORT}", "budget_ms": persistent.budget_ms, "ttl_s": persistent.ttl_s}
+    settings: dict[str, Any] = {
+        "url": f"http://{host}:{PORT}",
+        "budget_ms": persistent.budget_ms,
+        "ttl_s": persistent.ttl_s,
+    }
+    if persistent.semantic is not None:
+        settings["semantic"] = {
+            "requests": persistent.semantic.requests,
+            "budget_ms": persistent.semantic.budget_ms,
+        }
+    return settings
 
 
 def _selector(pool: Mapping[str, Any]) -> dict[str, str]:
     return {"app.kubernetes.io/component": COMPONENT, POOL_LABEL: pool["metadata"]["name"]}
+
+
+def _args(persistent: Persistent) -> list[str]:
+    args = [
+        f"--port={PORT}",
+        f"--metrics-port={METRICS_PORT}",
+        f"--path={DATA_DIR / 'l3.db'}",
+        f"--max-bytes={persistent.max_bytes}",
+        f"--max-ttl-s={persistent.ttl_s}",
+    ]
+    if persistent.semantic is not None:
+        args += [
+            "--semantic",
+            f"--semantic-threshold={persistent.semantic.threshold}",
+            f"--semantic-max-entries={persistent.semantic.max_entries}",
+        ]
+    return args
 
 
 def get_deployment(pool: Mapping[str, Any], persistent: Persistent, image: str) -> dict[str, Any]:
@@ -90,13 +156,7 @@ def get_deployment(pool: Mapping[str, Any], persistent: Persistent, image: str) 
         "name": CONTAINER,
         "image": image,
         "command": ["o1pool", "cache-service"],
-        "args": [
-            f"--port={PORT}",
-            f"--metrics-port={METRICS_PORT}",
-            f"--path={DATA_DIR / 'l3.db'}",
-            f"--max-bytes={persistent.max_bytes}",
-            f"--max-ttl-s={persistent.ttl_s}",
-        ],
+        "args": _args(persistent),
         "ports": [
             {"name": "http", "containerPort": PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
@@ -107,7 +167,9 @@ def get_deployment(pool: Mapping[str, Any], persistent: Persistent, image: str) 
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "resources": dict(persistent.resources or DEFAULT_RESOURCES),
+        "resources": dict(
+            persistent.resources or (SEMANTIC_RESOURCES if persistent.semantic else DEFAULT_RESOURCES)
+        ),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,
@@ -176,6 +238,25 @@ def get_network_policy(pool: Mapping[str, Any]) -> dict[str, Any]:
             ],
         },
     }
+
+
+@dataclass(frozen=True)
+class Images:
+    """The images the operator runs a pool's cache service in: ``sidecar`` (``--sidecar-image``, or the
+    pool's ``spec.injection.image``) for L3 alone; ``cache`` (``--cache-image``), which carries the
+    embedding model, when the semantic layer is on."""
+
+    sidecar: str
+    cache: str
+
+
+NO_IMAGES = Images(sidecar="", cache="")  # (tests that never run the pods)
+
+
+def image_for(pool: Mapping[str, Any], persistent: Persistent, images: Images) -> str:
+    if persistent.semantic is not None:
+        return images.cache
+    return (pool["spec"].get("injection") or {}).get("image") or images.sidecar
 
 
 def get_manifests(pool: Mapping[str, Any], persistent: Persistent, image: str) -> list[dict[str, Any]]:

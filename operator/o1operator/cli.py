@@ -20,6 +20,7 @@ DEFAULT_LIVENESS = "http://0.0.0.0:8081/healthz"
 SIDECAR_COUNT_INTERVAL_S = 15.0
 FORECAST_INTERVAL_S = 300.0
 DEFAULT_SIDECAR_IMAGE = "ghcr.io/o1pool/o1pool-sidecar:0.1.0"
+DEFAULT_CACHE_IMAGE = "ghcr.io/o1pool/o1pool-cache:0.1.0"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,8 +63,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sidecar-image",
         default=os.environ.get("O1POOL_SIDECAR_IMAGE", DEFAULT_SIDECAR_IMAGE),
-        help="image of injected sidecars and of pools' cache services, when a pool sets none in "
-        "spec.injection.image (default: $O1POOL_SIDECAR_IMAGE or %(default)s)",
+        help="image of injected sidecars and of pools' cache services without the semantic layer, when a "
+        "pool sets none in spec.injection.image (default: $O1POOL_SIDECAR_IMAGE or %(default)s)",
+    )
+    p.add_argument(
+        "--cache-image",
+        default=os.environ.get("O1POOL_CACHE_IMAGE", DEFAULT_CACHE_IMAGE),
+        help="image of pools' cache services with spec.cache.semantic: it carries the embedding model "
+        "(default: $O1POOL_CACHE_IMAGE or %(default)s)",
     )
     p.add_argument(
         "--sidecar-count-interval",
@@ -132,7 +139,7 @@ async def run(
                 redis=redis,
                 allowed_hosts=memo.allowed_hosts,
                 forecast=memo.forecasts.get((namespace, name)),
-                image=memo.sidecar_image,
+                images=memo.images,
             )
 
     loops = [
@@ -184,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.webhook_port is not None and not (args.webhook_cert and args.webhook_key):
         cli.error("--webhook-port needs --webhook-cert and --webhook-key")
     import o1operator.handlers  # noqa: F401  (registers the handlers)
+    from o1operator.cacheservice import Images
     from o1operator.kube import Kube, load_configuration
 
     memo = kopf.Memo()
@@ -204,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"o1pool operator: cannot load Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
     memo.probes = {}
-    memo.sidecar_image = args.sidecar_image
+    memo.images = Images(sidecar=args.sidecar_image, cache=args.cache_image)
     memo.allowed_hosts = (
         tuple(h.strip().lower() for h in args.allowed_upstream_hosts.split(",") if h.strip())
         if args.allowed_upstream_hosts

@@ -49,7 +49,7 @@ def reconcile(memo: kopf.Memo, pool: Mapping[str, Any], logger: logging.Logger) 
         redis=memo.observed.get(ref),
         allowed_hosts=memo.allowed_hosts,
         forecast=memo.forecasts.get(ref),
-        image=memo.sidecar_image,
+        images=memo.images,
     )
 
 

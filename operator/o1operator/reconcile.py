@@ -72,13 +72,16 @@ def get_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tupl
 
 
 def apply_cache_service(
-    kube: Kube, pool: Mapping[str, Any], persistent: cacheservice.Persistent | None, image: str
+    kube: Kube,
+    pool: Mapping[str, Any],
+    persistent: cacheservice.Persistent | None,
+    images: cacheservice.Images,
 ) -> None:
     """The pool's cache service as its spec says: applied, or deleted if the status says it had one."""
     meta = pool["metadata"]
     if persistent is not None:
-        own = (pool["spec"].get("injection") or {}).get("image")
-        for manifest in cacheservice.get_manifests(pool, persistent, own or image):
+        image = cacheservice.image_for(pool, persistent, images)
+        for manifest in cacheservice.get_manifests(pool, persistent, image):
             kube.apply(manifest)
     elif (pool.get("status") or {}).get("cacheService"):
         for kind in cacheservice.KINDS:
@@ -95,9 +98,9 @@ def reconcile_pool(
     redis: RedisView | None = None,
     allowed_hosts: Sequence[str] | None = None,
     forecast: Assessment | None = None,
-    image: str = "",
+    images: cacheservice.Images = cacheservice.NO_IMAGES,
 ) -> dict[str, Any]:
-    """Bring the pool's ConfigMap, Secret, cache service (in ``image`` unless the pool names its own)
+    """Bring the pool's ConfigMap, Secret, cache service (in one of ``images``: ``image_for``)
     and status in line with its spec and Secrets, and report the
     keys the upstream refused lately, the models not up and whether Redis answers (``redis``: read by
     sidecars.py) and its forecast (``forecast``: forecasting.py); ``allowed_hosts``: the host patterns
@@ -114,7 +117,7 @@ def reconcile_pool(
     if rendering.error is None:
         kube.apply(get_config_map(pool, rendering))
         kube.apply(get_key_secret(pool, rendering))
-        apply_cache_service(kube, pool, rendering.cache_service, image)
+        apply_cache_service(kube, pool, rendering.cache_service, images)
         if probes is not None:
             if probe is None:
                 probes.pop((namespace, name), None)

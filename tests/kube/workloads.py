@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tests.kube.images import APP_REFERENCE, OPERATOR_REFERENCE, REDIS_REFERENCE, SIDECAR_REFERENCE
+from tests.kube.images import (
+    APP_REFERENCE,
+    CACHE_REFERENCE,
+    OPERATOR_REFERENCE,
+    REDIS_REFERENCE,
+    SIDECAR_REFERENCE,
+)
 
 if TYPE_CHECKING:
     from tests.kube.fixtures import Cluster
@@ -33,6 +39,7 @@ def chart_values(**extra: Any) -> dict[str, Any]:
     return {
         "image": {**image_values(OPERATOR_REFERENCE), "pullPolicy": "Never"},
         "sidecarImage": image_values(SIDECAR_REFERENCE),
+        "cacheImage": image_values(CACHE_REFERENCE),
         "allowedUpstreamHosts": ["*.svc.cluster.local"],
         "forecastIntervalSeconds": 2,  # (the autoscaling test waits for the operator's rounds)
         **extra,

@@ -39,7 +39,9 @@ def test_golden_rendering(example: Path) -> None:
     assert_golden(f"{example.stem}.configmap.yaml", dump(get_config_map(pool, rendering)))
     assert_golden(f"{example.stem}.secret.yaml", dump(redact_secret(get_key_secret(pool, rendering))))
     if rendering.cache_service is not None:
-        manifests = cacheservice.get_manifests(pool, rendering.cache_service, "o1pool-sidecar:golden")
+        images = cacheservice.Images(sidecar="o1pool-sidecar:golden", cache="o1pool-cache:golden")
+        image = cacheservice.image_for(pool, rendering.cache_service, images)
+        manifests = cacheservice.get_manifests(pool, rendering.cache_service, image)
         assert_golden(f"{example.stem}.cache-service.yaml", yaml.dump_all(manifests, sort_keys=False))
 
 

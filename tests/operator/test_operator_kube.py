@@ -400,18 +400,22 @@ def test_pool_lifecycle_render_rotate_remove_update_delete(
     assert key_secret.data["org-main.primary"] == data["openai-keys"]["primary"]
     assert key_secret.metadata.owner_references[0].uid == pool["metadata"]["uid"]
 
-    # spec.cache.persistent: the pool's cache service, owned by the pool, and the sidecars pointed at it.
+    # spec.cache.persistent: the pool's cache service, owned by the pool, and the sidecars pointed at it;
+    # with spec.cache.semantic it runs the semantic layer, in the cache image.
     apps, networking = client.AppsV1Api(api), client.NetworkingV1Api(api)
     assert status["cacheService"] == "research-o1pool-cache"
     deployment = apps.read_namespaced_deployment("research-o1pool-cache", ns)
     assert deployment.metadata.owner_references[0].uid == pool["metadata"]["uid"]
-    assert deployment.spec.template.spec.containers[0].image == operator_cli.DEFAULT_SIDECAR_IMAGE
+    assert deployment.spec.template.spec.containers[0].image == operator_cli.DEFAULT_CACHE_IMAGE
+    assert "--semantic" in deployment.spec.template.spec.containers[0].args
     assert core.read_namespaced_service("research-o1pool-cache", ns).spec.ports[0].port == 8470
     assert networking.read_namespaced_network_policy("research-o1pool-cache", ns).spec.policy_types == [
         "Ingress"
     ]
     assert config.cache.service is not None
     assert config.cache.service.url == f"http://research-o1pool-cache.{ns}.svc:8470"
+    assert config.cache.service.semantic is not None
+    assert config.cache.service.semantic.requests == "deterministic"
 
     # Rotating a key re-renders: new hash, new Secret data, same config.
     first_hash = status["configHash"]
@@ -467,8 +471,15 @@ def test_pool_lifecycle_render_rotate_remove_update_delete(
     )
     assert config.queue.default_priority == 3
 
-    # Turning the persistent cache off removes the cache service and points the sidecars away from it.
+    # The semantic layer lives in the cache service: the API server refuses to turn off the service
+    # alone, with a message saying what to do.
     patch = {"spec": {"cache": {"persistent": {"enabled": False}}}}
+    refused = kube.kubectl(
+        "patch", "o1pool", "research", "-n", ns, "--type=merge", "-p", json.dumps(patch), check=False
+    )
+    assert refused.returncode != 0 and "turn cache.persistent on too, or cache.semantic off" in refused.stderr
+    # Turning the persistent cache off removes the cache service and points the sidecars away from it.
+    patch = {"spec": {"cache": {"persistent": {"enabled": False}, "semantic": {"enabled": False}}}}
     kube.kubectl("patch", "o1pool", "research", "-n", ns, "--type=merge", "-p", json.dumps(patch))
     pool = wait_for("cache service gone", ready_with(lambda p: "cacheService" not in p["status"]), operator)
     assert read_optional(lambda: apps.read_namespaced_deployment("research-o1pool-cache", ns)) is None

@@ -353,6 +353,44 @@ def test_a_persistent_cache_renders_a_cache_service_the_sidecars_use() -> None:
     assert get_status(pool, rendering, NOW)["cacheService"] == "basic-o1pool-cache"
 
 
+def test_a_semantic_cache_runs_the_service_with_it_in_the_cache_image() -> None:
+    semantic = {"enabled": True, "threshold": 0.97, "maxEntries": 1000, "requests": "deterministic"}
+    pool = pool_with({"cache": {"persistent": {"enabled": True}, "semantic": semantic}})
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    assert rendering.error is None and rendering.config is not None
+    service = rendering.config.cache.service
+    assert service is not None and service.semantic is not None
+    assert (service.semantic.requests, service.semantic.budget_ms) == ("deterministic", 60)
+    persistent = rendering.cache_service
+    assert persistent is not None
+    images = cacheservice.Images(sidecar="sidecar:1", cache="cache:1")
+    image = cacheservice.image_for(pool, persistent, images)
+    assert image == "cache:1"
+    deployment = cacheservice.get_manifests(pool, persistent, image)[2]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "cache:1"
+    wanted = {"--semantic", "--semantic-threshold=0.97", "--semantic-max-entries=1000"}
+    assert wanted <= set(container["args"])
+    assert container["resources"] == cacheservice.SEMANTIC_RESOURCES
+    # Without the semantic layer: the sidecar image (or the pool's own), no --semantic, smaller resources.
+    pool = pool_with({"cache": {"persistent": {"enabled": True}}, "injection": {"image": "mine:2"}})
+    persistent = render(pool, fake_secrets(pool["spec"])).cache_service
+    assert persistent is not None and persistent.semantic is None
+    assert cacheservice.image_for(pool, persistent, images) == "mine:2"
+    deployment = cacheservice.get_deployment(pool, persistent, "mine:2")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert not any(arg.startswith("--semantic") for arg in container["args"])
+    assert container["resources"] == cacheservice.DEFAULT_RESOURCES
+
+
+def test_a_semantic_cache_without_the_cache_service_says_what_to_do() -> None:
+    pool = pool_with({"cache": {"semantic": {"enabled": True}}})
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    assert rendering.error is not None and rendering.error.reason == "InvalidConfig"
+    assert "spec.cache.persistent.enabled: true" in rendering.error.message
+    assert "spec.cache.semantic.enabled: false" in rendering.error.message
+
+
 def test_without_a_persistent_cache_there_is_no_cache_service() -> None:
     for cache in (
         {},

@@ -9,7 +9,7 @@ import hashlib
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import pytest
 from o1emulator.embedded import EmulatorHandle
 from o1pool.procs import free_port, spawn_module, stop_all, wait_for_port
 from o1sidecar.cache import Hit, ResponseCache
-from o1sidecar.cachesvc.store import EntryStore
+from o1sidecar.cachesvc.store import TOUCH_S, EntryStore
 from o1sidecar.config import CachePolicy, CacheServiceConfig, PoolRef, RedisConfig
 from o1sidecar.semantic import SemanticQuery
 from tests.conftest import RedisServer
@@ -38,6 +38,9 @@ class Clock:
         return self.now
 
 
+Opener = Callable[[Path, int, Clock], EntryStore]
+
+
 def key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -45,15 +48,30 @@ def key(text: str) -> str:
 # The store, on a real SQLite file.
 
 
-def test_entries_live_until_their_deadline_and_survive_a_reopen(tmp_path: Path) -> None:
+@pytest.fixture
+def open_store() -> Iterator[Opener]:
+    """Opens stores and closes them when the test ends: a store left to the garbage collector closes
+    (and checkpoints its file) whenever it runs, perhaps on the event loop of a later test."""
+    opened: list[EntryStore] = []
+
+    def open_(path: Path, max_bytes: int, clock: Clock) -> EntryStore:
+        opened.append(EntryStore(path, max_bytes, clock=clock))
+        return opened[-1]
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+def test_entries_live_until_their_deadline_and_survive_a_reopen(tmp_path: Path, open_store: Opener) -> None:
     clock = Clock()
-    store = EntryStore(tmp_path / "l3.db", max_bytes=1000, clock=clock)
+    store = open_store(tmp_path / "l3.db", 1000, clock)
     store.put("a", b"answer a", ttl_s=10)
     store.put("b", b"answer b", ttl_s=100)
     clock.now += 5
     assert store.get("a") == (b"answer a", 5.0)
     store.close()
-    reopened = EntryStore(tmp_path / "l3.db", max_bytes=1000, clock=clock)
+    reopened = open_store(tmp_path / "l3.db", 1000, clock)
     assert (reopened.entries, reopened.bytes) == (2, 16)
     clock.now += 6
     assert reopened.get("a") is None  # expired, and dropped
@@ -61,12 +79,27 @@ def test_entries_live_until_their_deadline_and_survive_a_reopen(tmp_path: Path) 
     assert (reopened.entries, reopened.bytes) == (1, 8)
 
 
-def test_a_full_store_drops_expired_entries_then_the_least_used(tmp_path: Path) -> None:
+def test_a_read_marks_its_entry_used_at_most_once_a_touch_interval(
+    tmp_path: Path, open_store: Opener
+) -> None:
     clock = Clock()
-    store = EntryStore(tmp_path / "l3.db", max_bytes=30, clock=clock)
+    store = open_store(tmp_path / "l3.db", 20, clock)
+    store.put("x", b"0123456789", ttl_s=1000)
+    clock.now += 1
+    store.put("y", b"0123456789", ttl_s=1000)
+    clock.now += TOUCH_S - 2
+    assert store.get("x") is not None  # its mark is younger than TOUCH_S: not rewritten
+    assert store.put("z", b"0123456789", ttl_s=1000).least_used == 1
+    assert store.get("x") is None and store.get("y") is not None  # x was still the least recently used
+
+
+def test_a_full_store_drops_expired_entries_then_the_least_used(tmp_path: Path, open_store: Opener) -> None:
+    clock = Clock()
+    store = open_store(tmp_path / "l3.db", 30, clock)
     for name, ttl in (("old", 1), ("x", 100), ("y", 100)):
         store.put(name, b"0123456789", ttl_s=ttl)
         clock.now += 2  # "old" has expired after this
+    clock.now += TOUCH_S  # (a read marks an entry used once its mark is this old)
     assert store.get("x") is not None  # now the most recently used
     evicted = store.put("z", b"0123456789", ttl_s=100)
     assert (evicted.expired, evicted.least_used) == (1, 0)
@@ -408,6 +441,54 @@ async def test_a_sidecar_answers_a_paraphrase_from_the_semantic_layer_and_nothin
     assert 'o1_api_cache_layer_lookups_total{layer="semantic",result="hit"} 1.0' in scrape
 
 
+ASKED_AGAIN = (
+    "What is the way to reset my password?",
+    "How can I reset my password?",
+    "How would I reset my password?",
+    "How should I reset my password?",
+    "What steps reset my password?",
+)
+
+
+async def test_lookups_asked_together_are_embedded_together_and_each_gets_its_own_answer(
+    semantic_service: Service, http: aiohttp.ClientSession
+) -> None:
+    scope, empty = key("scope"), key("empty")
+    answers = {key("password"): "How do I reset my password?", key("branch"): "How do I rename a git branch?"}
+    for answer_key, question in answers.items():
+        url = f"{semantic_service.url}/v1/entries/{answer_key}?ttl_s=60"
+        async with http.put(url, data=question) as resp:
+            assert resp.status == 204
+        entry = {"scope": scope, "key": answer_key, "text": question, "ttl_s": 60}
+        async with http.post(f"{semantic_service.url}/v1/semantic/entries", json=entry) as resp:
+            assert resp.status == 204
+
+    async def health() -> dict[str, int]:
+        async with http.get(f"http://127.0.0.1:{semantic_service.metrics_port}/healthz") as resp:
+            return dict(await resp.json())
+
+    assert (await health())["embedded"] == 2
+    asked = [(scope, words) for words in ASKED_AGAIN] + [
+        (scope, "How can I rename a git branch?"),
+        (scope, "How do I not rename a git branch?"),  # near, but a negation
+        (empty, "How can I rename a git branch?"),  # nothing indexed there: not embedded
+    ]
+
+    async def lookup(scope: str, text: str) -> str:
+        async with http.post(
+            f"{semantic_service.url}/v1/semantic/lookup", json={"scope": scope, "text": text}
+        ) as resp:
+            return (await resp.read()).decode() if resp.status == 200 else str(resp.status)
+
+    found = await asyncio.gather(*(lookup(s, t) for s, t in asked))  # 8: all wait (MAX_LOOKUPS)
+    password, branch = answers.values()
+    assert found[0] == password and found[5:] == [branch, "404", "404"]
+    assert set(found[1:5]) <= {password, "404"}  # (paraphrases, some below the threshold)
+    assert (await health())["embedded"] == 2 + 7
+    assert await asyncio.gather(*(lookup(s, t) for s, t in asked)) == found  # again: from the memo
+    assert (await health())["embedded"] == 9
+
+
 async def test_a_semantic_layer_too_slow_for_its_budget_is_a_miss_and_leaves_l3_open(
     semantic_service: Service,
 ) -> None:
@@ -425,8 +506,8 @@ async def test_a_semantic_layer_too_slow_for_its_budget_is_a_miss_and_leaves_l3_
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{semantic_service.url}/healthz") as resp:
                 assert (await resp.json())["questions"] == 1
-        for i in range(5):
-            other = SemanticQuery(question.scope, "What is the way to reset my password?")
+        for i, words in enumerate(ASKED_AGAIN):  # (each new: a question embedded is remembered)
+            other = SemanticQuery(question.scope, words)
             assert await cache.get(key(f"other {i}"), other) is None
         semantic = [s for s in seen if s.startswith("semantic")]
         assert len(semantic) == 5 and set(semantic) <= {"semantic error", "semantic busy"}  # late, or queued

@@ -146,3 +146,27 @@ def test_the_index_answers_paraphrases_of_its_scope_only(embedder: Embedder) -> 
     assert [c.key for c in index.candidates(scope, "How can I rotate an API key?")] == ["n1"]
     index.forget(scope, "n1")
     assert index.candidates(scope, "How can I rotate an API key?") == []
+
+
+def test_the_index_embeds_each_question_once_and_waiting_ones_together(embedder: Embedder) -> None:
+    index = SemanticIndex(embedder, 0.95, max_entries=100)
+    scope, empty = "a" * 64, "c" * 64
+    assert index.add(scope, "k1", "How do I reset my password?", ttl_s=60)
+    assert index.embedded == 1
+    # A scope with nothing indexed is a miss without the model.
+    assert index.candidates(empty, "How do I reset my password?") == [] and index.embedded == 1
+    # A lookup's miss, then the indexing of the same question (its answer came): embedded once.
+    assert index.candidates(scope, "How do I bake bread?") == [] and index.embedded == 2
+    assert index.add(scope, "k2", "How do I bake bread?", ttl_s=60) and index.embedded == 2
+    # Lookups waiting together: one batch, each with the answer it would get alone.
+    asked = [
+        (scope, "What is the way to reset my password?"),
+        (empty, "How can I bake bread?"),
+        (scope, "How can I bake bread?"),
+        (scope, "How do I not reset my password?"),
+    ]
+    together = index.candidates_many(asked)
+    assert index.embedded == 5  # three new questions; the empty scope's not embedded
+    assert [[c.key for c in found] for found in together] == [["k1"], [], ["k2"], []]
+    assert together == [index.candidates(s, t) for s, t in asked]
+    assert index.embedded == 5  # (alone again: from the memo)

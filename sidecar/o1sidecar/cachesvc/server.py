@@ -37,7 +37,7 @@ from o1sidecar.cachesvc import SIMILARITY_HEADER, TTL_HEADER
 from o1sidecar.cachesvc.store import EntryStore
 
 if TYPE_CHECKING:
-    from o1sidecar.cachesvc.semantic import SemanticIndex
+    from o1sidecar.cachesvc.semantic import Candidate, SemanticIndex
 
 log = logging.getLogger("o1sidecar.cachesvc")
 
@@ -45,9 +45,11 @@ KEY = re.compile(r"[0-9a-f]{64}")  # (fullmatch)
 TTL = re.compile(r"[0-9]{1,12}")
 MAX_QUESTION_CHARS = 4000
 MAX_INDEXING = 1024  # questions waiting to be indexed (about 10 s of work); past it, 429 and not indexed
-# Lookups waiting for the model: each takes about 10 ms, and a sidecar waits 60 ms by default, so a
-# lookup queued behind more would answer no one. Past it, 429 at once: a miss, not a fault.
-MAX_LOOKUPS = 4
+# Lookups waiting for the model, embedded together in batches of up to MAX_BATCH: a sidecar waits 60 ms
+# by default, and a lookup queued behind more than about two batches would answer no one. Past it,
+# 429 at once: a miss, not a fault.
+MAX_LOOKUPS = 8
+MAX_BATCH = 4
 DEFAULT_PORT = 8470
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -84,6 +86,10 @@ class CacheService:
         self._indexing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantic-index")
         self._indexing_waiting = 0
         self._lookups_waiting = 0
+        # (scope, text, its answer) of lookups not yet handed to the lookup thread; one task hands them
+        # over, MAX_BATCH at a time, while any wait.
+        self._asked: list[tuple[str, str, asyncio.Future[list[Candidate]]]] = []
+        self._batcher: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "o1_cache_service_requests",
@@ -117,6 +123,28 @@ class CacheService:
     async def _lookup(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """On the lookup thread: the model's CPU time away from the file's thread and the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._lookups, lambda: fn(*args, **kwargs))
+
+    async def _candidates(self, index: SemanticIndex, scope: str, text: str) -> list[Candidate]:
+        """``index.candidates``, embedded in one batch with the lookups waiting at the same time."""
+        answer: asyncio.Future[list[Candidate]] = asyncio.get_running_loop().create_future()
+        self._asked.append((scope, text, answer))
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._hand_over(index))
+        return await answer
+
+    async def _hand_over(self, index: SemanticIndex) -> None:
+        while self._asked:
+            batch, self._asked = self._asked[:MAX_BATCH], self._asked[MAX_BATCH:]
+            try:
+                found = await self._lookup(index.candidates_many, [(scope, text) for scope, text, _ in batch])
+            except Exception as exc:  # (the model failing: each lookup says so, none waits forever)
+                for _, _, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(exc)
+                continue
+            for (_, _, answer), candidates in zip(batch, found, strict=True):
+                if not answer.done():
+                    answer.set_result(candidates)
 
     async def _question(
         self, request: web.Request, op: str, fields: tuple[str, ...]
@@ -229,7 +257,7 @@ class CacheService:
             return _error(429, f"{MAX_LOOKUPS} questions are waiting for the model: ask again later", "busy")
         self._lookups_waiting += 1
         try:
-            candidates = await self._lookup(self.index.candidates, body["scope"], body["text"])
+            candidates = await self._candidates(self.index, body["scope"], body["text"])
         finally:
             self._lookups_waiting -= 1
         for candidate in candidates:
@@ -265,7 +293,11 @@ class CacheService:
     async def health(self, request: web.Request) -> web.StreamResponse:
         held = {"entries": self.store.entries, "bytes": self.store.bytes}
         if self.index is not None:
-            held |= {"questions": self.index.entries, "indexing": self._indexing_waiting}
+            held |= {
+                "questions": self.index.entries,
+                "indexing": self._indexing_waiting,
+                "embedded": self.index.embedded,
+            }
         return web.json_response(held)
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:

@@ -27,6 +27,10 @@ CREATE INDEX IF NOT EXISTS entries_used ON entries (used);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
 """
 EVICT_BATCH = 64
+# A read marks its entry used only when the mark is older than this: eviction by least recent use needs
+# no finer clock, and a write per read would make every hit a commit (and, every thousand pages, a
+# checkpoint that waits for the disk while the hits queue behind it).
+TOUCH_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,16 +58,18 @@ class EntryStore:
         ).fetchone()
 
     def get(self, key: str) -> tuple[bytes, float] | None:
-        """``(body, seconds left)`` of a live entry (and it counts as used now), or ``None``."""
+        """``(body, seconds left)`` of a live entry (and it counts as used now, to ``TOUCH_S``), or
+        ``None``."""
         now = self._clock()
-        row = self._db.execute("SELECT body, expires FROM entries WHERE key = ?", (key,)).fetchone()
+        row = self._db.execute("SELECT body, expires, used FROM entries WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        body, expires = row
+        body, expires, used = row
         if expires <= now:
             self._delete([key])
             return None
-        self._db.execute("UPDATE entries SET used = ? WHERE key = ?", (now, key))
+        if now - used >= TOUCH_S:
+            self._db.execute("UPDATE entries SET used = ? WHERE key = ?", (now, key))
         return bytes(body), expires - now
 
     def put(self, key: str, body: bytes, ttl_s: float) -> Evictions:

@@ -803,7 +803,7 @@ def _pip_layer(name: str, pinned: Sequence[str], python: str) -> Layer:
         "python": python,
         "pip": _pip_target_flags(python),
         "prune": DEPENDENCY_PRUNE,
-        "strip": shutil.which("strip") is not None,
+        "strip": shutil.which("strip") is not None and "extension modules, not *.libs",
         "epoch": SOURCE_DATE_EPOCH,
     }
 
@@ -855,13 +855,21 @@ def _prune(target: Path) -> None:
         shutil.rmtree(path)
 
 
+def _strippable(path: Path) -> bool:
+    """An extension module, not a library auditwheel vendored into ``<dist>.libs/``: those were
+    rewritten by patchelf, and strip breaks them (numpy's OpenBLAS then fails to load: "ELF load
+    command address/offset not page-aligned")."""
+    vendored = any(parent.name.endswith(".libs") for parent in path.parents)
+    return path.is_file() and not path.is_symlink() and not vendored
+
+
 def _strip_extensions(target: Path) -> None:
     """``strip --strip-unneeded`` the extension modules: many wheels ship them with their debug info
     (a quarter of the sidecar's dependencies); the code and the exported symbols stay as they are."""
     if shutil.which("strip") is None:
         _log("no `strip` (binutils): extension modules keep their debug info")
         return
-    modules = sorted(str(path) for path in target.rglob("*.so*") if path.is_file() and not path.is_symlink())
+    modules = sorted(str(path) for path in target.rglob("*.so*") if _strippable(path))
     if modules:
         _run(["strip", "--strip-unneeded", *modules], "stripping the extension modules")
 

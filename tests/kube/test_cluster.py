@@ -427,6 +427,17 @@ with urllib.request.urlopen(request, timeout=60) as answer:
 """
 
 
+def ask_through(
+    installed: Installed, pod: str, question: str, headers: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """``question`` asked through the sidecar of the asker ``pod``: (``x-o1pool-cache``, the answer)."""
+    command = ("python3", "-c", ASK, question, json.dumps(headers or {}))
+    where = (pod, "-n", installed.namespace, "-c", "asker")
+    out = installed.cluster.kubectl("exec", *where, "--", *command).stdout
+    layer, text = json.loads(out)
+    return layer, text
+
+
 def asker(name: str) -> dict[str, Any]:
     """A pod of the pool that only waits: the test asks through its sidecar with ``kubectl exec``."""
     return {
@@ -468,11 +479,7 @@ def test_a_persistent_cache_runs_as_the_pools_cache_service_and_answers_after_re
     assert all(p["metadata"]["labels"]["o1pool.io/pool"] == POOL for p in installed.pods("app=asker"))
 
     def ask(pod: str, question: str) -> tuple[str, str]:
-        out = cluster.kubectl(
-            "exec", pod, "-n", ns, "-c", "asker", "--", "python3", "-c", ASK, question
-        ).stdout
-        layer, text = json.loads(out)
-        return layer, text
+        return ask_through(installed, pod, question)
 
     layer, text = ask("asker-1", "What does a persistent cache keep?")
     assert layer == "miss"
@@ -531,14 +538,9 @@ def test_the_semantic_cache_runs_in_the_cache_image_and_answers_a_question_asked
         lambda: running_and_ready(installed.pods("app=asker"), 2), "2 asker pods Running", POD_READY_TIMEOUT
     )
     health = f"http://{pod['status']['podIP']}:8471/healthz"
-    opt_in = json.dumps({"x-o1pool-cache-semantic": "on"})
 
     def ask(pod: str, question: str) -> tuple[str, str]:
-        out = cluster.kubectl(
-            "exec", pod, "-n", ns, "-c", "asker", "--", "python3", "-c", ASK, question, opt_in
-        ).stdout
-        layer, text = json.loads(out)
-        return layer, text
+        return ask_through(installed, pod, question, {"x-o1pool-cache-semantic": "on"})
 
     layer, text = ask("asker-1", "How do I rotate an API key?")
     assert layer == "miss"

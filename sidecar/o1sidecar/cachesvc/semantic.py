@@ -80,7 +80,7 @@ class Candidate:
 
 
 class SemanticIndex:
-    """Thread-safe: questions are embedded outside the lock (numpy lets go of the GIL), so a lookup
+    """Thread-safe: questions are embedded outside the lock (the model lets go of the GIL), so a lookup
     never waits behind another question's embedding, only behind the short search or insert."""
 
     def __init__(

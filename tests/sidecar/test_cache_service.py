@@ -27,7 +27,7 @@ from o1sidecar.cache import Hit, ResponseCache
 from o1sidecar.cachesvc.embedding import DIMENSIONS, F32
 from o1sidecar.cachesvc.semantic import SemanticIndex
 from o1sidecar.cachesvc.server import CacheService, build_app
-from o1sidecar.cachesvc.store import TOUCH_S, EntryStore
+from o1sidecar.cachesvc.store import TOUCH_S, EntryStore, Question
 from o1sidecar.config import CachePolicy, CacheServiceConfig, PoolRef, RedisConfig
 from o1sidecar.semantic import SemanticQuery
 from tests.conftest import RedisServer
@@ -118,6 +118,39 @@ def test_a_full_store_drops_expired_entries_then_the_least_used(tmp_path: Path, 
     assert (store.entries, store.bytes) == (3, 25)
     with pytest.raises(ValueError, match="larger than the store"):
         store.put("huge", b"x" * 31, ttl_s=100)
+
+
+def test_the_semantic_layers_questions_are_kept_with_their_answers(
+    tmp_path: Path, open_store: Opener
+) -> None:
+    clock = Clock()
+    store = open_store(tmp_path / "l3.db", 100, clock)
+    vector = np.arange(DIMENSIONS, dtype=np.float32).tobytes()
+
+    def question(scope: str, key: str, expires: float = clock.now + 100) -> Question:
+        return Question(scope, key, f"question of {key}", vector, expires)
+
+    assert not store.put_question(question("s", "nowhere"), "m")  # no such answer: not kept
+    for name in ("a", "b", "c", "d"):
+        store.put(name, b"0123456789", ttl_s=100)
+        assert store.put_question(question("s", name), "m")
+        clock.now += 1
+    assert store.put_question(question("t", "a"), "m")  # the same answer in another scope
+    assert store.put_question(question("s", "b", expires=clock.now - 1), "m")  # (re-kept, expired now)
+    store.put("c", b"0123456789", ttl_s=100)  # an answer stored again keeps its questions
+    store.put_question(question("s", "d"), "another model")
+    store.put("big", b"x" * 70, ttl_s=100)  # evicts a (least used) and, with it, its questions
+    store.close()
+    store = open_store(tmp_path / "l3.db", 100, clock)
+    kept = store.questions("m", most=10)
+    assert [(q.scope, q.key) for q in kept] == [("s", "c")]  # b expired, d of another model
+    assert kept[0] == question("s", "c") and np.frombuffer(kept[0].vector, np.float32)[5] == 5.0
+    assert store.questions("another model", most=10) == []  # dropped as the other model's were read
+    for name in ("e", "f", "g"):
+        store.put(name, b"0", ttl_s=100)
+        store.put_question(question("s", name), "m")
+        clock.now += 1
+    assert [q.key for q in store.questions("m", most=2)] == ["f", "g"]  # the newest, oldest first
 
 
 # The service, as a process.
@@ -496,6 +529,37 @@ async def test_lookups_asked_together_are_embedded_together_and_each_gets_its_ow
     assert (await health())["embedded"] == 9
 
 
+async def test_the_semantic_index_survives_a_restart_without_embedding_again(
+    semantic_service: Service, http: aiohttp.ClientSession
+) -> None:
+    scope, answer_key = key("scope"), key("password")
+    async with http.put(
+        f"{semantic_service.url}/v1/entries/{answer_key}?ttl_s=600", data=b"the answer"
+    ) as resp:
+        assert resp.status == 204
+    entry = {"scope": scope, "key": answer_key, "text": "How do I reset my password?", "ttl_s": 600}
+    async with http.post(f"{semantic_service.url}/v1/semantic/entries", json=entry) as resp:
+        assert resp.status == 204
+    semantic_service.stop()
+    semantic_service.start("--semantic")
+
+    async def health() -> dict[str, int]:
+        async with http.get(f"http://127.0.0.1:{semantic_service.metrics_port}/healthz") as resp:
+            return dict(await resp.json())
+
+    assert (await health()) | {"indexing": 0} == {
+        "entries": 1,
+        "bytes": 10,
+        "questions": 1,
+        "indexing": 0,
+        "embedded": 0,
+    }
+    asked = {"scope": scope, "text": "What is the way to reset my password?"}
+    async with http.post(f"{semantic_service.url}/v1/semantic/lookup", json=asked) as resp:
+        assert resp.status == 200 and await resp.read() == b"the answer"
+    assert (await health())["embedded"] == 1  # the question asked, not the one restored
+
+
 class HeldEmbedder:
     """A stand-in for the model (the batching logic is what is tested): every question is the same unit
     vector; while ``held`` a call waits for ``release``; ``embedded`` lists each call's questions."""
@@ -523,7 +587,7 @@ async def test_a_lookup_whose_client_left_while_it_waited_is_not_embedded(tmp_pa
     service = CacheService(EntryStore(tmp_path / "l3.db", 1 << 20), 3600, 1 << 20, index)
     scope = key("scope")
     service.store.put(key("answer"), b"the answer", ttl_s=600)
-    assert index.add(scope, key("answer"), "the question", ttl_s=600)
+    assert index.add(scope, key("answer"), "the question", ttl_s=600) is not None
     runner = web.AppRunner(build_app(service, with_metrics=True))
     await runner.setup()
     port = free_port()

@@ -129,12 +129,12 @@ def test_the_index_answers_paraphrases_of_its_scope_only(embedder: Embedder) -> 
     clock = [1000.0]
     index = SemanticIndex(embedder, 0.95, max_entries=3, clock=lambda: clock[0])
     scope, other = "a" * 64, "b" * 64
-    assert index.add(scope, "k1", "How do I reset my password?", ttl_s=60)
+    assert index.add(scope, "k1", "How do I reset my password?", ttl_s=60) is not None
     assert [c.key for c in index.candidates(scope, "What is the way to reset my password?")] == ["k1"]
     assert index.candidates(other, "What is the way to reset my password?") == []  # another scope
     assert index.candidates(scope, "How do I not reset my password?") == []  # near, but a negation
     assert index.candidates(scope, "How do I bake bread?") == []  # not near
-    assert not index.add(scope, "long", "word " * 300, ttl_s=60)  # past the model's 256 tokens
+    assert index.add(scope, "long", "word " * 300, ttl_s=60) is None  # past the model's 256 tokens
     clock[0] += 61
     assert index.candidates(scope, "What is the way to reset my password?") == []  # expired
     for i, question in enumerate(("How do I rename a git branch?", "How do I rotate an API key?")):
@@ -151,13 +151,13 @@ def test_the_index_answers_paraphrases_of_its_scope_only(embedder: Embedder) -> 
 def test_the_index_embeds_each_question_once_and_waiting_ones_together(embedder: Embedder) -> None:
     index = SemanticIndex(embedder, 0.95, max_entries=100)
     scope, empty = "a" * 64, "c" * 64
-    assert index.add(scope, "k1", "How do I reset my password?", ttl_s=60)
+    assert index.add(scope, "k1", "How do I reset my password?", ttl_s=60) is not None
     assert index.embedded == 1
     # A scope with nothing indexed is a miss without the model.
     assert index.candidates(empty, "How do I reset my password?") == [] and index.embedded == 1
     # A lookup's miss, then the indexing of the same question (its answer came): embedded once.
     assert index.candidates(scope, "How do I bake bread?") == [] and index.embedded == 2
-    assert index.add(scope, "k2", "How do I bake bread?", ttl_s=60) and index.embedded == 2
+    assert index.add(scope, "k2", "How do I bake bread?", ttl_s=60) is not None and index.embedded == 2
     # Lookups waiting together: one batch, each with the answer it would get alone.
     asked = [
         (scope, "What is the way to reset my password?"),

@@ -26,6 +26,7 @@ import numpy.typing as npt
 F32 = npt.NDArray[np.float32]
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 DIMENSIONS = 384
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # (vectors of another model are not comparable)
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 

@@ -5,10 +5,11 @@ match (``guard.conflict``) lets through.
 
 A scope is a hash the sidecar makes of everything but the question (model, system prompt, earlier
 turns, tools, the parameters that change the answer): only questions asked in the same setting can
-share an answer. The index lives in memory, bounded by ``max_entries`` (the oldest go first); after a
-restart it fills again from new answers (the answers themselves stay in L3's file).
+share an answer. The index lives in memory, bounded by ``max_entries`` (the oldest go first); the
+service also keeps each question and its vector in L3's file with its answer, and after a restart
+``restore`` puts them back without embedding anything.
 
-Embedding is the whole cost of the layer (about 10 ms of CPU a question), so the index spends it as
+Embedding is the whole cost of the layer (about 5 ms of CPU a question), so the index spends it as
 little as it can: questions waiting together are embedded in one batch (``candidates_many``: a batch
 of four costs about twice one question, not four times), a question of a scope with nothing indexed
 is not embedded at all, and the vector a lookup made is kept (``VECTOR_MEMO`` questions) for the
@@ -20,14 +21,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from cachetools import LRUCache
 
-from o1sidecar.cachesvc.embedding import DIMENSIONS, F32, MAX_TOKENS, Embedder
+from o1sidecar.cachesvc.embedding import DIMENSIONS, F32, MAX_TOKENS, MODEL, Embedder
 from o1sidecar.cachesvc.guard import conflict
+from o1sidecar.cachesvc.store import Question
 
 CANDIDATES = 8  # nearest questions checked, in order, before a lookup is a miss
 VECTOR_MEMO = 4096  # vectors of recent questions, for the indexing that follows a lookup's miss (6 MB)
@@ -91,6 +93,7 @@ class SemanticIndex:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.embedder = embedder
+        self.model = MODEL  # what made the vectors: kept with them in L3's file
         self.threshold = threshold
         self.max_entries = max_entries
         self._clock = clock
@@ -109,19 +112,34 @@ class SemanticIndex:
         that differ only after the cut would match)."""
         return 0 < len(self.embedder.tokenizer.encode(text).ids) < MAX_TOKENS
 
-    def add(self, scope: str, key: str, text: str, ttl_s: float) -> bool:
-        """Index ``text`` as the question whose answer is L3's ``key``; False if it cannot be (too long)."""
+    def add(self, scope: str, key: str, text: str, ttl_s: float) -> F32 | None:
+        """Index ``text`` as the question whose answer is L3's ``key``: its vector, or None if it cannot
+        be (too long)."""
         if not self.fits(text):
-            return False
+            return None
         [vector] = self._vectors_of([text])
         with self._lock:
-            self._scopes.setdefault(scope, _Scope()).add(key, text, vector)
-            self._expires.pop((scope, key), None)
-            self._expires[(scope, key)] = self._clock() + ttl_s
-            while len(self._expires) > self.max_entries:
-                (old_scope, old_key), _ = self._expires.popitem(last=False)
-                self._drop(old_scope, old_key)
-        return True
+            self._insert(scope, key, text, vector, self._clock() + ttl_s)
+        return vector
+
+    def restore(self, questions: Iterable[Question]) -> int:
+        """Put back questions kept in L3's file (oldest first), as they were embedded: how many."""
+        now, restored = self._clock(), 0
+        with self._lock:
+            for question in questions:
+                vector = np.frombuffer(question.vector, dtype=np.float32)
+                if question.expires > now and vector.shape == (DIMENSIONS,):
+                    self._insert(question.scope, question.key, question.text, vector, question.expires)
+                    restored += 1
+        return restored
+
+    def _insert(self, scope: str, key: str, text: str, vector: F32, expires: float) -> None:
+        self._scopes.setdefault(scope, _Scope()).add(key, text, vector)
+        self._expires.pop((scope, key), None)
+        self._expires[(scope, key)] = expires
+        while len(self._expires) > self.max_entries:
+            (old_scope, old_key), _ = self._expires.popitem(last=False)
+            self._drop(old_scope, old_key)
 
     def candidates(self, scope: str, text: str) -> list[Candidate]:
         """The live questions of ``scope`` at or above the threshold that the check lets through, nearest

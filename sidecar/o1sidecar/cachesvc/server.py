@@ -25,6 +25,7 @@ import re
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from o1sidecar.cachesvc import SIMILARITY_HEADER, TTL_HEADER
-from o1sidecar.cachesvc.store import EntryStore
+from o1sidecar.cachesvc.store import EntryStore, Question
 
 if TYPE_CHECKING:
     from o1sidecar.cachesvc.semantic import Candidate, SemanticIndex
@@ -265,14 +266,20 @@ class CacheService:
         ttl_s = min(body["ttl_s"], self.max_ttl_s)
         self._indexing_waiting += 1
         try:
-            added = await asyncio.get_running_loop().run_in_executor(
+            vector = await asyncio.get_running_loop().run_in_executor(
                 self._indexing, lambda: index.add(body["scope"], body["key"], body["text"], ttl_s)
             )
         finally:
             self._indexing_waiting -= 1
-        if not added:
+        if vector is None:
             self.requests.labels("semantic_put", "refused").inc()
             return _error(422, "the question is too long for the semantic layer (256 tokens)", "too_long")
+        # Kept with its answer in the file too, so that a restart finds it (SemanticIndex.restore).
+        kept = Question(body["scope"], body["key"], body["text"], vector.tobytes(), time.time() + ttl_s)
+        try:
+            await self._run(self.store.put_question, kept, index.model)
+        except sqlite3.Error as exc:
+            return self._store_failed("semantic_put", exc)
         self.requests.labels("semantic_put", "stored").inc()
         return web.Response(status=204)
 
@@ -395,13 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    index = None
+    store = EntryStore(args.path, args.max_bytes)
+    index, held = None, f"{store.entries} entries, {store.bytes} bytes"
     if args.semantic:
         from o1sidecar.cachesvc.embedding import Embedder
         from o1sidecar.cachesvc.semantic import SemanticIndex
 
         index = SemanticIndex(Embedder(), args.semantic_threshold, args.semantic_max_entries)
-    store = EntryStore(args.path, args.max_bytes)
+        restored = index.restore(store.questions(index.model, args.semantic_max_entries))
+        held += f", {restored} questions"
     service = CacheService(store, args.max_ttl_s, args.max_entry_bytes, index)
     separate = args.metrics_port is not None and args.metrics_port != args.port
     runners = [web.AppRunner(build_app(service, with_metrics=not separate), access_log=None)]
@@ -411,8 +420,7 @@ async def _serve(args: argparse.Namespace) -> None:
         await runner.setup()
         await web.TCPSite(runner, args.host, port).start()
     print(
-        f"o1pool cache-service: serving http://{args.host}:{args.port} from {args.path} "
-        f"({service.store.entries} entries, {service.store.bytes} bytes)",
+        f"o1pool cache-service: serving http://{args.host}:{args.port} from {args.path} ({held})",
         flush=True,
     )
     stop = asyncio.Event()

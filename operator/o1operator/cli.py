@@ -54,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--liveness", default=None, metavar="URL", help=f"serve a liveness probe, e.g. {DEFAULT_LIVENESS}"
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve the operator's Prometheus metrics on PORT (/metrics; off when not given)",
+    )
     hook = p.add_argument_group("sidecar injection webhook (off unless --webhook-port is given)")
     hook.add_argument(
         "--webhook-port", type=int, metavar="PORT", help="serve the mutating webhook on PORT (TLS)"
@@ -130,16 +136,20 @@ async def run(
             redis = memo.observed.get((namespace, name))
             logger = logging.getLogger("o1operator.sidecars")
             post = memo.kube.post_event
-            reconcile_pool(
-                memo.kube,
-                pool,
-                post,
-                logger,
-                memo.probes,
-                redis=redis,
-                allowed_hosts=memo.allowed_hosts,
-                forecast=memo.forecasts.get((namespace, name)),
-                images=memo.images,
+            memo.metrics.reconcile(
+                namespace,
+                name,
+                lambda: reconcile_pool(
+                    memo.kube,
+                    pool,
+                    post,
+                    logger,
+                    memo.probes,
+                    redis=redis,
+                    allowed_hosts=memo.allowed_hosts,
+                    forecast=memo.forecasts.get((namespace, name)),
+                    images=memo.images,
+                ),
             )
 
     loops = [
@@ -193,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     import o1operator.handlers  # noqa: F401  (registers the handlers)
     from o1operator.cacheservice import Images
     from o1operator.kube import Kube, load_configuration
+    from o1operator.metrics import OperatorMetrics
 
     memo = kopf.Memo()
+    memo.metrics = OperatorMetrics()
     if args.webhook_port is not None:
         from o1operator.webhook import WebhookOptions  # registers the admission handler
 
@@ -222,6 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     memo.forecasts = {}
     memo.namespaces = namespaces
     memo.resync_s = float(os.environ.get("O1POOL_RESYNC_SECONDS", "300"))
+    if args.metrics_port is not None:
+        try:
+            memo.metrics.serve(args.metrics_port)
+        except OSError as exc:
+            print(
+                f"o1pool operator: cannot serve metrics on port {args.metrics_port}: {exc}", file=sys.stderr
+            )
+            return 2
     try:
         asyncio.run(
             run(

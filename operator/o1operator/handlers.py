@@ -5,7 +5,8 @@ every pool that references that Secret (found through the ``pools_by_secret`` in
 also re-rendered every ``O1POOL_RESYNC_SECONDS`` (300 by default) by an operator-wide loop
 (cli.resync_forever), not a kopf timer: kopf puts a finalizer on the objects of any timer, and then
 deleting a pool (or its namespace) hangs while the operator is down. No handler needs a finalizer, so
-none is added, and one that an earlier version added is removed when the operator resumes a pool.
+none is added (a deleted pool's metrics are dropped on its watch event), and one that an earlier
+version added is removed when the operator resumes a pool.
 """
 
 from __future__ import annotations
@@ -40,16 +41,19 @@ def post_event(pool: Mapping[str, Any], type_: str, reason: str, message: str) -
 def reconcile(memo: kopf.Memo, pool: Mapping[str, Any], logger: logging.Logger) -> None:
     meta = pool["metadata"]
     ref = (meta["namespace"], meta["name"])
-    reconcile_pool(
-        memo.kube,
-        pool,
-        post_event,
-        logger,
-        memo.probes,
-        redis=memo.observed.get(ref),
-        allowed_hosts=memo.allowed_hosts,
-        forecast=memo.forecasts.get(ref),
-        images=memo.images,
+    memo.metrics.reconcile(
+        *ref,
+        lambda: reconcile_pool(
+            memo.kube,
+            pool,
+            post_event,
+            logger,
+            memo.probes,
+            redis=memo.observed.get(ref),
+            allowed_hosts=memo.allowed_hosts,
+            forecast=memo.forecasts.get(ref),
+            images=memo.images,
+        ),
     )
 
 
@@ -71,6 +75,12 @@ def pool_resumed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def pool_changed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     reconcile(memo, body, logger)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)  # (a watch event: needs no finalizer, unlike on.delete)
+def pool_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        memo.metrics.forget(namespace, name)
 
 
 @kopf.on.event("", "v1", "secrets")

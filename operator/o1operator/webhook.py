@@ -9,6 +9,7 @@ the JSONPatch built by :func:`o1operator.inject.get_injection_patch`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,15 +45,21 @@ def configure_webhook_server(settings: kopf.OperatorSettings, memo: kopf.Memo, *
 def inject_sidecar(
     body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any
 ) -> None:
-    pool_name = str(body["metadata"]["annotations"][INJECT_ANNOTATION])
-    namespace = body["metadata"].get("namespace")
-    named = namespace and is_resource_name(pool_name)
-    pool = memo.kube.get_pool(namespace, pool_name) if named else None
-    why = refusal(pool_name, namespace, pool)
-    if why is not None:
-        raise kopf.AdmissionError(why, code=400)
-    assert pool is not None
-    config_hash = (pool.get("status") or {}).get("configHash")
-    ops = get_injection_patch(body, pool, config_hash, memo.webhook.sidecar_image)
-    if ops:
-        patch.fns.append(lambda doc: jsonpatch.apply_patch(doc, ops, in_place=True))
+    started, result = time.perf_counter(), "error"
+    try:
+        pool_name = str(body["metadata"]["annotations"][INJECT_ANNOTATION])
+        namespace = body["metadata"].get("namespace")
+        named = namespace and is_resource_name(pool_name)
+        pool = memo.kube.get_pool(namespace, pool_name) if named else None
+        why = refusal(pool_name, namespace, pool)
+        if why is not None:
+            result = "refused"
+            raise kopf.AdmissionError(why, code=400)
+        assert pool is not None
+        config_hash = (pool.get("status") or {}).get("configHash")
+        ops = get_injection_patch(body, pool, config_hash, memo.webhook.sidecar_image)
+        if ops:
+            patch.fns.append(lambda doc: jsonpatch.apply_patch(doc, ops, in_place=True))
+        result = "injected" if ops else "unchanged"
+    finally:
+        memo.metrics.admitted(result, time.perf_counter() - started)

@@ -15,8 +15,10 @@ from typing import Any, NoReturn
 import openai
 import pytest
 import yaml
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from o1operator.metrics import OperatorMetrics
 from tests.conftest import IN_CI, RedisServer
 from tests.kube.testground import ControlPlaneNotBuilt, find_binaries
 from tests.sidecar.conftest import SidecarFactory
@@ -25,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "o1pool"
 ALERTS = CHART / "files" / "alerts.yaml"
 PROMTOOL_TESTS = Path(__file__).parent / "alerts.test.yaml"
-MONITORING_KINDS = ("monitoring.coreos.com/v1/PodMonitor", "monitoring.coreos.com/v1/PrometheusRule")
+MONITORS = ("PodMonitor", "ServiceMonitor", "PrometheusRule")
+MONITORING_KINDS = tuple(f"monitoring.coreos.com/v1/{kind}" for kind in MONITORS)
 # Labels the chart's PodMonitor gives every series (Prometheus Operator adds namespace and pod; the
 # relabeling adds pool), and the histogram buckets' own.
 TARGET_LABELS = {"namespace", "pod", "pool", "le"}
@@ -102,12 +105,12 @@ def test_the_chart_renders_the_monitors_only_when_asked_and_its_rules_pass_promt
     promtool: Path, helm: Path, tmp_path: Path
 ) -> None:
     kinds = [arg for kind in MONITORING_KINDS for arg in ("--api-versions", kind)]
-    assert not {d["kind"] for d in rendered(helm, *kinds)} & {
-        "PodMonitor",
-        "PrometheusRule",
-    }  # off by default
-    on = ("--set", "monitoring.podMonitor.enabled=true", "--set", "monitoring.prometheusRule.enabled=true")
-    for value, kind in zip(on[1::2], ("PodMonitor", "PrometheusRule"), strict=True):
+    default = rendered(helm, *kinds)
+    assert not {d["kind"] for d in default} & set(MONITORS)  # off by default
+    [service] = [d for d in default if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics")]
+    switches = [f"monitoring.{kind[0].lower()}{kind[1:]}.enabled=true" for kind in MONITORS]
+    on = [arg for switch in switches for arg in ("--set", switch)]
+    for value, kind in zip(switches, MONITORS, strict=True):
         refused = helm_template(helm, "--set", value)  # asked for, but the cluster has no Prometheus Operator
         assert refused.returncode != 0 and f"needs the {kind} CRD" in refused.stderr, refused.stderr
     labels = ("--set", "monitoring.podMonitor.labels.release=kps", "--set", "watchNamespaces={team-a,team-b}")
@@ -124,6 +127,11 @@ def test_the_chart_renders_the_monitors_only_when_asked_and_its_rules_pass_promt
         "sourceLabels": ["__meta_kubernetes_pod_label_o1pool_io_pool"],
         "targetLabel": "pool",
     } in endpoint["relabelings"]
+    operator = docs["ServiceMonitor"]  # the operator's metrics Service, its pools' labels kept
+    assert operator["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert [(e["port"], e["honorLabels"]) for e in operator["spec"]["endpoints"]] == [("metrics", True)]
+    [port] = service["spec"]["ports"]
+    assert port["targetPort"] == "metrics"
     rule = docs["PrometheusRule"]
     assert rule["spec"] == yaml.safe_load(ALERTS.read_text())  # the file, whole
     rules_file = tmp_path / "rendered.yaml"
@@ -145,39 +153,16 @@ def names_and_labels(expr: str) -> tuple[set[str], set[str]]:
     return metrics, labels
 
 
-async def test_every_metric_and_label_the_alerts_read_is_in_a_real_sidecars_scrape(
-    make_sidecar: SidecarFactory, redis_server: RedisServer
-) -> None:
-    import aiohttp
-
-    handle = await make_sidecar(redis={"url": redis_server.url}, cache={"enabled": True, "l1_entries": 0})
-    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
-    for _ in range(2):  # an answer, then the same from L2
-        await client.chat.completions.create(model="o1", messages=[{"role": "user", "content": "Hello?"}])
-    async with aiohttp.ClientSession() as session, session.get(handle.metrics_url) as resp:
-        scrape = await resp.text()
-    families = {f.name: f for f in text_string_to_metric_families(scrape)}
+def exposed(text: str) -> tuple[set[str], dict[str, set[str]]]:
+    """The sample names a scrape exposes (those of families with no samples yet too), and the label
+    names each sample name was seen with."""
+    families = list(text_string_to_metric_families(text))
     samples: dict[str, set[str]] = {}
-    for family in families.values():
+    for family in families:
         for sample in family.samples:
             samples.setdefault(sample.name, set()).update(sample.labels)
-    exported = set(samples) | {
-        name for family in families.values() for name in _sample_names(family.name, family.type)
-    }
-    problems = []
-    for rule in alert_rules():
-        metrics, labels = names_and_labels(rule["expr"])
-        for metric in sorted(metrics - exported):
-            problems.append(f"{rule['alert']}: {metric} is not exported")
-        seen = set().union(*(samples.get(m, set()) for m in metrics)) | TARGET_LABELS
-        for label in sorted(labels - seen):
-            problems.append(f"{rule['alert']}: no series of {sorted(metrics)} has the label {label}")
-    assert not problems, problems
-    # (each family the alerts label-match on had samples in this scrape: the check above saw them)
-    for rule in alert_rules():
-        metrics, labels = names_and_labels(rule["expr"])
-        if labels - TARGET_LABELS:
-            assert any(samples.get(m) for m in metrics), f"{rule['alert']}: {sorted(metrics)} had no samples"
+    names = set(samples) | {name for family in families for name in _sample_names(family.name, family.type)}
+    return names, samples
 
 
 def _sample_names(name: str, kind: str) -> Sequence[str]:
@@ -187,3 +172,36 @@ def _sample_names(name: str, kind: str) -> Sequence[str]:
     if kind == "histogram":
         return tuple(name + suffix for suffix in ("_bucket", "_count", "_sum"))
     return (name,)
+
+
+async def test_every_metric_and_label_the_alerts_read_is_in_a_real_scrape(
+    make_sidecar: SidecarFactory, redis_server: RedisServer
+) -> None:
+    """The sidecars' series from a real sidecar's /metrics; the operator's from its metrics' registry
+    after a reconciliation and an admission (its process serves the same registry over HTTP:
+    tests/operator/test_operator_kube.py checks that)."""
+    import aiohttp
+
+    handle = await make_sidecar(redis={"url": redis_server.url}, cache={"enabled": True, "l1_entries": 0})
+    client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
+    for _ in range(2):  # an answer, then the same from L2
+        await client.chat.completions.create(model="o1", messages=[{"role": "user", "content": "Hello?"}])
+    async with aiohttp.ClientSession() as session, session.get(handle.metrics_url) as resp:
+        sidecar = exposed(await resp.text())
+    operator_metrics = OperatorMetrics()
+    status = {"conditions": [{"type": "Ready", "status": "True", "reason": "Serving"}], "keys": "1/1"}
+    operator_metrics.reconcile("team-a", "main", lambda: status)
+    operator_metrics.admitted("injected", 0.01)
+    operator = exposed(generate_latest(operator_metrics.registry).decode())
+    problems = []
+    for rule in alert_rules():
+        metrics, labels = names_and_labels(rule["expr"])
+        names, samples = operator if all(m.startswith("o1_operator_") for m in metrics) else sidecar
+        for metric in sorted(metrics - names):
+            problems.append(f"{rule['alert']}: {metric} is not exported")
+        seen = set().union(*(samples.get(m, set()) for m in metrics)) | TARGET_LABELS
+        for label in sorted(labels - seen):
+            problems.append(f"{rule['alert']}: no series of {sorted(metrics)} has the label {label}")
+        if labels - TARGET_LABELS:  # (the label check above saw series of these families)
+            assert any(samples.get(m) for m in metrics), f"{rule['alert']}: {sorted(metrics)} had no samples"
+    assert not problems, problems

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
@@ -602,12 +603,13 @@ def test_webhook_injects_the_sidecar(
 ) -> None:
     ns = kube_namespace
     pki = generate_pki(tmp_path / "pki")  # its serving certificate is valid for 127.0.0.1
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     running = start_operator(
         kube,
         chart.sa_kubeconfig,
         ns,
         tmp_path / "operator.log",
+        f"--metrics-port={metrics_port}",
         f"--webhook-port={port}",
         f"--webhook-cert={pki.apiserver_serving.cert}",
         f"--webhook-key={pki.apiserver_serving.key}",
@@ -681,6 +683,37 @@ def test_webhook_injects_the_sidecar(
             "apply", "-n", ns, "-f", "-", input=pod("lost", {"o1pool.io/inject": "nope"}), check=False
         )
         assert missing.returncode != 0 and "no O1Pool 'nope'" in missing.stderr
+
+        # What the operator did, in its own metrics: the pool's reconciliations, facts and admissions.
+        def operator_metrics() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            return {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+
+        scraped = operator_metrics()
+        assert scraped[("o1_operator_webhook_admissions_total", (("result", "injected"),))] == 1
+        assert scraped[("o1_operator_webhook_admissions_total", (("result", "refused"),))] == 1
+        assert scraped[("o1_operator_reconciles_total", (("result", "rendered"),))] >= 1
+        basic = (("namespace", ns), ("pool", "basic"))
+        reason = condition(pool, "Ready")["reason"]
+        ready = (
+            "o1_operator_pool_condition",
+            (*basic, ("reason", reason), ("status", "True"), ("type", "Ready")),
+        )
+        assert scraped[ready] == 1
+        usable, referenced = map(int, pool["status"]["keys"].split("/"))
+        assert scraped[("o1_operator_pool_keys", (*basic, ("state", "ready")))] == usable
+        assert scraped[("o1_operator_pool_keys", (*basic, ("state", "referenced")))] == referenced
+        kube.kubectl("delete", "o1pool", "basic", "-n", ns)
+        wait_for(
+            "the deleted pool's series gone",
+            lambda: not [k for k in operator_metrics() if ("pool", "basic") in k[1]],
+            running,
+        )
     finally:
         kube.kubectl(
             "delete", "mutatingwebhookconfiguration", webhook_name, "--ignore-not-found", check=False

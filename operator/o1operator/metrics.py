@@ -1,0 +1,134 @@
+"""The operator's own metrics, served on ``--metrics-port`` (the chart's Service and ServiceMonitor):
+reconciliations by result and how long they took, the webhook's admissions by result and how long
+they took, and each pool as its last reconciliation left it (its conditions, its keys). Pool series
+follow the pools: a deleted pool's go at once, and an operator that has not reconciled a pool since
+it started says nothing about it.
+
+The sidecars export what the pools do (requests, limits, queues); these say what the operator does.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+ADMISSION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+KEYS = re.compile(r"^(\d+)/(\d+)$")  # status.keys: "<usable>/<referenced>"
+
+
+@dataclass(frozen=True)
+class PoolFacts:
+    conditions: tuple[tuple[str, str, str], ...]  # (type, status, reason)
+    keys_ready: int
+    keys_total: int
+
+
+def pool_facts(status: Mapping[str, Any]) -> PoolFacts:
+    """What a pool's status says that the metrics carry."""
+    conditions = tuple(
+        (str(c.get("type")), str(c.get("status")), str(c.get("reason") or ""))
+        for c in status.get("conditions") or []
+    )
+    found = KEYS.match(str(status.get("keys") or ""))
+    ready, total = (int(found[1]), int(found[2])) if found else (0, 0)
+    return PoolFacts(conditions, ready, total)
+
+
+class _Pools(Collector):
+    def __init__(self, pools: Mapping[tuple[str, str], PoolFacts]) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        conditions = GaugeMetricFamily(
+            "o1_operator_pool_condition",
+            "1 for each condition of an O1Pool as its last reconciliation set it (type, status, reason)",
+            labels=["namespace", "pool", "type", "status", "reason"],
+        )
+        keys = GaugeMetricFamily(
+            "o1_operator_pool_keys",
+            "An O1Pool's API keys: referenced, and ready (present and not empty in their Secrets)",
+            labels=["namespace", "pool", "state"],
+        )
+        for (namespace, name), facts in sorted(dict(self._pools).items()):
+            for type_, status, reason in facts.conditions:
+                conditions.add_metric([namespace, name, type_, status, reason], 1)
+            keys.add_metric([namespace, name, "ready"], facts.keys_ready)
+            keys.add_metric([namespace, name, "referenced"], facts.keys_total)
+        yield conditions
+        yield keys
+
+
+class OperatorMetrics:
+    """The operator's instruments and the pools' last facts, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.reconciles = Counter(
+            "o1_operator_reconciles",
+            "Reconciliations of an O1Pool by result: rendered (config and Secret applied), "
+            "not_rendered (the spec or its Secrets are not usable: see the pool's conditions), "
+            "error (an exception; the next event or resync tries again)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "o1_operator_reconcile_seconds",
+            "How long a reconciliation took (reading Secrets, applying, patching the status)",
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self.admissions = Counter(
+            "o1_operator_webhook_admissions",
+            "Pods the injection webhook answered, by result: injected, unchanged (already injected), "
+            "refused (no such pool, or not rendered yet), error",
+            ["result"],
+            registry=self.registry,
+        )
+        self.admission_seconds = Histogram(
+            "o1_operator_webhook_admission_seconds",
+            "How long the webhook took to answer",
+            buckets=ADMISSION_BUCKETS,
+            registry=self.registry,
+        )
+        self._pools: dict[tuple[str, str], PoolFacts] = {}
+        self.registry.register(_Pools(self._pools))
+
+    def reconcile(
+        self,
+        namespace: str,
+        name: str,
+        run: Callable[[], Mapping[str, Any]],
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> Mapping[str, Any]:
+        """``run()`` (one reconciliation, returning the status it set), counted and timed."""
+        started = clock()
+        try:
+            status = run()
+        except Exception:
+            self.reconciles.labels("error").inc()
+            raise
+        finally:
+            self.reconcile_seconds.observe(clock() - started)
+        self.reconciles.labels("rendered" if status.get("configHash") else "not_rendered").inc()
+        self._pools[namespace, name] = pool_facts(status)
+        return status
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A deleted pool: its series go."""
+        self._pools.pop((namespace, name), None)
+
+    def admitted(self, result: str, seconds: float) -> None:
+        self.admissions.labels(result).inc()
+        self.admission_seconds.observe(seconds)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        """Serve ``/metrics`` on ``port`` from a thread of its own."""
+        start_http_server(port, addr=addr, registry=self.registry)

@@ -1,0 +1,79 @@
+"""The operator's metrics (o1operator/metrics.py) as a scrape shows them: reconciliations counted by
+result and timed, each pool's last conditions and keys, gone when the pool is; webhook admissions.
+Served over HTTP by the operator's process: tests/operator/test_operator_kube.py (the webhook test)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from o1operator.metrics import OperatorMetrics, pool_facts
+
+READY = {"type": "Ready", "status": "True", "reason": "Serving"}
+RENDERED = {"type": "ConfigRendered", "status": "True", "reason": "Rendered"}
+
+
+def scrape(metrics: OperatorMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = generate_latest(metrics.registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_a_pools_status_gives_its_conditions_and_keys() -> None:
+    facts = pool_facts({"conditions": [READY, RENDERED], "keys": "3/4"})
+    assert facts.conditions == (("Ready", "True", "Serving"), ("ConfigRendered", "True", "Rendered"))
+    assert (facts.keys_ready, facts.keys_total) == (3, 4)
+    assert pool_facts({}) == pool_facts({"keys": "garbled"})  # nothing known: no conditions, 0/0
+
+
+def test_reconciliations_are_counted_by_result_and_pools_kept_until_deleted() -> None:
+    metrics = OperatorMetrics()
+    ticks = iter([0.0, 0.2, 1.0, 1.05, 2.0, 2.5])
+    clock = lambda: next(ticks)  # noqa: E731
+
+    rendered: dict[str, Any] = {"conditions": [READY], "keys": "2/2", "configHash": "abc"}
+    metrics.reconcile("team-a", "main", lambda: rendered, clock)
+    metrics.reconcile(
+        "team-b", "bad", lambda: {"conditions": [{**READY, "status": "False"}], "keys": "0/1"}, clock
+    )
+
+    def fails() -> dict[str, Any]:
+        raise RuntimeError("the API server went away")
+
+    with pytest.raises(RuntimeError):
+        metrics.reconcile("team-a", "main", fails, clock)
+    got = scrape(metrics)
+    assert got[("o1_operator_reconciles_total", (("result", "rendered"),))] == 1
+    assert got[("o1_operator_reconciles_total", (("result", "not_rendered"),))] == 1
+    assert got[("o1_operator_reconciles_total", (("result", "error"),))] == 1
+    assert got[("o1_operator_reconcile_seconds_count", ())] == 3
+    assert got[("o1_operator_reconcile_seconds_sum", ())] == pytest.approx(0.2 + 0.05 + 0.5)
+    main = (("namespace", "team-a"), ("pool", "main"))
+    condition = (
+        "o1_operator_pool_condition",
+        (*main, ("reason", "Serving"), ("status", "True"), ("type", "Ready")),
+    )
+    assert got[condition] == 1  # (the failed reconciliation left the last known facts)
+    assert got[("o1_operator_pool_keys", (*main, ("state", "ready")))] == 2
+    bad = (("namespace", "team-b"), ("pool", "bad"))
+    assert got[("o1_operator_pool_keys", (*bad, ("state", "referenced")))] == 1
+    metrics.forget("team-a", "main")
+    assert not [
+        k for k in scrape(metrics) if k[0].startswith("o1_operator_pool") and ("pool", "main") in k[1]
+    ]
+
+
+def test_admissions_are_counted_by_result_and_timed() -> None:
+    metrics = OperatorMetrics()
+    for result, seconds in (("injected", 0.004), ("injected", 0.006), ("refused", 0.001)):
+        metrics.admitted(result, seconds)
+    got = scrape(metrics)
+    assert got[("o1_operator_webhook_admissions_total", (("result", "injected"),))] == 2
+    assert got[("o1_operator_webhook_admissions_total", (("result", "refused"),))] == 1
+    assert got[("o1_operator_webhook_admission_seconds_count", ())] == 3

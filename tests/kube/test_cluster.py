@@ -288,8 +288,14 @@ def effective_limits(installed: Installed) -> dict[str, list[float]]:
 
 
 def effective_rpm(installed: Installed, rpm: int) -> bool:
+    """Every sidecar limits at ``rpm`` as configured: at most it, and within 5% of it. (After an
+    upstream 429, as around the Redis restart of an earlier test, the adaptive limits hold the account
+    a little below its configured limit until calls succeed again: docs/limits.md. 5% keeps the pool's
+    limits of these tests, 60 and 50, apart.)"""
     return installed.every_sidecar(
-        "o1_api_effective_limit", {"model": MODEL, "type": "requests"}, lambda value: value == rpm
+        "o1_api_effective_limit",
+        {"model": MODEL, "type": "requests"},
+        lambda value: 0.95 * rpm <= value <= rpm,
     )
 
 

@@ -9,15 +9,24 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from typing import NoReturn
 
 import pytest
 
 from o1pool.procs import RedisServer, free_port
 from tests.kube.fixtures import cluster, kube, kube_namespace  # noqa: F401
 
-__all__ = ["IN_CI", "RedisServer", "free_port", "require_binary"]
+__all__ = ["IN_CI", "RedisServer", "free_port", "missing", "require_binary"]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def missing(message: str) -> NoReturn:
+    """A tool the test needs is missing: in CI that fails the test (.ci/run provides every tool),
+    elsewhere it skips with ``message`` (which says how to get it)."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def require_binary(name: str, how: str) -> str:
@@ -25,10 +34,7 @@ def require_binary(name: str, how: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} not found; {how}"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+    missing(f"{name} not found; {how}")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import openai
 import pytest
@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from o1operator.metrics import OperatorMetrics
-from tests.conftest import IN_CI, RedisServer
+from tests.conftest import RedisServer, missing
 from tests.kube.testground import ControlPlaneNotBuilt, find_binaries
 from tests.sidecar.conftest import SidecarFactory
 
@@ -34,20 +34,13 @@ MONITORING_KINDS = tuple(f"monitoring.coreos.com/v1/{kind}" for kind in MONITORS
 TARGET_LABELS = {"namespace", "pod", "pool", "le"}
 
 
-def _missing(message: str) -> NoReturn:
-    """In CI a missing tool fails the test (.ci/run builds it); elsewhere the test skips, saying how."""
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def promtool() -> Path:
     result = subprocess.run(
         ["bash", str(REPO / "hack" / "promtool.sh"), "path"], capture_output=True, text=True
     )
     if result.returncode != 0:
-        _missing("promtool is not built; build it once with: bash hack/promtool.sh build")
+        missing("promtool is not built; build it once with: bash hack/promtool.sh build")
     return Path(result.stdout.strip())
 
 
@@ -56,7 +49,7 @@ def helm() -> Path:
     try:
         return find_binaries().helm
     except ControlPlaneNotBuilt as exc:
-        _missing(str(exc))
+        missing(str(exc))
 
 
 def helm_template(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:

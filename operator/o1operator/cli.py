@@ -154,7 +154,14 @@ async def run(
 
     loops = [
         asyncio.create_task(
-            observe_forever(memo.kube, memo.probes, memo.observed, count_interval_s, reconcile_by_name)
+            observe_forever(
+                memo.kube,
+                memo.probes,
+                memo.observed,
+                count_interval_s,
+                reconcile_by_name,
+                memo.metrics.counted,
+            )
         ),
         asyncio.create_task(resync_forever(memo.kube, memo.namespaces, memo.resync_s, reconcile_by_name)),
         asyncio.create_task(

@@ -1,6 +1,7 @@
 """The operator's own metrics, served on ``--metrics-port`` (the chart's Service and ServiceMonitor):
 reconciliations by result and how long they took, the webhook's admissions by result and how long
-they took, and each pool as its last reconciliation left it (its conditions, its keys). Pool series
+they took, each pool as its last reconciliation left it (its conditions, its keys, its forecast) and
+its live sidecars as last counted. Pool series
 follow the pools: a deleted pool's go at once, and an operator that has not reconciled a pool since
 it started says nothing about it.
 
@@ -29,6 +30,7 @@ class PoolFacts:
     conditions: tuple[tuple[str, str, str], ...]  # (type, status, reason)
     keys_ready: int
     keys_total: int
+    forecast: tuple[float, float] | None = None  # tokens expected in the hour under way: mean, upper
 
 
 def pool_facts(status: Mapping[str, Any]) -> PoolFacts:
@@ -39,12 +41,19 @@ def pool_facts(status: Mapping[str, Any]) -> PoolFacts:
     )
     found = KEYS.match(str(status.get("keys") or ""))
     ready, total = (int(found[1]), int(found[2])) if found else (0, 0)
-    return PoolFacts(conditions, ready, total)
+    prediction = status.get("prediction") or {}
+    forecast = None
+    if "tokensPerHour" in prediction and "upperTokensPerHour" in prediction:
+        forecast = (float(prediction["tokensPerHour"]), float(prediction["upperTokensPerHour"]))
+    return PoolFacts(conditions, ready, total, forecast)
 
 
 class _Pools(Collector):
-    def __init__(self, pools: Mapping[tuple[str, str], PoolFacts]) -> None:
+    def __init__(
+        self, pools: Mapping[tuple[str, str], PoolFacts], live: Mapping[tuple[str, str], int]
+    ) -> None:
         self._pools = pools
+        self._live = live
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         conditions = GaugeMetricFamily(
@@ -57,13 +66,31 @@ class _Pools(Collector):
             "An O1Pool's API keys: referenced, and ready (present and not empty in their Secrets)",
             labels=["namespace", "pool", "state"],
         )
+        forecast = GaugeMetricFamily(
+            "o1_operator_pool_forecast_tokens_per_hour",
+            "Tokens an O1Pool's sidecars are expected to be offered in the hour under way (all models), "
+            "mean and upper bound, while a prediction is published (docs/forecast.md)",
+            labels=["namespace", "pool", "bound"],
+        )
         for (namespace, name), facts in sorted(dict(self._pools).items()):
             for type_, status, reason in facts.conditions:
                 conditions.add_metric([namespace, name, type_, status, reason], 1)
             keys.add_metric([namespace, name, "ready"], facts.keys_ready)
             keys.add_metric([namespace, name, "referenced"], facts.keys_total)
+            if facts.forecast is not None:
+                forecast.add_metric([namespace, name, "mean"], facts.forecast[0])
+                forecast.add_metric([namespace, name, "upper"], facts.forecast[1])
+        live = GaugeMetricFamily(
+            "o1_operator_pool_live_sidecars",
+            "Sidecars of an O1Pool alive in its Redis (their heartbeats), as the operator last counted them",
+            labels=["namespace", "pool"],
+        )
+        for (namespace, name), count in sorted(dict(self._live).items()):
+            live.add_metric([namespace, name], count)
         yield conditions
         yield keys
+        yield forecast
+        yield live
 
 
 class OperatorMetrics:
@@ -99,7 +126,8 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self._pools: dict[tuple[str, str], PoolFacts] = {}
-        self.registry.register(_Pools(self._pools))
+        self._live: dict[tuple[str, str], int] = {}
+        self.registry.register(_Pools(self._pools, self._live))
 
     def reconcile(
         self,
@@ -121,9 +149,14 @@ class OperatorMetrics:
         self._pools[namespace, name] = pool_facts(status)
         return status
 
+    def counted(self, namespace: str, name: str, live: int) -> None:
+        """A pool's live sidecars, as the operator counted them in its Redis (sidecars.py)."""
+        self._live[namespace, name] = live
+
     def forget(self, namespace: str, name: str) -> None:
         """A deleted pool: its series go."""
         self._pools.pop((namespace, name), None)
+        self._live.pop((namespace, name), None)
 
     def admitted(self, result: str, seconds: float) -> None:
         self.admissions.labels(result).inc()

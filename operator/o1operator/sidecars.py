@@ -11,8 +11,13 @@ quarantine. The ``ModelsAvailable`` condition: the models failing on every accou
 pool's HASH of outages (o1sidecar/outage_sync.py). A change of either re-reconciles the pool (status,
 conditions, an event).
 
-The operator reads both on a fixed period, in one round trip, for every pool it has rendered with a
-Redis; pools without Redis report none.
+``status.usage`` (the ``-o wide`` columns ``RPM Use`` and ``429s 5m``): from the demand HASHes the
+sidecars write (o1sidecar/demand.py), the upstream calls and upstream 429s of the requests that arrived
+in the last ``USAGE_MINUTES`` complete minutes; the RPM use is the highest, over the pool's models, of
+those calls per minute against the configured RPM of the model's accounts.
+
+The operator reads all of these on a fixed period, in one round trip, for every pool it has rendered
+with a Redis; pools without Redis report none.
 
 One operator-wide loop (started next to kopf by the CLI), not a kopf timer: kopf timers put a
 finalizer on every pool, which would make deleting a pool wait for the operator.
@@ -23,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from redis.asyncio import Redis
@@ -43,6 +49,7 @@ from o1sidecar.quarantine import RefusedKey, read_refused
 log = logging.getLogger("o1operator.sidecars")
 
 REDIS_TIMEOUT_S = 2.0
+USAGE_MINUTES = 5
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class SidecarProbe:
     refused_key: str = ""  # the pool's HASH of refused keys
     outages_key: str = ""  # the pool's HASH of models not up
     fingerprints: tuple[tuple[str, str], ...] = ()  # (account/key, fingerprint of its value) per key
+    rpm: tuple[tuple[str, int], ...] = ()  # (model, configured RPM of all its accounts) per served model
     forecasting: ForecastSettings = field(
         default_factory=ForecastSettings
     )  # spec.forecasting: how demand is judged
@@ -69,10 +77,47 @@ class SidecarProbe:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """The pool's recent use of its accounts, as ``status.usage`` shows it."""
+
+    calls_per_minute: float  # upstream calls per minute, all models
+    rpm_use: float  # the highest share of a model's configured RPM used (0.42: 42%)
+    upstream_429s: int  # upstream 429 answers
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "rpmUse": f"{self.rpm_use:.0%}",
+            "callsPerMinute": round(self.calls_per_minute, 1),
+            "upstream429s": self.upstream_429s,
+            "minutes": USAGE_MINUTES,
+        }
+
+
+def get_usage(
+    rpm: Sequence[tuple[str, int]], calls: Mapping[str, float], rate_limited: Mapping[str, float]
+) -> Usage:
+    """``calls`` and ``rate_limited``: each model's upstream calls and 429s over ``USAGE_MINUTES``. Pure."""
+    per_minute = {model: calls.get(model, 0.0) / USAGE_MINUTES for model, _ in rpm}
+    use = max((per_minute[model] / limit for model, limit in rpm if limit > 0), default=0.0)
+    return Usage(sum(per_minute.values()), use, int(sum(rate_limited.values())))
+
+
+def usage_fields(now_s: float) -> list[tuple[int, str, str]]:
+    """(day, calls field, 429s field) of each of the last ``USAGE_MINUTES`` complete minutes (demand.py)."""
+    this_minute = int(now_s // 60)
+    out = []
+    for minute in range(this_minute - USAGE_MINUTES, this_minute):
+        day, of_day = divmod(minute, 1440)
+        out.append((day, f"{of_day}:a", f"{of_day}:z"))
+    return out
+
+
+@dataclass(frozen=True)
 class Observation:
     live: int
     refused: tuple[RefusedKey, ...]
     outages: tuple[tuple[str, ModelState], ...] = ()  # models not up, on Redis time
+    usage: Usage | None = None
 
 
 # (namespace, pool) -> probe; written by reconcile, read by the observing loop.
@@ -111,6 +156,10 @@ def get_sidecar_probe(
         outages_key=keys.outages(),
         fingerprints=fingerprints,
         forecasting=forecasting or ForecastSettings(),
+        rpm=tuple(
+            (model, sum(limits.rpm for a in config.accounts_for(model) if (limits := a.limits_for(model))))
+            for model in config.served_models()
+        ),
     )
 
 
@@ -132,11 +181,21 @@ async def observe(probe: SidecarProbe) -> Observation:
     try:
         seconds, micros = await client.time()
         now = seconds + micros / 1e6
+        minutes = usage_fields(now)
         async with client.pipeline(transaction=False) as pipe:
             pipe.zcount(probe.key, f"({now - probe.stale_after_s}", "+inf")
             pipe.hgetall(probe.refused_key)
             pipe.hgetall(probe.outages_key)
-            live, entries, outage_entries = await pipe.execute()
+            for model, _ in probe.rpm:
+                for day, calls_field, rate_limited_field in minutes:
+                    pipe.hmget(probe.pool_keys.demand(model, day), calls_field, rate_limited_field)
+            live, entries, outage_entries, *recorded = await pipe.execute()
+        calls: dict[str, float] = {}
+        rate_limited: dict[str, float] = {}
+        for i, (model, _) in enumerate(probe.rpm):
+            for a, z in recorded[i * len(minutes) : (i + 1) * len(minutes)]:
+                calls[model] = calls.get(model, 0.0) + _count(a)
+                rate_limited[model] = rate_limited.get(model, 0.0) + _count(z)
         outages = tuple(
             (model, st)
             for model, st in sorted(read_states(outage_entries, now).items())
@@ -148,9 +207,16 @@ async def observe(probe: SidecarProbe) -> Observation:
         stale = sorted(set(entries) - {e.label for e in kept})  # rotated, gone from the spec, or malformed
         if stale:
             await client.hdel(probe.refused_key, *stale)
-        return Observation(int(live), kept, outages)
+        return Observation(int(live), kept, outages, get_usage(probe.rpm, calls, rate_limited))
     finally:
         await client.aclose()
+
+
+def _count(value: str | None) -> float:
+    try:
+        return float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0  # a field something else wrote
 
 
 def redis_error(exc: BaseException) -> str:
@@ -179,11 +245,13 @@ async def observe_forever(
     observed: Observed,
     interval_s: float,
     on_change: Callable[[str, str], None],
+    on_count: Callable[[str, str, int], None] = lambda namespace, name, live: None,
 ) -> None:
-    """Every ``interval_s``: observe each probed pool; patch ``liveSidecars`` when it changed; when its
-    refused keys or model outages changed, record them in ``observed`` and call
-    ``on_change(namespace, name)`` (in a thread) to re-reconcile the pool."""
-    reported: dict[tuple[str, str], int] = {}
+    """Every ``interval_s``: observe each probed pool; patch ``liveSidecars`` and ``usage`` when they
+    changed; when its refused keys or model outages changed, record them in ``observed`` and call
+    ``on_change(namespace, name)`` (in a thread) to re-reconcile the pool; ``on_count(namespace, name,
+    live)`` after each count (the operator's metrics)."""
+    reported: dict[tuple[str, str], dict[str, Any]] = {}
     while True:
         for ref, probe in list(probes.items()):
             try:
@@ -195,13 +263,12 @@ async def observe_forever(
                 await _report(observed, ref, view, on_change)
                 continue
             await _report(observed, ref, RedisView(seen.refused, seen.outages), on_change)
-            live = seen.live
-            if reported.get(ref) == live:
+            on_count(*ref, seen.live)
+            patch = {"liveSidecars": seen.live, "usage": seen.usage.status() if seen.usage else None}
+            if reported.get(ref) == patch:
                 continue
             try:
-                await asyncio.to_thread(
-                    kube.patch_status, probe.namespace, probe.name, {"liveSidecars": live}
-                )
+                await asyncio.to_thread(kube.patch_status, probe.namespace, probe.name, patch)
             except ApiException as exc:
                 if exc.status == 404:  # the pool is gone
                     probes.pop(ref, None)
@@ -209,5 +276,5 @@ async def observe_forever(
                 else:
                     log.warning("O1Pool %s/%s: cannot patch liveSidecars: HTTP %s", *ref, exc.status)
                 continue
-            reported[ref] = live
+            reported[ref] = patch
         await asyncio.sleep(interval_s)

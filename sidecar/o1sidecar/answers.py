@@ -116,6 +116,8 @@ class Answers:
     def observe(self, ex: Exchange, status: int, cached: bool = False) -> None:
         elapsed = time.monotonic() - ex.started
         self.metrics.answered(status, ex.model or NO_KEY, ex.key, cached, elapsed)
+        if ex.models and ex.tokens:
+            self.metrics.offered(ex.requested, ex.tokens)
         if self.demand is not None and ex.models:  # (a model the pool serves: not any client's string)
             admitted = bool(ex.account)
             self.demand.record(
@@ -126,6 +128,8 @@ class Answers:
                 refused=not admitted and status in (429, 503),
                 cached=ex.cache != "miss",
                 tokens=ex.tokens,
+                calls=ex.calls,
+                rate_limited=ex.rate_limited,
                 arrived=time.time() - elapsed,
             )
         if log.isEnabledFor(logging.DEBUG):

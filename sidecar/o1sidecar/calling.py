@@ -98,6 +98,7 @@ class UpstreamCaller:
         route = self.routes[grant.account]
         key = route.next_key()
         ex.account, ex.key = grant.account, key.label
+        ex.calls += 1
         self.metrics.admitted(key.label, model, ex.controls.priority, grant.waited_s)
         payload = ex.raw if body is ex.body else json.dumps(body).encode()
         report: UpstreamReport = failure_report()
@@ -112,6 +113,7 @@ class UpstreamCaller:
             raise
         finally:
             await self.limiter.release(grant, report)
+        ex.rate_limited += result.outcome is Outcome.RATE_LIMITED
         await self._note(result, route, key, model, report)
         return result
 

@@ -9,6 +9,8 @@ request), into one HASH per model and UTC day (``PoolKeys.demand``) kept for ``R
 
 - ``<minute of day>:r`` / ``:t`` — requests and tokens offered in that minute (the forecast's input
   and the spread of minutes within an hour);
+- ``<minute of day>:a`` / ``:z`` — upstream calls those requests made (every attempt and model) and
+  how many of them the upstream answered 429 (the pool's status: RPM use and recent 429s);
 - ``h<hour>:<priority>:<kind>`` — per hour and priority: ``r`` offered, ``a`` admitted, ``q`` queued,
   ``x`` refused, ``c`` cached, ``t`` tokens offered, ``at`` tokens admitted;
 - ``h<hour>:live`` — set by each sidecar's first flush of the hour, requests or not: some sidecar was
@@ -39,14 +41,24 @@ DAY_S = 86_400
 
 
 def fields_of(
-    minute: int, priority: int, admitted: bool, queued: bool, refused: bool, cached: bool, tokens: int
+    minute: int,
+    priority: int,
+    admitted: bool,
+    queued: bool,
+    refused: bool,
+    cached: bool,
+    tokens: int,
+    calls: int = 0,
+    rate_limited: int = 0,
 ) -> dict[str, int]:
     """The increments of one request that arrived at ``minute`` (minutes since the epoch)."""
     of_day, hour = minute % 1440, (minute % 1440) // 60
     h = f"h{hour}:{priority}:"
     out = {f"{of_day}:r": 1, f"{h}r": 1}
+    for name, value in (("t", tokens), ("a", calls), ("z", rate_limited)):
+        if value:
+            out[f"{of_day}:{name}"] = value
     if tokens:
-        out[f"{of_day}:t"] = tokens
         out[f"{h}t"] = tokens
     for kind, happened in (("a", admitted), ("q", queued), ("x", refused), ("c", cached)):
         if happened:
@@ -75,11 +87,14 @@ class DemandCounts:
         refused: bool,
         cached: bool,
         tokens: int,
+        calls: int = 0,
+        rate_limited: int = 0,
         arrived: float | None = None,
     ) -> None:
         minute = int((self._clock() if arrived is None else arrived) // 60)
         counts = self._counts[(model, minute // 1440)]
-        for name, value in fields_of(minute, priority, admitted, queued, refused, cached, tokens).items():
+        fields = fields_of(minute, priority, admitted, queued, refused, cached, tokens, calls, rate_limited)
+        for name, value in fields.items():
             counts[name] += value
         self._minutes.add(minute)
         if len(self._minutes) > MAX_PENDING_MINUTES:

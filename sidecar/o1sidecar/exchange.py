@@ -38,6 +38,8 @@ class Exchange:
     key: str = NO_KEY
     waited_s: float = 0.0
     tokens: int = 0  # what admission charged for the last model tried (0: not counted)
+    calls: int = 0  # upstream calls made (admissions), every model and attempt
+    rate_limited: int = 0  # of which the upstream answered 429
     degraded: bool = False
     cache: str = "miss"
     question: SemanticQuery | None = None  # what the semantic layer matches on, if this request uses it

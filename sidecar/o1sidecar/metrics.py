@@ -171,6 +171,13 @@ class SidecarMetrics:
             ["key"],
             registry=r,
         )
+        self.tokens_offered = Counter(
+            "o1_api_tokens_offered",
+            "Tokens the answered requests were charged at admission, by the model asked for (what the "
+            "operator's forecasts predict per hour)",
+            ["model"],
+            registry=r,
+        )
         self.queue_rejections = Counter(
             "o1_api_queue_rejections",
             "Requests answered 429 by the queue (timeout or full)",
@@ -182,6 +189,7 @@ class SidecarMetrics:
         # Label sets are bounded: statuses x configured models x key names (never client input).
         self._answer_children: dict[tuple[int, str, str, bool], tuple[Any, Any]] = {}
         self._admit_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._offered_children: dict[str, Any] = {}
 
     def cache_layer(self, layer: str, result: str, seconds: float) -> None:
         """One lookup in L2 or L3 (``cache.LookupObserver``)."""
@@ -210,6 +218,13 @@ class SidecarMetrics:
             )
         children[0].inc()
         children[1].observe(waited_s)
+
+    def offered(self, model: str, tokens: int) -> None:
+        """Tokens one request was charged, under the model it asked for (one the pool serves)."""
+        child = self._offered_children.get(model)
+        if child is None:
+            child = self._offered_children[model] = self.tokens_offered.labels(model)
+        child.inc(tokens)
 
     def watch_models(self, models: Sequence[str], availability: Callable[[str], float]) -> None:
         """``o1_api_model_availability``: per served model, 1 up, the ramp's share while coming back

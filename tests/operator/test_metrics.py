@@ -32,6 +32,32 @@ def test_a_pools_status_gives_its_conditions_and_keys() -> None:
     assert pool_facts({}) == pool_facts({"keys": "garbled"})  # nothing known: no conditions, 0/0
 
 
+def test_a_published_prediction_gives_the_forecast_of_the_hour_under_way() -> None:
+    metrics = OperatorMetrics()
+    prediction = {"load": "medium", "tokensPerHour": 61234, "upperTokensPerHour": 80500, "peak": {}}
+    metrics.reconcile("team-a", "main", lambda: {"conditions": [READY], "prediction": prediction})
+    metrics.reconcile("team-b", "new", lambda: {"conditions": [READY]})  # no prediction yet
+    got = scrape(metrics)
+    forecasts = {k: v for k, v in got.items() if k[0] == "o1_operator_pool_forecast_tokens_per_hour"}
+    main = (("namespace", "team-a"), ("pool", "main"))
+    assert forecasts == {
+        ("o1_operator_pool_forecast_tokens_per_hour", (("bound", "mean"), *main)): 61234,
+        ("o1_operator_pool_forecast_tokens_per_hour", (("bound", "upper"), *main)): 80500,
+    }
+    metrics.reconcile("team-a", "main", lambda: {"conditions": [READY], "prediction": None})  # withdrawn
+    assert not [k for k in scrape(metrics) if k[0] == "o1_operator_pool_forecast_tokens_per_hour"]
+
+
+def test_live_sidecars_follow_the_last_count_until_the_pool_is_deleted() -> None:
+    metrics = OperatorMetrics()
+    metrics.counted("team-a", "main", 3)
+    metrics.counted("team-a", "main", 2)
+    main = ("o1_operator_pool_live_sidecars", (("namespace", "team-a"), ("pool", "main")))
+    assert scrape(metrics)[main] == 2
+    metrics.forget("team-a", "main")
+    assert main not in scrape(metrics)
+
+
 def test_reconciliations_are_counted_by_result_and_pools_kept_until_deleted() -> None:
     metrics = OperatorMetrics()
     ticks = iter([0.0, 0.2, 1.0, 1.05, 2.0, 2.5])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import secrets
 import socket
 import subprocess
@@ -31,7 +32,10 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from o1operator import cli as operator_cli
+from o1operator.render import render
+from o1operator.sidecars import USAGE_MINUTES, get_sidecar_probe
 from o1sidecar.config import Account, SidecarConfig
+from o1sidecar.demand import DemandCounts, DemandRecorder
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages, ModelState
@@ -41,7 +45,7 @@ from tests.conftest import RedisServer
 from tests.kube.fixtures import Kube
 from tests.kube.pki import generate_pki
 from tests.kube.testground import free_port
-from tests.operator.conftest import REPO, b64, fake_secrets, secret_values
+from tests.operator.conftest import REPO, b64, fake_secrets, load_example, secret_values
 from tests.polling import clear_of_the_hour_boundary
 from tests.recorded_demand import record_weeks, weekly_tokens
 
@@ -775,6 +779,38 @@ def test_live_sidecars_are_counted_from_redis_heartbeats(
         redis.close()
     row = kube.kubectl("get", "o1pool", "basic", "-n", ns, "--no-headers").stdout.split()
     assert row[:5] == ["basic", "True", "Serving", "1", "3"]
+
+    # What the sidecars record of their upstream calls (demand.py) becomes the -o wide columns.
+    pool = load_example(BASIC, ns)
+    pool["spec"]["redis"] = {"url": redis_server.url, "keyPrefix": "t"}
+    probe = get_sidecar_probe(render(pool, fake_secrets(pool["spec"])))
+    assert probe is not None
+    rpm = dict(probe.rpm)["o1"]
+    asyncio.run(record_calls(redis_server.url, PoolKeys("t", ns, "basic"), ((1, 30, 2), (2, 20, 1))))
+    expected = f"{50 / USAGE_MINUTES / rpm:.0%}"
+
+    def wide() -> bool:
+        return get_pool(api, ns, "basic").get("status", {}).get("usage", {}).get("upstream429s") == 3
+
+    wait_for("status.usage", wide, running)
+    header, row = kube.kubectl("get", "o1pool", "basic", "-n", ns, "-o", "wide").stdout.splitlines()
+    columns = dict(zip(re.split(r"\s{2,}", header.strip()), re.split(r"\s{2,}", row.strip()), strict=True))
+    assert (columns["RPM USE"], columns["429S 5M"], columns["SIDECARS"]) == (expected, "3", "3")
+
+
+async def record_calls(url: str, keys: PoolKeys, minutes: tuple[tuple[int, int, int], ...]) -> None:
+    """Upstream calls and 429s of requests that arrived ``ago`` minutes back, as a sidecar records them."""
+    client = AsyncRedis.from_url(url, decode_responses=True)
+    seconds, _ = await client.time()
+    counts = DemandCounts()
+    for ago, calls, rate_limited in minutes:
+        arrived = (seconds // 60 - ago) * 60 + 1
+        counts.record(
+            "o1", 5, admitted=True, queued=False, refused=False, cached=False, tokens=100,
+            calls=calls, rate_limited=rate_limited, arrived=arrived,
+        )  # fmt: skip
+    await DemandRecorder(client, keys, 60, counts, ["o1"]).flush()
+    await client.aclose()
 
 
 def test_refused_keys_and_model_outages_are_reported_and_a_rotation_lifts_a_key(

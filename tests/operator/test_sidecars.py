@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import redis.asyncio as aioredis
 
 from o1operator.render import render
-from o1operator.sidecars import get_sidecar_probe, observe
+from o1operator.sidecars import USAGE_MINUTES, Usage, get_sidecar_probe, get_usage, observe
 from o1sidecar.config import Account
+from o1sidecar.demand import DemandCounts, DemandRecorder
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages, ModelState
@@ -93,3 +95,49 @@ async def test_observe_counts_sidecars_and_drops_refusals_of_values_no_longer_he
     assert await client.hgetall(keys.refused_keys()) == {}
     await shared.close()
     await sync.close()
+
+
+def test_usage_is_the_busiest_models_share_of_its_configured_rpm() -> None:
+    rpm = [("o1", 100), ("o1-mini", 1000)]
+    usage = get_usage(rpm, {"o1": 5 * 42.0, "o1-mini": 5 * 300.0}, {"o1": 3.0})
+    assert usage == Usage(calls_per_minute=342.0, rpm_use=0.42, upstream_429s=3)
+    assert usage.status() == {"rpmUse": "42%", "callsPerMinute": 342.0, "upstream429s": 3, "minutes": 5}
+    assert get_usage(rpm, {}, {}) == Usage(0.0, 0.0, 0)
+    assert get_usage([], {"o1": 10.0}, {}).rpm_use == 0.0  # no model served: nothing to use
+
+
+async def test_observe_reads_the_calls_and_429s_the_sidecars_recorded_in_the_last_minutes(
+    redis_server: RedisServer,
+) -> None:
+    """Demand written by the sidecars' own recorder (demand.py): the minute under way and minutes older
+    than the window do not count."""
+    pool = load_example(EXAMPLES / "o1pool-basic.yaml")
+    pool["spec"]["redis"] = {"url": redis_server.url, "keyPrefix": "u"}
+    probe = get_sidecar_probe(render(pool, fake_secrets(pool["spec"])))
+    assert probe is not None
+    [(model, rpm)] = [(m, r) for m, r in probe.rpm if m == "o1"]
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    seconds, _ = await client.time()
+    if seconds % 60 > 55:  # the window must not move between writing and reading
+        await asyncio.sleep(60 - seconds % 60)
+        seconds, _ = await client.time()
+    minute = seconds // 60
+    counts = DemandCounts()
+    for arrived_minute, calls, rate_limited in (
+        (minute, 50, 0),  # under way: not complete
+        (minute - 1, 4, 1),
+        (minute - USAGE_MINUTES, 6, 2),
+        (minute - USAGE_MINUTES - 1, 70, 9),  # before the window
+    ):
+        counts.record(
+            model, 5, admitted=True, queued=False, refused=False, cached=False, tokens=10,
+            calls=calls, rate_limited=rate_limited, arrived=arrived_minute * 60 + 1,
+        )  # fmt: skip
+    recorder = DemandRecorder(client, PoolKeys("u", "default", "basic"), 60, counts, [model])
+    await recorder.flush()
+    usage = (await observe(probe)).usage
+    assert usage is not None
+    assert usage.upstream_429s == 3
+    assert usage.calls_per_minute == 10 / USAGE_MINUTES
+    assert usage.rpm_use == (10 / USAGE_MINUTES) / rpm
+    await client.aclose()

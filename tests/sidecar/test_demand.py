@@ -39,6 +39,10 @@ def test_one_request_counts_per_minute_and_per_hour_and_priority() -> None:
     }
     refused = fields_of(minute, 2, admitted=False, queued=True, refused=True, cached=False, tokens=50)
     assert refused["h12:2:x"] == 1 and "h12:2:a" not in refused and "h12:2:at" not in refused
+    # a request that made three upstream calls (say, two 429s, then an answer from a fallback)
+    calls = fields_of(minute, 5, True, True, False, False, 80, calls=3, rate_limited=2)
+    assert (calls["725:a"], calls["725:z"], calls["h12:5:a"]) == (3, 2, 1)
+    assert "725:a" not in refused and "725:z" not in refused  # no call, no count
 
 
 def test_counts_add_up_per_model_and_day_until_taken() -> None:
@@ -158,6 +162,7 @@ async def test_a_sidecar_records_what_its_clients_asked(
         assert (fields["8:r"], fields["8:a"], fields["8:c"]) == (2, 1, 1)
         assert (fields["2:r"], fields["2:a"]) == (1, 1)
         assert fields["-:t"] > 0 and fields["8:at"] > 0
+        assert fields["-:a"] == 2 and "-:z" not in fields  # two upstream calls, no 429
         keys = await reader.keys(f"{KEYS.tag}:demand:*")
         assert not [k for k in keys if ":demand:nope:" in k]  # a model the pool does not serve: nothing
         assert any(":demand:o1-mini:" in k for k in keys)  # served, not asked: an hour of no demand

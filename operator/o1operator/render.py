@@ -287,6 +287,7 @@ _RETRY_FIELDS = {
 }
 _CONTEXT_FIELDS = {"windows": "windows", "onOverflow": "on_overflow"}
 _SHUTDOWN_FIELDS = {"graceSeconds": "grace_s", "queueSeconds": "queue_s"}
+_TRACING_FIELDS = {"otlpEndpoint": "otlp_endpoint", "sampleRatio": "sample_ratio"}
 _REDIS_FIELDS = {
     "connectTimeoutMs": "connect_timeout_ms",
     "opTimeoutMs": "op_timeout_ms",
@@ -347,6 +348,7 @@ def get_sidecar_config(
         "retry": _pick(spec.get("retry"), _RETRY_FIELDS),
         "context": _pick(spec.get("context"), _CONTEXT_FIELDS),
         "shutdown": _pick(spec.get("shutdown"), _SHUTDOWN_FIELDS),
+        "tracing": _pick(spec.get("tracing"), _TRACING_FIELDS),
     }
     if "maxBodyBytes" in spec:
         config["max_body_bytes"] = spec["maxBodyBytes"]

@@ -42,7 +42,9 @@ class Answers:
         """The stored answer to the exchange's request and the layer that had it (``l1``, ``l2``,
         ``l3``, or ``semantic`` when it asked a question that one answers)."""
         assert ex.cache_key is not None
-        hit = await self.cache.get(ex.cache_key, ex.question)
+        with ex.trace.lookup() as step:
+            hit = await self.cache.get(ex.cache_key, ex.question)
+            step.found(hit)
         self.metrics.cache_lookups.labels(hit.layer if hit else "miss").inc()
         if hit is not None:
             ex.cache, ex.similarity = hit.layer, hit.similarity

@@ -41,6 +41,7 @@ from o1sidecar.prediction import PredictionMirror
 from o1sidecar.proxy import Proxy
 from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.tokens import TokenCounter
+from o1sidecar.tracing import Tracing
 from o1sidecar.upstream import load_routes
 
 log = logging.getLogger("o1sidecar")
@@ -80,12 +81,13 @@ def create_app(
             redis_client(config.redis), keys, every, DemandCounts(), config.served_models()
         )
         prediction = PredictionMirror(redis_client(config.redis), keys, every)
+    tracing = Tracing(config)
     cache = ResponseCache(
         config.cache,
         config.redis,
         config.pool,
         suggested_ttl_s=prediction.cache_ttl_s if prediction is not None else lambda: None,
-        observe=metrics.cache_layer,
+        observe=tracing.observing(metrics.cache_layer),
     )
     coalescer = Coalescer(cache, None, None, "")
     if config.redis.url is not None and cache.has_l2:  # (across sidecars through the pool's cache)
@@ -104,6 +106,7 @@ def create_app(
         demand,
         prediction,
         coalescer,
+        tracing,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes + 1,
@@ -115,6 +118,7 @@ def create_app(
 
     async def on_startup(_app: web.Application) -> None:
         await asyncio.get_running_loop().run_in_executor(None, proxy.counter.load)
+        await tracing.start()
         await proxy.start()
         await limiter.start()
         await key_files.start()
@@ -154,6 +158,7 @@ def create_app(
         await limiter.close()
         await proxy.close()
         await proxy.cache.close()
+        await tracing.close()  # (the requests' spans have ended: they reach the collector now)
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

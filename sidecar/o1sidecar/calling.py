@@ -201,7 +201,11 @@ class UpstreamCaller:
         stored in the cache too."""
         collect_for = ex.cache_key if ex.stores_answer else None
         relay: ChatStreamRelay | ResponsesStreamRelay
-        relay = ResponsesStreamRelay() if ex.endpoint is RESPONSES else ChatStreamRelay(strip_usage)
+        relay = (
+            ResponsesStreamRelay()
+            if ex.endpoint is RESPONSES
+            else ChatStreamRelay(strip_usage, watch=ex.trace.recording)
+        )
         collector = ChatStreamCollector() if collect_for is not None and ex.endpoint is CHAT else None
         response = web.StreamResponse(status=200, headers=ex.headers())
         response.content_type = "text/event-stream"
@@ -227,6 +231,7 @@ class UpstreamCaller:
         if not relay.finished:
             return response, await self._cut(ex, response, "ended before its last event")
         await response.write_eof()
+        ex.trace.streamed(relay)
         if collect_for is not None:
             if isinstance(relay, ResponsesStreamRelay):
                 rebuilt = relay.completed

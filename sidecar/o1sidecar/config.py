@@ -324,6 +324,32 @@ class ShutdownPolicy(_Strict):
         return self
 
 
+class TracingConfig(_Strict):
+    """Traces of requests (tracing.py), exported over OTLP/HTTP; off unless an endpoint is set."""
+
+    otlp_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="The collector's OTLP/HTTP traces URL, e.g. http://otel-collector.monitoring:4318 "
+        "(/v1/traces is added to a URL without a path). Unset: no spans, no exporter.",
+    )
+    sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of requests without a sampled parent that are traced (by trace id); a request "
+        "whose traceparent says sampled is traced, one that says not sampled is not.",
+    )
+
+    @model_validator(mode="after")
+    def _ratio_needs_endpoint(self) -> Self:
+        if self.otlp_endpoint is None and self.sample_ratio != 1.0:
+            raise ValueError(
+                "tracing.sample_ratio applies to exported traces: set tracing.otlp_endpoint, or remove it"
+            )
+        return self
+
+
 class RetryPolicy(_Strict):
     max_attempts: int = Field(default=3, ge=1)
     backoff_base_s: float = Field(default=0.5, gt=0)
@@ -357,6 +383,7 @@ class SidecarConfig(_Strict):
     shutdown: ShutdownPolicy = ShutdownPolicy()
     context: ContextPolicy = ContextPolicy()
     retry: RetryPolicy = RetryPolicy()
+    tracing: TracingConfig = TracingConfig()
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from o1sidecar.inbound import Endpoint
 from o1sidecar.metrics import NO_KEY
 from o1sidecar.plan import PlanState
 from o1sidecar.semantic import SemanticQuery
+from o1sidecar.tracing import NO_TRACE, RequestTrace
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Exchange:
     cache: str = "miss"
     question: SemanticQuery | None = None  # what the semantic layer matches on, if this request uses it
     similarity: float | None = None  # of the question a semantic hit answered
+    trace: RequestTrace = NO_TRACE  # its spans, while tracing.py records them
 
     @property
     def requested(self) -> str:

@@ -34,6 +34,7 @@ from o1sidecar.prediction import PredictionMirror
 from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.semantic import semantic_query, uses_semantic
 from o1sidecar.tokens import TokenCounter
+from o1sidecar.tracing import Tracing
 from o1sidecar.upstream import AccountRoute
 
 log = logging.getLogger("o1sidecar.proxy")
@@ -56,6 +57,7 @@ class Proxy:
         demand: DemandRecorder | None = None,
         prediction: PredictionMirror | None = None,
         coalescer: Coalescer | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
         self.limiter = limiter
@@ -76,6 +78,7 @@ class Proxy:
         self.caller = UpstreamCaller(config, routes, limiter, cache, metrics, quarantine)
         self.answers = Answers(config, cache, metrics, demand.counts if demand is not None else None)
         self.coalescer = coalescer or Coalescer(cache, None, None, "")
+        self.tracing = tracing or Tracing(config)
         self._background = [s for s in (quarantine, outage_sync, demand, prediction) if s is not None]
         self._random = random.Random()
 
@@ -91,7 +94,13 @@ class Proxy:
         await self.caller.close()
 
     async def handle(self, ex: Exchange) -> web.StreamResponse:
-        """Answer one parsed request (``exchange`` makes its ``Exchange``)."""
+        """Answer one parsed request (``exchange`` makes its ``Exchange``), traced (tracing.py)."""
+        with self.tracing.request(ex) as trace:
+            response = await self._handle(ex)
+            trace.answered(response)
+            return response
+
+    async def _handle(self, ex: Exchange) -> web.StreamResponse:
         if not ex.models:
             ex.model = ""  # not a metric label: any string a client sends would become a series
             pool = f"{self.config.pool.namespace}/{self.config.pool.name}"
@@ -104,7 +113,9 @@ class Proxy:
             if hit is not None:
                 return await self.answers.from_cache(ex, hit.body)
             if not ex.controls.cache.only and ex.stores_answer:  # an identical request in flight?
-                joined = await self.coalescer.join(ex.cache_key, ex.deadline)
+                with ex.trace.coalescing() as step:
+                    joined = await self.coalescer.join(ex.cache_key, ex.deadline)
+                    step.joined(joined)
                 if isinstance(joined, bytes):
                     ex.cache = "coalesced"
                     return await self.answers.from_cache(ex, joined)
@@ -119,7 +130,9 @@ class Proxy:
     async def _answer(self, ex: Exchange) -> web.StreamResponse:
         """Admission, the call, and what follows, until there is an answer."""
         while True:
-            admission = await self.admitter.admit(ex)
+            with ex.trace.admission() as step:
+                admission = await self.admitter.admit(ex)
+                step.admitted(admission)
             if isinstance(admission, Unavailable):
                 return await self.answers.unavailable(ex, admission.retry_after_s)
             if isinstance(admission, ProxyError):
@@ -163,9 +176,11 @@ class Proxy:
             ex.plan = PlanState(admission.index, truncated=ex.plan.truncated)
         ex.waited_s += admission.grant.waited_s
         try:
-            call = await self.caller.call(
-                ex, admission.model, admission.body, admission.strip_usage, admission.grant
-            )
+            with ex.trace.attempt(admission) as step:
+                call = await self.caller.call(
+                    ex, admission.model, admission.body, admission.strip_usage, admission.grant
+                )
+                step.ended(call)
         except BaseException:
             if admission.probe:
                 self.outages.probe_lost(admission.model)

@@ -10,6 +10,7 @@ from typing import Any
 
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?\s*')
 _HAS_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"([a-z_]{1,40})"')
 
 
 async def sse_events(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
@@ -30,11 +31,15 @@ def _data_of(event: bytes) -> bytes:
 
 class ChatStreamRelay:
     """Chat-completions chunks. With ``strip_usage`` (the client did not ask for usage, the sidecar did)
-    the usage-only chunk is dropped and ``"usage": null`` removed from the others."""
+    the usage-only chunk is dropped and ``"usage": null`` removed from the others. With ``watch`` (the
+    request is traced) the choices' finish reasons are read on the way too."""
 
-    def __init__(self, strip_usage: bool) -> None:
+    def __init__(self, strip_usage: bool, watch: bool = False) -> None:
         self.strip_usage = strip_usage
+        self.watch = watch
         self.usage: dict[str, Any] | None = None
+        self.head: dict[str, Any] = {}  # the usage chunk's id and model
+        self.finish_reasons: list[str] = []
         self.finished = False
 
     def feed(self, event: bytes) -> bytes | None:
@@ -42,6 +47,8 @@ class ChatStreamRelay:
         if b"[DONE]" in event and _data_of(event) == b"[DONE]":
             self.finished = True
             return event
+        if self.watch:
+            self.finish_reasons += (m.decode() for m in _FINISH_REASON.findall(event))
         if _HAS_USAGE.search(event):
             try:
                 chunk = json.loads(_data_of(event))
@@ -50,6 +57,7 @@ class ChatStreamRelay:
             usage = chunk.get("usage") if isinstance(chunk, dict) else None
             if isinstance(usage, dict):
                 self.usage = usage
+                self.head = {k: chunk[k] for k in ("id", "model") if k in chunk}
                 if self.strip_usage:
                     if not chunk.get("choices"):
                         return None

@@ -346,6 +346,8 @@ def test_crd_explains_fields_and_cel_rejects_invalid_pools(
             lambda s: s.update(forecasting={"mediumTokensPerHour": 10, "highTokensPerHour": 5}),
             "highTokensPerHour must be above mediumTokensPerHour",
         ),
+        (lambda s: s.update(tracing={"sampleRatio": 0.5}), "sampleRatio applies to exported traces"),
+        (lambda s: s.update(tracing={"otlpEndpoint": "otel:4318"}), "spec.tracing.otlpEndpoint"),
     ]
     for mutate, message in cases:
         assert message in rejected(mutate)

@@ -237,6 +237,20 @@ def test_pacing_and_adaptive_limits_reach_the_sidecar() -> None:
     assert config.accounts[0].burst_s == 60.0 and config.accounts[0].adaptive is False
 
 
+def test_tracing_reaches_the_sidecar_and_is_off_by_default() -> None:
+    pool = load_example(BASIC)
+    config = render(pool, fake_secrets(pool["spec"])).config
+    assert config is not None and config.tracing.otlp_endpoint is None
+    pool["spec"]["tracing"] = {"otlpEndpoint": "http://otel-collector.monitoring:4318", "sampleRatio": 0.25}
+    config = SidecarConfig.from_dict(yaml.safe_load(render(pool, fake_secrets(pool["spec"])).config_yaml))
+    assert config.tracing.otlp_endpoint == "http://otel-collector.monitoring:4318"
+    assert config.tracing.sample_ratio == 0.25
+    pool["spec"]["tracing"] = {"sampleRatio": 0.25}  # (the CRD's rule refuses it too)
+    refused = render(pool, fake_secrets(pool["spec"]))
+    assert refused.error is not None and refused.error.reason == "InvalidConfig"
+    assert "tracing.sample_ratio applies to exported traces" in refused.error.message
+
+
 def test_referenced_secrets() -> None:
     pool = load_example(MULTI)
     assert referenced_secrets(pool["spec"]) == {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,10 @@ import openai
 import pytest
 import yaml
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
+from o1operator.cacheservice import COMPONENT
 from o1operator.metrics import OperatorMetrics
+from tests.alerts.promql import TARGET_LABELS, exposed, names_and_labels
 from tests.conftest import RedisServer, missing
 from tests.kube.testground import ControlPlaneNotBuilt, find_binaries
 from tests.sidecar.conftest import SidecarFactory
@@ -29,9 +29,6 @@ ALERTS = CHART / "files" / "alerts.yaml"
 PROMTOOL_TESTS = Path(__file__).parent / "alerts.test.yaml"
 MONITORS = ("PodMonitor", "ServiceMonitor", "PrometheusRule")
 MONITORING_KINDS = tuple(f"monitoring.coreos.com/v1/{kind}" for kind in MONITORS)
-# Labels the chart's PodMonitor gives every series (Prometheus Operator adds namespace and pod; the
-# relabeling adds pool), and the histogram buckets' own.
-TARGET_LABELS = {"namespace", "pod", "pool", "le"}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +80,7 @@ def test_every_alert_fires_and_stays_quiet_as_its_promtool_tests_say(promtool: P
         cases = [(t, c) for t in tests for c in t["alert_rule_test"] if c["alertname"] == name]
         firing = [c for _, c in cases if c["exp_alerts"]]
         assert firing, f"{name} is never tested firing"
-        fired_pools = {a["exp_labels"]["pool"] for c in firing for a in c["exp_alerts"]}
+        fired_pools = {a["exp_labels"].get("pool") for c in firing for a in c["exp_alerts"]}
         input_pools = {
             pool
             for t, _ in cases
@@ -107,8 +104,8 @@ def test_the_chart_renders_the_monitors_only_when_asked_and_its_rules_pass_promt
         refused = helm_template(helm, "--set", value)  # asked for, but the cluster has no Prometheus Operator
         assert refused.returncode != 0 and f"needs the {kind} CRD" in refused.stderr, refused.stderr
     labels = ("--set", "monitoring.podMonitor.labels.release=kps", "--set", "watchNamespaces={team-a,team-b}")
-    docs = {d["kind"]: d for d in rendered(helm, *kinds, *on, *labels)}
-    monitor = docs["PodMonitor"]
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in rendered(helm, *kinds, *on, *labels)}
+    monitor = docs["PodMonitor", "o1pool-sidecars"]
     assert monitor["metadata"]["labels"]["release"] == "kps"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
     assert monitor["spec"]["selector"] == {
@@ -120,12 +117,20 @@ def test_the_chart_renders_the_monitors_only_when_asked_and_its_rules_pass_promt
         "sourceLabels": ["__meta_kubernetes_pod_label_o1pool_io_pool"],
         "targetLabel": "pool",
     } in endpoint["relabelings"]
-    operator = docs["ServiceMonitor"]  # the operator's metrics Service, its pools' labels kept
+    cache = docs["PodMonitor", "o1pool-cache-services"]  # what the operator labels a pool's cache service
+    assert cache["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/component": COMPONENT}
+    assert cache["spec"]["selector"]["matchExpressions"] == monitor["spec"]["selector"]["matchExpressions"]
+    [endpoint] = cache["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["relabelings"] == monitor_relabelings(monitor)
+    operator = docs["ServiceMonitor", "o1pool-operator"]  # the operator's metrics Service, pools' labels kept
     assert operator["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert [(e["port"], e["honorLabels"]) for e in operator["spec"]["endpoints"]] == [("metrics", True)]
+    [endpoint] = operator["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["honorLabels"]) == ("metrics", True)
+    # (O1PoolOperatorDown reads up{job="o1pool-operator"}, whatever the release is called)
+    assert endpoint["relabelings"] == [{"targetLabel": "job", "replacement": "o1pool-operator"}]
     [port] = service["spec"]["ports"]
     assert port["targetPort"] == "metrics"
-    rule = docs["PrometheusRule"]
+    [rule] = [d for (kind, _), d in docs.items() if kind == "PrometheusRule"]
     assert rule["spec"] == yaml.safe_load(ALERTS.read_text())  # the file, whole
     rules_file = tmp_path / "rendered.yaml"
     rules_file.write_text(yaml.safe_dump(rule["spec"]))
@@ -137,34 +142,9 @@ def test_the_chart_renders_the_monitors_only_when_asked_and_its_rules_pass_promt
     )
 
 
-def names_and_labels(expr: str) -> tuple[set[str], set[str]]:
-    """The metric names an expression reads and the label names it matches on or groups by."""
-    metrics = set(re.findall(r"\bo1_[a-z0-9_]+", expr))
-    labels = set(re.findall(r"([a-z_]+)\s*=~?\s*\"", expr))
-    for group in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
-        labels |= {label.strip() for label in group.split(",") if label.strip()}
-    return metrics, labels
-
-
-def exposed(text: str) -> tuple[set[str], dict[str, set[str]]]:
-    """The sample names a scrape exposes (those of families with no samples yet too), and the label
-    names each sample name was seen with."""
-    families = list(text_string_to_metric_families(text))
-    samples: dict[str, set[str]] = {}
-    for family in families:
-        for sample in family.samples:
-            samples.setdefault(sample.name, set()).update(sample.labels)
-    names = set(samples) | {name for family in families for name in _sample_names(family.name, family.type)}
-    return names, samples
-
-
-def _sample_names(name: str, kind: str) -> Sequence[str]:
-    """The sample names a family exposes, samples or not (a labelled counter with no children yet)."""
-    if kind == "counter":
-        return (name + "_total",)
-    if kind == "histogram":
-        return tuple(name + suffix for suffix in ("_bucket", "_count", "_sum"))
-    return (name,)
+def monitor_relabelings(monitor: dict[str, Any]) -> list[dict[str, Any]]:
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    return list(endpoint["relabelings"])
 
 
 async def test_every_metric_and_label_the_alerts_read_is_in_a_real_scrape(

@@ -133,3 +133,23 @@ async def make_sidecar(emulator: EmulatorHandle, key_env: None) -> AsyncIterator
 @pytest.fixture
 async def sidecar(make_sidecar: SidecarFactory) -> SidecarHandle:
     return await make_sidecar()
+
+
+async def one_call_at_a_time(make_emulator: EmulatorFactory) -> EmulatorHandle:
+    """An upstream whose one account takes one o1 call at a time (400 ms each) and answers any other
+    with 429, retry-after 0.2 s: whatever the sidecar's config believes."""
+    return await make_emulator(
+        latency_scale=1.0,
+        concurrency_retry_after_s=0.2,
+        models={"o1": {"latency": {"ttft_ms": 400}}},
+        accounts=[
+            {
+                "name": "acct-a",
+                "keys": [
+                    {"name": "a1", "key": "sk-emu-acct-a-key-1"},
+                    {"name": "a2", "key": "sk-emu-acct-a-key-2"},
+                ],
+                "models": {"o1": {"rpm": 10_000, "tpm": 50_000_000, "concurrency": 1}},
+            },
+        ],
+    )

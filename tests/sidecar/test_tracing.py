@@ -31,7 +31,13 @@ from o1sidecar.config import ConfigError, SidecarConfig
 from o1sidecar.otlp import FLUSH_S, traces_url
 from tests.conftest import RedisServer
 from tests.polling import until
-from tests.sidecar.conftest import KEYS, EmulatorFactory, SidecarFactory, sidecar_config_dict
+from tests.sidecar.conftest import (
+    KEYS,
+    EmulatorFactory,
+    SidecarFactory,
+    one_call_at_a_time,
+    sidecar_config_dict,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RECEIVER = Path(__file__).with_name("otlp_receiver.py")
@@ -278,21 +284,7 @@ async def test_a_fallback_shows_both_models_and_every_attempt(
 async def test_an_upstream_429_and_its_retry_are_two_attempts(
     make_sidecar: SidecarFactory, make_emulator: EmulatorFactory, receiver: Receiver
 ) -> None:
-    upstream = await make_emulator(
-        latency_scale=1.0,
-        concurrency_retry_after_s=0.2,
-        models={"o1": {"latency": {"ttft_ms": 400}}},
-        accounts=[
-            {
-                "name": "acct-a",
-                "keys": [
-                    {"name": "a1", "key": "sk-emu-acct-a-key-1"},
-                    {"name": "a2", "key": "sk-emu-acct-a-key-2"},
-                ],
-                "models": {"o1": {"rpm": 10_000, "tpm": 50_000_000, "concurrency": 1}},
-            },
-        ],
-    )
+    upstream = await one_call_at_a_time(make_emulator)
     handle = await make_sidecar(upstream=upstream, tracing={"otlp_endpoint": receiver.url})  # believes 10
     contexts = [traceparent() for _ in range(2)]
     await asyncio.gather(

@@ -12,7 +12,7 @@ import pytest
 
 from o1emulator.embedded import EmulatorHandle
 from tests.polling import until
-from tests.sidecar.conftest import EmulatorFactory, SidecarFactory
+from tests.sidecar.conftest import EmulatorFactory, SidecarFactory, one_call_at_a_time
 
 USER = [{"role": "user", "content": "What is a leaky bucket?"}]
 CHAIN = {"fallback": {"chains": {"o1": ["o1-mini"]}}}
@@ -226,21 +226,7 @@ async def test_context_length_that_truncation_cannot_fix_is_passed_through(
 async def test_upstream_429_is_waited_out_through_the_limiter(
     make_sidecar: SidecarFactory, make_emulator: EmulatorFactory
 ) -> None:
-    upstream = await make_emulator(
-        latency_scale=1.0,
-        concurrency_retry_after_s=0.2,
-        models={"o1": {"latency": {"ttft_ms": 400}}},
-        accounts=[
-            {
-                "name": "acct-a",
-                "keys": [
-                    {"name": "a1", "key": "sk-emu-acct-a-key-1"},
-                    {"name": "a2", "key": "sk-emu-acct-a-key-2"},
-                ],
-                "models": {"o1": {"rpm": 10_000, "tpm": 50_000_000, "concurrency": 1}},
-            },
-        ],
-    )
+    upstream = await one_call_at_a_time(make_emulator)
     handle = await make_sidecar(upstream=upstream)  # the sidecar believes concurrency is 10
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
     import asyncio

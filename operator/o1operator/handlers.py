@@ -80,6 +80,7 @@ def pool_changed(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: 
 @kopf.on.event(GROUP, VERSION, PLURAL)  # (a watch event: needs no finalizer, unlike on.delete)
 def pool_event(type: str | None, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
+        memo.probes.pop((namespace, name), None)  # (its Redis is no longer read)
         memo.metrics.forget(namespace, name)
 
 

@@ -13,8 +13,9 @@ conditions, an event).
 
 ``status.usage`` (the ``-o wide`` columns ``RPM Use`` and ``429s 5m``): from the demand HASHes the
 sidecars write (o1sidecar/demand.py), the upstream calls and upstream 429s of the requests that arrived
-in the last ``USAGE_MINUTES`` complete minutes; the RPM use is the highest, over the pool's models, of
-those calls per minute against the configured RPM of the model's accounts.
+in the last ``USAGE_MINUTES`` complete minutes, by the model called; the RPM use is the highest, over
+the pool's models, of those calls per minute against the configured RPM of the model's accounts
+(reserve accounts included).
 
 The operator reads all of these on a fixed period, in one round trip, for every pool it has rendered
 with a Redis; pools without Redis report none.
@@ -108,7 +109,7 @@ def usage_fields(now_s: float) -> list[tuple[int, str, str]]:
     out = []
     for minute in range(this_minute - USAGE_MINUTES, this_minute):
         day, of_day = divmod(minute, 1440)
-        out.append((day, f"{of_day}:a", f"{of_day}:z"))
+        out.append((day, f"{of_day}:u", f"{of_day}:z"))
     return out
 
 
@@ -263,6 +264,8 @@ async def observe_forever(
                 await _report(observed, ref, view, on_change)
                 continue
             await _report(observed, ref, RedisView(seen.refused, seen.outages), on_change)
+            if ref not in probes:  # deleted while it was read (handlers.pool_event): nothing to report
+                continue
             on_count(*ref, seen.live)
             patch = {"liveSidecars": seen.live, "usage": seen.usage.status() if seen.usage else None}
             if reported.get(ref) == patch:
@@ -274,7 +277,7 @@ async def observe_forever(
                     probes.pop(ref, None)
                     reported.pop(ref, None)
                 else:
-                    log.warning("O1Pool %s/%s: cannot patch liveSidecars: HTTP %s", *ref, exc.status)
+                    log.warning("O1Pool %s/%s: cannot patch its status: HTTP %s", *ref, exc.status)
                 continue
             reported[ref] = patch
         await asyncio.sleep(interval_s)

@@ -42,9 +42,9 @@ class Answers:
         """The stored answer to the exchange's request and the layer that had it (``l1``, ``l2``,
         ``l3``, or ``semantic`` when it asked a question that one answers)."""
         assert ex.cache_key is not None
-        with ex.trace.lookup() as step:
+        with ex.trace.lookup() as span:
             hit = await self.cache.get(ex.cache_key, ex.question)
-            step.found(hit)
+            span.found(hit)
         self.metrics.cache_lookups.labels(hit.layer if hit else "miss").inc()
         if hit is not None:
             ex.cache, ex.similarity = hit.layer, hit.similarity
@@ -121,7 +121,7 @@ class Answers:
         if ex.models and ex.tokens:
             self.metrics.offered(ex.requested, ex.tokens)
         if self.demand is not None and ex.models:  # (a model the pool serves: not any client's string)
-            admitted = bool(ex.account)
+            admitted, arrived = bool(ex.account), time.time() - elapsed
             self.demand.record(
                 ex.requested,
                 ex.controls.priority,
@@ -130,10 +130,10 @@ class Answers:
                 refused=not admitted and status in (429, 503),
                 cached=ex.cache != "miss",
                 tokens=ex.tokens,
-                calls=ex.calls,
-                rate_limited=ex.rate_limited,
-                arrived=time.time() - elapsed,
+                arrived=arrived,
             )
+            for model, calls in ex.calls.items():  # (each a model the pool serves)
+                self.demand.called(model, calls.made, calls.rate_limited, arrived)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%d %s via %s in %.1f ms (queued %.1f ms, cache %s, degraded %s)",

@@ -18,7 +18,7 @@ from aiohttp import web
 from o1sidecar.cache import ResponseCache
 from o1sidecar.config import SidecarConfig
 from o1sidecar.errors import error_body
-from o1sidecar.exchange import Exchange
+from o1sidecar.exchange import Calls, Exchange
 from o1sidecar.inbound import CHAT, RESPONSES
 from o1sidecar.limits.api import Grant, Limiter, UpstreamReport
 from o1sidecar.metrics import SidecarMetrics
@@ -98,7 +98,8 @@ class UpstreamCaller:
         route = self.routes[grant.account]
         key = route.next_key()
         ex.account, ex.key = grant.account, key.label
-        ex.calls += 1
+        calls = ex.calls.setdefault(model, Calls())
+        calls.made += 1
         self.metrics.admitted(key.label, model, ex.controls.priority, grant.waited_s)
         payload = ex.raw if body is ex.body else json.dumps(body).encode()
         report: UpstreamReport = failure_report()
@@ -113,7 +114,7 @@ class UpstreamCaller:
             raise
         finally:
             await self.limiter.release(grant, report)
-        ex.rate_limited += result.outcome is Outcome.RATE_LIMITED
+        calls.rate_limited += result.outcome is Outcome.RATE_LIMITED
         await self._note(result, route, key, model, report)
         return result
 

@@ -9,8 +9,9 @@ request), into one HASH per model and UTC day (``PoolKeys.demand``) kept for ``R
 
 - ``<minute of day>:r`` / ``:t`` — requests and tokens offered in that minute (the forecast's input
   and the spread of minutes within an hour);
-- ``<minute of day>:a`` / ``:z`` — upstream calls those requests made (every attempt and model) and
-  how many of them the upstream answered 429 (the pool's status: RPM use and recent 429s);
+- ``<minute of day>:u`` / ``:z`` — upstream calls made to this model (every attempt) by the requests
+  that arrived in that minute, whichever model they asked for, and how many of them the upstream
+  answered 429 (the pool's status: RPM use and recent 429s);
 - ``h<hour>:<priority>:<kind>`` — per hour and priority: ``r`` offered, ``a`` admitted, ``q`` queued,
   ``x`` refused, ``c`` cached, ``t`` tokens offered, ``at`` tokens admitted;
 - ``h<hour>:live`` — set by each sidecar's first flush of the hour, requests or not: some sidecar was
@@ -37,6 +38,7 @@ log = logging.getLogger("o1sidecar.demand")
 
 RETENTION_DAYS = 36  # five weeks of history and the day under way
 MAX_PENDING_MINUTES = 1440  # a day
+MINUTE_FIELDS = ("r", "t", "u", "z")  # a minute's fields: <minute of day>:<name>
 DAY_S = 86_400
 
 
@@ -48,17 +50,13 @@ def fields_of(
     refused: bool,
     cached: bool,
     tokens: int,
-    calls: int = 0,
-    rate_limited: int = 0,
 ) -> dict[str, int]:
     """The increments of one request that arrived at ``minute`` (minutes since the epoch)."""
     of_day, hour = minute % 1440, (minute % 1440) // 60
     h = f"h{hour}:{priority}:"
     out = {f"{of_day}:r": 1, f"{h}r": 1}
-    for name, value in (("t", tokens), ("a", calls), ("z", rate_limited)):
-        if value:
-            out[f"{of_day}:{name}"] = value
     if tokens:
+        out[f"{of_day}:t"] = tokens
         out[f"{h}t"] = tokens
     for kind, happened in (("a", admitted), ("q", queued), ("x", refused), ("c", cached)):
         if happened:
@@ -87,13 +85,20 @@ class DemandCounts:
         refused: bool,
         cached: bool,
         tokens: int,
-        calls: int = 0,
-        rate_limited: int = 0,
         arrived: float | None = None,
     ) -> None:
         minute = int((self._clock() if arrived is None else arrived) // 60)
+        fields = fields_of(minute, priority, admitted, queued, refused, cached, tokens)
+        self._add(model, minute, fields)
+
+    def called(self, model: str, calls: int, rate_limited: int, arrived: float | None = None) -> None:
+        """Upstream calls made to ``model`` (and 429s among them) by a request that arrived then."""
+        minute = int((self._clock() if arrived is None else arrived) // 60)
+        fields = {f"{minute % 1440}:{name}": n for name, n in (("u", calls), ("z", rate_limited)) if n}
+        self._add(model, minute, fields)
+
+    def _add(self, model: str, minute: int, fields: dict[str, int]) -> None:
         counts = self._counts[(model, minute // 1440)]
-        fields = fields_of(minute, priority, admitted, queued, refused, cached, tokens, calls, rate_limited)
         for name, value in fields.items():
             counts[name] += value
         self._minutes.add(minute)
@@ -125,7 +130,8 @@ class DemandCounts:
         for (_, d), fields in self._counts.items():
             if d == day:
                 self.dropped += fields.pop(f"{of_day}:r", 0)
-                fields.pop(f"{of_day}:t", None)
+                for name in MINUTE_FIELDS[1:]:
+                    fields.pop(f"{of_day}:{name}", None)
 
 
 class DemandRecorder(PoolMirror):

@@ -19,6 +19,14 @@ from o1sidecar.tracing import NO_TRACE, RequestTrace
 
 
 @dataclass
+class Calls:
+    """Upstream calls one request made to one model (every attempt), and how many were answered 429."""
+
+    made: int = 0
+    rate_limited: int = 0
+
+
+@dataclass
 class Exchange:
     # What was asked, and on what terms.
     request: web.Request
@@ -39,8 +47,7 @@ class Exchange:
     key: str = NO_KEY
     waited_s: float = 0.0
     tokens: int = 0  # what admission charged for the last model tried (0: not counted)
-    calls: int = 0  # upstream calls made (admissions), every model and attempt
-    rate_limited: int = 0  # of which the upstream answered 429
+    calls: dict[str, Calls] = field(default_factory=dict)  # upstream calls made, by the model called
     degraded: bool = False
     cache: str = "miss"
     question: SemanticQuery | None = None  # what the semantic layer matches on, if this request uses it

@@ -790,6 +790,7 @@ def test_live_sidecars_are_counted_from_redis_heartbeats(
     rpm = dict(probe.rpm)["o1"]
     asyncio.run(record_calls(redis_server.url, PoolKeys("t", ns, "basic"), ((1, 30, 2), (2, 20, 1))))
     expected = f"{50 / USAGE_MINUTES / rpm:.0%}"
+    # (recorded 1 and 2 minutes back: both stay in the 5-minute window for 3 minutes)
 
     def wide() -> bool:
         return get_pool(api, ns, "basic").get("status", {}).get("usage", {}).get("upstream429s") == 3
@@ -810,10 +811,7 @@ async def record_calls(url: str, keys: PoolKeys, minutes: tuple[tuple[int, int, 
     counts = DemandCounts()
     for ago, calls, rate_limited in minutes:
         arrived = (seconds // 60 - ago) * 60 + 1
-        counts.record(
-            "o1", 5, admitted=True, queued=False, refused=False, cached=False, tokens=100,
-            calls=calls, rate_limited=rate_limited, arrived=arrived,
-        )  # fmt: skip
+        counts.called("o1", calls, rate_limited, arrived)
     await DemandRecorder(client, keys, 60, counts, ["o1"]).flush()
     await client.aclose()
 

@@ -118,7 +118,7 @@ async def test_observe_reads_the_calls_and_429s_the_sidecars_recorded_in_the_las
     [(model, rpm)] = [(m, r) for m, r in probe.rpm if m == "o1"]
     client = aioredis.from_url(redis_server.url, decode_responses=True)
     seconds, _ = await client.time()
-    if seconds % 60 > 55:  # the window must not move between writing and reading
+    if seconds % 60 > 45:  # the window must not move between writing and reading
         await asyncio.sleep(60 - seconds % 60)
         seconds, _ = await client.time()
     minute = seconds // 60
@@ -129,10 +129,7 @@ async def test_observe_reads_the_calls_and_429s_the_sidecars_recorded_in_the_las
         (minute - USAGE_MINUTES, 6, 2),
         (minute - USAGE_MINUTES - 1, 70, 9),  # before the window
     ):
-        counts.record(
-            model, 5, admitted=True, queued=False, refused=False, cached=False, tokens=10,
-            calls=calls, rate_limited=rate_limited, arrived=arrived_minute * 60 + 1,
-        )  # fmt: skip
+        counts.called(model, calls, rate_limited, arrived=arrived_minute * 60 + 1)
     recorder = DemandRecorder(client, PoolKeys("u", "default", "basic"), 60, counts, [model])
     await recorder.flush()
     usage = (await observe(probe)).usage

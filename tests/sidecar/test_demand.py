@@ -39,10 +39,6 @@ def test_one_request_counts_per_minute_and_per_hour_and_priority() -> None:
     }
     refused = fields_of(minute, 2, admitted=False, queued=True, refused=True, cached=False, tokens=50)
     assert refused["h12:2:x"] == 1 and "h12:2:a" not in refused and "h12:2:at" not in refused
-    # a request that made three upstream calls (say, two 429s, then an answer from a fallback)
-    calls = fields_of(minute, 5, True, True, False, False, 80, calls=3, rate_limited=2)
-    assert (calls["725:a"], calls["725:z"], calls["h12:5:a"]) == (3, 2, 1)
-    assert "725:a" not in refused and "725:z" not in refused  # no call, no count
 
 
 def test_counts_add_up_per_model_and_day_until_taken() -> None:
@@ -60,6 +56,18 @@ def test_counts_add_up_per_model_and_day_until_taken() -> None:
     assert counts.take() == {}
 
 
+def test_upstream_calls_count_under_the_model_called() -> None:
+    """A request for o1 that was refused twice (429) and answered by its fallback o1-mini."""
+    counts = DemandCounts(Clock(NOON + 5 * 60))
+    counts.record("o1", 5, admitted=True, queued=True, refused=False, cached=False, tokens=80)
+    counts.called("o1", 2, 2)
+    counts.called("o1-mini", 1, 0)
+    taken = counts.take()
+    o1, mini = taken[("o1", 20_000)], taken[("o1-mini", 20_000)]
+    assert (o1["725:r"], o1["725:u"], o1["725:z"]) == (1, 2, 2)
+    assert mini == {"725:u": 1}  # its calls; no demand (nobody asked for it)
+
+
 def test_counts_given_back_join_the_next_flush_and_the_oldest_minutes_go_first() -> None:
     clock = Clock(NOON)
     counts = DemandCounts(clock)
@@ -71,10 +79,13 @@ def test_counts_given_back_join_the_next_flush_and_the_oldest_minutes_go_first()
     for m in range(MAX_PENDING_MINUTES + 3):  # Redis away for longer than the counts are kept
         clock.t = NOON + 60 * m
         counts.record("o1", 5, admitted=True, queued=False, refused=False, cached=False, tokens=10)
+        counts.called("o1", 2, 1)
     assert counts.dropped == 3
     kept = counts.take()
     minutes = [k for fields in kept.values() for k in fields if k.endswith(":r") and not k.startswith("h")]
-    assert len(minutes) == MAX_PENDING_MINUTES and "720:r" not in kept[("o1", 20_000)]
+    assert len(minutes) == MAX_PENDING_MINUTES
+    assert not {"720:r", "720:t", "720:u", "720:z"} & set(kept[("o1", 20_000)])  # the whole minute went
+    assert kept[("o1", 20_000)]["723:u"] == 2
 
 
 async def test_a_flush_writes_one_hash_per_model_and_day_with_retention(redis_server: RedisServer) -> None:
@@ -162,7 +173,7 @@ async def test_a_sidecar_records_what_its_clients_asked(
         assert (fields["8:r"], fields["8:a"], fields["8:c"]) == (2, 1, 1)
         assert (fields["2:r"], fields["2:a"]) == (1, 1)
         assert fields["-:t"] > 0 and fields["8:at"] > 0
-        assert fields["-:a"] == 2 and "-:z" not in fields  # two upstream calls, no 429
+        assert fields["-:u"] == 2 and "-:z" not in fields  # two upstream calls, no 429
         keys = await reader.keys(f"{KEYS.tag}:demand:*")
         assert not [k for k in keys if ":demand:nope:" in k]  # a model the pool does not serve: nothing
         assert any(":demand:o1-mini:" in k for k in keys)  # served, not asked: an hour of no demand

@@ -132,6 +132,10 @@ def test_the_chart_renders_the_monitors_only_when_asked_and_its_rules_pass_promt
     assert port["targetPort"] == "metrics"
     [rule] = [d for (kind, _), d in docs.items() if kind == "PrometheusRule"]
     assert rule["spec"] == yaml.safe_load(ALERTS.read_text())  # the file, whole
+    alone = rendered(helm, *kinds, "--set", "monitoring.prometheusRule.enabled=true")  # no ServiceMonitor
+    [without] = [d for d in alone if d["kind"] == "PrometheusRule"]
+    names = [r["alert"] for group in without["spec"]["groups"] for r in group["rules"]]
+    assert names == [r["alert"] for r in alert_rules() if r["alert"] != "O1PoolOperatorDown"]
     rules_file = tmp_path / "rendered.yaml"
     rules_file.write_text(yaml.safe_dump(rule["spec"]))
     result = subprocess.run(

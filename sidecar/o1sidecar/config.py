@@ -329,9 +329,10 @@ class TracingConfig(_Strict):
 
     otlp_endpoint: str | None = Field(
         default=None,
-        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        pattern=r"^https?://[^\s/@]+(/\S*)?$",
         description="The collector's OTLP/HTTP traces URL, e.g. http://otel-collector.monitoring:4318 "
-        "(/v1/traces is added to a URL without a path). Unset: no spans, no exporter.",
+        "(/v1/traces is added to a URL without a path; no user:password@, which would sit in the "
+        "pool's ConfigMap). Unset: no spans, no exporter.",
     )
     sample_ratio: float = Field(
         default=1.0,

@@ -113,9 +113,9 @@ class Proxy:
             if hit is not None:
                 return await self.answers.from_cache(ex, hit.body)
             if not ex.controls.cache.only and ex.stores_answer:  # an identical request in flight?
-                with ex.trace.coalescing() as step:
+                with ex.trace.coalescing() as span:
                     joined = await self.coalescer.join(ex.cache_key, ex.deadline)
-                    step.joined(joined)
+                    span.joined(joined)
                 if isinstance(joined, bytes):
                     ex.cache = "coalesced"
                     return await self.answers.from_cache(ex, joined)
@@ -130,9 +130,9 @@ class Proxy:
     async def _answer(self, ex: Exchange) -> web.StreamResponse:
         """Admission, the call, and what follows, until there is an answer."""
         while True:
-            with ex.trace.admission() as step:
+            with ex.trace.admission() as span:
                 admission = await self.admitter.admit(ex)
-                step.admitted(admission)
+                span.admitted(admission)
             if isinstance(admission, Unavailable):
                 return await self.answers.unavailable(ex, admission.retry_after_s)
             if isinstance(admission, ProxyError):
@@ -176,11 +176,11 @@ class Proxy:
             ex.plan = PlanState(admission.index, truncated=ex.plan.truncated)
         ex.waited_s += admission.grant.waited_s
         try:
-            with ex.trace.attempt(admission) as step:
+            with ex.trace.attempt(admission) as span:
                 call = await self.caller.call(
                     ex, admission.model, admission.body, admission.strip_usage, admission.grant
                 )
-                step.ended(call)
+                span.ended(call)
         except BaseException:
             if admission.probe:
                 self.outages.probe_lost(admission.model)

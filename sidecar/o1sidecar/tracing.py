@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from o1sidecar.coalescing import Lead
     from o1sidecar.exchange import Exchange
     from o1sidecar.otlp import Exporting
+
+log = logging.getLogger("o1sidecar.tracing")
 
 Attributes = dict[str, AttributeValue]
 
@@ -97,10 +100,10 @@ _IDENTIFIER = re.compile(r"[\w.:/-]{1,128}", re.ASCII)
 _INT64 = range(-(2**63), 2**63)
 
 
-class Step:
+class StepSpan:
     """A child span of a request's trace while its ``with`` block runs; this one records nothing."""
 
-    def __enter__(self) -> Step:
+    def __enter__(self) -> StepSpan:
         return self
 
     def __exit__(
@@ -121,7 +124,7 @@ class Step:
         """(upstream attempt) The key used, the HTTP status and what it meant."""
 
 
-NO_STEP = Step()
+NO_STEP_SPAN = StepSpan()
 
 
 class RequestTrace:
@@ -129,17 +132,17 @@ class RequestTrace:
 
     recording = False
 
-    def lookup(self) -> Step:
-        return NO_STEP
+    def lookup(self) -> StepSpan:
+        return NO_STEP_SPAN
 
-    def coalescing(self) -> Step:
-        return NO_STEP
+    def coalescing(self) -> StepSpan:
+        return NO_STEP_SPAN
 
-    def admission(self) -> Step:
-        return NO_STEP
+    def admission(self) -> StepSpan:
+        return NO_STEP_SPAN
 
-    def attempt(self, admission: Admission) -> Step:
-        return NO_STEP
+    def attempt(self, admission: Admission) -> StepSpan:
+        return NO_STEP_SPAN
 
     def streamed(self, relay: ChatStreamRelay | ResponsesStreamRelay) -> None:
         """A streamed answer was relayed whole: what its events said."""
@@ -237,18 +240,18 @@ class _Recording(RequestTrace):
         self.model = ex.requested  # what the last admission granted: another is a fallback
         self.answer: Attributes = {}  # a streamed answer's, from its events
 
-    def lookup(self) -> Step:
+    def lookup(self) -> StepSpan:
         return _SpanStep(self, "cache lookup", SpanKind.INTERNAL, {})
 
-    def coalescing(self) -> Step:
+    def coalescing(self) -> StepSpan:
         return _SpanStep(self, "coalesce", SpanKind.INTERNAL, {})
 
-    def admission(self) -> Step:
+    def admission(self) -> StepSpan:
         ex = self.ex
         waiting: Attributes = {PRIORITY: ex.controls.priority, REQUEST_MODEL: ex.models[ex.plan.model_index]}
         return _SpanStep(self, "admission", SpanKind.INTERNAL, waiting)
 
-    def attempt(self, admission: Admission) -> Step:
+    def attempt(self, admission: Admission) -> StepSpan:
         self.attempts += 1
         account = admission.grant.account
         attributes: Attributes = {
@@ -276,6 +279,12 @@ class _Recording(RequestTrace):
         self.answer = _answer_attributes(data, usage=True)
 
     def answered(self, response: web.StreamResponse) -> None:
+        try:
+            self._answered(response)
+        except Exception:  # a trace is never worth a client's answer
+            log.debug("could not describe the answer in its span", exc_info=True)
+
+    def _answered(self, response: web.StreamResponse) -> None:
         ex, span = self.ex, self.root
         span.set_attribute(HTTP_STATUS, response.status)
         body = response.body if isinstance(response, web.Response) else None
@@ -309,7 +318,7 @@ class _Recording(RequestTrace):
         self.root.set_attributes(attributes)
 
 
-class _SpanStep(Step):
+class _SpanStep(StepSpan):
     """A child span, current while its ``with`` block runs."""
 
     def __init__(self, trace: _Recording, name: str, kind: SpanKind, attributes: Attributes) -> None:
@@ -317,7 +326,7 @@ class _SpanStep(Step):
         self.span = trace.tracer.start_span(name, kind=kind, attributes=attributes)
         self._token: Token[otel_context.Context] | None = None
 
-    def __enter__(self) -> Step:
+    def __enter__(self) -> StepSpan:
         self._token = otel_context.attach(otel_trace.set_span_in_context(self.span))
         return self
 

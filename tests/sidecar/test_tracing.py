@@ -256,10 +256,12 @@ async def test_a_fallback_shows_both_models_and_every_attempt(
     handle = await make_sidecar(tracing={"otlp_endpoint": receiver.url}, **CHAIN)
     emulator.set_faults([{"kind": "error_5xx", "status": 503, "model": "o1"}])
     headers, trace_id, _ = traceparent()
+    question = prompt()
     completion = await client(handle.url).chat.completions.create(
-        model="o1", messages=[{"role": "user", "content": prompt()}], extra_headers=headers
+        model="o1", messages=[{"role": "user", "content": question}], extra_headers=headers
     )
     trace = await receiver.trace(trace_id)
+    receiver.assert_no_content(question, completion.choices[0].message.content or "")
     attempts = trace.named("upstream")
     assert [a["name"] for a in attempts] == ["upstream o1"] * 3 + ["upstream o1-mini"]  # retry.max_attempts
     assert [a["attributes"]["o1pool.attempt"] for a in attempts] == [1, 2, 3, 4]
@@ -287,16 +289,18 @@ async def test_an_upstream_429_and_its_retry_are_two_attempts(
     upstream = await one_call_at_a_time(make_emulator)
     handle = await make_sidecar(upstream=upstream, tracing={"otlp_endpoint": receiver.url})  # believes 10
     contexts = [traceparent() for _ in range(2)]
+    questions = [prompt() for _ in contexts]
     await asyncio.gather(
         *(
             client(handle.url).chat.completions.create(
-                model="o1", messages=[{"role": "user", "content": prompt()}], extra_headers=headers
+                model="o1", messages=[{"role": "user", "content": question}], extra_headers=headers
             )
-            for headers, _, _ in contexts
+            for (headers, _, _), question in zip(contexts, questions, strict=True)
         )
     )
     assert upstream.stats()["accounts"]["acct-a"]["models"]["o1"]["rejected"]["concurrency"] >= 1
     traces = [await receiver.trace(trace_id) for _, trace_id, _ in contexts]
+    receiver.assert_no_content(*questions)
     (refused,) = [t for t in traces if len(t.named("upstream")) > 1]
     first, *_, last = refused.named("upstream")
     assert first["attributes"]["http.response.status_code"] == 429

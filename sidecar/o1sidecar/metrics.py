@@ -28,6 +28,7 @@ NO_KEY = "-"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 CACHE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
+QUEUE_REJECTIONS = ("timeout", "full", "quota")  # o1_api_queue_rejections_total's reasons (admission.py)
 REPORTED_PRIORITIES = (2, 5, 8)  # low/normal/high always present, so dashboards see zeros
 
 
@@ -225,6 +226,14 @@ class SidecarMetrics:
         if child is None:
             child = self._offered_children[model] = self.tokens_offered.labels(model)
         child.inc(tokens)
+
+    def start_at_zero(self, keys: Sequence[str]) -> None:
+        """Series of rare events at 0 from the start (each key's renewals, each reason a queue refuses),
+        so that ``rate()`` and ``increase()`` count their first event too."""
+        for key in keys:
+            self.key_renewals.labels(key)
+        for reason in QUEUE_REJECTIONS:
+            self.queue_rejections.labels(reason)
 
     def watch_models(self, models: Sequence[str], availability: Callable[[str], float]) -> None:
         """``o1_api_model_availability``: per served model, 1 up, the ramp's share while coming back

@@ -95,6 +95,8 @@ def unresolved(board: dict[str, Any], sidecar: Exposure, operator: Exposure) -> 
             names, samples = operator if metric.startswith("o1_operator_") else sidecar
             if metric not in names:
                 problems.append(f"{where}: {metric} is not exported")
+            elif not any(name.startswith(metric) for name in samples):  # (a labelled family, no child yet)
+                problems.append(f"{where}: {metric} has no series in the scrape")
             seen |= samples.get(metric, set())
         for label in sorted(labels - seen):
             problems.append(f"{where}: no series of {sorted(metrics)} has the label {label}")

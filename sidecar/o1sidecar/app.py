@@ -71,7 +71,7 @@ def create_app(
     metrics = SidecarMetrics(limiter.state)
     outages = ModelOutages(config.fallback.outage_failures, config.fallback.outage_probe_s)
     metrics.watch_models(config.served_models(), outages.availability)
-    metrics.start_at_zero([f"{a.name}/{k.name}" for a in config.accounts for k in a.keys])
+    metrics.start_at_zero([key.label for route in routes.values() for key in route.keys])
     quarantine, outage_sync, demand, prediction = None, None, None, None
     if config.redis.url is not None:
         keys = PoolKeys(config.redis.key_prefix, config.pool.namespace, config.pool.name)

@@ -27,7 +27,8 @@ def hourly(days: Mapping[int, Day], first_hour: int, end_hour: int, measure: Mea
             values.append(None)
             continue
         first = of_day * 60
-        values.append(float(sum(_number(fields.get(f"{m}:{measure}")) for m in range(first, first + 60))))
+        minutes = range(first, first + 60)
+        values.append(float(sum(field_number(fields.get(f"{m}:{measure}")) for m in minutes)))
     return History(first_hour, tuple(values))
 
 
@@ -38,12 +39,13 @@ def per_minute(
     out = []
     for minute in range(first_minute, end_minute):
         day, of_day = divmod(minute, 1440)
-        out.append(_number(days.get(day, {}).get(f"{of_day}:{measure}")))
+        out.append(field_number(days.get(day, {}).get(f"{of_day}:{measure}")))
     return out
 
 
-def _number(value: str | None) -> float:
+def field_number(value: str | None) -> float:
+    """A demand HASH field's value as a number (0 when absent, or not one: a field something else wrote)."""
     try:
         return float(value) if value is not None else 0.0
     except ValueError:
-        return 0.0  # a field something else wrote: not demand
+        return 0.0

@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from o1common.keyprint import key_fingerprint
+from o1operator.demand import field_number
 from o1operator.kube import Kube
 from o1operator.prediction import ForecastSettings
 from o1operator.render import REDIS_PASSWORD_FILE, Rendering
@@ -195,8 +196,8 @@ async def observe(probe: SidecarProbe) -> Observation:
         rate_limited: dict[str, float] = {}
         for i, (model, _) in enumerate(probe.rpm):
             for a, z in recorded[i * len(minutes) : (i + 1) * len(minutes)]:
-                calls[model] = calls.get(model, 0.0) + _count(a)
-                rate_limited[model] = rate_limited.get(model, 0.0) + _count(z)
+                calls[model] = calls.get(model, 0.0) + field_number(a)
+                rate_limited[model] = rate_limited.get(model, 0.0) + field_number(z)
         outages = tuple(
             (model, st)
             for model, st in sorted(read_states(outage_entries, now).items())
@@ -211,13 +212,6 @@ async def observe(probe: SidecarProbe) -> Observation:
         return Observation(int(live), kept, outages, get_usage(probe.rpm, calls, rate_limited))
     finally:
         await client.aclose()
-
-
-def _count(value: str | None) -> float:
-    try:
-        return float(value) if value is not None else 0.0
-    except ValueError:
-        return 0.0  # a field something else wrote
 
 
 def redis_error(exc: BaseException) -> str:

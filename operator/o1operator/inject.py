@@ -7,6 +7,11 @@ passes its startup probe, before the app containers, and stops after them. The a
 the label ``o1pool.io/pool: <pool name>``, and the ``prometheus.io/*`` scrape annotations for the
 sidecar's metrics unless it has its own (for a Prometheus that discovers pods by annotation rather than
 by the chart's PodMonitor).
+
+The sidecar learns who it serves from its environment (its audit lines and per-tenant accounting):
+``O1POOL_NAMESPACE``, ``O1POOL_POD`` and ``O1POOL_SERVICE_ACCOUNT`` from the downward API (a pod made
+from ``generateName`` has no name yet at admission), and ``O1POOL_WORKLOAD``, ``<Kind>/<name>`` of the
+pod's controller, worked out here (:func:`workload_of`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ KEYS_VOLUME = "o1pool-keys"
 BASE_URL_ENV = "OPENAI_BASE_URL"
 DEFAULT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
 SCRAPE_ANNOTATION = "prometheus.io/scrape"
+NAMESPACE_ENV = "O1POOL_NAMESPACE"
+POD_ENV = "O1POOL_POD"
+SERVICE_ACCOUNT_ENV = "O1POOL_SERVICE_ACCOUNT"
+WORKLOAD_ENV = "O1POOL_WORKLOAD"
+TEMPLATE_HASH_LABEL = "pod-template-hash"  # what a Deployment's ReplicaSet adds to its name and pods
 
 JsonPatch = list[dict[str, Any]]
 
@@ -66,17 +76,51 @@ def _pointer(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
+def workload_of(pod: Mapping[str, Any]) -> str:
+    """``<Kind>/<name>`` of what runs ``pod``: its controller (the ownerReference with ``controller:
+    true``), a Deployment rather than the ReplicaSet it made (``<deployment>-<pod-template-hash>``); a
+    pod without a controller: ``ServiceAccount/<its service account>``."""
+    meta = pod.get("metadata") or {}
+    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("controller")), None)
+    if owner is None:
+        account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+        return f"ServiceAccount/{account}"
+    kind, name = str(owner.get("kind")), str(owner.get("name"))
+    template_hash = (meta.get("labels") or {}).get(TEMPLATE_HASH_LABEL)
+    suffix = f"-{template_hash}"
+    if kind == "ReplicaSet" and template_hash and name.endswith(suffix) and len(name) > len(suffix):
+        return f"Deployment/{name.removesuffix(suffix)}"
+    return f"{kind}/{name}"
+
+
+def get_identity_env(workload: str) -> list[dict[str, Any]]:
+    """The sidecar's environment naming the pod it serves: the downward API, and ``workload``."""
+
+    def field(name: str, path: str) -> dict[str, Any]:
+        return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    return [
+        field(NAMESPACE_ENV, "metadata.namespace"),
+        field(POD_ENV, "metadata.name"),
+        field(SERVICE_ACCOUNT_ENV, "spec.serviceAccountName"),
+        {"name": WORKLOAD_ENV, "value": workload},
+    ]
+
+
 def metrics_port(pool: Mapping[str, Any]) -> int:
     return int((pool["spec"].get("injection") or {}).get("metricsPort", 9090))
 
 
-def get_sidecar_container(pool: Mapping[str, Any], default_image: str) -> dict[str, Any]:
+def get_sidecar_container(pool: Mapping[str, Any], default_image: str, workload: str) -> dict[str, Any]:
+    """The sidecar container for a pod of ``workload`` (:func:`workload_of`). Its environment names the
+    pod and nothing else: keys reach it as files only."""
     injection = pool["spec"].get("injection") or {}
     port = metrics_port(pool)
     container: dict[str, Any] = {
         "name": SIDECAR_NAME,
         "image": injection.get("image") or default_image,
         "args": ["--config", str(CONFIG_MOUNT / CONFIG_FILE)],
+        "env": get_identity_env(workload),
         "restartPolicy": "Always",
         "ports": [{"name": "o1pool-metrics", "containerPort": port, "protocol": "TCP"}],
         "startupProbe": {
@@ -138,7 +182,7 @@ def get_injection_patch(
     patch: JsonPatch = []
     patch += _append("/spec/volumes", spec.get("volumes"), get_volumes(pool_name))
     # Native sidecars must come before the init containers that may call the API.
-    sidecar = get_sidecar_container(pool, default_image)
+    sidecar = get_sidecar_container(pool, default_image, workload_of(pod))
     if init is None:
         patch.append({"op": "add", "path": "/spec/initContainers", "value": [sidecar]})
     else:

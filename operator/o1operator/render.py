@@ -288,6 +288,13 @@ _RETRY_FIELDS = {
 _CONTEXT_FIELDS = {"windows": "windows", "onOverflow": "on_overflow"}
 _SHUTDOWN_FIELDS = {"graceSeconds": "grace_s", "queueSeconds": "queue_s"}
 _TRACING_FIELDS = {"otlpEndpoint": "otlp_endpoint", "sampleRatio": "sample_ratio"}
+_AUDIT_FIELDS = {
+    "enabled": "enabled",
+    "sampleRatio": "sample_ratio",
+    "content": "content",
+    "maskPatterns": "mask_patterns",
+}
+_PRICE_FIELDS = {"input": "input", "cachedInput": "cached_input", "output": "output"}
 _REDIS_FIELDS = {
     "connectTimeoutMs": "connect_timeout_ms",
     "opTimeoutMs": "op_timeout_ms",
@@ -352,6 +359,11 @@ def get_sidecar_config(
     }
     if "maxBodyBytes" in spec:
         config["max_body_bytes"] = spec["maxBodyBytes"]
+    # Only when the pool sets them: the config of a pool without them stays what it was before them.
+    if "audit" in spec:
+        config["audit"] = _pick(spec["audit"], _AUDIT_FIELDS)
+    if "prices" in spec:
+        config["prices"] = {model: _pick(price, _PRICE_FIELDS) for model, price in spec["prices"].items()}
     if redis:
         config["redis"] = redis
     return config

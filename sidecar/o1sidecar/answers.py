@@ -11,6 +11,7 @@ import time
 from aiohttp import web
 
 from o1sidecar import errors
+from o1sidecar.audit import AuditLog
 from o1sidecar.cache import Hit, ResponseCache
 from o1sidecar.calling import UpstreamCall
 from o1sidecar.config import SidecarConfig
@@ -20,6 +21,8 @@ from o1sidecar.exchange import Exchange
 from o1sidecar.inbound import RESPONSES
 from o1sidecar.metrics import NO_KEY, SidecarMetrics
 from o1sidecar.plan import Outcome
+from o1sidecar.prices import PriceTable, TokenUse
+from o1sidecar.reports import usage_from_body
 from o1sidecar.streaming import replay_chat_completion, replay_response
 
 log = logging.getLogger("o1sidecar.proxy")
@@ -31,12 +34,15 @@ class Answers:
         config: SidecarConfig,
         cache: ResponseCache,
         metrics: SidecarMetrics,
+        audit: AuditLog,
         demand: DemandCounts | None = None,
     ) -> None:
         self.config = config
         self.cache = cache
         self.metrics = metrics
+        self.audit = audit
         self.demand = demand
+        self.prices: PriceTable = config.price_table()
 
     async def cached(self, ex: Exchange) -> Hit | None:
         """The stored answer to the exchange's request and the layer that had it (``l1``, ``l2``,
@@ -51,9 +57,10 @@ class Answers:
         return hit
 
     async def from_cache(self, ex: Exchange, data: bytes) -> web.StreamResponse:
+        ex.usage = usage_from_body(data)  # (what the hit saved)
         if not ex.stream:
             answer = web.Response(body=data, content_type="application/json", headers=ex.headers())
-            self.observe(ex, 200, cached=True)
+            self.observe(ex, 200, cached=True, answer=data)
             return answer
         options = ex.body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -69,7 +76,7 @@ class Answers:
         for event in events:
             await response.write(event)
         await response.write_eof()
-        self.observe(ex, 200, cached=True)
+        self.observe(ex, 200, cached=True, answer=data)
         return response
 
     async def cache_only(self, ex: Exchange) -> web.StreamResponse | None:
@@ -110,16 +117,33 @@ class Answers:
         )
 
     def finish(self, ex: Exchange, response: web.Response | ProxyError) -> web.Response:
+        error = None
         if isinstance(response, ProxyError):
+            error = response.code or response.type
             response = response.response(ex.headers())
-        self.observe(ex, response.status)
+        self.observe(ex, response.status, error=error)
         return response
 
-    def observe(self, ex: Exchange, status: int, cached: bool = False) -> None:
+    def observe(
+        self,
+        ex: Exchange,
+        status: int,
+        cached: bool = False,
+        answer: bytes | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Count the answered exchange (metrics, demand, spend) and write its audit line; ``answer``
+        is the body the client got when it was not streamed from the upstream, ``error`` the code of
+        the sidecar's own error answer."""
         elapsed = time.monotonic() - ex.started
         self.metrics.answered(status, ex.model or NO_KEY, ex.key, cached, elapsed)
         if ex.models and ex.tokens:
             self.metrics.offered(ex.requested, ex.tokens)
+        use = TokenUse.of(ex.usage) if ex.usage is not None and status < 300 else None
+        cost = self.prices.cost_usd(ex.model, use) if use is not None and ex.models else None
+        if cost is not None:
+            self.metrics.spent(ex.model, cost, saved=cached)
+        self.audit.record(ex, status, elapsed, use, cost, answer, error)
         if self.demand is not None and ex.models:  # (a model the pool serves: not any client's string)
             admitted, arrived = bool(ex.account), time.time() - elapsed
             self.demand.record(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from o1sidecar.audit import AuditLog
 from o1sidecar.cache import ResponseCache
 from o1sidecar.coalescing import Coalescer
 from o1sidecar.config import SidecarConfig
@@ -21,6 +22,7 @@ from o1sidecar.controls import parse_controls
 from o1sidecar.demand import DemandCounts, DemandRecorder
 from o1sidecar.errors import ProxyError
 from o1sidecar.httplog import quiet_malformed_http
+from o1sidecar.identity import Identity
 from o1sidecar.inbound import (
     CHAT,
     EMBEDDINGS,
@@ -108,6 +110,7 @@ def create_app(
         prediction,
         coalescer,
         tracing,
+        AuditLog(config.audit, config.pool, Identity.from_env()),
     )
     app = web.Application(
         client_max_size=config.max_body_bytes + 1,
@@ -173,7 +176,8 @@ def create_app(
                 body = parse_body(raw, endpoint)
             except ProxyError as exc:
                 metrics.requests.labels(str(exc.status), NO_KEY, NO_KEY).inc()
-                return exc.response()
+                request_id = proxy.audit.refused(request, exc.status, exc.code or exc.type)
+                return exc.response({"x-o1pool-request-id": request_id} if request_id else None)
             return await proxy.handle(proxy.exchange(request, endpoint, raw, body, controls))
 
         return handler

@@ -143,6 +143,7 @@ class UpstreamCaller:
             data = await up.read()
             error = error_from_body(data) if up.status >= 400 else None
             usage = usage_from_body(data) if up.status < 300 else None
+            ex.usage, ex.upstream_request_id = usage, up.headers.get("x-request-id")
             report = build_report(up.status, up.headers, usage=usage, error=error)
             outcome = classify(up.status, (error or {}).get("code"))
             reason = f"HTTP {up.status}"
@@ -232,6 +233,7 @@ class UpstreamCaller:
         if not relay.finished:
             return response, await self._cut(ex, response, "ended before its last event")
         await response.write_eof()
+        ex.usage, ex.upstream_request_id = relay.usage, up.headers.get("x-request-id")
         ex.trace.streamed(relay)
         if collect_for is not None:
             if isinstance(relay, ResponsesStreamRelay):

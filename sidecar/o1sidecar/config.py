@@ -8,15 +8,17 @@ reference to a file (a mounted Secret) or an environment variable, read into pro
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from o1common.configfiles import format_validation_error, read_yaml_mapping
 from o1common.models import CONTEXT_WINDOWS
 from o1common.tiers import TIER_PRESETS, tier_limits
+from o1sidecar.prices import Price, PriceTable
 
 CONFIG_VERSION: Literal["o1pool.io/sidecar/v1alpha1"] = "o1pool.io/sidecar/v1alpha1"
 
@@ -351,6 +353,69 @@ class TracingConfig(_Strict):
         return self
 
 
+class AuditConfig(_Strict):
+    """The audit trail (audit.py): one JSON line per answered request on stdout."""
+
+    enabled: bool = Field(
+        default=False, description="One JSON line per answered request on stdout (docs/tenants.md)."
+    )
+    sample_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of answered requests logged; errors (status >= 400) are always logged.",
+    )
+    content: bool = Field(
+        default=False,
+        description="Include the prompt and the answer's text, masked (e-mail addresses, phone and card "
+        "numbers, key-shaped strings, and mask_patterns).",
+    )
+    mask_patterns: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Extra regular expressions (Python re) whose matches in content become [masked].",
+    )
+
+    @field_validator("mask_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for index, pattern in enumerate(patterns):
+            if len(pattern) > 512:
+                raise ValueError(f"mask_patterns[{index}] is longer than 512 characters")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"mask_patterns[{index}] {pattern!r} is not a regular expression ({exc}): fix it"
+                ) from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _needs_enabled(self) -> Self:
+        if not self.enabled:
+            given = {"sample_ratio": self.sample_ratio != 1.0, "content": self.content}
+            for name in (n for n, set_ in given.items() if set_):
+                raise ValueError(
+                    f"audit.{name} applies to audit lines: set audit.enabled: true, or remove it"
+                )
+        if self.mask_patterns and not self.content:
+            raise ValueError(
+                "audit.mask_patterns apply to logged content: set audit.content: true, or remove them"
+            )
+        return self
+
+
+class ModelPrice(_Strict):
+    """US dollars per million tokens (prices.py); reasoning tokens are billed as output."""
+
+    input: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0, description="Default: the input price.")
+    output: float = Field(ge=0)
+
+    def price(self) -> Price:
+        return Price(self.input, self.input if self.cached_input is None else self.cached_input, self.output)
+
+
 class RetryPolicy(_Strict):
     max_attempts: int = Field(default=3, ge=1)
     backoff_base_s: float = Field(default=0.5, gt=0)
@@ -385,6 +450,12 @@ class SidecarConfig(_Strict):
     context: ContextPolicy = ContextPolicy()
     retry: RetryPolicy = RetryPolicy()
     tracing: TracingConfig = TracingConfig()
+    audit: AuditConfig = AuditConfig()
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Per-model prices overriding the shipped ones (prices.py), by model the pool serves.",
+    )
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
 
     @model_validator(mode="after")
@@ -409,6 +480,12 @@ class SidecarConfig(_Strict):
                     "cache.ttl_follows_load follows a prediction published through Redis: set redis.url, "
                     "or turn it off"
                 )
+        unserved = sorted(set(self.prices) - set(self.served_models()))
+        if unserved:
+            raise ValueError(
+                f"prices names model(s) {', '.join(map(repr, unserved))} that no account serves "
+                f"(served: {', '.join(self.served_models())}): remove them, or add the model to an account"
+            )
         for model in self.served_models():
             if all(a.reserve for a in self.accounts_for(model)):
                 raise ValueError(
@@ -420,6 +497,9 @@ class SidecarConfig(_Strict):
     def served_models(self) -> list[str]:
         """Every model some account serves, sorted."""
         return sorted({m for a in self.accounts for m in a.serves()})
+
+    def price_table(self) -> PriceTable:
+        return PriceTable({model: p.price() for model, p in self.prices.items()})
 
     def accounts_for(self, model: str) -> list[Account]:
         return [a for a in self.accounts if a.limits_for(model) is not None]
@@ -436,4 +516,12 @@ class SidecarConfig(_Strict):
         return cls.from_dict(read_yaml_mapping(path, ConfigError), str(path))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+        """The whole config, defaults written out; except the blocks added after v1alpha1's first
+        release while they are at their defaults (audit, prices), so that a pool that sets none of
+        them renders the config it rendered before them (and keeps its sidecars)."""
+        data = self.model_dump(mode="json", exclude_defaults=False)
+        if self.audit == AuditConfig():
+            del data["audit"]
+        if not self.prices:
+            del data["prices"]
+        return yaml.safe_dump(data, sort_keys=False)

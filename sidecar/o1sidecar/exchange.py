@@ -53,6 +53,9 @@ class Exchange:
     question: SemanticQuery | None = None  # what the semantic layer matches on, if this request uses it
     similarity: float | None = None  # of the question a semantic hit answered
     trace: RequestTrace = NO_TRACE  # its spans, while tracing.py records them
+    request_id: str = ""  # the audit line's and x-o1pool-request-id's ("": the audit trail is off)
+    usage: dict[str, Any] | None = None  # the answer's usage (the upstream's, or a stored answer's)
+    upstream_request_id: str | None = None  # the upstream's x-request-id for the answer
 
     @property
     def requested(self) -> str:
@@ -88,4 +91,6 @@ class Exchange:
             out["x-o1pool-account"] = self.account
         if self.model:
             out["x-o1pool-model"] = self.model
+        if self.request_id:
+            out["x-o1pool-request-id"] = self.request_id
         return out

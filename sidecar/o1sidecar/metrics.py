@@ -179,6 +179,18 @@ class SidecarMetrics:
             ["model"],
             registry=r,
         )
+        self.spend = Counter(
+            "o1_api_spend_usd",
+            "US dollars the upstream's answers cost, from their usage and the pool's prices, by model",
+            ["model"],
+            registry=r,
+        )
+        self.cache_saved = Counter(
+            "o1_api_cache_saved_usd",
+            "US dollars the answers served from the cache would have cost, by model",
+            ["model"],
+            registry=r,
+        )
         self.queue_rejections = Counter(
             "o1_api_queue_rejections",
             "Requests answered 429 by the queue (timeout or full)",
@@ -191,6 +203,7 @@ class SidecarMetrics:
         self._answer_children: dict[tuple[int, str, str, bool], tuple[Any, Any]] = {}
         self._admit_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._offered_children: dict[str, Any] = {}
+        self._spend_children: dict[str, tuple[Any, Any]] = {}
 
     def cache_layer(self, layer: str, result: str, seconds: float) -> None:
         """One lookup in L2 or L3 (``cache.LookupObserver``)."""
@@ -226,6 +239,15 @@ class SidecarMetrics:
         if child is None:
             child = self._offered_children[model] = self.tokens_offered.labels(model)
         child.inc(tokens)
+
+    def spent(self, model: str, usd: float, saved: bool) -> None:
+        """What one answer cost (``saved``: what a cached answer would have cost), on a model the
+        pool serves."""
+        children = self._spend_children.get(model)
+        if children is None:
+            pair = (self.spend.labels(model), self.cache_saved.labels(model))
+            children = self._spend_children[model] = pair
+        children[1 if saved else 0].inc(usd)
 
     def start_at_zero(self, keys: Sequence[str]) -> None:
         """Series of rare events at 0 from the start (each key's renewals, each reason a queue refuses),

@@ -16,6 +16,7 @@ from aiohttp import web
 from o1sidecar import errors
 from o1sidecar.admission import Admission, Admitter, Unavailable
 from o1sidecar.answers import Answers
+from o1sidecar.audit import AuditLog
 from o1sidecar.cache import ResponseCache, cache_key, is_cacheable
 from o1sidecar.calling import UpstreamCall, UpstreamCaller
 from o1sidecar.coalescing import ALONE, Coalescer
@@ -24,6 +25,7 @@ from o1sidecar.controls import RequestControls
 from o1sidecar.demand import DemandRecorder
 from o1sidecar.errors import ProxyError
 from o1sidecar.exchange import Exchange
+from o1sidecar.identity import Identity
 from o1sidecar.inbound import Endpoint
 from o1sidecar.limits.api import Limiter
 from o1sidecar.metrics import SidecarMetrics
@@ -58,6 +60,7 @@ class Proxy:
         prediction: PredictionMirror | None = None,
         coalescer: Coalescer | None = None,
         tracing: Tracing | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.config = config
         self.limiter = limiter
@@ -76,7 +79,10 @@ class Proxy:
             config, limiter, counter, metrics, self.outages, outage_sync, accounts_for, peak, reserves
         )
         self.caller = UpstreamCaller(config, routes, limiter, cache, metrics, quarantine)
-        self.answers = Answers(config, cache, metrics, demand.counts if demand is not None else None)
+        self.audit = audit or AuditLog(config.audit, config.pool, Identity())
+        self.answers = Answers(
+            config, cache, metrics, self.audit, demand.counts if demand is not None else None
+        )
         self.coalescer = coalescer or Coalescer(cache, None, None, "")
         self.tracing = tracing or Tracing(config)
         self._background = [s for s in (quarantine, outage_sync, demand, prediction) if s is not None]
@@ -160,6 +166,7 @@ class Proxy:
         key = cache_key(endpoint.path, body) if self.config.cache.enabled else None
         deadline = time.time() + controls.deadline_ms / 1000
         ex = Exchange(request, endpoint, raw, body, controls, models, deadline, key, model=requested)
+        ex.request_id = self.audit.new_request_id()
         ex.degraded = bool(models) and models[0] != requested
         semantic = self.config.cache.service.semantic if self.config.cache.service is not None else None
         if (
@@ -195,7 +202,7 @@ class Proxy:
         if ex.cache_key is not None and ex.stores_answer and not ex.stream:
             self.cache.store(ex.cache_key, call.body, ex.question)
         response = self.answers.upstream(ex, call)
-        self.answers.observe(ex, response.status)
+        self.answers.observe(ex, response.status, answer=call.body)
         return response
 
     async def _after(

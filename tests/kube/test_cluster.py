@@ -240,6 +240,7 @@ def test_injected_sidecars_serve_app_pods_and_hold_the_pools_limit_while_the_app
     for pod in installed.pods("app=app"):
         [sidecar] = pod["spec"]["initContainers"]
         assert sidecar["name"] == "o1pool-sidecar" and sidecar["restartPolicy"] == "Always"
+        assert {"name": "O1POOL_WORKLOAD", "value": "Deployment/app"} in sidecar["env"]
         [sidecar_status] = pod["status"]["initContainerStatuses"]
         [app_status] = pod["status"]["containerStatuses"]
         assert sidecar_status["ready"] and sidecar_status["started"]

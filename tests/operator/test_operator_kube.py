@@ -348,11 +348,35 @@ def test_crd_explains_fields_and_cel_rejects_invalid_pools(
         ),
         (lambda s: s.update(tracing={"sampleRatio": 0.5}), "sampleRatio applies to exported traces"),
         (lambda s: s.update(tracing={"otlpEndpoint": "otel:4318"}), "spec.tracing.otlpEndpoint"),
+        (
+            lambda s: s.update(audit={"content": True}),
+            "audit.sampleRatio/content/maskPatterns apply to audit lines: set audit.enabled: true",
+        ),
+        (
+            lambda s: s.update(audit={"enabled": False, "sampleRatio": 0.5}),
+            "apply to audit lines: set audit.enabled: true, or remove them",
+        ),
+        (
+            lambda s: s.update(audit={"enabled": True, "maskPatterns": ["ACME-[0-9]+"]}),
+            "audit.maskPatterns apply to logged content: set audit.content: true",
+        ),
+        (lambda s: s.update(audit={"enabled": True, "sampleRatio": 2}), "should be less than or equal to 1"),
+        (lambda s: s.update(prices={"o1": {"input": 15}}), "spec.prices.o1.output: Required value"),
+        (lambda s: s.update(prices={"o1": {"input": -1, "output": 60}}), "spec.prices.o1.input"),
     ]
     for mutate, message in cases:
         assert message in rejected(mutate)
     for example in (BASIC, MULTI):
         kube.kubectl("apply", "--dry-run=server", "-n", kube_namespace, "-f", str(example))
+    audited = json.loads(json.dumps(base))
+    audited["spec"] |= {
+        "audit": {"enabled": True, "sampleRatio": 0.5, "content": True, "maskPatterns": ["ACME-[0-9]+"]},
+        "prices": {
+            "o1": {"input": 15, "cachedInput": 7.5, "output": 60},
+            "o1-mini": {"input": 1, "output": 4},
+        },
+    }
+    kube.kubectl("apply", "--dry-run=server", "-n", kube_namespace, "-f", "-", input=yaml.safe_dump(audited))
 
 
 def test_pool_lifecycle_render_rotate_remove_update_delete(
@@ -675,6 +699,11 @@ def test_webhook_injects_the_sidecar(
             "registry.example/o1pool-sidecar:test",
         )
         assert sidecar["restart_policy"] == "Always"
+        # Who it serves: a bare pod has no controller, so its service account (the API server's default).
+        identity = {e["name"]: e for e in sidecar["env"]}
+        assert identity["O1POOL_WORKLOAD"]["value"] == "ServiceAccount/default"
+        assert identity["O1POOL_POD"]["value_from"]["field_ref"]["field_path"] == "metadata.name"
+        assert identity["O1POOL_NAMESPACE"]["value_from"]["field_ref"]["field_path"] == "metadata.namespace"
         [app] = obj["spec"]["containers"]
         assert {e["name"]: e["value"] for e in app["env"]} == {"OPENAI_BASE_URL": "http://127.0.0.1:8080/v1"}
         volumes = {v["name"]: v for v in obj["spec"]["volumes"]}

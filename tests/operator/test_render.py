@@ -12,7 +12,16 @@ import yaml
 
 from o1operator import cacheservice
 from o1operator.objects import HASH_ANNOTATION, POOL_LABEL
-from o1operator.render import KEY_MOUNT, get_config_map, get_key_secret, referenced_secrets, render, with_salt
+from o1operator.render import (
+    KEY_MOUNT,
+    get_config_map,
+    get_key_secret,
+    get_key_states,
+    get_sidecar_config,
+    referenced_secrets,
+    render,
+    with_salt,
+)
 from o1operator.status import get_status
 from o1sidecar.config import SidecarConfig
 from tests.operator.conftest import EXAMPLES, REPO, b64, fake_secrets, load_example, secret_values
@@ -249,6 +258,62 @@ def test_tracing_reaches_the_sidecar_and_is_off_by_default() -> None:
     refused = render(pool, fake_secrets(pool["spec"]))
     assert refused.error is not None and refused.error.reason == "InvalidConfig"
     assert "tracing.sample_ratio applies to exported traces" in refused.error.message
+
+
+def test_audit_reaches_the_sidecar_and_what_only_applies_to_audit_lines_is_refused_without_it() -> None:
+    audit = {"enabled": True, "sampleRatio": 0.25, "content": True, "maskPatterns": [r"ACME-\d{6}"]}
+    pool = pool_with({"audit": audit})
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    assert rendering.error is None and rendering.config is not None, rendering.error
+    rendered = SidecarConfig.from_dict(yaml.safe_load(rendering.config_yaml)).audit
+    assert (rendered.enabled, rendered.sample_ratio, rendered.content) == (True, 0.25, True)
+    assert rendered.mask_patterns == [r"ACME-\d{6}"]
+    plain = render(pool_with({}), fake_secrets(pool["spec"]))
+    assert rendering.config_hash != plain.config_hash
+    # (the CRD's rules refuse these too)
+    for audit, message in [
+        ({"content": True}, "audit.content applies to audit lines: set audit.enabled: true"),
+        ({"enabled": True, "maskPatterns": ["x"]}, "audit.mask_patterns apply to logged content"),
+        ({"enabled": True, "content": True, "maskPatterns": ["(unclosed"]}, "is not a regular expression"),
+    ]:
+        refused = render(pool_with({"audit": audit}), fake_secrets(pool["spec"]))
+        assert refused.error is not None and refused.error.reason == "InvalidConfig", audit
+        assert message in refused.error.message
+
+
+def test_prices_reach_the_sidecar_and_an_absent_cached_input_price_is_left_to_it() -> None:
+    prices = {"o1": {"input": 12, "cachedInput": 6, "output": 48}, "o1-mini": {"input": 1, "output": 4}}
+    pool = pool_with({"prices": prices})
+    keys = get_key_states(pool["spec"], fake_secrets(pool["spec"]))
+    assert get_sidecar_config(pool, keys, {})["prices"] == {
+        "o1": {"input": 12, "cached_input": 6, "output": 48},
+        "o1-mini": {"input": 1, "output": 4},
+    }
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    assert rendering.error is None and rendering.config is not None, rendering.error
+    config = SidecarConfig.from_dict(yaml.safe_load(rendering.config_yaml))
+    assert (config.prices["o1"].input, config.prices["o1"].cached_input, config.prices["o1"].output) == (
+        12,
+        6,
+        48,
+    )
+    assert config.prices["o1-mini"].cached_input is None
+    unserved = render(
+        pool_with({"prices": {"my-finetune": {"input": 1, "output": 2}}}), fake_secrets(pool["spec"])
+    )
+    assert unserved.error is not None and unserved.error.reason == "InvalidConfig"
+    assert "'my-finetune'" in unserved.error.message
+
+
+def test_a_pool_without_audit_or_prices_keeps_the_config_it_had_before_them() -> None:
+    """An operator upgrade must not change the config (and so the hash, which rolls pods that copy it) of
+    a pool that sets neither."""
+    for path in EXAMPLES:
+        pool = load_example(path)
+        keys = get_key_states(pool["spec"], fake_secrets(pool["spec"]))
+        assert not {"audit", "prices"} & set(get_sidecar_config(pool, keys, {}))
+        rendered = yaml.safe_load(render(pool, fake_secrets(pool["spec"])).config_yaml)
+        assert not {"audit", "prices"} & set(rendered), f"{path.name}: the sidecar config dumps them"
 
 
 def test_referenced_secrets() -> None:

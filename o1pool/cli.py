@@ -19,6 +19,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "Serve a pool's persistent answer cache (L3) to its sidecars.",
     ),
     "operator": ("o1operator.cli", "Run the kopf operator that reconciles O1Pool resources."),
+    "virtual-key": (
+        "o1pool.virtualkey",
+        "Make a gateway client's virtual key and the Secret holding its digest.",
+    ),
     "load": ("o1pool.load", "Call OPENAI_BASE_URL with the openai SDK at a fixed rate (an app for pods)."),
     "fuzz": ("o1pool.fuzz", "Send hostile requests to a sidecar: no 5xx, no traceback, bounded memory."),
     "bench": ("o1pool.bench", "Benchmark limits against many upstreams, and added latency, side by side."),

@@ -14,6 +14,7 @@ from o1sidecar import errors
 from o1sidecar.audit import AuditLog
 from o1sidecar.cache import Hit, ResponseCache
 from o1sidecar.calling import UpstreamCall
+from o1sidecar.clients import Clients
 from o1sidecar.config import SidecarConfig
 from o1sidecar.demand import DemandCounts
 from o1sidecar.errors import ProxyError
@@ -35,12 +36,14 @@ class Answers:
         cache: ResponseCache,
         metrics: SidecarMetrics,
         audit: AuditLog,
+        clients: Clients,
         demand: DemandCounts | None = None,
     ) -> None:
         self.config = config
         self.cache = cache
         self.metrics = metrics
         self.audit = audit
+        self.clients = clients
         self.demand = demand
         self.prices: PriceTable = config.price_table()
 
@@ -143,6 +146,8 @@ class Answers:
         cost = self.prices.cost_usd(ex.model, use) if use is not None and ex.models else None
         if cost is not None:
             self.metrics.spent(ex.model, cost, saved=cached)
+        if use is not None and not cached:
+            self.clients.spent(ex.client, cost or 0.0, use.input + use.output)
         self.audit.record(ex, status, elapsed, use, cost, answer, error)
         if self.demand is not None and ex.models:  # (a model the pool serves: not any client's string)
             admitted, arrived = bool(ex.account), time.time() - elapsed
@@ -151,7 +156,7 @@ class Answers:
                 ex.controls.priority,
                 admitted=admitted,
                 queued=ex.waited_s > 0,
-                refused=not admitted and status in (429, 503),
+                refused=not admitted and status in (429, 503) and error != "budget_exceeded",
                 cached=ex.cache != "miss",
                 tokens=ex.tokens,
                 arrived=arrived,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ from aiohttp import web
 
 from o1sidecar.audit import AuditLog
 from o1sidecar.cache import ResponseCache
+from o1sidecar.clients import Clients
 from o1sidecar.coalescing import Coalescer
-from o1sidecar.config import SidecarConfig
+from o1sidecar.config import ConfigError, SidecarConfig
 from o1sidecar.controls import parse_controls
 from o1sidecar.demand import DemandCounts, DemandRecorder
 from o1sidecar.errors import ProxyError
@@ -42,6 +44,7 @@ from o1sidecar.outages import ModelOutages
 from o1sidecar.prediction import PredictionMirror
 from o1sidecar.proxy import Proxy
 from o1sidecar.quarantine import SharedQuarantine
+from o1sidecar.spend import SpendRecorder
 from o1sidecar.tokens import TokenCounter
 from o1sidecar.tracing import Tracing
 from o1sidecar.upstream import load_routes
@@ -74,7 +77,10 @@ def create_app(
     outages = ModelOutages(config.fallback.outage_failures, config.fallback.outage_probe_s)
     metrics.watch_models(config.served_models(), outages.availability)
     metrics.start_at_zero([key.label for route in routes.values() for key in route.keys])
-    quarantine, outage_sync, demand, prediction = None, None, None, None
+    quarantine, outage_sync, demand, prediction, spend = None, None, None, None, None
+    identity = Identity.from_env()
+    clients = Clients(config, identity)
+    metrics.watch_budgets([c for c in clients.served() if c.budgets.any()], clients.left)
     if config.redis.url is not None:
         keys = PoolKeys(config.redis.key_prefix, config.pool.namespace, config.pool.name)
         every = config.redis.heartbeat_interval_s
@@ -84,6 +90,8 @@ def create_app(
             redis_client(config.redis), keys, every, DemandCounts(), config.served_models()
         )
         prediction = PredictionMirror(redis_client(config.redis), keys, every)
+        if clients.names():
+            spend = SpendRecorder(redis_client(config.redis), keys, every, clients.ledger, clients.names())
     tracing = Tracing(config)
     cache = ResponseCache(
         config.cache,
@@ -110,7 +118,9 @@ def create_app(
         prediction,
         coalescer,
         tracing,
-        AuditLog(config.audit, config.pool, Identity.from_env()),
+        AuditLog(config.audit, config.pool, identity),
+        clients,
+        spend,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes + 1,
@@ -171,6 +181,7 @@ def create_app(
     def endpoint_handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
             try:
+                client = clients.of_request(request.headers.get("Authorization"))
                 controls = parse_controls(request.headers, config.queue)
                 raw = await read_body(request, config.max_body_bytes, config.timeouts.request_body_s)
                 body = parse_body(raw, endpoint)
@@ -178,7 +189,7 @@ def create_app(
                 metrics.requests.labels(str(exc.status), NO_KEY, NO_KEY).inc()
                 request_id = proxy.audit.refused(request, exc.status, exc.code or exc.type)
                 return exc.response({"x-o1pool-request-id": request_id} if request_id else None)
-            return await proxy.handle(proxy.exchange(request, endpoint, raw, body, controls))
+            return await proxy.handle(proxy.exchange(request, endpoint, raw, body, controls, client))
 
         return handler
 
@@ -271,7 +282,12 @@ async def start_sidecar(
     runners: list[web.AppRunner] = [runner]
     try:
         site = web.TCPSite(
-            runner, config.listen.host, config.listen.port, reuse_address=True, reuse_port=reuse_port
+            runner,
+            config.listen.host,
+            config.listen.port,
+            reuse_address=True,
+            reuse_port=reuse_port,
+            ssl_context=_tls(config),
         )
         await site.start()
         port = _bound_port(runner)
@@ -291,14 +307,30 @@ async def start_sidecar(
             await r.cleanup()
         raise
     host = _client_host(config.listen.host)
+    scheme = "https" if config.gateway.tls_cert_file is not None else "http"
     return SidecarHandle(
         app=app,
-        url=f"http://{host}:{port}/v1",
+        url=f"{scheme}://{host}:{port}/v1",
         metrics_url=f"http://{_client_host(metrics_host)}:{metrics_port}/metrics" if serve_metrics else "",
         port=port,
         metrics_port=metrics_port,
         _runners=tuple(runners),
     )
+
+
+def _tls(config: SidecarConfig) -> ssl.SSLContext | None:
+    """A gateway's TLS context (``gateway.tls_*``); errors name the files."""
+    gateway = config.gateway
+    if gateway.tls_cert_file is None or gateway.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(gateway.tls_cert_file, gateway.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"gateway TLS: cannot load {gateway.tls_cert_file} with {gateway.tls_key_file}: {exc}"
+        ) from None
+    return context
 
 
 def _bound_port(runner: web.AppRunner) -> int:

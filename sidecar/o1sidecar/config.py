@@ -405,6 +405,86 @@ class AuditConfig(_Strict):
         return self
 
 
+class ClientMatch(_Strict):
+    """Which workloads a client is: each list given must contain the pod's value (identity.py); an
+    empty match is every workload."""
+
+    namespaces: list[Name] = Field(default_factory=list)
+    workloads: list[str] = Field(
+        default_factory=list, description="<Kind>/<name> of the pod's controller, e.g. Deployment/web."
+    )
+    service_accounts: list[str] = Field(default_factory=list)
+
+    def matches(self, namespace: str, workload: str, service_account: str) -> bool:
+        return (
+            (not self.namespaces or namespace in self.namespaces)
+            and (not self.workloads or workload in self.workloads)
+            and (not self.service_accounts or service_account in self.service_accounts)
+        )
+
+
+class Budgets(_Strict):
+    """What a client may spend per UTC day and month, counted across the pool's sidecars (spend.py)."""
+
+    daily_usd: float | None = Field(default=None, gt=0)
+    monthly_usd: float | None = Field(default=None, gt=0)
+    daily_tokens: int | None = Field(default=None, gt=0)
+    monthly_tokens: int | None = Field(default=None, gt=0)
+
+    def any(self) -> bool:
+        return any(v is not None for v in self.model_dump().values())
+
+
+class Client(_Strict):
+    """One client of the pool: a workload (or several) with its own priority ceiling and budgets."""
+
+    name: Name
+    match: ClientMatch = ClientMatch()
+    max_priority: int | None = Field(
+        default=None, ge=0, le=9, description="Requests asking a higher priority get this one."
+    )
+    virtual_keys: list[KeyRef] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Gateway mode: the keys callers of this client send as Bearer tokens; each value is the "
+        "key, or sha256:<64 hex digits> of it (clients.py keeps only hashes).",
+    )
+    budgets: Budgets = Budgets()
+    on_budget: Literal["refuse", "downgrade"] = Field(
+        default="refuse",
+        description="Once a budget is spent: refuse (429 budget_exceeded) or downgrade (answer from the "
+        "requested model's fallback chain only, degraded; refused if it has none).",
+    )
+
+    @model_validator(mode="after")
+    def _on_budget_needs_a_budget(self) -> Self:
+        if self.on_budget != "refuse" and not self.budgets.any():
+            raise ValueError(
+                f"clients[{self.name}].on_budget applies once a budget is spent: give the client "
+                "budgets, or remove on_budget"
+            )
+        return self
+
+
+class GatewayConfig(_Strict):
+    """Gateway mode: the sidecar as a pool-level service for callers without a sidecar of their own,
+    each a client known by its virtual key (clients.py)."""
+
+    enabled: bool = False
+    tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain: serve HTTPS.")
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "gateway.tls_cert_file and gateway.tls_key_file go together: set both, or neither"
+            )
+        if self.tls_cert_file is not None and not self.enabled:
+            raise ValueError("gateway TLS applies to gateway mode: set gateway.enabled: true, or remove it")
+        return self
+
+
 class ModelPrice(_Strict):
     """US dollars per million tokens (prices.py); reasoning tokens are billed as output."""
 
@@ -451,6 +531,12 @@ class SidecarConfig(_Strict):
     retry: RetryPolicy = RetryPolicy()
     tracing: TracingConfig = TracingConfig()
     audit: AuditConfig = AuditConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    clients: list[Client] = Field(
+        default_factory=list,
+        max_length=256,
+        description="The pool's clients; a sidecar is the first whose match its pod's identity meets.",
+    )
     prices: dict[str, ModelPrice] = Field(
         default_factory=dict,
         max_length=64,
@@ -480,6 +566,26 @@ class SidecarConfig(_Strict):
                     "cache.ttl_follows_load follows a prediction published through Redis: set redis.url, "
                     "or turn it off"
                 )
+        clients = [c.name for c in self.clients]
+        if len(set(clients)) != len(clients):
+            raise ValueError("client names must be unique")
+        keyed = [c.name for c in self.clients if c.virtual_keys]
+        if self.gateway.enabled and not keyed:
+            raise ValueError(
+                "gateway mode answers only callers with a client's virtual key: give a client virtual_keys"
+            )
+        if keyed and not self.gateway.enabled:
+            raise ValueError(
+                f"clients {', '.join(keyed)} have virtual_keys, which only a gateway checks: set "
+                "gateway.enabled: true (the operator's gateway config), or remove them"
+            )
+        if self.redis.url is None:
+            for client in self.clients:
+                if client.budgets.any():
+                    raise ValueError(
+                        f"clients[{client.name}] has budgets, which are counted across the pool's "
+                        "sidecars through Redis: set redis.url, or remove the budgets"
+                    )
         unserved = sorted(set(self.prices) - set(self.served_models()))
         if unserved:
             raise ValueError(
@@ -497,6 +603,10 @@ class SidecarConfig(_Strict):
     def served_models(self) -> list[str]:
         """Every model some account serves, sorted."""
         return sorted({m for a in self.accounts for m in a.serves()})
+
+    def client_for(self, namespace: str, workload: str, service_account: str) -> Client | None:
+        """The first client whose match the workload meets (``None``: it is none of them)."""
+        return next((c for c in self.clients if c.match.matches(namespace, workload, service_account)), None)
 
     def price_table(self) -> PriceTable:
         return PriceTable({model: p.price() for model, p in self.prices.items()})
@@ -517,11 +627,15 @@ class SidecarConfig(_Strict):
 
     def to_yaml(self) -> str:
         """The whole config, defaults written out; except the blocks added after v1alpha1's first
-        release while they are at their defaults (audit, prices), so that a pool that sets none of
-        them renders the config it rendered before them (and keeps its sidecars)."""
+        release while they are at their defaults (audit, gateway, clients, prices), so that a pool
+        that sets none of them renders the config it rendered before them (and keeps its sidecars)."""
         data = self.model_dump(mode="json", exclude_defaults=False)
         if self.audit == AuditConfig():
             del data["audit"]
         if not self.prices:
             del data["prices"]
+        if not self.clients:
+            del data["clients"]
+        if self.gateway == GatewayConfig():
+            del data["gateway"]
         return yaml.safe_dump(data, sort_keys=False)

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from o1sidecar.limits.api import NoCapacity, QueueFull, QueueTimeout, QuotaExhausted
+from o1sidecar.spend import BudgetSpent
 
 
 class ProxyError(Exception):
@@ -139,6 +140,52 @@ def quota_exhausted(exc: QuotaExhausted, models: list[str]) -> ProxyError:
         code="insufficient_quota",
         headers={"retry-after": str(retry_after)},
     )
+
+
+def budget_exceeded(client: str, spent: BudgetSpent, downgrade: bool) -> ProxyError:
+    """A client's budget is spent (OpenAI's shape for a spent quota, code budget_exceeded)."""
+    retry_after = max(1, math.ceil(spent.resets_in_s))
+    period, unit = spent.budget.split("_")
+
+    def amount(value: float) -> str:
+        return f"${value:,.2f}" if unit == "usd" else f"{value:,.0f} tokens"
+
+    camel = period + unit.capitalize()
+    why = " (and the requested model has no fallback to downgrade to)" if downgrade else ""
+    return ProxyError(
+        429,
+        f"Client {client!r} has spent its {period} budget{why}: {amount(spent.spent)} of "
+        f"{amount(spent.limit)}. It resets in {_duration(retry_after)} (UTC); or ask the pool's owner to "
+        f"raise spec.clients[{client}].budgets.{camel} in the O1Pool.",
+        type="insufficient_quota",
+        code="budget_exceeded",
+        headers={"retry-after": str(retry_after)},
+    )
+
+
+def missing_api_key() -> ProxyError:
+    return ProxyError(
+        401,
+        "You didn't provide an API key. This o1pool gateway takes a virtual key of one of its pool's clients "
+        "in an Authorization header (Bearer auth; the openai SDK's api_key); ask the pool's owner for one.",
+        code="invalid_api_key",
+    )
+
+
+def invalid_api_key(presented: str) -> ProxyError:
+    """OpenAI's 401 for a wrong key, showing at most its last four characters."""
+    shown = f"...{presented[-4:]}" if len(presented) >= 16 else "(too short to be one)"
+    return ProxyError(
+        401,
+        f"Incorrect API key provided: {shown}. This o1pool gateway takes the virtual keys of its pool's "
+        "clients; ask the pool's owner for one.",
+        code="invalid_api_key",
+    )
+
+
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{max(1, rest // 60)}m"
 
 
 def upstream_rate_limited(models: list[str], retry_after: str) -> ProxyError:

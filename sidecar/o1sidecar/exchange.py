@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from o1sidecar.config import Client
 from o1sidecar.controls import RequestControls
 from o1sidecar.inbound import Endpoint
 from o1sidecar.metrics import NO_KEY
@@ -53,6 +54,8 @@ class Exchange:
     question: SemanticQuery | None = None  # what the semantic layer matches on, if this request uses it
     similarity: float | None = None  # of the question a semantic hit answered
     trace: RequestTrace = NO_TRACE  # its spans, while tracing.py records them
+    client: Client | None = None  # the pool's client it is from (clients.py)
+    priority_asked: int | None = None  # what it asked, when the client's ceiling lowered it
     request_id: str = ""  # the audit line's and x-o1pool-request-id's ("": the audit trail is off)
     usage: dict[str, Any] | None = None  # the answer's usage (the upstream's, or a stored answer's)
     upstream_request_id: str | None = None  # the upstream's x-request-id for the answer
@@ -93,4 +96,7 @@ class Exchange:
             out["x-o1pool-model"] = self.model
         if self.request_id:
             out["x-o1pool-request-id"] = self.request_id
+        if self.priority_asked is not None:
+            out["x-o1pool-priority"] = str(self.controls.priority)
+            out["x-o1pool-priority-asked"] = str(self.priority_asked)
         return out

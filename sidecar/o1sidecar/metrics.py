@@ -22,6 +22,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from o1sidecar.config import Client
 from o1sidecar.limits.api import LimiterState
 
 NO_KEY = "-"
@@ -269,6 +270,27 @@ class SidecarMetrics:
         )
         for model in models:
             gauge.labels(model).set_function(functools.partial(availability, model))
+
+    def watch_budgets(self, clients: Sequence[Client], left: Callable[[Client], dict[str, float]]) -> None:
+        """``o1_api_budget_remaining``: what is left of each budget of the clients this sidecar serves,
+        by the pool's spend as last read plus this sidecar's since (spend.py); read at scrape time."""
+        if not clients:
+            return
+        gauge = Gauge(
+            "o1_api_budget_remaining",
+            "What is left of a client's budget in the UTC day or month under way (dollars or tokens)",
+            ["client", "budget"],
+            registry=self.registry,
+        )
+
+        def remaining(client: Client, budget: str) -> float:
+            return left(client).get(budget, 0.0)
+
+        for client in clients:
+            for budget, value in client.budgets.model_dump().items():
+                if value is not None:
+                    child = gauge.labels(client.name, budget)
+                    child.set_function(functools.partial(remaining, client, budget))
 
     def scrape(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -19,8 +20,9 @@ from o1sidecar.answers import Answers
 from o1sidecar.audit import AuditLog
 from o1sidecar.cache import ResponseCache, cache_key, is_cacheable
 from o1sidecar.calling import UpstreamCall, UpstreamCaller
+from o1sidecar.clients import Clients
 from o1sidecar.coalescing import ALONE, Coalescer
-from o1sidecar.config import SidecarConfig
+from o1sidecar.config import Client, SidecarConfig
 from o1sidecar.controls import RequestControls
 from o1sidecar.demand import DemandRecorder
 from o1sidecar.errors import ProxyError
@@ -35,6 +37,7 @@ from o1sidecar.plan import Action, Outcome, PlanState, Step, next_step
 from o1sidecar.prediction import PredictionMirror
 from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.semantic import semantic_query, uses_semantic
+from o1sidecar.spend import SpendRecorder
 from o1sidecar.tokens import TokenCounter
 from o1sidecar.tracing import Tracing
 from o1sidecar.upstream import AccountRoute
@@ -61,6 +64,8 @@ class Proxy:
         coalescer: Coalescer | None = None,
         tracing: Tracing | None = None,
         audit: AuditLog | None = None,
+        clients: Clients | None = None,
+        spend: SpendRecorder | None = None,
     ) -> None:
         self.config = config
         self.limiter = limiter
@@ -80,12 +85,14 @@ class Proxy:
         )
         self.caller = UpstreamCaller(config, routes, limiter, cache, metrics, quarantine)
         self.audit = audit or AuditLog(config.audit, config.pool, Identity())
+        self.clients = clients or Clients(config, Identity())
         self.answers = Answers(
-            config, cache, metrics, self.audit, demand.counts if demand is not None else None
+            config, cache, metrics, self.audit, self.clients, demand.counts if demand is not None else None
         )
         self.coalescer = coalescer or Coalescer(cache, None, None, "")
         self.tracing = tracing or Tracing(config)
-        self._background = [s for s in (quarantine, outage_sync, demand, prediction) if s is not None]
+        background = (quarantine, outage_sync, demand, prediction, spend)
+        self._background = [s for s in background if s is not None]
         self._random = random.Random()
 
     async def start(self) -> None:
@@ -128,6 +135,13 @@ class Proxy:
                 lead = joined
         if ex.controls.cache.only:
             return self.answers.finish(ex, errors.not_cached(self.config.cache.enabled))
+        spent = self.clients.budget_spent(ex.client)  # (a stored answer costs nothing: served above)
+        if spent is not None:
+            assert ex.client is not None
+            downgrade = ex.client.on_budget == "downgrade"
+            if not downgrade or len(ex.models) < 2:
+                return self.answers.finish(ex, errors.budget_exceeded(ex.client.name, spent, downgrade))
+            ex.models, ex.degraded = ex.models[1:], True  # (its fallback chain only)
         try:
             return await self._answer(ex)
         finally:
@@ -157,15 +171,20 @@ class Proxy:
         raw: bytes,
         body: dict[str, Any],
         controls: RequestControls,
+        client: Client | None = None,
     ) -> Exchange:
-        """The exchange of one parsed request; ``raw`` is forwarded as is when nothing in it has to
-        change."""
+        """The exchange of one parsed request from ``client`` (clients.py); ``raw`` is forwarded as is
+        when nothing in it has to change."""
         requested = body["model"]
         chain = [requested, *self.config.fallback.chains.get(requested, [])]
         models = [m for m in chain if m in self.models]
         key = cache_key(endpoint.path, body) if self.config.cache.enabled else None
         deadline = time.time() + controls.deadline_ms / 1000
+        applied = self.clients.priority(client, controls.priority)
+        asked = None if applied == controls.priority else controls.priority
+        controls = replace(controls, priority=applied)
         ex = Exchange(request, endpoint, raw, body, controls, models, deadline, key, model=requested)
+        ex.client, ex.priority_asked = client, asked
         ex.request_id = self.audit.new_request_id()
         ex.degraded = bool(models) and models[0] != requested
         semantic = self.config.cache.service.semantic if self.config.cache.service is not None else None

@@ -245,6 +245,7 @@ async def test_one_line_per_request_with_identity_cost_and_masked_content(start_
     assert use.reasoning > 0 and one["tokens"] == use.as_dict()
     assert one["cost_usd"] == pytest.approx(PriceTable().cost_usd("o1", use))
     assert one["saved_usd"] is None
+    assert (one["client"], one["priority"], one["priority_asked"]) == (None, 5, 5)
     # Content, masked: the prompt's secrets are gone, the answer is there.
     assert "[email]" in json.dumps(one["prompt"]) and "[masked]" in json.dumps(one["prompt"])
     assert one["answer"][0]["content"] == completion.choices[0].message.content

@@ -78,6 +78,12 @@ class PoolKeys:
         per hour and priority (demand.py). The operator's forecasts read it."""
         return f"{self.tag}:demand:{model}:{day}"
 
+    def spend(self, period: str) -> str:
+        """HASH of what each client spent in one UTC day (``d<days since the epoch>``) or month
+        (``m<YYYYMM>``): ``<client>:usd`` in micro-dollars and ``<client>:tokens`` (spend.py). The
+        sidecars' budgets and the pool's status read it."""
+        return f"{self.tag}:spend:{period}"
+
     def prediction(self) -> str:
         """STRING: the operator's prediction for the pool (JSON; o1operator/forecasting.py), expiring
         unless refreshed (prediction.py)."""

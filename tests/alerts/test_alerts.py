@@ -154,12 +154,17 @@ def monitor_relabelings(monitor: dict[str, Any]) -> list[dict[str, Any]]:
 async def test_every_metric_and_label_the_alerts_read_is_in_a_real_scrape(
     make_sidecar: SidecarFactory, redis_server: RedisServer
 ) -> None:
-    """The sidecars' series from a real sidecar's /metrics; the operator's from its metrics' registry
-    after a reconciliation and an admission (its process serves the same registry over HTTP:
-    tests/operator/test_operator_kube.py checks that)."""
+    """The sidecars' series from a real sidecar's /metrics (its pod a client with budgets: a client with
+    no match is every workload); the operator's from its metrics' registry after a reconciliation and an
+    admission (its process serves the same registry over HTTP: tests/operator/test_operator_kube.py
+    checks that)."""
     import aiohttp
 
-    handle = await make_sidecar(redis={"url": redis_server.url}, cache={"enabled": True, "l1_entries": 0})
+    handle = await make_sidecar(
+        redis={"url": redis_server.url},
+        cache={"enabled": True, "l1_entries": 0},
+        clients=[{"name": "all", "budgets": {"daily_usd": 100}}],
+    )
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
     for _ in range(2):  # an answer, then the same from L2
         await client.chat.completions.create(model="o1", messages=[{"role": "user", "content": "Hello?"}])

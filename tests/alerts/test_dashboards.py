@@ -2,7 +2,8 @@
 ConfigMap for Grafana's dashboard sidecar only when asked; each is a well-formed dashboard whose queries
 promtool parses; and every metric and label their panels and template variables read is in a real
 scrape: sidecars under load (answers, a cache hit, a queue wait, a queue timeout, upstream 429s,
-upstream failures and a fallback) and the operator's metrics after a reconciliation."""
+upstream failures and a fallback; their spend and a client's budgets) and the operator's metrics after a
+reconciliation."""
 
 from __future__ import annotations
 
@@ -206,7 +207,9 @@ async def test_every_metric_and_label_the_dashboards_read_is_in_a_real_scrape(
     """Two sidecars sharing Redis and two accounts under load: acct-a's real gpt-4o limit is 2 RPM where
     the sidecars believe 10,000, and the upstream sends no limit headers (upstream 429s); o1-mini is
     paced at 60 RPM an account (queue waits, a timeout) with a daily cap (requests left); o1 fails on
-    every account for a while (upstream failures, a fallback to o1-mini). The operator's metrics: its
+    every account for a while (upstream failures, a fallback to o1-mini). The sidecars' pod is a client
+    with a dollar and a token budget (no match: every workload), far from spent; the answers' usage at
+    the shipped prices is their spend, the cache hit's what it saved. The operator's metrics: its
     registry after a reconciliation that published a prediction and a count of the pool's sidecars (its
     process serves the same registry: tests/operator/)."""
     accounts = copy.deepcopy(EMULATOR_CONFIG["accounts"])
@@ -220,6 +223,7 @@ async def test_every_metric_and_label_the_dashboards_read_is_in_a_real_scrape(
         "redis": {"url": redis_server.url},
         "cache": {"enabled": True, "l1_entries": 0},  # hits come from L2 (Redis)
         "fallback": {"chains": {"o1": ["o1-mini"]}},
+        "clients": [{"name": "all", "budgets": {"daily_usd": 1000, "monthly_tokens": 1_000_000_000}}],
     }
     handles = [await make_sidecar(**config) for _ in range(2)]
     clients = [openai.AsyncOpenAI(base_url=h.url, api_key="x", max_retries=0) for h in handles]

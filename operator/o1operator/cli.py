@@ -161,6 +161,7 @@ async def run(
                 count_interval_s,
                 reconcile_by_name,
                 memo.metrics.counted,
+                memo.metrics.spent,
             )
         ),
         asyncio.create_task(resync_forever(memo.kube, memo.namespaces, memo.resync_s, reconcile_by_name)),

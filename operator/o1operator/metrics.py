@@ -1,7 +1,7 @@
 """The operator's own metrics, served on ``--metrics-port`` (the chart's Service and ServiceMonitor):
 reconciliations by result and how long they took, the webhook's admissions by result and how long
 they took, each pool as its last reconciliation left it (its conditions, its keys, its forecast) and
-its live sidecars as last counted. Pool series
+its live sidecars as last counted, and what its clients spent as last read. Pool series
 follow the pools: a deleted pool's go at once, and an operator that has not reconciled a pool since
 it started says nothing about it.
 
@@ -19,6 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from o1sidecar.spend import ClientSpend
 
 RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ADMISSION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -50,10 +52,14 @@ def pool_facts(status: Mapping[str, Any]) -> PoolFacts:
 
 class _Pools(Collector):
     def __init__(
-        self, pools: Mapping[tuple[str, str], PoolFacts], live: Mapping[tuple[str, str], int]
+        self,
+        pools: Mapping[tuple[str, str], PoolFacts],
+        live: Mapping[tuple[str, str], int],
+        spend: Mapping[tuple[str, str], Mapping[str, ClientSpend]],
     ) -> None:
         self._pools = pools
         self._live = live
+        self._spend = spend
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         conditions = GaugeMetricFamily(
@@ -87,10 +93,21 @@ class _Pools(Collector):
         )
         for (namespace, name), count in sorted(dict(self._live).items()):
             live.add_metric([namespace, name], count)
+        spend = GaugeMetricFamily(
+            "o1_operator_client_spend_usd",
+            "US dollars a client of an O1Pool spent in the UTC day or month under way (period), counted "
+            "across the pool's sidecars in its Redis, as the operator last read it (docs/tenants.md#clients)",
+            labels=["namespace", "pool", "client", "period"],
+        )
+        for (namespace, name), clients in sorted(dict(self._spend).items()):
+            for client, spent in clients.items():
+                spend.add_metric([namespace, name, client, "day"], spent.today.usd)
+                spend.add_metric([namespace, name, client, "month"], spent.month.usd)
         yield conditions
         yield keys
         yield forecast
         yield live
+        yield spend
 
 
 class OperatorMetrics:
@@ -127,7 +144,8 @@ class OperatorMetrics:
         )
         self._pools: dict[tuple[str, str], PoolFacts] = {}
         self._live: dict[tuple[str, str], int] = {}
-        self.registry.register(_Pools(self._pools, self._live))
+        self._spend: dict[tuple[str, str], Mapping[str, ClientSpend]] = {}
+        self.registry.register(_Pools(self._pools, self._live, self._spend))
 
     def reconcile(
         self,
@@ -147,16 +165,27 @@ class OperatorMetrics:
             self.reconcile_seconds.observe(clock() - started)
         self.reconciles.labels("rendered" if status.get("configHash") else "not_rendered").inc()
         self._pools[namespace, name] = pool_facts(status)
+        if "spend" in status and status["spend"] is None:  # nothing counted any more (status.py)
+            self._spend.pop((namespace, name), None)
         return status
 
     def counted(self, namespace: str, name: str, live: int) -> None:
         """A pool's live sidecars, as the operator counted them in its Redis (sidecars.py)."""
         self._live[namespace, name] = live
 
+    def spent(self, namespace: str, name: str, spend: Mapping[str, ClientSpend]) -> None:
+        """What each client of a pool spent, as the operator read it in its Redis (sidecars.py); a
+        client that is no longer in the pool's spec is no longer in ``spend``, and its series go."""
+        if spend:
+            self._spend[namespace, name] = dict(spend)
+        else:
+            self._spend.pop((namespace, name), None)
+
     def forget(self, namespace: str, name: str) -> None:
         """A deleted pool: its series go."""
         self._pools.pop((namespace, name), None)
         self._live.pop((namespace, name), None)
+        self._spend.pop((namespace, name), None)
 
     def admitted(self, result: str, seconds: float) -> None:
         self.admissions.labels(result).inc()

@@ -295,6 +295,18 @@ _AUDIT_FIELDS = {
     "maskPatterns": "mask_patterns",
 }
 _PRICE_FIELDS = {"input": "input", "cachedInput": "cached_input", "output": "output"}
+_CLIENT_FIELDS = {"name": "name", "maxPriority": "max_priority", "onBudget": "on_budget"}
+_CLIENT_MATCH_FIELDS = {
+    "namespaces": "namespaces",
+    "workloads": "workloads",
+    "serviceAccounts": "service_accounts",
+}
+_BUDGET_FIELDS = {
+    "dailyUsd": "daily_usd",
+    "monthlyUsd": "monthly_usd",
+    "dailyTokens": "daily_tokens",
+    "monthlyTokens": "monthly_tokens",
+}
 _REDIS_FIELDS = {
     "connectTimeoutMs": "connect_timeout_ms",
     "opTimeoutMs": "op_timeout_ms",
@@ -315,6 +327,16 @@ def get_account_config(account: Mapping[str, Any], keys: list[KeyState]) -> dict
     if models:
         config["models"] = {model: _pick(limits, _MODEL_LIMITS) for model, limits in models.items()}
     config["keys"] = [{"name": k.name, "file": str(KEY_MOUNT / k.file_name)} for k in keys]
+    return config
+
+
+def get_client_config(client: Mapping[str, Any]) -> dict[str, Any]:
+    """One of the sidecar config's ``clients``."""
+    config = _pick(client, _CLIENT_FIELDS)
+    if "match" in client:
+        config["match"] = _pick(client["match"], _CLIENT_MATCH_FIELDS)
+    if "budgets" in client:
+        config["budgets"] = _pick(client["budgets"], _BUDGET_FIELDS)
     return config
 
 
@@ -364,6 +386,8 @@ def get_sidecar_config(
         config["audit"] = _pick(spec["audit"], _AUDIT_FIELDS)
     if "prices" in spec:
         config["prices"] = {model: _pick(price, _PRICE_FIELDS) for model, price in spec["prices"].items()}
+    if spec.get("clients"):
+        config["clients"] = [get_client_config(client) for client in spec["clients"]]
     if redis:
         config["redis"] = redis
     return config

@@ -17,6 +17,9 @@ in the last ``USAGE_MINUTES`` complete minutes, by the model called; the RPM use
 the pool's models, of those calls per minute against the configured RPM of the model's accounts
 (reserve accounts included).
 
+``status.spend``: what each of the pool's clients spent in the UTC day and month under way (on Redis
+time), from the spend HASHes the sidecars add to (o1sidecar/spend.py), for pools with clients.
+
 The operator reads all of these on a fixed period, in one round trip, for every pool it has rendered
 with a Redis; pools without Redis report none.
 
@@ -47,6 +50,7 @@ from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.outage_sync import read_states
 from o1sidecar.outages import ModelState
 from o1sidecar.quarantine import RefusedKey, read_refused
+from o1sidecar.spend import ClientSpend, day_period, month_period, spend_fields, spend_of
 
 log = logging.getLogger("o1operator.sidecars")
 
@@ -70,6 +74,7 @@ class SidecarProbe:
     outages_key: str = ""  # the pool's HASH of models not up
     fingerprints: tuple[tuple[str, str], ...] = ()  # (account/key, fingerprint of its value) per key
     rpm: tuple[tuple[str, int], ...] = ()  # (model, configured RPM of all its accounts) per served model
+    clients: tuple[str, ...] = ()  # the pool's clients, in the config's order (status.spend)
     forecasting: ForecastSettings = field(
         default_factory=ForecastSettings
     )  # spec.forecasting: how demand is judged
@@ -104,6 +109,20 @@ def get_usage(
     return Usage(sum(per_minute.values()), use, int(sum(rate_limited.values())))
 
 
+def get_spend(spend: Sequence[tuple[str, ClientSpend]]) -> list[dict[str, Any]]:
+    """``status.spend``: each client's spend, dollars to 4 decimals. Pure."""
+    return [
+        {
+            "client": name,
+            "todayUsd": round(spent.today.usd, 4),
+            "monthUsd": round(spent.month.usd, 4),
+            "todayTokens": spent.today.tokens,
+            "monthTokens": spent.month.tokens,
+        }
+        for name, spent in spend
+    ]
+
+
 def usage_fields(now_s: float) -> list[tuple[int, str, str]]:
     """(day, calls field, 429s field) of each of the last ``USAGE_MINUTES`` complete minutes (demand.py)."""
     this_minute = int(now_s // 60)
@@ -120,6 +139,7 @@ class Observation:
     refused: tuple[RefusedKey, ...]
     outages: tuple[tuple[str, ModelState], ...] = ()  # models not up, on Redis time
     usage: Usage | None = None
+    spend: tuple[tuple[str, ClientSpend], ...] | None = None  # per client; None: the pool has no clients
 
 
 # (namespace, pool) -> probe; written by reconcile, read by the observing loop.
@@ -162,6 +182,7 @@ def get_sidecar_probe(
             (model, sum(limits.rpm for a in config.accounts_for(model) if (limits := a.limits_for(model))))
             for model in config.served_models()
         ),
+        clients=tuple(c.name for c in config.clients),
     )
 
 
@@ -177,8 +198,9 @@ def probe_client(probe: SidecarProbe) -> Redis:
 
 
 async def observe(probe: SidecarProbe) -> Observation:
-    """Sidecars whose last heartbeat is newer than ``stale_after_s`` (on Redis server time), and the
-    refused keys of the values the pool holds now (entries of other values are deleted)."""
+    """Sidecars whose last heartbeat is newer than ``stale_after_s`` (on Redis server time), the
+    refused keys of the values the pool holds now (entries of other values are deleted), the model
+    outages, the recent usage and the clients' spend of the day and month under way."""
     client = probe_client(probe)
     try:
         seconds, micros = await client.time()
@@ -191,7 +213,16 @@ async def observe(probe: SidecarProbe) -> Observation:
             for model, _ in probe.rpm:
                 for day, calls_field, rate_limited_field in minutes:
                     pipe.hmget(probe.pool_keys.demand(model, day), calls_field, rate_limited_field)
+            fields = spend_fields(probe.clients)
+            if probe.clients:  # (the HMGETs of o1sidecar.spend.read_spend)
+                pipe.hmget(probe.pool_keys.spend(day_period(now)), fields)
+                pipe.hmget(probe.pool_keys.spend(month_period(now)), fields)
             live, entries, outage_entries, *recorded = await pipe.execute()
+        spend = None
+        if probe.clients:
+            *recorded, day_values, month_values = recorded
+            spent = spend_of(probe.clients, day_values, month_values)
+            spend = tuple((name, spent[name]) for name in probe.clients)
         calls: dict[str, float] = {}
         rate_limited: dict[str, float] = {}
         for i, (model, _) in enumerate(probe.rpm):
@@ -209,7 +240,7 @@ async def observe(probe: SidecarProbe) -> Observation:
         stale = sorted(set(entries) - {e.label for e in kept})  # rotated, gone from the spec, or malformed
         if stale:
             await client.hdel(probe.refused_key, *stale)
-        return Observation(int(live), kept, outages, get_usage(probe.rpm, calls, rate_limited))
+        return Observation(int(live), kept, outages, get_usage(probe.rpm, calls, rate_limited), spend)
     finally:
         await client.aclose()
 
@@ -241,12 +272,16 @@ async def observe_forever(
     interval_s: float,
     on_change: Callable[[str, str], None],
     on_count: Callable[[str, str, int], None] = lambda namespace, name, live: None,
+    on_spend: Callable[[str, str, Mapping[str, ClientSpend]], None] = lambda namespace, name, spend: None,
 ) -> None:
-    """Every ``interval_s``: observe each probed pool; patch ``liveSidecars`` and ``usage`` when they
-    changed; when its refused keys or model outages changed, record them in ``observed`` and call
-    ``on_change(namespace, name)`` (in a thread) to re-reconcile the pool; ``on_count(namespace, name,
-    live)`` after each count (the operator's metrics)."""
-    reported: dict[tuple[str, str], dict[str, Any]] = {}
+    """Every ``interval_s``: observe each probed pool; patch ``liveSidecars``, ``usage`` and ``spend``
+    when they changed; when its refused keys or model outages changed, record them in ``observed`` and
+    call ``on_change(namespace, name)`` (in a thread) to re-reconcile the pool; ``on_count(namespace,
+    name, live)`` and ``on_spend(namespace, name, spend by client)`` after each read (the operator's
+    metrics)."""
+    # What was last patched, and for which probe: each reconciliation makes a new probe, and may have
+    # removed status.spend (status.py), so the first read after one patches again.
+    reported: dict[tuple[str, str], tuple[SidecarProbe, dict[str, Any]]] = {}
     while True:
         for ref, probe in list(probes.items()):
             try:
@@ -261,8 +296,14 @@ async def observe_forever(
             if ref not in probes:  # deleted while it was read (handlers.pool_event): nothing to report
                 continue
             on_count(*ref, seen.live)
-            patch = {"liveSidecars": seen.live, "usage": seen.usage.status() if seen.usage else None}
-            if reported.get(ref) == patch:
+            on_spend(*ref, dict(seen.spend or ()))
+            patch = {
+                "liveSidecars": seen.live,
+                "usage": seen.usage.status() if seen.usage else None,
+                "spend": None if seen.spend is None else get_spend(seen.spend),  # None: removed
+            }
+            last = reported.get(ref)
+            if last is not None and last[0] is probe and last[1] == patch:
                 continue
             try:
                 await asyncio.to_thread(kube.patch_status, probe.namespace, probe.name, patch)
@@ -273,5 +314,5 @@ async def observe_forever(
                 else:
                     log.warning("O1Pool %s/%s: cannot patch its status: HTTP %s", *ref, exc.status)
                 continue
-            reported[ref] = patch
+            reported[ref] = (probe, patch)
         await asyncio.sleep(interval_s)

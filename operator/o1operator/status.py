@@ -303,6 +303,9 @@ def get_status(
     }
     if forecast is not None:
         status["prediction"] = forecast.prediction  # None: removed (a merge patch)
+    config = rendering.config
+    if config is not None and (config.redis.url is None or not config.clients):
+        status["spend"] = None  # nothing counted (sidecars.py reads it otherwise): removed (a merge patch)
     if rendering.error is None:
         service = rendering.cache_service
         status |= {

@@ -157,8 +157,9 @@ class SpendRecorder(PoolMirror):
                     key = self._keys.spend(period)
                     for client in self._clients:  # (by 0 too: the reply is the pool's total)
                         micro, tokens = increments.get((period, client), (0, 0))
-                        pipe.hincrby(key, f"{client}:usd", micro)
-                        pipe.hincrby(key, f"{client}:tokens", tokens)
+                        usd_field, tokens_field = spend_fields([client])
+                        pipe.hincrby(key, usd_field, micro)
+                        pipe.hincrby(key, tokens_field, tokens)
                         asked.append((period, client))
                     pipe.expire(key, int(keep_s))
                 replies = await pipe.execute()
@@ -183,12 +184,17 @@ async def read_spend(
 ) -> dict[str, ClientSpend]:
     """Each client's spend in the day and month under way at ``now`` (the operator's status)."""
     day, month = keys.spend(day_period(now)), keys.spend(month_period(now))
-    names = [f"{c}:{kind}" for c in clients for kind in ("usd", "tokens")]
+    names = spend_fields(clients)
     async with client.pipeline(transaction=False) as pipe:
         pipe.hmget(day, names)
         pipe.hmget(month, names)
         day_values, month_values = await pipe.execute()
     return spend_of(clients, day_values, month_values)
+
+
+def spend_fields(clients: Sequence[str]) -> list[str]:
+    """The HASH fields of the clients' spend, in the order ``spend_of`` reads their values."""
+    return [f"{c}:{kind}" for c in clients for kind in ("usd", "tokens")]
 
 
 def spend_of(

@@ -11,6 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from o1operator.metrics import OperatorMetrics, pool_facts
+from o1sidecar.spend import ClientSpend, Spent
 
 READY = {"type": "Ready", "status": "True", "reason": "Serving"}
 RENDERED = {"type": "ConfigRendered", "status": "True", "reason": "Rendered"}
@@ -56,6 +57,41 @@ def test_live_sidecars_follow_the_last_count_until_the_pool_is_deleted() -> None
     assert scrape(metrics)[main] == 2
     metrics.forget("team-a", "main")
     assert main not in scrape(metrics)
+
+
+def test_client_spend_follows_the_last_read_until_the_client_its_redis_or_the_pool_is_gone() -> None:
+    metrics = OperatorMetrics()
+    web = ClientSpend(today=Spent(1.25, 10), month=Spent(40.5, 900))
+    batch = ClientSpend(today=Spent(0.0, 0), month=Spent(3.0, 70))
+    metrics.spent("team-a", "main", {"web": web, "batch": batch})
+    metrics.spent("team-b", "other", {"web": web})
+
+    def spend() -> dict[tuple[str, ...], float]:
+        return {
+            (labels["namespace"], labels["pool"], labels["client"], labels["period"]): value
+            for (name, key), value in scrape(metrics).items()
+            if name == "o1_operator_client_spend_usd"
+            for labels in [dict(key)]
+        }
+
+    assert spend() == {
+        ("team-a", "main", "web", "day"): 1.25,
+        ("team-a", "main", "web", "month"): 40.5,
+        ("team-a", "main", "batch", "day"): 0.0,
+        ("team-a", "main", "batch", "month"): 3.0,
+        ("team-b", "other", "web", "day"): 1.25,
+        ("team-b", "other", "web", "month"): 40.5,
+    }
+    metrics.spent("team-a", "main", {"web": web})  # batch left the spec
+    assert ("team-a", "main", "batch", "day") not in spend()
+    metrics.spent("team-b", "other", {})  # no clients any more
+    metrics.forget("team-a", "main")
+    assert spend() == {}
+    metrics.spent("team-a", "main", {"web": web})
+    metrics.reconcile("team-a", "main", lambda: {"conditions": [READY]})  # (says nothing of spend)
+    assert ("team-a", "main", "web", "month") in spend()
+    metrics.reconcile("team-a", "main", lambda: {"conditions": [READY], "spend": None})  # no Redis any more
+    assert spend() == {}
 
 
 def test_reconciliations_are_counted_by_result_and_pools_kept_until_deleted() -> None:

@@ -40,6 +40,7 @@ from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages, ModelState
 from o1sidecar.quarantine import SharedQuarantine
+from o1sidecar.spend import SpendLedger, SpendRecorder
 from o1sidecar.upstream import AccountRoute, UpstreamKey
 from tests.conftest import RedisServer
 from tests.kube.fixtures import Kube
@@ -57,6 +58,22 @@ SERVICE_ACCOUNT = "o1pool"  # the chart's fullname for release "o1pool"
 BASIC = REPO / "examples" / "o1pool-basic.yaml"
 MULTI = REPO / "examples" / "o1pool-multi-account.yaml"
 WAIT = 30.0
+CLIENTS = [
+    {
+        "name": "web",
+        "match": {"namespaces": ["team-a"], "workloads": ["Deployment/web"], "serviceAccounts": ["web"]},
+        "maxPriority": 5,
+        "budgets": {"dailyUsd": 10.5, "monthlyUsd": 200, "dailyTokens": 1000000, "monthlyTokens": 20000000},
+        "onBudget": "downgrade",
+    },
+    {
+        "name": "batch",
+        "match": {"namespaces": ["team-b"]},
+        "budgets": {"monthlyUsd": 50},
+        "onBudget": "refuse",
+    },
+    {"name": "everyone-else"},
+]
 GC_WAIT = 90.0
 
 
@@ -363,6 +380,35 @@ def test_crd_explains_fields_and_cel_rejects_invalid_pools(
         (lambda s: s.update(audit={"enabled": True, "sampleRatio": 2}), "should be less than or equal to 1"),
         (lambda s: s.update(prices={"o1": {"input": 15}}), "spec.prices.o1.output: Required value"),
         (lambda s: s.update(prices={"o1": {"input": -1, "output": 60}}), "spec.prices.o1.input"),
+        (
+            lambda s: s.update(clients=[{"name": "web", "onBudget": "downgrade"}]),
+            "clients[].onBudget applies once a budget is spent: give the client budgets, or remove onBudget",
+        ),
+        (
+            lambda s: s.update(clients=[{"name": "web", "budgets": {}, "onBudget": "downgrade"}]),
+            "spec.clients[0]: Invalid value: clients[].onBudget applies once a budget is spent",
+        ),
+        (
+            lambda s: (
+                s.pop("redis"),
+                s.update(clients=[{"name": "a"}, {"name": "b", "budgets": {"dailyTokens": 9}}]),
+            ),
+            "clients with budgets need spec.redis: budgets are counted across the pool's sidecars in Redis",
+        ),
+        (lambda s: s.update(clients=[{"name": "web"}, {"name": "web"}]), "spec.clients[1]: Duplicate value"),
+        (
+            lambda s: s.update(clients=[{"name": "web", "budgets": {"dailyUsd": 0}}]),
+            "spec.clients[0].budgets.dailyUsd",
+        ),
+        (
+            lambda s: s.update(clients=[{"name": "web", "maxPriority": 10}]),
+            "should be less than or equal to 9",
+        ),
+        (
+            lambda s: s.update(clients=[{"name": "web", "match": {"workloads": ["web"]}}]),
+            "spec.clients[0].match.workloads[0]",
+        ),
+        (lambda s: s.update(clients=[{"name": "Web"}]), "spec.clients[0].name"),
     ]
     for mutate, message in cases:
         assert message in rejected(mutate)
@@ -377,6 +423,16 @@ def test_crd_explains_fields_and_cel_rejects_invalid_pools(
         },
     }
     kube.kubectl("apply", "--dry-run=server", "-n", kube_namespace, "-f", "-", input=yaml.safe_dump(audited))
+    with_clients = json.loads(json.dumps(base))
+    with_clients["spec"]["clients"] = CLIENTS
+    kube.kubectl(
+        "apply", "--dry-run=server", "-n", kube_namespace, "-f", "-", input=yaml.safe_dump(with_clients)
+    )
+    del with_clients["spec"]["redis"]  # clients without budgets need no Redis
+    with_clients["spec"]["clients"] = [{"name": "web", "maxPriority": 3}, {"name": "rest", "match": {}}]
+    kube.kubectl(
+        "apply", "--dry-run=server", "-n", kube_namespace, "-f", "-", input=yaml.safe_dump(with_clients)
+    )
 
 
 def test_pool_lifecycle_render_rotate_remove_update_delete(
@@ -842,6 +898,95 @@ async def record_calls(url: str, keys: PoolKeys, minutes: tuple[tuple[int, int, 
         arrived = (seconds // 60 - ago) * 60 + 1
         counts.called("o1", calls, rate_limited, arrived)
     await DemandRecorder(client, keys, 60, counts, ["o1"]).flush()
+    await client.aclose()
+
+
+def test_clients_spend_reaches_the_status_and_the_operators_metrics(
+    kube: Kube,
+    chart: Chart,
+    api: client.ApiClient,
+    kube_namespace: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """What the sidecars' own ledger records of each client (spend.py) becomes status.spend (kept by the
+    CRD's status schema) and o1_operator_client_spend_usd; a client taken out of the spec leaves both."""
+    ns, metrics_port = kube_namespace, free_port()
+    running = start_operator(
+        kube,
+        chart.sa_kubeconfig,
+        ns,
+        tmp_path / "operator.log",
+        "--sidecar-count-interval=0.3",
+        f"--metrics-port={metrics_port}",
+    )
+    try:
+        pool = yaml.safe_load(BASIC.read_text())
+        pool["spec"] |= {"redis": {"url": redis_server.url, "keyPrefix": "t"}, "clients": CLIENTS}
+        create_secrets(api, ns, fake_secrets(pool["spec"]))
+        clear_of_the_hour_boundary(60)  # (and so of the day's)
+        asyncio.run(
+            record_spend(
+                redis_server.url,
+                PoolKeys("t", ns, "basic"),
+                [("web", 0.02466, 1052), ("web", 1.5, 300), ("batch", 0.00012345, 12)],
+            )
+        )
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pool))
+
+        def spend() -> list[dict[str, Any]] | None:
+            listed = get_pool(api, ns, "basic").get("status", {}).get("spend")
+            return listed if listed and listed[0]["todayTokens"] else None
+
+        assert wait_for("status.spend", spend, running) == [
+            {
+                "client": "web",
+                "todayUsd": 1.5247,
+                "monthUsd": 1.5247,
+                "todayTokens": 1352,
+                "monthTokens": 1352,
+            },
+            {"client": "batch", "todayUsd": 0.0001, "monthUsd": 0.0001, "todayTokens": 12, "monthTokens": 12},
+            {"client": "everyone-else", "todayUsd": 0, "monthUsd": 0, "todayTokens": 0, "monthTokens": 0},
+        ]
+
+        def spend_series() -> dict[tuple[str, str], float]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            return {
+                (s.labels["client"], s.labels["period"]): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "o1_operator_client_spend_usd" and s.labels["pool"] == "basic"
+            }
+
+        series = spend_series()
+        assert series[("web", "day")] == series[("web", "month")] == 1.52466
+        assert series[("batch", "month")] == 0.000123 and series[("everyone-else", "day")] == 0
+
+        pool["spec"]["clients"] = CLIENTS[:1]
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pool))
+        wait_for(
+            "status.spend without batch",
+            lambda: [e["client"] for e in get_pool(api, ns, "basic")["status"].get("spend") or []] == ["web"],
+            running,
+        )
+        wait_for("batch's series gone", lambda: {client for client, _ in spend_series()} == {"web"}, running)
+        del pool["spec"]["clients"]
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pool))
+        wait_for("status.spend gone", lambda: "spend" not in get_pool(api, ns, "basic")["status"], running)
+        wait_for("the spend series gone", lambda: spend_series() == {}, running)
+    finally:
+        stop_operator(running)
+
+
+async def record_spend(url: str, keys: PoolKeys, spent: list[tuple[str, float, int]]) -> None:
+    """Each (client, dollars, tokens) spent now, as a sidecar's ledger and recorder write it."""
+    client = AsyncRedis.from_url(url, decode_responses=True)
+    ledger = SpendLedger()
+    for name, usd, tokens in spent:
+        ledger.add(name, usd, tokens)
+    await SpendRecorder(client, keys, 60, ledger, sorted({name for name, _, _ in spent})).flush()
     await client.aclose()
 
 

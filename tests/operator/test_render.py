@@ -305,15 +305,86 @@ def test_prices_reach_the_sidecar_and_an_absent_cached_input_price_is_left_to_it
     assert "'my-finetune'" in unserved.error.message
 
 
-def test_a_pool_without_audit_or_prices_keeps_the_config_it_had_before_them() -> None:
+CLIENTS = [
+    {
+        "name": "web",
+        "match": {"namespaces": ["team-a"], "workloads": ["Deployment/web"], "serviceAccounts": ["web"]},
+        "maxPriority": 5,
+        "budgets": {"dailyUsd": 10.5, "monthlyUsd": 200, "dailyTokens": 1000000, "monthlyTokens": 20000000},
+        "onBudget": "downgrade",
+    },
+    {"name": "batch", "match": {"namespaces": ["team-b"]}, "budgets": {"dailyTokens": 5000}},
+    {"name": "everyone-else"},
+]
+
+
+def test_clients_reach_the_sidecar_with_its_keys() -> None:
+    pool = pool_with({"clients": CLIENTS})
+    keys = get_key_states(pool["spec"], fake_secrets(pool["spec"]))
+    assert get_sidecar_config(pool, keys, {})["clients"] == [
+        {
+            "name": "web",
+            "max_priority": 5,
+            "on_budget": "downgrade",
+            "match": {"namespaces": ["team-a"], "workloads": ["Deployment/web"], "service_accounts": ["web"]},
+            "budgets": {
+                "daily_usd": 10.5,
+                "monthly_usd": 200,
+                "daily_tokens": 1000000,
+                "monthly_tokens": 20000000,
+            },
+        },
+        {"name": "batch", "match": {"namespaces": ["team-b"]}, "budgets": {"daily_tokens": 5000}},
+        {"name": "everyone-else"},
+    ]
+    rendering = render(pool, fake_secrets(pool["spec"]))
+    assert rendering.error is None and rendering.config is not None, rendering.error
+    web, batch, rest = SidecarConfig.from_dict(yaml.safe_load(rendering.config_yaml)).clients
+    assert (web.name, web.max_priority, web.on_budget) == ("web", 5, "downgrade")
+    assert (web.match.namespaces, web.match.workloads, web.match.service_accounts) == (
+        ["team-a"],
+        ["Deployment/web"],
+        ["web"],
+    )
+    assert (web.budgets.daily_usd, web.budgets.monthly_usd) == (10.5, 200)
+    assert (web.budgets.daily_tokens, web.budgets.monthly_tokens) == (1000000, 20000000)
+    assert (batch.on_budget, batch.budgets.daily_tokens, batch.budgets.daily_usd) == ("refuse", 5000, None)
+    assert (rest.name, rest.max_priority, rest.budgets.any()) == ("everyone-else", None, False)
+    assert rendering.config.client_for("team-b", "Deployment/batch", "default") == batch
+    assert rendering.config_hash != render(pool_with({}), fake_secrets(pool["spec"])).config_hash
+
+
+def test_clients_budgets_without_redis_or_on_budget_without_budgets_are_refused() -> None:
+    """(The CRD's rules refuse both first; these are what a pool gets past an older CRD.)"""
+    no_redis = pool_with({"clients": CLIENTS[1:]})
+    del no_redis["spec"]["redis"]
+    refused = render(no_redis, fake_secrets(no_redis["spec"]))
+    assert refused.error is not None and refused.error.reason == "InvalidConfig"
+    assert "clients[batch] has budgets" in refused.error.message
+    unbudgeted = pool_with({"clients": CLIENTS[2:]})  # (clients without budgets need no Redis)
+    del unbudgeted["spec"]["redis"]
+    assert render(unbudgeted, fake_secrets(unbudgeted["spec"])).error is None
+    downgrade = pool_with({"clients": [{"name": "web", "onBudget": "downgrade"}]})
+    refused = render(downgrade, fake_secrets(downgrade["spec"]))
+    assert refused.error is not None and refused.error.reason == "InvalidConfig"
+    assert "clients[web].on_budget applies once a budget is spent" in refused.error.message
+
+
+def test_a_pool_without_audit_prices_or_clients_keeps_the_config_it_had_before_them() -> None:
     """An operator upgrade must not change the config (and so the hash, which rolls pods that copy it) of
-    a pool that sets neither."""
+    a pool that sets none of them."""
+    added = {"audit", "prices", "clients"}
     for path in EXAMPLES:
         pool = load_example(path)
         keys = get_key_states(pool["spec"], fake_secrets(pool["spec"]))
-        assert not {"audit", "prices"} & set(get_sidecar_config(pool, keys, {}))
+        assert not added & set(get_sidecar_config(pool, keys, {}))
         rendered = yaml.safe_load(render(pool, fake_secrets(pool["spec"])).config_yaml)
-        assert not {"audit", "prices"} & set(rendered), f"{path.name}: the sidecar config dumps them"
+        assert not added & set(rendered), f"{path.name}: the sidecar config dumps them"
+        empty = {**pool, "spec": {**pool["spec"], "clients": []}}
+        assert (
+            render(empty, fake_secrets(pool["spec"])).config_hash
+            == render(pool, fake_secrets(pool["spec"])).config_hash
+        )
 
 
 def test_referenced_secrets() -> None:

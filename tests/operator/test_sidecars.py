@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
 from o1operator.render import render
-from o1operator.sidecars import USAGE_MINUTES, Usage, get_sidecar_probe, get_usage, observe
+from o1operator.sidecars import (
+    USAGE_MINUTES,
+    Usage,
+    get_sidecar_probe,
+    get_spend,
+    get_usage,
+    observe,
+    observe_forever,
+)
 from o1sidecar.config import Account
 from o1sidecar.demand import DemandCounts, DemandRecorder
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages, ModelState
 from o1sidecar.quarantine import SharedQuarantine
+from o1sidecar.spend import ClientSpend, SpendLedger, SpendRecorder, Spent
 from o1sidecar.upstream import AccountRoute, UpstreamKey
 from tests.conftest import RedisServer
 from tests.operator.conftest import FAKE_REDIS_PASSWORD, REPO, fake_secrets, load_example
+from tests.polling import until
 
 EXAMPLES = REPO / "examples"
 
@@ -138,3 +150,123 @@ async def test_observe_reads_the_calls_and_429s_the_sidecars_recorded_in_the_las
     assert usage.calls_per_minute == 10 / USAGE_MINUTES
     assert usage.rpm_use == (10 / USAGE_MINUTES) / rpm
     await client.aclose()
+
+
+def test_spend_status_rounds_dollars_to_4_decimals() -> None:
+    spend = ClientSpend(today=Spent(0.123456, 1200), month=Spent(12.000061, 98765))
+    assert get_spend([("web", spend), ("idle", ClientSpend(Spent(), Spent()))]) == [
+        {"client": "web", "todayUsd": 0.1235, "monthUsd": 12.0001, "todayTokens": 1200, "monthTokens": 98765},
+        {"client": "idle", "todayUsd": 0.0, "monthUsd": 0.0, "todayTokens": 0, "monthTokens": 0},
+    ]
+
+
+async def test_observe_reads_what_the_clients_spent_today_and_this_month_as_the_sidecars_recorded_it(
+    redis_server: RedisServer,
+) -> None:
+    """Spend written by the sidecars' own ledger and recorder (spend.py), on Redis time: another day of
+    the month counts for the month only, another month for neither, a name that is no client not at all."""
+    pool = load_example(EXAMPLES / "o1pool-basic.yaml")
+    pool["spec"] |= {
+        "redis": {"url": redis_server.url, "keyPrefix": "s"},
+        "clients": [{"name": "web", "budgets": {"dailyUsd": 10}}, {"name": "batch"}, {"name": "idle"}],
+    }
+    probe = get_sidecar_probe(render(pool, fake_secrets(pool["spec"])))
+    assert probe is not None and probe.clients == ("web", "batch", "idle")
+    client = aioredis.from_url(redis_server.url, decode_responses=True)
+    seconds, _ = await client.time()
+    if seconds % 86_400 > 86_400 - 30:  # the day must not turn between writing and reading
+        await asyncio.sleep(86_400 - seconds % 86_400 + 1)
+        seconds, _ = await client.time()
+    keys = PoolKeys("s", "default", "basic")
+    names = ["web", "batch", "other"]
+
+    async def spend_at(at: float, entries: list[tuple[str, float, int]]) -> None:
+        ledger = SpendLedger(clock=lambda: at)
+        for name, usd, tokens in entries:
+            ledger.add(name, usd, tokens)
+        await SpendRecorder(client, keys, 60, ledger, names, clock=lambda: at).flush()
+
+    await spend_at(
+        seconds, [("web", 0.02466, 1052), ("web", 1.5, 300), ("batch", 0.00001, 7), ("other", 9, 9)]
+    )
+    if datetime.fromtimestamp(seconds, UTC).day > 1:
+        await spend_at(seconds - 86_400, [("web", 3.0, 1000)])  # yesterday, this month
+        web_month = Spent(4.52466, 2352)
+    else:  # (yesterday was last month)
+        web_month = Spent(1.52466, 1352)
+    await spend_at(seconds - 40 * 86_400, [("web", 100.0, 100_000), ("batch", 5.0, 5)])  # another month
+
+    seen = await observe(probe)
+    assert seen.spend is not None
+    spend = dict(seen.spend)
+    assert list(spend) == ["web", "batch", "idle"]
+    assert spend["web"].today == Spent(1.52466, 1352)
+    assert spend["web"].month == web_month
+    assert spend["batch"] == ClientSpend(Spent(0.00001, 7), Spent(0.00001, 7))
+    assert spend["idle"] == ClientSpend(Spent(), Spent())
+    assert get_spend(seen.spend)[0] == {
+        "client": "web",
+        "todayUsd": 1.5247,
+        "monthUsd": round(web_month.usd, 4),
+        "todayTokens": 1352,
+        "monthTokens": web_month.tokens,
+    }
+    del pool["spec"]["clients"]
+    without = get_sidecar_probe(render(pool, fake_secrets(pool["spec"])))
+    assert without is not None and (await observe(without)).spend is None  # no clients: nothing to say
+    await client.aclose()
+
+
+async def test_the_loop_patches_spend_when_it_changes_and_again_after_each_reconciliation(
+    redis_server: RedisServer,
+) -> None:
+    """A reconciliation may remove status.spend (status.py) and makes a new probe: the loop's next read
+    patches again even though what it read is unchanged."""
+    pool = load_example(EXAMPLES / "o1pool-basic.yaml")
+    pool["spec"] |= {"redis": {"url": redis_server.url, "keyPrefix": "l"}, "clients": [{"name": "web"}]}
+    secrets = fake_secrets(pool["spec"])
+    probe = get_sidecar_probe(render(pool, secrets))
+    assert probe is not None
+    patches: list[dict[str, object]] = []
+    spent: list[dict[str, ClientSpend]] = []
+
+    class FakeKube:
+        def patch_status(self, namespace: str, name: str, status: dict[str, object]) -> None:
+            patches.append(status)
+
+    probes = {("default", "basic"): probe}
+    loop = asyncio.create_task(
+        observe_forever(
+            FakeKube(),  # type: ignore[arg-type]
+            probes,
+            {},
+            0.01,
+            lambda namespace, name: None,
+            on_spend=lambda namespace, name, spend: spent.append(dict(spend)),
+        )
+    )
+    try:
+        await until(lambda: len(spent) >= 3, "three reads")
+        assert len(patches) == 1 and patches[0]["spend"] == [
+            {"client": "web", "todayUsd": 0.0, "monthUsd": 0.0, "todayTokens": 0, "monthTokens": 0}
+        ]
+        client = aioredis.from_url(redis_server.url, decode_responses=True)
+        ledger = SpendLedger()
+        ledger.add("web", 0.5, 100)
+        await SpendRecorder(client, PoolKeys("l", "default", "basic"), 60, ledger, ["web"]).flush()
+        await client.aclose()
+        await until(lambda: len(patches) == 2, "a patch of the new spend")
+        assert patches[1]["spend"] == [
+            {"client": "web", "todayUsd": 0.5, "monthUsd": 0.5, "todayTokens": 100, "monthTokens": 100}
+        ]
+        assert spent[-1]["web"].today == Spent(0.5, 100)
+        probes[("default", "basic")] = get_sidecar_probe(render(pool, secrets))  # type: ignore[assignment]
+        await until(lambda: len(patches) == 3, "a patch after the reconciliation")
+        assert patches[2] == patches[1]
+        reads = len(spent)
+        await until(lambda: len(spent) >= reads + 3, "three more reads")
+        assert len(patches) == 3
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop

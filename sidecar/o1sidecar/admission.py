@@ -240,7 +240,18 @@ class Admitter:
         body, strip_usage = upstream_body(ex.endpoint, ex.body, model, fitted.prompt)
         tokens = self.counter.charge(ex.endpoint.path, model, body, self.config.tokens, fitted.prompt_tokens)
         ex.tokens = tokens
-        return Demand(model, tokens, ex.controls.priority, deadline), body, strip_usage
+        return (
+            Demand(
+                model,
+                tokens,
+                ex.controls.priority,
+                deadline,
+                ex.client.name if ex.client is not None else "",
+                ex.client.weight if ex.client is not None else 1.0,
+            ),
+            body,
+            strip_usage,
+        )
 
     def fit(self, ex: Exchange, model: str) -> Fitted | ProxyError:
         """The prompt to send to ``model`` (``None``: the client's own), so that it fits the model's

@@ -440,6 +440,13 @@ class Client(_Strict):
 
     name: Name
     match: ClientMatch = ClientMatch()
+    weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="Share of a saturated model this client gets against the other clients asking "
+        "(limits/fairness.py).",
+    )
     max_priority: int | None = Field(
         default=None, ge=0, le=9, description="Requests asking a higher priority get this one."
     )

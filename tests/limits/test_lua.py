@@ -264,6 +264,10 @@ ACCOUNTS = (
     AccountLimits("d", rpm=12, tpm=12_000, concurrency=None, burst_s=60.0),
 )
 TICKETS = {f"t{i}": p for i, p in enumerate((9, 5, 5, 2))}  # ticket -> priority
+# ticket -> the pool's client it is from, and its weight (fairness.py; "" none)
+CLIENTS = {"t0": ("", 1.0), "t1": ("web", 1.0), "t2": ("batch", 2.0), "t3": ("web", 1.0)}
+# ticket -> its deadline from now: batch's is short, so its places may fall past it
+DEADLINES = {t: (lambda now: now + 2.0) if t == "t2" else (lambda now: math.inf) for t in TICKETS}
 
 advance = st.tuples(
     st.just("advance"), st.sampled_from([0.01, 0.3, 1.0, 1.0, 2.5, 9.0, 31.0, 61.0, 40_000.0])
@@ -288,8 +292,9 @@ settle = st.tuples(
     st.booleans(),  # the same remaining and limit headers for tokens (x 100)
 )
 estimate = st.tuples(st.just("eta"), st.sampled_from(sorted(TICKETS)))
+leave = st.tuples(st.just("forget"), st.sampled_from(sorted(TICKETS)))  # a waiter gives up
 operations = st.lists(
-    st.one_of(advance, try_admit, try_admit, settle, settle, estimate), min_size=10, max_size=80
+    st.one_of(advance, try_admit, try_admit, settle, settle, estimate, leave), min_size=10, max_size=80
 )
 
 
@@ -369,7 +374,7 @@ async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple
             _, ticket, which, tokens, queue = op
             n += 1
             accounts = tuple(ACCOUNTS[i] for i in which)  # type: ignore[attr-defined]
-            demand = Demand("m", tokens, TICKETS[ticket], math.inf)  # type: ignore[arg-type, index]
+            demand = Demand("m", tokens, TICKETS[ticket], DEADLINES[ticket](clock.t), *CLIENTS[ticket])  # type: ignore[arg-type, index]
             a = Attempt(demand, accounts, ticket, f"lease{n}", None, 30.0, queue=bool(queue))  # type: ignore[arg-type]
             ours, theirs = local.attempt_now(a), await redis_store.attempt(a)
             if isinstance(ours, Admitted):
@@ -411,9 +416,17 @@ async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple
             local.settle_now(s)
             await redis_store.settle(s)
 
+        elif op[0] == "forget":
+            local.forget_now("m", [str(op[1])])
+            await redis_store.forget("m", [str(op[1])])
         elif op[0] == "eta":
             a = Attempt(Demand("m", 100, TICKETS[op[1]], math.inf), ACCOUNTS, str(op[1]), "-", None, 30.0)  # type: ignore[index]
             assert await redis_store.eta(a) == pytest.approx(local.eta_now(a), rel=1e-9, abs=1e-6)
+        fair = await client.hgetall(KEYS.fair_share("m"))
+        ours_fair = {
+            f"{k}:{c}": v for c, s in local.shares("m").items() for k, v in (("f", s.finish), ("w", s.weight))
+        }
+        assert {k: float(v) for k, v in fair.items()} == pytest.approx(ours_fair, rel=1e-12)
         for account in ACCOUNTS:
             py = local.state_of(account.name, "m")
             if py is None:

@@ -20,6 +20,8 @@ class Demand:
     tokens: int  # TPM charged at admission, by the upstream's rule (see TokenPolicy)
     priority: int  # 0..9, higher is served first
     deadline: float  # wall-clock epoch seconds (shared across sidecars); past it the request gives up
+    client: str = ""  # the pool's client it is from ("" none: no fair share; fairness.py)
+    weight: float = 1.0  # the client's weight in the fair share
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,16 @@ class PoolKeys:
         """HASH ticket -> tokens the waiting request will cost."""
         return f"{self.tag}:qtok:{model}"
 
+    def fair_share(self, model: str) -> str:
+        """HASH of each client's place in the model's queue: ``f:<client>`` its finish, ``w:<client>``
+        its weight (fairness.py)."""
+        return f"{self.tag}:fair:{model}"
+
+    def places(self, model: str) -> str:
+        """HASH ticket -> ``client;worth``: the place each waiting client request holds (fairness.py),
+        given back when it leaves unserved."""
+        return f"{self.tag}:places:{model}"
+
     def sidecars(self) -> str:
         """ZSET sidecar id -> last heartbeat (server time)."""
         return f"{self.tag}:sidecars"

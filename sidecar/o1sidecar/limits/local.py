@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from o1sidecar.config import SidecarConfig
-from o1sidecar.limits import rule
-from o1sidecar.limits.api import Usage
+from o1sidecar.limits import fairness, rule
+from o1sidecar.limits.api import Demand, Usage
 from o1sidecar.limits.backend import (
     AccountLimits,
     Admitted,
@@ -38,6 +38,7 @@ class _Ticket:
     ticket: str
     rank: float
     tokens: int
+    place: fairness.Place | None = None  # the client's place it holds (fairness.py)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class LocalBackend:
         self._limits: dict[tuple[str, str], rule.Limits] = {}
         self._tickets: dict[str, dict[str, _Ticket]] = {}
         self._held: dict[str, Held] = {}
+        self._shares: dict[str, dict[str, fairness.Share]] = {}  # model -> client -> share
 
     def limits_of(self, limits: AccountLimits) -> rule.Limits:
         return rule.Limits.of(limits, min(1.0, max(0.0, self._share())))
@@ -117,8 +119,9 @@ class LocalBackend:
         now = self._clock()
         demand = attempt.demand
         tickets = self._tickets.setdefault(demand.model, {})
-        my_rank = _rank_of(tickets, attempt, now)
+        shares = self._shares.setdefault(demand.model, {})
         entries = [self._entry(a, demand.model, demand.tokens, now) for a in attempt.accounts]
+        my_rank, spot = _rank_of(tickets, attempt, now, shares, entries)
         free_r = free_t = free_s = 0.0
         for e in entries:
             r, t, s = rule.free(e.state, e.held_to, now)
@@ -126,13 +129,21 @@ class LocalBackend:
         ahead = self._ahead(tickets, attempt.ticket, my_rank)
         queued = blocked_by_queue([t.tokens for t in ahead], demand.tokens, free_r, free_t, free_s)
         best = None if queued else _best(entries)
+        held = tickets.get(attempt.ticket)
+        if best is not None and demand.client and spot is None and (held is None or held.place is None):
+            spot = _place(shares, demand, entries, now)  # (admitted without holding a place: it takes one)
+        elif spot is not None and best is None and (not attempt.queue or spot.start > demand.deadline):
+            spot = None  # no ticket, or a place past its deadline: it takes none (fairness.py)
+        if spot is not None:
+            shares[spot.client] = fairness.taken(spot, demand.weight)
         if best is not None:
             rule.admit(best.state, best.held_to, demand.tokens, attempt.lease_id, now)
             self._held[attempt.lease_id] = Held(attempt.lease_id, best.limits, demand.model, demand.tokens)
             tickets.pop(attempt.ticket, None)
             return Admitted(account=best.limits.name, lease_id=attempt.lease_id)
         if attempt.queue:
-            tickets[attempt.ticket] = _Ticket(attempt.ticket, my_rank, demand.tokens)
+            place = spot if held is None else held.place
+            tickets[attempt.ticket] = _Ticket(attempt.ticket, my_rank, demand.tokens, place)
         if queued:
             return Denied("queue", rule.CONCURRENCY_POLL_S, my_rank)
         reason, wait = _denial(entries)
@@ -142,6 +153,10 @@ class LocalBackend:
     def _ahead(tickets: dict[str, _Ticket], ticket: str, my_rank: float) -> list[_Ticket]:
         return [t for tid, t in tickets.items() if tid != ticket and (t.rank, tid) < (my_rank, ticket)]
 
+    def shares(self, model: str) -> dict[str, fairness.Share]:
+        """Each client's fair share of ``model`` as this store keeps it (fairness.py)."""
+        return dict(self._shares.get(model, {}))
+
     async def eta(self, attempt: Attempt) -> float:
         return self.eta_now(attempt)
 
@@ -150,7 +165,8 @@ class LocalBackend:
         demand = attempt.demand
         entries = [self._entry(a, demand.model, demand.tokens, now) for a in attempt.accounts]
         tickets = self._tickets.get(demand.model, {})
-        ahead = self._ahead(tickets, attempt.ticket, _rank_of(tickets, attempt, now))
+        shares = self._shares.get(demand.model, {})
+        ahead = self._ahead(tickets, attempt.ticket, _rank_of(tickets, attempt, now, shares, entries)[0])
         # As eta.lua: the cost of the first AHEAD_LIMIT (in queue order) exactly, the rest at their average.
         first = sorted(ahead, key=lambda t: (t.rank, t.ticket))[:AHEAD_LIMIT]
         tokens = sum(t.tokens for t in first) * len(ahead) / len(first) if first else 0.0
@@ -181,9 +197,14 @@ class LocalBackend:
         self.forget_now(model, tickets)
 
     def forget_now(self, model: str, tickets: list[str]) -> None:
+        """Drop waiters that left unserved; each gives its client's place back (fairness.py)."""
         known = self._tickets.get(model, {})
+        shares = self._shares.get(model, {})
         for t in tickets:
-            known.pop(t, None)
+            gone = known.pop(t, None)
+            place = gone.place if gone is not None else None
+            if place is not None and place.client in shares:
+                shares[place.client] = fairness.given_back(shares[place.client], place.worth)
 
     async def adopt(self, waiting: list[Waiting]) -> None:
         self.adopt_now(waiting)
@@ -217,14 +238,33 @@ class LocalBackend:
         return out
 
 
-def _rank_of(tickets: dict[str, _Ticket], attempt: Attempt, now: float) -> float:
-    """The waiter's rank: kept from its ticket, else the one it brings, else ranked now."""
+def _rank_of(
+    tickets: dict[str, _Ticket],
+    attempt: Attempt,
+    now: float,
+    shares: Mapping[str, fairness.Share],
+    entries: list[_Entry],
+) -> tuple[float, fairness.Place | None]:
+    """The waiter's rank: kept from its ticket, else the one it brings, else ranked now; and, for a
+    client's request ranked now, the place it would take (fairness.py; its start is the rank's time)."""
     mine = tickets.get(attempt.ticket)
     if mine is not None:
-        return mine.rank
+        return mine.rank, None
     if attempt.rank is not None:
-        return attempt.rank
-    return rank(attempt.demand.priority, now, attempt.aging_s)
+        return attempt.rank, None
+    demand = attempt.demand
+    if not demand.client:
+        return rank(demand.priority, now, attempt.aging_s), None
+    spot = _place(shares, demand, entries, now)
+    return rank(demand.priority, spot.start, attempt.aging_s), spot
+
+
+def _place(
+    shares: Mapping[str, fairness.Share], demand: Demand, entries: list[_Entry], now: float
+) -> fairness.Place:
+    """The client's next place, at the rate of the accounts as they stand (admit.lua's ``rate``)."""
+    rate = sum(rule.effective(e.state, e.held_to)[0] for e in entries) / rule.MINUTE_S
+    return fairness.place(shares, demand.client, demand.weight, rate, now)
 
 
 def _best(entries: list[_Entry]) -> _Entry | None:

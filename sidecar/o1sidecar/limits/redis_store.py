@@ -3,6 +3,7 @@ attempt, settlement, estimate or heartbeat."""
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -167,12 +168,16 @@ class RedisBackend:
                 _num(a.rank),
                 "1" if a.queue else "0",
                 a.lease_id,
+                d.client,
+                repr(d.weight),
+                _num(d.deadline) if math.isfinite(d.deadline) else "",
             )
         )
         args = [self._now(), a.ticket, params, self.keys.wake_channel(), d.model]
         for acct in a.accounts:
             keys += self._account_keys(acct.name, d.model)
             args.append(packed_limits(acct))
+        keys += [self.keys.fair_share(d.model), self.keys.places(d.model)]
         result = await self.scripts.admit(keys, args)
         if int(result[0]) == 1:
             account = str(result[1])
@@ -200,11 +205,14 @@ class RedisBackend:
     async def forget(self, model: str, tickets: list[str]) -> None:
         if not tickets:
             return
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zrem(self.keys.queue(model), *tickets)
-        pipe.zrem(self.keys.ticket_expiry(model), *tickets)
-        pipe.hdel(self.keys.ticket_cost(model), *tickets)
-        await pipe.execute()
+        keys = [
+            self.keys.queue(model),
+            self.keys.ticket_expiry(model),
+            self.keys.ticket_cost(model),
+            self.keys.fair_share(model),
+            self.keys.places(model),
+        ]
+        await self.scripts.forget(keys, tickets)
 
     async def adopt(self, waiting: list[Waiting]) -> None:
         if not waiting:

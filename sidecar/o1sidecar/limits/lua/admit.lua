@@ -5,16 +5,18 @@
 -- KEYS[1] queue ZSET (ticket -> rank)      KEYS[2] ticket expiry ZSET (ticket -> expires at)
 -- KEYS[3] ticket cost HASH (ticket -> tokens)
 -- KEYS[1+3i], KEYS[2+3i], KEYS[3+3i]: account i's HASH, lease ZSET and window ZSET
+-- KEYS[4+3n] the model's fair-share HASH (f:<client> -> finish, w:<client> -> weight; fairness.py)
+-- KEYS[5+3n] the model's HASH of waiting tickets' places (ticket -> "client;worth")
 -- ARGV[1] now ('' = TIME)  ARGV[2] ticket
--- ARGV[3] "priority;aging_s;tokens;lease_ttl_s;ticket_ttl_s;rank;queue;lease id" (rank '' = rank it
---         now; queue 0 = a denied attempt leaves no ticket)
+-- ARGV[3] "priority;aging_s;tokens;lease_ttl_s;ticket_ttl_s;rank;queue;lease id;client;weight;deadline"
+--         (rank '' = rank it now; queue 0 = a denied attempt leaves no ticket; client '' = none;
+--         deadline '' = none)
 -- ARGV[4] wake channel  ARGV[5] model  ARGV[5+i] account i (see limits() in rule.lua)
 -- (Fields are packed into few arguments: encoding arguments is most of a call's client-side cost.)
 -- Returns {1, account} or {0, reason, wait_ms, rank}.
 
 local AHEAD_LIMIT = 64
 local POLL_MS = 250
-
 local now = clock(ARGV[1])
 local ticket = ARGV[2]
 local params = split(ARGV[3])
@@ -22,7 +24,10 @@ local priority, aging, tokens = tonumber(params[1]), tonumber(params[2]), tonumb
 local lease_ttl, ticket_ttl = tonumber(params[4]), tonumber(params[5])
 local enqueue = params[7] ~= '0'
 local lease = params[8]
+local client, weight = params[9] or '', tonumber(params[10] or '1')
+local deadline = tonumber(params[11] or '') or math.huge
 local n = #ARGV - 5
+local fair_key, places_key = KEYS[4 + 3 * n], KEYS[5 + 3 * n]
 
 -- Tickets of sidecars that stopped refreshing them are dead.
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
@@ -30,12 +35,35 @@ if #dead > 0 then
   redis.call('ZREM', KEYS[1], unpack(dead))
   redis.call('ZREM', KEYS[2], unpack(dead))
   redis.call('HDEL', KEYS[3], unpack(dead))
+  for _, id in ipairs(dead) do fair_give_back(fair_key, places_key, id) end
+end
+
+-- Every account as it stands now.
+local accounts = {}
+local free_r, free_t, free_s, rate = 0, 0, 0, 0
+for i = 1, n do
+  local a = limits(ARGV[5 + i], KEYS[1 + 3 * i], KEYS[2 + 3 * i], KEYS[3 + 3 * i])
+  load(a, now)
+  refresh(a, now)
+  rate = rate + effective(a) / MINUTE
+  a.block, a.wait = check(a, tokens, now)
+  local fr, ft, fs = free(a, now)
+  free_r, free_t, free_s = free_r + fr, free_t + ft, free_s + fs
+  accounts[i] = a
 end
 
 local rank = tonumber(redis.call('ZSCORE', KEYS[1], ticket))
 local queued = rank ~= nil
+local start, worth = nil, nil  -- the client's place this request takes (ranked now)
 if rank == nil then
-  if params[6] ~= '' then rank = tonumber(params[6]) else rank = now - priority * aging end
+  if params[6] ~= '' then
+    rank = tonumber(params[6])
+  elseif client ~= '' then
+    start, worth = fair_place(fair_key, client, weight, rate, now)
+    rank = start - priority * aging
+  else
+    rank = now - priority * aging
+  end
 end
 
 -- Better-ranked live tickets (ties: the smaller ticket id first).
@@ -49,19 +77,6 @@ local ahead_tokens = 0
 if #ahead_ids > 0 then
   local costs = redis.call('HMGET', KEYS[3], unpack(ahead_ids))
   for i = 1, #costs do ahead_tokens = ahead_tokens + (tonumber(costs[i]) or 0) end
-end
-
--- Every account as it stands now.
-local accounts = {}
-local free_r, free_t, free_s = 0, 0, 0
-for i = 1, n do
-  local a = limits(ARGV[5 + i], KEYS[1 + 3 * i], KEYS[2 + 3 * i], KEYS[3 + 3 * i])
-  load(a, now)
-  refresh(a, now)
-  a.block, a.wait = check(a, tokens, now)
-  local fr, ft, fs = free(a, now)
-  free_r, free_t, free_s = free_r + fr, free_t + ft, free_s + fs
-  accounts[i] = a
 end
 
 local blocked = false
@@ -87,10 +102,15 @@ if best ~= nil then
   prune(best, now)
   admit(best, tokens, lease, now, lease_ttl)
   save(best, now)
+  if start == nil and client ~= '' and redis.call('HEXISTS', places_key, ticket) == 0 then
+    start, worth = fair_place(fair_key, client, weight, rate, now)  -- (admitted holding no place)
+  end
+  if start ~= nil then fair_take(fair_key, client, weight, start, worth) end
   if queued then
     redis.call('ZREM', KEYS[1], ticket)
     redis.call('ZREM', KEYS[2], ticket)
     redis.call('HDEL', KEYS[3], ticket)
+    redis.call('HDEL', places_key, ticket)  -- (served: the place stays taken)
     if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
   end
   return {1, best.name}
@@ -101,6 +121,11 @@ if enqueue then
   redis.call('ZADD', KEYS[2], now + ticket_ttl, ticket)
   redis.call('HSET', KEYS[3], ticket, tokens)
   for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], math.ceil(2 * ticket_ttl * 1000)) end
+  if start ~= nil and start <= deadline then  -- (a place past its deadline is not taken)
+    fair_take(fair_key, client, weight, start, worth)
+    redis.call('HSET', places_key, ticket, client .. ';' .. num(worth))
+    redis.call('PEXPIRE', places_key, math.ceil(2 * ticket_ttl * 1000))
+  end
 end
 
 if blocked then return {0, 'queue', POLL_MS, num(rank)} end

@@ -34,6 +34,7 @@ NAMESPACE_ENV = "O1POOL_NAMESPACE"
 POD_ENV = "O1POOL_POD"
 SERVICE_ACCOUNT_ENV = "O1POOL_SERVICE_ACCOUNT"
 WORKLOAD_ENV = "O1POOL_WORKLOAD"
+RUN_AS = 65532  # the sidecar image's non-root user
 TEMPLATE_HASH_LABEL = "pod-template-hash"  # what a Deployment's ReplicaSet adds to its name and pods
 
 JsonPatch = list[dict[str, Any]]
@@ -107,6 +108,18 @@ def get_identity_env(workload: str) -> list[dict[str, Any]]:
     ]
 
 
+def sidecar_security_context() -> dict[str, Any]:
+    """The sidecar container's securityContext (the injected sidecar's and the gateway's)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},  # Pod Security "restricted" asks for it
+    }
+
+
 def metrics_port(pool: Mapping[str, Any]) -> int:
     return int((pool["spec"].get("injection") or {}).get("metricsPort", 9090))
 
@@ -135,14 +148,7 @@ def get_sidecar_container(pool: Mapping[str, Any], default_image: str, workload:
             "failureThreshold": 2,
         },
         "resources": injection.get("resources") or DEFAULT_RESOURCES,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 65532,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},  # Pod Security "restricted" asks for it
-        },
+        "securityContext": sidecar_security_context(),
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": str(CONFIG_MOUNT), "readOnly": True},
             {"name": KEYS_VOLUME, "mountPath": str(KEY_MOUNT), "readOnly": True},

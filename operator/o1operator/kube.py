@@ -101,6 +101,7 @@ class Kube:
     def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete an object the operator made (one that is already gone is fine)."""
         delete = {
+            "ConfigMap": self.core.delete_namespaced_config_map,
             "Service": self.core.delete_namespaced_service,
             "Deployment": self.apps.delete_namespaced_deployment,
             "NetworkPolicy": self.networking.delete_namespaced_network_policy,

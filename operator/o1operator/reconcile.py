@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from o1operator import cacheservice
+from o1operator import cacheservice, gateway
 from o1operator.kube import Kube
 from o1operator.prediction import Assessment, get_forecast_settings
 from o1operator.render import (
@@ -20,6 +20,7 @@ from o1operator.render import (
 )
 from o1operator.sidecars import Probes, get_sidecar_probe
 from o1operator.status import (
+    GATEWAY_RENDERED,
     KEYS_READY,
     MODELS_AVAILABLE,
     PEAK_COVERED,
@@ -65,6 +66,10 @@ def get_events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tupl
     peak_before, peak_after = _condition(before, PEAK_COVERED), _condition(after, PEAK_COVERED)
     if peak_after.get("status") == "False" and peak_before.get("status") != "False":  # (not hourly)
         events.append(("Warning", peak_after["reason"], peak_after["message"]))
+    gateway_before, gateway_after = _condition(before, GATEWAY_RENDERED), _condition(after, GATEWAY_RENDERED)
+    degraded = gateway_after.get("reason") == "DegradedVirtualKeys"  # (not rendered at all: Ready's event)
+    if degraded and gateway_after.get("message") != gateway_before.get("message"):
+        events.append(("Warning", "DegradedVirtualKeys", gateway_after["message"]))
     ready = _condition(after, "Ready")
     if ready.get("status") == "False" and ready.get("message") != _condition(before, "Ready").get("message"):
         events.append(("Warning", ready["reason"], ready["message"]))
@@ -88,6 +93,25 @@ def apply_cache_service(
             kube.delete(kind, meta["namespace"], pool["status"]["cacheService"])
 
 
+def apply_gateway(
+    kube: Kube,
+    pool: Mapping[str, Any],
+    rendered: gateway.GatewayRendering | None,
+    images: cacheservice.Images,
+) -> None:
+    """The pool's gateway as its spec says: applied when it rendered; left as it is when it did not
+    (pods already running keep what they have; the status says why); deleted when the pool no longer
+    has one and the status says it had."""
+    meta = pool["metadata"]
+    if rendered is not None:
+        if rendered.error is None:
+            for manifest in gateway.get_manifests(pool, rendered, gateway.image_for(pool, images)):
+                kube.apply(manifest)
+    elif (pool.get("status") or {}).get("gateway"):
+        for kind, name in gateway.names_of(meta["name"], pool["status"]["gateway"]).items():
+            kube.delete(kind, meta["namespace"], name)
+
+
 def reconcile_pool(
     kube: Kube,
     pool: Mapping[str, Any],
@@ -100,7 +124,7 @@ def reconcile_pool(
     forecast: Assessment | None = None,
     images: cacheservice.Images = cacheservice.NO_IMAGES,
 ) -> dict[str, Any]:
-    """Bring the pool's ConfigMap, Secret, cache service (in one of ``images``: ``image_for``)
+    """Bring the pool's ConfigMap, Secret, cache service (in one of ``images``: ``image_for``), gateway
     and status in line with its spec and Secrets, and report the
     keys the upstream refused lately, the models not up and whether Redis answers (``redis``: read by
     sidecars.py) and its forecast (``forecast``: forecasting.py); ``allowed_hosts``: the host patterns
@@ -111,6 +135,7 @@ def reconcile_pool(
     read = kube.read_secrets(namespace, referenced_secrets(pool["spec"]) | {key_secret_name(name)})
     secrets = with_salt(read, name)  # the config hash's salt: kept in the pool's own key Secret
     rendering = render(pool, secrets, allowed_hosts)
+    rendered_gateway = gateway.render_gateway(pool, rendering, secrets)
     probe = get_sidecar_probe(
         rendering, get_forecast_settings(pool["spec"])
     )  # None: no Redis, nothing to observe
@@ -118,6 +143,7 @@ def reconcile_pool(
         kube.apply(get_config_map(pool, rendering))
         kube.apply(get_key_secret(pool, rendering))
         apply_cache_service(kube, pool, rendering.cache_service, images)
+        apply_gateway(kube, pool, rendered_gateway, images)
         if probes is not None:
             if probe is None:
                 probes.pop((namespace, name), None)
@@ -125,7 +151,7 @@ def reconcile_pool(
                 probes[namespace, name] = probe
     if probe is None:  # not rendered (keep what was said), or no Redis: nothing recorded or forecast
         redis, forecast = None, (NO_REDIS if rendering.config is not None else None)
-    status = get_status(pool, rendering, now(), redis, forecast)
+    status = get_status(pool, rendering, now(), redis, forecast, rendered_gateway)
     kube.patch_status(namespace, name, status)
     for type_, reason, message in get_events(pool.get("status") or {}, status):
         post_event(pool, type_, reason, message)

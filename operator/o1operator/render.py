@@ -116,16 +116,21 @@ def key_secret_name(pool: str) -> str:
 
 
 def referenced_secrets(spec: Mapping[str, Any]) -> set[str]:
-    """Names of every Secret the spec references (keys and Redis)."""
+    """Names of every Secret the spec references (keys, Redis, and the gateway's virtual keys and TLS)."""
     names = {k["secretKeyRef"]["name"] for a in spec.get("accounts", []) for k in a.get("keys", [])}
     redis = spec.get("redis") or {}
     names |= {
         redis[ref]["name"] for ref in ("urlSecretRef", "passwordSecretRef", "caSecretRef") if ref in redis
     }
+    names |= {k["secretRef"]["name"] for c in spec.get("clients") or [] for k in c.get("virtualKeys") or []}
+    tls = (spec.get("gateway") or {}).get("tlsSecretName")
+    if tls:
+        names.add(tls)
     return names
 
 
-def _decode(value: str) -> str | None:
+def decode(value: str) -> str | None:
+    """A Secret ``data`` value as text (``None``: not base64 of UTF-8)."""
     try:
         return base64.b64decode(value, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
@@ -136,20 +141,22 @@ def _encode(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
-def _key_problem(ref: Mapping[str, str], secrets: SecretsData) -> str | None:
+def key_problem(ref: Mapping[str, str], secrets: SecretsData) -> str | None:
+    """Why the Secret key ``ref`` (``name``, ``key``) gives no value: ``SecretNotFound``,
+    ``SecretKeyNotFound``, ``KeyEmpty``; ``None`` if it holds one."""
     data = secrets.get(ref["name"])
     if data is None:
         return "SecretNotFound"
     if ref["key"] not in data:
         return "SecretKeyNotFound"
-    if not (_decode(data[ref["key"]]) or "").strip():
+    if not (decode(data[ref["key"]]) or "").strip():
         return "KeyEmpty"
     return None
 
 
 def get_key_states(spec: Mapping[str, Any], secrets: SecretsData) -> tuple[KeyState, ...]:
     return tuple(
-        KeyState(account["name"], key["name"], ref["name"], ref["key"], _key_problem(ref, secrets))
+        KeyState(account["name"], key["name"], ref["name"], ref["key"], key_problem(ref, secrets))
         for account in spec.get("accounts", [])
         for key in account.get("keys", [])
         for ref in [key["secretKeyRef"]]
@@ -164,7 +171,7 @@ def _secret_value(ref: Mapping[str, str], secrets: SecretsData, field_path: str)
         raise RenderError(
             "RedisSecretNotFound", f"Secret {ref['name']!r} ({field_path}) has no key {ref['key']!r}"
         )
-    value = (_decode(data[ref["key"]]) or "").strip()
+    value = (decode(data[ref["key"]]) or "").strip()
     if not value:
         raise RenderError("RedisSecretInvalid", f"Secret {ref['name']!r} key {ref['key']!r} is empty")
     return value
@@ -295,7 +302,7 @@ _AUDIT_FIELDS = {
     "maskPatterns": "mask_patterns",
 }
 _PRICE_FIELDS = {"input": "input", "cachedInput": "cached_input", "output": "output"}
-_CLIENT_FIELDS = {"name": "name", "maxPriority": "max_priority", "onBudget": "on_budget"}
+_CLIENT_FIELDS = {"name": "name", "weight": "weight", "maxPriority": "max_priority", "onBudget": "on_budget"}
 _CLIENT_MATCH_FIELDS = {
     "namespaces": "namespaces",
     "workloads": "workloads",
@@ -328,6 +335,12 @@ def get_account_config(account: Mapping[str, Any], keys: list[KeyState]) -> dict
         config["models"] = {model: _pick(limits, _MODEL_LIMITS) for model, limits in models.items()}
     config["keys"] = [{"name": k.name, "file": str(KEY_MOUNT / k.file_name)} for k in keys]
     return config
+
+
+def is_gateway_only(client: Mapping[str, Any]) -> bool:
+    """A client without ``match`` is no pod's, only its virtual keys' callers at the gateway: the
+    sidecars' config leaves it out."""
+    return "match" not in client
 
 
 def get_client_config(client: Mapping[str, Any]) -> dict[str, Any]:
@@ -386,8 +399,9 @@ def get_sidecar_config(
         config["audit"] = _pick(spec["audit"], _AUDIT_FIELDS)
     if "prices" in spec:
         config["prices"] = {model: _pick(price, _PRICE_FIELDS) for model, price in spec["prices"].items()}
-    if spec.get("clients"):
-        config["clients"] = [get_client_config(client) for client in spec["clients"]]
+    clients = [get_client_config(c) for c in spec.get("clients") or [] if not is_gateway_only(c)]
+    if clients:
+        config["clients"] = clients
     if redis:
         config["redis"] = redis
     return config
@@ -397,7 +411,7 @@ def get_config_hash(config_yaml: str, key_data: Mapping[str, str]) -> str:
     """HMAC-SHA256, keyed by the pool's salt (``key_data[SALT_FILE]``), of the config and the key
     Secret's data: changes on any config change or key rotation, and says nothing about a key to
     whoever does not hold the salt."""
-    salt = _decode(key_data.get(SALT_FILE, "")) or ""
+    salt = decode(key_data.get(SALT_FILE, "")) or ""
     digest = hmac.new(salt.encode(), config_yaml.encode(), hashlib.sha256)
     for name in sorted(key_data):
         if name != SALT_FILE:
@@ -411,7 +425,7 @@ def with_salt(
     """``secrets`` with the pool's key Secret holding a salt: the one it has, or a new one."""
     own = key_secret_name(pool_name)
     data = secrets.get(own) or {}
-    if _decode(data.get(SALT_FILE, "")):
+    if decode(data.get(SALT_FILE, "")):
         return secrets
     return {**secrets, own: {**data, SALT_FILE: _encode(new_salt())}}
 

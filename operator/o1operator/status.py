@@ -5,7 +5,8 @@ Pure: computed from the pool (its generation and previous conditions), a Renderi
 Ready rule: Ready is True when the current spec is rendered into the ConfigMap and Secret and at least
 one key is usable; missing keys then only make KeysReady False (the pool serves with the keys that
 exist). Ready is False when nothing could be rendered for the current spec (sidecars keep the last
-config that rendered).
+config that rendered), or when the pool's gateway could not be (it keeps what it runs). A gateway that
+runs without some of its virtual keys leaves Ready True (``DegradedVirtualKeys``), naming them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from o1operator.cacheservice import cache_service_name
+from o1operator.gateway import GatewayRendering
 from o1operator.prediction import Assessment
 from o1operator.render import Rendering
 from o1sidecar.outages import ModelState
@@ -28,6 +30,7 @@ FORECASTING = "Forecasting"
 MODELS_AVAILABLE = "ModelsAvailable"
 REDIS_REACHABLE = "RedisReachable"
 PEAK_COVERED = "PeakCovered"
+GATEWAY_RENDERED = "GatewayRendered"
 CONDITION_TYPES = (
     READY,
     KEYS_READY,
@@ -36,6 +39,7 @@ CONDITION_TYPES = (
     REDIS_REACHABLE,
     FORECASTING,
     PEAK_COVERED,
+    GATEWAY_RENDERED,
 )
 
 
@@ -148,16 +152,65 @@ def redis_condition(rendering: Rendering, redis: RedisView | None, generation: i
     return condition(REDIS_REACHABLE, True, "Reachable", "the operator reads the pool's Redis", generation)
 
 
+def gateway_condition(gateway: GatewayRendering, generation: int) -> dict[str, Any]:
+    """``GatewayRendered``: whether the pool's gateway is rendered for the current spec, and with which
+    of its virtual keys."""
+    if gateway.error is not None:
+        return condition(GATEWAY_RENDERED, False, gateway.error.reason, gateway.error.message, generation)
+    settings = gateway.settings
+    what = (
+        f"Deployment and Service {gateway.name} ({settings.replicas} replicas, {settings.port_name} on port "
+        f"{settings.api_port}) and ConfigMap {gateway.config_map_name}"
+    )
+    total = len(gateway.keys)
+    if gateway.problems:
+        return condition(
+            GATEWAY_RENDERED,
+            True,
+            "DegradedVirtualKeys",
+            f"{what}, with {gateway.keys_ready} of {total} virtual keys: " + "; ".join(gateway.problems),
+            generation,
+        )
+    return condition(GATEWAY_RENDERED, True, "Rendered", f"{what}, with all {total} virtual keys", generation)
+
+
+def _with_gateway(ready: dict[str, Any], gateway: GatewayRendering | None, generation: int) -> dict[str, Any]:
+    """``Ready`` of a pool whose sidecar config rendered, given its gateway: False if the gateway did not
+    render, naming why; still True without some virtual keys, naming them."""
+    if gateway is None:
+        return ready
+    if gateway.error is not None:
+        return condition(
+            READY,
+            False,
+            gateway.error.reason,
+            f"the gateway {gateway.name} is not served for the current spec: {gateway.error.message} (the "
+            "sidecars are: " + ready["message"] + ")",
+            generation,
+        )
+    if not gateway.problems:
+        return ready
+    reason = "DegradedVirtualKeys" if ready["reason"] == "Serving" else ready["reason"]
+    message = (
+        f"{ready['message']}; the gateway {gateway.name} without {len(gateway.keys) - gateway.keys_ready} of "
+        f"{len(gateway.keys)} virtual keys: " + "; ".join(gateway.problems)
+    )
+    return condition(READY, True, reason, message, generation)
+
+
 def get_conditions(
     rendering: Rendering,
     generation: int,
     previous: Sequence[Mapping[str, Any]],
     redis: RedisView | None = None,
     forecast: Assessment | None = None,
+    gateway: GatewayRendering | None = None,
 ) -> list[dict[str, Any]]:
     """``redis``: what the operator last read from the pool's Redis (``None``: nothing yet, or the pool
     has none): refused keys for ``KeysReady``, outages for ``ModelsAvailable``, ``RedisReachable``;
-    ``forecast``: the last assessment of its recorded demand, for ``Forecasting``."""
+    ``forecast``: the last assessment of its recorded demand, for ``Forecasting``; ``gateway``: the
+    pool's gateway as rendered (``None``: it has none, or its sidecar config did not render), for
+    ``GatewayRendered`` and ``Ready``."""
     refused = redis.refused if redis is not None else ()
     outages = redis.outages if redis is not None and redis.error is None else None
     total = len(rendering.keys)
@@ -216,8 +269,12 @@ def get_conditions(
                 generation,
             )
 
+        ready_cond = _with_gateway(ready_cond, gateway, generation)
+
     models = models_condition(outages, generation)
     conditions = [ready_cond, keys, rendered, models, redis_condition(rendering, redis, generation)]
+    if gateway is not None:
+        conditions.append(gateway_condition(gateway, generation))
     if forecast is not None:
         conditions.append(
             condition(FORECASTING, forecast.status, forecast.reason, forecast.message, generation)
@@ -284,13 +341,16 @@ def get_status(
     now: datetime,
     redis: RedisView | None = None,
     forecast: Assessment | None = None,
+    gateway: GatewayRendering | None = None,
 ) -> dict[str, Any]:
-    """The status patch for ``pool`` after ``rendering`` was applied (or failed to render), with what
-    the operator last read from its Redis (``redis``) and its forecast (``forecast``; a forecast
-    without a prediction clears the one published)."""
+    """The status patch for ``pool`` after ``rendering`` and its ``gateway`` were applied (or failed to
+    render), with what the operator last read from its Redis (``redis``) and its forecast
+    (``forecast``; a forecast without a prediction clears the one published)."""
     generation = int(pool["metadata"].get("generation", 0))
     previous = (pool.get("status") or {}).get("conditions") or []
-    conditions = get_conditions(rendering, generation, previous, redis, forecast)
+    if rendering.error is None and gateway is None:  # no gateway (any more): its condition goes
+        previous = [c for c in previous if c.get("type") != GATEWAY_RENDERED]
+    conditions = get_conditions(rendering, generation, previous, redis, forecast, gateway)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge_conditions(previous, conditions, now),
@@ -314,4 +374,9 @@ def get_status(
             "configHash": rendering.config_hash,
             "cacheService": None if service is None else cache_service_name(rendering.name),
         }
+        if gateway is None:
+            status["gateway"] = None  # (a merge patch: removed)
+        elif gateway.error is None:
+            status["gateway"] = gateway.name
+        # (a gateway that did not render keeps its name: what runs is still there, and deleted once off)
     return status

@@ -81,6 +81,12 @@ def create_app(
     identity = Identity.from_env()
     clients = Clients(config, identity)
     metrics.watch_budgets([c for c in clients.served() if c.budgets.any()], clients.left)
+    metrics.identify(identity.as_dict(), clients.names())
+    if clients.gateway:
+        serving = f"as a gateway for client(s) {', '.join(clients.names())}"
+    else:
+        who = identity.workload or "a workload without the webhook's identity"
+        serving = f"{who} (client {clients.own.name if clients.own else 'none'})"
     if config.redis.url is not None:
         keys = PoolKeys(config.redis.key_prefix, config.pool.namespace, config.pool.name)
         every = config.redis.heartbeat_interval_s
@@ -138,13 +144,14 @@ def create_app(
         await key_files.start()
         ready.set()
         log.info(
-            "sidecar ready: pool %s/%s, %d account(s) at %s, models %s, limiter %s",
+            "sidecar ready: pool %s/%s, %d account(s) at %s, models %s, limiter %s, serving %s",
             config.pool.namespace,
             config.pool.name,
             len(config.accounts),
             ", ".join(sorted({a.base_url for a in config.accounts})),
             ", ".join(proxy.models),
             limiter.state().mode,
+            serving,
         )
 
     draining: list[asyncio.Task[None]] = []

@@ -407,7 +407,7 @@ class AuditConfig(_Strict):
 
 class ClientMatch(_Strict):
     """Which workloads a client is: each list given must contain the pod's value (identity.py); an
-    empty match is every workload."""
+    empty match (``{}``) is every workload."""
 
     namespaces: list[Name] = Field(default_factory=list)
     workloads: list[str] = Field(
@@ -439,7 +439,11 @@ class Client(_Strict):
     """One client of the pool: a workload (or several) with its own priority ceiling and budgets."""
 
     name: Name
-    match: ClientMatch = ClientMatch()
+    match: ClientMatch | None = Field(
+        default=None,
+        description="The pods that are this client ({} every workload); none: no pod, only the callers of "
+        "its virtual_keys at a gateway.",
+    )
     weight: float = Field(
         default=1.0,
         gt=0,
@@ -462,6 +466,15 @@ class Client(_Strict):
         description="Once a budget is spent: refuse (429 budget_exceeded) or downgrade (answer from the "
         "requested model's fallback chain only, degraded; refused if it has none).",
     )
+
+    @model_validator(mode="after")
+    def _someone_is_it(self) -> Self:
+        if self.match is None and not self.virtual_keys:
+            raise ValueError(
+                f"clients[{self.name}] is no pod's (no match) and no caller's (no virtual_keys): give it a "
+                "match (match: {} is every workload), or virtual keys at a gateway"
+            )
+        return self
 
     @model_validator(mode="after")
     def _on_budget_needs_a_budget(self) -> Self:
@@ -613,7 +626,14 @@ class SidecarConfig(_Strict):
 
     def client_for(self, namespace: str, workload: str, service_account: str) -> Client | None:
         """The first client whose match the workload meets (``None``: it is none of them)."""
-        return next((c for c in self.clients if c.match.matches(namespace, workload, service_account)), None)
+        return next(
+            (
+                c
+                for c in self.clients
+                if c.match is not None and c.match.matches(namespace, workload, service_account)
+            ),
+            None,
+        )
 
     def price_table(self) -> PriceTable:
         return PriceTable({model: p.price() for model, p in self.prices.items()})

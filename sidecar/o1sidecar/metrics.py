@@ -292,6 +292,18 @@ class SidecarMetrics:
                     child = gauge.labels(client.name, budget)
                     child.set_function(functools.partial(remaining, client, budget))
 
+    def identify(self, identity: dict[str, str], clients: Sequence[str]) -> None:
+        """``o1_api_sidecar_info``: 1, labelled with the pod's identity (identity.py) and the clients it
+        serves, to join its other series by ``pod`` with a workload and a client."""
+        gauge = Gauge(
+            "o1_api_sidecar_info",
+            "This sidecar's pod identity and the pool's clients it serves (always 1)",
+            ["workload", "service_account", "client"],
+            registry=self.registry,
+        )
+        for client in clients or [""]:
+            gauge.labels(identity.get("workload", ""), identity.get("service_account", ""), client).set(1)
+
     def scrape(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -163,7 +163,7 @@ async def test_every_metric_and_label_the_alerts_read_is_in_a_real_scrape(
     handle = await make_sidecar(
         redis={"url": redis_server.url},
         cache={"enabled": True, "l1_entries": 0},
-        clients=[{"name": "all", "budgets": {"daily_usd": 100}}],
+        clients=[{"name": "all", "match": {}, "budgets": {"daily_usd": 100}}],
     )
     client = openai.AsyncOpenAI(base_url=handle.url, api_key="x", max_retries=0)
     for _ in range(2):  # an answer, then the same from L2

@@ -223,7 +223,9 @@ async def test_every_metric_and_label_the_dashboards_read_is_in_a_real_scrape(
         "redis": {"url": redis_server.url},
         "cache": {"enabled": True, "l1_entries": 0},  # hits come from L2 (Redis)
         "fallback": {"chains": {"o1": ["o1-mini"]}},
-        "clients": [{"name": "all", "budgets": {"daily_usd": 1000, "monthly_tokens": 1_000_000_000}}],
+        "clients": [
+            {"name": "all", "match": {}, "budgets": {"daily_usd": 1000, "monthly_tokens": 1_000_000_000}}
+        ],
     }
     handles = [await make_sidecar(**config) for _ in range(2)]
     clients = [openai.AsyncOpenAI(base_url=h.url, api_key="x", max_retries=0) for h in handles]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,7 +57,32 @@ def fake_secrets(spec: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     if "passwordSecretRef" in redis:
         ref = redis["passwordSecretRef"]
         data.setdefault(ref["name"], {})[ref["key"]] = b64(FAKE_REDIS_PASSWORD)
+    for client in spec.get("clients") or []:
+        for key in client.get("virtualKeys") or []:
+            ref = key["secretRef"]
+            data.setdefault(ref["name"], {})[ref["key"]] = b64(
+                fake_virtual_key_digest(ref["name"], ref["key"])
+            )
+    tls = (spec.get("gateway") or {}).get("tlsSecretName")
+    if tls:
+        data[tls] = {
+            "tls.crt": b64(fake_pem(tls, "CERTIFICATE")),
+            "tls.key": b64(fake_pem(tls, "PRIVATE KEY")),
+        }
     return data
+
+
+def fake_virtual_key(secret: str, key: str) -> str:
+    return f"sk-o1p-fake-{secret}-{key}-5ecret"
+
+
+def fake_virtual_key_digest(secret: str, key: str) -> str:
+    """What ``o1pool virtual-key`` would have the Secret hold for :func:`fake_virtual_key`."""
+    return "sha256:" + hashlib.sha256(fake_virtual_key(secret, key).encode()).hexdigest()
+
+
+def fake_pem(secret: str, kind: str) -> str:
+    return f"-----BEGIN {kind}-----\nfake-{secret}-5ecret\n-----END {kind}-----\n"
 
 
 def secret_values(secrets: Mapping[str, Mapping[str, str]]) -> list[str]:

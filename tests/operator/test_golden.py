@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from o1operator import cacheservice
+from o1operator import cacheservice, gateway
 from o1operator.render import get_config_map, get_key_secret, redact_secret, render, with_salt
 from tests.operator.conftest import EXAMPLES, assert_golden, fake_secrets, load_example
 
@@ -43,11 +43,17 @@ def test_golden_rendering(example: Path) -> None:
         image = cacheservice.image_for(pool, rendering.cache_service, images)
         manifests = cacheservice.get_manifests(pool, rendering.cache_service, image)
         assert_golden(f"{example.stem}.cache-service.yaml", yaml.dump_all(manifests, sort_keys=False))
+    rendered_gateway = gateway.render_gateway(pool, rendering, secrets)
+    if rendered_gateway is not None:
+        assert rendered_gateway.error is None, rendered_gateway.error
+        manifests = gateway.get_manifests(pool, rendered_gateway, "o1pool-sidecar:golden")
+        assert_golden(f"{example.stem}.gateway.yaml", "---\n".join(dump(m) for m in manifests))
 
 
 def test_golden_files_have_no_strays() -> None:
     expected = {f"{p.stem}.{kind}.yaml" for p in EXAMPLES for kind in ("config", "configmap", "secret")}
     expected |= {f"{p.stem}.cache-service.yaml" for p in EXAMPLES if "persistent:" in p.read_text()}
+    expected |= {f"{p.stem}.gateway.yaml" for p in EXAMPLES if "gateway:" in p.read_text()}
     expected |= {f"injected-{p.stem}.yaml" for p in Path(__file__).parent.joinpath("pods").glob("*.yaml")}
     present = {p.name for p in Path(__file__).parent.joinpath("golden").glob("*.yaml")}
     assert present == expected, "remove golden files of deleted examples or pods"

@@ -57,6 +57,7 @@ RELEASE = "o1pool"
 SERVICE_ACCOUNT = "o1pool"  # the chart's fullname for release "o1pool"
 BASIC = REPO / "examples" / "o1pool-basic.yaml"
 MULTI = REPO / "examples" / "o1pool-multi-account.yaml"
+GATEWAY = REPO / "examples" / "o1pool-gateway.yaml"
 WAIT = 30.0
 CLIENTS = [
     {
@@ -72,9 +73,10 @@ CLIENTS = [
         "budgets": {"monthlyUsd": 50},
         "onBudget": "refuse",
     },
-    {"name": "everyone-else"},
+    {"name": "everyone-else", "match": {}},
 ]
 GC_WAIT = 90.0
+VIRTUAL_KEY = {"name": "main", "secretRef": {"name": "partner-key", "key": "key"}}
 
 
 @dataclass
@@ -251,6 +253,52 @@ def test_chart_lints_and_its_manifests_pass_server_side_dry_run(kube: Kube, kube
         assert expected <= kinds, result.stdout
 
 
+def test_chart_gateway_network_policy_passes_server_side_dry_run(kube: Kube, kube_namespace: str) -> None:
+    """gateway.networkPolicy: one NetworkPolicy per namespace of pools with gateways, the API port (by
+    name) only from the listed peers, the metrics port from metricsFrom; refused without namespaces."""
+    values = {
+        "gateway": {
+            "networkPolicy": {
+                "enabled": True,
+                "namespaces": [kube_namespace],
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "batch"}}},
+                    {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.1.0/24"]}},
+                ],
+                "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+            }
+        }
+    }
+    rendered = kube.helm(
+        "template", "dry", str(CHART), "--namespace", kube_namespace, "-f", "-", input=yaml.safe_dump(values)
+    ).stdout
+    [policy] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "NetworkPolicy"]
+    kube.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(policy))
+    assert policy["metadata"]["namespace"] == kube_namespace
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "o1pool",
+        "app.kubernetes.io/component": "gateway",
+        "app.kubernetes.io/managed-by": "o1pool-operator",
+    }
+    api_rule, metrics_rule = policy["spec"]["ingress"]
+    assert api_rule["from"] == values["gateway"]["networkPolicy"]["from"]
+    assert {p["port"] for p in api_rule["ports"]} == {"https", "http"}
+    assert metrics_rule["ports"] == [{"protocol": "TCP", "port": "o1pool-metrics"}]
+    closed = kube.helm(
+        "template", "dry", str(CHART), "--set", "gateway.networkPolicy.enabled=true",
+        "--set", f"watchNamespaces[0]={kube_namespace}",
+    ).stdout  # fmt: skip
+    [policy] = [d for d in yaml.safe_load_all(closed) if d and d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": "o1pool-metrics"}]}]
+    refused = kube.helm(
+        "template", "dry", str(CHART), "--set", "gateway.networkPolicy.enabled=true", check=False
+    )
+    assert (
+        refused.returncode != 0
+        and "set gateway.networkPolicy.namespaces, or watchNamespaces" in refused.stderr
+    )
+
+
 def test_chart_rbac_is_least_privilege(kube: Kube, chart: Chart, kube_namespace: str) -> None:
     def can(verb: str, resource: str) -> bool:
         kind, _, sub = resource.partition("/")  # ("TYPE/NAME" would name an object to can-i)
@@ -264,6 +312,7 @@ def test_chart_rbac_is_least_privilege(kube: Kube, chart: Chart, kube_namespace:
         ("watch", "secrets"),
         ("create", "configmaps"),
         ("patch", "configmaps"),
+        ("delete", "configmaps"),  # a pool's gateway config, once its gateway is off
         ("create", "events"),
         ("get", "deployments.apps"),  # autoscaling targets
         ("patch", "deployments.apps/scale"),
@@ -391,11 +440,23 @@ def test_crd_explains_fields_and_cel_rejects_invalid_pools(
         (
             lambda s: (
                 s.pop("redis"),
-                s.update(clients=[{"name": "a"}, {"name": "b", "budgets": {"dailyTokens": 9}}]),
+                s.update(
+                    clients=[
+                        {"name": "a", "match": {}},
+                        {"name": "b", "match": {}, "budgets": {"dailyTokens": 9}},
+                    ]
+                ),
             ),
             "clients with budgets need spec.redis: budgets are counted across the pool's sidecars in Redis",
         ),
-        (lambda s: s.update(clients=[{"name": "web"}, {"name": "web"}]), "spec.clients[1]: Duplicate value"),
+        (
+            lambda s: s.update(clients=[{"name": "web", "match": {}}, {"name": "web", "match": {}}]),
+            "spec.clients[1]: Duplicate value",
+        ),
+        (
+            lambda s: s.update(clients=[{"name": "web"}]),
+            "is no pod's (no match) and no caller's (no virtualKeys)",
+        ),
         (
             lambda s: s.update(clients=[{"name": "web", "budgets": {"dailyUsd": 0}}]),
             "spec.clients[0].budgets.dailyUsd",
@@ -404,15 +465,84 @@ def test_crd_explains_fields_and_cel_rejects_invalid_pools(
             lambda s: s.update(clients=[{"name": "web", "maxPriority": 10}]),
             "should be less than or equal to 9",
         ),
+        (lambda s: s.update(clients=[{"name": "web", "weight": 0}]), "spec.clients[0].weight"),
         (
             lambda s: s.update(clients=[{"name": "web", "match": {"workloads": ["web"]}}]),
             "spec.clients[0].match.workloads[0]",
         ),
         (lambda s: s.update(clients=[{"name": "Web"}]), "spec.clients[0].name"),
+        (
+            lambda s: s.update(clients=[{"name": "partner", "virtualKeys": [VIRTUAL_KEY]}]),
+            "clients[].virtualKeys are checked only by the pool's gateway: set spec.gateway.enabled: true, "
+            "or remove the virtualKeys",
+        ),
+        (
+            lambda s: s.update(
+                clients=[{"name": "partner", "virtualKeys": [VIRTUAL_KEY]}], gateway={"enabled": False}
+            ),
+            "clients[].virtualKeys are checked only by the pool's gateway",
+        ),
+        (
+            lambda s: s.update(clients=[{"name": "web", "match": {}}], gateway={"enabled": True}),
+            "a gateway answers only callers with a client's virtual key: give a client virtualKeys",
+        ),
+        (
+            lambda s: s.update(gateway={"enabled": True}),
+            "a gateway answers only callers with a client's virtual key: give a client virtualKeys",
+        ),
+        (
+            lambda s: (
+                s.pop("redis"),
+                s.update(
+                    clients=[{"name": "partner", "virtualKeys": [VIRTUAL_KEY]}], gateway={"enabled": True}
+                ),
+            ),
+            "a gateway needs spec.redis: it shares limits, queue, cache and spend with the sidecars through "
+            "Redis",
+        ),
+        (
+            lambda s: s.update(clients=[{"name": "partner", "virtualKeys": [VIRTUAL_KEY, VIRTUAL_KEY]}]),
+            "spec.clients[0].virtualKeys[1]: Duplicate value",
+        ),
+        (
+            lambda s: s.update(clients=[{"name": "partner", "virtualKeys": [{"name": "main"}]}]),
+            "spec.clients[0].virtualKeys[0].secretRef: Required value",
+        ),
+        (lambda s: s.update(clients=[{"name": "partner", "virtualKeys": []}]), "spec.clients[0].virtualKeys"),
+        (
+            lambda s: s.update(
+                clients=[{"name": "p", "virtualKeys": [{**VIRTUAL_KEY, "name": f"k{i}"} for i in range(65)]}]
+            ),
+            "must have at most 64 items",
+        ),
+        (
+            lambda s: s.update(gateway={"enabled": True, "replicas": 21}),
+            "spec.gateway.replicas: Invalid value: 21: spec.gateway.replicas in body should be less than or "
+            "equal to 20",
+        ),
+        (lambda s: s.update(gateway={"replicas": 0}), "spec.gateway.replicas"),
+        (
+            lambda s: s.update(gateway={"port": 9090}),
+            "gateway.port must not be 9090, the gateway's metrics port",
+        ),
+        (lambda s: s.update(gateway={"port": 80}), "spec.gateway.port"),
+        (lambda s: s.update(gateway={"serviceType": "ExternalName"}), "spec.gateway.serviceType"),
+        (lambda s: s.update(gateway={"tlsSecretName": "Not_A_Name"}), "spec.gateway.tlsSecretName"),
     ]
     for mutate, message in cases:
         assert message in rejected(mutate)
-    for example in (BASIC, MULTI):
+    # A pool with a gateway needs a name that makes <pool>-gateway a DNS label.
+    long_name = yaml.safe_load(GATEWAY.read_text())
+    long_name["metadata"]["name"] = "g" * 56
+    refused = kube.kubectl(
+        "apply", "-n", kube_namespace, "-f", "-", input=yaml.safe_dump(long_name), check=False
+    )
+    assert refused.returncode != 0 and "use a pool name of at most 55 characters" in refused.stderr
+    long_name["metadata"]["name"] = "g" * 55
+    kube.kubectl(
+        "apply", "--dry-run=server", "-n", kube_namespace, "-f", "-", input=yaml.safe_dump(long_name)
+    )
+    for example in (BASIC, MULTI, GATEWAY):
         kube.kubectl("apply", "--dry-run=server", "-n", kube_namespace, "-f", str(example))
     audited = json.loads(json.dumps(base))
     audited["spec"] |= {
@@ -429,7 +559,10 @@ def test_crd_explains_fields_and_cel_rejects_invalid_pools(
         "apply", "--dry-run=server", "-n", kube_namespace, "-f", "-", input=yaml.safe_dump(with_clients)
     )
     del with_clients["spec"]["redis"]  # clients without budgets need no Redis
-    with_clients["spec"]["clients"] = [{"name": "web", "maxPriority": 3}, {"name": "rest", "match": {}}]
+    with_clients["spec"]["clients"] = [
+        {"name": "web", "match": {"namespaces": ["team-a"]}, "maxPriority": 3},
+        {"name": "rest", "match": {}},
+    ]
     kube.kubectl(
         "apply", "--dry-run=server", "-n", kube_namespace, "-f", "-", input=yaml.safe_dump(with_clients)
     )
@@ -640,6 +773,119 @@ def test_missing_secret_then_created(
     assert row.split()[:4] == ["basic", "True", "Serving", "1"]
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=5) as probe:
         assert probe.status == 200
+
+
+def test_a_gateway_gets_its_deployment_service_and_config_map_and_turning_it_off_removes_them(
+    kube: Kube, operator: Operator, api: client.ApiClient, kube_namespace: str
+) -> None:
+    ns = kube_namespace
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    pool = yaml.safe_load(GATEWAY.read_text())
+    data = fake_secrets(pool["spec"])
+    partner = data.pop("partner-key")  # (created later: first the gateway runs without it)
+    create_secrets(api, ns, data)
+    kube.kubectl("apply", "-n", ns, "-f", str(GATEWAY))
+
+    def gateway_condition(reason: str) -> Callable[[], dict[str, Any] | None]:
+        def probe() -> dict[str, Any] | None:
+            found = get_pool(api, ns, "shared")
+            return found if condition(found, "GatewayRendered").get("reason") == reason else None
+
+        return probe
+
+    found = wait_for("the gateway without partner-key", gateway_condition("DegradedVirtualKeys"), operator)
+    ready = condition(found, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "DegradedVirtualKeys")
+    assert "Secret 'partner-key' not found (client partner, virtual key current)" in ready["message"]
+    assert found["status"]["gateway"] == "shared-gateway"
+    uid = found["metadata"]["uid"]
+
+    deployment = apps.read_namespaced_deployment("shared-gateway", ns)
+    service = core.read_namespaced_service("shared-gateway", ns)
+    config_map = core.read_namespaced_config_map("shared-gateway-config", ns)
+    for made in (deployment, service, config_map):
+        [owner] = made.metadata.owner_references
+        assert (owner.kind, owner.name, owner.uid, owner.controller) == ("O1Pool", "shared", uid, True)
+    assert deployment.spec.replicas == 2
+    template = deployment.spec.template
+    [container] = template.spec.containers
+    assert container.image == operator_cli.DEFAULT_SIDECAR_IMAGE
+    assert container.readiness_probe.http_get.path == "/readyz"
+    [projected] = [v.projected for v in template.spec.volumes if v.name == "virtual-keys"]
+    assert [s.secret.name for s in projected.sources] == ["batch-key"]  # never a Secret that is not there
+    [tls] = [v.secret for v in template.spec.volumes if v.name == "tls"]
+    assert tls.secret_name == "shared-gateway-tls"
+    assert [(p.name, p.port, p.target_port) for p in service.spec.ports] == [("https", 8443, "https")]
+    assert service.spec.type == "ClusterIP"
+    assert service.spec.selector == {"app.kubernetes.io/component": "gateway", "o1pool.io/pool": "shared"}
+    config = SidecarConfig.from_dict(yaml.safe_load(config_map.data["config.yaml"]))
+    assert config.gateway.enabled and (config.listen.host, config.listen.port) == ("0.0.0.0", 8443)
+    assert {c.name: [str(k.file) for k in c.virtual_keys] for c in config.clients} == {
+        "batch": ["/etc/o1pool/virtual-keys/batch.main"],  # (partner's Secret is missing: no caller yet)
+    }
+    # The sidecars' own config names no virtual key and is no gateway's.
+    sidecars = SidecarConfig.from_dict(
+        yaml.safe_load(core.read_namespaced_config_map("shared-o1pool-config", ns).data["config.yaml"])
+    )
+    assert not sidecars.gateway.enabled and not any(c.virtual_keys for c in sidecars.clients)
+    assert sidecars.listen.host == "127.0.0.1"
+
+    # The missing Secret appears: the gateway is rendered with it, and its pods roll (a new hash).
+    first_hash = template.metadata.annotations["o1pool.io/config-hash"]
+    create_secrets(api, ns, {"partner-key": partner})
+    wait_for("the gateway with every virtual key", gateway_condition("Rendered"), operator)
+
+    def template_hash() -> str:
+        made = apps.read_namespaced_deployment("shared-gateway", ns)
+        return str(made.spec.template.metadata.annotations["o1pool.io/config-hash"])
+
+    second_hash = wait_for("a new pod template", lambda: (h := template_hash()) != first_hash and h, operator)
+    deployment = apps.read_namespaced_deployment("shared-gateway", ns)
+    [projected] = [v.projected for v in deployment.spec.template.spec.volumes if v.name == "virtual-keys"]
+    assert [s.secret.name for s in projected.sources] == ["batch-key", "partner-key"]
+    # A rotated virtual key rolls the gateway too (it reads its keys at start).
+    rotated = b64("sha256:" + "ab" * 32)
+    core.patch_namespaced_secret("batch-key", ns, {"data": {"key": rotated}})
+    wait_for("the pod template after a rotation", lambda: template_hash() not in (first_hash, second_hash))
+
+    # Nothing secret in the ConfigMaps, the Deployment, the status, the events or the operator's log.
+    values = [*secret_values({**data, "partner-key": partner}), rotated, base64.b64decode(rotated).decode()]
+    events = core.list_namespaced_event(ns).items
+    assert any(e.reason == "DegradedVirtualKeys" and "partner-key" in e.message for e in events)
+    visible = {
+        "gateway configmap": json.dumps(core.read_namespaced_config_map("shared-gateway-config", ns).data),
+        "configmap": json.dumps(core.read_namespaced_config_map("shared-o1pool-config", ns).data),
+        "deployment": json.dumps(
+            api.sanitize_for_serialization(apps.read_namespaced_deployment("shared-gateway", ns))
+        ),
+        "status": json.dumps(get_pool(api, ns, "shared")["status"]),
+        "events": json.dumps([(e.reason, e.message) for e in events]),
+        "operator log": operator.output(),
+    }
+    leaks = [(where, v[:12]) for where, text in visible.items() for v in values if v in text]
+    assert leaks == []
+
+    # Turned off (virtual keys go with it: the API server requires both): the three objects go.
+    pool["spec"]["gateway"]["enabled"] = False
+    pool["spec"]["clients"] = [c for c in pool["spec"]["clients"] if "match" in c]  # (gateway-only ones go)
+    for entry in pool["spec"]["clients"]:
+        del entry["virtualKeys"]
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pool))
+
+    def gone() -> bool:
+        status = get_pool(api, ns, "shared").get("status", {})
+        return (
+            "gateway" not in status
+            and not condition(get_pool(api, ns, "shared"), "GatewayRendered")
+            and read_optional(lambda: apps.read_namespaced_deployment("shared-gateway", ns)) is None
+            and read_optional(lambda: core.read_namespaced_service("shared-gateway", ns)) is None
+            and read_optional(lambda: core.read_namespaced_config_map("shared-gateway-config", ns)) is None
+        )
+
+    wait_for("the gateway removed", gone, operator)
+    assert condition(get_pool(api, ns, "shared"), "Ready")["reason"] == "Serving"
+    after = yaml.safe_load(core.read_namespaced_config_map("shared-o1pool-config", ns).data["config.yaml"])
+    assert SidecarConfig.from_dict(after) == sidecars  # the sidecars' config never changed
 
 
 def test_namespaced_install_needs_no_cluster_wide_rights(

@@ -168,7 +168,11 @@ async def test_observe_reads_what_the_clients_spent_today_and_this_month_as_the_
     pool = load_example(EXAMPLES / "o1pool-basic.yaml")
     pool["spec"] |= {
         "redis": {"url": redis_server.url, "keyPrefix": "s"},
-        "clients": [{"name": "web", "budgets": {"dailyUsd": 10}}, {"name": "batch"}, {"name": "idle"}],
+        "clients": [
+            {"name": "web", "match": {}, "budgets": {"dailyUsd": 10}},
+            {"name": "batch", "match": {}},
+            {"name": "idle", "match": {}},
+        ],
     }
     probe = get_sidecar_probe(render(pool, fake_secrets(pool["spec"])))
     assert probe is not None and probe.clients == ("web", "batch", "idle")
@@ -223,7 +227,10 @@ async def test_the_loop_patches_spend_when_it_changes_and_again_after_each_recon
     """A reconciliation may remove status.spend (status.py) and makes a new probe: the loop's next read
     patches again even though what it read is unchanged."""
     pool = load_example(EXAMPLES / "o1pool-basic.yaml")
-    pool["spec"] |= {"redis": {"url": redis_server.url, "keyPrefix": "l"}, "clients": [{"name": "web"}]}
+    pool["spec"] |= {
+        "redis": {"url": redis_server.url, "keyPrefix": "l"},
+        "clients": [{"name": "web", "match": {}}],
+    }
     secrets = fake_secrets(pool["spec"])
     probe = get_sidecar_probe(render(pool, secrets))
     assert probe is not None

@@ -217,7 +217,7 @@ def test_keys_of_reserve_accounts_cover_only_a_high_peak() -> None:
 def test_spend_is_left_to_the_redis_reader_and_removed_once_nothing_is_counted() -> None:
     """status.spend is written by the loop that reads the pool's Redis (sidecars.py); a reconciliation
     removes it (null, a merge patch) once nothing is counted: no clients, or no Redis."""
-    clients = [{"name": "web", "budgets": {"dailyUsd": 5}}, {"name": "batch"}]
+    clients = [{"name": "web", "match": {}, "budgets": {"dailyUsd": 5}}, {"name": "batch", "match": {}}]
     pool = load_example(REPO / "examples" / "o1pool-basic.yaml")
     pool["spec"]["clients"] = clients
     assert "spend" not in get_status(pool, render(pool, fake_secrets(pool["spec"])), T0)

@@ -48,7 +48,7 @@ def test_a_sidecar_is_the_first_client_its_pod_matches() -> None:
             "clients": [
                 {"name": "batch", "match": {"namespaces": ["team-a"], "workloads": ["Job/nightly"]}},
                 {"name": "web", "match": {"namespaces": ["team-a"], "service_accounts": ["web"]}},
-                {"name": "everyone"},
+                {"name": "everyone", "match": {}},
             ]
         }
     )
@@ -60,7 +60,7 @@ def test_a_sidecar_is_the_first_client_its_pod_matches() -> None:
 
 
 def test_priority_ceiling() -> None:
-    config = SidecarConfig.from_dict(BASE | {"clients": [{"name": "web", "max_priority": 5}]})
+    config = SidecarConfig.from_dict(BASE | {"clients": [{"name": "web", "match": {}, "max_priority": 5}]})
     client = Clients(config, Identity()).own
     assert [Clients.priority(client, p) for p in (0, 5, 6, 9)] == [0, 5, 5, 5]
     assert Clients.priority(None, 9) == 9
@@ -68,11 +68,15 @@ def test_priority_ceiling() -> None:
 
 def test_config_refuses_clients_that_would_do_nothing() -> None:
     with pytest.raises(ConfigError, match=r"clients\[web\]\.on_budget applies once a budget is spent"):
-        SidecarConfig.from_dict(BASE | {"clients": [{"name": "web", "on_budget": "downgrade"}]})
+        SidecarConfig.from_dict(BASE | {"clients": [{"name": "web", "match": {}, "on_budget": "downgrade"}]})
     with pytest.raises(ConfigError, match=r"budgets, which are counted .* through Redis: set redis\.url"):
-        SidecarConfig.from_dict(BASE | {"clients": [{"name": "web", "budgets": {"daily_usd": 1}}]})
+        SidecarConfig.from_dict(
+            BASE | {"clients": [{"name": "web", "match": {}, "budgets": {"daily_usd": 1}}]}
+        )
     with pytest.raises(ConfigError, match="client names must be unique"):
-        SidecarConfig.from_dict(BASE | {"clients": [{"name": "web"}, {"name": "web"}]})
+        SidecarConfig.from_dict(
+            BASE | {"clients": [{"name": "web", "match": {}}, {"name": "web", "match": {}}]}
+        )
 
 
 def test_ledger_counts_pending_and_known_spend_per_day_and_month() -> None:
@@ -201,7 +205,7 @@ async def test_a_budget_holds_across_sidecars_and_its_spend_is_in_redis(
 async def test_downgrade_answers_from_the_fallback_chain_once_the_budget_is_spent(
     make_sidecar: SidecarFactory, redis_server: RedisServer, web_pod: None
 ) -> None:
-    clients = [{"name": "web", "budgets": {"daily_tokens": 1}, "on_budget": "downgrade"}]
+    clients = [{"name": "web", "match": {}, "budgets": {"daily_tokens": 1}, "on_budget": "downgrade"}]
     sidecar = await make_sidecar(
         redis={"url": redis_server.url}, clients=clients, fallback={"chains": {"o1": ["o1-mini"]}}
     )
@@ -222,7 +226,7 @@ async def test_downgrade_answers_from_the_fallback_chain_once_the_budget_is_spen
 async def test_the_ceiling_lowers_the_priority_and_the_answer_says_so(
     make_sidecar: SidecarFactory, web_pod: None
 ) -> None:
-    sidecar = await make_sidecar(clients=[{"name": "web", "max_priority": 5}])
+    sidecar = await make_sidecar(clients=[{"name": "web", "match": {}, "max_priority": 5}])
     answer = await sdk(sidecar.url).chat.completions.with_raw_response.create(
         model="o1",
         messages=[{"role": "user", "content": "urgent!"}],
@@ -230,6 +234,8 @@ async def test_the_ceiling_lowers_the_priority_and_the_answer_says_so(
     )
     assert (answer.headers["x-o1pool-priority"], answer.headers["x-o1pool-priority-asked"]) == ("5", "9")
     waits = await scrape(sidecar.metrics_url)
+    info = 'o1_api_sidecar_info{client="web",service_account="web",workload="Deployment/web"}'
+    assert waits[info] == 1  # (the pod's identity and its client, to join its other series by pod)
     assert waits['o1_api_queue_wait_seconds_count{priority="5"}'] == 1
     assert 'o1_api_queue_wait_seconds_count{priority="9"}' not in waits
     low = await sdk(sidecar.url).chat.completions.with_raw_response.create(

@@ -189,7 +189,9 @@ def test_config_keeps_gateway_settings_where_they_do_something() -> None:
     with pytest.raises(ConfigError, match=r"only a gateway checks: set gateway\.enabled"):
         SidecarConfig.from_dict(BASE | {"clients": [keyed]})
     with pytest.raises(ConfigError, match="gateway mode answers only callers with a client's virtual key"):
-        SidecarConfig.from_dict(BASE | {"gateway": {"enabled": True}, "clients": [{"name": "web"}]})
+        SidecarConfig.from_dict(
+            BASE | {"gateway": {"enabled": True}, "clients": [{"name": "web", "match": {}}]}
+        )
     with pytest.raises(ConfigError, match=r"tls_cert_file and gateway\.tls_key_file go together"):
         SidecarConfig.from_dict(
             BASE | {"gateway": {"enabled": True, "tls_cert_file": "c.pem"}, "clients": [keyed]}

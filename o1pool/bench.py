@@ -10,6 +10,11 @@
 (c) The cache (cachebench.py): hits per second and per CPU-second of one sidecar from each layer (L1
     memory, L2 Redis, L3 the pool's cache service), hit and miss latency at a fixed rate, and the
     upstream calls a burst of identical requests makes with coalescing and with the cache bypassed.
+(d) Fair share between clients (fairness_bench.py): three sidecar processes, one per client (weights
+    1, 1, 2), share two accounts through Redis while the clients offer 10x, 1x and 3x their weighted
+    share; what each is served against its max-min fair share. Then the cost of identity and
+    budgets: Redis commands per request and p50 latency through a sidecar of no client and one of a
+    client with a budget. ``--only-fairness`` runs only this part.
 """
 
 from __future__ import annotations
@@ -24,6 +29,15 @@ import time
 from pathlib import Path
 
 from o1pool.cachebench import CacheResults, CacheSettings, burst_table, layer_table, run_cache_bench
+from o1pool.fairness_bench import (
+    CostRow,
+    FairnessResult,
+    FairnessSettings,
+    cost_table,
+    fairness_table,
+    run_cost,
+    run_fairness,
+)
 from o1pool.loadgen import table
 from o1pool.matrix import (
     UPSTREAMS,
@@ -82,11 +96,15 @@ async def run(args: argparse.Namespace) -> int:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         print("o1pool bench: --plot needs matplotlib: pip install 'o1pool[bench]'", file=sys.stderr)
         return 2
+    if args.only_fairness:
+        args.skip_matrix = args.skip_latency = args.skip_cache = True
     print(f"machine: {machine()}", flush=True)
     redis.start()
     results = None
     rows: list[LatencyRow] | None = None
     cached: CacheResults | None = None
+    fair: FairnessResult | None = None
+    cost: list[CostRow] | None = None
     try:
         if not args.skip_matrix:
             settings = MatrixSettings(
@@ -134,6 +152,23 @@ async def run(args: argparse.Namespace) -> int:
             )
             print(layer_table(cached.layers, cache_settings), flush=True)
             print(burst_table(cached.burst), flush=True)
+        if not args.skip_fairness:
+            fair_settings = FairnessSettings(
+                warmup_s=args.fairness_warmup,
+                measure_s=args.fairness_measure,
+                deadline_ms=args.fairness_deadline_ms or None,
+            )
+            print(f"\n(d) fair share: {fair_settings.describe()} ...", flush=True)
+            redis.flush()
+            fair = await run_fairness(fair_settings, redis, progress=True)
+            print(fairness_table(fair), flush=True)
+            print(
+                f"\n(d) the cost of identity and budgets: {fair_settings.cost_rate_rps:.0f} rps for "
+                f"{fair_settings.cost_load_s:.0f} s through each sidecar alone, zero-latency emulator ...",
+                flush=True,
+            )
+            cost = await run_cost(fair_settings, redis)
+            print(cost_table(cost), flush=True)
     finally:
         redis.close()
     if args.plot:
@@ -146,6 +181,11 @@ async def run(args: argparse.Namespace) -> int:
             print(f"plot: {write_latency_plot(path.with_name(path.stem + '-latency.png'), rows)}")
         if cached:
             print(f"plot: {write_cache_plot(path.with_name(path.stem + '-cache.png'), cached)}")
+        if fair:
+            from o1pool.fairness_bench import write_fairness_plot
+
+            where = path if args.only_fairness else path.with_name(path.stem + "-fairness.png")
+            print(f"plot: {write_fairness_plot(where, fair)}")
     return 0
 
 
@@ -175,8 +215,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rate", type=float, default=300.0, help="(b) requests per second")
     parser.add_argument("--latency-duration", type=float, default=10.0, help="(b) seconds per path and round")
+    parser.add_argument("--fairness-warmup", type=float, default=60.0, help="(d) seconds before measuring")
+    parser.add_argument("--fairness-measure", type=float, default=180.0, help="(d) seconds measured")
+    parser.add_argument(
+        "--fairness-deadline-ms",
+        type=int,
+        default=FairnessSettings.deadline_ms,
+        help="(d) each request's queue deadline (0: the sidecars' default, 120 s; default: %(default)s)",
+    )
     parser.add_argument("--skip-matrix", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-cache", action="store_true")
-    parser.add_argument("--plot", metavar="PNG", help="also write PNG plots (needs matplotlib)")
+    parser.add_argument("--skip-fairness", action="store_true")
+    parser.add_argument(
+        "--only-fairness", action="store_true", help="run only (d); --plot then writes its plot to PNG itself"
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also write PNG plots (needs matplotlib): (a) to PNG, the others beside it (<PNG>-latency.png, "
+        "...)",
+    )
     return asyncio.run(run(parser.parse_args(argv)))

@@ -193,8 +193,10 @@ async def test_fast_path_is_one_evalsha(store: RedisBackend, client: Redis) -> N
 
 def _cluster_node(binary: str) -> RedisServer:
     """A cluster-enabled redis-server (it answers CLUSTER KEYSLOT without any slots assigned)."""
-    for _ in range(3):  # the free port may be taken by someone else in between: try another
+    why = ""
+    for _ in range(6):  # the free port may be taken by someone else in between: try another
         server = RedisServer(binary=binary, port=free_port())
+        log = server.workdir / "redis.log"
         server.proc = subprocess.Popen(
             [
                 binary,
@@ -210,6 +212,8 @@ def _cluster_node(binary: str) -> RedisServer:
                 str(server.workdir / "nodes.conf"),
                 "--dir",
                 str(server.workdir),
+                "--logfile",
+                str(log),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -221,8 +225,9 @@ def _cluster_node(binary: str) -> RedisServer:
                 return server
             except redis.ConnectionError:
                 time.sleep(0.05)
+        why = log.read_text()[-2000:] if log.exists() else f"exit status {server.proc.poll()}, no log"
         server.close()
-    raise RuntimeError("could not start a cluster-enabled redis-server")
+    raise RuntimeError(f"could not start a cluster-enabled redis-server; the last one said:\n{why}")
 
 
 async def test_every_key_of_a_pool_lands_in_one_cluster_slot(

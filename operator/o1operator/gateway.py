@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from o1operator.cacheservice import Images
-from o1operator.inject import RUN_AS, sidecar_security_context
+from o1operator.inject import RUN_AS, sidecar_probes, sidecar_security_context
 from o1operator.objects import HASH_ANNOTATION, POOL_LABEL, object_metadata
 from o1operator.render import (
     CONFIG_FILE,
@@ -380,17 +380,8 @@ def get_container(pool: Mapping[str, Any], gateway: GatewayRendering, image: str
             {"name": settings.port_name, "containerPort": settings.api_port, "protocol": "TCP"},
             {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        "startupProbe": {
-            "httpGet": {"path": "/metrics", "port": METRICS_PORT},
-            "periodSeconds": 1,
-            "failureThreshold": 30,
-        },
         # Ready once the virtual keys and upstream keys are read and the API listens (on the metrics port).
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": METRICS_PORT},
-            "periodSeconds": 5,
-            "failureThreshold": 2,
-        },
+        **sidecar_probes(METRICS_PORT),
         "resources": dict(settings.resources or DEFAULT_RESOURCES),
         "securityContext": sidecar_security_context(),
         "volumeMounts": mounts,

@@ -124,6 +124,23 @@ def metrics_port(pool: Mapping[str, Any]) -> int:
     return int((pool["spec"].get("injection") or {}).get("metricsPort", 9090))
 
 
+def sidecar_probes(metrics_port: int) -> dict[str, Any]:
+    """The sidecar binary's startup and readiness probes, both on its metrics port (an injected sidecar
+    and a gateway alike)."""
+    return {
+        "startupProbe": {
+            "httpGet": {"path": "/metrics", "port": metrics_port},
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": metrics_port},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        },
+    }
+
+
 def get_sidecar_container(pool: Mapping[str, Any], default_image: str, workload: str) -> dict[str, Any]:
     """The sidecar container for a pod of ``workload`` (:func:`workload_of`). Its environment names the
     pod and nothing else: keys reach it as files only."""
@@ -136,17 +153,8 @@ def get_sidecar_container(pool: Mapping[str, Any], default_image: str, workload:
         "env": get_identity_env(workload),
         "restartPolicy": "Always",
         "ports": [{"name": "o1pool-metrics", "containerPort": port, "protocol": "TCP"}],
-        "startupProbe": {
-            "httpGet": {"path": "/metrics", "port": port},
-            "periodSeconds": 1,
-            "failureThreshold": 30,
-        },
         # The API listens on the pod's loopback; its readiness is also served on the metrics port.
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": port},
-            "periodSeconds": 5,
-            "failureThreshold": 2,
-        },
+        **sidecar_probes(port),
         "resources": injection.get("resources") or DEFAULT_RESOURCES,
         "securityContext": sidecar_security_context(),
         "volumeMounts": [

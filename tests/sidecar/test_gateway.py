@@ -35,7 +35,7 @@ from tests.polling import until
 from tests.sidecar.conftest import KEYS, SidecarFactory, sidecar_config_dict
 
 ROOT = Path(__file__).resolve().parents[2]
-WEB_KEY = "sk-o1p-web-0123456789abcdefghijklmnopqrstuv"
+WEB_KEY = "test-virtual-key-of-web-not-a-secret"
 BASE: dict[str, Any] = {"accounts": [{"name": "a", "tier": 5, "keys": [{"name": "k", "env": "X"}]}]}
 
 

@@ -314,6 +314,7 @@ _BUDGET_FIELDS = {
     "dailyTokens": "daily_tokens",
     "monthlyTokens": "monthly_tokens",
 }
+_CLIENT_LIMITS_FIELDS = {"rpm": "rpm", "tpm": "tpm"}
 _REDIS_FIELDS = {
     "connectTimeoutMs": "connect_timeout_ms",
     "opTimeoutMs": "op_timeout_ms",
@@ -348,6 +349,8 @@ def get_client_config(client: Mapping[str, Any]) -> dict[str, Any]:
     config = _pick(client, _CLIENT_FIELDS)
     if "match" in client:
         config["match"] = _pick(client["match"], _CLIENT_MATCH_FIELDS)
+    if "limits" in client:
+        config["limits"] = _pick(client["limits"], _CLIENT_LIMITS_FIELDS)
     if "budgets" in client:
         config["budgets"] = _pick(client["budgets"], _BUDGET_FIELDS)
     return config

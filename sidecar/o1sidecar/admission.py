@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from o1sidecar import errors
-from o1sidecar.config import SidecarConfig
+from o1sidecar.config import Client, SidecarConfig
 from o1sidecar.errors import ProxyError
 from o1sidecar.exchange import Exchange
 from o1sidecar.inbound import CHAT, RESPONSES, Endpoint
 from o1sidecar.limits.api import (
+    ClientLimited,
     Demand,
     Grant,
     Limiter,
@@ -25,6 +26,7 @@ from o1sidecar.limits.api import (
     QueueTimeout,
     QuotaExhausted,
 )
+from o1sidecar.limits.caps import Cap
 from o1sidecar.metrics import SidecarMetrics
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import Gate, ModelOutages
@@ -142,6 +144,9 @@ class Admitter:
             try:
                 grant = await self._acquire(demand, probe)
                 return Admission(index, model, body, strip_usage, grant, probe)
+            except ClientLimited as exc:
+                self.metrics.queue_rejections.labels("client").inc()
+                return errors.client_rate_limited(exc, ex.client.name if ex.client is not None else "")
             except (NoCapacity, QuotaExhausted) as exc:
                 if index + 1 < len(ex.models):
                     index = self.fall_back(ex, index)
@@ -248,6 +253,7 @@ class Admitter:
                 deadline,
                 ex.client.name if ex.client is not None else "",
                 ex.client.weight if ex.client is not None else 1.0,
+                _cap(ex.client),
             ),
             body,
             strip_usage,
@@ -303,3 +309,10 @@ class Admitter:
                 len(items),
             )
         return kept
+
+
+def _cap(client: Client | None) -> Cap | None:
+    """The client's own limits, as the limiter applies them (limits/caps.py)."""
+    if client is None or client.limits is None:
+        return None
+    return Cap(client.limits.rpm, client.limits.tpm)

@@ -435,6 +435,24 @@ class Budgets(_Strict):
         return any(v is not None for v in self.model_dump().values())
 
 
+class ClientLimits(_Strict):
+    """A client's own rate limits, across every model and sidecar of the pool (limits/caps.py)."""
+
+    rpm: int | None = Field(default=None, gt=0, description="Upstream calls a minute (a sliding minute).")
+    tpm: int | None = Field(
+        default=None,
+        gt=0,
+        description="Tokens a minute, charged as the accounts' TPM charges them (prompt and max output at "
+        "admission, more if the answer used more).",
+    )
+
+    @model_validator(mode="after")
+    def _one_at_least(self) -> Self:
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("a client's limits need rpm, tpm or both: give one, or remove limits")
+        return self
+
+
 class Client(_Strict):
     """One client of the pool: a workload (or several) with its own priority ceiling and budgets."""
 
@@ -459,6 +477,11 @@ class Client(_Strict):
         max_length=64,
         description="Gateway mode: the keys callers of this client send as Bearer tokens; each value is the "
         "key, or sha256:<64 hex digits> of it (clients.py keeps only hashes).",
+    )
+    limits: ClientLimits | None = Field(
+        default=None,
+        description="The client's own RPM/TPM limits: its requests beyond them wait (out of the others' "
+        "way) until the client's last minute allows them, or get 429 client_rate_limited.",
     )
     budgets: Budgets = Budgets()
     on_budget: Literal["refuse", "downgrade"] = Field(
@@ -606,6 +629,11 @@ class SidecarConfig(_Strict):
                         f"clients[{client.name}] has budgets, which are counted across the pool's "
                         "sidecars through Redis: set redis.url, or remove the budgets"
                     )
+                if client.limits is not None:
+                    raise ValueError(
+                        f"clients[{client.name}] has limits, which are counted across the pool's "
+                        "sidecars through Redis: set redis.url, or remove the limits"
+                    )
         unserved = sorted(set(self.prices) - set(self.served_models()))
         if unserved:
             raise ValueError(
@@ -654,9 +682,13 @@ class SidecarConfig(_Strict):
 
     def to_yaml(self) -> str:
         """The whole config, defaults written out; except the blocks added after v1alpha1's first
-        release while they are at their defaults (audit, gateway, clients, prices), so that a pool
-        that sets none of them renders the config it rendered before them (and keeps its sidecars)."""
+        release while they are at their defaults (audit, gateway, clients, prices, a client's limits), so
+        that a pool that sets none of them renders the config it rendered before them (and keeps its
+        sidecars)."""
         data = self.model_dump(mode="json", exclude_defaults=False)
+        for client in data.get("clients") or []:
+            if client.get("limits") is None:
+                del client["limits"]
         if self.audit == AuditConfig():
             del data["audit"]
         if not self.prices:

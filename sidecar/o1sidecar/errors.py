@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from o1sidecar.limits.api import NoCapacity, QueueFull, QueueTimeout, QuotaExhausted
+from o1sidecar.limits.api import ClientLimited, NoCapacity, QueueFull, QueueTimeout, QuotaExhausted
 from o1sidecar.spend import BudgetSpent
 
 
@@ -105,6 +105,20 @@ def queue_timeout(exc: QueueTimeout, model: str, priority: int, deadline_ms: int
         "raise x-o1pool-priority, or allow a longer x-o1pool-deadline-ms.",
         type="rate_limit_exceeded",
         code="queue_timeout",
+        headers={"retry-after": str(retry_after), "retry-after-ms": str(round(exc.retry_after_s * 1000))},
+    )
+
+
+def client_rate_limited(exc: ClientLimited, client: str) -> ProxyError:
+    """The request's client is at its own rate limit past the request's deadline (limits/caps.py)."""
+    retry_after = max(1, math.ceil(exc.retry_after_s))
+    return ProxyError(
+        429,
+        f"Rate limit reached for client {client!r} of this pool: {exc.reason}. Nothing was sent upstream. "
+        f"Retry after {retry_after} s, send fewer requests, or raise the client's limits in the O1Pool "
+        "(spec.clients[].limits).",
+        type="rate_limit_exceeded",
+        code="client_rate_limited",
         headers={"retry-after": str(retry_after), "retry-after-ms": str(round(exc.retry_after_s * 1000))},
     )
 

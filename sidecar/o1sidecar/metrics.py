@@ -29,7 +29,8 @@ NO_KEY = "-"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 CACHE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25)
-QUEUE_REJECTIONS = ("timeout", "full", "quota")  # o1_api_queue_rejections_total's reasons (admission.py)
+# o1_api_queue_rejections_total's reasons (admission.py)
+QUEUE_REJECTIONS = ("timeout", "full", "quota", "client")
 REPORTED_PRIORITIES = (2, 5, 8)  # low/normal/high always present, so dashboards see zeros
 
 

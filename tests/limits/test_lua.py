@@ -20,9 +20,10 @@ from redis.asyncio import Redis
 
 from o1pool.procs import RedisServer, free_port
 from o1sidecar.config import RedisConfig
-from o1sidecar.limits import rule
+from o1sidecar.limits import caps, rule
 from o1sidecar.limits.api import Demand
 from o1sidecar.limits.backend import AccountLimits, Admitted, Attempt, Denied, Settlement, Waiting
+from o1sidecar.limits.caps import Cap
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.limits.local import LocalBackend
 from o1sidecar.limits.redis_store import RedisBackend, redis_client
@@ -269,8 +270,14 @@ ACCOUNTS = (
     AccountLimits("d", rpm=12, tpm=12_000, concurrency=None, burst_s=60.0),
 )
 TICKETS = {f"t{i}": p for i, p in enumerate((9, 5, 5, 2))}  # ticket -> priority
-# ticket -> the pool's client it is from, and its weight (fairness.py; "" none)
-CLIENTS = {"t0": ("", 1.0), "t1": ("web", 1.0), "t2": ("batch", 2.0), "t3": ("web", 1.0)}
+# ticket -> the pool's client it is from, its weight (fairness.py; "" none) and its own limits (caps.py)
+WEB, BATCH = Cap(rpm=None, tpm=9_000), Cap(rpm=3, tpm=12_000)
+CLIENTS = {
+    "t0": ("", 1.0, None),
+    "t1": ("web", 1.0, WEB),
+    "t2": ("batch", 2.0, BATCH),
+    "t3": ("web", 1.0, WEB),
+}
 # ticket -> its deadline from now: batch's is short, so its places may fall past it
 DEADLINES = {t: (lambda now: now + 2.0) if t == "t2" else (lambda now: math.inf) for t in TICKETS}
 
@@ -311,6 +318,23 @@ def _same_state(py: rule.AccountModel, lua: dict[str, str]) -> None:
         else:
             assert float(theirs) == pytest.approx(float(ours), rel=1e-9, abs=1e-6), field
     assert int(lua["inflight"]) == len(py.leases)
+
+
+async def _same_windows(client: Redis, local: LocalBackend, now: float) -> None:
+    """Each client's window (caps.py) holds the same calls and tokens in both stores."""
+    totals = await client.hgetall(KEYS.client_tokens())
+    for name in ("web", "batch"):
+        window = local.client_window(name)
+        if window is None:
+            assert not await client.exists(KEYS.client_window(name))
+            continue
+        caps.refresh(window, now)
+        stored = await client.zrange(KEYS.client_window(name), 0, -1, withscores=True)
+        # The HASH's total is its window's, aged-out entries included until a script drops them.
+        assert float(totals.get(name, 0)) == sum(int(member.split(":")[0]) for member, _ in stored)
+        live = sorted((at, member) for member, at in stored if at > now - caps.WINDOW_S)
+        assert live == sorted((e.at, f"{e.tokens}:{e.lease}") for e in window.entries)
+        assert window.tokens == sum(e.tokens for e in window.entries)
 
 
 EPISODES = [
@@ -370,7 +394,7 @@ async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple
     big = 1e9  # no lease or ticket expiry: the in-process store has none
     redis_store = RedisBackend(client, KEYS, lease_ttl_s=big, ticket_ttl_s=big, server_clock=clock)
     local = LocalBackend(clock=clock)
-    held: list[tuple[str, AccountLimits, float, int]] = []  # lease, account, admitted at, tokens
+    held: list[tuple[str, AccountLimits, float, int, str]] = []  # lease, account, admitted at, tokens, client
     n = 0
     for op in ops:
         if op[0] == "advance":
@@ -384,9 +408,8 @@ async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple
             ours, theirs = local.attempt_now(a), await redis_store.attempt(a)
             if isinstance(ours, Admitted):
                 assert theirs == ours
-                held.append(
-                    (a.lease_id, next(x for x in accounts if x.name == ours.account), clock.t, tokens)
-                )  # type: ignore[arg-type]
+                account = next(x for x in accounts if x.name == ours.account)
+                held.append((a.lease_id, account, clock.t, tokens, demand.client))  # type: ignore[arg-type]
             else:
                 assert isinstance(theirs, Denied), (ours, theirs)
                 assert theirs.wait_s == pytest.approx(ours.wait_s, abs=0.0011)
@@ -400,7 +423,7 @@ async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple
             # tokens_too: the same headers for tokens, x 100
             tokens_left = 100 * remaining if tokens_too and remaining is not None else None  # type: ignore[operator]
             tokens_limit = 100 * limit if tokens_too and limit is not None else None  # type: ignore[operator]
-            lease, account, admitted_at, tokens = held.pop(int(index) % len(held))  # type: ignore[arg-type]
+            lease, account, admitted_at, tokens, by = held.pop(int(index) % len(held))  # type: ignore[arg-type]
             s = Settlement(
                 account,
                 "m",
@@ -417,6 +440,7 @@ async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple
                 elapsed_s=clock.t - admitted_at,
                 retry_after_s=retry,  # type: ignore[arg-type]
                 limit_type=limit_type if outcome == "rate_limited" else None,  # type: ignore[arg-type]
+                client=by,
             )
             local.settle_now(s)
             await redis_store.settle(s)
@@ -432,6 +456,7 @@ async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple
             f"{k}:{c}": v for c, s in local.shares("m").items() for k, v in (("f", s.finish), ("w", s.weight))
         }
         assert {k: float(v) for k, v in fair.items()} == pytest.approx(ours_fair, rel=1e-12)
+        await _same_windows(client, local, clock.t)
         for account in ACCOUNTS:
             py = local.state_of(account.name, "m")
             if py is None:

@@ -64,6 +64,7 @@ CLIENTS = [
         "name": "web",
         "match": {"namespaces": ["team-a"], "workloads": ["Deployment/web"], "serviceAccounts": ["web"]},
         "maxPriority": 5,
+        "limits": {"rpm": 60, "tpm": 200000},
         "budgets": {"dailyUsd": 10.5, "monthlyUsd": 200, "dailyTokens": 1000000, "monthlyTokens": 20000000},
         "onBudget": "downgrade",
     },
@@ -450,6 +451,29 @@ def test_crd_explains_fields_and_cel_rejects_invalid_pools(
             "clients with budgets need spec.redis: budgets are counted across the pool's sidecars in Redis",
         ),
         (
+            lambda s: s.update(clients=[{"name": "web", "match": {}, "limits": {}}]),
+            "spec.clients[0].limits: Invalid value: a client's limits need rpm, tpm or both: give one, or "
+            "remove limits",
+        ),
+        (
+            lambda s: s.update(clients=[{"name": "web", "match": {}, "limits": {"rpm": 0}}]),
+            "spec.clients[0].limits.rpm",
+        ),
+        (
+            lambda s: s.update(clients=[{"name": "web", "match": {}, "limits": {"rpm": 60, "tpm": 0}}]),
+            "spec.clients[0].limits.tpm",
+        ),
+        (
+            lambda s: (
+                s.pop("redis"),
+                s.update(
+                    clients=[{"name": "a", "match": {}}, {"name": "b", "match": {}, "limits": {"tpm": 9}}]
+                ),
+            ),
+            "clients with limits need spec.redis: a client's limits are counted across the pool's sidecars "
+            "in Redis; set spec.redis.url (or urlSecretRef), or remove the limits",
+        ),
+        (
             lambda s: s.update(clients=[{"name": "web", "match": {}}, {"name": "web", "match": {}}]),
             "spec.clients[1]: Duplicate value",
         ),
@@ -558,7 +582,7 @@ def test_crd_explains_fields_and_cel_rejects_invalid_pools(
     kube.kubectl(
         "apply", "--dry-run=server", "-n", kube_namespace, "-f", "-", input=yaml.safe_dump(with_clients)
     )
-    del with_clients["spec"]["redis"]  # clients without budgets need no Redis
+    del with_clients["spec"]["redis"]  # clients without budgets or limits need no Redis
     with_clients["spec"]["clients"] = [
         {"name": "web", "match": {"namespaces": ["team-a"]}, "maxPriority": 3},
         {"name": "rest", "match": {}},

@@ -310,10 +310,16 @@ CLIENTS = [
         "name": "web",
         "match": {"namespaces": ["team-a"], "workloads": ["Deployment/web"], "serviceAccounts": ["web"]},
         "maxPriority": 5,
+        "limits": {"rpm": 60, "tpm": 200000},
         "budgets": {"dailyUsd": 10.5, "monthlyUsd": 200, "dailyTokens": 1000000, "monthlyTokens": 20000000},
         "onBudget": "downgrade",
     },
-    {"name": "batch", "match": {"namespaces": ["team-b"]}, "budgets": {"dailyTokens": 5000}},
+    {
+        "name": "batch",
+        "match": {"namespaces": ["team-b"]},
+        "limits": {"tpm": 50000},
+        "budgets": {"dailyTokens": 5000},
+    },
     {"name": "everyone-else", "match": {}, "weight": 0.5},
 ]
 
@@ -327,6 +333,7 @@ def test_clients_reach_the_sidecar_with_its_keys() -> None:
             "max_priority": 5,
             "on_budget": "downgrade",
             "match": {"namespaces": ["team-a"], "workloads": ["Deployment/web"], "service_accounts": ["web"]},
+            "limits": {"rpm": 60, "tpm": 200000},
             "budgets": {
                 "daily_usd": 10.5,
                 "monthly_usd": 200,
@@ -334,7 +341,12 @@ def test_clients_reach_the_sidecar_with_its_keys() -> None:
                 "monthly_tokens": 20000000,
             },
         },
-        {"name": "batch", "match": {"namespaces": ["team-b"]}, "budgets": {"daily_tokens": 5000}},
+        {
+            "name": "batch",
+            "match": {"namespaces": ["team-b"]},
+            "limits": {"tpm": 50000},
+            "budgets": {"daily_tokens": 5000},
+        },
         {"name": "everyone-else", "weight": 0.5, "match": {}},
     ]
     rendering = render(pool, fake_secrets(pool["spec"]))
@@ -349,19 +361,22 @@ def test_clients_reach_the_sidecar_with_its_keys() -> None:
     assert (web.budgets.daily_usd, web.budgets.monthly_usd) == (10.5, 200)
     assert (web.budgets.daily_tokens, web.budgets.monthly_tokens) == (1000000, 20000000)
     assert (batch.on_budget, batch.budgets.daily_tokens, batch.budgets.daily_usd) == ("refuse", 5000, None)
-    assert (rest.name, rest.weight, rest.max_priority, rest.budgets.any()) == (
+    assert web.limits is not None and (web.limits.rpm, web.limits.tpm) == (60, 200000)
+    assert batch.limits is not None and (batch.limits.rpm, batch.limits.tpm) == (None, 50000)
+    assert (rest.name, rest.weight, rest.max_priority, rest.budgets.any(), rest.limits) == (
         "everyone-else",
         0.5,
         None,
         False,
+        None,
     )
     assert rendering.config.client_for("team-c", "Job/x", "default") == rest
     assert rendering.config.client_for("team-b", "Deployment/batch", "default") == batch
     assert rendering.config_hash != render(pool_with({}), fake_secrets(pool["spec"])).config_hash
 
 
-def test_clients_budgets_without_redis_or_on_budget_without_budgets_are_refused() -> None:
-    """(The CRD's rules refuse both first; these are what a pool gets past an older CRD.)"""
+def test_clients_budgets_or_limits_without_redis_or_on_budget_without_budgets_are_refused() -> None:
+    """(The CRD's rules refuse these first; they are what a pool gets past an older CRD.)"""
     no_redis = pool_with({"clients": CLIENTS[1:]})
     del no_redis["spec"]["redis"]
     refused = render(no_redis, fake_secrets(no_redis["spec"]))
@@ -370,6 +385,15 @@ def test_clients_budgets_without_redis_or_on_budget_without_budgets_are_refused(
     unbudgeted = pool_with({"clients": CLIENTS[2:]})  # (clients without budgets need no Redis)
     del unbudgeted["spec"]["redis"]
     assert render(unbudgeted, fake_secrets(unbudgeted["spec"])).error is None
+    capped = pool_with({"clients": [{"name": "capped", "match": {}, "limits": {"rpm": 10}}]})
+    del capped["spec"]["redis"]
+    refused = render(capped, fake_secrets(capped["spec"]))
+    assert refused.error is not None and refused.error.reason == "InvalidConfig"
+    assert "clients[capped] has limits" in refused.error.message
+    unlimited = pool_with({"clients": [{"name": "capped", "match": {}, "limits": {}}]})
+    refused = render(unlimited, fake_secrets(unlimited["spec"]))
+    assert refused.error is not None and refused.error.reason == "InvalidConfig"
+    assert "a client's limits need rpm, tpm or both" in refused.error.message
     downgrade = pool_with({"clients": [{"name": "web", "match": {}, "onBudget": "downgrade"}]})
     refused = render(downgrade, fake_secrets(downgrade["spec"]))
     assert refused.error is not None and refused.error.reason == "InvalidConfig"

@@ -13,6 +13,7 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
+from o1emulator.embedded import EmulatorHandle
 from o1sidecar.clients import Clients
 from o1sidecar.config import Budgets, ConfigError, SidecarConfig
 from o1sidecar.errors import budget_exceeded
@@ -242,3 +243,29 @@ async def test_the_ceiling_lowers_the_priority_and_the_answer_says_so(
         model="o1", messages=[{"role": "user", "content": "later"}], extra_headers={"x-o1pool-priority": "2"}
     )
     assert "x-o1pool-priority-asked" not in low.headers
+
+
+async def test_a_clients_own_limit_holds_across_sidecars_and_refuses_in_openais_shape(
+    make_sidecar: SidecarFactory, redis_server: RedisServer, emulator: EmulatorHandle, web_pod: None
+) -> None:
+    redis = {"url": redis_server.url}
+    clients = [{"name": "web", "match": {"workloads": ["Deployment/web"]}, "limits": {"rpm": 3}}]
+    one = await make_sidecar(redis=redis, clients=clients)
+    two = await make_sidecar(redis=redis, clients=clients)
+    answered, refused = 0, []
+    for i in range(6):  # alternately through both sidecars; a short deadline: no waiting a minute
+        try:
+            await sdk((one, two)[i % 2].url).chat.completions.create(
+                model="o1",
+                messages=[{"role": "user", "content": f"question {i}"}],
+                extra_headers={"x-o1pool-deadline-ms": "3000"},
+            )
+            answered += 1
+        except openai.RateLimitError as e:
+            refused.append(e)
+    assert (answered, len(refused)) == (3, 3)
+    assert emulator.stats()["accounts"]["acct-a"]["models"]["o1"]["admitted"] == 3  # nothing else was sent
+    first = refused[0]
+    assert first.code == "client_rate_limited" and 50 <= int(first.response.headers["retry-after"]) <= 60
+    assert "client 'web'" in first.message and "spec.clients[].limits" in first.message
+    assert (await scrape(two.metrics_url))['o1_api_queue_rejections_total{reason="client"}'] >= 1

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from o1sidecar.limits.caps import Cap
+
 
 @dataclass(frozen=True)
 class Demand:
@@ -22,6 +24,7 @@ class Demand:
     deadline: float  # wall-clock epoch seconds (shared across sidecars); past it the request gives up
     client: str = ""  # the pool's client it is from ("" none: no fair share; fairness.py)
     weight: float = 1.0  # the client's weight in the fair share
+    cap: Cap | None = None  # the client's own RPM/TPM limits (caps.py; None: none)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,16 @@ class QuotaExhausted(Exception):
         self.retry_after_s = retry_after_s
 
 
+class ClientLimited(Exception):
+    """The request's client is at its own RPM/TPM limit (caps.py) until after the request's deadline;
+    answer 429 with ``retry_after_s``. Another model would not help: the limit is the client's."""
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
 class QueueFull(Exception):
     """This sidecar's wait queue is at ``queue.max_length``; answer 429 at once."""
 
@@ -111,8 +124,8 @@ class Limiter(Protocol):
         ...
 
     async def acquire(self, demand: Demand, accounts: Sequence[str]) -> Grant:
-        """Wait until one of ``accounts`` admits ``demand``; raise QueueTimeout, QueueFull, NoCapacity
-        or QuotaExhausted."""
+        """Wait until one of ``accounts`` admits ``demand``; raise QueueTimeout, QueueFull, NoCapacity,
+        QuotaExhausted or ClientLimited."""
         ...
 
     async def try_acquire(self, demand: Demand, accounts: Sequence[str]) -> Grant | None:

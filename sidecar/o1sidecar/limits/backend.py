@@ -15,7 +15,7 @@ from o1sidecar.config import SidecarConfig
 from o1sidecar.limits.api import Demand, Usage
 
 Mode = Literal["shared", "local"]
-DenyReason = Literal["queue", "capacity", "concurrency", "cooldown", "quota"]
+DenyReason = Literal["queue", "capacity", "concurrency", "cooldown", "quota", "client"]
 SettleOutcome = Literal["ok", "rate_limited", "other"]
 
 
@@ -79,6 +79,7 @@ class Settlement:
     elapsed_s: float = 0.0  # since admission: the upstream's remaining counts refilled meanwhile
     retry_after_s: float | None = None  # a 429's Retry-After
     limit_type: Literal["requests", "tokens", "concurrency", "quota"] | None = None  # a 429's limit
+    client: str = ""  # the client whose own limits (caps.py) counted the call ("" none)
 
 
 @dataclass(frozen=True)

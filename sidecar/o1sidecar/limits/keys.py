@@ -56,6 +56,15 @@ class PoolKeys:
         given back when it leaves unserved."""
         return f"{self.tag}:places:{model}"
 
+    def client_window(self, client: str) -> str:
+        """ZSET of one client's calls of the last minute, for its own limits (caps.py): ``tokens:lease``
+        -> admitted at."""
+        return f"{self.tag}:cwin:{client}"
+
+    def client_tokens(self) -> str:
+        """HASH client -> the tokens of its calls in its window (caps.py)."""
+        return f"{self.tag}:ctok"
+
     def sidecars(self) -> str:
         """ZSET sidecar id -> last heartbeat (server time)."""
         return f"{self.tag}:sidecars"

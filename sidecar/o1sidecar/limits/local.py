@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from o1sidecar.config import SidecarConfig
-from o1sidecar.limits import fairness, rule
+from o1sidecar.limits import caps, fairness, rule
 from o1sidecar.limits.api import Demand, Usage
 from o1sidecar.limits.backend import (
     AccountLimits,
@@ -76,6 +76,7 @@ class LocalBackend:
         self._tickets: dict[str, dict[str, _Ticket]] = {}
         self._held: dict[str, Held] = {}
         self._shares: dict[str, dict[str, fairness.Share]] = {}  # model -> client -> share
+        self._windows: dict[str, caps.Window] = {}  # client -> its calls of the last minute (caps.py)
 
     def limits_of(self, limits: AccountLimits) -> rule.Limits:
         return rule.Limits.of(limits, min(1.0, max(0.0, self._share())))
@@ -120,6 +121,11 @@ class LocalBackend:
         demand = attempt.demand
         tickets = self._tickets.setdefault(demand.model, {})
         shares = self._shares.setdefault(demand.model, {})
+        window = self._window(demand, now)
+        if window is not None:
+            wait = caps.wait(window, self._cap(demand), demand.tokens, now)
+            if wait > 0:
+                return Denied("client", wait, self._step_out(attempt, now))
         entries = [self._entry(a, demand.model, demand.tokens, now) for a in attempt.accounts]
         my_rank, spot = _rank_of(tickets, attempt, now, shares, entries)
         free_r = free_t = free_s = 0.0
@@ -138,6 +144,8 @@ class LocalBackend:
             shares[spot.client] = fairness.taken(spot, demand.weight)
         if best is not None:
             rule.admit(best.state, best.held_to, demand.tokens, attempt.lease_id, now)
+            if window is not None:
+                caps.admit(window, demand.tokens, attempt.lease_id, now)
             self._held[attempt.lease_id] = Held(attempt.lease_id, best.limits, demand.model, demand.tokens)
             tickets.pop(attempt.ticket, None)
             return Admitted(account=best.limits.name, lease_id=attempt.lease_id)
@@ -148,6 +156,33 @@ class LocalBackend:
             return Denied("queue", rule.CONCURRENCY_POLL_S, my_rank)
         reason, wait = _denial(entries)
         return Denied(reason, wait, my_rank)
+
+    def _window(self, demand: Demand, now: float) -> caps.Window | None:
+        """The client's window, refreshed, if it has limits of its own."""
+        if not demand.client or demand.cap is None:
+            return None
+        window = self._windows.setdefault(demand.client, caps.Window())
+        caps.refresh(window, now)
+        return window
+
+    def _cap(self, demand: Demand) -> caps.Cap:
+        assert demand.cap is not None
+        return demand.cap.scaled(min(1.0, max(0.0, self._share())))
+
+    def _step_out(self, attempt: Attempt, now: float) -> float:
+        """A waiter whose client is at its limit leaves the queue (giving its place back) and keeps
+        its rank for its return (admit.lua does the same)."""
+        kept = self._tickets.get(attempt.demand.model, {}).get(attempt.ticket)
+        if kept is not None:
+            self.forget_now(attempt.demand.model, [attempt.ticket])
+            return kept.rank
+        if attempt.rank is not None:
+            return attempt.rank
+        return rank(attempt.demand.priority, now, attempt.aging_s)
+
+    def client_window(self, client: str) -> caps.Window | None:
+        """A client's calls of the last minute as this store counts them (for inspection)."""
+        return self._windows.get(client)
 
     @staticmethod
     def _ahead(tickets: dict[str, _Ticket], ticket: str, my_rank: float) -> list[_Ticket]:
@@ -184,11 +219,15 @@ class LocalBackend:
 
     def settle_now(self, s: Settlement) -> None:
         self._held.pop(s.lease_id, None)
+        now = self._clock()
+        window = self._windows.get(s.client) if s.client else None
+        if window is not None:
+            caps.refresh(window, now)
+            caps.settle(window, s.lease_id, s.extra_tokens)
         key = (s.account.name, s.model)
         st = self._state.get(key)
         if st is None:
             return
-        now = self._clock()
         lim = self.limits_of(s.account)
         rule.refresh(st, lim, now)
         rule.settle(st, lim, s, now, waiting=len(self._tickets.get(s.model, {})))

@@ -26,6 +26,7 @@ from typing import Any
 
 from o1sidecar.config import SidecarConfig
 from o1sidecar.limits.api import (
+    ClientLimited,
     Demand,
     Grant,
     LimiterState,
@@ -71,6 +72,7 @@ class _Waiter:
 class _ModelQueue:
     heap: list[tuple[float, int, _Waiter]] = field(default_factory=list)
     deadlines: list[tuple[float, int, _Waiter]] = field(default_factory=list)
+    aside: list[tuple[float, int, _Waiter]] = field(default_factory=list)  # clients at their limit, by when
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -81,6 +83,7 @@ class _Active:
     model: str
     tokens: int
     admitted: float
+    client: str  # when the call counts against its client's own limits (caps.py), else ""
 
 
 class QueueingLimiter:
@@ -120,7 +123,7 @@ class QueueingLimiter:
         self._draining = True
         now = self._clock()
         for model, q in self._queues.items():
-            handed_back = [w for _, _, w in q.heap if not w.future.done()]
+            handed_back = [w for w in _all(q) if not w.future.done()]
             for w in handed_back:
                 w.future.set_exception(
                     QueueTimeout(
@@ -144,7 +147,7 @@ class QueueingLimiter:
         if dispatchers:
             await asyncio.wait(dispatchers, timeout=5.0)
         for q in self._queues.values():
-            for _, _, w in q.heap:
+            for w in _all(q):
                 if not w.future.done():
                     w.future.set_exception(
                         QueueTimeout("the sidecar is shutting down", 1.0, self._clock() - w.started)
@@ -178,6 +181,12 @@ class QueueingLimiter:
                 f"the request needs {demand.tokens} tokens but the largest TPM limit of the accounts "
                 f"serving {demand.model!r} is {largest:g}; lower max_tokens or shorten the prompt"
             )
+        cap = demand.cap
+        if cap is not None and cap.tpm is not None and demand.tokens > cap.tpm:
+            raise NoCapacity(
+                f"the request needs {demand.tokens} tokens but its client {demand.client!r} may use "
+                f"{cap.tpm:g} a minute (clients[].limits.tpm); lower max_tokens or shorten the prompt"
+            )
         started = self._clock()
         if demand.deadline <= started:
             raise QueueTimeout("the request's deadline had already passed when it arrived", 1.0, 0.0)
@@ -197,6 +206,8 @@ class QueueingLimiter:
         if _quota_outlasts(first, demand, started):
             await self._forget(demand.model, [ticket])
             raise _quota_exhausted(demand, first)
+        if _client_limit_outlasts(first, demand, started):
+            raise _client_limited(demand, first)
 
         waiter = _Waiter(
             demand=demand,
@@ -217,7 +228,10 @@ class QueueingLimiter:
 
     async def try_acquire(self, demand: Demand, accounts: Sequence[str]) -> Grant | None:
         limits = self._limits(demand.model, accounts)
+        cap = demand.cap
         if not limits or demand.tokens > max(a.tpm for a in limits):
+            return None
+        if cap is not None and cap.tpm is not None and demand.tokens > cap.tpm:
             return None
         started = self._clock()
         ticket = uuid.uuid4().hex
@@ -229,7 +243,8 @@ class QueueingLimiter:
     ) -> Grant:
         now = self._clock()
         account = next(a for a in limits if a.name == admitted.account)
-        self._active[admitted.lease_id] = _Active(account, demand.model, demand.tokens, now)
+        client = demand.client if demand.cap is not None else ""
+        self._active[admitted.lease_id] = _Active(account, demand.model, demand.tokens, now, client)
         waited = max(0.0, now - started)
         return Grant(admitted.account, demand.model, demand.tokens, admitted.lease_id, waited)
 
@@ -240,7 +255,10 @@ class QueueingLimiter:
         q = self._queues.get(w.demand.model)
         if q is None:
             q = self._queues[w.demand.model] = _ModelQueue()
-        heapq.heappush(q.heap, (w.rank, w.seq, w))
+        if w.last is not None and w.last.reason == "client":
+            heapq.heappush(q.aside, (w.started + w.last.wait_s, w.seq, w))
+        else:
+            heapq.heappush(q.heap, (w.rank, w.seq, w))
         heapq.heappush(q.deadlines, (w.demand.deadline, w.seq, w))
         self._waiting[w.demand.priority] += 1
         q.wake.set()
@@ -316,7 +334,11 @@ class QueueingLimiter:
             eta = w.last.wait_s if w.last is not None and math.isfinite(w.last.wait_s) else 1.0
         return float(max(1, math.ceil(eta)))
 
-    def _head(self, q: _ModelQueue) -> _Waiter | None:
+    def _head(self, q: _ModelQueue, now: float) -> _Waiter | None:
+        while q.aside and (q.aside[0][0] <= now or q.aside[0][2].future.done()):
+            _, _, w = heapq.heappop(q.aside)
+            if not w.future.done():
+                heapq.heappush(q.heap, (w.rank, w.seq, w))  # its client may call again: back in line
         while q.heap and q.heap[0][2].future.done():
             heapq.heappop(q.heap)
         return q.heap[0][2] if q.heap else None
@@ -325,8 +347,11 @@ class QueueingLimiter:
         while not self._closed:
             q.wake.clear()
             await self._expire(model, q, self._clock())
-            head = self._head(q)
+            head = self._head(q, self._clock())
             if head is None:
+                if q.aside:
+                    await self._sleep(q, q.aside[0][0] - self._clock())
+                    continue
                 q.deadlines.clear()
                 return
             attempt = Attempt(
@@ -352,17 +377,32 @@ class QueueingLimiter:
                 continue
             head.last = result
             head.rank = result.rank
-            if _quota_outlasts(result, head.demand, self._clock()):
+            now = self._clock()
+            if _quota_outlasts(result, head.demand, now):
                 head.future.set_exception(_quota_exhausted(head.demand, result))
                 self._leave(head)
                 await self._forget(model, [head.ticket])
                 continue
-            sleep = min(result.wait_s, MAX_SLEEP_S)
-            if q.deadlines:
-                sleep = min(sleep, q.deadlines[0][0] - self._clock())
-            sleep = max(MIN_SLEEP_S, sleep)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(q.wake.wait(), sleep)
+            if result.reason == "client":  # (the store took its ticket out)
+                heapq.heappop(q.heap)
+                if _client_limit_outlasts(result, head.demand, now):
+                    head.future.set_exception(_client_limited(head.demand, result))
+                    self._leave(head)
+                else:
+                    heapq.heappush(q.aside, (now + result.wait_s, head.seq, head))
+                continue
+            await self._sleep(q, result.wait_s)
+
+    async def _sleep(self, q: _ModelQueue, wait_s: float) -> None:
+        """Until ``wait_s`` passes (at most MAX_SLEEP_S), a deadline or a set-aside waiter is due, or
+        something wakes the queue."""
+        sleep = min(wait_s, MAX_SLEEP_S)
+        now = self._clock()
+        for due in (q.deadlines, q.aside):
+            if due:
+                sleep = min(sleep, due[0][0] - now)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(q.wake.wait(), max(MIN_SLEEP_S, sleep))
 
     def wake(self, model: str | None = None) -> None:
         """Make the dispatcher of ``model`` (or of every model) re-check now."""
@@ -377,7 +417,7 @@ class QueueingLimiter:
             for model, q in self._queues.items()
             for _, _, w in q.heap
             if not w.future.done()
-        ]
+        ]  # (not those set aside: they hold no ticket until their client may call again)
 
     # -- release -------------------------------------------------------------------------------
 
@@ -392,7 +432,9 @@ class QueueingLimiter:
         if active is None:
             return
         now = self._clock()
-        s = Settlement(active.limits, active.model, grant.lease_id, elapsed_s=now - active.admitted)
+        s = Settlement(
+            active.limits, active.model, grant.lease_id, elapsed_s=now - active.admitted, client=active.client
+        )
         if report is not None:
             name = active.limits.name
             self._health[name] = update_health(self._health.get(name, Health(1.0, now)), report, now)
@@ -424,6 +466,30 @@ class QueueingLimiter:
 def _quota_outlasts(denied: Denied, demand: Demand, now: float) -> bool:
     """Every account's request cap is spent until after the request's deadline."""
     return denied.reason == "quota" and now + denied.wait_s > demand.deadline
+
+
+def _client_limit_outlasts(denied: Denied, demand: Demand, now: float) -> bool:
+    """The client stays at its own limit until after the request's deadline."""
+    return denied.reason == "client" and now + denied.wait_s > demand.deadline
+
+
+def _client_limited(demand: Demand, denied: Denied) -> ClientLimited:
+    cap = demand.cap
+    limits = []
+    if cap is not None and cap.rpm is not None:
+        limits.append(f"{cap.rpm:g} requests")
+    if cap is not None and cap.tpm is not None:
+        limits.append(f"{cap.tpm:g} tokens")
+    return ClientLimited(
+        f"client {demand.client!r} is at its own limit of {' and '.join(limits)} per minute "
+        f"(clients[].limits) and may call again in {denied.wait_s:.1f}s, after this request's deadline",
+        retry_after_s=denied.wait_s,
+    )
+
+
+def _all(q: _ModelQueue) -> list[_Waiter]:
+    """Every waiter of the queue: in line, and set aside."""
+    return [w for _, _, w in q.heap] + [w for _, _, w in q.aside]
 
 
 def _quota_exhausted(demand: Demand, denied: Denied) -> QuotaExhausted:

@@ -171,6 +171,8 @@ class RedisBackend:
                 d.client,
                 repr(d.weight),
                 _num(d.deadline) if math.isfinite(d.deadline) else "",
+                _num(d.cap.rpm if d.cap else None),
+                _num(d.cap.tpm if d.cap else None),
             )
         )
         args = [self._now(), a.ticket, params, self.keys.wake_channel(), d.model]
@@ -178,6 +180,8 @@ class RedisBackend:
             keys += self._account_keys(acct.name, d.model)
             args.append(packed_limits(acct))
         keys += [self.keys.fair_share(d.model), self.keys.places(d.model)]
+        if d.client and d.cap is not None:
+            keys += [self.keys.client_window(d.client), self.keys.client_tokens()]
         result = await self.scripts.admit(keys, args)
         if int(result[0]) == 1:
             account = str(result[1])
@@ -188,10 +192,13 @@ class RedisBackend:
 
     async def settle(self, s: Settlement) -> None:
         self._held.pop(s.lease_id, None)
-        await self.scripts.release(
-            [*self._account_keys(s.account.name, s.model), self.keys.queue(s.model)],
-            [self._now(), self.keys.wake_channel(), s.model, packed_limits(s.account), packed_settlement(s)],
-        )
+        keys = [*self._account_keys(s.account.name, s.model), self.keys.queue(s.model)]
+        account, settled = packed_limits(s.account), packed_settlement(s)
+        args = [self._now(), self.keys.wake_channel(), s.model, account, settled]
+        if s.client:
+            keys += [self.keys.client_window(s.client), self.keys.client_tokens()]
+            args.append(s.client)
+        await self.scripts.release(keys, args)
 
     async def eta(self, a: Attempt) -> float:
         d = a.demand

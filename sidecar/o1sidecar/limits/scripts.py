@@ -1,9 +1,10 @@
 """The Lua scripts of the shared limiter, loaded once and called by SHA.
 
-Each script is ``lua/rule.lua`` (the admission rule of one account+model, shared by all of them) and
-``lua/fair.lua`` (fair share between clients), followed by the script's own file. redis-py's
-``AsyncScript`` calls EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH or a Redis restart), loads the
-script again and retries once; ``load_all`` does the first SCRIPT LOAD at start.
+Each script is ``lua/rule.lua`` (the admission rule of one account+model, shared by all of them),
+``lua/fair.lua`` (fair share between clients) and ``lua/caps.lua`` (clients' own limits), followed by
+the script's own file. redis-py's ``AsyncScript`` calls EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH
+or a Redis restart), loads the script again and retries once; ``load_all`` does the first SCRIPT LOAD
+at start.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ def lua_source(name: str) -> str:
 
 
 def script_source(name: str) -> str:
-    """What Redis runs for ``name``: the shared rule and fair share (fair.lua), then the script."""
-    return lua_source("rule") + "\n" + lua_source("fair") + "\n" + lua_source(name)
+    """What Redis runs for ``name``: the shared rule, fair share and clients' limits, then the script."""
+    return "\n".join(lua_source(part) for part in ("rule", "fair", "caps", name))
 
 
 @dataclass

@@ -7,10 +7,13 @@
 -- KEYS[1+3i], KEYS[2+3i], KEYS[3+3i]: account i's HASH, lease ZSET and window ZSET
 -- KEYS[4+3n] the model's fair-share HASH (f:<client> -> finish, w:<client> -> weight; fairness.py)
 -- KEYS[5+3n] the model's HASH of waiting tickets' places (ticket -> "client;worth")
+-- KEYS[6+3n], KEYS[7+3n] the client's window ZSET and the client-tokens HASH (caps.lua; only when the
+--         client has limits of its own)
 -- ARGV[1] now ('' = TIME)  ARGV[2] ticket
--- ARGV[3] "priority;aging_s;tokens;lease_ttl_s;ticket_ttl_s;rank;queue;lease id;client;weight;deadline"
+-- ARGV[3] "priority;aging_s;tokens;lease_ttl_s;ticket_ttl_s;rank;queue;lease id;client;weight;deadline;
+--         client rpm;client tpm"
 --         (rank '' = rank it now; queue 0 = a denied attempt leaves no ticket; client '' = none;
---         deadline '' = none)
+--         deadline, client rpm, client tpm '' = none)
 -- ARGV[4] wake channel  ARGV[5] model  ARGV[5+i] account i (see limits() in rule.lua)
 -- (Fields are packed into few arguments: encoding arguments is most of a call's client-side cost.)
 -- Returns {1, account} or {0, reason, wait_ms, rank}.
@@ -26,8 +29,10 @@ local enqueue = params[7] ~= '0'
 local lease = params[8]
 local client, weight = params[9] or '', tonumber(params[10] or '1')
 local deadline = tonumber(params[11] or '') or math.huge
+local cap_rpm, cap_tpm = tonumber(params[12] or '') or 0, tonumber(params[13] or '') or 0
 local n = #ARGV - 5
 local fair_key, places_key = KEYS[4 + 3 * n], KEYS[5 + 3 * n]
+local cap_win, cap_totals = KEYS[6 + 3 * n], KEYS[7 + 3 * n]
 
 -- Tickets of sidecars that stopped refreshing them are dead.
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
@@ -36,6 +41,27 @@ if #dead > 0 then
   redis.call('ZREM', KEYS[2], unpack(dead))
   redis.call('HDEL', KEYS[3], unpack(dead))
   for _, id in ipairs(dead) do fair_give_back(fair_key, places_key, id) end
+end
+
+-- A client at its own limit waits outside the queue (holding no one up), its rank kept for its return.
+local capped = client ~= '' and (cap_rpm > 0 or cap_tpm > 0)
+local cap_n, cap_t = 0, 0
+if capped then
+  cap_n, cap_t = cap_refresh(cap_win, cap_totals, client, now)
+  local wait = cap_wait(cap_win, cap_n, cap_t, cap_rpm, cap_tpm, tokens, now)
+  if wait > 0 then
+    local kept = tonumber(redis.call('ZSCORE', KEYS[1], ticket))
+    if kept ~= nil then
+      redis.call('ZREM', KEYS[1], ticket)
+      redis.call('ZREM', KEYS[2], ticket)
+      redis.call('HDEL', KEYS[3], ticket)
+      fair_give_back(fair_key, places_key, ticket)
+      if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+    else
+      kept = tonumber(params[6]) or (now - priority * aging)
+    end
+    return {0, 'client', math.ceil(wait * 1000), num(kept)}
+  end
 end
 
 -- Every account as it stands now.
@@ -102,6 +128,7 @@ if best ~= nil then
   prune(best, now)
   admit(best, tokens, lease, now, lease_ttl)
   save(best, now)
+  if capped then cap_admit(cap_win, cap_totals, client, cap_t, tokens, lease, now) end
   if start == nil and client ~= '' and redis.call('HEXISTS', places_key, ticket) == 0 then
     start, worth = fair_place(fair_key, client, weight, rate, now)  -- (admitted holding no place)
   end

@@ -3,6 +3,8 @@
 -- cut, cooldown and probe; successes raise the effective limits back).
 --
 -- KEYS[1] account HASH   KEYS[2] lease ZSET   KEYS[3] window ZSET   KEYS[4] the model's queue ZSET
+-- KEYS[5], KEYS[6] the client's window ZSET and the client-tokens HASH, when the call counted against
+--          the client's own limits (caps.lua); ARGV[6] the client
 -- ARGV[1] now ('' = TIME)  ARGV[2] wake channel  ARGV[3] model  ARGV[4] the account (limits() in rule.lua)
 -- ARGV[5] "lease;outcome;extra tokens;remaining requests;remaining tokens;limit requests;limit tokens;
 --          seconds since admission;retry-after seconds;limit type;reset requests s;reset tokens s;
@@ -23,5 +25,9 @@ settle(a, {
   charged = tonumber(f[13]),
 }, now, redis.call('ZCARD', KEYS[4]) > 0)
 save(a, now)
+if #KEYS >= 6 then
+  local t = select(2, cap_refresh(KEYS[5], KEYS[6], ARGV[6], now))
+  cap_settle(KEYS[5], KEYS[6], ARGV[6], t, f[1], tonumber(f[13]) or 0, tonumber(f[3]) or 0)
+end
 if redis.call('ZCARD', KEYS[4]) > 0 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return held

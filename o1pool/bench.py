@@ -6,7 +6,8 @@
     overload from the openai SDK; the emulator's own counters judge. Two cells run the previous
     release (``--previous``, a git ref) against the same upstream.
 (b) Added latency: at a fixed request rate against a zero-latency emulator, the latency of calls made
-    directly, through a bare aiohttp pass-through proxy, and through an o1pool sidecar.
+    directly, through a bare aiohttp pass-through proxy, and through an o1pool sidecar; and the CPU
+    per call of each proxy process (and of redis-server meanwhile).
 (c) The cache (cachebench.py): hits per second and per CPU-second of one sidecar from each layer (L1
     memory, L2 Redis, L3 the pool's cache service), hit and miss latency at a fixed rate, and the
     upstream calls a burst of identical requests makes with coalescing and with the cache bypassed.
@@ -15,6 +16,9 @@
     share; what each is served against its max-min fair share. Then the cost of identity and
     budgets: Redis commands per request and p50 latency through a sidecar of no client and one of a
     client with a budget. ``--only-fairness`` runs only this part.
+(e) What queueing costs Redis (queuebench.py): four sidecar processes at 3x overload, Redis MONITOR
+    counting what they send per upstream call, at two deadlines (more waiters), with sidecars of
+    ``--queue-previous`` (a git ref) beside this tree's. ``--only-queue`` runs only this part.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import math
 import os
 import sys
 import tempfile
@@ -50,6 +55,7 @@ from o1pool.matrix import (
     run_matrix,
 )
 from o1pool.procs import RedisServer
+from o1pool.queuebench import QueueSettings, queue_table, run_queue_bench
 from o1pool.scenarios import LatencyRow, LatencySettings, run_latency
 
 
@@ -60,6 +66,7 @@ def latency_table(rows: list[LatencyRow]) -> str:
     for row in rows:
         added50 = (row.p(0.5) - direct.p(0.5)) * 1000
         added99 = (row.p(0.99) - direct.p(0.99)) * 1000
+        cpu = row.cpu_us_per_call()
         out.append(
             (
                 row.target,
@@ -70,14 +77,31 @@ def latency_table(rows: list[LatencyRow]) -> str:
                 added50,
                 added99,
                 row.p(0.5) / bare.p(0.5),
+                cpu if row is not direct else math.nan,  # (no proxy)
+                cpu / bare.cpu_us_per_call() if row is not direct and bare.cpu_s else math.nan,
+                row.redis_cpu_us_per_call(),
             )
         )
     return table(
-        ["path", "calls", "errors", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "p50 / bare"], out
+        [
+            "path",
+            "calls",
+            "errors",
+            "p50 ms",
+            "p99 ms",
+            "added p50 ms",
+            "added p99 ms",
+            "p50 / bare",
+            "proxy CPU µs/call",
+            "CPU / bare",
+            "redis CPU µs/call",
+        ],
+        out,
     )
 
 
 PREVIOUS = "7b0a68e"  # the release before pacing and adaptive limits
+QUEUE_PREVIOUS = "120a52e"  # the last before event-driven queueing
 PARALLEL = max(1, os.cpu_count() or 1)
 
 
@@ -97,7 +121,9 @@ async def run(args: argparse.Namespace) -> int:
         print("o1pool bench: --plot needs matplotlib: pip install 'o1pool[bench]'", file=sys.stderr)
         return 2
     if args.only_fairness:
-        args.skip_matrix = args.skip_latency = args.skip_cache = True
+        args.skip_matrix = args.skip_latency = args.skip_cache = args.skip_queue = True
+    if args.only_queue:
+        args.skip_matrix = args.skip_latency = args.skip_cache = args.skip_fairness = True
     print(f"machine: {machine()}", flush=True)
     redis.start()
     results = None
@@ -169,6 +195,11 @@ async def run(args: argparse.Namespace) -> int:
             )
             cost = await run_cost(fair_settings, redis)
             print(cost_table(cost), flush=True)
+        if not args.skip_queue:
+            queue_settings = QueueSettings()
+            print(f"\n(e) what queueing costs Redis: {queue_settings.describe()} ...", flush=True)
+            queued = await run_queue_bench(queue_settings, redis, args.queue_previous, progress=True)
+            print(queue_table(queued), flush=True)
     finally:
         redis.close()
     if args.plot:
@@ -227,6 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-cache", action="store_true")
     parser.add_argument("--skip-fairness", action="store_true")
+    parser.add_argument("--skip-queue", action="store_true")
+    parser.add_argument("--only-queue", action="store_true", help="run only (e)")
+    parser.add_argument(
+        "--queue-previous",
+        default=QUEUE_PREVIOUS,
+        metavar="REF",
+        help="(e) git ref whose sidecars run beside this tree's ('' to skip; default: %(default)s)",
+    )
     parser.add_argument(
         "--only-fairness", action="store_true", help="run only (d); --plot then writes its plot to PNG itself"
     )

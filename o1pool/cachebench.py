@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -25,12 +24,11 @@ from pathlib import Path
 import aiohttp
 
 from o1pool.loadgen import Planned, percentile, plan_arrivals, table
-from o1pool.procs import RedisServer, free_port, spawn_module, stop_all, wait_for_port
+from o1pool.procs import RedisServer, cpu_seconds, free_port, spawn_module, stop_all, wait_for_port
 from o1pool.scenarios import MODEL, cluster, emulator_config, emulator_stats
 
 BIG = 10_000_000
 SEMANTIC_QUESTIONS = 1_000_000  # the semantic row's questions are numbered from here
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -87,11 +85,6 @@ class CacheResults:
     settings: CacheSettings
     layers: list[LayerRow]
     burst: list[BurstRow]
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 def _body(prompt: int, layer: str = "", asked: bool = False, variant: int = 0) -> dict[str, object]:
@@ -245,10 +238,11 @@ async def _layers(settings: CacheSettings, redis: RedisServer, workdir: Path) ->
                     for prompt in range(settings.prompts):  # fill the layers (and warm the connections)
                         await _ask(session, url, _body(prompt, layer))
                     await _settled(session, service_url, settings.prompts if layer == "semantic" else 0)
-                    cpu_before, service_before = _cpu_s(pid), _cpu_s(service_pid)
+                    cpu_before, service_before = cpu_seconds(pid), cpu_seconds(service_pid)
                     variants = _Variants()
                     hits, others, seconds = await _closed_loop(session, url, layer, settings, variants)
-                    cpu, service_cpu = _cpu_s(pid) - cpu_before, _cpu_s(service_pid) - service_before
+                    cpu = cpu_seconds(pid) - cpu_before
+                    service_cpu = cpu_seconds(service_pid) - service_before
                     await _settled(session, service_url)  # what the closed loop left to index
                     rate_hits = await _open_loop(session, url, settings, False, layer, variants)
                     rate_miss = await _open_loop(session, url, settings, fresh=True)

@@ -46,9 +46,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True, help="upstream base URL ending in /v1")
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--loop", default="asyncio", choices=["asyncio", "uvloop"], help="event loop (default: asyncio's own)"
+    )
     args = parser.parse_args(argv)
+    loop = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
     web.run_app(
-        create_app(args.upstream, args.api_key), host="127.0.0.1", port=args.port, print=None, access_log=None
+        create_app(args.upstream, args.api_key),
+        host="127.0.0.1",
+        port=args.port,
+        print=None,
+        access_log=None,
+        loop=loop,
     )
     return 0
 

@@ -13,6 +13,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU a live process has used so far (user + system), from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -20,7 +20,7 @@ import aiohttp
 import yaml
 
 from o1pool.loadgen import Planned, chat_body, drive, percentile, plan_arrivals
-from o1pool.procs import RedisServer, free_port, spawn_module, stop_all, wait_for_port
+from o1pool.procs import RedisServer, cpu_seconds, free_port, spawn_module, stop_all, wait_for_port
 
 MODEL = "o1-mini"
 
@@ -229,23 +229,36 @@ class LatencyRow:
     target: str
     latencies_s: list[float]
     errors: int
+    cpu_s: float = 0.0  # the proxy process's CPU over the measured calls (0 for direct)
+    redis_cpu_s: float = 0.0  # redis-server's CPU over them
 
     def p(self, q: float) -> float:
         return percentile(self.latencies_s, q)
 
+    def cpu_us_per_call(self) -> float:
+        return self.cpu_s / max(1, len(self.latencies_s) + self.errors) * 1e6
 
-async def _measure(url: str, settings: LatencySettings, headers: dict[str, str]) -> tuple[list[float], int]:
+    def redis_cpu_us_per_call(self) -> float:
+        return self.redis_cpu_s / max(1, len(self.latencies_s) + self.errors) * 1e6
+
+
+async def _measure(
+    url: str, settings: LatencySettings, headers: dict[str, str], sender: str = ""
+) -> tuple[list[float], int]:
+    """``sender`` tells this run's requests from every other run's: none repeats an earlier one, so
+    the sidecar's cache answers none of them (each takes the whole path: admission, upstream call)."""
     plan = plan_arrivals(settings.rate_rps, settings.duration_s, ((5, 1.0),), seed=7)
 
     def body(p: Planned) -> dict[str, object]:
-        return chat_body(p, MODEL, max_tokens=16)
+        return chat_body(p, MODEL, max_tokens=16, sender=sender)
 
     outcomes = await drive([url], plan, body, headers_for=lambda _p: headers)
     return [o.latency_s for o in outcomes if o.status == 200], sum(o.status != 200 for o in outcomes)
 
 
 async def run_latency(settings: LatencySettings, redis: RedisServer) -> list[LatencyRow]:
-    """Latency at ``rate_rps`` to the emulator directly, through a bare proxy, through a sidecar."""
+    """Latency at ``rate_rps`` to the emulator directly, through a bare proxy, through a sidecar; and
+    the CPU each proxy process (and redis-server) spent on the measured calls."""
     big = 10_000_000
     emu_cfg = emulator_config(big, big * 100, latency_scale=0.0)
     rows = {name: LatencyRow(name, [], 0) for name in ("direct", "bare aiohttp proxy", "o1pool sidecar")}
@@ -269,12 +282,21 @@ async def run_latency(settings: LatencySettings, redis: RedisServer) -> list[Lat
             "bare aiohttp proxy": (f"http://127.0.0.1:{bare_port}/v1", {}),
             "o1pool sidecar": (c.sidecar_urls[0], {}),
         }
+        pids = {"direct": None, "bare aiohttp proxy": bare.pid, "o1pool sidecar": c.procs[1].pid}
+        redis_pid = redis.proc.pid if redis.proc is not None else None
         warm = LatencySettings(rate_rps=settings.rate_rps, duration_s=1.0)
-        for url, headers in targets.values():
-            await _measure(url, warm, headers)
-        for _ in range(settings.rounds):
+        for name, (url, headers) in targets.items():
+            await _measure(url, warm, headers, sender=f"warm-up {name} ")
+        for round_ in range(settings.rounds):
             for name, (url, headers) in targets.items():
-                latencies, errors = await _measure(url, settings, headers)
+                pid = pids[name]
+                cpu = cpu_seconds(pid) if pid is not None else 0.0
+                redis_cpu = cpu_seconds(redis_pid) if redis_pid is not None else 0.0
+                latencies, errors = await _measure(url, settings, headers, sender=f"round {round_} {name} ")
+                if pid is not None:
+                    rows[name].cpu_s += cpu_seconds(pid) - cpu
+                if redis_pid is not None:
+                    rows[name].redis_cpu_s += cpu_seconds(redis_pid) - redis_cpu
                 rows[name].latencies_s += latencies
                 rows[name].errors += errors
     return list(rows.values())

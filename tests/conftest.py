@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
 from o1pool.procs import RedisServer, free_port
 from tests.kube.fixtures import cluster, kube, kube_namespace  # noqa: F401
+from tests.redis_cluster import LocalCluster
 
-__all__ = ["IN_CI", "RedisServer", "free_port", "missing", "require_binary"]
+__all__ = ["IN_CI", "LocalCluster", "RedisServer", "free_port", "missing", "require_binary", "start_cluster"]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -53,6 +54,28 @@ def redis_server(redis_server_session: RedisServer) -> RedisServer:
         redis_server_session.start()
     redis_server_session.flush()
     return redis_server_session
+
+
+def start_cluster(primaries: int = 3, replicas: int = 0, **options: Any) -> LocalCluster:
+    """A Redis Cluster of redis-server processes (tests/redis_cluster.py: ``tls``, ``password``); the
+    caller closes it."""
+    binary = require_binary("redis-server", "install it with: apt-get install -y redis-server")
+    cli = require_binary("redis-cli", "install it with: apt-get install -y redis-tools")
+    return LocalCluster(binary, cli, primaries=primaries, replicas=replicas, **options).start()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[LocalCluster]:
+    started = start_cluster()
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: LocalCluster) -> LocalCluster:
+    """The session's three-primary Redis Cluster, flushed (data and scripts)."""
+    redis_cluster_session.flush()
+    return redis_cluster_session
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -17,13 +17,11 @@ from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from o1operator import demand
 from o1operator.forecast import History
 from o1operator.prediction import BACKTEST_H, Assessment, assess
 from o1operator.sidecars import Probes, SidecarProbe, probe_client, redis_error
+from o1sidecar.limits.connect import REDIS_FAILURES, RedisClient
 
 log = logging.getLogger("o1operator.forecasting")
 
@@ -42,7 +40,7 @@ class Acting(Protocol):
 
 
 async def read_demand(
-    client: Redis, probe: SidecarProbe, now_s: float
+    client: RedisClient, probe: SidecarProbe, now_s: float
 ) -> tuple[dict[str, History], dict[str, list[float]]]:
     """Tokens offered per hour for each of the pool's models, from ``HISTORY_DAYS`` ago up to the hour
     under way (excluded), and per minute over the last ``BACKTEST_H`` of those hours; models nobody has
@@ -65,7 +63,7 @@ async def read_demand(
     return hours, minutes
 
 
-async def publish(client: Redis, probe: SidecarProbe, assessment: Assessment) -> None:
+async def publish(client: RedisClient, probe: SidecarProbe, assessment: Assessment) -> None:
     """The prediction for the pool's sidecars, or none."""
     key = probe.pool_keys.prediction()
     if assessment.prediction is None:
@@ -111,7 +109,7 @@ async def forecast_forever(
                     minutes=minutes,
                 )
                 await publish(client, probe, assessment)
-            except (TimeoutError, RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:  # (TimeoutError is an OSError)
                 assessment = Assessment(
                     None, "RedisUnreachable", f"cannot read the recorded demand: {redis_error(exc)}", None
                 )

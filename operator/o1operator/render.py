@@ -221,7 +221,14 @@ def get_redis_config(redis: Mapping[str, Any], secrets: SecretsData) -> tuple[di
         password = _secret_value(redis["passwordSecretRef"], secrets, "spec.redis.passwordSecretRef")
     if redis.get("tls") and url.startswith("redis://"):
         url = "rediss://" + url.removeprefix("redis://")
+    if redis.get("cluster") and not url.startswith(("redis://", "rediss://")):
+        raise RenderError(
+            "RedisClusterURL",
+            "spec.redis.cluster needs a redis:// or rediss:// URL of one of the cluster's nodes",
+        )
     config: dict[str, Any] = {"url": url, **_pick(redis, _REDIS_FIELDS)}
+    if redis.get("cluster"):  # (absent when false: a pool without it renders the config it did before)
+        config["cluster"] = True
     if redis.get("keyPrefix"):
         config["key_prefix"] = redis["keyPrefix"]
     if password:

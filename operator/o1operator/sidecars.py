@@ -38,7 +38,6 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from o1common.keyprint import key_fingerprint
 from o1operator.demand import field_number
@@ -46,6 +45,7 @@ from o1operator.kube import Kube
 from o1operator.prediction import ForecastSettings
 from o1operator.render import REDIS_PASSWORD_FILE, Rendering
 from o1operator.status import RedisView
+from o1sidecar.limits.connect import REDIS_FAILURES, SERVER_TIME, RedisClient, cluster_client, server_time
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.outage_sync import read_states
 from o1sidecar.outages import ModelState
@@ -70,6 +70,7 @@ class SidecarProbe:
     pool_keys: PoolKeys  # every key of the pool (the demand HASHes: forecasting.py)
     models: tuple[str, ...] = ()  # the models the pool serves
     password: str | None = None
+    cluster: bool = False  # the url names one node of a Redis Cluster (o1sidecar.config.RedisConfig)
     refused_key: str = ""  # the pool's HASH of refused keys
     outages_key: str = ""  # the pool's HASH of models not up
     fingerprints: tuple[tuple[str, str], ...] = ()  # (account/key, fingerprint of its value) per key
@@ -174,6 +175,7 @@ def get_sidecar_probe(
         pool_keys=keys,
         models=tuple(config.served_models()),
         password=base64.b64decode(encoded).decode().strip() if encoded else None,
+        cluster=redis.cluster,
         refused_key=keys.refused_keys(),
         outages_key=keys.outages(),
         fingerprints=fingerprints,
@@ -186,15 +188,15 @@ def get_sidecar_probe(
     )
 
 
-def probe_client(probe: SidecarProbe) -> Redis:
-    """A client of the pool's Redis for the operator's reads (short timeouts; the caller closes it)."""
-    return Redis.from_url(
-        probe.url,
-        password=probe.password,
-        socket_timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-        decode_responses=True,
+def probe_client(probe: SidecarProbe) -> RedisClient:
+    """A client of the pool's Redis for the operator's reads (short timeouts; the caller closes it): a
+    Redis Cluster client seeded by the url's node when the pool's Redis is a cluster."""
+    settings: dict[str, Any] = dict(
+        password=probe.password, socket_connect_timeout=REDIS_TIMEOUT_S, decode_responses=True
     )
+    if probe.cluster:
+        return cluster_client(probe.url, op_timeout_s=REDIS_TIMEOUT_S, **settings)
+    return Redis.from_url(probe.url, socket_timeout=REDIS_TIMEOUT_S, **settings)
 
 
 async def observe(probe: SidecarProbe) -> Observation:
@@ -203,8 +205,8 @@ async def observe(probe: SidecarProbe) -> Observation:
     outages, the recent usage and the clients' spend of the day and month under way."""
     client = probe_client(probe)
     try:
-        seconds, micros = await client.time()
-        now = seconds + micros / 1e6
+        # TIME of the server that holds the pool's keys (the clock the sidecars' heartbeats are on)
+        now = server_time(await client.eval(SERVER_TIME, 1, probe.key))
         minutes = usage_fields(now)
         async with client.pipeline(transaction=False) as pipe:
             pipe.zcount(probe.key, f"({now - probe.stale_after_s}", "+inf")
@@ -286,7 +288,7 @@ async def observe_forever(
         for ref, probe in list(probes.items()):
             try:
                 seen = await observe(probe)
-            except (TimeoutError, RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:  # (TimeoutError is an OSError)
                 log.warning("O1Pool %s/%s: cannot read its Redis: %s", *ref, type(exc).__name__)
                 before = observed.get(ref, RedisView())
                 view = RedisView(before.refused, before.outages, error=redis_error(exc))

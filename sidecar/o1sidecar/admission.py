@@ -31,7 +31,7 @@ from o1sidecar.metrics import SidecarMetrics
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import Gate, ModelOutages
 from o1sidecar.plan import Outcome
-from o1sidecar.tokens import TokenCounter, count_messages, requested_max_tokens
+from o1sidecar.tokens import TokenCounter, count_messages, prompt_bound, requested_max_tokens
 from o1sidecar.truncation import (
     overflows,
     parse_context_error,
@@ -66,10 +66,12 @@ class Unavailable:
 
 @dataclass(frozen=True)
 class Fitted:
-    """The prompt to send (``None``: the client's own) and its token count, when already counted."""
+    """The prompt to send (``None``: the client's own) and its token count, when already counted, or
+    an upper bound of it (``tokens.prompt_bound``), when already computed."""
 
     prompt: list[Any] | None
     prompt_tokens: int | None = None
+    bound: int | None = None
 
 
 def upstream_body(
@@ -243,7 +245,9 @@ class Admitter:
         self, ex: Exchange, model: str, fitted: Fitted, deadline: float
     ) -> tuple[Demand, dict[str, Any], bool]:
         body, strip_usage = upstream_body(ex.endpoint, ex.body, model, fitted.prompt)
-        tokens = self.counter.charge(ex.endpoint.path, model, body, self.config.tokens, fitted.prompt_tokens)
+        tokens = self.counter.charge(
+            ex.endpoint.path, model, body, self.config.tokens, fitted.prompt_tokens, fitted.bound
+        )
         ex.tokens = tokens
         return (
             Demand(
@@ -269,8 +273,11 @@ class Admitter:
             return Fitted(prompt)
         field = ex.endpoint.prompt_field
         body = ex.body if prompt is None else {**ex.body, field: prompt}
-        used = self.counter.prompt(ex.endpoint.path, model, body)
         budget = requested_max_tokens(body) or 0
+        bound = prompt_bound(ex.endpoint.path, body)
+        if not overflows(bound, budget, window):
+            return Fitted(prompt, bound=bound)  # it fits whatever its count: counted if the charge needs it
+        used = self.counter.prompt(ex.endpoint.path, model, body)
         if not overflows(used, budget, window):
             return Fitted(prompt, used)  # counted once: the charge reuses it
         items = body.get(field)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from o1sidecar import errors
 from o1sidecar.audit import AuditLog
-from o1sidecar.cache import Hit, ResponseCache
+from o1sidecar.cache import Claim, Hit, ResponseCache
 from o1sidecar.calling import UpstreamCall
 from o1sidecar.clients import Clients
 from o1sidecar.config import SidecarConfig
@@ -47,14 +47,15 @@ class Answers:
         self.demand = demand
         self.prices: PriceTable = config.price_table()
 
-    async def cached(self, ex: Exchange) -> Hit | None:
+    async def cached(self, ex: Exchange, claim: Claim | None = None) -> Hit | None:
         """The stored answer to the exchange's request and the layer that had it (``l1``, ``l2``,
-        ``l3``, or ``semantic`` when it asked a question that one answers)."""
+        ``l3``, or ``semantic`` when it asked a question that one answers); an L2 miss takes the
+        ``claim``'s in-flight key (coalescing.py)."""
         assert ex.cache_key is not None
         with ex.trace.lookup() as span:
-            hit = await self.cache.get(ex.cache_key, ex.question)
+            hit = await self.cache.get(ex.cache_key, ex.question, claim)
             span.found(hit)
-        self.metrics.cache_lookups.labels(hit.layer if hit else "miss").inc()
+        self.metrics.cache_lookup(hit.layer if hit else "miss")
         if hit is not None:
             ex.cache, ex.similarity = hit.layer, hit.similarity
         return hit

@@ -23,16 +23,16 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-import redis.asyncio as aioredis
 from cachetools import LRUCache
 
 from o1sidecar.cachesvc.client import BreakerOpen, CacheServiceClient, ServiceBusy, ServiceUnavailable
 from o1sidecar.config import CachePolicy, PoolRef, RedisConfig
 from o1sidecar.limits.breaker import CircuitBreaker
+from o1sidecar.limits.connect import REDIS_FAILURES, KeyedScript, RedisClient, redis_client, register_script
 from o1sidecar.limits.keys import PoolKeys
-from o1sidecar.limits.redis_store import redis_client
 
 if TYPE_CHECKING:
     from o1sidecar.semantic import SemanticQuery
@@ -46,6 +46,28 @@ class Hit(NamedTuple):
     body: bytes
     layer: str  # l1, l2, l3 or semantic
     similarity: float | None = None  # (semantic)
+
+
+@dataclass
+class Claim:
+    """A request that will call the model unless the cache answers it (coalescing.py): its L2 lookup
+    takes the pool's in-flight key ``inflight`` on a miss, in the same round trip."""
+
+    key: str
+    inflight: str
+    owner: str
+    hold_ms: int
+    event: asyncio.Event  # the identical requests of this sidecar wait on it
+    taken: bool | None = None  # whether the lookup took the key (None: it did not ask Redis)
+
+
+# L2 lookup and, on a miss, the claim of the in-flight key (one round trip; one hash tag, one node).
+LOOKUP_OR_CLAIM = """
+local body = redis.call('GET', KEYS[1])
+if body then return {1, body, redis.call('PTTL', KEYS[1])} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, 1} end
+return {0, 0}
+"""
 
 
 NOT_IN_KEY = frozenset({"stream", "stream_options", "user", "metadata", "store"})
@@ -91,10 +113,12 @@ class ResponseCache:
         self._keys = PoolKeys(redis_config.key_prefix, pool.namespace, pool.name)
         # One failure opens it: a cache lookup is worth less than the time a dead Redis would cost.
         self.breaker = CircuitBreaker(failures=1, reset_s=redis_config.breaker_reset_s, clock=clock)
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
+        self._lookup_or_claim: KeyedScript | None = None
         self._pending: set[asyncio.Task[None]] = set()
         if redis_config.url and policy.l2_ttl_s > 0:
             self._redis = redis_client(redis_config, decode_responses=False)
+            self._lookup_or_claim = register_script(self._redis, LOOKUP_OR_CLAIM)
         self._l3 = CacheServiceClient(policy.service, clock) if policy.service is not None else None
 
     @property
@@ -105,16 +129,19 @@ class ResponseCache:
     def has_semantic(self) -> bool:
         return self._l3 is not None and self._l3.config.semantic is not None
 
-    async def get(self, key: str, question: SemanticQuery | None = None) -> Hit | None:
+    async def get(
+        self, key: str, question: SemanticQuery | None = None, claim: Claim | None = None
+    ) -> Hit | None:
         """The answer stored under ``key`` (L1, L2, L3), else with a ``question`` the answer to a near
-        enough question of its scope (the semantic layer), else ``None``."""
+        enough question of its scope (the semantic layer), else ``None``. With a ``claim``, an L2 miss
+        takes its in-flight key in the same round trip (``claim.taken``)."""
         if self._l1 is not None:
             entry = self._l1.get(key)
             if entry is not None:
                 if self._clock() < entry[0]:
                     return Hit(entry[1], "l1")
                 del self._l1[key]  # expired
-        found = await self._get_l2(key)
+        found = await self._get_l2(key, claim)
         if found is not None:
             self._put_l1(key, *found)
             return Hit(found[0], "l2")
@@ -130,7 +157,7 @@ class ResponseCache:
             return await self._get_l4(question)
         return None
 
-    async def _get_l2(self, key: str) -> tuple[bytes, float] | None:
+    async def _get_l2(self, key: str, claim: Claim | None = None) -> tuple[bytes, float] | None:
         if self._redis is None:
             return None
         if not self.breaker.allow():
@@ -138,11 +165,18 @@ class ResponseCache:
             return None
         started = time.perf_counter()
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(self._keys.cached(key))
-                pipe.pttl(self._keys.cached(key))
-                body, left_ms = cast(tuple[bytes | None, int], tuple(await pipe.execute()))
-        except (aioredis.RedisError, OSError) as exc:
+            if claim is not None and self._lookup_or_claim is not None:
+                reply = await self._lookup_or_claim(
+                    keys=[self._keys.cached(key), claim.inflight], args=[claim.owner, claim.hold_ms]
+                )
+                body, left_ms = (reply[1], int(reply[2])) if int(reply[0]) else (None, 0)
+                claim.taken = body is None and int(reply[1]) == 1
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.get(self._keys.cached(key))
+                    pipe.pttl(self._keys.cached(key))
+                    body, left_ms = cast(tuple[bytes | None, int], tuple(await pipe.execute()))
+        except REDIS_FAILURES as exc:
             self._observe("l2", "error", time.perf_counter() - started)
             self._trip(exc)
             return None
@@ -183,17 +217,22 @@ class ResponseCache:
         self._observe("semantic", "miss" if found is None else "hit", time.perf_counter() - started)
         return None if found is None else Hit(found[0], "semantic", found[1])
 
-    def store(self, key: str, body: bytes, question: SemanticQuery | None = None) -> None:
+    def store(
+        self, key: str, body: bytes, question: SemanticQuery | None = None, release: str | None = None
+    ) -> bool:
         """Put in L1 now, and in L2 and L3 in the background, so no answer waits for them; with a
-        ``question``, the semantic layer indexes it too."""
+        ``question``, the semantic layer indexes it too. ``release``: a Redis key to delete in the same
+        round trip as the L2 write, after it (the coalescer's in-flight key); whether it will be."""
         self._put_l1(key, body, self.l2_ttl_s())
-        if self._l2_usable():
-            self._background(self._put_l2(key, body, self.l2_ttl_s()))
+        l2 = self._l2_usable()
+        if l2:
+            self._background(self._put_l2(key, body, self.l2_ttl_s(), release))
         if self._l3 is not None:
             if question is not None and self.has_semantic:
                 self._background(self._l3.put_with_question(key, body, question.scope, question.text))
             else:
                 self._background(self._l3.put(key, body))
+        return l2
 
     async def put(self, key: str, body: bytes, question: SemanticQuery | None = None) -> None:
         """Put in every layer and wait for them."""
@@ -209,10 +248,17 @@ class ResponseCache:
         if self._l1 is not None:
             self._l1[key] = (self._clock() + ttl_s if ttl_s > 0 else math.inf, body)
 
-    async def _put_l2(self, key: str, body: bytes, ttl_s: int) -> None:
+    async def _put_l2(self, key: str, body: bytes, ttl_s: int, release: str | None = None) -> None:
+        assert self._redis is not None
         try:
-            await self._redis.set(self._keys.cached(key), body, ex=ttl_s)  # type: ignore[union-attr]
-        except (aioredis.RedisError, OSError) as exc:
+            if release is None:
+                await self._redis.set(self._keys.cached(key), body, ex=ttl_s)
+            else:  # (one pipeline: the pool's tag puts both keys on one node of a cluster)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.set(self._keys.cached(key), body, ex=ttl_s)
+                    pipe.delete(release)
+                    await pipe.execute()
+        except REDIS_FAILURES as exc:
             self._trip(exc)
             return
         self.breaker.success()

@@ -241,7 +241,7 @@ class UpstreamCaller:
             else:
                 rebuilt = collector.completion(relay.usage) if collector is not None else None
             if rebuilt is not None:
-                self.cache.store(collect_for, json.dumps(rebuilt).encode(), ex.question)
+                ex.lead.store(self.cache, collect_for, json.dumps(rebuilt).encode(), ex.question)
         return response, build_report(200, up.headers, usage=relay.usage)
 
     async def _cut(self, ex: Exchange, response: web.StreamResponse, why: str) -> UpstreamReport:

@@ -23,13 +23,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
-from o1sidecar.cache import ResponseCache
+from o1sidecar.cache import Claim, ResponseCache
+from o1sidecar.limits.connect import REDIS_FAILURES, RedisClient
 from o1sidecar.limits.keys import PoolKeys
+
+if TYPE_CHECKING:
+    from o1sidecar.semantic import SemanticQuery
 
 log = logging.getLogger("o1sidecar.coalescing")
 
@@ -46,6 +47,16 @@ class Lead:
     key: str
     event: asyncio.Event | None = None
     remote: bool = False  # holds the pool's Redis key
+    inflight: str = ""  # that key's name
+
+    def store(
+        self, cache: ResponseCache, key: str, body: bytes, question: SemanticQuery | None = None
+    ) -> None:
+        """Store this request's answer under ``key`` (``ResponseCache.store``). A leader holding the pool's
+        key lets it go in the same round trip as the answer's L2 write, after it: one round trip less."""
+        release = self.inflight if self.remote and key == self.key else None
+        if cache.store(key, body, question, release=release) and release is not None:
+            self.remote = False  # (``done`` has nothing left to let go in Redis)
 
     def done(self) -> None:
         if self.coalescer is not None:
@@ -55,8 +66,15 @@ class Lead:
 ALONE = Lead(None, "")  # call the model as if no identical request were in flight
 
 
+def _hold_ms(deadline: float) -> int:
+    """How long the pool's key is held: until the leader's deadline (at most ``MAX_HOLD_S``)."""
+    return max(1, round(min(MAX_HOLD_S, max(1.0, deadline - time.time())) * 1000))
+
+
 class Coalescer:
-    def __init__(self, cache: ResponseCache, client: Redis | None, keys: PoolKeys | None, owner: str) -> None:
+    def __init__(
+        self, cache: ResponseCache, client: RedisClient | None, keys: PoolKeys | None, owner: str
+    ) -> None:
         self._cache = cache
         self._client = client
         self._keys = keys
@@ -64,23 +82,48 @@ class Coalescer:
         self._local: dict[str, asyncio.Event] = {}
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def join(self, key: str, deadline: float) -> bytes | Lead:
+    def claim(self, key: str, deadline: float) -> Claim | None:
+        """Before the cache lookup of a request that would lead: it leads the identical requests of this
+        sidecar from now on, and its L2 lookup takes the pool's key on a miss (``ResponseCache.get``),
+        saving ``join`` a round trip. ``None``: one of them leads already, or there is no pool to ask
+        (``join`` as usual)."""
+        if self._client is None or self._keys is None or key in self._local:
+            return None
+        event = self._local[key] = asyncio.Event()
+        return Claim(key, self._keys.inflight(key), self._owner, _hold_ms(deadline), event)
+
+    def drop(self, claim: Claim) -> None:
+        """The cache answered the request that claimed: the identical requests go (to the cache), and
+        the pool's key, if its lookup took it."""
+        self.release(Lead(self, claim.key, claim.event, remote=bool(claim.taken)))
+
+    async def join(self, key: str, deadline: float, claim: Claim | None = None) -> bytes | Lead:
         """The answer of an identical request that was in flight, or the :class:`Lead` to call the model
-        under (``ALONE`` when a leader ended without an answer, or the deadline came first)."""
-        event = self._local.get(key)
-        if event is None:
+        under (``ALONE`` when a leader ended without an answer, or the deadline came first). ``claim``:
+        what ``claim`` gave this request, whose lookup then missed."""
+        if claim is not None:
+            event = claim.event  # (it leads this sidecar's identical requests since its claim)
+        else:
+            found = self._local.get(key)
+            if found is not None:
+                return await self._follow(found, key, deadline)
             event = self._local[key] = asyncio.Event()
-            try:
-                taken = await self._take(key, deadline)
-            except BaseException:  # (cancelled: the client went away) the followers here go on alone
-                self.release(Lead(self, key, event))
-                raise
-            if taken != "waited":
-                return Lead(self, key, event, remote=taken == "remote")
-            # Another sidecar led; its answer (if any) is in the cache now, for this one's followers too.
+        try:
+            taken = await self._take(key, deadline, claim.taken if claim is not None else None)
+        except BaseException:  # (cancelled: the client went away) the followers here go on alone
             self.release(Lead(self, key, event))
-            hit = await self._cache.get(key)
-            return hit[0] if hit is not None else ALONE
+            raise
+        if taken == "remote":
+            assert self._keys is not None
+            return Lead(self, key, event, remote=True, inflight=self._keys.inflight(key))
+        if taken == "local":
+            return Lead(self, key, event)
+        # Another sidecar led; its answer (if any) is in the cache now, for this one's followers too.
+        self.release(Lead(self, key, event))
+        hit = await self._cache.get(key)
+        return hit[0] if hit is not None else ALONE
+
+    async def _follow(self, event: asyncio.Event, key: str, deadline: float) -> bytes | Lead:
         try:
             await asyncio.wait_for(event.wait(), max(0.0, deadline - time.time()))
         except TimeoutError:
@@ -112,22 +155,26 @@ class Coalescer:
         await self._cache.flush()  # (the answer in L2 before the other sidecars look)
         try:
             await self._client.delete(self._keys.inflight(key))
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             pass  # it expires with the leader's deadline
 
-    async def _take(self, key: str, deadline: float) -> Literal["remote", "local", "waited"]:
+    async def _take(
+        self, key: str, deadline: float, taken: bool | None = None
+    ) -> Literal["remote", "local", "waited"]:
         """``remote``: this sidecar took the pool's key and calls the model; ``local``: it calls the model
         without asking the pool (no Redis, or Redis failed); ``waited``: a leader elsewhere is done (or
-        the deadline came), and this sidecar waited for it."""
+        the deadline came), and this sidecar waited for it. ``taken``: whether the request's lookup took
+        the key already (``None``: it did not ask)."""
         if self._client is None or self._keys is None:
             return "local"
         inflight = self._keys.inflight(key)
-        hold_ms = max(1, round(min(MAX_HOLD_S, max(1.0, deadline - time.time())) * 1000))
         try:
-            if await self._client.set(inflight, self._owner, nx=True, px=hold_ms):
+            if taken is None:
+                taken = bool(await self._client.set(inflight, self._owner, nx=True, px=_hold_ms(deadline)))
+            if taken:
                 return "remote"
             await self._wait_elsewhere(inflight, key, deadline)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.debug("coalescing across sidecars unavailable: %s", exc)
             return "local"
         return "waited"

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -161,6 +162,11 @@ class RedisConfig(_Strict):
         description="PEM CA bundle that signs the Redis server's certificate (rediss:// only); unset: the "
         "system's CAs.",
     )
+    cluster: bool = Field(
+        default=False,
+        description="The url names one node of a Redis Cluster (any one: the others are discovered). A "
+        "pool's keys share one hash slot, so each pool lives on one primary; pools spread over them.",
+    )
     key_prefix: Name = "o1pool"
     connect_timeout_ms: int = Field(default=250, gt=0)
     op_timeout_ms: int = Field(default=250, gt=0)
@@ -180,6 +186,22 @@ class RedisConfig(_Strict):
             raise ValueError(
                 "redis.tls_ca_file is only used with a rediss:// url; use rediss:// or remove it"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_over_tcp(self) -> RedisConfig:
+        if not self.cluster:
+            return self
+        if self.url is None:
+            raise ValueError("redis.cluster needs redis.url: a redis:// or rediss:// url of one node")
+        parts = urlsplit(self.url)
+        if parts.scheme == "unix":
+            raise ValueError(
+                "redis.cluster needs a redis:// or rediss:// url of one node (a cluster has no unix sockets)"
+            )
+        db = [v for k, v in parse_qsl(parts.query) if k == "db"] or [parts.path.strip("/") or "0"]
+        if db[-1] != "0":
+            raise ValueError("redis.cluster has database 0 only: drop the database from redis.url, or use /0")
         return self
 
 
@@ -682,10 +704,12 @@ class SidecarConfig(_Strict):
 
     def to_yaml(self) -> str:
         """The whole config, defaults written out; except the blocks added after v1alpha1's first
-        release while they are at their defaults (audit, gateway, clients, prices, a client's limits), so
-        that a pool that sets none of them renders the config it rendered before them (and keeps its
-        sidecars)."""
+        release while they are at their defaults (audit, gateway, clients, prices, a client's limits,
+        redis.cluster), so that a pool that sets none of them renders the config it rendered before them
+        (and keeps its sidecars)."""
         data = self.model_dump(mode="json", exclude_defaults=False)
+        if not self.redis.cluster:
+            del data["redis"]["cluster"]
         for client in data.get("clients") or []:
             if client.get("limits") is None:
                 del client["limits"]

@@ -12,7 +12,7 @@ The standard ``Cache-Control`` request directives mean the same: ``no-cache`` re
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from o1sidecar.config import QueuePolicy
 from o1sidecar.errors import ProxyError, bad_request
@@ -75,7 +75,12 @@ def parse_deadline_ms(value: str | None, policy: QueuePolicy) -> int:
     return deadline
 
 
+DEFAULT_CACHE = CacheControls()
+
+
 def parse_cache(mode_value: str | None, cache_control: str | None) -> CacheControls:
+    if mode_value is None and cache_control is None:
+        return DEFAULT_CACHE  # (most requests: no header to parse)
     mode = (mode_value or "").strip().lower() or "use"
     if mode not in CACHE_MODES:
         raise bad_request(
@@ -110,14 +115,13 @@ def parse_semantic(value: str | None) -> bool | None:
 
 def parse_controls(headers: Mapping[str, str], policy: QueuePolicy) -> RequestControls:
     """The controls from request headers; raises :class:`ProxyError` (400) naming the bad header."""
-    return RequestControls(
-        priority=parse_priority(headers.get(PRIORITY_HEADER), policy.default_priority),
-        deadline_ms=parse_deadline_ms(headers.get(DEADLINE_HEADER), policy),
-        cache=replace(
-            parse_cache(headers.get(CACHE_MODE_HEADER), headers.get("cache-control")),
-            semantic=parse_semantic(headers.get(SEMANTIC_HEADER)),
-        ),
-    )
+    priority = parse_priority(headers.get(PRIORITY_HEADER), policy.default_priority)
+    deadline_ms = parse_deadline_ms(headers.get(DEADLINE_HEADER), policy)
+    cache = parse_cache(headers.get(CACHE_MODE_HEADER), headers.get("cache-control"))
+    semantic = parse_semantic(headers.get(SEMANTIC_HEADER))
+    if semantic is not None:
+        cache = CacheControls(cache.read, cache.store, cache.only, semantic)
+    return RequestControls(priority, deadline_ms, cache)
 
 
 __all__ = [

@@ -29,8 +29,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from redis.asyncio import Redis
-
+from o1sidecar.limits.connect import RedisClient
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.mirror import PoolMirror
 
@@ -141,7 +140,7 @@ class DemandRecorder(PoolMirror):
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         keys: PoolKeys,
         interval_s: float,
         counts: DemandCounts,

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from o1sidecar.coalescing import ALONE, Lead
 from o1sidecar.config import Client
 from o1sidecar.controls import RequestControls
 from o1sidecar.inbound import Endpoint
@@ -59,6 +60,8 @@ class Exchange:
     request_id: str = ""  # the audit line's and x-o1pool-request-id's ("": the audit trail is off)
     usage: dict[str, Any] | None = None  # the answer's usage (the upstream's, or a stored answer's)
     upstream_request_id: str | None = None  # the upstream's x-request-id for the answer
+    # What it leads while it calls the model: identical requests wait for its answer (coalescing.py).
+    lead: Lead = field(default_factory=lambda: ALONE)
 
     @property
     def requested(self) -> str:

@@ -206,12 +206,27 @@ class SidecarMetrics:
         self._admit_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._offered_children: dict[str, Any] = {}
         self._spend_children: dict[str, tuple[Any, Any]] = {}
+        self._lookup_children: dict[str, Any] = {}
+        self._layer_children: dict[tuple[str, str], tuple[Any, Any | None]] = {}
+
+    def cache_lookup(self, result: str) -> None:
+        """One lookup in the cache, by the layer that had the answer (or ``miss``)."""
+        child = self._lookup_children.get(result)
+        if child is None:
+            child = self._lookup_children[result] = self.cache_lookups.labels(result)
+        child.inc()
 
     def cache_layer(self, layer: str, result: str, seconds: float) -> None:
         """One lookup in L2 or L3 (``cache.LookupObserver``)."""
-        self.cache_layer_lookups.labels(layer, result).inc()
-        if result != "skipped":
-            self.cache_lookup_seconds.labels(layer).observe(seconds)
+        children = self._layer_children.get((layer, result))
+        if children is None:
+            children = self._layer_children[(layer, result)] = (
+                self.cache_layer_lookups.labels(layer, result),
+                None if result == "skipped" else self.cache_lookup_seconds.labels(layer),
+            )
+        children[0].inc()
+        if children[1] is not None:
+            children[1].observe(seconds)
 
     def answered(self, status: int, model: str, key: str, cached: bool, seconds: float) -> None:
         """One answered request (hot path: label children are looked up once and kept)."""

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from o1sidecar.limits.connect import REDIS_FAILURES, RedisClient
 
 log = logging.getLogger("o1sidecar.mirror")
 
@@ -18,7 +17,7 @@ class PoolMirror:
 
     what = "the pool's state"
 
-    def __init__(self, client: Redis, interval_s: float) -> None:
+    def __init__(self, client: RedisClient, interval_s: float) -> None:
         self._client = client
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
@@ -39,6 +38,6 @@ class PoolMirror:
         while True:
             try:
                 await self.mirror()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 log.debug("cannot read %s: %s", self.what, exc)
             await asyncio.sleep(self._interval_s)

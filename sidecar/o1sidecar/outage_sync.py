@@ -15,9 +15,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from importlib.resources import files
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
+from o1sidecar.limits.connect import REDIS_FAILURES, SERVER_TIME, RedisClient, register_script, server_time
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.mirror import PoolMirror
 from o1sidecar.outages import UP, ModelOutages, ModelState
@@ -53,13 +51,18 @@ class SharedOutages(PoolMirror):
     what = "the pool's model outages"
 
     def __init__(
-        self, client: Redis, keys: PoolKeys, outages: ModelOutages, models: Sequence[str], interval_s: float
+        self,
+        client: RedisClient,
+        keys: PoolKeys,
+        outages: ModelOutages,
+        models: Sequence[str],
+        interval_s: float,
     ) -> None:
         super().__init__(client, interval_s)
         self._keys = keys
         self._outages = outages
         self._models = list(models)
-        self._script = client.register_script(SCRIPT)
+        self._script = register_script(client, SCRIPT)
 
     async def publish(self, model: str, state: ModelState, now: float) -> None:
         """This sidecar changed ``model``'s phase at ``now`` (its clock): tell the pool."""
@@ -76,7 +79,7 @@ class SharedOutages(PoolMirror):
                     state.step_s,
                 ],
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("cannot share that %s is %s (%s); deciding alone", model, state.phase, exc)
 
     async def claim_probe(self, model: str) -> bool:
@@ -88,17 +91,17 @@ class SharedOutages(PoolMirror):
                     keys=[self._keys.outages(), self._keys.probe_lock(model)], args=["probe", model, hold_ms]
                 )
             )
-        except (RedisError, OSError):
+        except REDIS_FAILURES:
             return True  # no pool to ask: this sidecar's own probe
 
     async def mirror(self) -> None:
         """Take the pool's state of every model this sidecar serves."""
         local_now = self._outages.now()
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.time()
+            pipe.eval(SERVER_TIME, 1, self._keys.outages())  # (the clock of the server that holds it)
             pipe.hgetall(self._keys.outages())
-            (seconds, micros), entries = await pipe.execute()
-        redis_now = seconds + micros / 1e6
+            time_reply, entries = await pipe.execute()
+        redis_now = server_time(time_reply)
         for model in self._models:
             value = entries.get(model)
             state = parse_state(value, redis_now, local_now) if value is not None else UP

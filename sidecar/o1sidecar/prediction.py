@@ -17,8 +17,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from redis.asyncio import Redis
-
+from o1sidecar.limits.connect import RedisClient
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.mirror import PoolMirror
 
@@ -54,7 +53,7 @@ class PredictionMirror(PoolMirror):
 
     what = "the pool's prediction"
 
-    def __init__(self, client: Redis, keys: PoolKeys, interval_s: float) -> None:
+    def __init__(self, client: RedisClient, keys: PoolKeys, interval_s: float) -> None:
         super().__init__(client, interval_s)
         self._keys = keys
         self.current: Published | None = None

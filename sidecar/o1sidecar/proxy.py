@@ -21,7 +21,7 @@ from o1sidecar.audit import AuditLog
 from o1sidecar.cache import ResponseCache, cache_key, is_cacheable
 from o1sidecar.calling import UpstreamCall, UpstreamCaller
 from o1sidecar.clients import Clients
-from o1sidecar.coalescing import ALONE, Coalescer
+from o1sidecar.coalescing import Coalescer
 from o1sidecar.config import Client, SidecarConfig
 from o1sidecar.controls import RequestControls
 from o1sidecar.demand import DemandRecorder
@@ -120,19 +120,27 @@ class Proxy:
             return self.answers.finish(ex, errors.unknown_model(ex.requested, self.models, pool))
         # Every good answer is stored; only cacheable requests are answered from it up front. Any
         # stored answer may serve as the last resort (cache-only) once every model has failed.
-        lead = ALONE
         if ex.cache_key is not None and ex.reads_cache and is_cacheable(ex.body, self.config.cache):
-            hit = await self.answers.cached(ex)
+            leads = not ex.controls.cache.only and ex.stores_answer  # (unless one in flight leads)
+            claim = self.coalescer.claim(ex.cache_key, ex.deadline) if leads else None
+            try:
+                hit = await self.answers.cached(ex, claim)
+            except BaseException:
+                if claim is not None:
+                    self.coalescer.drop(claim)
+                raise
             if hit is not None:
+                if claim is not None:
+                    self.coalescer.drop(claim)
                 return await self.answers.from_cache(ex, hit.body)
-            if not ex.controls.cache.only and ex.stores_answer:  # an identical request in flight?
+            if leads:  # an identical request in flight?
                 with ex.trace.coalescing() as span:
-                    joined = await self.coalescer.join(ex.cache_key, ex.deadline)
+                    joined = await self.coalescer.join(ex.cache_key, ex.deadline, claim)
                     span.joined(joined)
                 if isinstance(joined, bytes):
                     ex.cache = "coalesced"
                     return await self.answers.from_cache(ex, joined)
-                lead = joined
+                ex.lead = joined
         if ex.controls.cache.only:
             return self.answers.finish(ex, errors.not_cached(self.config.cache.enabled))
         spent = self.clients.budget_spent(ex.client)  # (a stored answer costs nothing: served above)
@@ -145,7 +153,7 @@ class Proxy:
         try:
             return await self._answer(ex)
         finally:
-            lead.done()  # (its answer stored: the identical requests waiting for it go)
+            ex.lead.done()  # (its answer stored: the identical requests waiting for it go)
 
     async def _answer(self, ex: Exchange) -> web.StreamResponse:
         """Admission, the call, and what follows, until there is an answer."""
@@ -182,7 +190,8 @@ class Proxy:
         deadline = time.time() + controls.deadline_ms / 1000
         applied = self.clients.priority(client, controls.priority)
         asked = None if applied == controls.priority else controls.priority
-        controls = replace(controls, priority=applied)
+        if asked is not None:
+            controls = replace(controls, priority=applied)
         ex = Exchange(request, endpoint, raw, body, controls, models, deadline, key, model=requested)
         ex.client, ex.priority_asked = client, asked
         ex.request_id = self.audit.new_request_id()
@@ -219,7 +228,7 @@ class Proxy:
             self.answers.observe(ex, call.streamed.status)
             return call.streamed
         if ex.cache_key is not None and ex.stores_answer and not ex.stream:
-            self.cache.store(ex.cache_key, call.body, ex.question)
+            ex.lead.store(self.cache, ex.cache_key, call.body, ex.question)
         response = self.answers.upstream(ex, call)
         self.answers.observe(ex, response.status, answer=call.body)
         return response

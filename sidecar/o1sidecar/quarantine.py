@@ -18,9 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
+from o1sidecar.limits.connect import REDIS_FAILURES, SERVER_TIME, RedisClient, register_script, server_time
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.mirror import PoolMirror
 from o1sidecar.upstream import QUARANTINE_FIRST_S, QUARANTINE_MAX_S, AccountRoute, Quarantine, UpstreamKey
@@ -62,7 +60,7 @@ class SharedQuarantine(PoolMirror):
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         keys: PoolKeys,
         routes: Mapping[str, AccountRoute],
         interval_s: float,
@@ -74,7 +72,7 @@ class SharedQuarantine(PoolMirror):
         self._rests = (first_rest_s, longest_rest_s)
         self._hash = keys.refused_keys()
         self._routes = routes
-        self._script = client.register_script(SCRIPT)
+        self._script = register_script(client, SCRIPT)
 
     async def refused(self, route: AccountRoute, key: UpstreamKey) -> Quarantine:
         """Record the refusal for the pool and rest the key here as the pool decided (by this sidecar
@@ -84,7 +82,7 @@ class SharedQuarantine(PoolMirror):
                 keys=[self._hash],
                 args=["refuse", key.label, key.fingerprint, *self._rests],
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("cannot share the refusal of key %s (%s); resting it here", key.label, exc)
             return route.refused(key)
         return route.adopt(key.name, int(n), float(rest), float(remaining))
@@ -93,16 +91,16 @@ class SharedQuarantine(PoolMirror):
         """``key`` worked after a rest: lift it for the pool."""
         try:
             await self._script(keys=[self._hash], args=["accept", key.label, key.fingerprint, 0, 0])
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             log.debug("cannot lift key %s for the pool: %s", key.label, exc)
 
     async def mirror(self) -> None:
         """Rest here exactly the keys the pool rests (entries about this sidecar's key values)."""
         async with self._client.pipeline(transaction=False) as pipe:
-            pipe.time()
+            pipe.eval(SERVER_TIME, 1, self._hash)  # (the clock of the server that holds the hash)
             pipe.hgetall(self._hash)
-            (seconds, micros), entries = await pipe.execute()
-        now = seconds + micros / 1e6
+            time_reply, entries = await pipe.execute()
+        now = server_time(time_reply)
         refused = {e.label: e for e in read_refused(entries)}
         for route in self._routes.values():
             for key in route.keys:

@@ -21,9 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from redis.asyncio import Redis
-
 from o1sidecar.config import Budgets
+from o1sidecar.limits.connect import RedisClient
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.mirror import PoolMirror
 
@@ -128,7 +127,7 @@ class SpendRecorder(PoolMirror):
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         keys: PoolKeys,
         interval_s: float,
         ledger: SpendLedger,
@@ -180,7 +179,7 @@ class SpendRecorder(PoolMirror):
 
 
 async def read_spend(
-    client: Redis, keys: PoolKeys, clients: Sequence[str], now: float
+    client: RedisClient, keys: PoolKeys, clients: Sequence[str], now: float
 ) -> dict[str, ClientSpend]:
     """Each client's spend in the day and month under way at ``now`` (the operator's status)."""
     day, month = keys.spend(day_period(now)), keys.spend(month_period(now))

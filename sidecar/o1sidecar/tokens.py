@@ -74,11 +74,7 @@ class TokenCounter:
 
     def prompt(self, endpoint: str, model: str, body: dict[str, Any]) -> int:
         """Our prompt estimate for ``endpoint`` (``chat/completions``, ``responses``, ``embeddings``)."""
-        if endpoint == "chat/completions":
-            return self.chat_prompt(model, body)
-        if endpoint == "responses":
-            return self.responses_prompt(model, body)
-        return self.embeddings_input(model, body)
+        return count_prompt(endpoint, body, self.counter_for(model))
 
     def charge(
         self,
@@ -87,15 +83,44 @@ class TokenCounter:
         body: dict[str, Any],
         policy: TokenPolicy,
         prompt_tokens: int | None = None,
+        bound: int | None = None,
     ) -> int:
         """The TPM charge to reserve: never below what the upstream charges (its chars/4 estimate),
         so a shared limiter cannot under-count. ``prompt_tokens``: ``prompt()`` of this body, if the
-        caller has already counted it."""
+        caller has already counted it; ``bound``: ``prompt_bound`` of it, if already computed. The
+        prompt is not counted when the charge does not depend on it (``max``: the completion budget
+        is above any count the prompt can have)."""
+        if prompt_tokens is None and endpoint != "embeddings" and policy.charge == "max":
+            completion = (requested_max_tokens(body) or policy.default_max_tokens) * choices_of(body)
+            if (prompt_bound(endpoint, body) if bound is None else bound) <= completion:
+                return max(upstream_prompt_estimate(body), completion)
         counted = self.prompt(endpoint, model, body) if prompt_tokens is None else prompt_tokens
         prompt = max(counted, upstream_prompt_estimate(body))
         if endpoint == "embeddings":
             return prompt  # no completion: the input is the whole charge
         return admission_charge(prompt, requested_max_tokens(body), choices_of(body), policy)
+
+
+def count_prompt(endpoint: str, body: dict[str, Any], count: CountTokens) -> int:
+    """The prompt's tokens for ``endpoint`` by ``count``."""
+    if endpoint == "chat/completions":
+        return count_chat_prompt(body, count)
+    if endpoint == "responses":
+        return count_responses_prompt(body, count)
+    return count_embeddings_input(body, count)
+
+
+def utf8_length(text: str) -> int:
+    """Bytes of ``text`` in UTF-8: at least its tokens in any encoding here (a token covers one byte
+    or more; ``bytes_estimate`` is a quarter of them)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def prompt_bound(endpoint: str, body: dict[str, Any]) -> int:
+    """An upper bound of ``TokenCounter.prompt`` for any model, without encoding anything: the same sum
+    with each text's bytes for its tokens. When the bound already decides (the charge, whether the
+    prompt fits a window), the prompt is not counted."""
+    return count_prompt(endpoint, body, utf8_length)
 
 
 MEMO_MIN_CHARS = 256  # shorter texts are cheaper to encode than to remember

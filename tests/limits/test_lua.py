@@ -417,6 +417,10 @@ async def test_lua_and_python_apply_the_same_rule(client: Redis, ops: list[tuple
                 # languages may round apart) are one decision whichever block is named.
                 assert theirs.reason == ours.reason or abs(theirs.wait_s - ours.wait_s) < 1e-9
                 assert theirs.rank == pytest.approx(ours.rank)
+                if ours.eta_s is not None:  # (when it could be admitted: queue.lua's queue_eta)
+                    assert theirs.eta_s == pytest.approx(ours.eta_s, abs=0.0011)
+                else:
+                    assert theirs.eta_s is None
         elif op[0] == "settle" and held:
             _, index, outcome, limit_type, retry, remaining, limit, extra, *more = op
             reset, tokens_too = more if more else (None, False)  # EPISODES and CAPS leave them out

@@ -156,6 +156,7 @@ async def test_release_wakes_waiters_of_other_sidecars(sidecars: Callable[..., A
     held = await s1.acquire(demand(), ["a"])
     waiter = asyncio.create_task(s2.acquire(demand(), ["a"]))
     await until(lambda: s2.state().queue_length == {5: 1}, "a waiter in sidecar 2")
+    (waiting,) = s2.waiting()
     await s1.release(held, None)
     messages = []
 
@@ -166,7 +167,7 @@ async def test_release_wakes_waiters_of_other_sidecars(sidecars: Callable[..., A
         return bool(messages)
 
     await until(published, "a wake-up published for the model", 2.0)
-    assert messages == [MODEL]
+    assert messages == [f"{MODEL};{waiting.ticket};0"]  # the queue's head, named: admissible now
     await asyncio.wait_for(waiter, 5)
     await pubsub.aclose()
 

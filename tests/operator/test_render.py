@@ -206,6 +206,18 @@ def test_redis_ca_from_a_secret_is_mounted_for_a_tls_url_only() -> None:
     assert missing.error is not None and missing.error.reason == "RedisSecretNotFound"
 
 
+def test_redis_cluster_is_rendered_when_on_and_needs_a_tcp_url_of_database_0() -> None:
+    keys_only = {"openai-keys": fake_secrets(pool_with({})["spec"])["openai-keys"]}
+    on = render(pool_with({"redis": {"url": "redis://redis-0.redis:6379", "cluster": True}}), keys_only)
+    assert yaml.safe_load(on.config_yaml)["redis"]["cluster"] is True
+    off = render(pool_with({"redis": {"url": "redis://redis:6379/0", "cluster": False}}), keys_only)
+    assert "cluster" not in yaml.safe_load(off.config_yaml)["redis"]  # as before the field existed
+    unix = render(pool_with({"redis": {"url": "unix:///run/redis.sock", "cluster": True}}), keys_only)
+    assert unix.error is not None and unix.error.reason == "RedisClusterURL"
+    db = render(pool_with({"redis": {"url": "redis://redis:6379/2", "cluster": True}}), keys_only)
+    assert db.error is not None and db.error.reason == "InvalidConfig" and "database 0" in db.error.message
+
+
 def test_redis_url_secret_that_is_not_a_url_is_rejected_without_echoing_it() -> None:
     pool = load_example(MULTI)
     secrets = fake_secrets(pool["spec"])

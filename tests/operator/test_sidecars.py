@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
+from o1operator.forecasting import publish, read_demand
+from o1operator.prediction import Assessment
 from o1operator.render import render
 from o1operator.sidecars import (
     USAGE_MINUTES,
@@ -18,16 +21,18 @@ from o1operator.sidecars import (
     get_usage,
     observe,
     observe_forever,
+    probe_client,
 )
 from o1sidecar.config import Account
 from o1sidecar.demand import DemandCounts, DemandRecorder
+from o1sidecar.limits.connect import redis_client
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages, ModelState
 from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.spend import ClientSpend, SpendLedger, SpendRecorder, Spent
 from o1sidecar.upstream import AccountRoute, UpstreamKey
-from tests.conftest import RedisServer
+from tests.conftest import LocalCluster, RedisServer
 from tests.operator.conftest import FAKE_REDIS_PASSWORD, REPO, fake_secrets, load_example
 from tests.polling import until
 
@@ -277,3 +282,63 @@ async def test_the_loop_patches_spend_when_it_changes_and_again_after_each_recon
         loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop
+
+
+async def test_observe_and_forecasting_read_a_pool_on_a_redis_cluster(redis_cluster: LocalCluster) -> None:
+    """``spec.redis.cluster``: the sidecars' own code writes the pool's state through cluster clients,
+    and the operator reads it back through one (the probe's), every read on the pool's primary."""
+    pool = load_example(EXAMPLES / "o1pool-basic.yaml")
+    pool["spec"] |= {
+        "redis": {"url": redis_cluster.url, "cluster": True, "keyPrefix": "c"},
+        "clients": [{"name": "web", "match": {}}],
+    }
+    secrets = fake_secrets(pool["spec"])
+    rendering = render(pool, secrets)
+    assert rendering.config is not None and rendering.config.redis.cluster
+    probe = get_sidecar_probe(rendering)
+    assert probe is not None and probe.cluster
+    redis = rendering.config.redis
+    keys = PoolKeys("c", "default", "basic")
+    value = base64.b64decode(secrets["openai-keys"]["primary"]).decode()
+    account = {
+        "name": "main",
+        "base_url": "http://127.0.0.1:1",
+        "tier": 5,
+        "keys": [{"name": "primary", "env": "X"}],
+    }
+    route = AccountRoute(Account.model_validate(account), [UpstreamKey("main", "primary", value)])
+    owner = redis_cluster.primary_of_key(keys.tag).client()
+    seconds, _ = owner.time()
+    ledger = SpendLedger(clock=lambda: seconds)
+    counts = DemandCounts(clock=lambda: seconds)
+    outages = ModelOutages(3, 30.0)
+    shared = SharedQuarantine(redis_client(redis), keys, {"main": route}, 60)
+    sync = SharedOutages(redis_client(redis), keys, outages, ["o1"], 60)
+    recorder = SpendRecorder(redis_client(redis), keys, 60, ledger, ["web"], clock=lambda: seconds)
+    demand = DemandRecorder(redis_client(redis), keys, 60, counts, ["o1"], clock=lambda: seconds)
+    client = probe_client(probe)
+    try:
+        await shared.refused(route, route.keys[0])
+        now = outages.now()
+        await sync.publish("o1", ModelState("down", since=now - 5, probe_at=now + 25), now)
+        # (live however slow this test runs: observe counts heartbeats newer than a few seconds ago)
+        owner.zadd(keys.sidecars(), {"a": seconds + 3600, "b": seconds + 3600, "dead": seconds - 60})
+        ledger.add("web", 1.5, 300)
+        await recorder.flush()
+        counts.record("o1", 5, admitted=True, queued=False, refused=False, cached=False, tokens=100)
+        await demand.flush()
+
+        seen = await observe(probe)
+        assert seen.live == 2
+        assert [(k.label, k.refusals) for k in seen.refused] == [("main/primary", 1)]
+        assert [(model, state.phase) for model, state in seen.outages] == [("o1", "down")]
+        assert seen.spend is not None and dict(seen.spend)["web"].today == Spent(1.5, 300)
+
+        hours, _ = await read_demand(client, probe, seconds + 3600)
+        assert "o1" in hours
+        await publish(client, probe, Assessment(True, "Predicted", "", {"load": "high"}))
+        assert json.loads(owner.get(keys.prediction()) or "{}") == {"load": "high"}
+    finally:
+        await client.aclose()
+        for closing in (shared, sync, recorder, demand):
+            await closing.close()

@@ -8,6 +8,7 @@ a *ticket* so that other attempts know a better-ranked request is waiting.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -17,6 +18,9 @@ from o1sidecar.limits.api import Demand, Usage
 Mode = Literal["shared", "local"]
 DenyReason = Literal["queue", "capacity", "concurrency", "cooldown", "quota", "client"]
 SettleOutcome = Literal["ok", "rate_limited", "other"]
+# A waiter behind others waits this long unless its turn comes first (the store then names it:
+# queueing.py); a safety net for a lost wake-up. admit.lua's QUEUE_WAIT_MS.
+QUEUE_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Denied:
     reason: DenyReason
     wait_s: float  # until capacity is expected (a hint; the queue bounds it)
     rank: float  # the waiter's rank, to keep across attempts
+    eta_s: float | None = None  # when it could be admitted, the queue ahead included (``eta``; None: ask)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class Waiting:
     ticket: str
     rank: float
     tokens: int
+    deadline: float = math.inf  # the ticket expires then, if not sooner (its sidecar gone)
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
-
 from o1sidecar.limits.backend import Admitted, Attempt, Denied, Held, Mode, Settlement, Snapshot, Waiting
 from o1sidecar.limits.breaker import CircuitBreaker
+from o1sidecar.limits.connect import REDIS_FAILURES
 from o1sidecar.limits.local import LocalBackend
 from o1sidecar.limits.ordering import rank
 from o1sidecar.limits.redis_store import RedisBackend
 
 log = logging.getLogger("o1sidecar.limits")
 
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (*REDIS_FAILURES, asyncio.TimeoutError)
 RETRY_AFTER_ERROR_S = 0.05
 
 

@@ -17,6 +17,7 @@ from o1sidecar.config import SidecarConfig
 from o1sidecar.limits import caps, fairness, rule
 from o1sidecar.limits.api import Demand, Usage
 from o1sidecar.limits.backend import (
+    QUEUE_WAIT_S,
     AccountLimits,
     Admitted,
     Attempt,
@@ -39,6 +40,7 @@ class _Ticket:
     rank: float
     tokens: int
     place: fairness.Place | None = None  # the client's place it holds (fairness.py)
+    expires: float = math.inf  # its request's deadline: past it the ticket is dropped (as in admit.lua)
 
 
 @dataclass
@@ -121,6 +123,7 @@ class LocalBackend:
         demand = attempt.demand
         tickets = self._tickets.setdefault(demand.model, {})
         shares = self._shares.setdefault(demand.model, {})
+        self.forget_now(demand.model, [t for t, held in tickets.items() if held.expires <= now])
         window = self._window(demand, now)
         if window is not None:
             wait = caps.wait(window, self._cap(demand), demand.tokens, now)
@@ -151,11 +154,12 @@ class LocalBackend:
             return Admitted(account=best.limits.name, lease_id=attempt.lease_id)
         if attempt.queue:
             place = spot if held is None else held.place
-            tickets[attempt.ticket] = _Ticket(attempt.ticket, my_rank, demand.tokens, place)
+            tickets[attempt.ticket] = _Ticket(attempt.ticket, my_rank, demand.tokens, place, demand.deadline)
+        eta = self._eta_of(tickets, attempt.ticket, my_rank, entries)
         if queued:
-            return Denied("queue", rule.CONCURRENCY_POLL_S, my_rank)
+            return Denied("queue", QUEUE_WAIT_S, my_rank, eta)
         reason, wait = _denial(entries)
-        return Denied(reason, wait, my_rank)
+        return Denied(reason, wait, my_rank, eta)
 
     def _window(self, demand: Demand, now: float) -> caps.Window | None:
         """The client's window, refreshed, if it has limits of its own."""
@@ -201,8 +205,15 @@ class LocalBackend:
         entries = [self._entry(a, demand.model, demand.tokens, now) for a in attempt.accounts]
         tickets = self._tickets.get(demand.model, {})
         shares = self._shares.get(demand.model, {})
-        ahead = self._ahead(tickets, attempt.ticket, _rank_of(tickets, attempt, now, shares, entries)[0])
-        # As eta.lua: the cost of the first AHEAD_LIMIT (in queue order) exactly, the rest at their average.
+        my_rank = _rank_of(tickets, attempt, now, shares, entries)[0]
+        return self._eta_of(tickets, attempt.ticket, my_rank, entries)
+
+    def _eta_of(
+        self, tickets: dict[str, _Ticket], ticket: str, my_rank: float, entries: list[_Entry]
+    ) -> float:
+        """As queue.lua's queue_eta: the best account's wait, plus the waiters ahead at the accounts' rate
+        (the cost of the first AHEAD_LIMIT, in queue order, exactly; the rest at their average)."""
+        ahead = self._ahead(tickets, ticket, my_rank)
         first = sorted(ahead, key=lambda t: (t.rank, t.ticket))[:AHEAD_LIMIT]
         tokens = sum(t.tokens for t in first) * len(ahead) / len(first) if first else 0.0
         return _eta(entries, len(ahead), tokens)
@@ -250,7 +261,8 @@ class LocalBackend:
 
     def adopt_now(self, waiting: list[Waiting]) -> None:
         for w in waiting:
-            self._tickets.setdefault(w.model, {}).setdefault(w.ticket, _Ticket(w.ticket, w.rank, w.tokens))
+            ticket = _Ticket(w.ticket, w.rank, w.tokens, expires=w.deadline)
+            self._tickets.setdefault(w.model, {}).setdefault(w.ticket, ticket)
 
     def held(self) -> list[Held]:
         return list(self._held.values())

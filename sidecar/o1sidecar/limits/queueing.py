@@ -3,10 +3,13 @@
 Every request first tries to get in at once (one store call). If it cannot, it waits in this
 sidecar's queue for its model, ordered by rank (ordering.py). One dispatcher per model retries the
 best waiter when capacity is expected (the store says when), when a grant of that model is released
-here, or when woken from outside (Redis pub/sub); the others wait behind it. The store's tickets make
-the order hold across sidecars. A waiter whose deadline passes gets ``QueueTimeout`` with a
-``retry_after_s`` the store estimates (when capacity for it can next exist); one whose accounts'
-request caps stay spent past its deadline gets ``QuotaExhausted`` at once.
+here, or when the store names one of its waiters as the head of the pool's queue (Redis pub/sub: only
+the sidecar holding the head tries, at the time the store gives; a waiter behind others elsewhere
+waits for its turn to be named, re-checking only every ``QUEUE_WAIT_S`` in case a message was lost);
+the others wait behind it. The store's tickets make the order hold across sidecars, and expire at
+their request's deadline. A waiter whose deadline passes gets ``QueueTimeout`` with a
+``retry_after_s`` the store estimated at its last check (when capacity for it can next exist); one
+whose accounts' request caps stay spent past its deadline gets ``QuotaExhausted`` at once.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from o1sidecar.limits.api import (
     UpstreamReport,
 )
 from o1sidecar.limits.backend import (
+    QUEUE_WAIT_S,
     AccountLimits,
     Admitted,
     Attempt,
@@ -51,7 +55,7 @@ from o1sidecar.limits.reconcile import settlement
 
 log = logging.getLogger("o1sidecar.limits")
 
-MAX_SLEEP_S = 1.0  # a waiter re-checks at least this often, whatever the store predicted
+MAX_SLEEP_S = 1.0  # a waiter re-checks at least this often, whatever the store predicted (alone)
 MIN_SLEEP_S = 0.002
 ERROR_SLEEP_S = 0.1
 
@@ -66,6 +70,9 @@ class _Waiter:
     started: float
     future: asyncio.Future[Grant]
     last: Denied | None = None
+    last_at: float = 0.0  # when ``last`` was said
+    named: bool = False  # the store said it heads the pool's queue (it may hold others up if it leaves)
+    retry_at: float = 0.0  # when it is worth asking the store again, unless woken sooner
 
 
 @dataclass
@@ -73,6 +80,8 @@ class _ModelQueue:
     heap: list[tuple[float, int, _Waiter]] = field(default_factory=list)
     deadlines: list[tuple[float, int, _Waiter]] = field(default_factory=list)
     aside: list[tuple[float, int, _Waiter]] = field(default_factory=list)  # clients at their limit, by when
+    by_ticket: dict[str, _Waiter] = field(default_factory=dict)
+    try_now: bool = False  # capacity may have come: ask for the head now, whatever its retry_at
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -218,6 +227,9 @@ class QueueingLimiter:
             started=started,
             future=asyncio.get_running_loop().create_future(),
             last=first,
+            last_at=started,
+            named=first.reason != "queue",
+            retry_at=started + min(first.wait_s, self._retry_cap()),
         )
         self._enqueue(waiter)
         try:
@@ -260,6 +272,7 @@ class QueueingLimiter:
         else:
             heapq.heappush(q.heap, (w.rank, w.seq, w))
         heapq.heappush(q.deadlines, (w.demand.deadline, w.seq, w))
+        q.by_ticket[w.ticket] = w
         self._waiting[w.demand.priority] += 1
         q.wake.set()
         if q.task is None or q.task.done():
@@ -267,6 +280,9 @@ class QueueingLimiter:
 
     def _leave(self, w: _Waiter) -> None:
         """Count ``w`` out of the queue (its heap entries are dropped lazily)."""
+        q = self._queues.get(w.demand.model)
+        if q is not None:
+            q.by_ticket.pop(w.ticket, None)
         self._waiting[w.demand.priority] -= 1
         if self._waiting[w.demand.priority] <= 0:
             del self._waiting[w.demand.priority]
@@ -297,7 +313,9 @@ class QueueingLimiter:
     # -- the dispatcher ------------------------------------------------------------------------
 
     async def _expire(self, model: str, q: _ModelQueue, now: float) -> None:
-        """Answer every waiter whose deadline passed, with an honest retry-after, and drop its ticket."""
+        """Answer every waiter whose deadline passed, with an honest retry-after. Their tickets expire
+        with the deadline in the store; only one that heads the pool's queue is dropped at once, so
+        that the next is named without delay."""
         expired: list[_Waiter] = []
         while q.deadlines and (q.deadlines[0][0] <= now or q.deadlines[0][2].future.done()):
             _, _, w = heapq.heappop(q.deadlines)
@@ -306,7 +324,7 @@ class QueueingLimiter:
         if not expired:
             return
         for w in expired:
-            retry = await self._retry_after(w)
+            retry = await self._retry_after(w, now)
             waited = now - w.started
             why = "" if w.last is None else f" (last check: {w.last.reason})"
             if not w.future.done():
@@ -319,17 +337,23 @@ class QueueingLimiter:
                     )
                 )
                 self._leave(w)
-        await self._forget(model, [w.ticket for w in expired])
+        heads = [w.ticket for w in expired if w.named or self.backend.mode == "local"]
+        if heads:
+            await self._forget(model, heads)
 
-    async def _retry_after(self, w: _Waiter) -> float:
-        """When capacity for ``w`` can next exist, as the store sees it (cooldowns, the queue ahead,
-        the paced rate); the last wait it gave if it cannot say."""
-        attempt = Attempt(w.demand, w.accounts, w.ticket, w.ticket, w.rank, self._aging_s)
-        try:
-            eta = await self.backend.eta(attempt)
-        except Exception:
-            log.debug("could not estimate when %s has capacity", w.demand.model, exc_info=True)
-            eta = math.nan
+    async def _retry_after(self, w: _Waiter, now: float) -> float:
+        """When capacity for ``w`` can next exist, as the store saw it at the waiter's last check
+        (cooldowns, the queue ahead, the paced rate) or, if it did not say, as it sees it now; the last
+        wait it gave if it cannot say."""
+        if w.last is not None and w.last.eta_s is not None:
+            eta = w.last.eta_s - (now - w.last_at)
+        else:
+            attempt = Attempt(w.demand, w.accounts, w.ticket, w.ticket, w.rank, self._aging_s)
+            try:
+                eta = await self.backend.eta(attempt)
+            except Exception:
+                log.debug("could not estimate when %s has capacity", w.demand.model, exc_info=True)
+                eta = math.nan
         if not math.isfinite(eta):
             eta = w.last.wait_s if w.last is not None and math.isfinite(w.last.wait_s) else 1.0
         return float(max(1, math.ceil(eta)))
@@ -343,17 +367,30 @@ class QueueingLimiter:
             heapq.heappop(q.heap)
         return q.heap[0][2] if q.heap else None
 
+    def _retry_cap(self) -> float:
+        """The longest a head waits before asking again: alone, MAX_SLEEP_S; with a store that names
+        heads, QUEUE_WAIT_S (a safety net for a lost message)."""
+        return QUEUE_WAIT_S if self.backend.mode == "shared" else MAX_SLEEP_S
+
     async def _dispatch(self, model: str, q: _ModelQueue) -> None:
+        """Ask the store for the best waiter here when it is worth it: at the time its last answer
+        gave, when the store names it, or when capacity freed here. Deadlines passing and waiters
+        coming or going only re-evaluate; they cost no store call."""
         while not self._closed:
             q.wake.clear()
             await self._expire(model, q, self._clock())
-            head = self._head(q, self._clock())
+            now = self._clock()
+            head = self._head(q, now)
             if head is None:
                 if q.aside:
-                    await self._sleep(q, q.aside[0][0] - self._clock())
+                    await self._sleep(q, q.aside[0][0] - now)
                     continue
                 q.deadlines.clear()
                 return
+            if head.retry_at > now and not q.try_now:
+                await self._sleep(q, head.retry_at - now)
+                continue
+            q.try_now = False
             attempt = Attempt(
                 head.demand,
                 self._limits(model, [a.name for a in head.accounts]),
@@ -374,10 +411,13 @@ class QueueingLimiter:
                 else:
                     head.future.set_result(grant)
                     self._leave(head)
+                # The next may fit too. A store that names heads says so itself (only to its sidecar).
+                q.try_now = q.try_now or self.backend.mode != "shared"
                 continue
-            head.last = result
-            head.rank = result.rank
             now = self._clock()
+            head.last, head.last_at, head.rank = result, now, result.rank
+            head.named = head.named or result.reason != "queue"
+            head.retry_at = now + min(result.wait_s, self._retry_cap())
             if _quota_outlasts(result, head.demand, now):
                 head.future.set_exception(_quota_exhausted(head.demand, result))
                 self._leave(head)
@@ -391,12 +431,11 @@ class QueueingLimiter:
                 else:
                     heapq.heappush(q.aside, (now + result.wait_s, head.seq, head))
                 continue
-            await self._sleep(q, result.wait_s)
 
     async def _sleep(self, q: _ModelQueue, wait_s: float) -> None:
-        """Until ``wait_s`` passes (at most MAX_SLEEP_S), a deadline or a set-aside waiter is due, or
-        something wakes the queue."""
-        sleep = min(wait_s, MAX_SLEEP_S)
+        """Until ``wait_s`` passes, a deadline or a set-aside waiter is due, or something wakes the
+        queue."""
+        sleep = wait_s
         now = self._clock()
         for due in (q.deadlines, q.aside):
             if due:
@@ -405,15 +444,31 @@ class QueueingLimiter:
             await asyncio.wait_for(q.wake.wait(), max(MIN_SLEEP_S, sleep))
 
     def wake(self, model: str | None = None) -> None:
-        """Make the dispatcher of ``model`` (or of every model) re-check now."""
+        """Capacity may have come: make the dispatcher of ``model`` (or of every model) ask now."""
         for name, q in self._queues.items():
             if model is None or name == model:
+                q.try_now = True
                 q.wake.set()
+
+    def named(self, model: str, ticket: str, wait_s: float) -> None:
+        """The store named ``ticket`` the head of ``model``'s queue, admissible in ``wait_s``: if it
+        waits here, the dispatcher asks then (another sidecar's ticket: nothing to do)."""
+        q = self._queues.get(model)
+        w = q.by_ticket.get(ticket) if q is not None else None
+        if q is None or w is None or w.future.done():
+            return
+        w.named = True
+        at = self._clock() + max(0.0, wait_s)
+        head = self._head(q, self._clock())
+        for x in (w, head):
+            if x is not None:
+                x.retry_at = min(x.retry_at, at)
+        q.wake.set()
 
     def waiting(self) -> list[Waiting]:
         """Every request waiting here, for a store taking over."""
         return [
-            Waiting(model, w.ticket, w.rank, w.demand.tokens)
+            Waiting(model, w.ticket, w.rank, w.demand.tokens, w.demand.deadline)
             for model, q in self._queues.items()
             for _, _, w in q.heap
             if not w.future.done()
@@ -450,7 +505,8 @@ class QueueingLimiter:
         except Exception:
             account, model = settlement.account.name, settlement.model
             log.debug("could not settle lease of %s/%s", account, model, exc_info=True)
-        self.wake(settlement.model)
+        if self.backend.mode != "shared":  # (a shared store names the head itself, to its sidecar)
+            self.wake(settlement.model)
 
     # -- state ---------------------------------------------------------------------------------
 

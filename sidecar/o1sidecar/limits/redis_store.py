@@ -4,16 +4,10 @@ attempt, settlement, estimate or heartbeat."""
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
-from o1sidecar.config import RedisConfig
 from o1sidecar.limits.api import Usage
 from o1sidecar.limits.backend import (
     AccountLimits,
@@ -26,39 +20,11 @@ from o1sidecar.limits.backend import (
     Snapshot,
     Waiting,
 )
+from o1sidecar.limits.connect import RedisClient
+from o1sidecar.limits.connect import redis_client as redis_client  # (where the sidecar has it from)
+from o1sidecar.limits.connect import redis_password as redis_password
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.limits.scripts import Scripts
-
-MAX_CONNECTIONS = 32
-
-
-def redis_password(cfg: RedisConfig) -> str | None:
-    """The Redis password from its file (a mounted Secret) or environment variable, if any."""
-    if cfg.password_file is not None:
-        return cfg.password_file.read_text().strip() or None
-    if cfg.password_env:
-        return os.environ.get(cfg.password_env) or None
-    return None
-
-
-def redis_client(cfg: RedisConfig, *, decode_responses: bool = True) -> Redis:
-    """A client that fails fast: short timeouts and no retries (a breaker decides what to do). The
-    one way the sidecar connects to Redis: the limiter, and the cache (``decode_responses=False``)."""
-    assert cfg.url is not None
-    tls = {} if cfg.tls_ca_file is None else {"ssl_ca_certs": str(cfg.tls_ca_file)}
-    pool = BlockingConnectionPool.from_url(
-        cfg.url,
-        **tls,
-        password=redis_password(cfg),
-        socket_timeout=cfg.op_timeout_ms / 1000,
-        socket_connect_timeout=cfg.connect_timeout_ms / 1000,
-        retry=Retry(NoBackoff(), 0),
-        decode_responses=decode_responses,
-        health_check_interval=0,
-        max_connections=MAX_CONNECTIONS,
-        timeout=None,  # waiting for a pooled connection is queueing, not a Redis failure
-    )
-    return Redis(connection_pool=pool)
 
 
 def _num(value: float | None) -> str:
@@ -128,7 +94,7 @@ class RedisBackend:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         keys: PoolKeys,
         *,
         lease_ttl_s: float,
@@ -137,7 +103,7 @@ class RedisBackend:
     ) -> None:
         self.client = client
         self.keys = keys
-        self.scripts = Scripts.register(client)
+        self.scripts = Scripts.register(client, keys.tag)
         self.lease_ttl_s = lease_ttl_s
         self.ticket_ttl_s = ticket_ttl_s
         self._server_clock = server_clock  # tests only: drive the scripts' time
@@ -188,11 +154,13 @@ class RedisBackend:
             limits = next(x for x in a.accounts if x.name == account)
             self._held[a.lease_id] = Held(a.lease_id, limits, d.model, d.tokens)
             return Admitted(account, a.lease_id)
-        return Denied(str(result[1]), int(result[2]) / 1000, float(result[3]))  # type: ignore[arg-type]
+        eta = int(result[4]) / 1000 if len(result) > 4 else None
+        return Denied(str(result[1]), int(result[2]) / 1000, float(result[3]), eta)  # type: ignore[arg-type]
 
     async def settle(self, s: Settlement) -> None:
         self._held.pop(s.lease_id, None)
         keys = [*self._account_keys(s.account.name, s.model), self.keys.queue(s.model)]
+        keys.append(self.keys.ticket_cost(s.model))
         account, settled = packed_limits(s.account), packed_settlement(s)
         args = [self._now(), self.keys.wake_channel(), s.model, account, settled]
         if s.client:
@@ -219,7 +187,7 @@ class RedisBackend:
             self.keys.fair_share(model),
             self.keys.places(model),
         ]
-        await self.scripts.forget(keys, tickets)
+        await self.scripts.forget(keys, [self.keys.wake_channel(), model, *tickets])
 
     async def adopt(self, waiting: list[Waiting]) -> None:
         if not waiting:
@@ -228,7 +196,7 @@ class RedisBackend:
         pipe = self.client.pipeline(transaction=True)
         for w in waiting:
             pipe.zadd(self.keys.queue(w.model), {w.ticket: w.rank}, nx=True)
-            pipe.zadd(self.keys.ticket_expiry(w.model), {w.ticket: expires})
+            pipe.zadd(self.keys.ticket_expiry(w.model), {w.ticket: min(expires, w.deadline)})
             pipe.hset(self.keys.ticket_cost(w.model), w.ticket, w.tokens)
         await pipe.execute()
 
@@ -250,9 +218,11 @@ class RedisBackend:
         pairs: list[tuple[AccountLimits, str]],
     ) -> Beat:
         """Register this sidecar, renew its leases and tickets; read back live sidecars and usage."""
-        by_model: dict[str, list[str]] = {}
+        by_model: dict[str, list[str]] = {}  # model -> ticket, deadline ('' none), ...
         for w in waiting:
-            by_model.setdefault(w.model, []).append(w.ticket)
+            by_model.setdefault(w.model, []).extend(
+                (w.ticket, _num(w.deadline) if math.isfinite(w.deadline) else "")
+            )
         leases: dict[tuple[str, str], list[str]] = {}
         for held in list(self._held.values()):
             leases.setdefault((held.limits.name, held.model), []).append(held.lease_id)
@@ -267,7 +237,7 @@ class RedisBackend:
         ]
         for model, tickets in by_model.items():
             keys.append(self.keys.ticket_expiry(model))
-            args += [len(tickets), *tickets]
+            args += [len(tickets) // 2, *tickets]
         args.append(len(pairs))
         for limits, model in pairs:
             keys += self._account_keys(limits.name, model)

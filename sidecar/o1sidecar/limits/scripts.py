@@ -1,19 +1,23 @@
 """The Lua scripts of the shared limiter, loaded once and called by SHA.
 
 Each script is ``lua/rule.lua`` (the admission rule of one account+model, shared by all of them),
-``lua/fair.lua`` (fair share between clients) and ``lua/caps.lua`` (clients' own limits), followed by
-the script's own file. redis-py's ``AsyncScript`` calls EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH
-or a Redis restart), loads the script again and retries once; ``load_all`` does the first SCRIPT LOAD
-at start.
+``lua/fair.lua`` (fair share between clients), ``lua/caps.lua`` (clients' own limits) and
+``lua/queue.lua`` (a model's queue: its head, naming it, when a waiter may go), followed by the
+script's own file. Each is a ``KeyedScript`` (connect.py): redis-py's ``AsyncScript`` that calls
+EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH, a Redis restart or a cluster failover), loads the script
+again where its keys live and retries once; ``load_all`` does the first SCRIPT LOAD at start, on the
+server that holds the pool's keys (on a cluster: the primary of the pool's slot, whatever the other
+primaries do).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib.resources import files
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from o1sidecar.limits.connect import KeyedScript, RedisClient, script_load
 
 
 def lua_source(name: str) -> str:
@@ -22,7 +26,7 @@ def lua_source(name: str) -> str:
 
 def script_source(name: str) -> str:
     """What Redis runs for ``name``: the shared rule, fair share and clients' limits, then the script."""
-    return "\n".join(lua_source(part) for part in ("rule", "fair", "caps", name))
+    return "\n".join(lua_source(part) for part in ("rule", "fair", "caps", "queue", name))
 
 
 @dataclass
@@ -32,12 +36,17 @@ class Scripts:
     heartbeat: AsyncScript
     eta: AsyncScript
     forget: AsyncScript
+    key: str = field(default="", kw_only=True)  # a key of the pool: where ``load_all`` loads them
 
     @classmethod
-    def register(cls, client: Redis) -> Scripts:
-        return cls(**{f.name: client.register_script(script_source(f.name)) for f in fields(cls)})
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.name != "key"]
 
-    async def load_all(self, client: Redis) -> None:
-        for f in fields(self):
-            script: AsyncScript = getattr(self, f.name)
-            script.sha = await client.script_load(script.script)
+    @classmethod
+    def register(cls, client: RedisClient, key: str = "") -> Scripts:
+        return cls(**{name: KeyedScript(client, script_source(name)) for name in cls.names()}, key=key)
+
+    async def load_all(self, client: RedisClient) -> None:
+        for name in self.names():
+            script: AsyncScript = getattr(self, name)
+            script.sha = await script_load(client, str(script.script), self.key)

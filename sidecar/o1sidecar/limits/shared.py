@@ -154,10 +154,24 @@ class SharedLimiter(QueueingLimiter):
                 while self.failover.mode == "shared":
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        self.wake(str(message["data"]))
+                        self._on_wake(str(message["data"]))
             except REDIS_ERRORS:
                 raise_if_cancelled()
                 await asyncio.sleep(self.config.redis.breaker_reset_s)
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await pubsub.aclose()
+
+    def _on_wake(self, message: str) -> None:
+        """``<model>;<ticket>;<wait ms>``: the store named the head of a model's queue (queue.lua); a bare
+        ``<model>`` (a sidecar of an older release): wake that model's dispatcher."""
+        model, _, named = message.partition(";")
+        ticket, _, wait_ms = named.partition(";")
+        if not ticket:
+            self.wake(model)
+            return
+        try:
+            wait_s = int(wait_ms) / 1000
+        except ValueError:
+            wait_s = 0.0
+        self.named(model, ticket, wait_s)

@@ -16,10 +16,16 @@
 --         deadline, client rpm, client tpm '' = none)
 -- ARGV[4] wake channel  ARGV[5] model  ARGV[5+i] account i (see limits() in rule.lua)
 -- (Fields are packed into few arguments: encoding arguments is most of a call's client-side cost.)
--- Returns {1, account} or {0, reason, wait_ms, rank}.
+-- Returns {1, account} or {0, reason, wait_ms, rank, eta_ms} (eta_ms: queue_eta, when it could be
+-- admitted; none for 'client').
+--
+-- Tickets expire at their request's deadline, or sooner if their sidecar stops refreshing them: a
+-- waiter that times out needs no call to leave. Whenever the queue's head changes here, the new head is
+-- named on the wake channel with its wait (queue.lua), so only its sidecar tries; a waiter behind
+-- others is told to wait QUEUE_WAIT_MS, a safety net for a lost message.
 
 local AHEAD_LIMIT = 64
-local POLL_MS = 250
+local QUEUE_WAIT_MS = 5000
 local now = clock(ARGV[1])
 local ticket = ARGV[2]
 local params = split(ARGV[3])
@@ -33,6 +39,7 @@ local cap_rpm, cap_tpm = tonumber(params[12] or '') or 0, tonumber(params[13] or
 local n = #ARGV - 5
 local fair_key, places_key = KEYS[4 + 3 * n], KEYS[5 + 3 * n]
 local cap_win, cap_totals = KEYS[6 + 3 * n], KEYS[7 + 3 * n]
+local head0 = queue_head(KEYS[1])
 
 -- Tickets of sidecars that stopped refreshing them are dead.
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
@@ -56,7 +63,7 @@ if capped then
       redis.call('ZREM', KEYS[2], ticket)
       redis.call('HDEL', KEYS[3], ticket)
       fair_give_back(fair_key, places_key, ticket)
-      if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+      if ticket == head0 then name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], nil, now, nil) end
     else
       kept = tonumber(params[6]) or (now - priority * aging)
     end
@@ -128,6 +135,7 @@ if best ~= nil then
   prune(best, now)
   admit(best, tokens, lease, now, lease_ttl)
   save(best, now)
+  best.inflight = best.inflight + 1
   if capped then cap_admit(cap_win, cap_totals, client, cap_t, tokens, lease, now) end
   if start == nil and client ~= '' and redis.call('HEXISTS', places_key, ticket) == 0 then
     start, worth = fair_place(fair_key, client, weight, rate, now)  -- (admitted holding no place)
@@ -138,14 +146,14 @@ if best ~= nil then
     redis.call('ZREM', KEYS[2], ticket)
     redis.call('HDEL', KEYS[3], ticket)
     redis.call('HDEL', places_key, ticket)  -- (served: the place stays taken)
-    if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
   end
+  name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, nil)
   return {1, best.name}
 end
 
 if enqueue then
   redis.call('ZADD', KEYS[1], rank, ticket)
-  redis.call('ZADD', KEYS[2], now + ticket_ttl, ticket)
+  redis.call('ZADD', KEYS[2], math.min(now + ticket_ttl, deadline), ticket)
   redis.call('HSET', KEYS[3], ticket, tokens)
   for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], math.ceil(2 * ticket_ttl * 1000)) end
   if start ~= nil and start <= deadline then  -- (a place past its deadline is not taken)
@@ -155,10 +163,15 @@ if enqueue then
   end
 end
 
-if blocked then return {0, 'queue', POLL_MS, num(rank)} end
+local head1 = queue_head(KEYS[1])
+if head1 ~= head0 then name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, ticket) end
+local eta = queue_eta(KEYS[1], KEYS[3], ticket, rank, accounts, tokens, now)
+if eta == math.huge then eta = 3600 end
+local eta_ms = math.ceil(math.min(eta, 86400 * 31) * 1000)
+if blocked then return {0, 'queue', QUEUE_WAIT_MS, num(rank), eta_ms} end
 local wait, reason = math.huge, 'capacity'
 for _, a in ipairs(accounts) do
   if a.wait < wait then wait, reason = a.wait, a.block end
 end
 if wait == math.huge then wait = 3600 end
-return {0, reason, math.ceil(wait * 1000), num(rank)}
+return {0, reason, math.ceil(wait * 1000), num(rank), eta_ms}

@@ -6,7 +6,8 @@
 -- then per model m: its ticket expiry ZSET;  then per account+model p: its HASH, lease ZSET, window ZSET
 -- ARGV: now ('' = TIME), sidecar id, seconds a sidecar counts as live after its last heartbeat
 --       (config.RedisConfig.live_for_s), lease ttl s, ticket ttl s,
---       number of models, then per model: number of tickets, ticket ids...,
+--       number of models, then per model: number of tickets, then per ticket its id and its request's
+--       deadline ('' none: a ticket expires at its deadline, if its sidecar does not stop sooner),
 --       number of pairs, then per pair: the account (limits() in rule.lua), number of leases, lease ids...
 -- Returns {live sidecars, now, then per pair: requests used ratio, tokens used ratio, effective RPM,
 --          effective TPM, daily left, monthly left ('' = no cap)} (numbers as strings).
@@ -25,9 +26,10 @@ for _ = 1, models do
   k = k + 1
   local count = tonumber(ARGV[i + 1])
   for j = 1, count do
-    redis.call('ZADD', KEYS[k], 'XX', now + ticket_ttl, ARGV[i + 1 + j])
+    local deadline = tonumber(ARGV[i + 2 * j + 1]) or math.huge
+    redis.call('ZADD', KEYS[k], 'XX', math.min(now + ticket_ttl, deadline), ARGV[i + 2 * j])
   end
-  i = i + 1 + count
+  i = i + 1 + 2 * count
 end
 
 local out = {live, num(now)}

@@ -3,7 +3,8 @@
 -- cut, cooldown and probe; successes raise the effective limits back).
 --
 -- KEYS[1] account HASH   KEYS[2] lease ZSET   KEYS[3] window ZSET   KEYS[4] the model's queue ZSET
--- KEYS[5], KEYS[6] the client's window ZSET and the client-tokens HASH, when the call counted against
+-- KEYS[5] the model's ticket cost HASH (the head's cost, to name it with its wait; queue.lua)
+-- KEYS[6], KEYS[7] the client's window ZSET and the client-tokens HASH, when the call counted against
 --          the client's own limits (caps.lua); ARGV[6] the client
 -- ARGV[1] now ('' = TIME)  ARGV[2] wake channel  ARGV[3] model  ARGV[4] the account (limits() in rule.lua)
 -- ARGV[5] "lease;outcome;extra tokens;remaining requests;remaining tokens;limit requests;limit tokens;
@@ -14,7 +15,9 @@
 local now = clock(ARGV[1])
 local a = limits(ARGV[4], KEYS[1], KEYS[2], KEYS[3])
 local f = split(ARGV[5])
-local held = redis.call('ZSCORE', KEYS[2], f[1]) and 1 or 0
+local score = redis.call('ZSCORE', KEYS[2], f[1])
+local held = score and 1 or 0
+local live = (score and tonumber(score) > now) and 1 or 0  -- (counted in flight by refresh)
 load(a, now)
 refresh(a, now)
 prune(a, now)
@@ -25,9 +28,10 @@ settle(a, {
   charged = tonumber(f[13]),
 }, now, redis.call('ZCARD', KEYS[4]) > 0)
 save(a, now)
-if #KEYS >= 6 then
-  local t = select(2, cap_refresh(KEYS[5], KEYS[6], ARGV[6], now))
-  cap_settle(KEYS[5], KEYS[6], ARGV[6], t, f[1], tonumber(f[13]) or 0, tonumber(f[3]) or 0)
+if #KEYS >= 7 then
+  local t = select(2, cap_refresh(KEYS[6], KEYS[7], ARGV[6], now))
+  cap_settle(KEYS[6], KEYS[7], ARGV[6], t, f[1], tonumber(f[13]) or 0, tonumber(f[3]) or 0)
 end
-if redis.call('ZCARD', KEYS[4]) > 0 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+a.inflight = a.inflight - live
+name_queue_head(KEYS[4], KEYS[5], ARGV[2], ARGV[3], {a}, now, nil)
 return held

@@ -1,0 +1,236 @@
+"""Connections to a pool's Redis: a single server, or a Redis Cluster (``redis.cluster``).
+
+``redis_client`` is the one way the sidecar (limiter, cache, shared state) connects; the operator's
+reads of a cluster use ``cluster_client`` (o1operator/sidecars.py). Both kinds of client take the same
+calls, with three differences the callers go through this module for: a cluster pipeline refuses TIME
+(``SERVER_TIME`` asks it of the server that holds a key instead), SCRIPT LOAD must go to the primary
+that will run the script (``script_load``, ``KeyedScript``), and a cluster client raises
+``RedisClusterException``, which is not a ``RedisError``, when no node answers (``REDIS_FAILURES``).
+
+All keys of one pool carry one hash tag (keys.py), so on a cluster every script, transaction and
+pipeline of a pool goes to the one primary that serves the pool's slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextvars import ContextVar
+from typing import Any, TypeAlias
+
+from redis._parsers import AsyncCommandsParser
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.typing import EncodableT, KeyT
+
+from o1sidecar.config import RedisConfig
+
+MAX_CONNECTIONS = 32
+
+# What a Redis call raises when Redis cannot serve it. redis-py's cluster client also raises
+# RedisClusterException, which is not a RedisError, when no node answers or no node serves a slot.
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+
+# Inside a turn of a QueuedCluster: a command it runs for another (a pipeline) takes no second turn.
+_IN_TURN: ContextVar[bool] = ContextVar("o1sidecar_redis_turn", default=False)
+
+
+# A cluster client's first use reads the slots and the command table (COMMAND: some 10k lines that
+# redis-py parses in Python, 0.1 s of CPU or more, which an op timeout would cut short on a busy or
+# CPU-limited pod, again at every try). No command of the client runs before it.
+DISCOVERY_TIMEOUT_S = 5.0
+
+# The command tables this process's cluster clients read, by the node they were read from (``host:port``
+# of the seed): a client seeded by the same node takes the table instead of reading it again.
+_COMMAND_TABLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
+class SharedCommands(AsyncCommandsParser):
+    """redis-py's table of where each command has its keys (how a cluster client routes it), read once
+    per seed node and process: the sidecar has a cluster client for each of its parts, and the operator
+    one per read of each pool."""
+
+    def __init__(self, seed: str) -> None:
+        super().__init__()
+        self.seed = seed
+
+    async def initialize(self, node: Any = None) -> None:
+        known = _COMMAND_TABLES.get(self.seed)
+        if known is None or self.commands:  # (read again: a command it does not know, a new server)
+            await super().initialize(node)
+            _COMMAND_TABLES[self.seed] = (self.commands, self._movablekeys_specs)
+            return
+        if node is not None:
+            self.node = node
+        self.commands, self._movablekeys_specs = known
+        self._encoder = self.node.get_encoder()
+
+
+class QueuedCluster(RedisCluster):
+    """A Redis Cluster client whose callers wait for one of ``MAX_CONNECTIONS`` turns, as they wait for a
+    pooled connection on a single Redis (``BlockingConnectionPool``): redis-py's cluster nodes raise
+    MaxConnectionsError when their connections are all in use, which the breakers would take for a
+    Redis failure.
+
+    Each command and pipeline gets ``op_timeout_s``, and so does reading the slots again after a node
+    failed; the first discovery gets ``DISCOVERY_TIMEOUT_S`` (also the sockets' read timeout)."""
+
+    def __init__(self, *args: Any, op_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turns = asyncio.Semaphore(MAX_CONNECTIONS)
+        self.op_timeout_s = op_timeout_s
+        self.discovered = False
+        self.commands_parser = SharedCommands(self.startup_nodes[0].name if self.startup_nodes else "")
+
+    async def discover(self) -> None:
+        """Learn the nodes, slots and commands if not known yet, or the slots again after a node failed
+        (redis-py asks for it then, and runs it at most once a second)."""
+        async with asyncio.timeout(self.op_timeout_s if self.discovered else DISCOVERY_TIMEOUT_S):
+            await self.initialize()
+        self.discovered = True
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if _IN_TURN.get():
+            yield
+            return
+        async with self._turns:
+            token = _IN_TURN.set(True)
+            try:
+                yield
+            finally:
+                _IN_TURN.reset(token)
+
+    async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        async with self.turn():
+            await self.discover()
+            async with asyncio.timeout(self.op_timeout_s):
+                return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return QueuedPipeline(self, transaction)  # type: ignore[abstract]  # (no ABC at run time)
+
+
+class QueuedPipeline(ClusterPipeline):
+    """A cluster pipeline that runs in a turn of its ``QueuedCluster``."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = self.cluster_client
+        assert isinstance(client, QueuedCluster)
+        async with client.turn():
+            await client.discover()
+            async with asyncio.timeout(client.op_timeout_s):
+                return await super().execute(raise_on_error, allow_redirections)
+
+
+# The one type of every Redis client the sidecar and the operator use.
+RedisClient: TypeAlias = Redis | RedisCluster
+
+
+def redis_password(cfg: RedisConfig) -> str | None:
+    """The Redis password from its file (a mounted Secret) or environment variable, if any."""
+    if cfg.password_file is not None:
+        return cfg.password_file.read_text().strip() or None
+    if cfg.password_env:
+        return os.environ.get(cfg.password_env) or None
+    return None
+
+
+def redis_client(cfg: RedisConfig, *, decode_responses: bool = True) -> RedisClient:
+    """A client that fails fast: short timeouts and no retries (a breaker decides what to do). The
+    one way the sidecar connects to Redis: the limiter, and the cache (``decode_responses=False``).
+
+    With ``cfg.cluster`` a Redis Cluster client (``QueuedCluster``) seeded by the node the URL names:
+    it learns the other nodes and which serves each slot, sends each command to the primary of its
+    keys' slot, and asks for the slots again after a node fails (the next command past
+    ``topology_refresh_min_interval``, one second), so a promoted replica serves once the cluster has
+    failed over. ``op_timeout_ms`` bounds each of its commands and pipelines whole."""
+    assert cfg.url is not None
+    tls = {} if cfg.tls_ca_file is None else {"ssl_ca_certs": str(cfg.tls_ca_file)}
+    common: dict[str, Any] = dict(
+        password=redis_password(cfg),
+        socket_connect_timeout=cfg.connect_timeout_ms / 1000,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=decode_responses,
+        health_check_interval=0,
+    )
+    if cfg.cluster:
+        return cluster_client(cfg.url, op_timeout_s=cfg.op_timeout_ms / 1000, **tls, **common)
+    pool = BlockingConnectionPool.from_url(
+        cfg.url,
+        **tls,
+        **common,
+        socket_timeout=cfg.op_timeout_ms / 1000,
+        max_connections=MAX_CONNECTIONS,
+        timeout=None,  # waiting for a pooled connection is queueing, not a Redis failure
+    )
+    return Redis(connection_pool=pool)
+
+
+def cluster_client(url: str, *, op_timeout_s: float, **settings: Any) -> QueuedCluster:
+    """A ``QueuedCluster`` seeded by the node ``url`` names, each command bounded by ``op_timeout_s``;
+    ``settings`` for redis-py's ``RedisCluster`` (password, TLS, connect timeout, retries, decoding)."""
+    return QueuedCluster.from_url(  # type: ignore[return-value]  # (from_url builds the class it is on)
+        url,
+        **settings,
+        socket_timeout=DISCOVERY_TIMEOUT_S,  # (a command's own timeout is op_timeout_s)
+        op_timeout_s=op_timeout_s,
+        # Per node: the turns, plus the wake-up listener's subscription and room for a pipeline that spans
+        # nodes while every turn is taken.
+        max_connections=MAX_CONNECTIONS + 4,
+    )
+
+
+async def script_load(client: RedisClient, source: str, key: str = "") -> str:
+    """SCRIPT LOAD on the server that holds ``key``: on a cluster, only the primary of its slot (redis-py
+    sends SCRIPT LOAD to every primary, which fails while any one of them is down; so does this without
+    a key)."""
+    if isinstance(client, RedisCluster) and key:
+        # (the slots, on first use or after a node failed)
+        await (client.discover() if isinstance(client, QueuedCluster) else client.initialize())
+        node = client.get_node_from_key(key)
+        return str(await client.execute_command("SCRIPT LOAD", source, target_nodes=node))
+    return str(await client.script_load(source))
+
+
+class KeyedScript(AsyncScript):
+    """A Lua script called by SHA whose reload after NOSCRIPT (a flushed, restarted or newly promoted
+    server) goes where its first key lives (``script_load``)."""
+
+    async def __call__(
+        self,
+        keys: Sequence[KeyT] | None = None,
+        args: Iterable[EncodableT] | None = None,
+        client: RedisClient | None = None,
+    ) -> Any:
+        client = client if client is not None else self.registered_client
+        keys = list(keys or [])
+        if not keys or not isinstance(client, Redis | RedisCluster):  # (a pipeline queues it)
+            return await super().__call__(keys, args, client)
+        values = (*keys, *(args or []))
+        try:
+            return await client.evalsha(self.sha, len(keys), *values)
+        except NoScriptError:
+            self.sha = await script_load(client, str(self.script), str(keys[0]))
+            return await client.evalsha(self.sha, len(keys), *values)
+
+
+def register_script(client: RedisClient, source: str) -> KeyedScript:
+    """``client.register_script``, with the reload of ``KeyedScript``."""
+    return KeyedScript(client, source)
+
+
+SERVER_TIME = "return redis.call('TIME')"
+
+
+def server_time(reply: Sequence[Any]) -> float:
+    """Seconds since the epoch from the reply of ``SERVER_TIME``."""
+    return int(reply[0]) + int(reply[1]) / 1e6

@@ -1,0 +1,70 @@
+-- The queue of one model, as the scripts share it: its head, naming the head on the wake channel, and
+-- when a waiter could be admitted (queueing.py). rule.lua is loaded before this file.
+
+local QUEUE_AHEAD_LIMIT = 64  -- the cost of this many waiters ahead is read exactly, the rest averaged
+local NAME_MAX_WAIT = 60.0
+
+-- The best-ranked ticket of the queue, or nil.
+local function queue_head(queue)
+  return redis.call('ZRANGE', queue, 0, 0)[1]
+end
+
+-- The soonest any of ``accounts`` (loaded and refreshed) admits ``tokens`` by the rule (check).
+local function soonest(accounts, tokens, now)
+  local best = math.huge
+  for _, a in ipairs(accounts) do
+    local block, wait = check(a, tokens, now)
+    if block == nil then return 0.0 end
+    if wait < best then best = wait end
+  end
+  return best
+end
+
+-- Tell the sidecar holding ``head`` that it may be admitted in ``wait`` seconds: only that sidecar
+-- tries, at that time ("<model>;<ticket>;<wait ms>"). The waiters behind it are named in turn.
+local function name_head(channel, model, head, wait)
+  wait = math.min(math.max(0.0, wait), NAME_MAX_WAIT)
+  redis.call('PUBLISH', channel, model .. ';' .. head .. ';' .. math.ceil(wait * 1000))
+end
+
+-- Name the queue's head, if it has one other than ``unless``, with its wait on ``accounts`` (nil: now).
+local function name_queue_head(queue, costs, channel, model, accounts, now, unless)
+  local head = queue_head(queue)
+  if head == nil or head == unless then return end
+  local wait = 0.0
+  if accounts ~= nil then wait = soonest(accounts, tonumber(redis.call('HGET', costs, head)) or 0, now) end
+  name_head(channel, model, head, wait)
+end
+
+-- When could the waiter ``ticket`` of rank ``rank`` be admitted? Its best account's wait (check), plus
+-- the waiters ranked ahead of it (better rank, or the same and a smaller ticket id) at the accounts'
+-- effective rate. Reads only.
+local function queue_eta(queue, costs, ticket, rank, accounts, tokens, now)
+  local ahead = redis.call('ZCOUNT', queue, '-inf', '(' .. num(rank))
+  local ids = {}
+  local near = redis.call('ZRANGEBYSCORE', queue, '-inf', rank, 'WITHSCORES', 'LIMIT', 0, QUEUE_AHEAD_LIMIT)
+  for i = 1, #near, 2 do
+    local id, score_ = near[i], tonumber(near[i + 1])
+    if id ~= ticket and (score_ < rank or id < ticket) then ids[#ids + 1] = id end
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', queue, rank, rank)) do
+    if id < ticket then ahead = ahead + 1 end
+  end
+  local ahead_tokens = 0
+  if #ids > 0 then
+    for _, cost in ipairs(redis.call('HMGET', costs, unpack(ids))) do
+      ahead_tokens = ahead_tokens + (tonumber(cost) or 0)
+    end
+    ahead_tokens = ahead_tokens * ahead / #ids
+  end
+  local base, rate_r, rate_t = math.huge, 0.0, 0.0
+  for _, a in ipairs(accounts) do
+    local _, wait = check(a, tokens, now)
+    if wait < base then base = wait end
+    local er, et = effective(a)
+    rate_r = rate_r + er / MINUTE
+    rate_t = rate_t + et / MINUTE
+  end
+  if #accounts == 0 then return math.huge end
+  return base + math.max(ahead / rate_r, ahead_tokens / rate_t)
+end

@@ -143,17 +143,17 @@ class Proxy:
                 ex.lead = joined
         if ex.controls.cache.only:
             return self.answers.finish(ex, errors.not_cached(self.config.cache.enabled))
-        spent = self.clients.budget_spent(ex.client)  # (a stored answer costs nothing: served above)
-        if spent is not None:
-            assert ex.client is not None
-            downgrade = ex.client.on_budget == "downgrade"
-            if not downgrade or len(ex.models) < 2:
-                return self.answers.finish(ex, errors.budget_exceeded(ex.client.name, spent, downgrade))
-            ex.models, ex.degraded = ex.models[1:], True  # (its fallback chain only)
         try:
+            spent = self.clients.budget_spent(ex.client)  # (a stored answer costs nothing: served above)
+            if spent is not None:
+                assert ex.client is not None
+                downgrade = ex.client.on_budget == "downgrade"
+                if not downgrade or len(ex.models) < 2:
+                    return self.answers.finish(ex, errors.budget_exceeded(ex.client.name, spent, downgrade))
+                ex.models, ex.degraded = ex.models[1:], True  # (its fallback chain only)
             return await self._answer(ex)
         finally:
-            ex.lead.done()  # (its answer stored: the identical requests waiting for it go)
+            ex.lead.done()  # (answered or refused: the identical requests waiting for it go)
 
     async def _answer(self, ex: Exchange) -> web.StreamResponse:
         """Admission, the call, and what follows, until there is an answer."""

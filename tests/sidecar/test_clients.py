@@ -5,6 +5,7 @@ is decided from state (the budget gauge, the spend HASH), never from time."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -269,3 +270,24 @@ async def test_a_clients_own_limit_holds_across_sidecars_and_refuses_in_openais_
     assert first.code == "client_rate_limited" and 50 <= int(first.response.headers["retry-after"]) <= 60
     assert "client 'web'" in first.message and "spec.clients[].limits" in first.message
     assert (await scrape(two.metrics_url))['o1_api_queue_rejections_total{reason="client"}'] >= 1
+
+
+async def test_identical_requests_behind_a_refused_one_are_not_held_to_their_deadline(
+    make_sidecar: SidecarFactory, redis_server: RedisServer, web_pod: None
+) -> None:
+    clients = [{"name": "web", "match": {}, "budgets": {"daily_tokens": 1}}]
+    sidecar = await make_sidecar(redis={"url": redis_server.url}, clients=clients)
+    await sdk(sidecar.url).chat.completions.create(model="o1", messages=[{"role": "user", "content": "one"}])
+    same = {"model": "o1", "messages": [{"role": "user", "content": "two"}]}
+    deadline = {"x-o1pool-deadline-ms": "60000"}
+
+    async def ask() -> str:
+        try:
+            await sdk(sidecar.url).chat.completions.create(**same, extra_headers=deadline)  # type: ignore[call-overload]
+        except openai.RateLimitError as e:
+            return str(e.code)
+        return "answered"
+
+    # The first takes the lead for the identical second; refused for the budget, it lets it go at once
+    # (it used to keep it waiting for the lead's answer until its 60 s deadline).
+    assert await asyncio.wait_for(asyncio.gather(ask(), ask()), 20) == ["budget_exceeded"] * 2

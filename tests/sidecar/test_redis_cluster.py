@@ -24,6 +24,7 @@ pytestmark = pytest.mark.redis
 USER = [{"role": "user", "content": "Where does a pool live in a Redis Cluster?"}]
 KEYS = PoolKeys("o1pool", "tests", "test")  # the sidecar fixture's pool
 PASSWORD = "p@ss:w/rd"
+PATIENT = {"op_timeout_ms": 2000, "connect_timeout_ms": 2000, "breaker_reset_s": 0.5}
 
 
 async def scrape(url: str) -> str:
@@ -34,7 +35,9 @@ async def scrape(url: str) -> str:
 async def test_two_sidecars_share_limits_and_the_l2_cache_on_a_cluster(
     make_sidecar: SidecarFactory, redis_cluster: LocalCluster
 ) -> None:
-    redis = {"url": redis_cluster.url, "cluster": True, "heartbeat_interval_s": 0.2}
+    # (A generous op timeout: on two busy cores a 250 ms one sends a sidecar to local limits now and
+    # then, which is not what this test is about; test_cluster.py kills a primary for that.)
+    redis = {"url": redis_cluster.url, "cluster": True, "heartbeat_interval_s": 0.2} | PATIENT
     one = await make_sidecar(redis=redis)
     two = await make_sidecar(redis=redis)
     first = await openai.AsyncOpenAI(base_url=one.url, api_key="x").chat.completions.with_raw_response.create(
@@ -78,7 +81,7 @@ async def test_a_cluster_over_tls_with_a_password(
     cluster = await asyncio.to_thread(start_cluster, 3, 0, tls=tls, password=PASSWORD)
     try:
         monkeypatch.setenv("O1T_REDIS_PASSWORD", PASSWORD)
-        redis = {"url": cluster.url, "cluster": True, "tls_ca_file": str(pki.ca.cert)}
+        redis = {"url": cluster.url, "cluster": True, "tls_ca_file": str(pki.ca.cert)} | PATIENT
         one = await make_sidecar(redis=redis | {"password_env": "O1T_REDIS_PASSWORD"})
         client = openai.AsyncOpenAI(base_url=one.url, api_key="x", max_retries=0)
         raw = await client.chat.completions.with_raw_response.create(model="o1", messages=USER)

@@ -58,6 +58,7 @@ log = logging.getLogger("o1sidecar.limits")
 MAX_SLEEP_S = 1.0  # a waiter re-checks at least this often, whatever the store predicted (alone)
 MIN_SLEEP_S = 0.002
 ERROR_SLEEP_S = 0.1
+NAMED_EARLY_S = 5.0  # a naming that came before its waiter was queued here is kept this long
 
 
 @dataclass(eq=False)
@@ -118,6 +119,9 @@ class QueueingLimiter:
         self._limits_cache: dict[tuple[str, tuple[str, ...]], tuple[AccountLimits, ...]] = {}
         self._seq = itertools.count()
         self._settling: set[asyncio.Task[None]] = set()
+        # Tickets named before their waiter was queued here (the message can overtake the reply of the
+        # attempt that queued it): ticket -> when it may be admitted; kept for NAMED_EARLY_S.
+        self._named_early: dict[str, float] = {}
         self._closed = False
         self._draining = False
 
@@ -273,6 +277,9 @@ class QueueingLimiter:
             heapq.heappush(q.heap, (w.rank, w.seq, w))
         heapq.heappush(q.deadlines, (w.demand.deadline, w.seq, w))
         q.by_ticket[w.ticket] = w
+        early = self._named_early.pop(w.ticket, None)
+        if early is not None:
+            w.named, w.retry_at = True, min(w.retry_at, early)
         self._waiting[w.demand.priority] += 1
         q.wake.set()
         if q.task is None or q.task.done():
@@ -455,10 +462,16 @@ class QueueingLimiter:
         waits here, the dispatcher asks then (another sidecar's ticket: nothing to do)."""
         q = self._queues.get(model)
         w = q.by_ticket.get(ticket) if q is not None else None
-        if q is None or w is None or w.future.done():
+        at = self._clock() + max(0.0, wait_s)
+        if q is None or w is None:
+            now = self._clock()
+            for stale in [t for t, when in self._named_early.items() if when < now - NAMED_EARLY_S]:
+                del self._named_early[stale]
+            self._named_early[ticket] = at  # (ours, not queued yet; or another sidecar's: forgotten)
+            return
+        if w.future.done():
             return
         w.named = True
-        at = self._clock() + max(0.0, wait_s)
         head = self._head(q, self._clock())
         for x in (w, head):
             if x is not None:

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ PRIORITIES = ((2, 0.5), (5, 0.3), (8, 0.2))
 # The sidecars' scripts (o1sidecar/limits/scripts.py), by name; the previous ref's are told apart by
 # their own sources.
 SCRIPTS = ("admit", "release", "heartbeat", "eta", "forget")
+SIDECAR_SCRIPTS = ("counters", "quarantine", "outage_sync", "hash_and_time")
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,19 @@ class QueueRun:
 def script_names(root: Path | None) -> dict[str, str]:
     """SHA1 -> script name for the sidecars' scripts as the tree at ``root`` (None: this one) builds
     them: its rule, fair share and limits files, then the script."""
+    package = Path(str(files("o1sidecar"))) if root is None else root / "sidecar" / "o1sidecar"
+    own = {  # (the sidecar's other scripts, each a file of its own)
+        hashlib.sha1((package / f"{name}.lua").read_text().encode()).hexdigest(): name
+        for name in SIDECAR_SCRIPTS
+        if (package / f"{name}.lua").exists()
+    }
     if root is None:
         from o1sidecar.limits.scripts import script_source
 
-        return {hashlib.sha1(script_source(n).encode()).hexdigest(): n for n in SCRIPTS}
-    lua = root / "sidecar" / "o1sidecar" / "limits" / "lua"
+        return own | {hashlib.sha1(script_source(n).encode()).hexdigest(): n for n in SCRIPTS}
+    lua = package / "limits" / "lua"
     parts = [p for p in ("rule", "fair", "caps", "queue") if (lua / f"{p}.lua").exists()]
-    out = {}
+    out = own
     for name in SCRIPTS:
         if (lua / f"{name}.lua").exists():
             source = "\n".join((lua / f"{p}.lua").read_text() for p in (*parts, name))

@@ -4,8 +4,8 @@ Every answered request counts once, under the model the client asked for (its de
 served it), at the minute it arrived (UTC): offered; and, by priority, whether it was admitted to an
 upstream, waited in the queue, was refused for lack of capacity (429/503 from the sidecar) or was
 answered from the cache, with the tokens it was charged where admission counted them. Counts gather
-in memory and go to Redis in one pipeline every ``redis.heartbeat_interval_s`` (no round trip per
-request), into one HASH per model and UTC day (``PoolKeys.demand``) kept for ``RETENTION_DAYS``:
+in memory and go to Redis in one command (counters.lua) every ``redis.heartbeat_interval_s`` (no round
+trip per request), into one HASH per model and UTC day (``PoolKeys.demand``) kept for ``RETENTION_DAYS``:
 
 - ``<minute of day>:r`` / ``:t`` — requests and tokens offered in that minute (the forecast's input
   and the spread of minutes within an hour);
@@ -14,8 +14,8 @@ request), into one HASH per model and UTC day (``PoolKeys.demand``) kept for ``R
   answered 429 (the pool's status: RPM use and recent 429s);
 - ``h<hour>:<priority>:<kind>`` — per hour and priority: ``r`` offered, ``a`` admitted, ``q`` queued,
   ``x`` refused, ``c`` cached, ``t`` tokens offered, ``at`` tokens admitted;
-- ``h<hour>:live`` — set by each sidecar's first flush of the hour, requests or not: some sidecar was
-  counting in that hour, so an hour without requests had no demand (an hour without the mark is a
+- ``h<hour>:live`` — added to by each sidecar's first flush of the hour, requests or not: some sidecar
+  was counting in that hour, so an hour without requests had no demand (an hour without the mark is a
   gap in the history).
 
 While Redis is unreachable the counts stay in memory (at most ``MAX_PENDING_MINUTES`` minutes of them;
@@ -29,6 +29,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
+from o1sidecar.counters import Counters, Increments
 from o1sidecar.limits.connect import RedisClient
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.mirror import PoolMirror
@@ -148,6 +149,7 @@ class DemandRecorder(PoolMirror):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(client, interval_s)
+        self._counters = Counters(client)
         self._keys = keys
         self.counts = counts
         self._models = list(models)
@@ -163,19 +165,16 @@ class DemandRecorder(PoolMirror):
         hour = int(self._clock() // 3600)
         if not batch and hour == self._marked:
             return
+        keep = RETENTION_DAYS * DAY_S
+        increments = [
+            Increments(self._keys.demand(model, day), keep, list(fields.items()))
+            for (model, day), fields in batch.items()
+        ]
+        if hour != self._marked:
+            live = [(f"h{hour % 24}:live", 1)]
+            increments += [Increments(self._keys.demand(m, hour // 24), keep, live) for m in self._models]
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                if hour != self._marked:
-                    for model in self._models:
-                        key = self._keys.demand(model, hour // 24)
-                        pipe.hset(key, f"h{hour % 24}:live", 1)
-                        pipe.expire(key, RETENTION_DAYS * DAY_S)
-                for (model, day), fields in batch.items():
-                    key = self._keys.demand(model, day)
-                    for name, value in fields.items():
-                        pipe.hincrby(key, name, value)
-                    pipe.expire(key, RETENTION_DAYS * DAY_S)
-                await pipe.execute()
+            await self._counters.add(increments)
             self._marked = hour
         except BaseException:
             self.counts.give_back(batch)

@@ -15,7 +15,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from importlib.resources import files
 
-from o1sidecar.limits.connect import REDIS_FAILURES, SERVER_TIME, RedisClient, register_script, server_time
+from o1sidecar.limits.connect import (
+    HASH_AND_TIME,
+    REDIS_FAILURES,
+    RedisClient,
+    read_hash_and_time,
+    register_script,
+)
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.mirror import PoolMirror
 from o1sidecar.outages import UP, ModelOutages, ModelState
@@ -63,6 +69,7 @@ class SharedOutages(PoolMirror):
         self._outages = outages
         self._models = list(models)
         self._script = register_script(client, SCRIPT)
+        self._read = register_script(client, HASH_AND_TIME)
 
     async def publish(self, model: str, state: ModelState, now: float) -> None:
         """This sidecar changed ``model``'s phase at ``now`` (its clock): tell the pool."""
@@ -97,11 +104,7 @@ class SharedOutages(PoolMirror):
     async def mirror(self) -> None:
         """Take the pool's state of every model this sidecar serves."""
         local_now = self._outages.now()
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.eval(SERVER_TIME, 1, self._keys.outages())  # (the clock of the server that holds it)
-            pipe.hgetall(self._keys.outages())
-            time_reply, entries = await pipe.execute()
-        redis_now = server_time(time_reply)
+        redis_now, entries = await read_hash_and_time(self._read, self._keys.outages())
         for model in self._models:
             value = entries.get(model)
             state = parse_state(value, redis_now, local_now) if value is not None else UP

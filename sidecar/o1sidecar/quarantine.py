@@ -18,7 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 
-from o1sidecar.limits.connect import REDIS_FAILURES, SERVER_TIME, RedisClient, register_script, server_time
+from o1sidecar.limits.connect import (
+    HASH_AND_TIME,
+    REDIS_FAILURES,
+    RedisClient,
+    read_hash_and_time,
+    register_script,
+)
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.mirror import PoolMirror
 from o1sidecar.upstream import QUARANTINE_FIRST_S, QUARANTINE_MAX_S, AccountRoute, Quarantine, UpstreamKey
@@ -73,6 +79,7 @@ class SharedQuarantine(PoolMirror):
         self._hash = keys.refused_keys()
         self._routes = routes
         self._script = register_script(client, SCRIPT)
+        self._read = register_script(client, HASH_AND_TIME)
 
     async def refused(self, route: AccountRoute, key: UpstreamKey) -> Quarantine:
         """Record the refusal for the pool and rest the key here as the pool decided (by this sidecar
@@ -96,11 +103,7 @@ class SharedQuarantine(PoolMirror):
 
     async def mirror(self) -> None:
         """Rest here exactly the keys the pool rests (entries about this sidecar's key values)."""
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.eval(SERVER_TIME, 1, self._hash)  # (the clock of the server that holds the hash)
-            pipe.hgetall(self._hash)
-            time_reply, entries = await pipe.execute()
-        now = server_time(time_reply)
+        now, entries = await read_hash_and_time(self._read, self._hash)
         refused = {e.label: e for e in read_refused(entries)}
         for route in self._routes.values():
             for key in route.keys:

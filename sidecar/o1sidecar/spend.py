@@ -2,11 +2,11 @@
 through Redis, and the budgets that spending is held to.
 
 Each answer's cost and tokens (prices.py) are added to this sidecar's ledger in memory. Every
-``redis.heartbeat_interval_s`` one pipeline adds them to the pool's spend HASHes (``PoolKeys.spend``:
-``<client>:usd`` in micro-dollars, ``<client>:tokens``), one per UTC day and month, and reads the
-totals back in the same replies. Admission then checks a budget against the last total read plus
-what this sidecar spent since, so a budget costs no Redis round trip on the hot path. The price of
-that: the pool can overspend a budget by what its other sidecars spend within one interval.
+``redis.heartbeat_interval_s`` one command (counters.lua) adds them to the pool's spend HASHes
+(``PoolKeys.spend``: ``<client>:usd`` in micro-dollars, ``<client>:tokens``), one per UTC day and
+month, and reads the totals back in the same reply. Admission then checks a budget against the last
+total read plus what this sidecar spent since, so a budget costs no Redis round trip on the hot path.
+The price of that: the pool can overspend a budget by what its other sidecars spend within one interval.
 
 While Redis is unreachable the increments stay in memory and go with the next flush; meanwhile each
 sidecar holds the budget against what it knew plus its own spending.
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from o1sidecar.config import Budgets
+from o1sidecar.counters import Counters, Increments
 from o1sidecar.limits.connect import RedisClient
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.mirror import PoolMirror
@@ -135,6 +136,7 @@ class SpendRecorder(PoolMirror):
         clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(client, interval_s)
+        self._counters = Counters(client)
         self._keys = keys
         self.ledger = ledger
         self._clients = list(clients)
@@ -150,24 +152,23 @@ class SpendRecorder(PoolMirror):
         for period, _client in increments:
             periods.setdefault(period, DAY_KEEP_S if period.startswith("d") else MONTH_KEEP_S)
         asked: list[tuple[str, str]] = []
+        batch: list[Increments] = []
+        for period, keep_s in periods.items():
+            fields: list[tuple[str, int]] = []
+            for client in self._clients:  # (by 0 too: the reply is the pool's total)
+                micro, tokens = increments.get((period, client), (0, 0))
+                usd_field, tokens_field = spend_fields([client])
+                fields += [(usd_field, micro), (tokens_field, tokens)]
+                asked.append((period, client))
+            batch.append(Increments(self._keys.spend(period), int(keep_s), fields))
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for period, keep_s in periods.items():
-                    key = self._keys.spend(period)
-                    for client in self._clients:  # (by 0 too: the reply is the pool's total)
-                        micro, tokens = increments.get((period, client), (0, 0))
-                        usd_field, tokens_field = spend_fields([client])
-                        pipe.hincrby(key, usd_field, micro)
-                        pipe.hincrby(key, tokens_field, tokens)
-                        asked.append((period, client))
-                    pipe.expire(key, int(keep_s))
-                replies = await pipe.execute()
+            replies = await self._counters.add(batch)
         except BaseException:
             self.ledger.give_back(increments)
             raise
-        values = iter(r for r in replies if not isinstance(r, bool))  # (EXPIRE replies are booleans)
+        values = iter(replies)
         for period, client in asked:
-            self.ledger.learned(period, client, int(next(values)), int(next(values)))
+            self.ledger.learned(period, client, next(values), next(values))
         self.ledger.forget_before(now)
 
     async def close(self) -> None:

@@ -17,6 +17,8 @@ from o1sidecar.limits import (
     UpstreamReport,
     build_limiter,
 )
+from o1sidecar.limits.backend import QUEUE_WAIT_S, Admitted, Attempt, Denied, Settlement
+from o1sidecar.limits.queueing import QueueingLimiter
 from tests.polling import until
 
 from .helpers import config, drain_local, pacing_level
@@ -219,3 +221,43 @@ async def test_waiters_are_woken_by_a_release() -> None:
     assert time.monotonic() - released < 0.2  # not the 0.25 s poll: the release woke it
     assert grant.waited_s > 0
     await limiter.close()
+
+
+class _Overtaken:
+    """A shared store whose naming of a waiter reaches the sidecar before the reply that queued it (the
+    pub/sub message overtook it): the first attempt names its own ticket, then says 'queue' (behind
+    others, the 5 s safety net); the next attempt is admitted."""
+
+    mode = "shared"
+
+    def __init__(self) -> None:
+        self.limiter: QueueingLimiter | None = None
+        self.attempts = 0
+
+    async def attempt(self, attempt: Attempt) -> Admitted | Denied:
+        self.attempts += 1
+        if self.attempts == 1:
+            assert self.limiter is not None
+            self.limiter.named(attempt.demand.model, attempt.ticket, 0.0)
+            return Denied("queue", QUEUE_WAIT_S, 1.0, eta_s=0.0)
+        return Admitted(attempt.accounts[0].name, attempt.lease_id)
+
+    async def settle(self, settlement: Settlement) -> None:
+        pass
+
+    async def forget(self, model: str, tickets: list[str]) -> None:
+        pass
+
+
+async def test_a_naming_that_overtakes_the_reply_that_queued_its_waiter_is_kept() -> None:
+    """Without the early naming kept, the waiter would ask again only after the 5 s safety net: past
+    its 2 s deadline."""
+    store = _Overtaken()
+    limiter = QueueingLimiter(config({"a": {"rpm": 60, "tpm": 100_000}}), store)  # type: ignore[arg-type]
+    store.limiter = limiter
+    await limiter.start()
+    try:
+        grant = await limiter.acquire(Demand("o1-mini", 10, 5, time.time() + 2.0), ["a"])
+        assert grant.account == "a" and store.attempts == 2
+    finally:
+        await limiter.close()

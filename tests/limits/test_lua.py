@@ -165,6 +165,21 @@ async def test_eta_counts_the_queue_ahead_at_the_effective_rate(store: RedisBack
     assert eta == pytest.approx(1.0 + 2 / 1.0)
 
 
+@pytest.mark.parametrize("waiting", [3, 64, 90])
+async def test_a_denials_eta_is_what_the_eta_script_says_however_long_the_queue(
+    store: RedisBackend, clock: Clock, waiting: int
+) -> None:
+    """admit.lua reuses what it read of the queue ahead (up to AHEAD_LIMIT) for its denial's eta, and
+    reads the rest only for a longer queue: either way the eta is eta.lua's."""
+    assert isinstance(await store.attempt(attempt("w", priority=9)), Admitted)  # takes the one slot
+    for i in range(waiting):
+        assert isinstance(await store.attempt(attempt(f"w{i:03}", tokens=50 + i, priority=9)), Denied)
+    for ticket, priority in (("new", 1), ("w005", 9)):  # (a new waiter behind all; one in line)
+        denied = await store.attempt(attempt(ticket, priority=priority))
+        assert isinstance(denied, Denied) and denied.eta_s is not None
+        assert denied.eta_s == pytest.approx(await store.eta(attempt(ticket, priority=priority)), abs=0.0011)
+
+
 async def test_scripts_reload_after_script_flush(store: RedisBackend, client: Redis) -> None:
     await store.scripts.load_all(client)
     assert isinstance(await store.attempt(attempt("1", accounts=(B,))), Admitted)

@@ -122,6 +122,7 @@ class QueueingLimiter:
         # Tickets named before their waiter was queued here (the message can overtake the reply of the
         # attempt that queued it): ticket -> when it may be admitted; kept for NAMED_EARLY_S.
         self._named_early: dict[str, float] = {}
+        self._named_pruned = 0.0
         self._closed = False
         self._draining = False
 
@@ -465,8 +466,10 @@ class QueueingLimiter:
         at = self._clock() + max(0.0, wait_s)
         if q is None or w is None:
             now = self._clock()
-            for stale in [t for t, when in self._named_early.items() if when < now - NAMED_EARLY_S]:
-                del self._named_early[stale]
+            if now - self._named_pruned >= NAMED_EARLY_S:  # (every message is one of these in a sidecar
+                self._named_pruned = now  # that waits for nothing: prune once in a while, not each time)
+                for stale in [t for t, when in self._named_early.items() if when < now - NAMED_EARLY_S]:
+                    del self._named_early[stale]
             self._named_early[ticket] = at  # (ours, not queued yet; or another sidecar's: forgotten)
             return
         if w.future.done():

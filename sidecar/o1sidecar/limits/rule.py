@@ -419,8 +419,11 @@ def settle(st: AccountModel, lim: Limits, s: Settlement, now: float, waiting: in
 
 def _add_to_entry(st: AccountModel, lease: str, charged: float, extra: float) -> None:
     """Usage beyond the charge counts in the window as in the bucket: on the call's entry (its lease and
-    charge), if it is still there (a call longer than the window pays it from the bucket only)."""
-    for i, (at, entry_lease, tokens) in enumerate(st.window):
+    charge), if it is still there (a call longer than the window pays it from the bucket only). Looked
+    for from the newest end: a call settles soon after its admission, so its entry is near the end (a
+    scan from the oldest end walked the whole minute on every release)."""
+    for i in range(len(st.window) - 1, -1, -1):
+        at, entry_lease, tokens = st.window[i]
         if entry_lease == lease and tokens == charged:
             st.window[i] = (at, lease, tokens + extra)
             st.wt += extra

@@ -102,8 +102,10 @@ end
 -- Better-ranked live tickets (ties: the smaller ticket id first).
 local ahead_ids = {}
 local near = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', rank, 'WITHSCORES', 'LIMIT', 0, AHEAD_LIMIT + 1)
+local all_ahead = #near < 2 * (AHEAD_LIMIT + 1)  -- (every ticket ahead is in ``near``...)
 for i = 1, #near, 2 do
   local id, score_ = near[i], tonumber(near[i + 1])
+  if id == ticket then all_ahead = true end  -- (...also when it reaches this ticket)
   if id ~= ticket and (score_ < rank or id < ticket) then ahead_ids[#ahead_ids + 1] = id end
 end
 local ahead_tokens = 0
@@ -165,7 +167,10 @@ end
 
 local head1 = queue_head(KEYS[1])
 if head1 ~= head0 then name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, ticket) end
-local eta = queue_eta(KEYS[1], KEYS[3], ticket, rank, accounts, tokens, now)
+-- (what is ahead was read above, unless there was more of it than AHEAD_LIMIT)
+local ahead, ahead_cost = #ahead_ids, ahead_tokens
+if not all_ahead then ahead, ahead_cost = queue_ahead(KEYS[1], KEYS[3], ticket, rank) end
+local eta = eta_behind(accounts, tokens, now, ahead, ahead_cost)
 if eta == math.huge then eta = 3600 end
 local eta_ms = math.ceil(math.min(eta, 86400 * 31) * 1000)
 if blocked then return {0, 'queue', QUEUE_WAIT_MS, num(rank), eta_ms} end

@@ -36,10 +36,10 @@ local function name_queue_head(queue, costs, channel, model, accounts, now, unle
   name_head(channel, model, head, wait)
 end
 
--- When could the waiter ``ticket`` of rank ``rank`` be admitted? Its best account's wait (check), plus
--- the waiters ranked ahead of it (better rank, or the same and a smaller ticket id) at the accounts'
--- effective rate. Reads only.
-local function queue_eta(queue, costs, ticket, rank, accounts, tokens, now)
+-- The waiters ranked ahead of ``ticket`` of rank ``rank`` (better rank, or the same and a smaller ticket
+-- id): how many, and what they cost (the first QUEUE_AHEAD_LIMIT exactly, the rest at their average).
+-- Reads only.
+local function queue_ahead(queue, costs, ticket, rank)
   local ahead = redis.call('ZCOUNT', queue, '-inf', '(' .. num(rank))
   local ids = {}
   local near = redis.call('ZRANGEBYSCORE', queue, '-inf', rank, 'WITHSCORES', 'LIMIT', 0, QUEUE_AHEAD_LIMIT)
@@ -57,6 +57,12 @@ local function queue_eta(queue, costs, ticket, rank, accounts, tokens, now)
     end
     ahead_tokens = ahead_tokens * ahead / #ids
   end
+  return ahead, ahead_tokens
+end
+
+-- When could a request of ``tokens`` be admitted behind ``ahead`` waiters costing ``ahead_tokens``? Its
+-- best account's wait (check), plus those waiters at the accounts' effective rate.
+local function eta_behind(accounts, tokens, now, ahead, ahead_tokens)
   local base, rate_r, rate_t = math.huge, 0.0, 0.0
   for _, a in ipairs(accounts) do
     local _, wait = check(a, tokens, now)
@@ -67,4 +73,10 @@ local function queue_eta(queue, costs, ticket, rank, accounts, tokens, now)
   end
   if #accounts == 0 then return math.huge end
   return base + math.max(ahead / rate_r, ahead_tokens / rate_t)
+end
+
+-- When could the waiter ``ticket`` of rank ``rank`` be admitted? (queue_ahead, eta_behind) Reads only.
+local function queue_eta(queue, costs, ticket, rank, accounts, tokens, now)
+  local ahead, ahead_tokens = queue_ahead(queue, costs, ticket, rank)
+  return eta_behind(accounts, tokens, now, ahead, ahead_tokens)
 end

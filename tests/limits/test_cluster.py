@@ -153,7 +153,7 @@ async def test_a_release_wakes_waiters_of_another_limiter_through_cluster_pubsub
 ) -> None:
     s1, s2 = await start(redis_cluster, {"rpm": 10_000, "tpm": 10_000_000, "concurrency": 1})
     pubsub = s1.client.pubsub(ignore_subscribe_messages=True)  # as the limiters' wake-up listener does
-    await pubsub.subscribe(s1.keys.wake_channel())
+    await pubsub.subscribe(s1.keys.wake_channel_of(s2.wake_tag))  # (the waiter's sidecar's own channel)
     held = await s1.acquire(demand(), ["a"])
     waiter = asyncio.create_task(s2.acquire(demand(), ["a"]))
     await until(lambda: s2.state().queue_length == {5: 1}, "a waiter in sidecar 2")

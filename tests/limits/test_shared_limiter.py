@@ -149,27 +149,52 @@ async def test_deadline_in_the_shared_queue_raises_queue_timeout(sidecars: Calla
     await until(lambda: _queue_empty(s1), "the timed-out ticket leaving the shared queue", timeout_s=1.0)
 
 
-async def test_release_wakes_waiters_of_other_sidecars(sidecars: Callable[..., Any]) -> None:
+@pytest.mark.parametrize("older", [False, True], ids=["its-own-channel", "an-older-sidecars-ticket"])
+async def test_release_wakes_waiters_of_other_sidecars(sidecars: Callable[..., Any], older: bool) -> None:
+    """The head is named to the sidecar holding it alone, on its own channel; a ticket that names no
+    sidecar (an older sidecar's) on the pool's channel, which every sidecar hears."""
     s1, s2 = await sidecars({"rpm": 10_000, "tpm": 10_000_000, "concurrency": 1})
+    if older:
+        s2.ticket_prefix = ""
+    pool, own = s1.keys.wake_channel(), s1.keys.wake_channel_of(s2.wake_tag)
     pubsub = s1.client.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(s1.keys.wake_channel())
+    await pubsub.subscribe(pool, own)
     held = await s1.acquire(demand(), ["a"])
     waiter = asyncio.create_task(s2.acquire(demand(), ["a"]))
     await until(lambda: s2.state().queue_length == {5: 1}, "a waiter in sidecar 2")
     (waiting,) = s2.waiting()
+    assert waiting.ticket.startswith("" if older else f"{s2.wake_tag}.")
     await s1.release(held, None)
     messages = []
 
     async def published() -> bool:
         message = await pubsub.get_message(timeout=0.1)  # None for the (ignored) subscribe reply
         if message is not None:
-            messages.append(message["data"])
+            messages.append((message["channel"], message["data"]))
         return bool(messages)
 
     await until(published, "a wake-up published for the model", 2.0)
-    assert messages == [f"{MODEL};{waiting.ticket};0"]  # the queue's head, named: admissible now
+    # the queue's head, named: admissible now
+    assert messages == [(pool if older else own, f"{MODEL};{waiting.ticket};0")]
     await asyncio.wait_for(waiter, 5)
     await pubsub.aclose()
+
+
+async def test_a_waiter_behind_another_sidecars_is_named_to_its_own_sidecar_when_its_turn_comes(
+    sidecars: Callable[..., Any],
+) -> None:
+    """A waiter behind others asks again only every 5 s unless the store names it; with a 3 s deadline
+    it is served only if the naming reaches its sidecar (on that sidecar's own channel)."""
+    s1, s2 = await sidecars({"rpm": 10_000, "tpm": 10_000_000, "concurrency": 1})
+    held = await s1.acquire(demand(), ["a"])
+    first = asyncio.create_task(s1.acquire(demand(), ["a"]))
+    await until(lambda: s1.state().queue_length == {5: 1}, "a waiter in sidecar 1")
+    second = asyncio.create_task(s2.acquire(demand(deadline_s=3.0), ["a"]))
+    await until(lambda: s2.state().queue_length == {5: 1}, "a waiter behind it in sidecar 2")
+    await s1.release(held, None)
+    await s1.release(await asyncio.wait_for(first, 2), None)
+    grant = await asyncio.wait_for(second, 5)  # (QueueTimeout at 3 s if it had to ask by itself)
+    await s2.release(grant, None)
 
 
 async def test_redis_down_then_back_under_load(

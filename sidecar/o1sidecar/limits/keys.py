@@ -109,5 +109,11 @@ class PoolKeys:
         return f"{self.tag}:prediction"
 
     def wake_channel(self) -> str:
-        """Pub/sub channel: a model's queue may move (a lease freed, a waiter admitted)."""
+        """Pub/sub channel: a model's queue may move (a lease freed, a waiter admitted); every sidecar
+        of the pool listens. Heads whose ticket names no sidecar are named here (queue.lua)."""
         return f"{self.tag}:wake"
+
+    def wake_channel_of(self, sidecar: str) -> str:
+        """Pub/sub channel of one sidecar: the heads among its waiters (tickets ``<sidecar>.<id>``) are
+        named here, to it alone (queue.lua ``name_head``)."""
+        return f"{self.wake_channel()}:{sidecar}"

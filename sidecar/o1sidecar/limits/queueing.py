@@ -125,6 +125,9 @@ class QueueingLimiter:
         self._named_pruned = 0.0
         self._closed = False
         self._draining = False
+        # Tickets start with this: a store that names heads to the sidecar holding them (queue.lua)
+        # reads the sidecar from it.
+        self.ticket_prefix = ""
 
     async def start(self) -> None:
         self._closed = False
@@ -210,7 +213,7 @@ class QueueingLimiter:
                 "(queue.max_length); retry later"
             )
 
-        ticket = uuid.uuid4().hex
+        ticket = self.ticket_prefix + uuid.uuid4().hex
         first = await self._try(Attempt(demand, limits, ticket, ticket, None, self._aging_s))
         if isinstance(first, Admitted):
             return self._granted(first, demand, limits, started)
@@ -251,7 +254,7 @@ class QueueingLimiter:
         if cap is not None and cap.tpm is not None and demand.tokens > cap.tpm:
             return None
         started = self._clock()
-        ticket = uuid.uuid4().hex
+        ticket = self.ticket_prefix + uuid.uuid4().hex
         result = await self._try(Attempt(demand, limits, ticket, ticket, None, self._aging_s, queue=False))
         return self._granted(result, demand, limits, started) if isinstance(result, Admitted) else None
 

@@ -71,6 +71,8 @@ class SharedLimiter(QueueingLimiter):
             waiting=self.waiting,
         )
         super().__init__(config, self.failover, clock=clock, live_sidecars=lambda: self._live_count)
+        self.wake_tag = uuid.uuid4().hex[:12]  # its heads are named on its own channel (queue.lua)
+        self.ticket_prefix = f"{self.wake_tag}."
         self._pairs = [
             (limits, model)
             for account in config.accounts
@@ -142,15 +144,17 @@ class SharedLimiter(QueueingLimiter):
                     log.exception("limits: probing Redis failed; staying on local limits")
 
     async def _wake_loop(self) -> None:
-        """Wake local waiters when another sidecar frees capacity for their model."""
-        channel = self.keys.wake_channel()
+        """Wake local waiters when the store names one the head of its model's queue: on this sidecar's
+        own channel, and on the pool's (the namings of waiters of older sidecars, and of ours by their
+        scripts, during an upgrade)."""
+        channels = (self.keys.wake_channel(), self.keys.wake_channel_of(self.wake_tag))
         while not self._closed:
             if self.failover.mode != "shared":
                 await asyncio.sleep(self.config.redis.breaker_reset_s)
                 continue
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(*channels)
                 while self.failover.mode == "shared":
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":

@@ -28,7 +28,8 @@ from typing import Any
 import yaml
 
 import o1pool.scenarios as scenarios
-from o1pool.loadgen import Planned, table
+from o1pool.bench import latency_table
+from o1pool.loadgen import Planned
 from o1pool.procs import RedisServer, cpu_seconds, free_port, spawn_module, stop_all, wait_for_port
 from o1pool.scenarios import (
     DEFAULT_LAYOUT,
@@ -144,34 +145,15 @@ async def run(args: argparse.Namespace) -> None:
         stop_all(procs)
         redis.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    direct, bare_row = rows["direct"], rows["bare"]
-    bare_cpu = statistics.median(per_round["bare"])
-    out = []
-    for row in rows.values():
-        cpu = statistics.median(per_round[row.target]) if per_round[row.target] else math.nan
-        out.append(
-            (
-                row.target,
-                len(row.latencies_s),
-                row.errors,
-                row.p(0.5) * 1000,
-                row.p(0.99) * 1000,
-                (row.p(0.5) - direct.p(0.5)) * 1000,
-                (row.p(0.99) - direct.p(0.99)) * 1000,
-                cpu,
-                cpu / bare_cpu if row is not direct else math.nan,
-                row.redis_cpu_us_per_call(),
-            )
-        )
     redis_mode = "Redis limiter" if not args.no_redis else "local limiter"
     print(
         f"{args.rate:.0f} rps, {args.rounds} rounds of {args.duration:.0f} s per path, {redis_mode}, cache "
-        f"{'off' if args.no_cache else 'on'}; CPU: the median of the rounds ({bare_row.target}: "
+        f"{'off' if args.no_cache else 'on'}; CPU: the median of the rounds ({rows['bare'].target}: "
         + ", ".join(f"{v:.0f}" for v in per_round["bare"])
         + ")"
     )
-    headers = ["path", "calls", "errors", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms"]
-    print(table([*headers, "CPU µs/call", "CPU / bare", "redis CPU µs/call"], out))
+    medians = {name: statistics.median(v) if v else math.nan for name, v in per_round.items()}
+    print(latency_table(list(rows.values()), medians))
 
 
 def main() -> None:

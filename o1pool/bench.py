@@ -19,6 +19,17 @@
 (e) What queueing costs Redis (queuebench.py): four sidecar processes at 3x overload, Redis MONITOR
     counting what they send per upstream call, at two deadlines (more waiters), with sidecars of
     ``--queue-previous`` (a git ref) beside this tree's. ``--only-queue`` runs only this part.
+(f) Scale (scalebench.py): 10 -> 100 -> 1000 simulated sidecars (the sidecar's limiter, hundreds per
+    process) against one redis-server and a 3-primary Redis Cluster, one pool and nine: admission
+    round trips, queue waits, Redis CPU and commands, and a checker over the admission log (no limit
+    exceeded). ``--only-scale`` runs only this part; docs/scale.md.
+(g) Peers (peers.py), with ``--peers litellm``: LiteLLM's proxy (a pinned version in a venv of its
+    own) as a fourth path in (b), and the quota scenario: four sidecars and four LiteLLM instances,
+    one after the other, sharing two accounts through Redis at 3x overload. ``--only-peers`` runs
+    (b) at 20, 100 and 300 rps with LiteLLM, and this quota section.
+(h) One core (sustain.py): one sidecar pinned to one core, the rest of the machine on the others, the
+    offered rate stepping up until the answers fall behind: the highest rate it sustains with every
+    request answered and the p99 within 10 ms. ``--only-sustain`` runs only this part.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from o1pool.cachebench import CacheResults, CacheSettings, burst_table, layer_table, run_cache_bench
@@ -56,17 +68,24 @@ from o1pool.matrix import (
 )
 from o1pool.procs import RedisServer
 from o1pool.queuebench import QueueSettings, queue_table, run_queue_bench
+from o1pool.scalebench import CellResult
 from o1pool.scenarios import LatencyRow, LatencySettings, run_latency
 
 
-def latency_table(rows: list[LatencyRow]) -> str:
+def latency_table(rows: list[LatencyRow], cpu_us: Mapping[str, float] | None = None) -> str:
+    """The rows side by side, added latency against the first (direct), CPU against the bare proxy's:
+    each row's CPU per call over all its calls, or ``cpu_us[target]`` when given (a median of rounds)."""
     direct = rows[0]
     bare = next(r for r in rows if r.target.startswith("bare"))
+
+    def cpu_of(row: LatencyRow) -> float:
+        return cpu_us[row.target] if cpu_us is not None else row.cpu_us_per_call()
+
     out = []
     for row in rows:
         added50 = (row.p(0.5) - direct.p(0.5)) * 1000
         added99 = (row.p(0.99) - direct.p(0.99)) * 1000
-        cpu = row.cpu_us_per_call()
+        cpu = cpu_of(row)
         out.append(
             (
                 row.target,
@@ -78,7 +97,7 @@ def latency_table(rows: list[LatencyRow]) -> str:
                 added99,
                 row.p(0.5) / bare.p(0.5),
                 cpu if row is not direct else math.nan,  # (no proxy)
-                cpu / bare.cpu_us_per_call() if row is not direct and bare.cpu_s else math.nan,
+                cpu / cpu_of(bare) if row is not direct and bare.cpu_s else math.nan,
                 row.redis_cpu_us_per_call(),
             )
         )
@@ -124,6 +143,32 @@ async def run(args: argparse.Namespace) -> int:
         args.skip_matrix = args.skip_latency = args.skip_cache = args.skip_queue = True
     if args.only_queue:
         args.skip_matrix = args.skip_latency = args.skip_cache = args.skip_fairness = True
+    if args.only_fairness or args.only_queue:
+        args.skip_scale = True
+    if args.only_sustain:
+        for name in vars(args):
+            if name.startswith("skip_") and name != "skip_sustain":
+                setattr(args, name, True)
+    elif args.only_fairness or args.only_queue or args.only_scale or args.only_peers:
+        args.skip_sustain = True
+    if args.only_scale:
+        for name in vars(args):
+            if name.startswith("skip_") and name != "skip_scale":
+                setattr(args, name, True)
+    if args.only_peers:  # every other part off ((b) stays unless --skip-latency)
+        for name in vars(args):
+            if name.startswith("skip_") and name not in ("skip_latency", "skip_peer_quota"):
+                setattr(args, name, True)
+        args.peers = args.peers or ["litellm"]
+    litellm = None
+    if args.peers:
+        from o1pool.peers import PeerInstallError, ensure_litellm
+
+        try:
+            litellm = ensure_litellm()
+        except PeerInstallError as exc:
+            print(f"o1pool bench: {exc}", file=sys.stderr)
+            return 2
     print(f"machine: {machine()}", flush=True)
     redis.start()
     results = None
@@ -131,6 +176,7 @@ async def run(args: argparse.Namespace) -> int:
     cached: CacheResults | None = None
     fair: FairnessResult | None = None
     cost: list[CostRow] | None = None
+    scaled: list[CellResult] | None = None
     try:
         if not args.skip_matrix:
             settings = MatrixSettings(
@@ -161,14 +207,20 @@ async def run(args: argparse.Namespace) -> int:
             print(f"targets met in {met} of {total} cells ({time.monotonic() - started:.0f} s)\n", flush=True)
             redis.flush()
         if not args.skip_latency:
-            lat = LatencySettings(rate_rps=args.rate, duration_s=args.latency_duration)
-            print(
-                f"(b) added latency at {lat.rate_rps:.0f} rps, zero-latency emulator, "
-                f"{lat.rounds} rounds of {lat.duration_s:.0f}s per path ...",
-                flush=True,
-            )
-            rows = await run_latency(lat, redis)
-            print(latency_table(rows), flush=True)
+            from o1pool.peers import PEER_RATES, latency_peer, peer_summary
+
+            extra = latency_peer(litellm, redis) if litellm else None
+            for rate in (args.peer_rate or PEER_RATES) if args.only_peers else (args.rate,):
+                lat = LatencySettings(rate_rps=rate, duration_s=args.latency_duration)
+                print(
+                    f"(b) added latency at {lat.rate_rps:.0f} rps, zero-latency emulator, "
+                    f"{lat.rounds} rounds of {lat.duration_s:.0f}s per path ...",
+                    flush=True,
+                )
+                rows = await run_latency(lat, redis, extra)
+                print(latency_table(rows), flush=True)
+                if extra:
+                    print(peer_summary(rows), flush=True)
         if not args.skip_cache:
             cache_settings = CacheSettings()
             print(f"\n(c) cache: {cache_settings.describe()} ...", flush=True)
@@ -200,6 +252,30 @@ async def run(args: argparse.Namespace) -> int:
             print(f"\n(e) what queueing costs Redis: {queue_settings.describe()} ...", flush=True)
             queued = await run_queue_bench(queue_settings, redis, args.queue_previous, progress=True)
             print(queue_table(queued), flush=True)
+        if not args.skip_scale:
+            from o1pool.scalebench import ScaleSettings, outcome_table, run_scale, scale_table
+
+            scale_settings = ScaleSettings()
+            if args.scale_sidecars:
+                scale_settings = ScaleSettings(sidecars=tuple(args.scale_sidecars))
+            print(f"\n(f) scale: {scale_settings.describe()} ...", flush=True)
+            scaled = await run_scale(scale_settings, progress=True)
+            print(scale_table(scaled), flush=True)
+            print(outcome_table(scaled), flush=True)
+        if litellm and not args.skip_peer_quota:
+            from o1pool.peers import quota_settings, quota_table, run_peer_quota
+
+            peer_settings = quota_settings()
+            print(f"\n(g) peers: quota: {peer_settings.describe()}; sidecars, then LiteLLM instances ...")
+            peer_runs = await run_peer_quota(peer_settings, redis, litellm, progress=True)
+            print(quota_table(peer_runs), flush=True)
+        if not args.skip_sustain:
+            from o1pool.sustain import SustainSettings, run_sustain, sustain_table
+
+            sustain_settings = SustainSettings()
+            print(f"\n(h) one core: {sustain_settings.describe()} ...", flush=True)
+            redis.flush()
+            print(sustain_table(await run_sustain(sustain_settings, redis)), flush=True)
     finally:
         redis.close()
     if args.plot:
@@ -217,6 +293,11 @@ async def run(args: argparse.Namespace) -> int:
 
             where = path if args.only_fairness else path.with_name(path.stem + "-fairness.png")
             print(f"plot: {write_fairness_plot(where, fair)}")
+        if scaled:
+            from o1pool.scalebench import write_scale_plot
+
+            where = path if args.only_scale else path.with_name(path.stem + "-scale.png")
+            print(f"plot: {write_scale_plot(where, scaled)}")
     return 0
 
 
@@ -260,6 +341,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-fairness", action="store_true")
     parser.add_argument("--skip-queue", action="store_true")
     parser.add_argument("--only-queue", action="store_true", help="run only (e)")
+    parser.add_argument("--skip-sustain", action="store_true")
+    parser.add_argument("--only-sustain", action="store_true", help="run only (h)")
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument(
+        "--only-scale", action="store_true", help="run only (f); --plot then writes its plot to PNG itself"
+    )
+    parser.add_argument(
+        "--scale-sidecars",
+        type=int,
+        action="append",
+        help="(f) simulated sidecars per cell (repeatable; default: 10, 100, 1000)",
+    )
+    parser.add_argument(
+        "--peers",
+        action="append",
+        choices=["litellm"],
+        help="(g) run these proxies beside the sidecar: a path in (b) and the quota section (repeatable)",
+    )
+    parser.add_argument(
+        "--only-peers", action="store_true", help="run only (b) at 20, 100, 300 rps with the peers, and (g)"
+    )
+    parser.add_argument("--skip-peer-quota", action="store_true", help="(g) only the peers' path in (b)")
+    parser.add_argument(
+        "--peer-rate",
+        type=float,
+        action="append",
+        metavar="RPS",
+        help="(b) with --only-peers: this rate instead of 20, 100 and 300 rps (repeatable)",
+    )
     parser.add_argument(
         "--queue-previous",
         default=QUEUE_PREVIOUS,

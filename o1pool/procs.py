@@ -41,6 +41,10 @@ def wait_for_port(port: int, timeout_s: float = 60.0, proc: subprocess.Popen[byt
     raise RuntimeError(f"nothing listened on 127.0.0.1:{port} within {timeout_s:.0f}s")
 
 
+# redis-server on loopback only, keeping nothing on disk (the benchmark's and the tests' servers)
+EPHEMERAL = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+
+
 @dataclass
 class RedisServer:
     """A redis-server on 127.0.0.1 with no persistence, that a caller may stop and start again."""
@@ -62,19 +66,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
+            [self.binary, "--port", str(self.port), *EPHEMERAL, "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -10,7 +10,7 @@ import asyncio
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,9 +256,16 @@ async def _measure(
     return [o.latency_s for o in outcomes if o.status == 200], sum(o.status != 200 for o in outcomes)
 
 
-async def run_latency(settings: LatencySettings, redis: RedisServer) -> list[LatencyRow]:
-    """Latency at ``rate_rps`` to the emulator directly, through a bare proxy, through a sidecar; and
-    the CPU each proxy process (and redis-server) spent on the measured calls."""
+# Starts other proxies in a latency cluster (given its sidecars' limits): name -> (base URL, headers, pid)
+ExtraTargets = Callable[[Cluster, dict[str, int]], dict[str, tuple[str, dict[str, str], int]]]
+
+
+async def run_latency(
+    settings: LatencySettings, redis: RedisServer, extra: ExtraTargets | None = None
+) -> list[LatencyRow]:
+    """Latency at ``rate_rps`` to the emulator directly, through a bare proxy, through a sidecar (and
+    ``extra``'s proxies, o1pool/peers.py); and the CPU each proxy process (and redis-server) spent on
+    the measured calls."""
     big = 10_000_000
     emu_cfg = emulator_config(big, big * 100, latency_scale=0.0)
     rows = {name: LatencyRow(name, [], 0) for name in ("direct", "bare aiohttp proxy", "o1pool sidecar")}
@@ -283,6 +290,9 @@ async def run_latency(settings: LatencySettings, redis: RedisServer) -> list[Lat
             "o1pool sidecar": (c.sidecar_urls[0], {}),
         }
         pids = {"direct": None, "bare aiohttp proxy": bare.pid, "o1pool sidecar": c.procs[1].pid}
+        others = extra(c, {"rpm": big, "tpm": big * 100}) if extra else {}
+        for name, (url, headers, other) in others.items():
+            targets[name], pids[name], rows[name] = (url, headers), other, LatencyRow(name, [], 0)
         redis_pid = redis.proc.pid if redis.proc is not None else None
         warm = LatencySettings(rate_rps=settings.rate_rps, duration_s=1.0)
         for name, (url, headers) in targets.items():

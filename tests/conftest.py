@@ -14,8 +14,8 @@ from typing import Any, NoReturn
 import pytest
 
 from o1pool.procs import RedisServer, free_port
+from o1pool.rediscluster import LocalCluster
 from tests.kube.fixtures import cluster, kube, kube_namespace  # noqa: F401
-from tests.redis_cluster import LocalCluster
 
 __all__ = ["IN_CI", "LocalCluster", "RedisServer", "free_port", "missing", "require_binary", "start_cluster"]
 
@@ -57,7 +57,7 @@ def redis_server(redis_server_session: RedisServer) -> RedisServer:
 
 
 def start_cluster(primaries: int = 3, replicas: int = 0, **options: Any) -> LocalCluster:
-    """A Redis Cluster of redis-server processes (tests/redis_cluster.py: ``tls``, ``password``); the
+    """A Redis Cluster of redis-server processes (o1pool/rediscluster.py: ``tls``, ``password``); the
     caller closes it."""
     binary = require_binary("redis-server", "install it with: apt-get install -y redis-server")
     cli = require_binary("redis-cli", "install it with: apt-get install -y redis-tools")

@@ -11,13 +11,13 @@ import aiohttp
 import openai
 import pytest
 
+from o1pool.rediscluster import Tls
 from o1sidecar.coalescing import Lead
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.limits.shared import SharedLimiter
 from tests.conftest import LocalCluster, start_cluster
 from tests.kube.pki import generate_pki
 from tests.polling import until
-from tests.redis_cluster import Tls
 from tests.sidecar.conftest import SidecarFactory
 
 pytestmark = pytest.mark.redis

@@ -295,6 +295,7 @@ class _Sidecar:
     requests: list[tuple[float, int, str, float]] = field(
         default_factory=list
     )  # arrived, prio, outcome, wait
+    woken: list[float] = field(default_factory=list)  # when a wake-up message reached it
 
 
 def _instrument(sim: _Sidecar) -> None:
@@ -305,6 +306,7 @@ def _instrument(sim: _Sidecar) -> None:
     limiter = sim.limiter
     attempt_once = limiter._try
     release_once = limiter.release
+    wake_once = limiter._on_wake
 
     async def timed(attempt: Attempt) -> Admitted | Denied:
         shared = int(limiter.failover.mode == "shared")
@@ -321,8 +323,13 @@ def _instrument(sim: _Sidecar) -> None:
         sim.released.setdefault(grant.lease_id, time.time())
         await release_once(grant, report)
 
+    def woken(message: str) -> None:
+        sim.woken.append(time.time())
+        wake_once(message)
+
     setattr(limiter, "_try", timed)  # noqa: B010  (an instance attribute, over the class's method)
     setattr(limiter, "release", noted)  # noqa: B010
+    setattr(limiter, "_on_wake", woken)  # noqa: B010
 
 
 async def _request(sim: _Sidecar, settings: ScaleSettings, rng: random.Random, accounts: list[str]) -> None:
@@ -450,6 +457,7 @@ async def worker(spec: dict[str, Any], out: Path) -> None:
         ],
         "requests": [r for s in sims for r in s.requests],
         "lag": lag,
+        "woken": [t for s in sims for t in s.woken if start + settings.warmup_s <= t < until],
         "switches": switches,
         "start_local": start_local,
         "lost": lost,
@@ -569,7 +577,7 @@ class CellResult:
     client_cpu: float  # cores, the worker processes
     commands_per_s: float  # every command Redis ran, those inside the scripts included
     evalsha_per_s: float  # script calls: the limiter's round trips
-    wakeups_per_s: float  # PUBLISH of a wake-up; each goes to every sidecar of the pool
+    wakeups_per_s: float  # PUBLISH of a wake-up (naming a queue's head)
     evalsha_us: float  # Redis's own time per EVALSHA (INFO commandstats)
     connections: int  # clients connected, summed over the primaries (the most seen)
     loop_lag_p99_ms: float  # the workers' event loops
@@ -580,6 +588,7 @@ class CellResult:
     violations: list[str]
     most_in_window: dict[str, float]  # the busiest account's most requests in 60 s, in a burst, ...
     machine_cpu: float = math.nan  # cores busy on the whole machine (/proc/stat): ours and anyone's
+    delivered_per_s: float = math.nan  # wake-up messages the sidecars received (counted where they arrive)
 
     @property
     def label(self) -> str:
@@ -808,6 +817,7 @@ def _result(
         violations=[str(v) for v in violations],
         most_in_window=busiest,
         machine_cpu=server["machine_cpu"],
+        delivered_per_s=sum(len(d["woken"]) for d in data) / seconds,
     )
 
 
@@ -868,7 +878,7 @@ def scale_table(results: Sequence[CellResult]) -> str:
             f"{r.evalsha_us:.0f}",
             f"{r.commands_per_s:,.0f}",
             f"{r.wakeups_per_s:,.0f}",
-            f"{r.wakeups_per_s * r.sidecars / r.pools:,.0f}",
+            f"{r.delivered_per_s:,.0f}",
             r.connections,
             f"{r.loop_lag_p99_ms:.0f}",
             f"{r.utilisation:.0%}",

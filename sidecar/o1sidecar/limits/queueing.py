@@ -469,8 +469,8 @@ class QueueingLimiter:
         at = self._clock() + max(0.0, wait_s)
         if q is None or w is None:
             now = self._clock()
-            if now - self._named_pruned >= NAMED_EARLY_S:  # (every message is one of these in a sidecar
-                self._named_pruned = now  # that waits for nothing: prune once in a while, not each time)
+            if now - self._named_pruned >= NAMED_EARLY_S:  # (once in a while, not on every message)
+                self._named_pruned = now
                 for stale in [t for t, when in self._named_early.items() if when < now - NAMED_EARLY_S]:
                     del self._named_early[stale]
             self._named_early[ticket] = at  # (ours, not queued yet; or another sidecar's: forgotten)

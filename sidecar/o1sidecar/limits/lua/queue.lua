@@ -23,9 +23,9 @@ end
 -- Tell the sidecar holding ``head`` that it may be admitted in ``wait`` seconds: only that sidecar
 -- tries, at that time ("<model>;<ticket>;<wait ms>"). The waiters behind it are named in turn.
 -- A ticket "<sidecar>.<id>" is named on that sidecar's own channel, "<channel>:<sidecar>" (keys.py
--- wake_channel_of): one subscriber, where the pool's channel reaches every sidecar of the pool (a
--- PUBLISH costs Redis a write to each subscriber: about 10 ms with 1,000). A ticket without a sidecar
--- (of an older sidecar) is named on the pool's channel, which every sidecar also hears.
+-- wake_channel_of): one subscriber, where the pool's channel reaches every sidecar of the pool (with
+-- 1,000 sidecars, 1,000 messages a naming, all but one discarded: docs/scale.md). A ticket without a
+-- sidecar (of an older sidecar) is named on the pool's channel, which every sidecar also hears.
 local function name_head(channel, model, head, wait)
   wait = math.min(math.max(0.0, wait), NAME_MAX_WAIT)
   local dot = string.find(head, '.', 1, true)

@@ -1623,8 +1623,8 @@ def test_predicted_load_raises_the_replica_floor_of_the_pools_workloads(
         patch = json.dumps({"spec": {"autoscaling": autoscaling}})
         kube.kubectl("patch", "o1pool", "basic", "-n", ns, "--type=merge", "-p", patch)
 
-    def report() -> dict[str, Any]:
-        return dict(get_pool(api, ns, "basic")["status"].get("autoscaling") or {})
+    def report() -> dict[str, Any]:  # (the pool was just applied: the operator may not have a status yet)
+        return dict((get_pool(api, ns, "basic").get("status") or {}).get("autoscaling") or {})
 
     def hour(at: float) -> str:
         return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:00:00Z")

@@ -1,0 +1,198 @@
+"""The multiplexed lane (limits/lane.py) behind ``LanedRedis`` (connect.py), against a real redis-server:
+it answers as redis-py's own client does, matches each reply to its own command however many overlap,
+rides one connection, and fails as redis-py does (a lost server, one that stops answering, a caller that
+gives up) without handing anyone another command's reply."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import uvloop
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
+
+from o1sidecar.config import RedisConfig
+from o1sidecar.limits.connect import LanedRedis, redis_client, register_script
+from tests.conftest import RedisServer
+
+pytestmark = pytest.mark.redis
+
+ECHO = "return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1}"
+
+
+def laned(url: str, **settings: Any) -> LanedRedis:
+    client = redis_client(RedisConfig(url=url, **settings))
+    assert isinstance(client, LanedRedis)
+    return client
+
+
+@contextmanager
+def stopped(server: RedisServer) -> Iterator[None]:
+    """The server takes no turn (SIGSTOP) until the block ends: connected, but not answering."""
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+async def clients_connected(plain: aioredis.Redis) -> int:
+    return int((await plain.info("clients"))["connected_clients"])
+
+
+@pytest.mark.parametrize("decode", [True, False])
+async def test_the_lane_answers_every_command_it_carries_as_redis_py_does(
+    redis_server: RedisServer, decode: bool
+) -> None:
+    lane = redis_client(RedisConfig(url=redis_server.url), decode_responses=decode)
+    assert isinstance(lane, LanedRedis)
+    plain = aioredis.Redis.from_url(redis_server.url, decode_responses=decode)
+    try:
+        answers: dict[str, list[Any]] = {}
+        for name, client in (("lane", lane), ("redis-py", plain)):
+            key = f"{{t}}:{name}"
+            sha = await plain.script_load(ECHO)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hset(key + ":h", mapping={"a": "1", "b": "2"})
+                pipe.hmget(key + ":h", ["a", "b", "c"])
+                pipe.zadd(key + ":z", {"m": 1.5})
+                pipe.get(key + ":missing")
+                in_pipeline = await pipe.execute()
+            answers[name] = [
+                await client.set(key, "v", ex=100),
+                await client.set(key, "w", nx=True),
+                await client.get(key),
+                await client.pttl(key) > 99_000,
+                await client.exists(key, key + ":none"),
+                await client.evalsha(sha, 1, "k", "x", 41),  # type: ignore[misc]
+                await client.publish("{t}:nobody", "hello"),
+                await client.delete(key, key + ":h"),
+                in_pipeline,
+            ]
+        assert answers["lane"] == answers["redis-py"]
+        assert answers["lane"][0] is True and answers["lane"][5][2] == 42
+    finally:
+        await lane.aclose()
+        await plain.aclose()
+
+
+async def overlapping_calls_over_one_connection(url: str) -> None:
+    plain = aioredis.Redis.from_url(url)
+    client = laned(url)
+    try:
+        before = await clients_connected(plain)
+        script = register_script(client, ECHO)
+        replies = await asyncio.gather(*(script(keys=[f"k{i}"], args=[f"a{i}", i]) for i in range(2000)))
+        assert replies == [[f"k{i}", f"a{i}", i + 1] for i in range(2000)]
+        assert await clients_connected(plain) == before + 1  # (the lane; redis-py's pool took none)
+    finally:
+        await client.aclose()
+        await plain.aclose()
+
+
+async def test_overlapping_calls_each_get_their_own_reply_over_one_connection(
+    redis_server: RedisServer,
+) -> None:
+    await overlapping_calls_over_one_connection(redis_server.url)
+
+
+def test_the_lane_runs_on_uvloop_the_sidecars_event_loop(redis_server: RedisServer) -> None:
+    uvloop.run(overlapping_calls_over_one_connection(redis_server.url))
+
+
+async def test_a_script_flushed_from_the_server_is_loaded_again(redis_server: RedisServer) -> None:
+    client = laned(redis_server.url)
+    try:
+        script = register_script(client, ECHO)
+        assert await script(keys=["k"], args=["a", 1]) == ["k", "a", 2]
+        redis_server.flush()  # (SCRIPT FLUSH)
+        with pytest.raises(NoScriptError):
+            await client.evalsha(script.sha, 1, "k", "a", 1)  # type: ignore[misc]
+        assert await script(keys=["k"], args=["b", 2]) == ["k", "b", 3]
+        with pytest.raises(ResponseError, match="ERR"):
+            await client.evalsha(script.sha, 1, "k", "a", "not a number")  # type: ignore[misc]
+        assert await client.get("k") is None  # (an error reply leaves the lane in step)
+    finally:
+        await client.aclose()
+
+
+async def test_a_server_that_stops_answering_times_every_call_out_and_the_next_call_reconnects(
+    redis_server: RedisServer,
+) -> None:
+    client = laned(redis_server.url, op_timeout_ms=200)
+    try:
+        await client.set("k", "before")
+        with stopped(redis_server):
+            calls = [asyncio.ensure_future(client.get("k")) for _ in range(5)]
+            done = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(e, TimeoutError) for e in done), done
+        assert "200 ms (redis.op_timeout_ms)" in str(done[0])
+        assert await client.set("k", "after") is True
+        assert await client.get("k") == "after"
+    finally:
+        await client.aclose()
+
+
+async def test_a_caller_that_gives_up_never_leaves_its_reply_to_the_next(redis_server: RedisServer) -> None:
+    client = laned(redis_server.url, op_timeout_ms=5000)
+    try:
+        await client.set("mine", "the first call's")
+        await client.set("yours", "the second call's")
+        with stopped(redis_server):
+            first = asyncio.ensure_future(client.get("mine"))
+            await asyncio.sleep(0.05)
+            first.cancel()
+            second = asyncio.ensure_future(client.get("yours"))
+            await asyncio.sleep(0.05)
+        assert await second == "the second call's"
+        assert first.cancelled()
+        assert await client.get("mine") == "the first call's"
+    finally:
+        await client.aclose()
+
+
+async def test_a_lost_server_fails_calls_with_a_connection_error_then_serves_again_after_restart(
+    redis_server: RedisServer,
+) -> None:
+    client = laned(redis_server.url, connect_timeout_ms=300)
+    try:
+        await client.set("k", "v")
+        redis_server.stop()
+        with pytest.raises(ConnectionError, match="Redis"):
+            await client.get("k")
+        with pytest.raises(
+            ConnectionError, match=f"could not connect to Redis at 127.0.0.1:{redis_server.port}"
+        ):
+            await client.get("k")
+        redis_server.start()
+        assert await client.set("k", "back") is True
+        assert await client.get("k") == "back"
+    finally:
+        await client.aclose()
+
+
+async def test_the_lane_logs_in_and_selects_the_database_of_the_url(redis_server: RedisServer) -> None:
+    port = redis_server.port
+    plain = aioredis.Redis.from_url(redis_server.url)
+    await plain.config_set("requirepass", "s3cret")
+    await plain.aclose()
+    admin = aioredis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{port}/3", decode_responses=True)
+    try:
+        refused = laned(f"redis://127.0.0.1:{port}/0")
+        with pytest.raises(ConnectionError):  # (redis-py's AuthenticationError is one)
+            await refused.get("k")
+        await refused.aclose()
+        client = laned(f"redis://:s3cret@127.0.0.1:{port}/3")
+        assert await client.set("k", "in db 3") is True
+        await client.aclose()
+        assert await admin.get("k") == "in db 3"
+    finally:
+        await admin.config_set("requirepass", "")
+        await admin.aclose()

@@ -17,8 +17,9 @@ import redis.asyncio as aioredis
 import uvloop
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
+from o1pool.rediscluster import LocalCluster, Node
 from o1sidecar.config import RedisConfig
-from o1sidecar.limits.connect import LanedRedis, redis_client, register_script
+from o1sidecar.limits.connect import LanedRedis, QueuedCluster, redis_client, register_script
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -196,3 +197,41 @@ async def test_the_lane_logs_in_and_selects_the_database_of_the_url(redis_server
     finally:
         await admin.config_set("requirepass", "")
         await admin.aclose()
+
+
+async def test_on_a_cluster_each_primarys_commands_ride_one_lane_and_a_redirect_goes_redis_pys_way(
+    redis_cluster: LocalCluster,
+) -> None:
+    """Overlapping script calls of two pools (hash tags on different primaries) each get their own reply,
+    over one connection to each primary; a command the cluster redirects (MOVED: here the client's slot
+    table is made stale) is sent again the way redis-py routes it, and answered."""
+    client = redis_client(RedisConfig(url=redis_cluster.url, cluster=True))
+    assert isinstance(client, QueuedCluster)
+    tags = ["{a}", "{b}"]
+    primaries = [redis_cluster.primary_of_key(tag) for tag in tags]
+    assert primaries[0] is not primaries[1]
+
+    def connected(node: Node) -> int:
+        return int(node.client().info("clients")["connected_clients"])
+
+    try:
+        script = register_script(client, ECHO)
+        await script(keys=[f"{tags[0]}:warm"], args=["x", 0])  # (the slots, and SCRIPT LOAD on {a}'s primary)
+        await script(keys=[f"{tags[1]}:warm"], args=["x", 0])
+        before = [connected(p) for p in primaries]
+        replies = await asyncio.gather(
+            *(script(keys=[f"{tags[i % 2]}:k{i}"], args=[f"a{i}", i]) for i in range(1000))
+        )
+        assert replies == [[f"{tags[i % 2]}:k{i}", f"a{i}", i + 1] for i in range(1000)]
+        assert [connected(p) for p in primaries] == before  # (the lanes were open; redis-py's took none)
+
+        # A stale slot table: {b}'s slot said to be {a}'s primary's. The lane there answers MOVED.
+        slot = client.keyslot(f"{tags[1]}:moved")
+        good = client.nodes_manager.slots_cache[slot]
+        wrong = client.get_node_from_key(f"{tags[0]}:x")
+        client.nodes_manager.slots_cache[slot] = [wrong]
+        assert await client.set(f"{tags[1]}:moved", "there") is True
+        client.nodes_manager.slots_cache[slot] = good
+        assert primaries[1].client().get(f"{tags[1]}:moved") == "there"
+    finally:
+        await client.aclose()

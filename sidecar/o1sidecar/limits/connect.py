@@ -18,6 +18,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextvars import ContextVar
+from dataclasses import replace
 from importlib.resources import files
 from typing import Any, TypeAlias
 
@@ -30,12 +31,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, KeyT
 
 from o1sidecar.config import RedisConfig
-from o1sidecar.limits.lane import Endpoint, Lane
+from o1sidecar.limits.lane import Endpoint, Lane, NotSent
 
 MAX_CONNECTIONS = 32
 
@@ -85,14 +86,25 @@ class QueuedCluster(RedisCluster):
     Redis failure.
 
     Each command and pipeline gets ``op_timeout_s``, and so does reading the slots again after a node
-    failed; the first discovery gets ``DISCOVERY_TIMEOUT_S`` (also the sockets' read timeout)."""
+    failed; the first discovery gets ``DISCOVERY_TIMEOUT_S`` (also the sockets' read timeout).
 
-    def __init__(self, *args: Any, op_timeout_s: float, **kwargs: Any) -> None:
+    With a ``lane`` (an ``Endpoint`` whose host and port are filled in per node) a keyed command of
+    ``LANE_COMMANDS`` goes over a multiplexed connection to the primary of its key's slot (lane.py), as
+    on a ``LanedRedis``. redis-py's path sends it instead when the lane could not send it (no
+    connection, or the cluster redirected it: MOVED, ASK, TRYAGAIN, CLUSTERDOWN), and sends every
+    command of a node after a lane to it failed (timed out or lost mid-command, which the caller is told
+    of, not sent again) until one succeeds there: redis-py's failures are what make it read the slots
+    again after a failover."""
+
+    def __init__(self, *args: Any, op_timeout_s: float, lane: Endpoint | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._turns = asyncio.Semaphore(MAX_CONNECTIONS)
         self.op_timeout_s = op_timeout_s
         self.discovered = False
         self.commands_parser = SharedCommands(self.startup_nodes[0].name if self.startup_nodes else "")
+        self._lane = lane
+        self._lanes: dict[str, Lane] = {}  # by node name
+        self._lane_failed: set[str] = set()  # nodes whose commands go redis-py's way until one succeeds
 
     async def discover(self) -> None:
         """Learn the nodes, slots and commands if not known yet, or the slots again after a node failed
@@ -114,10 +126,55 @@ class QueuedCluster(RedisCluster):
                 _IN_TURN.reset(token)
 
     async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
+        key = _lane_key(args) if self._lane is not None and kwargs.keys() <= {"keys"} else None
+        if key is None:
+            return await self._execute(*args, **kwargs)
+        await self.discover()
+        node = self.get_node_from_key(key)
+        if node is None or node.name in self._lane_failed:
+            result = await self._execute(*args, **kwargs)
+            if node is not None:
+                self._lane_failed.discard(node.name)
+            return result
+        try:
+            reply = await self._lane_to(node.name, node.host, int(node.port)).call(*args)
+        except NotSent:
+            return await self._execute(*args, **kwargs)
+        except ResponseError as exc:
+            if not str(exc).startswith(("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")):
+                raise
+            return await self._execute(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError):
+            self._lane_failed.add(node.name)
+            raise
+        callback = self.response_callbacks.get(str(args[0]))
+        return reply if callback is None else callback(reply)
+
+    async def _execute(self, *args: EncodableT, **kwargs: Any) -> Any:
         async with self.turn():
             await self.discover()
             async with asyncio.timeout(self.op_timeout_s):
                 return await super().execute_command(*args, **kwargs)
+
+    def _lane_to(self, name: str, host: str, port: int) -> Lane:
+        lane = self._lanes.get(name)
+        if lane is None:
+            assert self._lane is not None
+            settings = self.get_connection_kwargs()  # (the URL's user and password, as redis-py's nodes')
+            endpoint = replace(
+                self._lane,
+                host=host,
+                port=port,
+                username=settings.get("username"),
+                password=settings.get("password"),
+            )
+            lane = self._lanes[name] = Lane(endpoint)
+        return lane
+
+    async def aclose(self) -> None:
+        for lane in self._lanes.values():
+            await lane.aclose()
+        await super().aclose()
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         if shard_hint:
@@ -205,6 +262,17 @@ class LanePipeline(Pipeline):
         return results
 
 
+def _lane_key(args: tuple[Any, ...]) -> Any:
+    """The key that routes a lane command on a cluster (the first), or None: not a lane command, or one
+    without a key (SCRIPT LOAD, PUBLISH, EVALSHA of no keys)."""
+    command = args[0]
+    if command not in LANE_COMMANDS or command in ("SCRIPT LOAD", "PUBLISH") or len(args) < 2:
+        return None
+    if command == "EVALSHA":
+        return args[3] if len(args) > 3 and int(args[2]) > 0 else None
+    return args[1]
+
+
 def _words(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """A command as Redis reads it: redis-py names some by two words ("SCRIPT LOAD")."""
     return (*args[0].split(), *args[1:]) if " " in args[0] else args
@@ -242,7 +310,14 @@ def redis_client(cfg: RedisConfig, *, decode_responses: bool = True) -> RedisCli
         health_check_interval=0,
     )
     if cfg.cluster:
-        return cluster_client(cfg.url, op_timeout_s=cfg.op_timeout_ms / 1000, **tls, **common)
+        template = None
+        if not tls and not cfg.url.startswith("rediss://"):
+            template = Endpoint(
+                connect_timeout_s=cfg.connect_timeout_ms / 1000,
+                op_timeout_s=cfg.op_timeout_ms / 1000,
+                encoding="utf-8" if decode_responses else None,
+            )
+        return cluster_client(cfg.url, op_timeout_s=cfg.op_timeout_ms / 1000, lane=template, **tls, **common)
     pool = BlockingConnectionPool.from_url(
         cfg.url,
         **tls,
@@ -272,14 +347,18 @@ def lane_endpoint(settings: dict[str, Any], cfg: RedisConfig, decode_responses: 
     )
 
 
-def cluster_client(url: str, *, op_timeout_s: float, **settings: Any) -> QueuedCluster:
-    """A ``QueuedCluster`` seeded by the node ``url`` names, each command bounded by ``op_timeout_s``;
-    ``settings`` for redis-py's ``RedisCluster`` (password, TLS, connect timeout, retries, decoding)."""
+def cluster_client(
+    url: str, *, op_timeout_s: float, lane: Endpoint | None = None, **settings: Any
+) -> QueuedCluster:
+    """A ``QueuedCluster`` seeded by the node ``url`` names, each command bounded by ``op_timeout_s``, its
+    hot commands over ``lane`` connections if given; ``settings`` for redis-py's ``RedisCluster``
+    (password, TLS, connect timeout, retries, decoding)."""
     return QueuedCluster.from_url(  # type: ignore[return-value]  # (from_url builds the class it is on)
         url,
         **settings,
         socket_timeout=DISCOVERY_TIMEOUT_S,  # (a command's own timeout is op_timeout_s)
         op_timeout_s=op_timeout_s,
+        lane=lane,
         # Per node: the turns, plus the wake-up listener's subscription and room for a pipeline that spans
         # nodes while every turn is taken.
         max_connections=MAX_CONNECTIONS + 4,

@@ -11,7 +11,8 @@ and parses the replies. 40-45 µs per command alone, 10-20 µs when requests ove
 Its failures are redis-py's, so callers handle them as any other Redis call: an error reply raises
 ``ResponseError`` (``NoScriptError`` for NOSCRIPT), a lost connection ``ConnectionError``, and a command
 left unanswered ``op_timeout_s`` ``TimeoutError``; the last two fail every command in flight on the
-connection and close it, and the next command connects again.
+connection and close it, and the next command connects again. A command that could not be sent
+because the lane could not connect raises ``NotSent`` (a ``ConnectionError``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from redis.exceptions import (
     ResponseError,
     TimeoutError,
 )
+
+
+class NotSent(ConnectionError):
+    """The lane could not connect: the command never reached Redis (another way may send it)."""
 
 
 @dataclass(frozen=True)
@@ -215,7 +220,7 @@ class Lane:
                     )
         except (OSError, TimeoutError) as exc:
             where = e.path or f"{e.host}:{e.port}"
-            raise ConnectionError(f"could not connect to Redis at {where}: {exc or 'timed out'}") from None
+            raise NotSent(f"could not connect to Redis at {where}: {exc or 'timed out'}") from None
         hello: list[asyncio.Future[Any]] = []
         if e.password is not None:
             auth = ("AUTH", e.username, e.password) if e.username else ("AUTH", e.password)

@@ -190,7 +190,13 @@ async def test_the_lane_logs_in_and_selects_the_database_of_the_url(redis_server
         with pytest.raises(ConnectionError):  # (redis-py's AuthenticationError is one)
             await refused.get("k")
         await refused.aclose()
+        wrong = laned(f"redis://:n0t-it@127.0.0.1:{port}/0")
+        with pytest.raises(ConnectionError) as refused_again:
+            await wrong.get("k")
+        assert "n0t-it" not in str(refused_again.value)
+        await wrong.aclose()
         client = laned(f"redis://:s3cret@127.0.0.1:{port}/3")
+        assert "s3cret" not in repr(client.lane.endpoint)
         assert await client.set("k", "in db 3") is True
         await client.aclose()
         assert await admin.get("k") == "in db 3"

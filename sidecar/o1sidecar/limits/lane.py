@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import hiredis
@@ -47,7 +47,7 @@ class Endpoint:
     port: int = 6379
     path: str | None = None  # a unix socket instead of host and port
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # (never in a repr, a log or an error)
     db: int = 0
     connect_timeout_s: float = 1.0
     op_timeout_s: float = 1.0

@@ -379,7 +379,14 @@ async def script_load(client: RedisClient, source: str, key: str = "") -> str:
 
 class KeyedScript(AsyncScript):
     """A Lua script called by SHA whose reload after NOSCRIPT (a flushed, restarted or newly promoted
-    server) goes where its first key lives (``script_load``)."""
+    server) goes where its first key lives (``script_load``). On a single Redis the calls that meet
+    NOSCRIPT together share one reload: a restarted server answers NOSCRIPT to every call in flight,
+    and one SCRIPT LOAD each would make it compile the script as many times (the limiter's are 30 kB of
+    Lua) while the calls behind them wait."""
+
+    def __init__(self, registered_client: RedisClient, script: str) -> None:
+        super().__init__(registered_client, script)
+        self._reloading: asyncio.Future[str] | None = None
 
     async def __call__(
         self,
@@ -395,8 +402,16 @@ class KeyedScript(AsyncScript):
         try:
             return await client.evalsha(self.sha, len(keys), *values)
         except NoScriptError:
-            self.sha = await script_load(client, str(self.script), str(keys[0]))
+            self.sha = await self._reload(client, str(keys[0]))
             return await client.evalsha(self.sha, len(keys), *values)
+
+    async def _reload(self, client: RedisClient, key: str) -> str:
+        if isinstance(client, RedisCluster):  # (the keys of its calls may live on other primaries)
+            return await script_load(client, str(self.script), key)
+        reloading = self._reloading
+        if reloading is None or reloading.done() or reloading.get_loop() is not asyncio.get_running_loop():
+            reloading = self._reloading = asyncio.ensure_future(script_load(client, str(self.script), key))
+        return await asyncio.shield(reloading)
 
 
 def register_script(client: RedisClient, source: str) -> KeyedScript:

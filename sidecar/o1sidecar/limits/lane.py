@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -74,7 +76,8 @@ class _Connection(asyncio.Protocol):
             if encoding is not None
             else hiredis.Reader(replyError=ResponseError)
         )
-        self._waiting: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        # [answer due by (set when written), the caller's future], oldest first
+        self._waiting: collections.deque[list[Any]] = collections.deque()
         self._out: list[bytes] = []
         self._op_timeout_s = op_timeout_s
         self._transport: asyncio.Transport | None = None
@@ -121,25 +124,32 @@ class _Connection(asyncio.Protocol):
             future.set_exception(self.lost)
             return future
         self._out.append(hiredis.pack_command(args))
-        self._waiting.append((time.monotonic() + self._op_timeout_s, future))
+        self._waiting.append([math.inf, future])
         if not self._flush_due:
             self._flush_due = True
             self._loop.call_soon(self._flush)
-        if self._timer is None:
-            self._timer = self._loop.call_later(self._op_timeout_s, self._check_timeout)
         return future
 
     def _flush(self) -> None:
+        """Write the commands of this turn; their time to be answered starts now (not when they were
+        issued: a busy event loop is not a slow Redis)."""
         self._flush_due = False
-        if self._out and self._transport is not None and self.lost is None:
-            self._transport.write(b"".join(self._out))
+        if not self._out or self._transport is None or self.lost is not None:
+            self._out.clear()
+            return
+        self._transport.write(b"".join(self._out))
+        due = time.monotonic() + self._op_timeout_s
+        for entry in itertools.islice(reversed(self._waiting), len(self._out)):
+            entry[0] = due
         self._out.clear()
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._op_timeout_s, self._check_timeout)
 
     def _check_timeout(self) -> None:
         """The oldest command still waiting past its time means Redis is not answering this connection:
         fail all of them (their replies, if they come, could no longer be matched to later commands)."""
         self._timer = None
-        if not self._waiting:
+        if not self._waiting or self._waiting[0][0] == math.inf:  # (nothing written: its flush arms it)
             return
         due = self._waiting[0][0]
         now = time.monotonic()

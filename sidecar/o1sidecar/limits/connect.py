@@ -310,13 +310,10 @@ def redis_client(cfg: RedisConfig, *, decode_responses: bool = True) -> RedisCli
         health_check_interval=0,
     )
     if cfg.cluster:
-        template = None
-        if not tls and not cfg.url.startswith("rediss://"):
-            template = Endpoint(
-                connect_timeout_s=cfg.connect_timeout_ms / 1000,
-                op_timeout_s=cfg.op_timeout_ms / 1000,
-                encoding="utf-8" if decode_responses else None,
-            )
+        # (each node's lane takes the node's address and the URL's login: QueuedCluster._lane_to)
+        template = (
+            None if tls or cfg.url.startswith("rediss://") else lane_endpoint({}, cfg, decode_responses)
+        )
         return cluster_client(cfg.url, op_timeout_s=cfg.op_timeout_ms / 1000, lane=template, **tls, **common)
     pool = BlockingConnectionPool.from_url(
         cfg.url,

@@ -71,11 +71,7 @@ class _Connection(asyncio.Protocol):
     """One connection: commands go out in order, each reply settles the oldest command waiting."""
 
     def __init__(self, encoding: str | None, op_timeout_s: float) -> None:
-        self._reader = (
-            hiredis.Reader(encoding=encoding, replyError=ResponseError)
-            if encoding is not None
-            else hiredis.Reader(replyError=ResponseError)
-        )
+        self._reader = hiredis.Reader(encoding=encoding, replyError=ResponseError)
         # [answer due by (set when written), the caller's future], oldest first
         self._waiting: collections.deque[list[Any]] = collections.deque()
         self._out: list[bytes] = []
@@ -187,20 +183,19 @@ class Lane:
 
     async def call(self, *args: Any) -> Any:
         """One command's reply."""
-        conn = self._conn
-        if conn is None or not conn.usable:
-            conn = await self._connect()
-        return await conn.call(args)
+        return await (await self._connection()).call(args)
 
     async def call_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies to ``commands``, sent together and in order; an error reply is returned as its
         exception, in its place (a pipeline's ``raise_on_error=False``); a failed connection raises."""
-        conn = self._conn
-        if conn is None or not conn.usable:
-            conn = await self._connect()
+        conn = await self._connection()
         return await asyncio.gather(*(conn.call(args) for args in commands), return_exceptions=True)
 
-    async def _connect(self) -> _Connection:
+    async def _connection(self) -> _Connection:
+        """The connection, opened (again) if there is none usable."""
+        conn = self._conn
+        if conn is not None and conn.usable:
+            return conn
         if self._closed:
             raise ConnectionError("the Redis client is closed")
         task = self._connecting

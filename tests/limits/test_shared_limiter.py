@@ -253,3 +253,86 @@ async def test_heartbeats_renew_the_leases_of_long_calls(sidecars: Callable[...,
         return await s1.client.zscore(key, grant.lease_id) is None
 
     await until(lease_gone, "the lease settled in the background", 2.0)
+
+
+class _CountedAttempts:
+    """Counts the admission attempts a limiter makes of its store (each is one admit.lua call)."""
+
+    def __init__(self, limiter: SharedLimiter) -> None:
+        self.calls = 0
+        self.tickets: set[str] = set()  # the waiters that asked
+        self._attempt = limiter.backend.attempt
+        limiter.backend.attempt = self  # type: ignore[method-assign]
+
+    async def __call__(self, attempt: Any) -> Any:
+        self.calls += 1
+        self.tickets.add(attempt.ticket)
+        return await self._attempt(attempt)
+
+
+async def test_a_sidecar_holds_back_arrivals_behind_its_own_waiter_and_they_keep_their_place(
+    sidecars: Callable[..., Any],
+) -> None:
+    """Arrivals that would queue behind a waiter this sidecar already has in the shared queue wait here
+    without a ticket: one ticket per sidecar in the store, however many wait. Each joins the store's
+    queue in the step that admits the one before it, ranked from when it arrived: priority and age
+    order across sidecars as if every one had queued on arrival."""
+    s1, s2 = await sidecars({"rpm": 10_000, "tpm": 10_000_000, "concurrency": 1})
+    counted = [_CountedAttempts(s) for s in (s1, s2)]
+    blocker = await s1.acquire(demand(), ["a"])
+    order: list[str] = []
+
+    async def one(limiter: SharedLimiter, label: str, priority: int) -> None:
+        grant = await limiter.acquire(demand(priority), ["a"])
+        order.append(label)
+        await asyncio.sleep(0.01)
+        await limiter.release(grant, UpstreamReport(status=200))
+
+    tasks = [asyncio.create_task(one(s1, "s1 p8 first", 8))]
+    await until(lambda: s1.state().queue_length == {8: 1}, "a waiter of sidecar 1 in the shared queue")
+    for label, priority in (("s1 p2", 2), ("s1 p5", 5), ("s1 p8", 8)):  # held back, in this order
+        tasks.append(asyncio.create_task(one(s1, label, priority)))
+        await asyncio.sleep(0.05)
+    for label, priority in (("s2 p5", 5), ("s2 p2", 2), ("s2 p2 later", 2)):  # later than sidecar 1's
+        tasks.append(asyncio.create_task(one(s2, label, priority)))
+        await asyncio.sleep(0.05)
+    await until(lambda: sum(s1.state().queue_length.values()) == 4, "four waiting in sidecar 1")
+    await until(lambda: sum(s2.state().queue_length.values()) == 3, "three waiting in sidecar 2")
+    assert await s1.client.zcard(s1.keys.queue(MODEL)) == 2, "one ticket in the store per sidecar"
+    # (the blocker and the waiter of each sidecar in the store; the waiters re-check now and then)
+    assert [len(c.tickets) for c in counted] == [2, 1], "an arrival held back costs no store call"
+
+    before = sum(c.calls for c in counted)
+    await s1.release(blocker, None)
+    await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    # priority first, then arrival (aging 10 s a level: no crossover here)
+    assert order == ["s1 p8 first", "s1 p8", "s1 p5", "s2 p5", "s1 p2", "s2 p2", "s2 p2 later"]
+    # About one call per admission: the named head's, which also queues the next held back (asking
+    # for itself, each would be one more), give or take a naming that crosses sidecars.
+    assert sum(c.calls for c in counted) - before <= 7 + 2
+    assert await s1.client.zcard(s1.keys.queue(MODEL)) == 0
+
+
+async def test_a_held_back_waiter_that_times_out_or_leaves_leaves_nothing_in_the_store(
+    sidecars: Callable[..., Any],
+) -> None:
+    (s1,) = await sidecars({"rpm": 10_000, "tpm": 10_000_000, "concurrency": 1}, n=1)
+    blocker = await s1.acquire(demand(), ["a"])
+    first = asyncio.create_task(s1.acquire(demand(), ["a"]))
+    await until(lambda: s1.state().queue_length == {5: 1}, "a waiter in the shared queue")
+    counted = _CountedAttempts(s1)
+    leaving = asyncio.create_task(s1.acquire(demand(), ["a"]))
+    started = time.monotonic()
+    with pytest.raises(QueueTimeout) as info:
+        await s1.acquire(demand(deadline_s=0.4), ["a"])
+    assert time.monotonic() - started >= 0.35
+    # what the waiter it was held behind was last told: the queue, behind the blocker's concurrency slot
+    assert info.value.retry_after_s >= 1 and "concurrency" in info.value.reason
+    leaving.cancel()
+    await asyncio.gather(leaving, return_exceptions=True)
+    assert counted.tickets <= {w.ticket for w in s1.waiting()}, "only the waiter in the store asked"
+    assert await s1.client.zcard(s1.keys.queue(MODEL)) == 1  # the first waiter's ticket alone
+    await s1.release(blocker, None)
+    await s1.release(await asyncio.wait_for(first, 5), None)
+    await until(lambda: _queue_empty(s1), "the shared queue empty", timeout_s=2.0)
+    assert s1.state().queue_length == {}

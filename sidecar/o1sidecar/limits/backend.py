@@ -41,20 +41,35 @@ class AccountLimits:
 
 
 @dataclass(frozen=True)
+class Successor:
+    """A waiter its sidecar held back (queueing.py): to join the store's queue when the attempt it
+    rides on is admitted, ranked as if it had joined ``age_s`` ago. It is of the same client."""
+
+    ticket: str
+    priority: int
+    tokens: int
+    age_s: float
+    deadline: float = math.inf
+
+
+@dataclass(frozen=True)
 class Attempt:
     demand: Demand
     accounts: tuple[AccountLimits, ...]
     ticket: str  # the waiter's id, kept across attempts
     lease_id: str  # used if admitted
-    rank: float | None  # None on the first attempt: the store ranks it on its own clock
+    rank: float | None  # None on the first attempt: the store ranks it on its own clock...
     aging_s: float
     queue: bool = True  # False: a denied attempt leaves no ticket (try_acquire)
+    age_s: float = 0.0  # ...as of this long ago (a waiter its sidecar held back that long)
+    successor: Successor | None = None  # queued in the same step if this attempt is admitted
 
 
 @dataclass(frozen=True)
 class Admitted:
     account: str
     lease_id: str
+    successor_rank: float | None = None  # the attempt's successor joined the queue at this rank
 
 
 @dataclass(frozen=True)

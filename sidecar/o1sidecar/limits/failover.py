@@ -111,10 +111,9 @@ class FailoverBackend:
                 raise_if_cancelled()
                 self.failed(exc)
                 if self.mode == "shared":
-                    fallback_rank = (
-                        a.rank if a.rank is not None else rank(a.demand.priority, self._clock(), a.aging_s)
-                    )
-                    return Denied("capacity", RETRY_AFTER_ERROR_S, fallback_rank)
+                    joined = self._clock() - a.age_s
+                    kept = a.rank if a.rank is not None else rank(a.demand.priority, joined, a.aging_s)
+                    return Denied("capacity", RETRY_AFTER_ERROR_S, kept)
         result = self.local.attempt_now(a)
         if isinstance(result, Admitted):
             self._issued_locally[a.lease_id] = self.local

@@ -182,7 +182,7 @@ class LocalBackend:
             return kept.rank
         if attempt.rank is not None:
             return attempt.rank
-        return rank(attempt.demand.priority, now, attempt.aging_s)
+        return rank(attempt.demand.priority, now - attempt.age_s, attempt.aging_s)
 
     def client_window(self, client: str) -> caps.Window | None:
         """A client's calls of the last minute as this store counts them (for inspection)."""
@@ -296,17 +296,18 @@ def _rank_of(
     shares: Mapping[str, fairness.Share],
     entries: list[_Entry],
 ) -> tuple[float, fairness.Place | None]:
-    """The waiter's rank: kept from its ticket, else the one it brings, else ranked now; and, for a
-    client's request ranked now, the place it would take (fairness.py; its start is the rank's time)."""
+    """The waiter's rank: kept from its ticket, else the one it brings, else ranked now (as of its age:
+    ``Attempt.age_s``); and, for a client's request ranked now, the place it would take (fairness.py;
+    its start is the rank's time). (This store does not take an attempt's ``successor``.)"""
     mine = tickets.get(attempt.ticket)
     if mine is not None:
         return mine.rank, None
     if attempt.rank is not None:
         return attempt.rank, None
-    demand = attempt.demand
+    demand, joined = attempt.demand, now - attempt.age_s
     if not demand.client:
-        return rank(demand.priority, now, attempt.aging_s), None
-    spot = _place(shares, demand, entries, now)
+        return rank(demand.priority, joined, attempt.aging_s), None
+    spot = _place(shares, demand, entries, joined)
     return rank(demand.priority, spot.start, attempt.aging_s), spot
 
 

@@ -7,7 +7,10 @@ here, or when the store names one of its waiters as the head of the pool's queue
 the sidecar holding the head tries, at the time the store gives; a waiter behind others elsewhere
 waits for its turn to be named, re-checking only every ``QUEUE_WAIT_S`` in case a message was lost);
 the others wait behind it. The store's tickets make the order hold across sidecars, and expire at
-their request's deadline. A waiter whose deadline passes gets ``QueueTimeout`` with a
+their request's deadline. A request that would only queue behind a waiter of this sidecar already in
+the store's queue is held back here without asking (``_holder``); it joins the store's queue with the
+attempt that admits the waiter ahead of it (``Attempt.successor``), or by its own attempt when it is
+the best waiter here. A waiter whose deadline passes gets ``QueueTimeout`` with a
 ``retry_after_s`` the store estimated at its last check (when capacity for it can next exist); one
 whose accounts' request caps stay spent past its deadline gets ``QuotaExhausted`` at once.
 """
@@ -47,6 +50,7 @@ from o1sidecar.limits.backend import (
     Backend,
     Denied,
     Settlement,
+    Successor,
     Waiting,
     account_limits,
 )
@@ -74,17 +78,20 @@ class _Waiter:
     last_at: float = 0.0  # when ``last`` was said
     named: bool = False  # the store said it heads the pool's queue (it may hold others up if it leaves)
     retry_at: float = 0.0  # when it is worth asking the store again, unless woken sooner
+    held: bool = False  # not in the store's queue: held back behind a better waiter here that is
 
 
 @dataclass
 class _ModelQueue:
-    heap: list[tuple[float, int, _Waiter]] = field(default_factory=list)
+    heap: list[tuple[float, int, _Waiter]] = field(default_factory=list)  # in the store's queue too
+    held: list[tuple[float, int, _Waiter]] = field(default_factory=list)  # only here (rank estimated)
     deadlines: list[tuple[float, int, _Waiter]] = field(default_factory=list)
     aside: list[tuple[float, int, _Waiter]] = field(default_factory=list)  # clients at their limit, by when
     by_ticket: dict[str, _Waiter] = field(default_factory=dict)
     try_now: bool = False  # capacity may have come: ask for the head now, whatever its retry_at
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    head: _Waiter | None = None  # the best waiter when the dispatcher last looked
 
 
 @dataclass(frozen=True)
@@ -151,8 +158,9 @@ class QueueingLimiter:
                     )
                 )
                 self._leave(w)
-            if handed_back:
-                await self._forget(model, [w.ticket for w in handed_back])
+            tickets = [w.ticket for w in handed_back if not w.held]
+            if tickets:
+                await self._forget(model, tickets)
 
     async def close(self) -> None:
         if self._settling:
@@ -214,6 +222,10 @@ class QueueingLimiter:
             )
 
         ticket = self.ticket_prefix + uuid.uuid4().hex
+        holder = self._holder(demand, limits)
+        if holder is not None:
+            held = _held_behind(holder, demand, limits, ticket, next(self._seq), started, self._aging_s)
+            return await self._wait(held)
         first = await self._try(Attempt(demand, limits, ticket, ticket, None, self._aging_s))
         if isinstance(first, Admitted):
             return self._granted(first, demand, limits, started)
@@ -239,12 +251,30 @@ class QueueingLimiter:
             named=first.reason != "queue",
             retry_at=started + min(first.wait_s, self._retry_cap()),
         )
+        return await self._wait(waiter)
+
+    async def _wait(self, waiter: _Waiter) -> Grant:
         self._enqueue(waiter)
         try:
             return await asyncio.shield(waiter.future)
         except asyncio.CancelledError:
             self._abandon(waiter)
             raise
+
+    def _holder(self, demand: Demand, limits: tuple[AccountLimits, ...]) -> _Waiter | None:
+        """The waiter here, in the store's queue, that ``demand`` would certainly queue behind there: this
+        model's best, of the same client and accounts, of at least its priority and older. ``demand``
+        then waits here without a ticket (asking the store would only queue it): it joins the store's
+        queue when its turn here comes (``_dispatch``), so that a sidecar's store calls grow with its
+        admissions, not its arrivals. None: it asks the store (alone, draining, or a client with
+        limits of its own, which the store answers at once)."""
+        if self.backend.mode != "shared" or self._draining or demand.cap is not None:
+            return None
+        q = self._queues.get(demand.model)
+        w = _best(q.heap, held=False) if q is not None else None
+        if w is None or w.demand.priority < demand.priority or w.demand.client != demand.client:
+            return None
+        return w if _same_accounts(w.accounts, limits) else None
 
     async def try_acquire(self, demand: Demand, accounts: Sequence[str]) -> Grant | None:
         limits = self._limits(demand.model, accounts)
@@ -275,7 +305,9 @@ class QueueingLimiter:
         q = self._queues.get(w.demand.model)
         if q is None:
             q = self._queues[w.demand.model] = _ModelQueue()
-        if w.last is not None and w.last.reason == "client":
+        if w.held:
+            heapq.heappush(q.held, (w.rank, w.seq, w))
+        elif w.last is not None and w.last.reason == "client":
             heapq.heappush(q.aside, (w.started + w.last.wait_s, w.seq, w))
         else:
             heapq.heappush(q.heap, (w.rank, w.seq, w))
@@ -306,7 +338,8 @@ class QueueingLimiter:
         if not w.future.done():
             w.future.cancel()
             self._leave(w)
-            self._in_background(self._forget(w.demand.model, [w.ticket]))
+            if not w.held:
+                self._in_background(self._forget(w.demand.model, [w.ticket]))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` without waiting for it, held until done so it is neither collected nor lost
@@ -370,13 +403,44 @@ class QueueingLimiter:
         return float(max(1, math.ceil(eta)))
 
     def _head(self, q: _ModelQueue, now: float) -> _Waiter | None:
+        """The best waiter here: in the store's queue, or held back (which then joins it at once)."""
         while q.aside and (q.aside[0][0] <= now or q.aside[0][2].future.done()):
             _, _, w = heapq.heappop(q.aside)
             if not w.future.done():
                 heapq.heappush(q.heap, (w.rank, w.seq, w))  # its client may call again: back in line
-        while q.heap and q.heap[0][2].future.done():
-            heapq.heappop(q.heap)
-        return q.heap[0][2] if q.heap else None
+        queued, held = _best(q.heap, held=False), _best(q.held, held=True)
+        if queued is None or held is None:
+            return queued or held
+        return held if (held.rank, held.seq) < (queued.rank, queued.seq) else queued
+
+    def _successor(self, q: _ModelQueue, head: _Waiter) -> _Waiter | None:
+        """The waiter held back here that joins the store's queue if ``head`` is admitted (in the same
+        store call): the best held back, if of the head's client and accounts."""
+        if head.held:
+            return None
+        s = _best(q.held, held=True)
+        if s is None or s.demand.client != head.demand.client:
+            return None
+        return s if _same_accounts(s.accounts, head.accounts) else None
+
+    def _joined(self, q: _ModelQueue, w: _Waiter, rank: float) -> None:
+        """``w``, held back until now, is in the store's queue at ``rank``."""
+        w.rank = rank
+        if w.held:
+            w.held = False
+            heapq.heappush(q.heap, (rank, w.seq, w))
+
+    def _behind_others(self, w: _Waiter) -> bool:
+        """The store said ``w`` waits behind others and has not named it since: it will, when ``w``'s
+        turn comes (the attempt that makes it the pool's head names it). Asking before then would only
+        be told so again."""
+        return (
+            self.backend.mode == "shared"
+            and not w.held
+            and not w.named
+            and w.last is not None
+            and (w.last.reason == "queue")
+        )
 
     def _retry_cap(self) -> float:
         """The longest a head waits before asking again: alone, MAX_SLEEP_S; with a store that names
@@ -398,17 +462,24 @@ class QueueingLimiter:
                     continue
                 q.deadlines.clear()
                 return
+            if head is not q.head:
+                q.head = head
+                if self._behind_others(head):  # (its safety net counts from now: it is named, if its turn)
+                    head.retry_at = max(head.retry_at, now + QUEUE_WAIT_S)
             if head.retry_at > now and not q.try_now:
                 await self._sleep(q, head.retry_at - now)
                 continue
             q.try_now = False
+            successor = self._successor(q, head)
             attempt = Attempt(
                 head.demand,
                 self._limits(model, [a.name for a in head.accounts]),
                 head.ticket,
                 head.ticket,
-                head.rank,
+                None if head.held else head.rank,
                 self._aging_s,
+                age_s=now - head.started if head.held else 0.0,
+                successor=None if successor is None else _joining(successor, now),
             )
             try:
                 result = await self._try(attempt)
@@ -422,10 +493,21 @@ class QueueingLimiter:
                 else:
                     head.future.set_result(grant)
                     self._leave(head)
+                if successor is not None and result.successor_rank is not None:
+                    if successor.future.done():  # (it left while it joined)
+                        await self._forget(model, [successor.ticket])
+                    elif not successor.named:  # (else its naming came first, and said when)
+                        successor.retry_at = self._clock() + self._retry_cap()
+                    self._joined(q, successor, result.successor_rank)
                 # The next may fit too. A store that names heads says so itself (only to its sidecar).
                 q.try_now = q.try_now or self.backend.mode != "shared"
                 continue
             now = self._clock()
+            if head.held and result.reason != "client":  # (its first attempt queued it)
+                self._joined(q, head, result.rank)
+                if head.future.done():  # (it left while it joined)
+                    await self._forget(model, [head.ticket])
+                    continue
             head.last, head.last_at, head.rank = result, now, result.rank
             head.named = head.named or result.reason != "queue"
             head.retry_at = now + min(result.wait_s, self._retry_cap())
@@ -477,6 +559,9 @@ class QueueingLimiter:
             return
         if w.future.done():
             return
+        if w.held:  # (named, so it joined the store's queue: as a successor, whose reply is on its way)
+            w.retry_at = at
+            self._joined(q, w, w.rank)
         w.named = True
         head = self._head(q, self._clock())
         for x in (w, head):
@@ -563,8 +648,52 @@ def _client_limited(demand: Demand, denied: Denied) -> ClientLimited:
 
 
 def _all(q: _ModelQueue) -> list[_Waiter]:
-    """Every waiter of the queue: in line, and set aside."""
-    return [w for _, _, w in q.heap] + [w for _, _, w in q.aside]
+    """Every waiter of the queue: in line, held back, and set aside."""
+    held = [w for _, _, w in q.held if w.held]
+    return [w for _, _, w in q.heap] + held + [w for _, _, w in q.aside]
+
+
+def _best(heap: list[tuple[float, int, _Waiter]], *, held: bool) -> _Waiter | None:
+    """The best live waiter of ``heap`` (``q.heap`` or ``q.held``), dropping those gone from it."""
+    while heap and (heap[0][2].future.done() or heap[0][2].held != held):
+        heapq.heappop(heap)
+    return heap[0][2] if heap else None
+
+
+def _same_accounts(a: Sequence[AccountLimits], b: Sequence[AccountLimits]) -> bool:
+    return len(a) == len(b) and all(x.name == y.name for x, y in zip(a, b, strict=True))
+
+
+def _held_behind(
+    holder: _Waiter,
+    demand: Demand,
+    accounts: tuple[AccountLimits, ...],
+    ticket: str,
+    seq: int,
+    now: float,
+    aging_s: float,
+) -> _Waiter:
+    """A waiter held back behind ``holder`` (``_holder``): its rank as the store would give it, from the
+    holder's (ranks are arrival time less priority times aging), and the holder's last answer (what
+    it says when it times out, it says of the queue this one is behind)."""
+    rank = holder.rank + (now - holder.started) + (holder.demand.priority - demand.priority) * aging_s
+    return _Waiter(
+        demand=demand,
+        accounts=accounts,
+        ticket=ticket,
+        rank=rank,
+        seq=seq,
+        started=now,
+        future=asyncio.get_running_loop().create_future(),
+        last=holder.last,
+        last_at=holder.last_at,
+        retry_at=now,
+        held=True,
+    )
+
+
+def _joining(w: _Waiter, now: float) -> Successor:
+    return Successor(w.ticket, w.demand.priority, w.demand.tokens, now - w.started, w.demand.deadline)
 
 
 def _quota_exhausted(demand: Demand, denied: Denied) -> QuotaExhausted:

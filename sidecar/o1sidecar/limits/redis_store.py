@@ -18,6 +18,7 @@ from o1sidecar.limits.backend import (
     Mode,
     Settlement,
     Snapshot,
+    Successor,
     Waiting,
 )
 from o1sidecar.limits.connect import RedisClient
@@ -83,6 +84,13 @@ class Beat:
     usage: dict[tuple[str, str], Usage]
 
 
+def _packed_successor(s: Successor | None) -> tuple[str, ...]:
+    if s is None:
+        return ("",)
+    deadline = _num(s.deadline) if math.isfinite(s.deadline) else ""
+    return (s.ticket, str(s.priority), str(s.tokens), repr(s.age_s), deadline)
+
+
 def _optional_int(text: str) -> int | None:
     return None if text == "" else round(float(text))
 
@@ -139,6 +147,8 @@ class RedisBackend:
                 _num(d.deadline) if math.isfinite(d.deadline) else "",
                 _num(d.cap.rpm if d.cap else None),
                 _num(d.cap.tpm if d.cap else None),
+                repr(a.age_s),
+                *_packed_successor(a.successor),
             )
         )
         args = [self._now(), a.ticket, params, self.keys.wake_channel(), d.model]
@@ -153,7 +163,8 @@ class RedisBackend:
             account = str(result[1])
             limits = next(x for x in a.accounts if x.name == account)
             self._held[a.lease_id] = Held(a.lease_id, limits, d.model, d.tokens)
-            return Admitted(account, a.lease_id)
+            successor_rank = result[2] if len(result) > 2 else ""
+            return Admitted(account, a.lease_id, float(successor_rank) if successor_rank else None)
         eta = int(result[4]) / 1000 if len(result) > 4 else None
         return Denied(str(result[1]), int(result[2]) / 1000, float(result[3]), eta)  # type: ignore[arg-type]
 

@@ -11,13 +11,14 @@
 --         client has limits of its own)
 -- ARGV[1] now ('' = TIME)  ARGV[2] ticket
 -- ARGV[3] "priority;aging_s;tokens;lease_ttl_s;ticket_ttl_s;rank;queue;lease id;client;weight;deadline;
---         client rpm;client tpm"
---         (rank '' = rank it now; queue 0 = a denied attempt leaves no ticket; client '' = none;
---         deadline, client rpm, client tpm '' = none)
+--         client rpm;client tpm;age_s;successor;its priority;its tokens;its age_s;its deadline"
+--         (rank '' = rank it now, as of age_s ago; queue 0 = a denied attempt leaves no ticket;
+--         client '' = none; deadline, client rpm, client tpm '' = none; successor '' = none: a waiter
+--         of the same client its sidecar held back, queued in the same step if this one is admitted)
 -- ARGV[4] wake channel  ARGV[5] model  ARGV[5+i] account i (see limits() in rule.lua)
 -- (Fields are packed into few arguments: encoding arguments is most of a call's client-side cost.)
--- Returns {1, account} or {0, reason, wait_ms, rank, eta_ms} (eta_ms: queue_eta, when it could be
--- admitted; none for 'client').
+-- Returns {1, account, successor's rank ('' none)} or {0, reason, wait_ms, rank, eta_ms} (eta_ms:
+-- queue_eta, when it could be admitted; none for 'client').
 --
 -- Tickets expire at their request's deadline, or sooner if their sidecar stops refreshing them: a
 -- waiter that times out needs no call to leave. Whenever the queue's head changes here, the new head is
@@ -36,6 +37,8 @@ local lease = params[8]
 local client, weight = params[9] or '', tonumber(params[10] or '1')
 local deadline = tonumber(params[11] or '') or math.huge
 local cap_rpm, cap_tpm = tonumber(params[12] or '') or 0, tonumber(params[13] or '') or 0
+local joined = now - (tonumber(params[14] or '') or 0)  -- when a request ranked now joined
+local successor = params[15] or ''
 local n = #ARGV - 5
 local fair_key, places_key = KEYS[4 + 3 * n], KEYS[5 + 3 * n]
 local cap_win, cap_totals = KEYS[6 + 3 * n], KEYS[7 + 3 * n]
@@ -65,7 +68,7 @@ if capped then
       fair_give_back(fair_key, places_key, ticket)
       if ticket == head0 then name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], nil, now, nil) end
     else
-      kept = tonumber(params[6]) or (now - priority * aging)
+      kept = tonumber(params[6]) or (joined - priority * aging)
     end
     return {0, 'client', math.ceil(wait * 1000), num(kept)}
   end
@@ -92,10 +95,24 @@ if rank == nil then
   if params[6] ~= '' then
     rank = tonumber(params[6])
   elseif client ~= '' then
-    start, worth = fair_place(fair_key, client, weight, rate, now)
+    start, worth = fair_place(fair_key, client, weight, rate, joined)
     rank = start - priority * aging
   else
-    rank = now - priority * aging
+    rank = joined - priority * aging
+  end
+end
+
+-- Put ``id`` in the queue at ``rank_``, costing ``cost``, until ``last`` at the latest; with the client's
+-- place (start_, worth_) taken, if it has one and it is not past ``last``.
+local function join_queue(id, rank_, cost, last, start_, worth_)
+  redis.call('ZADD', KEYS[1], rank_, id)
+  redis.call('ZADD', KEYS[2], math.min(now + ticket_ttl, last), id)
+  redis.call('HSET', KEYS[3], id, cost)
+  for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], math.ceil(2 * ticket_ttl * 1000)) end
+  if start_ ~= nil and start_ <= last then  -- (a place past its deadline is not taken)
+    fair_take(fair_key, client, weight, start_, worth_)
+    redis.call('HSET', places_key, id, client .. ';' .. num(worth_))
+    redis.call('PEXPIRE', places_key, math.ceil(2 * ticket_ttl * 1000))
   end
 end
 
@@ -140,7 +157,7 @@ if best ~= nil then
   best.inflight = best.inflight + 1
   if capped then cap_admit(cap_win, cap_totals, client, cap_t, tokens, lease, now) end
   if start == nil and client ~= '' and redis.call('HEXISTS', places_key, ticket) == 0 then
-    start, worth = fair_place(fair_key, client, weight, rate, now)  -- (admitted holding no place)
+    start, worth = fair_place(fair_key, client, weight, rate, joined)  -- (admitted holding no place)
   end
   if start ~= nil then fair_take(fair_key, client, weight, start, worth) end
   if queued then
@@ -149,21 +166,26 @@ if best ~= nil then
     redis.call('HDEL', KEYS[3], ticket)
     redis.call('HDEL', places_key, ticket)  -- (served: the place stays taken)
   end
+  local successor_rank = ''
+  if successor ~= '' then
+    local kept = redis.call('ZSCORE', KEYS[1], successor)
+    if kept then
+      successor_rank = kept
+    else
+      local s_priority, s_tokens = tonumber(params[16]), tonumber(params[17])
+      local s_joined, s_deadline = now - tonumber(params[18]), tonumber(params[19] or '') or math.huge
+      local s_start, s_worth = nil, nil
+      if client ~= '' then s_start, s_worth = fair_place(fair_key, client, weight, rate, s_joined) end
+      local s_rank = (s_start or s_joined) - s_priority * aging
+      join_queue(successor, s_rank, s_tokens, s_deadline, s_start, s_worth)
+      successor_rank = num(s_rank)
+    end
+  end
   name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, nil)
-  return {1, best.name}
+  return {1, best.name, successor_rank}
 end
 
-if enqueue then
-  redis.call('ZADD', KEYS[1], rank, ticket)
-  redis.call('ZADD', KEYS[2], math.min(now + ticket_ttl, deadline), ticket)
-  redis.call('HSET', KEYS[3], ticket, tokens)
-  for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], math.ceil(2 * ticket_ttl * 1000)) end
-  if start ~= nil and start <= deadline then  -- (a place past its deadline is not taken)
-    fair_take(fair_key, client, weight, start, worth)
-    redis.call('HSET', places_key, ticket, client .. ';' .. num(worth))
-    redis.call('PEXPIRE', places_key, math.ceil(2 * ticket_ttl * 1000))
-  end
-end
+if enqueue then join_queue(ticket, rank, tokens, deadline, start, worth) end
 
 local head1 = queue_head(KEYS[1])
 if head1 ~= head0 then name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, ticket) end

@@ -336,3 +336,56 @@ async def test_a_held_back_waiter_that_times_out_or_leaves_leaves_nothing_in_the
     await s1.release(await asyncio.wait_for(first, 5), None)
     await until(lambda: _queue_empty(s1), "the shared queue empty", timeout_s=2.0)
     assert s1.state().queue_length == {}
+
+
+async def test_a_successor_named_before_its_reply_keeps_the_stores_order(
+    sidecars: Callable[..., Any],
+) -> None:
+    """A successor joins ranked by its client's fair share, which can be well behind the rank its sidecar
+    estimated. If its naming overtakes the reply of the attempt that queued it, it must still take its
+    place here by the store's rank: a request of another client ranked between the two in the store is
+    then this sidecar's best, and is served when the slot frees (not held up behind it until the 5 s
+    safety net, past its 4 s deadline)."""
+    (s1,) = await sidecars({"rpm": 600, "tpm": 10_000_000, "concurrency": 1}, n=1)
+    attempt = s1.backend.attempt
+
+    async def naming_first(a: Any) -> Any:
+        result = await attempt(a)
+        if a.successor is not None:
+            await asyncio.sleep(0.2)  # (the reply comes after the naming)
+        return result
+
+    s1.backend.attempt = naming_first  # type: ignore[method-assign]
+
+    def of(client: str, weight: float = 1.0, deadline_s: float = 30.0) -> Demand:
+        return Demand(MODEL, 100, 5, time.time() + deadline_s, client=client, weight=weight)
+
+    blocker = await s1.acquire(of("y", 10.0), ["a"])  # client y (weight 10) active: x's places are far apart
+    first_done = asyncio.Event()
+
+    async def first() -> None:
+        grant = await s1.acquire(of("x"), ["a"])
+        await first_done.wait()
+        await s1.release(grant, None)
+
+    h = asyncio.create_task(first())
+    await until(lambda: s1.state().queue_length == {5: 1}, "x's first request queued")
+    successor = asyncio.create_task(s1.acquire(of("x"), ["a"]))
+    await until(lambda: s1.state().queue_length == {5: 2}, "x's second held back")
+    await s1.release(blocker, None)  # x's first is admitted; its second joins as the successor
+
+    async def joined() -> bool:
+        return await s1.client.zcard(s1.keys.queue(MODEL)) == 1 and s1.state().queue_length == {5: 1}
+
+    await until(joined, "the successor in the store's queue", 5.0)
+    await asyncio.sleep(0.3)  # (its reply)
+    between = asyncio.create_task(s1.acquire(of("y", 10.0, deadline_s=4.0), ["a"]))
+    await until(lambda: s1.state().queue_length == {5: 2}, "y's request queued")
+    ranks = await s1.client.zrange(s1.keys.queue(MODEL), 0, -1, withscores=True)
+    assert len(ranks) == 2 and ranks[0][1] < ranks[1][1]
+    first_done.set()
+    grant = await asyncio.wait_for(between, 3.0)  # ahead of x's second in the store: served first
+    assert not successor.done()
+    await s1.release(grant, None)
+    await s1.release(await asyncio.wait_for(successor, 5.0), None)
+    await h

@@ -481,11 +481,12 @@ class QueueingLimiter:
                 age_s=now - head.started if head.held else 0.0,
                 successor=None if successor is None else _joining(successor, now),
             )
+            failed = False
             try:
                 result = await self._try(attempt)
             except Exception:
                 log.exception("admission check for %s failed; retrying", model)
-                result = Denied("capacity", ERROR_SLEEP_S, head.rank)
+                result, failed = Denied("capacity", ERROR_SLEEP_S, head.rank), True
             if isinstance(result, Admitted):
                 grant = self._granted(result, head.demand, attempt.accounts, head.started)
                 if head.future.done():
@@ -503,7 +504,7 @@ class QueueingLimiter:
                 q.try_now = q.try_now or self.backend.mode != "shared"
                 continue
             now = self._clock()
-            if head.held and result.reason != "client":  # (its first attempt queued it)
+            if head.held and not failed and result.reason != "client":  # (its first attempt queued it)
                 self._joined(q, head, result.rank)
                 if head.future.done():  # (it left while it joined)
                     await self._forget(model, [head.ticket])
@@ -559,9 +560,8 @@ class QueueingLimiter:
             return
         if w.future.done():
             return
-        if w.held:  # (named, so it joined the store's queue: as a successor, whose reply is on its way)
-            w.retry_at = at
-            self._joined(q, w, w.rank)
+        if w.held:  # (named, so it joined the store's queue: the reply that says at what rank is on its
+            w.retry_at = at  # way, and puts it in line here; until then the dispatcher awaits that reply)
         w.named = True
         head = self._head(q, self._clock())
         for x in (w, head):

@@ -31,7 +31,7 @@ PRIORITIES = ((2, 0.5), (5, 0.3), (8, 0.2))
 # The sidecars' scripts (o1sidecar/limits/scripts.py), by name; the previous ref's are told apart by
 # their own sources.
 SCRIPTS = ("admit", "release", "heartbeat", "eta", "forget")
-SIDECAR_SCRIPTS = ("counters", "quarantine", "outage_sync", "hash_and_time")
+SIDECAR_SCRIPTS = ("sync", "quarantine", "outage_sync", "counters", "hash_and_time")  # (the last two: older refs)
 
 
 @dataclass(frozen=True)

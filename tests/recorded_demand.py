@@ -37,7 +37,7 @@ async def record_weeks(
 
     clock = Clock()
     counts = DemandCounts(clock)
-    recorder = DemandRecorder(AsyncRedis.from_url(url), keys, 60.0, counts, models, clock)
+    recorder = DemandRecorder(AsyncRedis.from_url(url), keys, counts, models, clock)
     try:
         for hour in hours:
             for minute in range(60):

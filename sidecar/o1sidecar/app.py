@@ -41,6 +41,7 @@ from o1sidecar.limits.redis_store import redis_client
 from o1sidecar.metrics import NO_KEY, SidecarMetrics, create_metrics_app
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages
+from o1sidecar.poolsync import PoolSync, SyncPart
 from o1sidecar.prediction import PredictionMirror
 from o1sidecar.proxy import Proxy
 from o1sidecar.quarantine import SharedQuarantine
@@ -77,7 +78,7 @@ def create_app(
     outages = ModelOutages(config.fallback.outage_failures, config.fallback.outage_probe_s)
     metrics.watch_models(config.served_models(), outages.availability)
     metrics.start_at_zero([key.label for route in routes.values() for key in route.keys])
-    quarantine, outage_sync, demand, prediction, spend = None, None, None, None, None
+    quarantine, outage_sync, demand, prediction, spend, sync = None, None, None, None, None, None
     identity = Identity.from_env()
     clients = Clients(config, identity)
     metrics.watch_budgets([c for c in clients.served() if c.budgets.any()], clients.left)
@@ -89,15 +90,16 @@ def create_app(
         serving = f"{who} (client {clients.own.name if clients.own else 'none'})"
     if config.redis.url is not None:
         keys = PoolKeys(config.redis.key_prefix, config.pool.namespace, config.pool.name)
-        every = config.redis.heartbeat_interval_s
-        quarantine = SharedQuarantine(redis_client(config.redis), keys, routes, every)
-        outage_sync = SharedOutages(redis_client(config.redis), keys, outages, config.served_models(), every)
-        demand = DemandRecorder(
-            redis_client(config.redis), keys, every, DemandCounts(), config.served_models()
-        )
-        prediction = PredictionMirror(redis_client(config.redis), keys, every)
+        shared = redis_client(config.redis)  # (the parts' own calls, and their sync every interval)
+        quarantine = SharedQuarantine(shared, keys, routes)
+        outage_sync = SharedOutages(shared, keys, outages, config.served_models())
+        demand = DemandRecorder(shared, keys, DemandCounts(), config.served_models())
+        prediction = PredictionMirror(shared, keys)
+        parts: list[SyncPart] = [quarantine, outage_sync, demand, prediction]
         if clients.names():
-            spend = SpendRecorder(redis_client(config.redis), keys, every, clients.ledger, clients.names())
+            spend = SpendRecorder(shared, keys, clients.ledger, clients.names())
+            parts.append(spend)
+        sync = PoolSync(shared, parts, config.redis.heartbeat_interval_s)
     tracing = Tracing(config)
     cache = ResponseCache(
         config.cache,
@@ -127,6 +129,7 @@ def create_app(
         AuditLog(config.audit, config.pool, identity),
         clients,
         spend,
+        sync,
     )
     app = web.Application(
         client_max_size=config.max_body_bytes + 1,

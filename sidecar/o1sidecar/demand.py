@@ -3,9 +3,10 @@
 Every answered request counts once, under the model the client asked for (its demand, whichever model
 served it), at the minute it arrived (UTC): offered; and, by priority, whether it was admitted to an
 upstream, waited in the queue, was refused for lack of capacity (429/503 from the sidecar) or was
-answered from the cache, with the tokens it was charged where admission counted them. Counts gather
-in memory and go to Redis in one command (counters.lua) every ``redis.heartbeat_interval_s`` (no round
-trip per request), into one HASH per model and UTC day (``PoolKeys.demand``) kept for ``RETENTION_DAYS``:
+answered from the cache, with the tokens it was charged where admission counted them. Counts gather in
+memory and go to Redis with the pool's other state in one command (poolsync.py) every
+``redis.heartbeat_interval_s`` (no round trip per request), into one HASH per model and UTC day
+(``PoolKeys.demand``) kept for ``RETENTION_DAYS``:
 
 - ``<minute of day>:r`` / ``:t`` — requests and tokens offered in that minute (the forecast's input
   and the spread of minutes within an hour);
@@ -28,11 +29,11 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from o1sidecar.counters import Counters, Increments
 from o1sidecar.limits.connect import RedisClient
 from o1sidecar.limits.keys import PoolKeys
-from o1sidecar.mirror import PoolMirror
+from o1sidecar.poolsync import Op, Sync, SyncPart
 
 log = logging.getLogger("o1sidecar.demand")
 
@@ -134,7 +135,7 @@ class DemandCounts:
                     fields.pop(f"{of_day}:{name}", None)
 
 
-class DemandRecorder(PoolMirror):
+class DemandRecorder(SyncPart):
     """Writes this sidecar's :class:`DemandCounts` to the pool's demand HASHes every interval."""
 
     what = "the pool's demand counts"
@@ -143,13 +144,11 @@ class DemandRecorder(PoolMirror):
         self,
         client: RedisClient,
         keys: PoolKeys,
-        interval_s: float,
         counts: DemandCounts,
         models: Sequence[str],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(client, interval_s)
-        self._counters = Counters(client)
+        super().__init__(client)
         self._keys = keys
         self.counts = counts
         self._models = list(models)
@@ -157,26 +156,29 @@ class DemandRecorder(PoolMirror):
         self._warned_drops = 0
         self._marked = -1  # the last hour (since the epoch) this sidecar's live marks went out for
 
-    async def mirror(self) -> None:
-        await self.flush()
-
     async def flush(self) -> None:
+        """Write what was counted, now (raises what the call raised; the counts stay here)."""
+        await self.sync_alone()
+
+    def sync(self) -> Sync | None:
+        """Add what was counted since the last sync (and, first in an hour, the live marks)."""
         batch = self.counts.take()
         hour = int(self._clock() // 3600)
         if not batch and hour == self._marked:
-            return
+            return None
         keep = RETENTION_DAYS * DAY_S
-        increments = [
-            Increments(self._keys.demand(model, day), keep, list(fields.items()))
+        ops = [
+            Op("add", self._keys.demand(model, day), keep, list(fields.items()))
             for (model, day), fields in batch.items()
         ]
         if hour != self._marked:
             live = [(f"h{hour % 24}:live", 1)]
-            increments += [Increments(self._keys.demand(m, hour // 24), keep, live) for m in self._models]
-        try:
-            await self._counters.add(increments)
+            ops += [Op("add", self._keys.demand(m, hour // 24), keep, live) for m in self._models]
+
+        def took(_replies: Sequence[Any], _now: float) -> None:
             self._marked = hour
-        except BaseException:
+
+        def failed(_exc: BaseException) -> None:
             self.counts.give_back(batch)
             if self.counts.dropped > self._warned_drops:
                 log.warning(
@@ -185,11 +187,5 @@ class DemandRecorder(PoolMirror):
                     MAX_PENDING_MINUTES,
                 )
                 self._warned_drops = self.counts.dropped
-            raise
 
-    async def close(self) -> None:
-        try:
-            await self.flush()  # what the last interval counted
-        except Exception as exc:
-            log.debug("could not write the last demand counts: %s", exc)
-        await super().close()
+        return Sync(ops, took, failed)

@@ -3,7 +3,7 @@
 ``outages.ModelOutages`` decides from what this sidecar sees. With Redis, each change of phase it
 makes is published to the pool's HASH ``{tag}:outages`` (model -> phase, since, next probe, on Redis
 time; outage_sync.lua), every sidecar mirrors that HASH into its own ``ModelOutages`` every
-``redis.heartbeat_interval_s``, and the probe of a down model is claimed with a lock held for
+``redis.heartbeat_interval_s`` (poolsync.py), and the probe of a down model is claimed with a lock held for
 ``probe_s``: one probe per period for the pool, not one per sidecar. The operator reads the same HASH
 for the O1Pool's ``ModelsAvailable`` condition. Without Redis (or while it fails) each sidecar
 decides alone.
@@ -15,16 +15,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from importlib.resources import files
 
-from o1sidecar.limits.connect import (
-    HASH_AND_TIME,
-    REDIS_FAILURES,
-    RedisClient,
-    read_hash_and_time,
-    register_script,
-)
+from o1sidecar.limits.connect import REDIS_FAILURES, RedisClient, register_script
 from o1sidecar.limits.keys import PoolKeys
-from o1sidecar.mirror import PoolMirror
 from o1sidecar.outages import UP, ModelOutages, ModelState
+from o1sidecar.poolsync import Op, Sync, SyncPart
 
 log = logging.getLogger("o1sidecar.outage_sync")
 
@@ -51,7 +45,7 @@ def read_states(entries: Mapping[str, str], redis_now: float) -> dict[str, Model
     return {model: st for model, st in parsed.items() if st is not None}
 
 
-class SharedOutages(PoolMirror):
+class SharedOutages(SyncPart):
     """The pool's model outages in Redis, mirrored into this sidecar's ``outages``."""
 
     what = "the pool's model outages"
@@ -62,14 +56,12 @@ class SharedOutages(PoolMirror):
         keys: PoolKeys,
         outages: ModelOutages,
         models: Sequence[str],
-        interval_s: float,
     ) -> None:
-        super().__init__(client, interval_s)
+        super().__init__(client)
         self._keys = keys
         self._outages = outages
         self._models = list(models)
         self._script = register_script(client, SCRIPT)
-        self._read = register_script(client, HASH_AND_TIME)
 
     async def publish(self, model: str, state: ModelState, now: float) -> None:
         """This sidecar changed ``model``'s phase at ``now`` (its clock): tell the pool."""
@@ -101,10 +93,16 @@ class SharedOutages(PoolMirror):
         except REDIS_FAILURES:
             return True  # no pool to ask: this sidecar's own probe
 
-    async def mirror(self) -> None:
-        """Take the pool's state of every model this sidecar serves."""
+    def sync(self) -> Sync:
+        """Read the pool's outages."""
         local_now = self._outages.now()
-        redis_now, entries = await read_hash_and_time(self._read, self._keys.outages())
+        return Sync(
+            [Op("hash", self._keys.outages())],
+            lambda replies, redis_now: self._mirror(replies[0], redis_now, local_now),
+        )
+
+    def _mirror(self, entries: Mapping[str, str], redis_now: float, local_now: float) -> None:
+        """Take the pool's state of every model this sidecar serves."""
         for model in self._models:
             value = entries.get(model)
             state = parse_state(value, redis_now, local_now) if value is not None else UP

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from o1sidecar.limits.connect import RedisClient
 from o1sidecar.limits.keys import PoolKeys
-from o1sidecar.mirror import PoolMirror
+from o1sidecar.poolsync import Op, Sync, SyncPart
 
 log = logging.getLogger("o1sidecar.prediction")
 
@@ -48,18 +48,21 @@ def parse(raw: str | bytes | None) -> Published | None:
     return Published(load, hour, ttl) if load in LOADS else None
 
 
-class PredictionMirror(PoolMirror):
+class PredictionMirror(SyncPart):
     """The pool's prediction, read every interval; ``peak()`` says whether it is a high load now."""
 
     what = "the pool's prediction"
 
-    def __init__(self, client: RedisClient, keys: PoolKeys, interval_s: float) -> None:
-        super().__init__(client, interval_s)
+    def __init__(self, client: RedisClient, keys: PoolKeys) -> None:
+        super().__init__(client)
         self._keys = keys
         self.current: Published | None = None
 
-    async def mirror(self) -> None:
-        published = parse(await self._client.get(self._keys.prediction()))
+    def sync(self) -> Sync:
+        return Sync([Op("get", self._keys.prediction())], lambda replies, _now: self._take(replies[0]))
+
+    def _take(self, raw: str) -> None:
+        published = parse(raw or None)
         if published != self.current:
             log.info("pool prediction: %s", "none" if published is None else f"{published.load} load")
         self.current = published

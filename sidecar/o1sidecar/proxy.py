@@ -34,6 +34,7 @@ from o1sidecar.metrics import SidecarMetrics
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages
 from o1sidecar.plan import Action, Outcome, PlanState, Step, next_step
+from o1sidecar.poolsync import PoolSync
 from o1sidecar.prediction import PredictionMirror
 from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.semantic import semantic_query, uses_semantic
@@ -66,6 +67,7 @@ class Proxy:
         audit: AuditLog | None = None,
         clients: Clients | None = None,
         spend: SpendRecorder | None = None,
+        sync: PoolSync | None = None,
     ) -> None:
         self.config = config
         self.limiter = limiter
@@ -91,18 +93,17 @@ class Proxy:
         )
         self.coalescer = coalescer or Coalescer(cache, None, None, "")
         self.tracing = tracing or Tracing(config)
-        background = (quarantine, outage_sync, demand, prediction, spend)
-        self._background = [s for s in background if s is not None]
+        self.sync = sync  # (the parts above, exchanged with the pool every interval)
         self._random = random.Random()
 
     async def start(self) -> None:
         await self.caller.start()
-        for loop in self._background:
-            await loop.start()
+        if self.sync is not None:
+            await self.sync.start()
 
     async def close(self) -> None:
-        for loop in self._background:
-            await loop.close()
+        if self.sync is not None:
+            await self.sync.close()
         await self.coalescer.close()
         await self.caller.close()
 

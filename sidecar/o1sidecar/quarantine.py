@@ -3,13 +3,12 @@
 ``upstream.AccountRoute`` decides which key a call uses and rests a refused one (60 s, doubling per
 refusal in a row, at most an hour). With Redis, the rest is the pool's: a refusal is recorded in the
 pool's HASH ``{tag}:keys:refused`` (quarantine.lua, one round trip, on Redis time) and every sidecar
-mirrors that HASH into its routes every ``redis.heartbeat_interval_s``; the first success with the key
-lifts it for all. An entry names the key by its ``account/key`` label with the fingerprint of the
-refused value (o1common.keyprint), never the value: a sidecar holding another value of the key (after
-a rotation) does not rest it, and the operator drops entries of values no longer in the pool's Secret
-and reports the others in the O1Pool's ``KeysReady`` condition. Without Redis (or while it fails)
-each sidecar rests keys by itself, as before.
-"""
+mirrors that HASH into its routes every ``redis.heartbeat_interval_s`` (poolsync.py); the first success
+with the key lifts it for all. An entry names the key by its ``account/key`` label with the fingerprint
+of the refused value (o1common.keyprint), never the value: a sidecar holding another value of the key
+(after a rotation) does not rest it, and the operator drops entries of values no longer in the pool's
+Secret and reports the others in the O1Pool's ``KeysReady`` condition. Without Redis (or while it fails)
+each sidecar rests keys by itself, as before."""
 
 from __future__ import annotations
 
@@ -18,15 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 
-from o1sidecar.limits.connect import (
-    HASH_AND_TIME,
-    REDIS_FAILURES,
-    RedisClient,
-    read_hash_and_time,
-    register_script,
-)
+from o1sidecar.limits.connect import REDIS_FAILURES, RedisClient, register_script
 from o1sidecar.limits.keys import PoolKeys
-from o1sidecar.mirror import PoolMirror
+from o1sidecar.poolsync import Op, Sync, SyncPart
 from o1sidecar.upstream import QUARANTINE_FIRST_S, QUARANTINE_MAX_S, AccountRoute, Quarantine, UpstreamKey
 
 log = logging.getLogger("o1sidecar.quarantine")
@@ -59,7 +52,7 @@ def read_refused(entries: Mapping[str, str]) -> list[RefusedKey]:
     return sorted((e for e in parsed if e is not None), key=lambda e: e.label)
 
 
-class SharedQuarantine(PoolMirror):
+class SharedQuarantine(SyncPart):
     """The pool's refused keys in Redis, mirrored into this sidecar's ``routes``."""
 
     what = "the pool's refused keys"
@@ -69,17 +62,15 @@ class SharedQuarantine(PoolMirror):
         client: RedisClient,
         keys: PoolKeys,
         routes: Mapping[str, AccountRoute],
-        interval_s: float,
         *,
         first_rest_s: float = QUARANTINE_FIRST_S,
         longest_rest_s: float = QUARANTINE_MAX_S,
     ) -> None:
-        super().__init__(client, interval_s)
+        super().__init__(client)
         self._rests = (first_rest_s, longest_rest_s)
         self._hash = keys.refused_keys()
         self._routes = routes
         self._script = register_script(client, SCRIPT)
-        self._read = register_script(client, HASH_AND_TIME)
 
     async def refused(self, route: AccountRoute, key: UpstreamKey) -> Quarantine:
         """Record the refusal for the pool and rest the key here as the pool decided (by this sidecar
@@ -101,9 +92,12 @@ class SharedQuarantine(PoolMirror):
         except REDIS_FAILURES as exc:
             log.debug("cannot lift key %s for the pool: %s", key.label, exc)
 
-    async def mirror(self) -> None:
+    def sync(self) -> Sync:
+        """Read the pool's refused keys."""
+        return Sync([Op("hash", self._hash)], lambda replies, now: self._mirror(replies[0], now))
+
+    def _mirror(self, entries: Mapping[str, str], now: float) -> None:
         """Rest here exactly the keys the pool rests (entries about this sidecar's key values)."""
-        now, entries = await read_hash_and_time(self._read, self._hash)
         refused = {e.label: e for e in read_refused(entries)}
         for route in self._routes.values():
             for key in route.keys:

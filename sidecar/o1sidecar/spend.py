@@ -2,7 +2,7 @@
 through Redis, and the budgets that spending is held to.
 
 Each answer's cost and tokens (prices.py) are added to this sidecar's ledger in memory. Every
-``redis.heartbeat_interval_s`` one command (counters.lua) adds them to the pool's spend HASHes
+``redis.heartbeat_interval_s`` one command (the pool's sync: poolsync.py) adds them to the pool's spend HASHes
 (``PoolKeys.spend``: ``<client>:usd`` in micro-dollars, ``<client>:tokens``), one per UTC day and
 month, and reads the totals back in the same reply. Admission then checks a budget against the last
 total read plus what this sidecar spent since, so a budget costs no Redis round trip on the hot path.
@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from o1sidecar.config import Budgets
-from o1sidecar.counters import Counters, Increments
 from o1sidecar.limits.connect import RedisClient
 from o1sidecar.limits.keys import PoolKeys
-from o1sidecar.mirror import PoolMirror
+from o1sidecar.poolsync import Op, Sync, SyncPart
 
 log = logging.getLogger("o1sidecar.spend")
 
@@ -121,7 +120,7 @@ class SpendLedger:
             del self._known[key]
 
 
-class SpendRecorder(PoolMirror):
+class SpendRecorder(SyncPart):
     """Writes this sidecar's spending to the pool's spend HASHes and reads the clients' totals."""
 
     what = "the pool's spend"
@@ -130,29 +129,30 @@ class SpendRecorder(PoolMirror):
         self,
         client: RedisClient,
         keys: PoolKeys,
-        interval_s: float,
         ledger: SpendLedger,
         clients: Sequence[str],
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(client, interval_s)
-        self._counters = Counters(client)
+        super().__init__(client)
         self._keys = keys
         self.ledger = ledger
         self._clients = list(clients)
         self._clock = clock
 
-    async def mirror(self) -> None:
-        await self.flush()
-
     async def flush(self) -> None:
+        """Write what was spent and read the totals, now (raises what the call raised; the increments
+        stay here)."""
+        await self.sync_alone()
+
+    def sync(self) -> Sync:
+        """Add what was spent since the last sync; the replies are the pool's totals."""
         now = self._clock()
         increments = self.ledger.take()
         periods = {day_period(now): DAY_KEEP_S, month_period(now): MONTH_KEEP_S}
         for period, _client in increments:
             periods.setdefault(period, DAY_KEEP_S if period.startswith("d") else MONTH_KEEP_S)
         asked: list[tuple[str, str]] = []
-        batch: list[Increments] = []
+        ops: list[Op] = []
         for period, keep_s in periods.items():
             fields: list[tuple[str, int]] = []
             for client in self._clients:  # (by 0 too: the reply is the pool's total)
@@ -160,23 +160,15 @@ class SpendRecorder(PoolMirror):
                 usd_field, tokens_field = spend_fields([client])
                 fields += [(usd_field, micro), (tokens_field, tokens)]
                 asked.append((period, client))
-            batch.append(Increments(self._keys.spend(period), int(keep_s), fields))
-        try:
-            replies = await self._counters.add(batch)
-        except BaseException:
-            self.ledger.give_back(increments)
-            raise
-        values = iter(replies)
-        for period, client in asked:
-            self.ledger.learned(period, client, next(values), next(values))
-        self.ledger.forget_before(now)
+            ops.append(Op("add", self._keys.spend(period), int(keep_s), fields))
 
-    async def close(self) -> None:
-        try:
-            await self.flush()  # what the last interval spent
-        except Exception as exc:
-            log.debug("could not write the last spend: %s", exc)
-        await super().close()
+        def took(replies: Sequence[Sequence[int]], _now: float) -> None:
+            values = iter(v for reply in replies for v in reply)
+            for period, client in asked:
+                self.ledger.learned(period, client, next(values), next(values))
+            self.ledger.forget_before(now)
+
+        return Sync(ops, took, lambda _exc: self.ledger.give_back(increments))
 
 
 async def read_spend(

@@ -1167,7 +1167,7 @@ async def record_calls(url: str, keys: PoolKeys, minutes: tuple[tuple[int, int, 
     for ago, calls, rate_limited in minutes:
         arrived = (seconds // 60 - ago) * 60 + 1
         counts.called("o1", calls, rate_limited, arrived)
-    await DemandRecorder(client, keys, 60, counts, ["o1"]).flush()
+    await DemandRecorder(client, keys, counts, ["o1"]).flush()
     await client.aclose()
 
 
@@ -1256,7 +1256,7 @@ async def record_spend(url: str, keys: PoolKeys, spent: list[tuple[str, float, i
     ledger = SpendLedger()
     for name, usd, tokens in spent:
         ledger.add(name, usd, tokens)
-    await SpendRecorder(client, keys, 60, ledger, sorted({name for name, _, _ in spent})).flush()
+    await SpendRecorder(client, keys, ledger, sorted({name for name, _, _ in spent})).flush()
     await client.aclose()
 
 
@@ -1337,7 +1337,7 @@ def test_refused_keys_and_model_outages_are_reported_and_a_rotation_lifts_a_key(
 async def model_down(url: str, keys: PoolKeys, model: str) -> None:
     """What a sidecar publishes when ``model`` fails on every account (outage_sync.py)."""
     outages = ModelOutages(3, 30.0)
-    sync = SharedOutages(AsyncRedis.from_url(url, decode_responses=True), keys, outages, [model], 60)
+    sync = SharedOutages(AsyncRedis.from_url(url, decode_responses=True), keys, outages, [model])
     try:
         now = outages.now()
         await sync.publish(model, ModelState("down", since=now, probe_at=now + 30), now)
@@ -1354,7 +1354,7 @@ async def refuse_key(url: str, keys: PoolKeys, account: str, name: str, value: s
         "keys": [{"name": name, "env": "X"}],
     }
     route = AccountRoute(Account.model_validate(spec), [UpstreamKey(account, name, value)])
-    shared = SharedQuarantine(AsyncRedis.from_url(url, decode_responses=True), keys, {account: route}, 60)
+    shared = SharedQuarantine(AsyncRedis.from_url(url, decode_responses=True), keys, {account: route})
     try:
         await shared.refused(route, route.keys[0])
     finally:

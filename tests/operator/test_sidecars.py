@@ -84,16 +84,14 @@ async def test_observe_counts_sidecars_and_drops_refusals_of_values_no_longer_he
         ),
         [UpstreamKey("main", "primary", value)],
     )
-    shared = SharedQuarantine(client, keys, {"main": route}, 60)
+    shared = SharedQuarantine(client, keys, {"main": route})
     await shared.refused(route, route.keys[0])
     await client.hset(keys.refused_keys(), mapping={"gone/key": "abcd1234;1;1;2", "main/odd": "junk"})
     seconds, _ = await client.time()
     await client.zadd(keys.sidecars(), {"a": seconds, "b": seconds, "dead": seconds - 60})
 
     outages = ModelOutages(3, 30.0)
-    sync = SharedOutages(
-        aioredis.from_url(redis_server.url, decode_responses=True), keys, outages, ["o1"], 60
-    )
+    sync = SharedOutages(aioredis.from_url(redis_server.url, decode_responses=True), keys, outages, ["o1"])
     now = outages.now()
     await sync.publish("o1", ModelState("down", since=now - 5, probe_at=now + 25), now)
     await sync.publish("o1-mini", ModelState("ramp", since=now - 181), now)  # its ramp is over: up
@@ -147,7 +145,7 @@ async def test_observe_reads_the_calls_and_429s_the_sidecars_recorded_in_the_las
         (minute - USAGE_MINUTES - 1, 70, 9),  # before the window
     ):
         counts.called(model, calls, rate_limited, arrived=arrived_minute * 60 + 1)
-    recorder = DemandRecorder(client, PoolKeys("u", "default", "basic"), 60, counts, [model])
+    recorder = DemandRecorder(client, PoolKeys("u", "default", "basic"), counts, [model])
     await recorder.flush()
     usage = (await observe(probe)).usage
     assert usage is not None
@@ -193,7 +191,7 @@ async def test_observe_reads_what_the_clients_spent_today_and_this_month_as_the_
         ledger = SpendLedger(clock=lambda: at)
         for name, usd, tokens in entries:
             ledger.add(name, usd, tokens)
-        await SpendRecorder(client, keys, 60, ledger, names, clock=lambda: at).flush()
+        await SpendRecorder(client, keys, ledger, names, clock=lambda: at).flush()
 
     await spend_at(
         seconds, [("web", 0.02466, 1052), ("web", 1.5, 300), ("batch", 0.00001, 7), ("other", 9, 9)]
@@ -265,7 +263,7 @@ async def test_the_loop_patches_spend_when_it_changes_and_again_after_each_recon
         client = aioredis.from_url(redis_server.url, decode_responses=True)
         ledger = SpendLedger()
         ledger.add("web", 0.5, 100)
-        await SpendRecorder(client, PoolKeys("l", "default", "basic"), 60, ledger, ["web"]).flush()
+        await SpendRecorder(client, PoolKeys("l", "default", "basic"), ledger, ["web"]).flush()
         await client.aclose()
         await until(lambda: len(patches) == 2, "a patch of the new spend")
         assert patches[1]["spend"] == [
@@ -312,10 +310,10 @@ async def test_observe_and_forecasting_read_a_pool_on_a_redis_cluster(redis_clus
     ledger = SpendLedger(clock=lambda: seconds)
     counts = DemandCounts(clock=lambda: seconds)
     outages = ModelOutages(3, 30.0)
-    shared = SharedQuarantine(redis_client(redis), keys, {"main": route}, 60)
-    sync = SharedOutages(redis_client(redis), keys, outages, ["o1"], 60)
-    recorder = SpendRecorder(redis_client(redis), keys, 60, ledger, ["web"], clock=lambda: seconds)
-    demand = DemandRecorder(redis_client(redis), keys, 60, counts, ["o1"], clock=lambda: seconds)
+    shared = SharedQuarantine(redis_client(redis), keys, {"main": route})
+    sync = SharedOutages(redis_client(redis), keys, outages, ["o1"])
+    recorder = SpendRecorder(redis_client(redis), keys, ledger, ["web"], clock=lambda: seconds)
+    demand = DemandRecorder(redis_client(redis), keys, counts, ["o1"], clock=lambda: seconds)
     client = probe_client(probe)
     try:
         await shared.refused(route, route.keys[0])

@@ -90,9 +90,7 @@ def test_counts_given_back_join_the_next_flush_and_the_oldest_minutes_go_first()
 
 async def test_a_flush_writes_one_hash_per_model_and_day_with_retention(redis_server: RedisServer) -> None:
     counts = DemandCounts(Clock(NOON))
-    recorder = DemandRecorder(
-        Redis.from_url(redis_server.url), KEYS, 60.0, counts, ["o1", "o1-mini"], Clock(NOON)
-    )
+    recorder = DemandRecorder(Redis.from_url(redis_server.url), KEYS, counts, ["o1", "o1-mini"], Clock(NOON))
     reader = Redis.from_url(redis_server.url, decode_responses=True)
     try:
         counts.record("o1", 8, admitted=True, queued=True, refused=False, cached=False, tokens=100)
@@ -121,7 +119,7 @@ async def test_a_flush_writes_one_hash_per_model_and_day_with_retention(redis_se
 async def test_counts_survive_redis_being_down(redis_server: RedisServer) -> None:
     counts = DemandCounts(Clock(NOON))
     client = Redis.from_url(redis_server.url, socket_timeout=1)
-    recorder = DemandRecorder(client, KEYS, 60.0, counts, ["o1"], Clock(NOON))
+    recorder = DemandRecorder(client, KEYS, counts, ["o1"], Clock(NOON))
     reader = Redis.from_url(redis_server.url, decode_responses=True)
     try:
         counts.record("o1", 5, admitted=True, queued=False, refused=False, cached=False, tokens=7)

@@ -71,12 +71,11 @@ async def test_refusals_double_the_rest_echoes_do_not_and_a_success_lifts_it_for
 ) -> None:
     a, b = route(), route()
     client = aioredis.from_url(redis_server.url, decode_responses=True)
-    one = SharedQuarantine(client, KEYS, {"acct-a": a}, 60, first_rest_s=0.2, longest_rest_s=10)
+    one = SharedQuarantine(client, KEYS, {"acct-a": a}, first_rest_s=0.2, longest_rest_s=10)
     two = SharedQuarantine(
         aioredis.from_url(redis_server.url, decode_responses=True),
         KEYS,
         {"acct-a": b},
-        60,
         first_rest_s=0.2,
         longest_rest_s=10,
     )
@@ -85,7 +84,7 @@ async def test_refusals_double_the_rest_echoes_do_not_and_a_success_lifts_it_for
     assert (held.refusals, held.rest_s) == (1, 0.2)
     echo = await two.refused(b, b.keys[0])  # refused while resting: a call sent before it was known
     assert echo.refusals == 1
-    await two.mirror()
+    await two.sync_alone()
     assert b.in_quarantine() == ["a1"]
 
     async def rest_over() -> bool:
@@ -97,7 +96,7 @@ async def test_refusals_double_the_rest_echoes_do_not_and_a_success_lifts_it_for
 
     assert a.accepted(key)
     await one.accepted(key)
-    await two.mirror()
+    await two.sync_alone()
     assert b.in_quarantine() == []
     assert await client.hgetall(KEYS.refused_keys()) == {}
     await one.close()
@@ -107,14 +106,10 @@ async def test_refusals_double_the_rest_echoes_do_not_and_a_success_lifts_it_for
 async def test_another_value_of_the_key_is_not_rested(redis_server: RedisServer) -> None:
     """After a rotation the new value is not the one the upstream refused."""
     old, new = route("sk-old"), route("sk-new")
-    one = SharedQuarantine(
-        aioredis.from_url(redis_server.url, decode_responses=True), KEYS, {"acct-a": old}, 60
-    )
-    two = SharedQuarantine(
-        aioredis.from_url(redis_server.url, decode_responses=True), KEYS, {"acct-a": new}, 60
-    )
+    one = SharedQuarantine(aioredis.from_url(redis_server.url, decode_responses=True), KEYS, {"acct-a": old})
+    two = SharedQuarantine(aioredis.from_url(redis_server.url, decode_responses=True), KEYS, {"acct-a": new})
     await one.refused(old, old.keys[0])
-    await two.mirror()
+    await two.sync_alone()
     assert new.in_quarantine() == []
     held = await two.refused(new, new.keys[0])  # the new value refused too: its own first refusal
     assert held.refusals == 1
@@ -126,7 +121,7 @@ async def test_without_redis_a_refusal_rests_the_key_here(redis_server: RedisSer
     r = route()
     redis_server.stop()
     client = aioredis.from_url(redis_server.url, decode_responses=True, socket_connect_timeout=0.2)
-    shared = SharedQuarantine(client, KEYS, {"acct-a": r}, 60)
+    shared = SharedQuarantine(client, KEYS, {"acct-a": r})
     held = await shared.refused(r, r.keys[0])
     assert held.refusals == 1 and r.in_quarantine() == ["a1"]
     await shared.close()

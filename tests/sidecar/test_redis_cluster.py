@@ -57,8 +57,8 @@ async def test_two_sidecars_share_limits_and_the_l2_cache_on_a_cluster(
         assert 'o1_api_limiter_mode{mode="shared"} 1.0' in await scrape(handle.metrics_url)
 
     # The pool's shared state reads and writes on the cluster (each raises if it cannot).
-    for loop in one.proxy._background:  # refused keys, outages, demand, prediction
-        await loop.mirror()
+    assert one.proxy.sync is not None  # refused keys, outages, demand, prediction: one command
+    await one.proxy.sync.tick()
     lead = await one.proxy.coalescer.join("a-cache-key", time.time() + 5)
     assert isinstance(lead, Lead) and lead.remote  # it took the pool's in-flight key
     lead.done()

@@ -19,7 +19,6 @@ import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import replace
-from importlib.resources import files
 from typing import Any, TypeAlias
 
 from redis._parsers import AsyncCommandsParser
@@ -422,13 +421,3 @@ SERVER_TIME = "return redis.call('TIME')"
 def server_time(reply: Sequence[Any]) -> float:
     """Seconds since the epoch from the reply of ``SERVER_TIME``."""
     return int(reply[0]) + int(reply[1]) / 1e6
-
-
-HASH_AND_TIME = (files("o1sidecar") / "hash_and_time.lua").read_text()
-
-
-async def read_hash_and_time(script: KeyedScript, key: str) -> tuple[float, dict[str, str]]:
-    """The HASH ``key`` and, in the same command, the clock of the server that holds it (``script``:
-    ``HASH_AND_TIME`` registered on a client that decodes responses)."""
-    time_reply, flat = await script(keys=[key])
-    return server_time(time_reply), dict(zip(flat[::2], flat[1::2], strict=True))

@@ -31,7 +31,8 @@ PRIORITIES = ((2, 0.5), (5, 0.3), (8, 0.2))
 # The sidecars' scripts (o1sidecar/limits/scripts.py), by name; the previous ref's are told apart by
 # their own sources.
 SCRIPTS = ("admit", "release", "heartbeat", "eta", "forget")
-SIDECAR_SCRIPTS = ("sync", "quarantine", "outage_sync", "counters", "hash_and_time")  # (the last two: older refs)
+# (counters and hash_and_time: an older ref's, since folded into sync)
+SIDECAR_SCRIPTS = ("sync", "quarantine", "outage_sync", "counters", "hash_and_time")
 
 
 @dataclass(frozen=True)

@@ -389,3 +389,63 @@ async def test_a_successor_named_before_its_reply_keeps_the_stores_order(
     await s1.release(grant, None)
     await s1.release(await asyncio.wait_for(successor, 5.0), None)
     await h
+
+
+async def test_a_head_that_another_sidecars_request_goes_before_does_not_ask_at_the_time_it_was_given(
+    sidecars: Callable[..., Any],
+) -> None:
+    """The head of the pool's queue, told when capacity comes for it, is displaced by a request of
+    higher priority from another sidecar: the store tells it so (an exact wait), and names it again
+    with its new time once that request is admitted. It asks twice in all (on arrival, then to be
+    admitted), not also at the time it was first given, when it would only be refused."""
+    s1, s2 = await sidecars({"rpm": 120, "tpm": 10_000_000})
+    counted = _CountedAttempts(s2)
+    spent = []
+    while (grant := await s1.try_acquire(demand(), ["a"])) is not None:  # (the bucket empty: paced)
+        spent.append(grant)
+        assert len(spent) < 500
+    order: list[str] = []
+
+    async def one(limiter: SharedLimiter, label: str, priority: int) -> None:
+        grant = await limiter.acquire(demand(priority, deadline_s=20.0), ["a"])
+        order.append(label)
+        await limiter.release(grant, UpstreamReport(status=200))
+
+    pubsub = s1.client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(s1.keys.wake_channel_of(s2.wake_tag))
+    low = asyncio.create_task(one(s2, "s2 p5", 5))
+    await until(lambda: counted.calls == 1 and s2.state().queue_length == {5: 1}, "the p5 head waiting")
+    (head,) = s2.waiting()
+    assert await s1.client.zrange(s1.keys.queue(MODEL), 0, -1) == [head.ticket]
+    high = asyncio.create_task(one(s1, "s1 p8", 8))
+    await asyncio.wait_for(asyncio.gather(low, high), 15)
+    assert order == ["s1 p8", "s2 p5"]
+    assert counted.calls == 2, "the displaced head asked only on arrival and when its turn came back"
+    assert await _queue_empty(s1)
+    waits = []  # what its sidecar was told: displaced (wait the safety net), then its exact time
+    for _ in range(10):  # (what was published is read; None for the ignored subscribe reply)
+        message = await pubsub.get_message(timeout=0.1)
+        if message is None:
+            continue
+        model, ticket, wait_ms = message["data"].split(";")
+        assert (model, ticket) == (MODEL, head.ticket)
+        waits.append(wait_ms)
+    # (then the p8's release names it again with its wait on that account only: no "+", an upper bound)
+    assert waits[0] == "+5000" and waits[1].startswith("+") and all(w[0] != "+" for w in waits[2:]), waits
+    await pubsub.aclose()
+
+
+async def test_the_pools_queue_lives_as_long_as_a_ticket_in_it(sidecars: Callable[..., Any]) -> None:
+    """A waiter asks only when its time comes: the queue may see no call for longer than its keys' TTL
+    (twice a ticket's), and the heartbeat that keeps the ticket alive keeps the queue's keys too."""
+    (s1,) = await sidecars({"rpm": 6, "tpm": 10_000_000}, n=1)  # one request per 10 s
+    await drain_shared(s1)
+    counted = _CountedAttempts(s1)
+    waiter = asyncio.create_task(s1.acquire(demand(), ["a"]))
+    await until(lambda: s1.state().queue_length == {5: 1}, "a waiter")
+    (w,) = s1.waiting()
+    await asyncio.sleep(3 * s1.redis_backend.ticket_ttl_s)  # (the keys' TTL passes, twice a ticket's)
+    assert counted.calls == 1 and not waiter.done()  # (no call since it queued)
+    assert await s1.client.zrange(s1.keys.queue(MODEL), 0, -1) == [w.ticket]
+    assert await s1.client.hget(s1.keys.ticket_cost(MODEL), w.ticket) == "100"
+    waiter.cancel()

@@ -8,7 +8,16 @@ cluster node; pools spread across nodes.
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+
+def accounts_tag(names: Iterable[str]) -> str:
+    """A short tag of a set of accounts, the same in every sidecar: a queue ticket's id carries the tag
+    of the accounts its request may use (``<sidecar>.<tag>:<id>``), so that the store can tell a head
+    whether the wait it names covers all of them (queue.lua ``name_head``)."""
+    return f"{zlib.crc32(','.join(sorted(names)).encode()):08x}"
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from o1sidecar.limits.backend import (
     account_limits,
 )
 from o1sidecar.limits.balancing import Health, health_at, update_health
+from o1sidecar.limits.keys import accounts_tag
 from o1sidecar.limits.reconcile import settlement
 
 log = logging.getLogger("o1sidecar.limits")
@@ -221,7 +222,7 @@ class QueueingLimiter:
                 "(queue.max_length); retry later"
             )
 
-        ticket = self.ticket_prefix + uuid.uuid4().hex
+        ticket = self._ticket(limits)
         holder = self._holder(demand, limits)
         if holder is not None:
             held = _held_behind(holder, demand, limits, ticket, next(self._seq), started, self._aging_s)
@@ -261,6 +262,11 @@ class QueueingLimiter:
             self._abandon(waiter)
             raise
 
+    def _ticket(self, limits: Sequence[AccountLimits]) -> str:
+        """A new queue ticket: ``<sidecar>.<accounts tag>:<id>`` (keys.accounts_tag; ``ticket_prefix``
+        names the sidecar)."""
+        return f"{self.ticket_prefix}{accounts_tag(a.name for a in limits)}:{uuid.uuid4().hex}"
+
     def _holder(self, demand: Demand, limits: tuple[AccountLimits, ...]) -> _Waiter | None:
         """The waiter here, in the store's queue, that ``demand`` would certainly queue behind there: this
         model's best, of the same client and accounts, of at least its priority and older. ``demand``
@@ -284,7 +290,7 @@ class QueueingLimiter:
         if cap is not None and cap.tpm is not None and demand.tokens > cap.tpm:
             return None
         started = self._clock()
-        ticket = self.ticket_prefix + uuid.uuid4().hex
+        ticket = self._ticket(limits)
         result = await self._try(Attempt(demand, limits, ticket, ticket, None, self._aging_s, queue=False))
         return self._granted(result, demand, limits, started) if isinstance(result, Admitted) else None
 
@@ -544,9 +550,11 @@ class QueueingLimiter:
                 q.try_now = True
                 q.wake.set()
 
-    def named(self, model: str, ticket: str, wait_s: float) -> None:
+    def named(self, model: str, ticket: str, wait_s: float, exact: bool = False) -> None:
         """The store named ``ticket`` the head of ``model``'s queue, admissible in ``wait_s``: if it
-        waits here, the dispatcher asks then (another sidecar's ticket: nothing to do)."""
+        waits here, the dispatcher asks then (another sidecar's ticket: nothing to do). An ``exact``
+        wait is the soonest on all of its accounts, and replaces a sooner time it had (capacity was
+        taken since: asking then would be refused); another is an upper bound, and the sooner stays."""
         q = self._queues.get(model)
         w = q.by_ticket.get(ticket) if q is not None else None
         at = self._clock() + max(0.0, wait_s)
@@ -563,6 +571,8 @@ class QueueingLimiter:
         if w.held:  # (named, so it joined the store's queue: the reply that says at what rank is on its
             w.retry_at = at  # way, and puts it in line here; until then the dispatcher awaits that reply)
         w.named = True
+        if exact and not w.held:
+            w.retry_at = at
         head = self._head(q, self._clock())
         for x in (w, head):
             if x is not None:

@@ -24,7 +24,7 @@ from o1sidecar.limits.backend import (
 from o1sidecar.limits.connect import RedisClient
 from o1sidecar.limits.connect import redis_client as redis_client  # (where the sidecar has it from)
 from o1sidecar.limits.connect import redis_password as redis_password
-from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.limits.keys import PoolKeys, accounts_tag
 from o1sidecar.limits.scripts import Scripts
 
 
@@ -86,7 +86,7 @@ class Beat:
 
 def _packed_successor(s: Successor | None) -> tuple[str, ...]:
     if s is None:
-        return ("",)
+        return ("", "", "", "", "")
     deadline = _num(s.deadline) if math.isfinite(s.deadline) else ""
     return (s.ticket, str(s.priority), str(s.tokens), repr(s.age_s), deadline)
 
@@ -149,6 +149,7 @@ class RedisBackend:
                 _num(d.cap.tpm if d.cap else None),
                 repr(a.age_s),
                 *_packed_successor(a.successor),
+                accounts_tag(x.name for x in a.accounts),
             )
         )
         args = [self._now(), a.ticket, params, self.keys.wake_channel(), d.model]
@@ -247,7 +248,8 @@ class RedisBackend:
             len(by_model),
         ]
         for model, tickets in by_model.items():
-            keys.append(self.keys.ticket_expiry(model))
+            q = self.keys
+            keys += [q.ticket_expiry(model), q.queue(model), q.ticket_cost(model), q.places(model)]
             args += [len(tickets) // 2, *tickets]
         args.append(len(pairs))
         for limits, model in pairs:

@@ -167,15 +167,16 @@ class SharedLimiter(QueueingLimiter):
                     await pubsub.aclose()
 
     def _on_wake(self, message: str) -> None:
-        """``<model>;<ticket>;<wait ms>``: the store named the head of a model's queue (queue.lua); a bare
-        ``<model>`` (a sidecar of an older release): wake that model's dispatcher."""
+        """``<model>;<ticket>;<wait ms>``: the store named the head of a model's queue (queue.lua), the
+        wait exact when ``+<ms>``; a bare ``<model>`` (a sidecar of an older release): wake that model's
+        dispatcher."""
         model, _, named = message.partition(";")
         ticket, _, wait_ms = named.partition(";")
         if not ticket:
             self.wake(model)
             return
         try:
-            wait_s = int(wait_ms) / 1000
+            wait_s = int(wait_ms) / 1000  # (int() reads "+<ms>" too)
         except ValueError:
             wait_s = 0.0
-        self.named(model, ticket, wait_s)
+        self.named(model, ticket, wait_s, exact=wait_ms.startswith("+"))

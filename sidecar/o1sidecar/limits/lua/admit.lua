@@ -11,10 +11,13 @@
 --         client has limits of its own)
 -- ARGV[1] now ('' = TIME)  ARGV[2] ticket
 -- ARGV[3] "priority;aging_s;tokens;lease_ttl_s;ticket_ttl_s;rank;queue;lease id;client;weight;deadline;
---         client rpm;client tpm;age_s;successor;its priority;its tokens;its age_s;its deadline"
+--         client rpm;client tpm;age_s;successor;its priority;its tokens;its age_s;its deadline;
+--         accounts tag"
 --         (rank '' = rank it now, as of age_s ago; queue 0 = a denied attempt leaves no ticket;
 --         client '' = none; deadline, client rpm, client tpm '' = none; successor '' = none: a waiter
---         of the same client its sidecar held back, queued in the same step if this one is admitted)
+--         of the same client its sidecar held back, queued in the same step if this one is admitted;
+--         accounts tag: keys.accounts_tag of the accounts below, '' none: the namings this step makes
+--         are exact for a head of the same accounts, queue.lua name_head)
 -- ARGV[4] wake channel  ARGV[5] model  ARGV[5+i] account i (see limits() in rule.lua)
 -- (Fields are packed into few arguments: encoding arguments is most of a call's client-side cost.)
 -- Returns {1, account, successor's rank ('' none)} or {0, reason, wait_ms, rank, eta_ms} (eta_ms:
@@ -22,8 +25,10 @@
 --
 -- Tickets expire at their request's deadline, or sooner if their sidecar stops refreshing them: a
 -- waiter that times out needs no call to leave. Whenever the queue's head changes here, the new head is
--- named on the wake channel with its wait (queue.lua), so only its sidecar tries; a waiter behind
--- others is told to wait QUEUE_WAIT_MS, a safety net for a lost message.
+-- named on the wake channel with its wait (queue.lua), so only its sidecar tries, and a head this one
+-- displaced is told to wait QUEUE_WAIT_MS instead (exactly: it does not try at the time it was named
+-- with, when this one goes first); a waiter behind others is told to wait QUEUE_WAIT_MS too, a safety net
+-- for a lost message.
 
 local AHEAD_LIMIT = 64
 local QUEUE_WAIT_MS = 5000
@@ -39,6 +44,8 @@ local deadline = tonumber(params[11] or '') or math.huge
 local cap_rpm, cap_tpm = tonumber(params[12] or '') or 0, tonumber(params[13] or '') or 0
 local joined = now - (tonumber(params[14] or '') or 0)  -- when a request ranked now joined
 local successor = params[15] or ''
+local tag = params[20]
+if tag == '' then tag = nil end
 local n = #ARGV - 5
 local fair_key, places_key = KEYS[4 + 3 * n], KEYS[5 + 3 * n]
 local cap_win, cap_totals = KEYS[6 + 3 * n], KEYS[7 + 3 * n]
@@ -181,14 +188,21 @@ if best ~= nil then
       successor_rank = num(s_rank)
     end
   end
-  name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, nil)
+  name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, nil, tag)
   return {1, best.name, successor_rank}
 end
 
 if enqueue then join_queue(ticket, rank, tokens, deadline, start, worth) end
 
 local head1 = queue_head(KEYS[1])
-if head1 ~= head0 then name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, ticket) end
+if head1 ~= head0 then
+  name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, ticket, tag)
+  if head0 ~= nil and head0 ~= ticket and redis.call('ZSCORE', KEYS[1], head0) then
+    -- The head it was now waits behind this one: it is named again when its turn comes back (this one
+    -- admitted or gone); until then it waits the safety net, not the time it was named with.
+    name_head(ARGV[4], ARGV[5], head0, QUEUE_WAIT_MS / 1000, true)
+  end
+end
 -- (what is ahead was read above, unless there was more of it than AHEAD_LIMIT)
 local ahead, ahead_cost = #ahead_ids, ahead_tokens
 if not all_ahead then ahead, ahead_cost = queue_ahead(KEYS[1], KEYS[3], ticket, rank) end

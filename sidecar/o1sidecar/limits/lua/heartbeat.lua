@@ -3,7 +3,10 @@
 -- and request caps left (rule.lua, in memory: nothing of an account's state is written).
 --
 -- KEYS[1] sidecar ZSET (sidecar id -> last seen)
--- then per model m: its ticket expiry ZSET;  then per account+model p: its HASH, lease ZSET, window ZSET
+-- then per model m: its ticket expiry ZSET, queue ZSET, ticket cost HASH and places HASH (the model's
+--   queue lives as long as a ticket in it does: a waiter asks only when its turn comes, so the queue
+--   may see no new ticket for longer than its keys' TTL);
+-- then per account+model p: its HASH, lease ZSET, window ZSET
 -- ARGV: now ('' = TIME), sidecar id, seconds a sidecar counts as live after its last heartbeat
 --       (config.RedisConfig.live_for_s), lease ttl s, ticket ttl s,
 --       number of models, then per model: number of tickets, then per ticket its id and its request's
@@ -23,12 +26,13 @@ local live = redis.call('ZCOUNT', KEYS[1], '(' .. (now - stale), '+inf')
 local i, k = 6, 1
 local models = tonumber(ARGV[i])
 for _ = 1, models do
-  k = k + 1
   local count = tonumber(ARGV[i + 1])
   for j = 1, count do
     local deadline = tonumber(ARGV[i + 2 * j + 1]) or math.huge
-    redis.call('ZADD', KEYS[k], 'XX', math.min(now + ticket_ttl, deadline), ARGV[i + 2 * j])
+    redis.call('ZADD', KEYS[k + 1], 'XX', math.min(now + ticket_ttl, deadline), ARGV[i + 2 * j])
   end
+  for key = k + 1, k + 4 do redis.call('PEXPIRE', KEYS[key], math.ceil(2 * ticket_ttl * 1000)) end
+  k = k + 4
   i = i + 1 + 2 * count
 end
 

@@ -21,25 +21,37 @@ local function soonest(accounts, tokens, now)
 end
 
 -- Tell the sidecar holding ``head`` that it may be admitted in ``wait`` seconds: only that sidecar
--- tries, at that time ("<model>;<ticket>;<wait ms>"). The waiters behind it are named in turn.
+-- tries, at that time ("<model>;<ticket>;<wait ms>"). The waiters behind it are named in turn. An
+-- ``exact`` wait ("+<wait ms>") is the soonest on every account the head may use: the sidecar then
+-- waits that long even if it was told sooner before (capacity taken since); another wait is the soonest
+-- on some of them only, an upper bound, and the sidecar keeps the sooner of the two.
 -- A ticket "<sidecar>.<id>" is named on that sidecar's own channel, "<channel>:<sidecar>" (keys.py
 -- wake_channel_of): one subscriber, where the pool's channel reaches every sidecar of the pool (with
 -- 1,000 sidecars, 1,000 messages a naming, all but one discarded: docs/scale.md). A ticket without a
 -- sidecar (of an older sidecar) is named on the pool's channel, which every sidecar also hears.
-local function name_head(channel, model, head, wait)
-  wait = math.min(math.max(0.0, wait), NAME_MAX_WAIT)
+local function name_head(channel, model, head, wait, exact)
+  wait = math.min(math.max(0.0, wait), NAME_MAX_WAIT)  -- (a shorter wait is still a lower bound)
   local dot = string.find(head, '.', 1, true)
   if dot ~= nil then channel = channel .. ':' .. string.sub(head, 1, dot - 1) end
-  redis.call('PUBLISH', channel, model .. ';' .. head .. ';' .. math.ceil(wait * 1000))
+  local ms = tostring(math.ceil(wait * 1000))
+  if exact then ms = '+' .. ms end
+  redis.call('PUBLISH', channel, model .. ';' .. head .. ';' .. ms)
 end
 
--- Name the queue's head, if it has one other than ``unless``, with its wait on ``accounts`` (nil: now).
-local function name_queue_head(queue, costs, channel, model, accounts, now, unless)
+-- The accounts a ticket's request may use, as the tag in its id ("<sidecar>.<accounts tag>:<id>";
+-- keys.accounts_tag), or nil (a ticket of an older sidecar).
+local function ticket_accounts(ticket)
+  return string.match(ticket, '^[^.]*%.(%x+):')
+end
+
+-- Name the queue's head, if it has one other than ``unless``, with its wait on ``accounts`` (nil: now),
+-- exact if ``accounts`` (tagged ``tag``) are the head's.
+local function name_queue_head(queue, costs, channel, model, accounts, now, unless, tag)
   local head = queue_head(queue)
   if head == nil or head == unless then return end
   local wait = 0.0
   if accounts ~= nil then wait = soonest(accounts, tonumber(redis.call('HGET', costs, head)) or 0, now) end
-  name_head(channel, model, head, wait)
+  name_head(channel, model, head, wait, accounts ~= nil and tag ~= nil and ticket_accounts(head) == tag)
 end
 
 -- The waiters ranked ahead of ``ticket`` of rank ``rank`` (better rank, or the same and a smaller ticket

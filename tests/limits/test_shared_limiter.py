@@ -422,16 +422,16 @@ async def test_a_head_that_another_sidecars_request_goes_before_does_not_ask_at_
     assert order == ["s1 p8", "s2 p5"]
     assert counted.calls == 2, "the displaced head asked only on arrival and when its turn came back"
     assert await _queue_empty(s1)
-    waits = []  # what its sidecar was told: displaced (wait the safety net), then its exact time
+    waits = []  # what its sidecar was told: behind another (until named), then its exact time
     for _ in range(10):  # (what was published is read; None for the ignored subscribe reply)
         message = await pubsub.get_message(timeout=0.1)
         if message is None:
             continue
-        model, ticket, wait_ms = message["data"].split(";")
+        model, ticket, wait_ms = message["data"].split(";", 2)
         assert (model, ticket) == (MODEL, head.ticket)
         waits.append(wait_ms)
     # (then the p8's release names it again with its wait on that account only: no "+", an upper bound)
-    assert waits[0] == "+5000" and waits[1].startswith("+") and all(w[0] != "+" for w in waits[2:]), waits
+    assert waits[0] == "+5000;behind" and waits[1][0] == "+" and all(w[0] != "+" for w in waits[2:]), waits
     await pubsub.aclose()
 
 
@@ -449,3 +449,30 @@ async def test_the_pools_queue_lives_as_long_as_a_ticket_in_it(sidecars: Callabl
     assert await s1.client.zrange(s1.keys.queue(MODEL), 0, -1) == [w.ticket]
     assert await s1.client.hget(s1.keys.ticket_cost(MODEL), w.ticket) == "100"
     waiter.cancel()
+
+
+async def test_a_head_sent_behind_another_that_times_out_leaves_without_a_call(
+    sidecars: Callable[..., Any],
+) -> None:
+    """Only the pool's head is dropped from the store at once when its deadline passes (so that the next
+    is named without delay); a head the store sent behind another is no longer it, and its ticket
+    expires with its deadline by itself."""
+    s1, s2 = await sidecars({"rpm": 120, "tpm": 10_000_000})  # one request per 0.5 s
+    await drain_shared(s1)
+    forgets: list[list[str]] = []
+    forget = s2.backend.forget
+
+    async def counted(model: str, tickets: list[str]) -> None:
+        forgets.append(tickets)
+        await forget(model, tickets)
+
+    s2.backend.forget = counted  # type: ignore[method-assign]
+    low = asyncio.create_task(s2.acquire(demand(5, deadline_s=1.2), ["a"]))
+    await until(lambda: s2.state().queue_length == {5: 1}, "the p5 head waiting in sidecar 2")
+    highs = [asyncio.create_task(s1.acquire(demand(8), ["a"])) for _ in range(3)]
+    with pytest.raises(QueueTimeout):
+        await asyncio.wait_for(low, 5)
+    for grant in await asyncio.wait_for(asyncio.gather(*highs), 10):
+        await s1.release(grant, None)
+    assert forgets == []
+    assert await _queue_empty(s1)

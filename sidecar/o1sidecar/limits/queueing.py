@@ -28,7 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from o1sidecar.config import SidecarConfig
 from o1sidecar.limits.api import (
@@ -64,6 +64,7 @@ MAX_SLEEP_S = 1.0  # a waiter re-checks at least this often, whatever the store 
 MIN_SLEEP_S = 0.002
 ERROR_SLEEP_S = 0.1
 NAMED_EARLY_S = 5.0  # a naming that came before its waiter was queued here is kept this long
+Told = Literal["named", "exact", "behind"]  # what the store said of a waiter (QueueingLimiter._told)
 
 
 @dataclass(eq=False)
@@ -128,8 +129,8 @@ class QueueingLimiter:
         self._seq = itertools.count()
         self._settling: set[asyncio.Task[None]] = set()
         # Tickets named before their waiter was queued here (the message can overtake the reply of the
-        # attempt that queued it): ticket -> when it may be admitted; kept for NAMED_EARLY_S.
-        self._named_early: dict[str, float] = {}
+        # attempt that queued it): ticket -> what the store said (``_told``); kept for NAMED_EARLY_S.
+        self._named_early: dict[str, tuple[float, Told]] = {}
         self._named_pruned = 0.0
         self._closed = False
         self._draining = False
@@ -321,7 +322,7 @@ class QueueingLimiter:
         q.by_ticket[w.ticket] = w
         early = self._named_early.pop(w.ticket, None)
         if early is not None:
-            w.named, w.retry_at = True, min(w.retry_at, early)
+            self._told(q, w, *early)
         self._waiting[w.demand.priority] += 1
         q.wake.set()
         if q.task is None or q.task.done():
@@ -555,29 +556,45 @@ class QueueingLimiter:
         waits here, the dispatcher asks then (another sidecar's ticket: nothing to do). An ``exact``
         wait is the soonest on all of its accounts, and replaces a sooner time it had (capacity was
         taken since: asking then would be refused); another is an upper bound, and the sooner stays."""
+        self._heard(model, ticket, self._clock() + max(0.0, wait_s), "exact" if exact else "named")
+
+    def behind(self, model: str, ticket: str, wait_s: float) -> None:
+        """The store's head ``ticket`` waits behind another again: it asks when named, or in ``wait_s``
+        (a safety net), not at the time it was named with; and, no longer the head, it leaves without
+        a call if its deadline comes first (its ticket expires then)."""
+        self._heard(model, ticket, self._clock() + max(0.0, wait_s), "behind")
+
+    def _heard(self, model: str, ticket: str, at: float, told: Told) -> None:
         q = self._queues.get(model)
         w = q.by_ticket.get(ticket) if q is not None else None
-        at = self._clock() + max(0.0, wait_s)
         if q is None or w is None:
             now = self._clock()
             if now - self._named_pruned >= NAMED_EARLY_S:  # (once in a while, not on every message)
                 self._named_pruned = now
-                for stale in [t for t, when in self._named_early.items() if when < now - NAMED_EARLY_S]:
+                early = self._named_early.items()
+                for stale in [t for t, (when, _) in early if when < now - NAMED_EARLY_S]:
                     del self._named_early[stale]
-            self._named_early[ticket] = at  # (ours, not queued yet; or another sidecar's: forgotten)
+            self._named_early[ticket] = (at, told)  # (ours, not queued yet; or another sidecar's: forgotten)
             return
-        if w.future.done():
+        if not w.future.done():
+            self._told(q, w, at, told)
+            q.wake.set()
+
+    def _told(self, q: _ModelQueue, w: _Waiter, at: float, told: Told) -> None:
+        """What the store said of ``w`` (``named``, ``behind``): when it asks next."""
+        if told == "behind":
+            if not w.held:
+                w.named, w.retry_at = False, at
             return
         if w.held:  # (named, so it joined the store's queue: the reply that says at what rank is on its
             w.retry_at = at  # way, and puts it in line here; until then the dispatcher awaits that reply)
         w.named = True
-        if exact and not w.held:
+        if told == "exact" and not w.held:
             w.retry_at = at
         head = self._head(q, self._clock())
         for x in (w, head):
             if x is not None:
                 x.retry_at = min(x.retry_at, at)
-        q.wake.set()
 
     def waiting(self) -> list[Waiting]:
         """Every request waiting here, for a store taking over."""

@@ -168,10 +168,12 @@ class SharedLimiter(QueueingLimiter):
 
     def _on_wake(self, message: str) -> None:
         """``<model>;<ticket>;<wait ms>``: the store named the head of a model's queue (queue.lua), the
-        wait exact when ``+<ms>``; a bare ``<model>`` (a sidecar of an older release): wake that model's
+        wait exact when ``+<ms>``; ``<model>;<ticket>;+<ms>;behind``: that head waits behind another
+        again, until named; a bare ``<model>`` (a sidecar of an older release): wake that model's
         dispatcher."""
         model, _, named = message.partition(";")
-        ticket, _, wait_ms = named.partition(";")
+        ticket, _, rest = named.partition(";")
+        wait_ms, _, flag = rest.partition(";")
         if not ticket:
             self.wake(model)
             return
@@ -179,4 +181,7 @@ class SharedLimiter(QueueingLimiter):
             wait_s = int(wait_ms) / 1000  # (int() reads "+<ms>" too)
         except ValueError:
             wait_s = 0.0
-        self.named(model, ticket, wait_s, exact=wait_ms.startswith("+"))
+        if flag == "behind":
+            self.behind(model, ticket, wait_s)
+        else:
+            self.named(model, ticket, wait_s, exact=wait_ms.startswith("+"))

@@ -200,7 +200,7 @@ if head1 ~= head0 then
   if head0 ~= nil and head0 ~= ticket and redis.call('ZSCORE', KEYS[1], head0) then
     -- The head it was now waits behind this one: it is named again when its turn comes back (this one
     -- admitted or gone); until then it waits the safety net, not the time it was named with.
-    name_head(ARGV[4], ARGV[5], head0, QUEUE_WAIT_MS / 1000, true)
+    name_behind(ARGV[4], ARGV[5], head0, QUEUE_WAIT_MS / 1000)
   end
 end
 -- (what is ahead was read above, unless there was more of it than AHEAD_LIMIT)

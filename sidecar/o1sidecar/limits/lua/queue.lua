@@ -38,6 +38,16 @@ local function name_head(channel, model, head, wait, exact)
   redis.call('PUBLISH', channel, model .. ';' .. head .. ';' .. ms)
 end
 
+-- Tell the sidecar holding ``ticket``, the head until now, that it waits behind another again: it is
+-- named when its turn comes back, and waits ``wait`` seconds at most meanwhile (a safety net), not the
+-- time it was named with ("<model>;<ticket>;+<wait ms>;behind"; a sidecar of an older release reads
+-- the wait as 0, asks, and is told the same).
+local function name_behind(channel, model, ticket, wait)
+  local dot = string.find(ticket, '.', 1, true)
+  if dot ~= nil then channel = channel .. ':' .. string.sub(ticket, 1, dot - 1) end
+  redis.call('PUBLISH', channel, model .. ';' .. ticket .. ';+' .. math.ceil(wait * 1000) .. ';behind')
+end
+
 -- The accounts a ticket's request may use, as the tag in its id ("<sidecar>.<accounts tag>:<id>";
 -- keys.accounts_tag), or nil (a ticket of an older sidecar).
 local function ticket_accounts(ticket)

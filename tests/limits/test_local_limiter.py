@@ -245,7 +245,7 @@ class _Overtaken:
     async def settle(self, settlement: Settlement) -> None:
         pass
 
-    async def forget(self, model: str, tickets: list[str]) -> None:
+    async def forget(self, model: str, tickets: list[str], accounts: object = ()) -> None:
         pass
 
 

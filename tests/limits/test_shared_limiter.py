@@ -462,9 +462,9 @@ async def test_a_head_sent_behind_another_that_times_out_leaves_without_a_call(
     forgets: list[list[str]] = []
     forget = s2.backend.forget
 
-    async def counted(model: str, tickets: list[str]) -> None:
+    async def counted(model: str, tickets: list[str], *accounts: Any) -> None:
         forgets.append(tickets)
-        await forget(model, tickets)
+        await forget(model, tickets, *accounts)
 
     s2.backend.forget = counted  # type: ignore[method-assign]
     low = asyncio.create_task(s2.acquire(demand(5, deadline_s=1.2), ["a"]))
@@ -476,3 +476,32 @@ async def test_a_head_sent_behind_another_that_times_out_leaves_without_a_call(
         await s1.release(grant, None)
     assert forgets == []
     assert await _queue_empty(s1)
+
+
+async def test_the_head_named_after_one_that_timed_out_is_told_its_time_not_now(
+    sidecars: Callable[..., Any],
+) -> None:
+    """The pool's head times out and its sidecar drops its ticket at once; the next head is named with
+    its exact wait on its accounts (the dropping call carries them), so it does not ask now only to be
+    told to wait."""
+    s1, s2 = await sidecars({"rpm": 6, "tpm": 10_000_000})  # one request per 10 s
+    await drain_shared(s1)
+    counted = _CountedAttempts(s2)
+    pubsub = s1.client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(s1.keys.wake_channel_of(s2.wake_tag))
+    first = asyncio.create_task(s1.acquire(demand(deadline_s=1.0), ["a"]))
+    await until(lambda: s1.state().queue_length == {5: 1}, "the head waiting in sidecar 1")
+    second = asyncio.create_task(s2.acquire(demand(), ["a"]))
+    await until(lambda: s2.state().queue_length == {5: 1}, "a waiter behind it in sidecar 2")
+    with pytest.raises(QueueTimeout):
+        await asyncio.wait_for(first, 5)
+    (w,) = s2.waiting()
+    message = None
+    for _ in range(20):
+        message = message or await pubsub.get_message(timeout=0.1)
+    assert message is not None
+    _, ticket, wait_ms = message["data"].split(";")
+    assert ticket == w.ticket and wait_ms[0] == "+" and int(wait_ms) > 5000, wait_ms
+    assert counted.calls == 1 and not second.done()  # (it asked on arrival only)
+    second.cancel()
+    await pubsub.aclose()

@@ -9,6 +9,7 @@ a *ticket* so that other attempts know a better-ranked request is waiting.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -135,8 +136,9 @@ class Backend(Protocol):
 
     async def settle(self, settlement: Settlement) -> None: ...
 
-    async def forget(self, model: str, tickets: list[str]) -> None:
-        """Drop tickets of waiters that left (timed out, cancelled)."""
+    async def forget(self, model: str, tickets: list[str], accounts: Sequence[AccountLimits] = ()) -> None:
+        """Drop tickets of waiters that left (timed out, cancelled). ``accounts``, those of their
+        requests: the head named next is told its wait on them (none: now)."""
         ...
 
     async def adopt(self, waiting: list[Waiting]) -> None:

@@ -11,9 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from o1sidecar.limits.backend import Admitted, Attempt, Denied, Held, Mode, Settlement, Snapshot, Waiting
+from o1sidecar.limits.backend import (
+    AccountLimits,
+    Admitted,
+    Attempt,
+    Denied,
+    Held,
+    Mode,
+    Settlement,
+    Snapshot,
+    Waiting,
+)
 from o1sidecar.limits.breaker import CircuitBreaker
 from o1sidecar.limits.connect import REDIS_FAILURES
 from o1sidecar.limits.local import LocalBackend
@@ -144,11 +154,11 @@ class FailoverBackend:
                 self.failed(exc)
         return self.local.eta_now(a)
 
-    async def forget(self, model: str, tickets: list[str]) -> None:
+    async def forget(self, model: str, tickets: list[str], accounts: Sequence[AccountLimits] = ()) -> None:
         self.local.forget_now(model, tickets)
         if self.mode == "shared":
             try:
-                await self.redis.forget(model, tickets)
+                await self.redis.forget(model, tickets, accounts)
             except REDIS_ERRORS as exc:
                 raise_if_cancelled()
                 self.failed(exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from o1sidecar.config import SidecarConfig
@@ -243,7 +243,7 @@ class LocalBackend:
         rule.refresh(st, lim, now)
         rule.settle(st, lim, s, now, waiting=len(self._tickets.get(s.model, {})))
 
-    async def forget(self, model: str, tickets: list[str]) -> None:
+    async def forget(self, model: str, tickets: list[str], accounts: Sequence[AccountLimits] = ()) -> None:
         self.forget_now(model, tickets)
 
     def forget_now(self, model: str, tickets: list[str]) -> None:

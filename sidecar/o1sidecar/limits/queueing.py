@@ -232,10 +232,10 @@ class QueueingLimiter:
         if isinstance(first, Admitted):
             return self._granted(first, demand, limits, started)
         if self._draining:
-            await self._forget(demand.model, [ticket])
+            await self._forget(demand.model, [ticket], limits)
             raise QueueTimeout("the sidecar is shutting down and queues nothing more; retry", 1.0, 0.0)
         if _quota_outlasts(first, demand, started):
-            await self._forget(demand.model, [ticket])
+            await self._forget(demand.model, [ticket], limits)
             raise _quota_exhausted(demand, first)
         if _client_limit_outlasts(first, demand, started):
             raise _client_limited(demand, first)
@@ -346,7 +346,7 @@ class QueueingLimiter:
             w.future.cancel()
             self._leave(w)
             if not w.held:
-                self._in_background(self._forget(w.demand.model, [w.ticket]))
+                self._in_background(self._forget(w.demand.model, [w.ticket], w.accounts))
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` without waiting for it, held until done so it is neither collected nor lost
@@ -355,9 +355,11 @@ class QueueingLimiter:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _forget(self, model: str, tickets: list[str]) -> None:
+    async def _forget(self, model: str, tickets: list[str], accounts: Sequence[AccountLimits] = ()) -> None:
+        """Drop ``tickets`` from the store; ``accounts``, those of their requests (the next head is
+        named with its wait on them)."""
         try:
-            await self.backend.forget(model, tickets)
+            await self.backend.forget(model, tickets, accounts)
         except Exception:
             log.debug("could not drop %d queue tickets of %s", len(tickets), model, exc_info=True)
 
@@ -388,9 +390,9 @@ class QueueingLimiter:
                     )
                 )
                 self._leave(w)
-        heads = [w.ticket for w in expired if w.named or self.backend.mode == "local"]
+        heads = [w for w in expired if w.named or self.backend.mode == "local"]
         if heads:
-            await self._forget(model, heads)
+            await self._forget(model, [w.ticket for w in heads], heads[0].accounts)
 
     async def _retry_after(self, w: _Waiter, now: float) -> float:
         """When capacity for ``w`` can next exist, as the store saw it at the waiter's last check
@@ -503,7 +505,7 @@ class QueueingLimiter:
                     self._leave(head)
                 if successor is not None and result.successor_rank is not None:
                     if successor.future.done():  # (it left while it joined)
-                        await self._forget(model, [successor.ticket])
+                        await self._forget(model, [successor.ticket], successor.accounts)
                     elif not successor.named:  # (else its naming came first, and said when)
                         successor.retry_at = self._clock() + self._retry_cap()
                     self._joined(q, successor, result.successor_rank)
@@ -514,7 +516,7 @@ class QueueingLimiter:
             if head.held and not failed and result.reason != "client":  # (its first attempt queued it)
                 self._joined(q, head, result.rank)
                 if head.future.done():  # (it left while it joined)
-                    await self._forget(model, [head.ticket])
+                    await self._forget(model, [head.ticket], head.accounts)
                     continue
             head.last, head.last_at, head.rank = result, now, result.rank
             head.named = head.named or result.reason != "queue"
@@ -522,7 +524,7 @@ class QueueingLimiter:
             if _quota_outlasts(result, head.demand, now):
                 head.future.set_exception(_quota_exhausted(head.demand, result))
                 self._leave(head)
-                await self._forget(model, [head.ticket])
+                await self._forget(model, [head.ticket], head.accounts)
                 continue
             if result.reason == "client":  # (the store took its ticket out)
                 heapq.heappop(q.heap)

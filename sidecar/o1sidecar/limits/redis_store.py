@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from o1sidecar.limits.api import Usage
@@ -189,7 +189,7 @@ class RedisBackend:
             args.append(packed_limits(acct))
         return float(await self.scripts.eta(keys, args))
 
-    async def forget(self, model: str, tickets: list[str]) -> None:
+    async def forget(self, model: str, tickets: list[str], accounts: Sequence[AccountLimits] = ()) -> None:
         if not tickets:
             return
         keys = [
@@ -199,7 +199,12 @@ class RedisBackend:
             self.keys.fair_share(model),
             self.keys.places(model),
         ]
-        await self.scripts.forget(keys, [self.keys.wake_channel(), model, *tickets])
+        tag = accounts_tag(a.name for a in accounts) if accounts else ""
+        args: list[str | int] = [self.keys.wake_channel(), model, self._now(), tag, len(accounts)]
+        for acct in accounts:
+            keys += self._account_keys(acct.name, model)
+            args.append(packed_limits(acct))
+        await self.scripts.forget(keys, [*args, *tickets])
 
     async def adopt(self, waiting: list[Waiting]) -> None:
         if not waiting:

@@ -107,7 +107,9 @@ def script_names(root: Path | None) -> dict[str, str]:
     }
     if root is None:
         from o1sidecar.limits.scripts import script_source
+        from o1sidecar.poolsync import SCRIPT as SYNC
 
+        own[hashlib.sha1(SYNC.encode()).hexdigest()] = "sync"  # (when no heartbeat carries it)
         return own | {hashlib.sha1(script_source(n).encode()).hexdigest(): n for n in SCRIPTS}
     lua = package / "limits" / "lua"
     parts = [p for p in ("rule", "fair", "caps", "queue") if (lua / f"{p}.lua").exists()]

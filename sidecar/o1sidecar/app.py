@@ -38,6 +38,7 @@ from o1sidecar.keyfiles import KeyFiles
 from o1sidecar.limits.api import Limiter
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.limits.redis_store import redis_client
+from o1sidecar.limits.shared import SharedLimiter
 from o1sidecar.metrics import NO_KEY, SidecarMetrics, create_metrics_app
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages
@@ -99,7 +100,8 @@ def create_app(
         if clients.names():
             spend = SpendRecorder(shared, keys, clients.ledger, clients.names())
             parts.append(spend)
-        sync = PoolSync(shared, parts, config.redis.heartbeat_interval_s)
+        carrier = limiter if isinstance(limiter, SharedLimiter) else None  # (its heartbeat carries it)
+        sync = PoolSync(shared, parts, config.redis.heartbeat_interval_s, carrier)
     tracing = Tracing(config)
     cache = ResponseCache(
         config.cache,

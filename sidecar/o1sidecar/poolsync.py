@@ -1,12 +1,14 @@
-"""The pool's shared state, exchanged with Redis in one command every interval (sync.lua).
+"""The pool's shared state, exchanged with Redis in one command every interval (limits/lua/sync.lua).
 
 Each part says what it writes and reads this time (``sync``): the demand counts (demand.py) and
 the clients' spend (spend.py) add to counters; the refused keys (quarantine.py), the model outages
 (outage_sync.py) and the prediction (prediction.py) are read, with the server's clock. ``PoolSync``
-gathers every part's operations into one script call per ``redis.heartbeat_interval_s`` and hands each
-part its replies: one round trip a sidecar, where there was one per part (docs/scale.md). A failed
-sync is logged at debug and tried again next time: meanwhile each sidecar keeps what it knows, and
-what a part would have written stays with it (``Sync.failed``).
+gathers every part's operations once per ``redis.heartbeat_interval_s`` and hands each part its
+replies. With a shared limiter they ride along with its heartbeat, in the same script call
+(``Carrier``): one command a sidecar per interval for all of it, where there was one per part and one
+for the heartbeat (docs/scale.md); else ``PoolSync`` sends them itself. A failed sync is logged at
+debug and tried again next time: meanwhile each sidecar keeps what it knows, and what a part would
+have written stays with it (``Sync.failed``).
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.resources import files
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from o1sidecar.limits.connect import REDIS_FAILURES, KeyedScript, RedisClient, register_script, server_time
+from o1sidecar.limits.redis_store import Carried
+from o1sidecar.limits.scripts import lua_source
 
 log = logging.getLogger("o1sidecar.poolsync")
 
-SCRIPT = (files("o1sidecar") / "sync.lua").read_text()
+SCRIPT = "\n".join(lua_source(part) for part in ("sync", "pool_sync"))
 
 
 @dataclass(frozen=True)
@@ -72,24 +75,46 @@ def _reply(op: Op, raw: Any) -> Any:
     return _decoded(raw)
 
 
+def carried(syncs: Sequence[Sync | None]) -> Carried | None:
+    """``syncs`` as one script call's keys and arguments (sync.lua), with what to do with its reply
+    (``{TIME, one reply per operation}``) or its failure; None: nothing to do."""
+    live = [e for e in syncs if e is not None and e.ops]
+    if not live:
+        return None
+    ops = [op for e in live for op in e.ops]
+
+    def took(reply: Sequence[Any]) -> None:
+        now, at = server_time(reply[0]), 1
+        for e in live:
+            e.took([_reply(op, raw) for op, raw in zip(e.ops, reply[at : at + len(e.ops)], strict=True)], now)
+            at += len(e.ops)
+
+    def failed(exc: BaseException) -> None:
+        for e in live:
+            e.failed(exc)
+
+    return Carried([op.key for op in ops], [arg for op in ops for arg in op.args()], took, failed)
+
+
 async def run_syncs(script: KeyedScript, syncs: Sequence[Sync | None]) -> None:
     """Run every sync's operations in one call of ``script`` (``SCRIPT`` registered on a client)
     and hand each its replies; on failure, tell each and raise."""
-    live = [e for e in syncs if e is not None and e.ops]
-    if not live:
+    batch = carried(syncs)
+    if batch is None:
         return
-    ops = [op for e in live for op in e.ops]
-    args = [arg for op in ops for arg in op.args()]
     try:
-        reply = await script(keys=[op.key for op in ops], args=args)
+        reply = await script(keys=batch.keys, args=batch.args)
     except BaseException as exc:
-        for e in live:
-            e.failed(exc)
+        batch.failed(exc)
         raise
-    now, at = server_time(reply[0]), 1
-    for e in live:
-        e.took([_reply(op, raw) for op, raw in zip(e.ops, reply[at : at + len(e.ops)], strict=True)], now)
-        at += len(e.ops)
+    batch.took(reply)
+
+
+class Carrier(Protocol):
+    """What carries the pool's sync on a call it makes every interval anyway (``SharedLimiter``'s
+    heartbeat): it asks ``source`` for it each time."""
+
+    def carry(self, source: Callable[[], Carried | None]) -> None: ...
 
 
 class SyncPart:
@@ -117,22 +142,37 @@ class SyncPart:
 
 
 class PoolSync:
-    """Every ``interval_s``, the syncs of ``parts`` in one call on ``client``; at close, a last one
-    (what the demand and spend counted since), then the parts' and ``client``'s connections close."""
+    """Every ``interval_s``, the syncs of ``parts`` in one call: carried by ``carrier``'s, or on
+    ``client``; at close, a last one (what the demand and spend counted since) on ``client``, then the
+    parts' and ``client``'s connections close."""
 
-    def __init__(self, client: RedisClient, parts: Sequence[SyncPart], interval_s: float) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        parts: Sequence[SyncPart],
+        interval_s: float,
+        carrier: Carrier | None = None,
+    ) -> None:
         self._client = client
         self._script = register_script(client, SCRIPT)
         self.parts = list(parts)
         self._interval_s = interval_s
+        self._carrier = carrier
         self._task: asyncio.Task[None] | None = None
 
     async def tick(self) -> None:
-        """One sync of every part (raises what the call raised)."""
+        """One sync of every part, on this sync's client (raises what the call raised)."""
         await run_syncs(self._script, [p.sync() for p in self.parts])
 
+    def carried(self) -> Carried | None:
+        """One sync of every part, for the carrier's call."""
+        return carried([p.sync() for p in self.parts])
+
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._forever())
+        if self._carrier is not None:
+            self._carrier.carry(self.carried)
+        else:
+            self._task = asyncio.get_running_loop().create_task(self._forever())
 
     async def close(self) -> None:
         if self._task is not None:

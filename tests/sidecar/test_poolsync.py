@@ -4,6 +4,7 @@ one server and on a Redis Cluster (every key of the pool on its slot)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from datetime import UTC, datetime
@@ -15,8 +16,10 @@ from redis.asyncio import Redis
 from o1pool.rediscluster import LocalCluster
 from o1sidecar.config import Account, RedisConfig
 from o1sidecar.demand import DemandCounts, DemandRecorder
+from o1sidecar.limits import build_limiter
 from o1sidecar.limits.connect import REDIS_FAILURES, redis_client, register_script
 from o1sidecar.limits.keys import PoolKeys
+from o1sidecar.limits.shared import SharedLimiter
 from o1sidecar.outage_sync import SharedOutages
 from o1sidecar.outages import ModelOutages, ModelState
 from o1sidecar.poolsync import SCRIPT, Op, PoolSync, Sync, run_syncs
@@ -25,6 +28,8 @@ from o1sidecar.quarantine import SharedQuarantine
 from o1sidecar.spend import SpendLedger, SpendRecorder, day_period
 from o1sidecar.upstream import AccountRoute, UpstreamKey
 from tests.conftest import RedisServer
+from tests.limits.helpers import config
+from tests.polling import until
 
 KEYS = PoolKeys("o1pool", "tests", "counters")
 NOON = 20_000 * 86_400 + 12 * 3600
@@ -159,3 +164,42 @@ async def test_demand_of_several_models_flushes_in_one_command_on_a_cluster(
 def _calls(node: redis.Redis, name: str) -> int:
     stats = node.info("commandstats")
     return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+async def test_the_limiters_heartbeat_carries_the_pools_sync(redis_server: RedisServer) -> None:
+    """With a shared limiter the parts ride along with its heartbeat: one command a sidecar per interval
+    for both, and the sync's own script is never sent."""
+    cfg = config(
+        {"a": {"rpm": 60, "tpm": 100_000}}, redis_url=redis_server.url, redis={"heartbeat_interval_s": 0.2}
+    )
+    limiter = build_limiter(cfg)
+    assert isinstance(limiter, SharedLimiter)
+    client = redis_client(cfg.redis)
+    reader = Redis.from_url(redis_server.url, decode_responses=True)
+    counts = DemandCounts(lambda: NOON)
+    demand, prediction = (
+        DemandRecorder(client, KEYS, counts, ["o1"], lambda: NOON),
+        PredictionMirror(client, KEYS),
+    )
+    sync = PoolSync(client, [demand, prediction], 0.2, carrier=limiter)
+    hour = datetime.now(UTC).strftime("%Y-%m-%dT%H:00:00Z")
+    await limiter.start()
+    await sync.start()
+    try:
+        counts.record("o1", 8, admitted=True, queued=False, refused=False, cached=False, tokens=100)
+        await reader.set(KEYS.prediction(), json.dumps({"load": "high", "hour": hour}))
+        await until(prediction.peak, "the prediction read with a heartbeat", timeout_s=5)
+        await until(
+            lambda: _written(reader, KEYS.demand("o1", 20_000), "720:r"), "the demand counted", timeout_s=5
+        )
+        sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
+        assert await reader.script_exists(sha) == [False]  # (never sent on its own)
+    finally:
+        await limiter.close()
+        await sync.close()  # (its last sync goes on its own: the limiter is closed)
+        await reader.aclose()
+    assert await Redis.from_url(redis_server.url).script_exists(sha) == [True]
+
+
+async def _written(reader: Redis, key: str, field: str) -> bool:
+    return await reader.hget(key, field) == "1"

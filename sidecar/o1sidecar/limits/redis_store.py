@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from o1sidecar.limits.api import Usage
 from o1sidecar.limits.backend import (
@@ -73,6 +74,17 @@ def packed_settlement(s: Settlement) -> str:
             str(s.charged_tokens),
         )
     )
+
+
+@dataclass(frozen=True)
+class Carried:
+    """Keys and arguments that ride along with a heartbeat (the pool's sync: poolsync.py); ``took``
+    gets their part of the reply, ``failed`` the error if the call failed."""
+
+    keys: list[str]
+    args: list[str | int]
+    took: Callable[[Any], None]
+    failed: Callable[[BaseException], None]
 
 
 @dataclass(frozen=True)
@@ -233,8 +245,10 @@ class RedisBackend:
         live_for_s: float,
         waiting: list[Waiting],
         pairs: list[tuple[AccountLimits, str]],
+        carried: Carried | None = None,
     ) -> Beat:
-        """Register this sidecar, renew its leases and tickets; read back live sidecars and usage."""
+        """Register this sidecar, renew its leases and tickets; read back live sidecars and usage; and
+        run what is ``carried`` in the same call."""
         by_model: dict[str, list[str]] = {}  # model -> ticket, deadline ('' none), ...
         for w in waiting:
             by_model.setdefault(w.model, []).extend(
@@ -261,7 +275,17 @@ class RedisBackend:
             keys += self._account_keys(limits.name, model)
             lease_ids = leases.get((limits.name, model), [])
             args += [packed_limits(limits), len(lease_ids), *lease_ids]
-        result = await self.scripts.heartbeat(keys, args)
+        if carried is not None:
+            keys += carried.keys
+            args += carried.args
+        try:
+            result = await self.scripts.heartbeat(keys, args)
+        except BaseException as exc:
+            if carried is not None:
+                carried.failed(exc)
+            raise
+        if carried is not None:
+            carried.took(result[2 + 6 * len(pairs)])
         usage = {}
         for i, (limits, model) in enumerate(pairs):
             r = result[2 + 6 * i : 8 + 6 * i]

@@ -1,13 +1,13 @@
 """The Lua scripts of the shared limiter, loaded once and called by SHA.
 
 Each script is ``lua/rule.lua`` (the admission rule of one account+model, shared by all of them),
-``lua/fair.lua`` (fair share between clients), ``lua/caps.lua`` (clients' own limits) and
-``lua/queue.lua`` (a model's queue: its head, naming it, when a waiter may go), followed by the
-script's own file. Each is a ``KeyedScript`` (connect.py): redis-py's ``AsyncScript`` that calls
-EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH, a Redis restart or a cluster failover), loads the script
-again where its keys live and retries once; ``load_all`` does the first SCRIPT LOAD at start, on the
-server that holds the pool's keys (on a cluster: the primary of the pool's slot, whatever the other
-primaries do).
+``lua/fair.lua`` (fair share between clients), ``lua/caps.lua`` (clients' own limits), ``lua/queue.lua``
+(a model's queue: its head, naming it, when a waiter may go) and ``lua/sync.lua`` (the pool's sync,
+which the heartbeat carries: poolsync.py), followed by the script's own file. Each is a ``KeyedScript``
+(connect.py): redis-py's ``AsyncScript`` that calls EVALSHA and, on NOSCRIPT (after SCRIPT FLUSH, a
+Redis restart or a cluster failover), loads the script again where its keys live and retries once;
+``load_all`` does the first SCRIPT LOAD at start, on the server that holds the pool's keys (on a
+cluster: the primary of the pool's slot, whatever the other primaries do).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ def lua_source(name: str) -> str:
 
 
 def script_source(name: str) -> str:
-    """What Redis runs for ``name``: the shared rule, fair share and clients' limits, then the script."""
-    return "\n".join(lua_source(part) for part in ("rule", "fair", "caps", "queue", name))
+    """What Redis runs for ``name``: the shared rule, fair share, clients' limits, queue and sync, then
+    the script."""
+    return "\n".join(lua_source(part) for part in ("rule", "fair", "caps", "queue", "sync", name))
 
 
 @dataclass

@@ -24,7 +24,7 @@ from o1sidecar.limits.breaker import CircuitBreaker
 from o1sidecar.limits.failover import REDIS_ERRORS, FailoverBackend, raise_if_cancelled
 from o1sidecar.limits.keys import PoolKeys
 from o1sidecar.limits.queueing import QueueingLimiter
-from o1sidecar.limits.redis_store import RedisBackend, redis_client
+from o1sidecar.limits.redis_store import Carried, RedisBackend, redis_client
 
 log = logging.getLogger("o1sidecar.limits")
 CLOSE_TIMEOUT_S = 5.0  # the longest close() waits for its tasks, then for the Redis client
@@ -80,6 +80,7 @@ class SharedLimiter(QueueingLimiter):
             for limits in account_limits(config, model, (account.name,))
         ]
         self._tasks: list[asyncio.Task[None]] = []
+        self._carried: Callable[[], Carried | None] = lambda: None
 
     async def start(self) -> None:
         await super().start()
@@ -109,9 +110,14 @@ class SharedLimiter(QueueingLimiter):
         elif (exc := closing.exception()) is not None and not isinstance(exc, REDIS_ERRORS):
             raise exc
 
+    def carry(self, source: Callable[[], Carried | None]) -> None:
+        """Run what ``source`` gives in each heartbeat's call (the pool's sync: poolsync.py), one
+        command where there were two."""
+        self._carried = source
+
     async def _beat(self) -> None:
         beat = await self.redis_backend.heartbeat(
-            self.sidecar_id, self.config.redis.live_for_s, self.waiting(), self._pairs
+            self.sidecar_id, self.config.redis.live_for_s, self.waiting(), self._pairs, self._carried()
         )
         self._live_count = max(1, beat.live_sidecars)
 

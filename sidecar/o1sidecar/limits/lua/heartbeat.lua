@@ -12,8 +12,10 @@
 --       number of models, then per model: number of tickets, then per ticket its id and its request's
 --       deadline ('' none: a ticket expires at its deadline, if its sidecar does not stop sooner),
 --       number of pairs, then per pair: the account (limits() in rule.lua), number of leases, lease ids...
+--       then, if the pool's sync rides along (poolsync.py), its keys and arguments (sync.lua).
 -- Returns {live sidecars, now, then per pair: requests used ratio, tokens used ratio, effective RPM,
---          effective TPM, daily left, monthly left ('' = no cap)} (numbers as strings).
+--          effective TPM, daily left, monthly left ('' = no cap); then the sync's reply, if any} (numbers
+--          as strings).
 
 local now = clock(ARGV[1])
 local stale, lease_ttl, ticket_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -61,4 +63,5 @@ for _ = 1, pairs_n do
   out[#out + 1] = daily
   out[#out + 1] = monthly
 end
+if #KEYS > k then out[#out + 1] = pool_sync(k + 1, i + 1) end  -- (the pool's sync, if it rides along)
 return out

@@ -86,8 +86,12 @@ def carried(syncs: Sequence[Sync | None]) -> Carried | None:
     def took(reply: Sequence[Any]) -> None:
         now, at = server_time(reply[0]), 1
         for e in live:
-            e.took([_reply(op, raw) for op, raw in zip(e.ops, reply[at : at + len(e.ops)], strict=True)], now)
+            replies = [_reply(op, raw) for op, raw in zip(e.ops, reply[at : at + len(e.ops)], strict=True)]
             at += len(e.ops)
+            try:
+                e.took(replies, now)
+            except Exception:  # (one part's fault is not the others', nor the heartbeat carrying them)
+                log.exception("taking the pool's reply failed")
 
     def failed(exc: BaseException) -> None:
         for e in live:

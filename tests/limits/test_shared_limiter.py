@@ -505,3 +505,40 @@ async def test_the_head_named_after_one_that_timed_out_is_told_its_time_not_now(
     assert counted.calls == 1 and not second.done()  # (it asked on arrival only)
     second.cancel()
     await pubsub.aclose()
+
+
+async def test_a_head_whose_turn_comes_after_its_deadline_is_dropped_by_the_store_not_its_sidecar(
+    sidecars: Callable[..., Any],
+) -> None:
+    """The store names a head with an exact wait that ends past the deadline its ticket carries: it
+    cannot be served, so the store drops it and names the next instead, and tells its sidecar it is
+    behind until then; the sidecar answers it at its deadline without a call."""
+    s1, s2 = await sidecars({"rpm": 6, "tpm": 10_000_000})  # one request per 10 s
+    await drain_shared(s1)
+    forgets: list[list[str]] = []
+    forget = s1.backend.forget
+
+    async def counted(model: str, tickets: list[str], *accounts: Any) -> None:
+        forgets.append(tickets)
+        await forget(model, tickets, *accounts)
+
+    s1.backend.forget = counted  # type: ignore[method-assign]
+    pubsub = s1.client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(s1.keys.wake_channel_of(s1.wake_tag))
+    first = asyncio.create_task(s2.acquire(demand(9), ["a"]))
+    await until(lambda: s2.state().queue_length == {9: 1}, "the head waiting in sidecar 2")
+    doomed = asyncio.create_task(s1.acquire(demand(5, deadline_s=2.5), ["a"]))
+    await until(lambda: s1.state().queue_length == {5: 1}, "a waiter behind it in sidecar 1")
+    (w,) = s1.waiting()
+    first.cancel()  # (sidecar 2 drops its ticket: the next head is named, its wait past its deadline)
+    await until(lambda: _queue_empty(s1), "the store dropping the head that cannot make it")
+    with pytest.raises(QueueTimeout):
+        await asyncio.wait_for(doomed, 5)
+    assert forgets == []
+    message = None
+    for _ in range(10):
+        message = message or await pubsub.get_message(timeout=0.1)
+    assert message is not None
+    _, ticket, wait_ms, told = message["data"].split(";")
+    assert ticket == w.ticket and told == "behind" and int(wait_ms) >= 1000, message  # (till its deadline)
+    await pubsub.aclose()

@@ -223,7 +223,7 @@ class QueueingLimiter:
                 "(queue.max_length); retry later"
             )
 
-        ticket = self._ticket(limits)
+        ticket = self._ticket(limits, demand.deadline)
         holder = self._holder(demand, limits)
         if holder is not None:
             held = _held_behind(holder, demand, limits, ticket, next(self._seq), started, self._aging_s)
@@ -263,10 +263,12 @@ class QueueingLimiter:
             self._abandon(waiter)
             raise
 
-    def _ticket(self, limits: Sequence[AccountLimits]) -> str:
-        """A new queue ticket: ``<sidecar>.<accounts tag>:<id>`` (keys.accounts_tag; ``ticket_prefix``
-        names the sidecar)."""
-        return f"{self.ticket_prefix}{accounts_tag(a.name for a in limits)}:{uuid.uuid4().hex}"
+    def _ticket(self, limits: Sequence[AccountLimits], deadline: float) -> str:
+        """A new queue ticket: ``<sidecar>.<accounts tag>:<deadline ms>:<id>`` (``ticket_prefix`` names
+        the sidecar; keys.accounts_tag; the deadline '' when none): the store names a head with an
+        exact wait when it has those accounts, and drops one its deadline passes before (queue.lua)."""
+        ms = str(int(deadline * 1000)) if math.isfinite(deadline) else ""
+        return f"{self.ticket_prefix}{accounts_tag(a.name for a in limits)}:{ms}:{uuid.uuid4().hex}"
 
     def _holder(self, demand: Demand, limits: tuple[AccountLimits, ...]) -> _Waiter | None:
         """The waiter here, in the store's queue, that ``demand`` would certainly queue behind there: this
@@ -291,7 +293,7 @@ class QueueingLimiter:
         if cap is not None and cap.tpm is not None and demand.tokens > cap.tpm:
             return None
         started = self._clock()
-        ticket = self._ticket(limits)
+        ticket = self._ticket(limits, demand.deadline)
         result = await self._try(Attempt(demand, limits, ticket, ticket, None, self._aging_s, queue=False))
         return self._granted(result, demand, limits, started) if isinstance(result, Admitted) else None
 

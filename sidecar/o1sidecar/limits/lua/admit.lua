@@ -109,6 +109,14 @@ if rank == nil then
   end
 end
 
+-- Take ``id`` out of the queue, giving its client's place back (a waiter dropped: queue.lua).
+local function drop(id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+  fair_give_back(fair_key, places_key, id)
+end
+
 -- Put ``id`` in the queue at ``rank_``, costing ``cost``, until ``last`` at the latest; with the client's
 -- place (start_, worth_) taken, if it has one and it is not past ``last``.
 local function join_queue(id, rank_, cost, last, start_, worth_)
@@ -188,7 +196,7 @@ if best ~= nil then
       successor_rank = num(s_rank)
     end
   end
-  name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, nil, tag)
+  name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, nil, tag, drop)
   return {1, best.name, successor_rank}
 end
 
@@ -196,7 +204,7 @@ if enqueue then join_queue(ticket, rank, tokens, deadline, start, worth) end
 
 local head1 = queue_head(KEYS[1])
 if head1 ~= head0 then
-  name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, ticket, tag)
+  name_queue_head(KEYS[1], KEYS[3], ARGV[4], ARGV[5], accounts, now, ticket, tag, drop)
   if head0 ~= nil and head0 ~= ticket and redis.call('ZSCORE', KEYS[1], head0) then
     -- The head it was now waits behind this one: it is named again when its turn comes back (this one
     -- admitted or gone); until then it waits the safety net, not the time it was named with.

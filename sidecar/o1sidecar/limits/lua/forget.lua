@@ -29,7 +29,13 @@ for _, ticket in ipairs(tickets) do fair_give_back(KEYS[4], KEYS[5], ticket) end
 redis.call('ZREM', KEYS[1], unpack(tickets))
 redis.call('ZREM', KEYS[2], unpack(tickets))
 redis.call('HDEL', KEYS[3], unpack(tickets))
+local function drop(id)
+  fair_give_back(KEYS[4], KEYS[5], id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
 if queue_head(KEYS[1]) ~= head0 then
-  name_queue_head(KEYS[1], KEYS[3], ARGV[1], ARGV[2], accounts, now, nil, tag)
+  name_queue_head(KEYS[1], KEYS[3], ARGV[1], ARGV[2], accounts, now, nil, tag, drop)
 end
 return #tickets

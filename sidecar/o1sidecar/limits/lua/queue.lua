@@ -48,20 +48,42 @@ local function name_behind(channel, model, ticket, wait)
   redis.call('PUBLISH', channel, model .. ';' .. ticket .. ';+' .. math.ceil(wait * 1000) .. ';behind')
 end
 
--- The accounts a ticket's request may use, as the tag in its id ("<sidecar>.<accounts tag>:<id>";
--- keys.accounts_tag), or nil (a ticket of an older sidecar).
+-- The accounts a ticket's request may use, as the tag in its id ("<sidecar>.<accounts tag>:<deadline
+-- ms>:<id>"; keys.accounts_tag), or nil (a ticket of an older sidecar).
 local function ticket_accounts(ticket)
   return string.match(ticket, '^[^.]*%.(%x+):')
 end
 
+-- The deadline of a ticket's request, from its id (seconds, server time), or nil (none, or a ticket of
+-- an older sidecar).
+local function ticket_deadline(ticket)
+  local ms = string.match(ticket, '^[^.]*%.%x+:(%d+):')
+  if ms == nil then return nil end
+  return tonumber(ms) / 1000
+end
+
+local DOOMED_LIMIT = 16  -- heads past their deadline dropped in one naming, at most
+
 -- Name the queue's head, if it has one other than ``unless``, with its wait on ``accounts`` (nil: now),
--- exact if ``accounts`` (tagged ``tag``) are the head's.
-local function name_queue_head(queue, costs, channel, model, accounts, now, unless, tag)
-  local head = queue_head(queue)
-  if head == nil or head == unless then return end
-  local wait = 0.0
-  if accounts ~= nil then wait = soonest(accounts, tonumber(redis.call('HGET', costs, head)) or 0, now) end
-  name_head(channel, model, head, wait, accounts ~= nil and tag ~= nil and ticket_accounts(head) == tag)
+-- exact if ``accounts`` (tagged ``tag``) are the head's. A head whose exact wait ends past its request's
+-- deadline cannot be served: with ``drop`` (which takes a ticket out of the queue) it is dropped and
+-- told it is behind until its deadline (so its sidecar neither asks nor drops it), and the next named:
+-- one call less than its sidecar dropping it when the deadline comes.
+local function name_queue_head(queue, costs, channel, model, accounts, now, unless, tag, drop)
+  for _ = 1, DOOMED_LIMIT do
+    local head = queue_head(queue)
+    if head == nil or head == unless then return end
+    local wait = 0.0
+    if accounts ~= nil then wait = soonest(accounts, tonumber(redis.call('HGET', costs, head)) or 0, now) end
+    local exact = accounts ~= nil and tag ~= nil and ticket_accounts(head) == tag
+    local deadline = ticket_deadline(head)
+    if not exact or drop == nil or deadline == nil or deadline >= now + wait then
+      name_head(channel, model, head, wait, exact)
+      return
+    end
+    drop(head)
+    name_behind(channel, model, head, deadline - now + 1.0)
+  end
 end
 
 -- The waiters ranked ahead of ``ticket`` of rank ``rank`` (better rank, or the same and a smaller ticket

@@ -270,6 +270,19 @@ class _CountedAttempts:
         return await self._attempt(attempt)
 
 
+def _counted_forgets(limiter: SharedLimiter) -> list[list[str]]:
+    """The tickets each of ``limiter``'s drop calls (forget.lua) takes out of the store, from now on."""
+    forgets: list[list[str]] = []
+    forget = limiter.backend.forget
+
+    async def counted(model: str, tickets: list[str], *accounts: Any) -> None:
+        forgets.append(tickets)
+        await forget(model, tickets, *accounts)
+
+    limiter.backend.forget = counted  # type: ignore[method-assign]
+    return forgets
+
+
 async def test_a_sidecar_holds_back_arrivals_behind_its_own_waiter_and_they_keep_their_place(
     sidecars: Callable[..., Any],
 ) -> None:
@@ -459,14 +472,7 @@ async def test_a_head_sent_behind_another_that_times_out_leaves_without_a_call(
     expires with its deadline by itself."""
     s1, s2 = await sidecars({"rpm": 120, "tpm": 10_000_000})  # one request per 0.5 s
     await drain_shared(s1)
-    forgets: list[list[str]] = []
-    forget = s2.backend.forget
-
-    async def counted(model: str, tickets: list[str], *accounts: Any) -> None:
-        forgets.append(tickets)
-        await forget(model, tickets, *accounts)
-
-    s2.backend.forget = counted  # type: ignore[method-assign]
+    forgets = _counted_forgets(s2)
     low = asyncio.create_task(s2.acquire(demand(5, deadline_s=1.2), ["a"]))
     await until(lambda: s2.state().queue_length == {5: 1}, "the p5 head waiting in sidecar 2")
     highs = [asyncio.create_task(s1.acquire(demand(8), ["a"])) for _ in range(3)]
@@ -515,14 +521,7 @@ async def test_a_head_whose_turn_comes_after_its_deadline_is_dropped_by_the_stor
     behind until then; the sidecar answers it at its deadline without a call."""
     s1, s2 = await sidecars({"rpm": 6, "tpm": 10_000_000})  # one request per 10 s
     await drain_shared(s1)
-    forgets: list[list[str]] = []
-    forget = s1.backend.forget
-
-    async def counted(model: str, tickets: list[str], *accounts: Any) -> None:
-        forgets.append(tickets)
-        await forget(model, tickets, *accounts)
-
-    s1.backend.forget = counted  # type: ignore[method-assign]
+    forgets = _counted_forgets(s1)
     pubsub = s1.client.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(s1.keys.wake_channel_of(s1.wake_tag))
     first = asyncio.create_task(s2.acquire(demand(9), ["a"]))
